@@ -1,0 +1,556 @@
+//! The write pipeline: sources → chunks → frames → packs.
+//!
+//! The calling thread reads, chunks, hashes and deduplicates; worker threads
+//! compress and encrypt frames (several new chunks together, so small chunks
+//! still compress like large blocks); one writer thread assembles packs and
+//! stores them. Nothing here writes an index or a snapshot: the caller does,
+//! after every pack is stored, so a crash leaves only unreferenced packs.
+
+use crate::backend::FileRef;
+use crate::chunk::{self, ChunkError};
+use crate::error::{Error, Result};
+use crate::index::IndexReader;
+use crate::interrupt;
+use crate::progress::Progress;
+use crate::repo::{
+    ChunkEntry, Compression, FileKind, FrameEntry, Id, Node, NodeKind, PackEntry, PackHeader,
+    SourceRecord, SourceStatus, FORMAT_VERSION, PACK_MAGIC,
+};
+use crate::repository::Repository;
+use crossbeam_channel::{bounded, Receiver, Sender};
+use std::collections::HashSet;
+use std::io::Read;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+
+/// Counts kept while chunks flow through the packer.
+#[derive(Clone, Debug, Default)]
+pub struct PackerStats {
+    pub chunks_total: u64,
+    pub chunks_new: u64,
+    pub bytes_new_raw: u64,
+}
+
+/// What the pipeline stored.
+#[derive(Clone, Debug, Default)]
+pub struct Stored {
+    pub packs: Vec<PackEntry>,
+    /// Bytes of all pack files written.
+    pub bytes: u64,
+}
+
+struct FrameJob {
+    data: Vec<u8>,
+    chunks: Vec<ChunkEntry>,
+}
+
+struct SealedFrame {
+    ciphertext: Vec<u8>,
+    raw_length: u32,
+    compression: Compression,
+    chunks: Vec<ChunkEntry>,
+}
+
+/// Accepts chunks from the calling thread; see the module docs.
+pub struct Packer<'a> {
+    repo: &'a Repository,
+    index: IndexReader,
+    seen: HashSet<Id>,
+    frame_data: Vec<u8>,
+    frame_chunks: Vec<ChunkEntry>,
+    jobs: Option<Sender<FrameJob>>,
+    failed: &'a Mutex<Option<Error>>,
+    pub stats: PackerStats,
+}
+
+impl Packer<'_> {
+    /// Store a chunk unless the repository (or this run) already has it.
+    pub fn add_chunk(&mut self, data: &[u8]) -> Result<Id> {
+        interrupt::check()?;
+        let id = self.repo.key.chunk_id(data);
+        self.stats.chunks_total += 1;
+        if self.seen.contains(&id) || self.index.get(&id)?.is_some() {
+            return Ok(id);
+        }
+        self.seen.insert(id);
+        self.stats.chunks_new += 1;
+        self.stats.bytes_new_raw += data.len() as u64;
+        self.frame_chunks.push(ChunkEntry {
+            id,
+            offset: self.frame_data.len() as u32,
+            length: data.len() as u32,
+        });
+        self.frame_data.extend_from_slice(data);
+        if self.frame_data.len() >= self.repo.config.frame_size as usize {
+            self.flush_frame()?;
+        }
+        Ok(id)
+    }
+
+    /// Chunk and store a whole stream; returns its chunk ids and length.
+    /// Read errors are returned as `ChunkError::Read`, so callers can tell an
+    /// unreadable source from a failing repository.
+    pub fn add_stream<R: Read>(
+        &mut self,
+        source: R,
+        progress: &Progress,
+    ) -> std::result::Result<(Vec<Id>, u64), ChunkError<Error>> {
+        let mut ids = Vec::new();
+        let params = self.repo.config.chunker;
+        let seed = self.repo.key.chunker_seed();
+        let n = chunk::for_each_chunk(source, params, seed, |c| {
+            ids.push(self.add_chunk(c)?);
+            progress.inc(c.len() as u64);
+            Ok(())
+        })?;
+        Ok((ids, n))
+    }
+
+    fn flush_frame(&mut self) -> Result<()> {
+        if self.frame_chunks.is_empty() {
+            return Ok(());
+        }
+        let cap = self.repo.config.frame_size as usize + self.repo.config.chunker.max as usize;
+        let job = FrameJob {
+            data: std::mem::replace(&mut self.frame_data, Vec::with_capacity(cap)),
+            chunks: std::mem::take(&mut self.frame_chunks),
+        };
+        let sent = self.jobs.as_ref().map(|j| j.send(job).is_ok()).unwrap_or(false);
+        if !sent {
+            return Err(self.take_failure());
+        }
+        Ok(())
+    }
+
+    fn take_failure(&self) -> Error {
+        self.failed
+            .lock()
+            .ok()
+            .and_then(|mut f| f.take())
+            .unwrap_or_else(|| Error::failure("the pack writer stopped"))
+    }
+}
+
+fn record_failure(failed: &Mutex<Option<Error>>, e: Error) {
+    if let Ok(mut f) = failed.lock() {
+        if f.is_none() {
+            *f = Some(e);
+        }
+    }
+}
+
+/// Run `f` with a packer; when it returns, flush and store every pack.
+pub fn with_packer<T>(
+    repo: &Repository,
+    f: impl FnOnce(&mut Packer) -> Result<T>,
+) -> Result<(T, Stored, PackerStats)> {
+    let workers = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2)
+        .clamp(1, 8);
+    let (job_tx, job_rx) = bounded::<FrameJob>(workers * 2);
+    let (frame_tx, frame_rx) = bounded::<SealedFrame>(workers * 2);
+    let failed = Mutex::new(None);
+    let abort = AtomicBool::new(false);
+    std::thread::scope(|s| {
+        for _ in 0..workers {
+            let (rx, tx) = (job_rx.clone(), frame_tx.clone());
+            let failed = &failed;
+            s.spawn(move || seal_frames(repo, rx, tx, failed));
+        }
+        drop(frame_tx);
+        drop(job_rx);
+        let writer = s.spawn(|| write_packs(repo, frame_rx, &failed, &abort));
+        let mut packer = Packer {
+            repo,
+            index: match repo.cache.reader() {
+                Ok(r) => r,
+                Err(e) => return Err(e),
+            },
+            seen: HashSet::new(),
+            frame_data: Vec::new(),
+            frame_chunks: Vec::new(),
+            jobs: Some(job_tx),
+            failed: &failed,
+            stats: PackerStats::default(),
+        };
+        let out = f(&mut packer).and_then(|v| packer.flush_frame().map(|_| v));
+        if out.is_err() {
+            abort.store(true, Ordering::SeqCst);
+        }
+        packer.jobs = None;
+        let stats = packer.stats.clone();
+        drop(packer);
+        let stored = writer
+            .join()
+            .map_err(|_| Error::failure("the pack writer panicked"))?;
+        let value = out?;
+        if let Some(e) = failed.lock().ok().and_then(|mut f| f.take()) {
+            return Err(e);
+        }
+        Ok((value, stored, stats))
+    })
+}
+
+fn seal_frames(
+    repo: &Repository,
+    jobs: Receiver<FrameJob>,
+    out: Sender<SealedFrame>,
+    failed: &Mutex<Option<Error>>,
+) {
+    let level = repo.config.zstd_level;
+    let mut compressor = match zstd::bulk::Compressor::new(level) {
+        Ok(c) => c,
+        Err(e) => return record_failure(failed, Error::failure(format!("zstd: {e}"))),
+    };
+    for job in jobs {
+        let compressed = compressor.compress(&job.data).ok();
+        // Store compressed only when it pays (at least 3% smaller).
+        let (plain, compression) = match compressed {
+            Some(c) if c.len() < job.data.len() - job.data.len() / 32 => (c, Compression::Zstd),
+            _ => (job.data.clone(), Compression::None),
+        };
+        let ciphertext = match repo.key.encrypt(&plain) {
+            Ok(c) => c,
+            Err(e) => return record_failure(failed, e),
+        };
+        let sealed = SealedFrame {
+            ciphertext,
+            raw_length: job.data.len() as u32,
+            compression,
+            chunks: job.chunks,
+        };
+        if out.send(sealed).is_err() {
+            return;
+        }
+    }
+}
+
+fn write_packs(
+    repo: &Repository,
+    frames: Receiver<SealedFrame>,
+    failed: &Mutex<Option<Error>>,
+    abort: &AtomicBool,
+) -> Stored {
+    let mut builder = PackBuilder::new(repo);
+    let mut ok = true;
+    for f in frames {
+        if !ok {
+            continue; // drain so the workers can finish
+        }
+        if let Err(e) = builder.add_frame(&f.ciphertext, f.raw_length, f.compression, f.chunks) {
+            record_failure(failed, e);
+            ok = false;
+        }
+    }
+    if ok && !abort.load(Ordering::SeqCst) {
+        if let Err(e) = builder.flush() {
+            record_failure(failed, e);
+        }
+    }
+    builder.stored
+}
+
+/// Assembles sealed frames into packs of the configured size and stores them.
+pub struct PackBuilder<'a> {
+    repo: &'a Repository,
+    buf: Vec<u8>,
+    entries: Vec<FrameEntry>,
+    pub stored: Stored,
+}
+
+impl<'a> PackBuilder<'a> {
+    pub fn new(repo: &'a Repository) -> Self {
+        PackBuilder {
+            repo,
+            buf: Vec::with_capacity(repo.config.pack_size as usize + (2 << 20)),
+            entries: Vec::new(),
+            stored: Stored::default(),
+        }
+    }
+
+    /// Append one sealed frame; stores the pack when it is full.
+    pub fn add_frame(
+        &mut self,
+        ciphertext: &[u8],
+        raw_length: u32,
+        compression: Compression,
+        chunks: Vec<ChunkEntry>,
+    ) -> Result<()> {
+        self.entries.push(FrameEntry {
+            offset: self.buf.len() as u64,
+            length: ciphertext.len() as u32,
+            raw_length,
+            compression,
+            chunks,
+        });
+        self.buf.extend_from_slice(ciphertext);
+        if self.buf.len() >= self.repo.config.pack_size as usize {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    /// Store the pack being built, if it has any frame.
+    pub fn flush(&mut self) -> Result<()> {
+        if self.entries.is_empty() {
+            return Ok(());
+        }
+        let header = PackHeader {
+            version: FORMAT_VERSION,
+            frames: std::mem::take(&mut self.entries),
+        };
+        let sealed = self.repo.key.seal(&header)?;
+        self.buf.extend_from_slice(&sealed);
+        self.buf.extend_from_slice(&(sealed.len() as u32).to_le_bytes());
+        self.buf.extend_from_slice(PACK_MAGIC);
+        let id = Id::of_bytes(&self.buf);
+        self.repo
+            .backend
+            .write(&FileRef::new(FileKind::Pack, id.to_hex()), &self.buf)?;
+        self.stored.bytes += self.buf.len() as u64;
+        self.stored.packs.push(PackEntry {
+            id,
+            size: self.buf.len() as u64,
+            frames: header.frames,
+        });
+        tracing::debug!(pack = %id.short(), bytes = self.buf.len(), "stored pack");
+        self.buf.clear();
+        Ok(())
+    }
+}
+
+/// What archiving one source produced.
+pub struct SourceOutcome {
+    pub record: SourceRecord,
+    pub files: u64,
+    pub dirs: u64,
+    pub symlinks: u64,
+    pub bytes_read: u64,
+}
+
+fn store_tree(packer: &mut Packer, nodes: &[Node]) -> Result<Vec<Id>> {
+    let mut tree = Vec::new();
+    for n in nodes {
+        serde_json::to_writer(&mut tree, n).map_err(|e| Error::failure(e.to_string()))?;
+        tree.push(b'\n');
+    }
+    match packer.add_stream(&tree[..], &Progress::hidden()) {
+        Ok((ids, _)) => Ok(ids),
+        Err(ChunkError::Sink(e)) => Err(e),
+        Err(ChunkError::Read(e)) => Err(Error::io("reading the node list", e)),
+    }
+}
+
+fn mtime_ns(meta: &std::fs::Metadata) -> i64 {
+    meta.mtime()
+        .saturating_mul(1_000_000_000)
+        .saturating_add(meta.mtime_nsec())
+}
+
+struct Entry {
+    abs: PathBuf,
+    rel: String,
+    meta: std::fs::Metadata,
+}
+
+fn walk(path: &Path, out: &mut Vec<Entry>, errors: &mut Vec<String>) {
+    let meta = match std::fs::symlink_metadata(path) {
+        Ok(m) => m,
+        Err(e) => {
+            errors.push(format!("{}: {e}", path.display()));
+            return;
+        }
+    };
+    let Some(rel) = path.to_str().map(|s| s.trim_start_matches('/').to_string()) else {
+        errors.push(format!("{}: file name is not UTF-8 (not supported yet)", path.display()));
+        return;
+    };
+    let is_dir = meta.is_dir();
+    out.push(Entry {
+        abs: path.to_path_buf(),
+        rel,
+        meta,
+    });
+    if !is_dir {
+        return;
+    }
+    let mut children: Vec<PathBuf> = match std::fs::read_dir(path) {
+        Ok(rd) => rd
+            .filter_map(|e| match e {
+                Ok(e) => Some(e.path()),
+                Err(e) => {
+                    errors.push(format!("{}: {e}", path.display()));
+                    None
+                }
+            })
+            .collect(),
+        Err(e) => {
+            errors.push(format!("{}: {e}", path.display()));
+            return;
+        }
+    };
+    children.sort();
+    for c in children {
+        walk(&c, out, errors);
+    }
+}
+
+/// Back up files, directories and symlinks below `paths` (absolute).
+pub fn archive_files(
+    packer: &mut Packer,
+    name: &str,
+    paths: &[PathBuf],
+    quiet: bool,
+) -> Result<SourceOutcome> {
+    let mut entries = Vec::new();
+    let mut errors = Vec::new();
+    for p in paths {
+        walk(p, &mut entries, &mut errors);
+    }
+    let total: u64 = entries
+        .iter()
+        .filter(|e| e.meta.is_file())
+        .map(|e| e.meta.len())
+        .sum();
+    let progress = Progress::bytes(total, quiet, "snapshot");
+    let mut nodes = Vec::with_capacity(entries.len());
+    let (mut files, mut dirs, mut symlinks, mut bytes) = (0u64, 0u64, 0u64, 0u64);
+    for e in entries {
+        let m = &e.meta;
+        let mut node = Node {
+            path: e.rel,
+            kind: NodeKind::File,
+            mode: m.mode() & 0o7777,
+            mtime_ns: mtime_ns(m),
+            uid: m.uid(),
+            gid: m.gid(),
+            size: 0,
+            content: Vec::new(),
+            target: None,
+        };
+        let ft = m.file_type();
+        if ft.is_dir() {
+            node.kind = NodeKind::Dir;
+            dirs += 1;
+        } else if ft.is_symlink() {
+            match std::fs::read_link(&e.abs) {
+                Ok(t) => match t.to_str() {
+                    Some(t) => node.target = Some(t.to_string()),
+                    None => {
+                        errors.push(format!("{}: link target is not UTF-8", e.abs.display()));
+                        continue;
+                    }
+                },
+                Err(err) => {
+                    errors.push(format!("{}: {err}", e.abs.display()));
+                    continue;
+                }
+            }
+            node.kind = NodeKind::Symlink;
+            symlinks += 1;
+        } else if ft.is_file() {
+            let file = match std::fs::File::open(&e.abs) {
+                Ok(f) => f,
+                Err(err) => {
+                    errors.push(format!("{}: {err}", e.abs.display()));
+                    continue;
+                }
+            };
+            match packer.add_stream(file, &progress) {
+                Ok((ids, n)) => {
+                    node.content = ids;
+                    node.size = n;
+                    bytes += n;
+                    files += 1;
+                }
+                Err(ChunkError::Read(err)) => {
+                    errors.push(format!("{}: {err}", e.abs.display()));
+                    continue;
+                }
+                Err(ChunkError::Sink(err)) => {
+                    progress.finish();
+                    return Err(err);
+                }
+            }
+        } else {
+            tracing::warn!(path = %e.abs.display(), "skipping special file (device, socket or fifo)");
+            continue;
+        }
+        nodes.push(node);
+    }
+    progress.finish();
+    for e in &errors {
+        tracing::warn!("unreadable: {e}");
+    }
+    let tree = store_tree(packer, &nodes)?;
+    Ok(SourceOutcome {
+        record: SourceRecord {
+            name: name.to_string(),
+            kind: "files".into(),
+            status: if errors.is_empty() {
+                SourceStatus::Complete
+            } else {
+                SourceStatus::Incomplete
+            },
+            errors,
+            tree,
+            size: bytes,
+            metadata: serde_json::Value::Null,
+        },
+        files,
+        dirs,
+        symlinks,
+        bytes_read: bytes,
+    })
+}
+
+/// Back up one stream (standard input or a command's output) as file `name`.
+pub fn archive_stream<R: Read>(
+    packer: &mut Packer,
+    source_name: &str,
+    kind: &str,
+    file_name: &str,
+    reader: R,
+    quiet: bool,
+) -> Result<SourceOutcome> {
+    let progress = Progress::bytes(0, quiet, "snapshot");
+    let (ids, n) = match packer.add_stream(reader, &progress) {
+        Ok(v) => v,
+        Err(ChunkError::Read(e)) => {
+            return Err(Error::io(format!("reading {kind} for {file_name:?}"), e))
+        }
+        Err(ChunkError::Sink(e)) => return Err(e),
+    };
+    progress.finish();
+    let now = jiff::Timestamp::now();
+    let node = Node {
+        path: file_name.to_string(),
+        kind: NodeKind::File,
+        mode: 0o644,
+        mtime_ns: now.as_nanosecond() as i64,
+        uid: unsafe { libc::getuid() },
+        gid: unsafe { libc::getgid() },
+        size: n,
+        content: ids,
+        target: None,
+    };
+    let tree = store_tree(packer, std::slice::from_ref(&node))?;
+    Ok(SourceOutcome {
+        record: SourceRecord {
+            name: source_name.to_string(),
+            kind: kind.to_string(),
+            status: SourceStatus::Complete,
+            errors: Vec::new(),
+            tree,
+            size: n,
+            metadata: serde_json::Value::Null,
+        },
+        files: 1,
+        dirs: 0,
+        symlinks: 0,
+        bytes_read: n,
+    })
+}

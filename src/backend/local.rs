@@ -1,0 +1,192 @@
+use super::{Backend, FileRef};
+use crate::error::{Error, Kind, Result, ResultExt};
+use crate::repo::FileKind;
+use std::fs;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+/// A repository in a local directory.
+///
+/// Writes go to `tmp/` first, are fsynced, then renamed into place and the
+/// directory fsynced, so a crash never leaves a half-written file under its
+/// final name. Leftovers in `tmp/` are removed by `prune`.
+pub struct LocalBackend {
+    root: PathBuf,
+}
+
+const DIRS: [FileKind; 5] = [
+    FileKind::Key,
+    FileKind::Pack,
+    FileKind::Index,
+    FileKind::Snapshot,
+    FileKind::Lock,
+];
+
+impl LocalBackend {
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        LocalBackend { root: root.into() }
+    }
+
+    fn path(&self, file: &FileRef) -> PathBuf {
+        match file.kind {
+            FileKind::Config => self.root.join("config"),
+            FileKind::Pack => {
+                let prefix = file.name.get(..2).unwrap_or("00");
+                self.root.join("data").join(prefix).join(&file.name)
+            }
+            k => self.root.join(k.dir()).join(&file.name),
+        }
+    }
+
+    fn not_found(&self, file: &FileRef, e: std::io::Error) -> Error {
+        if e.kind() == std::io::ErrorKind::NotFound && file.kind == FileKind::Config {
+            return Error::new(
+                Kind::NoRepository,
+                format!("no repository at {}", self.root.display()),
+            )
+            .with_hint("check the path, or create a repository with `cairn init`");
+        }
+        Error::io(format!("reading {file} in {}", self.root.display()), e)
+    }
+}
+
+fn sync_dir(dir: &Path) -> Result<()> {
+    fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .ctx(|| format!("syncing directory {}", dir.display()))
+}
+
+impl Backend for LocalBackend {
+    fn location(&self) -> String {
+        self.root.display().to_string()
+    }
+
+    fn create(&self) -> Result<()> {
+        if self.root.join("config").exists() {
+            return Err(Error::failure(format!(
+                "a repository already exists at {}",
+                self.root.display()
+            ))
+            .with_hint("use it as it is, or choose another path"));
+        }
+        if self.root.exists() {
+            let mut entries = fs::read_dir(&self.root).ctx(|| format!("reading {}", self.root.display()))?;
+            if entries.next().is_some() {
+                return Err(Error::failure(format!(
+                    "{} exists and is not empty",
+                    self.root.display()
+                ))
+                .with_hint("create the repository in a new or empty directory"));
+            }
+        }
+        for kind in DIRS {
+            let dir = self.root.join(kind.dir());
+            fs::create_dir_all(&dir).ctx(|| format!("creating {}", dir.display()))?;
+        }
+        for b in 0..=255u8 {
+            let dir = self.root.join("data").join(format!("{b:02x}"));
+            fs::create_dir_all(&dir).ctx(|| format!("creating {}", dir.display()))?;
+        }
+        let tmp = self.root.join("tmp");
+        fs::create_dir_all(&tmp).ctx(|| format!("creating {}", tmp.display()))?;
+        Ok(())
+    }
+
+    fn write(&self, file: &FileRef, data: &[u8]) -> Result<()> {
+        let path = self.path(file);
+        let tmp_dir = self.root.join("tmp");
+        fs::create_dir_all(&tmp_dir).ctx(|| format!("creating {}", tmp_dir.display()))?;
+        let mut tmp = tempfile::NamedTempFile::new_in(&tmp_dir)
+            .ctx(|| format!("creating a temporary file in {}", tmp_dir.display()))?;
+        tmp.write_all(data)
+            .and_then(|_| tmp.as_file().sync_all())
+            .ctx(|| format!("writing {file} to {}", tmp_dir.display()))?;
+        let parent = path.parent().unwrap_or(&self.root).to_path_buf();
+        if file.kind == FileKind::Config {
+            // The config is the one file that must never be replaced.
+            tmp.persist_noclobber(&path)
+                .map_err(|e| Error::io(format!("writing {}", path.display()), e.error))?;
+        } else {
+            tmp.persist(&path)
+                .map_err(|e| Error::io(format!("writing {}", path.display()), e.error))?;
+        }
+        sync_dir(&parent)
+    }
+
+    fn read(&self, file: &FileRef) -> Result<Vec<u8>> {
+        fs::read(self.path(file)).map_err(|e| self.not_found(file, e))
+    }
+
+    fn read_range(&self, file: &FileRef, offset: u64, length: u32) -> Result<Vec<u8>> {
+        let path = self.path(file);
+        let mut f = fs::File::open(&path).map_err(|e| self.not_found(file, e))?;
+        let mut buf = vec![0u8; length as usize];
+        f.seek(SeekFrom::Start(offset))
+            .and_then(|_| f.read_exact(&mut buf))
+            .ctx(|| format!("reading {length} bytes at {offset} of {}", path.display()))?;
+        Ok(buf)
+    }
+
+    fn list(&self, kind: FileKind) -> Result<Vec<(String, u64)>> {
+        let mut out = Vec::new();
+        let dirs: Vec<PathBuf> = match kind {
+            FileKind::Config => return Ok(Vec::new()),
+            FileKind::Pack => {
+                let data = self.root.join("data");
+                let mut v = Vec::new();
+                for e in fs::read_dir(&data).ctx(|| format!("listing {}", data.display()))? {
+                    let e = e.ctx(|| format!("listing {}", data.display()))?;
+                    if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                        v.push(e.path());
+                    }
+                }
+                v
+            }
+            k => vec![self.root.join(k.dir())],
+        };
+        for dir in dirs {
+            let rd = match fs::read_dir(&dir) {
+                Ok(rd) => rd,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(Error::io(format!("listing {}", dir.display()), e)),
+            };
+            for e in rd {
+                let e = e.ctx(|| format!("listing {}", dir.display()))?;
+                let name = e.file_name().to_string_lossy().into_owned();
+                if name.len() != 64 {
+                    continue;
+                }
+                let size = e.metadata().ctx(|| format!("stat {}", e.path().display()))?.len();
+                out.push((name, size));
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    fn remove(&self, file: &FileRef) -> Result<()> {
+        let path = self.path(file);
+        match fs::remove_file(&path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(Error::io(format!("removing {}", path.display()), e)),
+        }
+    }
+
+    fn exists(&self, file: &FileRef) -> Result<bool> {
+        Ok(self.path(file).exists())
+    }
+
+    fn remove_temporary(&self) -> Result<u64> {
+        let tmp = self.root.join("tmp");
+        let mut n = 0;
+        if let Ok(rd) = fs::read_dir(&tmp) {
+            for e in rd.flatten() {
+                if fs::remove_file(e.path()).is_ok() {
+                    n += 1;
+                }
+            }
+        }
+        Ok(n)
+    }
+}

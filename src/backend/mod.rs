@@ -1,0 +1,77 @@
+//! Where repository files are stored.
+//!
+//! Every storage (a local directory now, object storage later) implements one
+//! small [`Backend`] trait of whole-file operations; everything above it —
+//! encryption, packing, locking — is shared. Files are immutable once
+//! written, so a backend needs no partial updates, only atomic whole writes.
+
+mod local;
+
+pub use local::LocalBackend;
+
+use crate::error::{Error, Kind, Result};
+use crate::repo::FileKind;
+
+/// One stored file: its kind and name (64 hex digits, or `config`).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct FileRef {
+    pub kind: FileKind,
+    pub name: String,
+}
+
+impl FileRef {
+    pub fn new(kind: FileKind, name: impl Into<String>) -> Self {
+        FileRef {
+            kind,
+            name: name.into(),
+        }
+    }
+    pub fn config() -> Self {
+        FileRef::new(FileKind::Config, "config")
+    }
+}
+
+impl std::fmt::Display for FileRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.kind {
+            FileKind::Config => f.write_str("config"),
+            k => write!(f, "{} {}", k.name(), self.name),
+        }
+    }
+}
+
+pub trait Backend: Send + Sync {
+    /// Human-readable location, for messages.
+    fn location(&self) -> String;
+    /// Create the repository's directories; fails if a config already exists.
+    fn create(&self) -> Result<()>;
+    /// Write a whole file atomically: readers see all of it or nothing.
+    fn write(&self, file: &FileRef, data: &[u8]) -> Result<()>;
+    fn read(&self, file: &FileRef) -> Result<Vec<u8>>;
+    fn read_range(&self, file: &FileRef, offset: u64, length: u32) -> Result<Vec<u8>>;
+    /// Names and sizes of all files of a kind.
+    fn list(&self, kind: FileKind) -> Result<Vec<(String, u64)>>;
+    fn remove(&self, file: &FileRef) -> Result<()>;
+    fn exists(&self, file: &FileRef) -> Result<bool>;
+    /// Remove leftovers of interrupted writes; only under an exclusive lock.
+    fn remove_temporary(&self) -> Result<u64> {
+        Ok(0)
+    }
+}
+
+/// Open the backend for a repository location given on the command line.
+pub fn open(location: &str) -> Result<Box<dyn Backend>> {
+    if location.is_empty() {
+        return Err(Error::usage("no repository given").with_hint(
+            "pass -r/--repo PATH or set CAIRN_REPOSITORY (create one with `cairn init -r PATH`)",
+        ));
+    }
+    if let Some((scheme, _)) = location.split_once("://") {
+        return Err(Error::new(
+            Kind::Usage,
+            format!("repository location {location:?}: the {scheme}:// scheme is not supported yet"),
+        )
+        .with_hint("use a local directory path"));
+    }
+    Ok(Box::new(LocalBackend::new(location)))
+}

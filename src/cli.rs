@@ -1,0 +1,257 @@
+//! Command-line definitions only: flags, arguments and help text.
+//! The work is done in `commands/`.
+
+use clap::{ArgAction, Args, Parser, Subcommand, ValueEnum};
+use std::path::PathBuf;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "cairn",
+    version,
+    about = "Deduplicating, encrypted backups of files, streams, PostgreSQL and Kafka",
+    after_help = "Exit codes: 0 ok, 1 failure, 2 usage, 3 some source data unreadable, \
+10 no repository, 11 repository locked, 12 wrong password or identity, 130 interrupted."
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct GlobalArgs {
+    /// Repository location (a local directory)
+    #[arg(short = 'r', long = "repo", env = "CAIRN_REPOSITORY", global = true, value_name = "REPO")]
+    pub repo: Option<String>,
+    /// Read the repository password from this file (first line)
+    #[arg(long, env = "CAIRN_PASSWORD_FILE", global = true, value_name = "FILE")]
+    pub password_file: Option<PathBuf>,
+    /// Open the repository with an age identity file instead of a password
+    #[arg(long, env = "CAIRN_IDENTITY_FILE", global = true, value_name = "FILE")]
+    pub identity: Option<PathBuf>,
+    /// Directory for the local index cache [default: $XDG_CACHE_HOME/cairn or ~/.cache/cairn]
+    #[arg(long, env = "CAIRN_CACHE_DIR", global = true, value_name = "DIR")]
+    pub cache_dir: Option<PathBuf>,
+    /// Use a throwaway index cache
+    #[arg(long, global = true)]
+    pub no_cache: bool,
+    /// More log output (-v info, -vv debug, -vvv trace)
+    #[arg(short, long, action = ArgAction::Count, global = true)]
+    pub verbose: u8,
+    /// No progress bars, only errors
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+    /// Format of log lines on stderr
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
+    pub log_format: LogFormat,
+    /// Machine-readable output on stdout
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Create a new repository
+    Init(InitArgs),
+    /// Manage the keys that open the repository
+    #[command(subcommand)]
+    Key(KeyCommand),
+    /// Back up files, standard input or a command's output
+    Snapshot(SnapshotArgs),
+    /// List snapshots (restore points)
+    Snapshots(SnapshotsArgs),
+    /// Restore a snapshot
+    Restore(RestoreArgs),
+    /// Verify the repository's structure and, optionally, all data
+    Check(CheckArgs),
+    /// Remove snapshots according to a retention policy
+    Forget(ForgetArgs),
+    /// Remove data no snapshot needs
+    Prune(PruneArgs),
+    /// Show repository statistics
+    Stats,
+    /// Print a repository file in plain text (for debugging)
+    Cat(CatArgs),
+    /// Remove stale locks
+    Unlock(UnlockArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct InitArgs {
+    /// scrypt work factor (log2 N) for the password key; lower values only for tests
+    #[arg(long, default_value_t = 18, value_parser = clap::value_parser!(u8).range(10..=22))]
+    pub kdf_work_factor: u8,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum KeyCommand {
+    /// Add a key: a new password, or an age recipient
+    Add(KeyAddArgs),
+    /// List keys
+    List,
+    /// Remove a key (not the last one, not the one in use)
+    Remove {
+        /// Key id or unique prefix
+        id: String,
+    },
+}
+
+#[derive(Args, Debug)]
+pub struct KeyAddArgs {
+    /// File holding the new key's password
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["new_recipient", "new_identity"])]
+    pub new_password_file: Option<PathBuf>,
+    /// age recipient (age1…) the new key is encrypted to
+    #[arg(long, value_name = "RECIPIENT", conflicts_with = "new_identity")]
+    pub new_recipient: Option<String>,
+    /// age identity file whose recipient the new key is encrypted to
+    #[arg(long, value_name = "FILE")]
+    pub new_identity: Option<PathBuf>,
+    /// scrypt work factor (log2 N) for a password key
+    #[arg(long, default_value_t = 18, value_parser = clap::value_parser!(u8).range(10..=22))]
+    pub kdf_work_factor: u8,
+}
+
+#[derive(Args, Debug)]
+pub struct SnapshotArgs {
+    /// Files and directories to back up
+    #[arg(value_name = "PATH")]
+    pub paths: Vec<PathBuf>,
+    /// Back up standard input, stored as a file of this name
+    #[arg(long, value_name = "NAME")]
+    pub stdin_name: Option<String>,
+    /// Back up the standard output of the command given after `--`
+    #[arg(long, requires = "command")]
+    pub stdin_from_command: bool,
+    /// The command for --stdin-from-command
+    #[arg(last = true, value_name = "CMD")]
+    pub command: Vec<String>,
+    /// Tag the snapshot (repeat or separate with commas)
+    #[arg(long, value_delimiter = ',')]
+    pub tag: Vec<String>,
+    /// Host name recorded in the snapshot
+    #[arg(long)]
+    pub host: Option<String>,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct FilterArgs {
+    /// Only snapshots with this tag (repeatable)
+    #[arg(long, value_delimiter = ',')]
+    pub tag: Vec<String>,
+    /// Only snapshots of this host (repeatable)
+    #[arg(long)]
+    pub host: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct SnapshotsArgs {
+    #[command(flatten)]
+    pub filter: FilterArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct RestoreArgs {
+    /// Snapshot id (or unique prefix), or `latest`
+    #[arg(value_name = "SNAPSHOT", conflicts_with = "at")]
+    pub snapshot: Option<String>,
+    /// Restore the newest snapshot taken at or before this time (RFC 3339 or `YYYY-MM-DD HH:MM`, local time)
+    #[arg(long, value_name = "TIME")]
+    pub at: Option<String>,
+    /// Directory to restore into
+    #[arg(long, short = 't', value_name = "DIR")]
+    pub target: PathBuf,
+    /// Only restore this path and what is below it (repeatable)
+    #[arg(long, value_name = "PATH")]
+    pub include: Vec<String>,
+    /// Only restore this source of the snapshot (repeatable)
+    #[arg(long, value_name = "NAME")]
+    pub source: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct CheckArgs {
+    /// Also read, decrypt and verify every stored chunk
+    #[arg(long)]
+    pub read_data: bool,
+    /// Read only a subset of packs: `N/M` (the N-th of M parts) or `P%`
+    #[arg(long, value_name = "SUBSET", conflicts_with = "read_data")]
+    pub read_data_subset: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct ForgetArgs {
+    /// Keep the N newest snapshots
+    #[arg(long, value_name = "N")]
+    pub keep_last: Option<u32>,
+    /// Keep the newest snapshot of each of the last N hours that have one
+    #[arg(long, value_name = "N")]
+    pub keep_hourly: Option<u32>,
+    /// Keep the newest snapshot of each of the last N days that have one
+    #[arg(long, value_name = "N")]
+    pub keep_daily: Option<u32>,
+    /// Keep the newest snapshot of each of the last N weeks that have one
+    #[arg(long, value_name = "N")]
+    pub keep_weekly: Option<u32>,
+    /// Keep the newest snapshot of each of the last N months that have one
+    #[arg(long, value_name = "N")]
+    pub keep_monthly: Option<u32>,
+    /// Keep the newest snapshot of each of the last N years that have one
+    #[arg(long, value_name = "N")]
+    pub keep_yearly: Option<u32>,
+    /// Keep every snapshot newer than this duration before the newest one (e.g. 30d, 2w)
+    #[arg(long, value_name = "DURATION")]
+    pub keep_within: Option<String>,
+    /// Keep snapshots with this tag (repeatable)
+    #[arg(long, value_name = "TAG", value_delimiter = ',')]
+    pub keep_tag: Vec<String>,
+    /// Group snapshots by these fields before applying the policy
+    #[arg(long, default_value = "host,paths", value_name = "FIELDS")]
+    pub group_by: String,
+    #[command(flatten)]
+    pub filter: FilterArgs,
+    /// Show what would be removed, remove nothing
+    #[arg(long, short = 'n')]
+    pub dry_run: bool,
+    /// Run `prune` afterwards
+    #[arg(long)]
+    pub prune: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct PruneArgs {
+    /// Show what would be removed, remove nothing
+    #[arg(long, short = 'n')]
+    pub dry_run: bool,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CatKind {
+    Config,
+    Snapshot,
+    Index,
+    Pack,
+    Key,
+}
+
+#[derive(Args, Debug)]
+pub struct CatArgs {
+    #[arg(value_enum)]
+    pub kind: CatKind,
+    /// File id (or unique prefix); `latest` for snapshots
+    pub id: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct UnlockArgs {
+    /// Remove all locks, not only stale ones
+    #[arg(long)]
+    pub remove_all: bool,
+}

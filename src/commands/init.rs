@@ -1,0 +1,39 @@
+use super::{print_json, repo_location};
+use crate::backend;
+use crate::cli::{GlobalArgs, InitArgs};
+use crate::crypto::Secret;
+use crate::error::{Error, Result};
+use crate::repository::{NewKey, Repository};
+
+pub fn run(g: &GlobalArgs, a: &InitArgs) -> Result<()> {
+    let location = repo_location(g)?;
+    let backend = backend::open(&location)?;
+    let new = match super::secret(g)? {
+        Secret::Password(password) => NewKey::Password {
+            password,
+            log_n: a.kdf_work_factor,
+        },
+        Secret::Identities(ids) => {
+            let first = ids
+                .first()
+                .ok_or_else(|| Error::usage("the identity file holds no identity"))?;
+            NewKey::Recipient(first.to_public().to_string())
+        }
+    };
+    let (config, key_id) = Repository::init(backend.as_ref(), &new)?;
+    if g.json {
+        print_json(&serde_json::json!({
+            "repository": location,
+            "id": config.id,
+            "key": key_id,
+        }))?;
+    } else {
+        println!(
+            "created repository {} at {location} (key {})",
+            config.id.short(),
+            key_id.short()
+        );
+        println!("keep the password or identity safe: without it the data cannot be read");
+    }
+    Ok(())
+}

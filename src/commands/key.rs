@@ -1,0 +1,107 @@
+use super::{open_repo, print_json};
+use crate::backend::FileRef;
+use crate::cli::{GlobalArgs, KeyAddArgs, KeyCommand};
+use crate::crypto;
+use crate::error::{Error, Result};
+use crate::lock::with_lock;
+use crate::repo::{FileKind, KeyKind};
+use crate::repository::{local_key_files, make_key_file, write_key_file, NewKey};
+
+pub fn run(g: &GlobalArgs, cmd: KeyCommand) -> Result<()> {
+    match cmd {
+        KeyCommand::Add(a) => add(g, &a),
+        KeyCommand::List => list(g),
+        KeyCommand::Remove { id } => remove(g, &id),
+    }
+}
+
+fn add(g: &GlobalArgs, a: &KeyAddArgs) -> Result<()> {
+    let new = if let Some(f) = &a.new_password_file {
+        NewKey::Password {
+            password: super::read_password_file(f)?,
+            log_n: a.kdf_work_factor,
+        }
+    } else if let Some(r) = &a.new_recipient {
+        NewKey::Recipient(r.clone())
+    } else if let Some(f) = &a.new_identity {
+        let ids = crypto::read_identity_file(f)?;
+        NewKey::Recipient(ids[0].to_public().to_string())
+    } else {
+        return Err(Error::usage("no new key given").with_hint(
+            "pass --new-password-file FILE, --new-recipient age1…, or --new-identity FILE",
+        ));
+    };
+    let repo = open_repo(g)?;
+    let kf = make_key_file(&repo.key, repo.config.id, &new)?;
+    let id = write_key_file(repo.backend.as_ref(), &kf)?;
+    if g.json {
+        print_json(&serde_json::json!({ "id": id, "kind": kf.kind }))
+    } else {
+        println!("added key {}", id.short());
+        Ok(())
+    }
+}
+
+fn list(g: &GlobalArgs) -> Result<()> {
+    let repo = open_repo(g)?;
+    let keys = local_key_files(repo.backend.as_ref())?;
+    if g.json {
+        let v: Vec<_> = keys
+            .iter()
+            .map(|(id, k)| {
+                serde_json::json!({
+                    "id": id, "current": *id == repo.key_id, "kind": k.kind,
+                    "created": k.created, "host": k.host, "username": k.username,
+                    "recipient": k.recipient,
+                })
+            })
+            .collect();
+        return print_json(&v);
+    }
+    println!("{:<2}{:<10} {:<9} {:<20} {:<24} recipient", "", "ID", "KIND", "CREATED", "USER@HOST");
+    for (id, k) in &keys {
+        println!(
+            "{:<2}{:<10} {:<9} {:<20} {:<24} {}",
+            if *id == repo.key_id { "*" } else { "" },
+            id.short(),
+            match k.kind {
+                KeyKind::Password => "password",
+                KeyKind::Identity => "identity",
+            },
+            super::local_time(k.created),
+            format!("{}@{}", k.username, k.host),
+            k.recipient.as_deref().unwrap_or("-")
+        );
+    }
+    Ok(())
+}
+
+fn remove(g: &GlobalArgs, spec: &str) -> Result<()> {
+    let repo = open_repo(g)?;
+    with_lock(&repo, true, "key remove", || {
+        let keys = local_key_files(repo.backend.as_ref())?;
+        let matches: Vec<_> = keys
+            .iter()
+            .filter(|(id, _)| id.to_hex().starts_with(&spec.to_ascii_lowercase()))
+            .collect();
+        let (id, _) = match matches.as_slice() {
+            [one] => *one,
+            [] => {
+                return Err(Error::usage(format!("no key matches {spec:?}"))
+                    .with_hint("`cairn key list` shows the keys"))
+            }
+            _ => return Err(Error::usage(format!("several keys match {spec:?}")).with_hint("give more digits")),
+        };
+        if keys.len() == 1 {
+            return Err(Error::usage("refusing to remove the last key: the repository could never be opened again")
+                .with_hint("add another key first with `cairn key add`"));
+        }
+        if *id == repo.key_id {
+            return Err(Error::usage("refusing to remove the key this command was opened with")
+                .with_hint("open the repository with another key to remove this one"));
+        }
+        repo.backend.remove(&FileRef::new(FileKind::Key, id.to_hex()))?;
+        println!("removed key {}", id.short());
+        Ok(())
+    })
+}

@@ -1,0 +1,152 @@
+//! One file per command. Each takes the resolved global options and its own
+//! arguments, does its work through the library, and prints its result.
+
+pub mod cat;
+pub mod check;
+pub mod forget;
+pub mod init;
+pub mod key;
+pub mod prune;
+pub mod restore;
+pub mod snapshot;
+pub mod snapshots;
+pub mod stats;
+pub mod unlock;
+
+use crate::backend;
+use crate::cli::{Command, FilterArgs, GlobalArgs};
+use crate::crypto::{self, Secret};
+use crate::error::{Error, Result};
+use crate::repo::Snapshot;
+use crate::repository::Repository;
+use std::io::IsTerminal;
+use std::path::PathBuf;
+
+pub fn run(g: &GlobalArgs, command: Command) -> Result<()> {
+    match command {
+        Command::Init(a) => init::run(g, &a),
+        Command::Key(k) => key::run(g, k),
+        Command::Snapshot(a) => snapshot::run(g, &a),
+        Command::Snapshots(a) => snapshots::run(g, &a),
+        Command::Restore(a) => restore::run(g, &a),
+        Command::Check(a) => check::run(g, &a),
+        Command::Forget(a) => forget::run(g, &a),
+        Command::Prune(a) => prune::run(g, &a),
+        Command::Stats => stats::run(g),
+        Command::Cat(a) => cat::run(g, &a),
+        Command::Unlock(a) => unlock::run(g, &a),
+    }
+}
+
+pub fn repo_location(g: &GlobalArgs) -> Result<String> {
+    g.repo.clone().ok_or_else(|| {
+        Error::usage("no repository given").with_hint(
+            "pass -r/--repo PATH or set CAIRN_REPOSITORY (create one with `cairn init -r PATH`)",
+        )
+    })
+}
+
+fn read_password_file(path: &std::path::Path) -> Result<String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| Error::io(format!("reading password file {}", path.display()), e))
+        .map_err(|e| e.with_hint("check --password-file / CAIRN_PASSWORD_FILE"))?;
+    let pw = text.lines().next().unwrap_or("").to_string();
+    if pw.is_empty() {
+        return Err(Error::usage(format!("password file {} is empty", path.display())));
+    }
+    Ok(pw)
+}
+
+/// The secret the user offers: identity file, password file, environment or prompt.
+pub fn secret(g: &GlobalArgs) -> Result<Secret> {
+    if let Some(id) = &g.identity {
+        return Ok(Secret::Identities(crypto::read_identity_file(id)?));
+    }
+    if let Some(f) = &g.password_file {
+        return Ok(Secret::Password(read_password_file(f)?));
+    }
+    if let Ok(pw) = std::env::var("CAIRN_PASSWORD") {
+        if !pw.is_empty() {
+            return Ok(Secret::Password(pw));
+        }
+    }
+    if std::io::stdin().is_terminal() {
+        let pw = rpassword::prompt_password("repository password: ")
+            .map_err(|e| Error::io("reading the password from the terminal", e))?;
+        return Ok(Secret::Password(pw));
+    }
+    Err(Error::usage("no password or identity given").with_hint(
+        "use --password-file FILE, CAIRN_PASSWORD_FILE, CAIRN_PASSWORD, or --identity FILE",
+    ))
+}
+
+pub fn cache_dir(g: &GlobalArgs) -> Option<PathBuf> {
+    if g.no_cache {
+        return None;
+    }
+    if let Some(d) = &g.cache_dir {
+        return Some(d.clone());
+    }
+    if let Some(x) = std::env::var_os("XDG_CACHE_HOME").filter(|x| !x.is_empty()) {
+        return Some(PathBuf::from(x).join("cairn"));
+    }
+    std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache").join("cairn"))
+}
+
+pub fn open_repo(g: &GlobalArgs) -> Result<Repository> {
+    let location = repo_location(g)?;
+    let backend = backend::open(&location)?;
+    // Fail with "no repository" before asking for a password.
+    Repository::read_config(backend.as_ref())?;
+    Repository::open(backend, &secret(g)?, cache_dir(g))
+}
+
+pub fn matches_filter(s: &Snapshot, f: &FilterArgs) -> bool {
+    (f.host.is_empty() || f.host.contains(&s.host))
+        && (f.tag.is_empty() || f.tag.iter().any(|t| s.tags.contains(t)))
+}
+
+pub fn print_json(v: &impl serde::Serialize) -> Result<()> {
+    let s = serde_json::to_string_pretty(v).map_err(|e| Error::failure(e.to_string()))?;
+    println!("{s}");
+    Ok(())
+}
+
+/// 1536 -> "1.5 KiB"
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < UNITS.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+pub fn local_time(t: jiff::Timestamp) -> String {
+    t.to_zoned_datetime(jiff::tz::TimeZone::system())
+        .strftime("%Y-%m-%d %H:%M:%S")
+        .to_string()
+}
+
+/// Parse `--at`: RFC 3339, or `YYYY-MM-DD HH:MM[:SS]` in local time.
+pub fn parse_time(s: &str) -> Result<jiff::Timestamp> {
+    if let Ok(t) = s.parse::<jiff::Timestamp>() {
+        return Ok(t);
+    }
+    if let Ok(dt) = s.trim().parse::<jiff::civil::DateTime>() {
+        if s.contains(':') {
+            if let Ok(z) = dt.to_zoned_datetime(jiff::tz::TimeZone::system()) {
+                return Ok(z.timestamp());
+            }
+        }
+    }
+    Err(Error::usage(format!("cannot read {s:?} as a time")).with_hint(
+        "use RFC 3339 (2026-11-25T02:00:00Z) or local time as \"YYYY-MM-DD HH:MM[:SS]\"",
+    ))
+}

@@ -1,0 +1,183 @@
+//! `cairn prune`: remove data no snapshot needs, under an exclusive lock.
+//!
+//! Order (crash-safe at every step): write repacked packs, write the new
+//! index, delete the old index files, then delete packs. A crash before the
+//! new index leaves only extra packs; after it, only extra files.
+
+use super::{human_bytes, open_repo, print_json};
+use crate::archiver::PackBuilder;
+use crate::backend::FileRef;
+use crate::cli::{GlobalArgs, PruneArgs};
+use crate::error::{Error, Result};
+use crate::lock::with_lock;
+use crate::repo::{split_pack, FileKind, Id, IndexFile, PackEntry, Snapshot, FORMAT_VERSION};
+use crate::repository::Repository;
+use serde::Serialize;
+use std::collections::{HashMap, HashSet};
+
+#[derive(Debug, Default, Serialize)]
+pub struct PruneReport {
+    pub packs_kept: usize,
+    pub packs_removed: usize,
+    pub packs_repacked: usize,
+    pub unreferenced_packs_removed: usize,
+    pub bytes_before: u64,
+    pub bytes_after: u64,
+    pub dry_run: bool,
+}
+
+/// Every chunk any snapshot needs (node lists and file contents).
+pub fn used_chunks(repo: &Repository) -> Result<HashSet<Id>> {
+    let mut used = HashSet::new();
+    for (name, _) in repo.backend.list(FileKind::Snapshot)? {
+        let Some(id) = Id::parse(&name) else { continue };
+        let snap: Snapshot = repo.read_sealed(FileKind::Snapshot, &id).map_err(|e| {
+            e.with_hint("prune cannot tell what is in use; run `cairn check` and forget damaged snapshots first")
+        })?;
+        for src in &snap.sources {
+            used.extend(src.tree.iter().copied());
+            let nodes = repo.read_tree(src).map_err(|e| {
+                e.context(format!("snapshot {}", id.short())).with_hint(
+                    "prune cannot tell what is in use; run `cairn check` and forget damaged snapshots first",
+                )
+            })?;
+            for n in nodes {
+                used.extend(n.content);
+            }
+        }
+    }
+    Ok(used)
+}
+
+pub fn prune(repo: &Repository, dry_run: bool) -> Result<PruneReport> {
+    let mut report = PruneReport { dry_run, ..Default::default() };
+    let used = used_chunks(repo)?;
+    let mut packs: HashMap<Id, PackEntry> = HashMap::new();
+    let mut index_files = Vec::new();
+    for (name, _) in repo.backend.list(FileKind::Index)? {
+        let Some(id) = Id::parse(&name) else { continue };
+        let idx: IndexFile = repo.read_sealed(FileKind::Index, &id).map_err(|e| {
+            e.with_hint("prune needs every index file; run `cairn check` first")
+        })?;
+        index_files.push(id);
+        for p in idx.packs {
+            packs.insert(p.id, p);
+        }
+    }
+    let on_disk: HashMap<Id, u64> = repo
+        .backend
+        .list(FileKind::Pack)?
+        .into_iter()
+        .filter_map(|(n, s)| Id::parse(&n).map(|i| (i, s)))
+        .collect();
+    report.bytes_before = on_disk.values().sum();
+
+    let mut keep: Vec<PackEntry> = Vec::new();
+    let mut repack: Vec<PackEntry> = Vec::new();
+    let mut remove: Vec<Id> = Vec::new();
+    let mut ids: Vec<&Id> = packs.keys().collect();
+    ids.sort();
+    for id in ids {
+        let p = &packs[id];
+        if !on_disk.contains_key(id) {
+            tracing::warn!(pack = %id, "indexed pack is missing; dropping it from the index");
+            continue;
+        }
+        let used_frames = p
+            .frames
+            .iter()
+            .filter(|f| f.chunks.iter().any(|c| used.contains(&c.id)))
+            .count();
+        if used_frames == p.frames.len() {
+            keep.push(p.clone());
+        } else if used_frames == 0 {
+            tracing::info!(pack = %id.short(), reason = "no snapshot uses it", "removing pack");
+            remove.push(*id);
+        } else {
+            repack.push(p.clone());
+        }
+    }
+    let unreferenced: Vec<Id> = on_disk.keys().filter(|p| !packs.contains_key(*p)).copied().collect();
+    for p in &unreferenced {
+        tracing::info!(pack = %p.short(), reason = "not in any index (left by an interrupted snapshot)", "removing pack");
+    }
+    report.packs_kept = keep.len();
+    report.packs_removed = remove.len();
+    report.packs_repacked = repack.len();
+    report.unreferenced_packs_removed = unreferenced.len();
+    let kept_bytes: u64 = keep.iter().map(|p| p.size).sum();
+    if dry_run {
+        let repack_used: u64 = repack
+            .iter()
+            .flat_map(|p| p.frames.iter())
+            .filter(|f| f.chunks.iter().any(|c| used.contains(&c.id)))
+            .map(|f| f.length as u64)
+            .sum();
+        report.bytes_after = kept_bytes + repack_used;
+        return Ok(report);
+    }
+    if remove.is_empty() && repack.is_empty() && unreferenced.is_empty() {
+        repo.backend.remove_temporary()?;
+        report.bytes_after = report.bytes_before;
+        return Ok(report);
+    }
+
+    // 1. Repack: copy the used frames (still sealed) into new packs.
+    let mut builder = PackBuilder::new(repo);
+    for p in &repack {
+        crate::interrupt::check()?;
+        let f = FileRef::new(FileKind::Pack, p.id.to_hex());
+        let bytes = repo.backend.read(&f)?;
+        if Id::of_bytes(&bytes) != p.id || split_pack(&bytes).is_none() {
+            return Err(Error::integrity(format!("{f} is damaged; prune stopped before removing anything"))
+                .with_hint("run `cairn check --read-data` to see what it affects"));
+        }
+        for fr in p.frames.iter().filter(|f| f.chunks.iter().any(|c| used.contains(&c.id))) {
+            let ct = &bytes[fr.offset as usize..fr.offset as usize + fr.length as usize];
+            builder.add_frame(ct, fr.raw_length, fr.compression, fr.chunks.clone())?;
+        }
+        tracing::info!(pack = %p.id.short(), reason = "partly used: its used frames were copied", "removing pack");
+    }
+    builder.flush()?;
+    let new_packs = builder.stored.packs;
+
+    // 2. One new index for everything that stays; 3. drop the old ones.
+    let mut all = keep;
+    all.extend(new_packs);
+    let idx = IndexFile { version: FORMAT_VERSION, packs: all };
+    let new_index = repo.write_sealed(FileKind::Index, &idx)?;
+    for old in index_files.iter().filter(|i| **i != new_index) {
+        repo.backend.remove(&FileRef::new(FileKind::Index, old.to_hex()))?;
+    }
+    // 4. Delete packs nothing refers to any more.
+    for p in remove.iter().chain(repack.iter().map(|p| &p.id)).chain(unreferenced.iter()) {
+        repo.backend.remove(&FileRef::new(FileKind::Pack, p.to_hex()))?;
+    }
+    repo.backend.remove_temporary()?;
+    repo.cache.sync(repo.backend.as_ref(), &repo.key)?;
+    report.bytes_after = idx.packs.iter().map(|p| p.size).sum();
+    Ok(report)
+}
+
+pub fn run_locked(g: &GlobalArgs, repo: &Repository, dry_run: bool) -> Result<()> {
+    let r = prune(repo, dry_run)?;
+    if g.json {
+        return print_json(&r);
+    }
+    println!(
+        "{}{} pack(s) kept, {} removed, {} repacked, {} unreferenced removed; {} -> {}",
+        if dry_run { "would prune: " } else { "pruned: " },
+        r.packs_kept,
+        r.packs_removed,
+        r.packs_repacked,
+        r.unreferenced_packs_removed,
+        human_bytes(r.bytes_before),
+        human_bytes(r.bytes_after)
+    );
+    Ok(())
+}
+
+pub fn run(g: &GlobalArgs, a: &PruneArgs) -> Result<()> {
+    let repo = open_repo(g)?;
+    with_lock(&repo, true, "prune", || run_locked(g, &repo, a.dry_run))
+}

@@ -1,0 +1,203 @@
+use super::{human_bytes, open_repo, print_json};
+use crate::archiver::{self, with_packer, SourceOutcome};
+use crate::cli::{GlobalArgs, SnapshotArgs};
+use crate::error::{Error, Kind, Result};
+use crate::lock::with_lock;
+use crate::repo::{FileKind, IndexFile, Snapshot, Summary, FORMAT_VERSION};
+use crate::repository::{host_name, user_name, Repository};
+use std::io::Read;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+enum Input {
+    Paths(Vec<PathBuf>),
+    Stdin(String),
+    Command(String, Vec<String>),
+}
+
+fn input(a: &SnapshotArgs) -> Result<Input> {
+    let given = [!a.paths.is_empty(), a.stdin_name.is_some() && !a.stdin_from_command, a.stdin_from_command]
+        .iter()
+        .filter(|x| **x)
+        .count();
+    if given != 1 {
+        return Err(Error::usage("give exactly one of: paths, --stdin-name NAME, or --stdin-from-command -- CMD")
+            .with_hint("e.g. `cairn snapshot /etc` or `pg_dumpall | cairn snapshot --stdin-name all.sql`"));
+    }
+    if a.stdin_from_command {
+        let name = a.stdin_name.clone().unwrap_or_else(|| "stdin".into());
+        let (cmd, args) = a
+            .command
+            .split_first()
+            .ok_or_else(|| Error::usage("--stdin-from-command needs a command after `--`"))?;
+        return Ok(Input::Command(name, std::iter::once(cmd.clone()).chain(args.iter().cloned()).collect()));
+    }
+    if let Some(name) = &a.stdin_name {
+        if name.is_empty() || name.contains('/') {
+            return Err(Error::usage(format!("--stdin-name {name:?} must be a plain file name")));
+        }
+        return Ok(Input::Stdin(name.clone()));
+    }
+    let mut paths = Vec::new();
+    for p in &a.paths {
+        if std::fs::symlink_metadata(p).is_err() {
+            return Err(Error::usage(format!("{} does not exist", p.display()))
+                .with_hint("check the path; nothing was backed up"));
+        }
+        let abs = std::path::absolute(p).map_err(|e| Error::io(format!("resolving {}", p.display()), e))?;
+        paths.push(abs);
+    }
+    Ok(Input::Paths(paths))
+}
+
+fn run_command(
+    packer: &mut archiver::Packer,
+    name: &str,
+    argv: &[String],
+    quiet: bool,
+) -> Result<SourceOutcome> {
+    let mut child = Command::new(&argv[0])
+        .args(&argv[1..])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| {
+            Error::io(format!("starting command {:?}", argv[0]), e)
+                .with_hint("check the command name and PATH; nothing was saved")
+        })?;
+    let stdout = child.stdout.take().ok_or_else(|| Error::failure("no stdout"))?;
+    let mut stderr = child.stderr.take().ok_or_else(|| Error::failure("no stderr"))?;
+    let err_reader = std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        let _ = stderr.read_to_end(&mut buf);
+        buf
+    });
+    let outcome = archiver::archive_stream(packer, name, "command", name, stdout, quiet);
+    if outcome.is_err() {
+        let _ = child.kill();
+    }
+    let status = child.wait().map_err(|e| Error::io("waiting for the command", e))?;
+    let err_out = err_reader.join().unwrap_or_default();
+    let outcome = outcome?;
+    if !status.success() {
+        let text = String::from_utf8_lossy(&err_out);
+        let tail: Vec<&str> = text.lines().rev().take(5).collect::<Vec<_>>().into_iter().rev().collect();
+        let mut e = Error::failure(format!(
+            "command {:?} failed ({status}); no snapshot was saved",
+            argv.join(" ")
+        ));
+        if !tail.is_empty() {
+            e = e.with_hint(format!("its last error output: {}", tail.join(" | ")));
+        }
+        return Err(e);
+    }
+    Ok(outcome)
+}
+
+/// Store the index for the packs written and the snapshot manifest, in that order.
+pub fn commit(
+    repo: &Repository,
+    packs: Vec<crate::repo::PackEntry>,
+    snapshot: &mut Snapshot,
+) -> Result<crate::repo::Id> {
+    if !packs.is_empty() {
+        let idx = IndexFile {
+            version: FORMAT_VERSION,
+            packs,
+        };
+        let bytes = repo.key.seal(&idx)?;
+        let id = crate::repo::Id::of_bytes(&bytes);
+        repo.backend.write(
+            &crate::backend::FileRef::new(FileKind::Index, id.to_hex()),
+            &bytes,
+        )?;
+        snapshot.summary.bytes_added += bytes.len() as u64;
+        repo.cache.add(&id.to_hex(), &idx)?;
+    }
+    repo.write_sealed(FileKind::Snapshot, snapshot)
+}
+
+pub fn run(g: &GlobalArgs, a: &SnapshotArgs) -> Result<()> {
+    let input = input(a)?;
+    let repo = open_repo(g)?;
+    let started = Instant::now();
+    let time = jiff::Timestamp::now();
+    let (id, snap) = with_lock(&repo, false, "snapshot", || {
+        let (outcome, stored, stats) = with_packer(&repo, |p| match &input {
+            Input::Paths(paths) => archiver::archive_files(p, "files", paths, g.quiet),
+            Input::Stdin(name) => {
+                archiver::archive_stream(p, name, "stdin", name, std::io::stdin().lock(), g.quiet)
+            }
+            Input::Command(name, argv) => run_command(p, name, argv, g.quiet),
+        })?;
+        let paths = match &input {
+            Input::Paths(p) => p.iter().map(|p| p.display().to_string()).collect(),
+            Input::Stdin(n) | Input::Command(n, _) => vec![n.clone()],
+        };
+        let mut snap = Snapshot {
+            version: FORMAT_VERSION,
+            time,
+            host: a.host.clone().unwrap_or_else(host_name),
+            username: user_name(),
+            tags: a.tag.clone(),
+            paths,
+            plan: None,
+            summary: Summary {
+                files: outcome.files,
+                dirs: outcome.dirs,
+                symlinks: outcome.symlinks,
+                bytes_read: outcome.bytes_read,
+                bytes_added: stored.bytes,
+                chunks_total: stats.chunks_total,
+                chunks_new: stats.chunks_new,
+                duration_ms: 0,
+            },
+            sources: vec![outcome.record],
+            program: format!("cairn {}", env!("CARGO_PKG_VERSION")),
+        };
+        snap.summary.duration_ms = started.elapsed().as_millis() as u64;
+        let id = commit(&repo, stored.packs, &mut snap)?;
+        Ok((id, snap))
+    })?;
+    let s = &snap.summary;
+    let errors: Vec<&String> = snap.sources.iter().flat_map(|s| &s.errors).collect();
+    tracing::info!(snapshot = %id.short(), bytes_read = s.bytes_read, bytes_added = s.bytes_added, duration_ms = s.duration_ms, "snapshot saved");
+    if g.json {
+        print_json(&serde_json::json!({
+            "id": id, "short_id": id.short(), "time": snap.time,
+            "complete": snap.is_complete(), "errors": errors,
+            "files": s.files, "dirs": s.dirs, "symlinks": s.symlinks,
+            "bytes_read": s.bytes_read, "bytes_added": s.bytes_added,
+            "chunks_total": s.chunks_total, "chunks_new": s.chunks_new,
+            "duration_ms": s.duration_ms,
+        }))?;
+    } else if !g.quiet {
+        println!(
+            "snapshot {} saved: {} files, {} dirs, {} symlinks; read {}, added {} in {:.1}s",
+            id.short(),
+            s.files,
+            s.dirs,
+            s.symlinks,
+            human_bytes(s.bytes_read),
+            human_bytes(s.bytes_added),
+            s.duration_ms as f64 / 1000.0
+        );
+    }
+    if !errors.is_empty() {
+        for e in &errors {
+            eprintln!("unreadable: {e}");
+        }
+        return Err(Error::new(
+            Kind::SourceUnreadable,
+            format!(
+                "snapshot {} was saved as incomplete: {} item(s) could not be read",
+                id.short(),
+                errors.len()
+            ),
+        )
+        .with_hint("fix the permissions or paths listed above and run the snapshot again"));
+    }
+    Ok(())
+}

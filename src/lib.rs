@@ -1,0 +1,25 @@
+//! cairn: deduplicating, encrypted, content-addressed backups.
+//!
+//! Data flows source → [`chunk`] → [`archiver`] (frames, packs) →
+//! [`backend`]; [`restorer`] runs it backwards. Everything stored is defined
+//! in [`repo`] and specified in `spec/repository.md`.
+
+pub mod archiver;
+pub mod backend;
+pub mod chunk;
+pub mod cli;
+pub mod commands;
+pub mod crypto;
+pub mod error;
+pub mod index;
+pub mod interrupt;
+pub mod lock;
+pub mod logging;
+pub mod progress;
+pub mod repo;
+pub mod repository;
+pub mod restorer;
+pub mod retention;
+
+pub use error::{Error, Kind, Result};
+pub use repository::Repository;

@@ -1,0 +1,187 @@
+use super::{Id, PackEntry};
+use jiff::Timestamp;
+use serde::{Deserialize, Serialize};
+
+/// Version of the repository format written by this build.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// FastCDC sizes: chosen by benchmark, see spec/repository.md "Chunking".
+pub const CHUNKER_DEFAULT: ChunkerParams = ChunkerParams {
+    min: 4 * 1024,
+    avg: 16 * 1024,
+    max: 64 * 1024,
+};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChunkerParams {
+    pub min: u32,
+    pub avg: u32,
+    pub max: u32,
+}
+
+/// `config`: the only file with a fixed name. Plaintext: it holds no secret.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Config {
+    pub version: u32,
+    /// Random repository id; also names the local index cache.
+    pub id: Id,
+    pub created: Timestamp,
+    pub chunker: ChunkerParams,
+    /// Target plaintext size of a frame (several chunks compressed together).
+    pub frame_size: u32,
+    /// Target size of a pack file.
+    pub pack_size: u32,
+    pub zstd_level: i32,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KeyKind {
+    /// Master key material encrypted with age's scrypt passphrase recipient.
+    Password,
+    /// Master key material encrypted to a user's age X25519 recipient.
+    Identity,
+}
+
+/// `keys/<id>`: one way to open the repository.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct KeyFile {
+    pub version: u32,
+    pub kind: KeyKind,
+    pub created: Timestamp,
+    pub host: String,
+    pub username: String,
+    /// For `identity` keys: the recipient the material is encrypted to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recipient: Option<String>,
+    /// The age file (binary, hex-encoded) holding [`KeyMaterial`] as JSON.
+    pub data: String,
+}
+
+/// The secret every key file wraps.
+#[derive(Clone, Serialize, Deserialize)]
+pub struct KeyMaterial {
+    pub repo_id: Id,
+    /// The repository's age X25519 identity (`AGE-SECRET-KEY-1...`).
+    pub identity: String,
+    /// 32-byte key for keyed BLAKE3 chunk ids and the chunker seed (hex).
+    pub hash_key: String,
+}
+
+/// `index/<id>`: where chunks live. The union of all index files is the index.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct IndexFile {
+    pub version: u32,
+    pub packs: Vec<PackEntry>,
+}
+
+/// `locks/<id>`: who is using the repository.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct LockFile {
+    pub host: String,
+    pub username: String,
+    pub pid: u32,
+    pub time: Timestamp,
+    pub exclusive: bool,
+    pub command: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SourceStatus {
+    /// Everything the source had was stored.
+    Complete,
+    /// Stored, but some of the source's data could not be read (listed in `errors`).
+    Incomplete,
+}
+
+/// One source (files, a stream, a database, a cluster) inside a snapshot.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SourceRecord {
+    pub name: String,
+    /// files | stdin | command (later: postgres, kafka)
+    pub kind: String,
+    pub status: SourceStatus,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<String>,
+    /// Chunks of the source's node list (JSON lines of [`Node`]).
+    pub tree: Vec<Id>,
+    /// Logical size of all file contents in bytes.
+    pub size: u64,
+    #[serde(default, skip_serializing_if = "serde_json::Value::is_null")]
+    pub metadata: serde_json::Value,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Summary {
+    pub files: u64,
+    pub dirs: u64,
+    pub symlinks: u64,
+    /// Bytes read from the sources.
+    pub bytes_read: u64,
+    /// Bytes this snapshot added to the repository (packs, headers, index).
+    pub bytes_added: u64,
+    pub chunks_total: u64,
+    pub chunks_new: u64,
+    pub duration_ms: u64,
+}
+
+/// `snapshots/<id>`: one restore point.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Snapshot {
+    pub version: u32,
+    pub time: Timestamp,
+    pub host: String,
+    pub username: String,
+    #[serde(default)]
+    pub tags: Vec<String>,
+    /// What was backed up: absolute paths, stream names.
+    pub paths: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plan: Option<String>,
+    pub sources: Vec<SourceRecord>,
+    pub summary: Summary,
+    pub program: String,
+}
+
+impl Snapshot {
+    pub fn size(&self) -> u64 {
+        self.sources.iter().map(|s| s.size).sum()
+    }
+    pub fn is_complete(&self) -> bool {
+        self.sources
+            .iter()
+            .all(|s| s.status == SourceStatus::Complete)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NodeKind {
+    File,
+    Dir,
+    Symlink,
+}
+
+/// One entry of a source's node list. Paths are relative, `/`-separated.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Node {
+    pub path: String,
+    #[serde(rename = "type")]
+    pub kind: NodeKind,
+    pub mode: u32,
+    /// Modification time, nanoseconds since the Unix epoch.
+    pub mtime_ns: i64,
+    pub uid: u32,
+    pub gid: u32,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub size: u64,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub content: Vec<Id>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+}
+
+fn is_zero(v: &u64) -> bool {
+    *v == 0
+}

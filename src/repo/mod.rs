@@ -1,0 +1,52 @@
+//! Everything cairn stores in a repository, in one place.
+//!
+//! These types *are* the on-disk format described in `spec/repository.md`;
+//! change one only together with the spec and the format version.
+
+mod id;
+mod manifest;
+mod pack;
+
+pub use id::Id;
+pub use manifest::{
+    ChunkerParams, Config, IndexFile, KeyFile, KeyKind, KeyMaterial, LockFile, Node, NodeKind, Snapshot,
+    SourceRecord, SourceStatus, Summary, CHUNKER_DEFAULT, FORMAT_VERSION,
+};
+pub use pack::{
+    split_pack, ChunkEntry, Compression, FrameEntry, PackEntry, PackHeader, PACK_MAGIC,
+    PACK_TRAILER_LEN,
+};
+
+/// The kinds of files in a repository, each in its own directory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum FileKind {
+    Config,
+    Key,
+    Pack,
+    Index,
+    Snapshot,
+    Lock,
+}
+
+impl FileKind {
+    pub fn dir(self) -> &'static str {
+        match self {
+            FileKind::Config => "",
+            FileKind::Key => "keys",
+            FileKind::Pack => "data",
+            FileKind::Index => "index",
+            FileKind::Snapshot => "snapshots",
+            FileKind::Lock => "locks",
+        }
+    }
+    pub fn name(self) -> &'static str {
+        match self {
+            FileKind::Config => "config",
+            FileKind::Key => "key",
+            FileKind::Pack => "pack",
+            FileKind::Index => "index",
+            FileKind::Snapshot => "snapshot",
+            FileKind::Lock => "lock",
+        }
+    }
+}

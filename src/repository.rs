@@ -1,0 +1,375 @@
+//! An open repository: backend + master key + index cache.
+//!
+//! Every read of a repository file checks that the stored bytes hash to the
+//! file's name before decrypting, and every chunk read is checked against its
+//! keyed id, so damage is reported, never silently restored.
+
+use crate::backend::{Backend, FileRef};
+use crate::crypto::{self, MasterKey, Secret};
+use crate::error::{Error, Kind, Result};
+use crate::index::{IndexCache, Location};
+use crate::repo::{
+    Compression, Config, FileKind, Id, KeyFile, KeyKind, Node, Snapshot, SourceRecord,
+    CHUNKER_DEFAULT, FORMAT_VERSION,
+};
+use serde::{de::DeserializeOwned, Serialize};
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+pub struct Repository {
+    pub backend: Box<dyn Backend>,
+    pub config: Config,
+    pub key: MasterKey,
+    /// The key file that opened the repository.
+    pub key_id: Id,
+    pub cache: IndexCache,
+    frames: Mutex<FrameCache>,
+}
+
+/// How a new key file protects the master key.
+pub enum NewKey {
+    Password { password: String, log_n: u8 },
+    Recipient(String),
+}
+
+pub const DEFAULT_SCRYPT_LOG_N: u8 = 18;
+const DEFAULT_FRAME_SIZE: u32 = 512 * 1024;
+const DEFAULT_PACK_SIZE: u32 = 16 << 20;
+
+pub fn host_name() -> String {
+    gethostname::gethostname().to_string_lossy().into_owned()
+}
+
+pub fn user_name() -> String {
+    std::env::var("USER")
+        .or_else(|_| std::env::var("LOGNAME"))
+        .unwrap_or_else(|_| format!("uid{}", unsafe { libc::getuid() }))
+}
+
+/// Build a key file wrapping `material` as `new` says.
+pub fn make_key_file(key: &MasterKey, repo_id: Id, new: &NewKey) -> Result<KeyFile> {
+    let material = key.material(repo_id);
+    let (kind, data, recipient) = match new {
+        NewKey::Password { password, log_n } => (
+            KeyKind::Password,
+            crypto::wrap_with_password(&material, password, *log_n)?,
+            None,
+        ),
+        NewKey::Recipient(r) => (
+            KeyKind::Identity,
+            crypto::wrap_to_recipient(&material, r)?,
+            Some(r.clone()),
+        ),
+    };
+    Ok(KeyFile {
+        version: FORMAT_VERSION,
+        kind,
+        created: jiff::Timestamp::now(),
+        host: host_name(),
+        username: user_name(),
+        recipient,
+        data: hex::encode(data),
+    })
+}
+
+/// Store a key file under the hash of its bytes.
+pub fn write_key_file(backend: &dyn Backend, kf: &KeyFile) -> Result<Id> {
+    let bytes = serde_json::to_vec_pretty(kf).map_err(|e| Error::failure(e.to_string()))?;
+    let id = Id::of_bytes(&bytes);
+    backend.write(&FileRef::new(FileKind::Key, id.to_hex()), &bytes)?;
+    Ok(id)
+}
+
+pub fn read_key_file(backend: &dyn Backend, name: &str) -> Result<KeyFile> {
+    let f = FileRef::new(FileKind::Key, name);
+    let bytes = backend.read(&f)?;
+    serde_json::from_slice(&bytes).map_err(|e| Error::integrity(format!("{f} is not valid: {e}")))
+}
+
+impl Repository {
+    /// Create a repository with one key. Returns its config and the key id.
+    pub fn init(backend: &dyn Backend, new: &NewKey) -> Result<(Config, Id)> {
+        backend.create()?;
+        let key = MasterKey::generate();
+        let config = Config {
+            version: FORMAT_VERSION,
+            id: Id::random(),
+            created: jiff::Timestamp::now(),
+            chunker: CHUNKER_DEFAULT,
+            frame_size: DEFAULT_FRAME_SIZE,
+            pack_size: DEFAULT_PACK_SIZE,
+            zstd_level: 3,
+        };
+        // Key first, config last: a repository without a config does not exist yet.
+        let kf = make_key_file(&key, config.id, new)?;
+        let key_id = write_key_file(backend, &kf)?;
+        let bytes = serde_json::to_vec_pretty(&config).map_err(|e| Error::failure(e.to_string()))?;
+        backend.write(&FileRef::config(), &bytes)?;
+        Ok((config, key_id))
+    }
+
+    pub fn read_config(backend: &dyn Backend) -> Result<Config> {
+        let bytes = backend.read(&FileRef::config())?;
+        let config: Config = serde_json::from_slice(&bytes).map_err(|e| {
+            Error::integrity(format!("config of {} is not valid: {e}", backend.location()))
+        })?;
+        if config.version > FORMAT_VERSION {
+            return Err(Error::failure(format!(
+                "repository format version {} is newer than this cairn understands ({FORMAT_VERSION})",
+                config.version
+            ))
+            .with_hint("upgrade cairn"));
+        }
+        Ok(config)
+    }
+
+    /// Open with the first key file the secret unlocks.
+    pub fn open(
+        backend: Box<dyn Backend>,
+        secret: &Secret,
+        cache_dir: Option<PathBuf>,
+    ) -> Result<Repository> {
+        let config = Self::read_config(backend.as_ref())?;
+        let (key, key_id) = Self::unlock(backend.as_ref(), &config, secret)?;
+        let cache = IndexCache::open(cache_dir.as_deref(), config.id)?;
+        cache.sync(backend.as_ref(), &key)?;
+        Ok(Repository {
+            backend,
+            config,
+            key,
+            key_id,
+            cache,
+            frames: Mutex::new(FrameCache::default()),
+        })
+    }
+
+    fn unlock(backend: &dyn Backend, config: &Config, secret: &Secret) -> Result<(MasterKey, Id)> {
+        let keys = backend.list(FileKind::Key)?;
+        for (name, _) in &keys {
+            let kf = read_key_file(backend, name)?;
+            let matches_kind = matches!(
+                (kf.kind, secret),
+                (KeyKind::Password, Secret::Password(_)) | (KeyKind::Identity, Secret::Identities(_))
+            );
+            if !matches_kind {
+                continue;
+            }
+            let data = hex::decode(&kf.data)
+                .map_err(|e| Error::integrity(format!("key {name} is not valid: {e}")))?;
+            if let Some(material) = crypto::unwrap_key(&data, secret)? {
+                if material.repo_id != config.id {
+                    return Err(Error::integrity(format!(
+                        "key {name} belongs to another repository ({})",
+                        material.repo_id.short()
+                    )));
+                }
+                let id = Id::parse(name).unwrap_or_default();
+                return Ok((MasterKey::from_material(&material)?, id));
+            }
+        }
+        let what = match secret {
+            Secret::Password(_) => "password",
+            Secret::Identities(_) => "identity",
+        };
+        Err(Error::new(
+            Kind::WrongKey,
+            format!("no key of the repository at {} opens with the given {what}", backend.location()),
+        )
+        .with_hint("check --password-file / CAIRN_PASSWORD / --identity; `cairn key list` shows the keys"))
+    }
+
+    /// Seal a value and store it under the hash of its stored bytes.
+    pub fn write_sealed<T: Serialize>(&self, kind: FileKind, value: &T) -> Result<Id> {
+        let bytes = self.key.seal(value)?;
+        let id = Id::of_bytes(&bytes);
+        self.backend.write(&FileRef::new(kind, id.to_hex()), &bytes)?;
+        Ok(id)
+    }
+
+    /// Read a sealed file, check its name against its content, and open it.
+    pub fn read_sealed<T: DeserializeOwned>(&self, kind: FileKind, id: &Id) -> Result<T> {
+        let f = FileRef::new(kind, id.to_hex());
+        let bytes = self.backend.read(&f)?;
+        if Id::of_bytes(&bytes) != *id {
+            return Err(Error::integrity(format!(
+                "{f} is damaged: its content does not match its name"
+            )));
+        }
+        self.key.unseal(&bytes, &f)
+    }
+
+    /// All snapshots, oldest first.
+    pub fn snapshots(&self) -> Result<Vec<(Id, Snapshot)>> {
+        let mut out = Vec::new();
+        for (name, _) in self.backend.list(FileKind::Snapshot)? {
+            let Some(id) = Id::parse(&name) else { continue };
+            out.push((id, self.read_sealed::<Snapshot>(FileKind::Snapshot, &id)?));
+        }
+        out.sort_by(|a, b| a.1.time.cmp(&b.1.time).then(a.0.cmp(&b.0)));
+        Ok(out)
+    }
+
+    /// Resolve `latest`, a full id or a unique id prefix.
+    pub fn find_snapshot(&self, spec: &str) -> Result<(Id, Snapshot)> {
+        let all = self.snapshots()?;
+        if spec == "latest" {
+            return all.into_iter().next_back().ok_or_else(|| {
+                Error::failure("the repository has no snapshots")
+                    .with_hint("create one with `cairn snapshot`")
+            });
+        }
+        let matches: Vec<_> = all
+            .into_iter()
+            .filter(|(id, _)| id.to_hex().starts_with(&spec.to_ascii_lowercase()))
+            .collect();
+        match matches.len() {
+            1 => Ok(matches.into_iter().next().expect("one match")),
+            0 => Err(Error::failure(format!("no snapshot matches {spec:?}"))
+                .with_hint("`cairn snapshots` lists them")),
+            n => Err(Error::usage(format!("{n} snapshots match {spec:?}"))
+                .with_hint("give more digits of the id")),
+        }
+    }
+
+    /// Read, decrypt and decompress one frame (cached: neighbouring chunks share frames).
+    pub fn read_frame(&self, loc: &Location) -> Result<Arc<Vec<u8>>> {
+        if let Some(f) = self.frames.lock().ok().and_then(|mut c| c.get(loc.frame_key())) {
+            return Ok(f);
+        }
+        let frame = Arc::new(self.decode_frame(loc)?);
+        if let Ok(mut c) = self.frames.lock() {
+            c.put(loc.frame_key(), frame.clone());
+        }
+        Ok(frame)
+    }
+
+    /// Decode a frame without caching.
+    pub fn decode_frame(&self, loc: &Location) -> Result<Vec<u8>> {
+        let f = FileRef::new(FileKind::Pack, loc.pack.to_hex());
+        let ct = self
+            .backend
+            .read_range(&f, loc.frame_offset, loc.frame_length)?;
+        decode_frame_bytes(&self.key, &ct, loc.compression, loc.raw_length, &f, loc.frame_offset)
+    }
+
+    /// A chunk's plaintext, checked against its id.
+    pub fn read_chunk(&self, id: &Id, loc: &Location) -> Result<Vec<u8>> {
+        let frame = self.read_frame(loc)?;
+        let data = chunk_slice(&frame, loc).ok_or_else(|| {
+            Error::integrity(format!("chunk {} lies outside its frame in pack {}", id.short(), loc.pack.short()))
+        })?;
+        if self.key.chunk_id(data) != *id {
+            return Err(Error::integrity(format!(
+                "chunk {} in pack {} does not match its id",
+                id.short(),
+                loc.pack.short()
+            )));
+        }
+        Ok(data.to_vec())
+    }
+
+    /// Concatenate the chunks of a stream.
+    pub fn read_stream(&self, ids: &[Id]) -> Result<Vec<u8>> {
+        let reader = self.cache.reader()?;
+        let mut out = Vec::new();
+        for id in ids {
+            let loc = reader.get(id)?.ok_or_else(|| {
+                Error::integrity(format!("chunk {} is not in the index", id.short()))
+                    .with_hint("run `cairn check` to see what is damaged")
+            })?;
+            out.extend_from_slice(&self.read_chunk(id, &loc)?);
+        }
+        Ok(out)
+    }
+
+    /// The node list of a source.
+    pub fn read_tree(&self, source: &SourceRecord) -> Result<Vec<Node>> {
+        let bytes = self.read_stream(&source.tree)?;
+        parse_tree(&bytes).map_err(|e| e.context(format!("node list of source {}", source.name)))
+    }
+}
+
+pub fn parse_tree(bytes: &[u8]) -> Result<Vec<Node>> {
+    bytes
+        .split(|b| *b == b'\n')
+        .filter(|l| !l.is_empty())
+        .map(|l| {
+            serde_json::from_slice(l).map_err(|e| Error::integrity(format!("invalid node: {e}")))
+        })
+        .collect()
+}
+
+pub fn chunk_slice<'a>(frame: &'a [u8], loc: &Location) -> Option<&'a [u8]> {
+    let start = loc.offset as usize;
+    frame.get(start..start.checked_add(loc.length as usize)?)
+}
+
+/// Decrypt and decompress a frame's ciphertext.
+pub fn decode_frame_bytes(
+    key: &MasterKey,
+    ct: &[u8],
+    compression: Compression,
+    raw_length: u32,
+    file: &FileRef,
+    offset: u64,
+) -> Result<Vec<u8>> {
+    let what = format!("frame at {offset} of {file}");
+    let plain = key.decrypt(ct, &what)?;
+    let raw = match compression {
+        Compression::None => plain,
+        Compression::Zstd => zstd::bulk::decompress(&plain, raw_length as usize)
+            .map_err(|e| Error::integrity(format!("{what} does not decompress: {e}")))?,
+    };
+    if raw.len() != raw_length as usize {
+        return Err(Error::integrity(format!(
+            "{what} has {} bytes, the index says {raw_length}",
+            raw.len()
+        )));
+    }
+    Ok(raw)
+}
+
+/// A few recently decoded frames.
+#[derive(Default)]
+struct FrameCache {
+    entries: Vec<((Id, u64), Arc<Vec<u8>>)>,
+}
+
+impl FrameCache {
+    const CAPACITY: usize = 8;
+    fn get(&mut self, key: (Id, u64)) -> Option<Arc<Vec<u8>>> {
+        let i = self.entries.iter().position(|(k, _)| *k == key)?;
+        let e = self.entries.remove(i);
+        let v = e.1.clone();
+        self.entries.push(e);
+        Some(v)
+    }
+    fn put(&mut self, key: (Id, u64), v: Arc<Vec<u8>>) {
+        if self.entries.len() >= Self::CAPACITY {
+            self.entries.remove(0);
+        }
+        self.entries.push((key, v));
+    }
+}
+
+/// Count chunk references per pack, for reports.
+pub fn packs_of(locs: impl Iterator<Item = Location>) -> HashMap<Id, u64> {
+    let mut m = HashMap::new();
+    for l in locs {
+        *m.entry(l.pack).or_insert(0) += 1;
+    }
+    m
+}
+
+/// All key files with their ids.
+pub fn local_key_files(backend: &dyn Backend) -> Result<Vec<(Id, KeyFile)>> {
+    let mut out = Vec::new();
+    for (name, _) in backend.list(FileKind::Key)? {
+        if let Some(id) = Id::parse(&name) {
+            out.push((id, read_key_file(backend, &name)?));
+        }
+    }
+    out.sort_by_key(|(_, k)| k.created);
+    Ok(out)
+}
