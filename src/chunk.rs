@@ -125,7 +125,14 @@ mod tests {
     #[test]
     fn an_insertion_changes_only_nearby_chunks() {
         let mut x = 88172645463325252u64;
-        let data: Vec<u8> = (0..2_000_000).map(|_| { x ^= x << 13; x ^= x >> 7; x ^= x << 17; x as u8 }).collect();
+        let data: Vec<u8> = (0..2_000_000)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
         let mut edited = data.clone();
         edited.splice(1_000_000..1_000_000, b"inserted".iter().copied());
         let a: std::collections::HashSet<_> = chunks_of(&data, 1).into_iter().collect();

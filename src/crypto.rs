@@ -30,11 +30,13 @@ impl MasterKey {
     }
 
     pub fn from_material(m: &KeyMaterial) -> Result<MasterKey> {
-        let identity = age::x25519::Identity::from_str(&m.identity)
-            .map_err(|e| Error::integrity(format!("key material holds an invalid identity: {e}")))?;
+        let identity = age::x25519::Identity::from_str(&m.identity).map_err(|e| {
+            Error::integrity(format!("key material holds an invalid identity: {e}"))
+        })?;
         let mut hash_key = [0u8; 32];
-        hex::decode_to_slice(&m.hash_key, &mut hash_key)
-            .map_err(|e| Error::integrity(format!("key material holds an invalid hash key: {e}")))?;
+        hex::decode_to_slice(&m.hash_key, &mut hash_key).map_err(|e| {
+            Error::integrity(format!("key material holds an invalid hash key: {e}"))
+        })?;
         let recipient = identity.to_public();
         Ok(MasterKey {
             identity,
@@ -74,8 +76,8 @@ impl MasterKey {
 
     /// Serialize as JSON, compress with zstd, encrypt: index, snapshot, lock, pack header.
     pub fn seal<T: Serialize>(&self, value: &T) -> Result<Vec<u8>> {
-        let json = serde_json::to_vec(value)
-            .map_err(|e| Error::failure(format!("serializing: {e}")))?;
+        let json =
+            serde_json::to_vec(value).map_err(|e| Error::failure(format!("serializing: {e}")))?;
         let compressed = zstd::bulk::compress(&json, 3)
             .map_err(|e| Error::failure(format!("compressing: {e}")))?;
         self.encrypt(&compressed)
@@ -142,7 +144,10 @@ pub fn unwrap_key(data: &[u8], secret: &Secret) -> Result<Option<KeyMaterial>> {
             .map(Some)
             .map_err(|e| Error::integrity(format!("key material is not valid: {e}"))),
         Err(age::DecryptError::DecryptionFailed | age::DecryptError::NoMatchingKeys) => Ok(None),
-        Err(e) => Err(Error::new(Kind::WrongKey, format!("key file cannot be opened: {e}"))),
+        Err(e) => Err(Error::new(
+            Kind::WrongKey,
+            format!("key file cannot be opened: {e}"),
+        )),
     }
 }
 
@@ -157,11 +162,10 @@ pub fn read_identity_file(path: &std::path::Path) -> Result<Vec<age::x25519::Ide
         .filter_map(|l| age::x25519::Identity::from_str(l).ok())
         .collect();
     if ids.is_empty() {
-        return Err(Error::usage(format!(
-            "{} holds no age X25519 identity",
-            path.display()
-        ))
-        .with_hint("create one with `age-keygen -o FILE`"));
+        return Err(
+            Error::usage(format!("{} holds no age X25519 identity", path.display()))
+                .with_hint("create one with `age-keygen -o FILE`"),
+        );
     }
     Ok(ids)
 }
@@ -203,8 +207,12 @@ mod tests {
         let k = MasterKey::generate();
         let m = k.material(Id::random());
         let wrapped = wrap_with_password(&m, "pw", 10).unwrap();
-        assert!(unwrap_key(&wrapped, &Secret::Password("nope".into())).unwrap().is_none());
-        let back = unwrap_key(&wrapped, &Secret::Password("pw".into())).unwrap().unwrap();
+        assert!(unwrap_key(&wrapped, &Secret::Password("nope".into()))
+            .unwrap()
+            .is_none());
+        let back = unwrap_key(&wrapped, &Secret::Password("pw".into()))
+            .unwrap()
+            .unwrap();
         let k2 = MasterKey::from_material(&back).unwrap();
         assert_eq!(k.chunk_id(b"abc"), k2.chunk_id(b"abc"));
     }

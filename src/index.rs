@@ -138,8 +138,8 @@ impl IndexCache {
                 }
             }
         }
-        let temp = tempfile::tempdir()
-            .map_err(|e| Error::io("creating a temporary index cache", e))?;
+        let temp =
+            tempfile::tempdir().map_err(|e| Error::io("creating a temporary index cache", e))?;
         let path = temp.path().join("index.redb");
         let db = Self::open_at(&path).map_err(|e| db_err("creating", &path, e))?;
         Ok(IndexCache {
@@ -178,7 +178,9 @@ impl IndexCache {
             let f = FileRef::new(FileKind::Index, name.as_str());
             let bytes = backend.read(&f)?;
             let idx = if Id::of_bytes(&bytes).to_hex() != **name {
-                Err(Error::integrity(format!("{f} is damaged: its content does not match its name")))
+                Err(Error::integrity(format!(
+                    "{f} is damaged: its content does not match its name"
+                )))
             } else {
                 key.unseal::<IndexFile>(&bytes, &f)
             };
@@ -189,14 +191,23 @@ impl IndexCache {
             }
         }
         let path = &self.path;
-        let txn = self.db.begin_write().map_err(|e| db_err("writing", path, e))?;
+        let txn = self
+            .db
+            .begin_write()
+            .map_err(|e| db_err("writing", path, e))?;
         {
             if stale {
-                txn.delete_table(CHUNKS).map_err(|e| db_err("clearing", path, e))?;
-                txn.delete_table(FILES).map_err(|e| db_err("clearing", path, e))?;
+                txn.delete_table(CHUNKS)
+                    .map_err(|e| db_err("clearing", path, e))?;
+                txn.delete_table(FILES)
+                    .map_err(|e| db_err("clearing", path, e))?;
             }
-            let mut chunks = txn.open_table(CHUNKS).map_err(|e| db_err("writing", path, e))?;
-            let mut fl = txn.open_table(FILES).map_err(|e| db_err("writing", path, e))?;
+            let mut chunks = txn
+                .open_table(CHUNKS)
+                .map_err(|e| db_err("writing", path, e))?;
+            let mut fl = txn
+                .open_table(FILES)
+                .map_err(|e| db_err("writing", path, e))?;
             for (name, idx) in &files {
                 for (id, loc) in locations(idx) {
                     chunks
@@ -214,10 +225,17 @@ impl IndexCache {
     /// Record an index file this process has just written.
     pub fn add(&self, name: &str, idx: &IndexFile) -> Result<()> {
         let path = &self.path;
-        let txn = self.db.begin_write().map_err(|e| db_err("writing", path, e))?;
+        let txn = self
+            .db
+            .begin_write()
+            .map_err(|e| db_err("writing", path, e))?;
         {
-            let mut chunks = txn.open_table(CHUNKS).map_err(|e| db_err("writing", path, e))?;
-            let mut fl = txn.open_table(FILES).map_err(|e| db_err("writing", path, e))?;
+            let mut chunks = txn
+                .open_table(CHUNKS)
+                .map_err(|e| db_err("writing", path, e))?;
+            let mut fl = txn
+                .open_table(FILES)
+                .map_err(|e| db_err("writing", path, e))?;
             for (id, loc) in locations(idx) {
                 chunks
                     .insert(&id.0[..], &loc.encode()[..])
@@ -231,7 +249,10 @@ impl IndexCache {
 
     fn cached_files(&self) -> Result<HashSet<String>> {
         let path = &self.path;
-        let txn = self.db.begin_read().map_err(|e| db_err("reading", path, e))?;
+        let txn = self
+            .db
+            .begin_read()
+            .map_err(|e| db_err("reading", path, e))?;
         let table = match txn.open_table(FILES) {
             Ok(t) => t,
             Err(redb::TableError::TableDoesNotExist(_)) => return Ok(HashSet::new()),
@@ -248,7 +269,10 @@ impl IndexCache {
     /// A consistent read view for many lookups.
     pub fn reader(&self) -> Result<IndexReader> {
         let path = &self.path;
-        let txn = self.db.begin_read().map_err(|e| db_err("reading", path, e))?;
+        let txn = self
+            .db
+            .begin_read()
+            .map_err(|e| db_err("reading", path, e))?;
         let table = match txn.open_table(CHUNKS) {
             Ok(t) => Some(t),
             Err(redb::TableError::TableDoesNotExist(_)) => None,
@@ -271,7 +295,10 @@ impl IndexReader {
         let Some(t) = &self.table else {
             return Ok(None);
         };
-        match t.get(&id.0[..]).map_err(|e| db_err("reading", &self.path, e))? {
+        match t
+            .get(&id.0[..])
+            .map_err(|e| db_err("reading", &self.path, e))?
+        {
             Some(v) => Ok(Location::decode(v.value())),
             None => Ok(None),
         }
@@ -296,13 +323,25 @@ mod tests {
     use proptest::prelude::*;
 
     fn loc_strategy() -> impl Strategy<Value = Location> {
-        (any::<[u8; 32]>(), any::<u64>(), any::<u32>(), any::<u32>(), any::<bool>(), any::<u32>(), any::<u32>())
+        (
+            any::<[u8; 32]>(),
+            any::<u64>(),
+            any::<u32>(),
+            any::<u32>(),
+            any::<bool>(),
+            any::<u32>(),
+            any::<u32>(),
+        )
             .prop_map(|(p, fo, fl, rl, z, o, l)| Location {
                 pack: Id(p),
                 frame_offset: fo,
                 frame_length: fl,
                 raw_length: rl,
-                compression: if z { Compression::Zstd } else { Compression::None },
+                compression: if z {
+                    Compression::Zstd
+                } else {
+                    Compression::None
+                },
                 offset: o,
                 length: l,
             })

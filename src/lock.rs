@@ -20,7 +20,11 @@ const REFRESH_EVERY: Duration = Duration::from_secs(5 * 60);
 fn describe(l: &LockFile) -> String {
     format!(
         "{} lock held by {}@{} (pid {}) since {} for `{}`",
-        if l.exclusive { "an exclusive" } else { "a shared" },
+        if l.exclusive {
+            "an exclusive"
+        } else {
+            "a shared"
+        },
         l.username,
         l.host,
         l.pid,
@@ -90,7 +94,9 @@ pub fn with_lock<T>(
         out
     });
     if let Ok(id) = name.lock() {
-        let _ = repo.backend.remove(&FileRef::new(FileKind::Lock, id.to_hex()));
+        let _ = repo
+            .backend
+            .remove(&FileRef::new(FileKind::Lock, id.to_hex()));
     }
     out
 }
@@ -110,7 +116,9 @@ fn acquire(repo: &Repository, exclusive: bool, command: &str) -> Result<(Id, Loc
     let id = repo.write_sealed(FileKind::Lock, &lock)?;
     // Someone may have locked at the same moment: look again.
     if let Some(h) = conflicts(exclusive, Some(id), &list_locks(repo)?) {
-        let _ = repo.backend.remove(&FileRef::new(FileKind::Lock, id.to_hex()));
+        let _ = repo
+            .backend
+            .remove(&FileRef::new(FileKind::Lock, id.to_hex()));
         return Err(locked_error(h));
     }
     Ok((id, lock))
@@ -129,7 +137,9 @@ fn refresh_loop(repo: &Repository, mut lock: LockFile, name: &Mutex<Id>, stop: &
             Ok(new) => {
                 if let Ok(mut cur) = name.lock() {
                     let old = std::mem::replace(&mut *cur, new);
-                    let _ = repo.backend.remove(&FileRef::new(FileKind::Lock, old.to_hex()));
+                    let _ = repo
+                        .backend
+                        .remove(&FileRef::new(FileKind::Lock, old.to_hex()));
                 }
             }
             Err(e) => tracing::warn!(error = %e, "could not refresh the repository lock"),
@@ -142,7 +152,8 @@ pub fn remove_locks(repo: &Repository, all: bool) -> Result<usize> {
     let mut n = 0;
     for (id, l) in list_locks(repo)? {
         if all || is_stale(&l) {
-            repo.backend.remove(&FileRef::new(FileKind::Lock, id.to_hex()))?;
+            repo.backend
+                .remove(&FileRef::new(FileKind::Lock, id.to_hex()))?;
             n += 1;
         }
     }

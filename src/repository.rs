@@ -13,7 +13,6 @@ use crate::repo::{
     CHUNKER_DEFAULT, FORMAT_VERSION,
 };
 use serde::{de::DeserializeOwned, Serialize};
-use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
@@ -104,7 +103,8 @@ impl Repository {
         // Key first, config last: a repository without a config does not exist yet.
         let kf = make_key_file(&key, config.id, new)?;
         let key_id = write_key_file(backend, &kf)?;
-        let bytes = serde_json::to_vec_pretty(&config).map_err(|e| Error::failure(e.to_string()))?;
+        let bytes =
+            serde_json::to_vec_pretty(&config).map_err(|e| Error::failure(e.to_string()))?;
         backend.write(&FileRef::config(), &bytes)?;
         Ok((config, key_id))
     }
@@ -112,7 +112,10 @@ impl Repository {
     pub fn read_config(backend: &dyn Backend) -> Result<Config> {
         let bytes = backend.read(&FileRef::config())?;
         let config: Config = serde_json::from_slice(&bytes).map_err(|e| {
-            Error::integrity(format!("config of {} is not valid: {e}", backend.location()))
+            Error::integrity(format!(
+                "config of {} is not valid: {e}",
+                backend.location()
+            ))
         })?;
         if config.version > FORMAT_VERSION {
             return Err(Error::failure(format!(
@@ -150,7 +153,8 @@ impl Repository {
             let kf = read_key_file(backend, name)?;
             let matches_kind = matches!(
                 (kf.kind, secret),
-                (KeyKind::Password, Secret::Password(_)) | (KeyKind::Identity, Secret::Identities(_))
+                (KeyKind::Password, Secret::Password(_))
+                    | (KeyKind::Identity, Secret::Identities(_))
             );
             if !matches_kind {
                 continue;
@@ -174,16 +178,22 @@ impl Repository {
         };
         Err(Error::new(
             Kind::WrongKey,
-            format!("no key of the repository at {} opens with the given {what}", backend.location()),
+            format!(
+                "no key of the repository at {} opens with the given {what}",
+                backend.location()
+            ),
         )
-        .with_hint("check --password-file / CAIRN_PASSWORD / --identity; `cairn key list` shows the keys"))
+        .with_hint(
+            "check --password-file / CAIRN_PASSWORD / --identity; `cairn key list` shows the keys",
+        ))
     }
 
     /// Seal a value and store it under the hash of its stored bytes.
     pub fn write_sealed<T: Serialize>(&self, kind: FileKind, value: &T) -> Result<Id> {
         let bytes = self.key.seal(value)?;
         let id = Id::of_bytes(&bytes);
-        self.backend.write(&FileRef::new(kind, id.to_hex()), &bytes)?;
+        self.backend
+            .write(&FileRef::new(kind, id.to_hex()), &bytes)?;
         Ok(id)
     }
 
@@ -234,7 +244,12 @@ impl Repository {
 
     /// Read, decrypt and decompress one frame (cached: neighbouring chunks share frames).
     pub fn read_frame(&self, loc: &Location) -> Result<Arc<Vec<u8>>> {
-        if let Some(f) = self.frames.lock().ok().and_then(|mut c| c.get(loc.frame_key())) {
+        if let Some(f) = self
+            .frames
+            .lock()
+            .ok()
+            .and_then(|mut c| c.get(loc.frame_key()))
+        {
             return Ok(f);
         }
         let frame = Arc::new(self.decode_frame(loc)?);
@@ -250,14 +265,25 @@ impl Repository {
         let ct = self
             .backend
             .read_range(&f, loc.frame_offset, loc.frame_length)?;
-        decode_frame_bytes(&self.key, &ct, loc.compression, loc.raw_length, &f, loc.frame_offset)
+        decode_frame_bytes(
+            &self.key,
+            &ct,
+            loc.compression,
+            loc.raw_length,
+            &f,
+            loc.frame_offset,
+        )
     }
 
     /// A chunk's plaintext, checked against its id.
     pub fn read_chunk(&self, id: &Id, loc: &Location) -> Result<Vec<u8>> {
         let frame = self.read_frame(loc)?;
         let data = chunk_slice(&frame, loc).ok_or_else(|| {
-            Error::integrity(format!("chunk {} lies outside its frame in pack {}", id.short(), loc.pack.short()))
+            Error::integrity(format!(
+                "chunk {} lies outside its frame in pack {}",
+                id.short(),
+                loc.pack.short()
+            ))
         })?;
         if self.key.chunk_id(data) != *id {
             return Err(Error::integrity(format!(
@@ -330,36 +356,29 @@ pub fn decode_frame_bytes(
     Ok(raw)
 }
 
+type FrameKey = (Id, u64);
+
 /// A few recently decoded frames.
 #[derive(Default)]
 struct FrameCache {
-    entries: Vec<((Id, u64), Arc<Vec<u8>>)>,
+    entries: Vec<(FrameKey, Arc<Vec<u8>>)>,
 }
 
 impl FrameCache {
     const CAPACITY: usize = 8;
-    fn get(&mut self, key: (Id, u64)) -> Option<Arc<Vec<u8>>> {
+    fn get(&mut self, key: FrameKey) -> Option<Arc<Vec<u8>>> {
         let i = self.entries.iter().position(|(k, _)| *k == key)?;
         let e = self.entries.remove(i);
         let v = e.1.clone();
         self.entries.push(e);
         Some(v)
     }
-    fn put(&mut self, key: (Id, u64), v: Arc<Vec<u8>>) {
+    fn put(&mut self, key: FrameKey, v: Arc<Vec<u8>>) {
         if self.entries.len() >= Self::CAPACITY {
             self.entries.remove(0);
         }
         self.entries.push((key, v));
     }
-}
-
-/// Count chunk references per pack, for reports.
-pub fn packs_of(locs: impl Iterator<Item = Location>) -> HashMap<Id, u64> {
-    let mut m = HashMap::new();
-    for l in locs {
-        *m.entry(l.pack).or_insert(0) += 1;
-    }
-    m
 }
 
 /// All key files with their ids.

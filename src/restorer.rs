@@ -64,7 +64,9 @@ pub fn filter_nodes(nodes: Vec<Node>, include: &[String]) -> Vec<Node> {
         .into_iter()
         .filter(|n| {
             inc.iter().any(|p| {
-                n.path == *p || n.path.starts_with(&format!("{p}/")) || p.starts_with(&format!("{}/", n.path))
+                n.path == *p
+                    || n.path.starts_with(&format!("{p}/"))
+                    || p.starts_with(&format!("{}/", n.path))
             })
         })
         .collect()
@@ -109,7 +111,10 @@ pub fn verify_before_restore(
         .collect();
     let next = AtomicUsize::new(0);
     let bad = Mutex::new(Vec::new());
-    let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2).min(4);
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2)
+        .min(4);
     std::thread::scope(|s| {
         for _ in 0..threads {
             s.spawn(|| loop {
@@ -118,7 +123,9 @@ pub fn verify_before_restore(
                 let f = FileRef::new(FileKind::Pack, pack.to_hex());
                 let verdict = match repo.backend.read(&f) {
                     Ok(bytes) if Id::of_bytes(&bytes) == *pack => None,
-                    Ok(_) => Some(format!("{f}: content does not match its name")),
+                    Ok(bytes) => needed_frames_intact(repo, *pack, &bytes, &locs)
+                        .err()
+                        .map(|e| format!("{f}: content does not match its name, and a frame this restore needs is damaged: {e}")),
                     Err(e) => Some(format!("{f}: {e}")),
                 };
                 if let Some(v) = verdict {
@@ -134,7 +141,11 @@ pub fn verify_before_restore(
         let bad_packs: HashSet<Id> = bad.iter().map(|(p, _)| *p).collect();
         let files: Vec<&str> = nodes
             .iter()
-            .filter(|n| n.content.iter().any(|c| locs.get(c).is_some_and(|l| bad_packs.contains(&l.pack))))
+            .filter(|n| {
+                n.content
+                    .iter()
+                    .any(|c| locs.get(c).is_some_and(|l| bad_packs.contains(&l.pack)))
+            })
             .map(|n| n.path.as_str())
             .take(10)
             .collect();
@@ -148,6 +159,47 @@ pub fn verify_before_restore(
         .with_hint("run `cairn check --read-data` for the full list; restore another snapshot with `--at` or an id"));
     }
     Ok((locs, packs.len() as u64))
+}
+
+/// A pack whose bytes do not match its name may still hold intact frames
+/// (damage elsewhere in it): decode and verify exactly the chunks needed.
+fn needed_frames_intact(
+    repo: &Repository,
+    pack: Id,
+    bytes: &[u8],
+    locs: &HashMap<Id, Location>,
+) -> Result<()> {
+    let f = FileRef::new(FileKind::Pack, pack.to_hex());
+    let mut frames: HashMap<u64, Vec<(&Id, &Location)>> = HashMap::new();
+    for (id, l) in locs.iter().filter(|(_, l)| l.pack == pack) {
+        frames.entry(l.frame_offset).or_default().push((id, l));
+    }
+    for (offset, chunks) in frames {
+        let l = chunks[0].1;
+        let ct = bytes
+            .get(offset as usize..offset as usize + l.frame_length as usize)
+            .ok_or_else(|| {
+                Error::integrity(format!("frame at {offset} is beyond the end of the file"))
+            })?;
+        let plain = crate::repository::decode_frame_bytes(
+            &repo.key,
+            ct,
+            l.compression,
+            l.raw_length,
+            &f,
+            offset,
+        )?;
+        for (id, l) in chunks {
+            if chunk_slice(&plain, l).is_none_or(|d| repo.key.chunk_id(d) != *id) {
+                return Err(Error::integrity(format!(
+                    "chunk {} does not match its id",
+                    id.short()
+                )));
+            }
+        }
+    }
+    tracing::warn!(pack = %pack, "pack is damaged, but every frame this restore needs is intact; run `cairn check --read-data`");
+    Ok(())
 }
 
 /// Restore `nodes` below `target`.
@@ -184,7 +236,8 @@ pub fn restore_nodes(
             }
             NodeKind::Symlink => {
                 if let Some(parent) = path.parent() {
-                    std::fs::create_dir_all(parent).ctx(|| format!("creating {}", parent.display()))?;
+                    std::fs::create_dir_all(parent)
+                        .ctx(|| format!("creating {}", parent.display()))?;
                 }
                 let _ = std::fs::remove_file(&path);
                 std::os::unix::fs::symlink(n.target.as_deref().unwrap_or(""), &path)
@@ -193,10 +246,13 @@ pub fn restore_nodes(
             }
             NodeKind::File => {
                 if let Some(parent) = path.parent() {
-                    std::fs::create_dir_all(parent).ctx(|| format!("creating {}", parent.display()))?;
+                    std::fs::create_dir_all(parent)
+                        .ctx(|| format!("creating {}", parent.display()))?;
                 }
-                let f = std::fs::File::create(&path).ctx(|| format!("creating {}", path.display()))?;
-                f.set_len(n.size).ctx(|| format!("sizing {}", path.display()))?;
+                let f =
+                    std::fs::File::create(&path).ctx(|| format!("creating {}", path.display()))?;
+                f.set_len(n.size)
+                    .ctx(|| format!("sizing {}", path.display()))?;
                 let file = file_paths.len();
                 file_paths.push(path);
                 let mut off = 0u64;
@@ -229,7 +285,10 @@ pub fn restore_nodes(
     let progress = Progress::bytes(stats.bytes, quiet, "restore");
     let next = AtomicUsize::new(0);
     let failure: Mutex<Option<Error>> = Mutex::new(None);
-    let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2).min(8);
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2)
+        .min(8);
     std::thread::scope(|s| {
         for _ in 0..threads {
             s.spawn(|| loop {
@@ -238,7 +297,9 @@ pub fn restore_nodes(
                 }
                 let i = next.fetch_add(1, Ordering::Relaxed);
                 let Some(w) = work.get(i) else { break };
-                if let Err(e) = interrupt::check().and_then(|_| write_frame(repo, w, &file_paths, &progress)) {
+                if let Err(e) =
+                    interrupt::check().and_then(|_| write_frame(repo, w, &file_paths, &progress))
+                {
                     if let Ok(mut f) = failure.lock() {
                         f.get_or_insert(e);
                     }
@@ -255,7 +316,12 @@ pub fn restore_nodes(
     Ok(stats)
 }
 
-fn write_frame(repo: &Repository, w: &FrameWork, paths: &[PathBuf], progress: &Progress) -> Result<()> {
+fn write_frame(
+    repo: &Repository,
+    w: &FrameWork,
+    paths: &[PathBuf],
+    progress: &Progress,
+) -> Result<()> {
     let frame = repo.decode_frame(&w.loc)?;
     let mut verified: HashSet<u32> = HashSet::new();
     let mut open: Option<(usize, std::fs::File)> = None;
@@ -266,7 +332,11 @@ fn write_frame(repo: &Repository, w: &FrameWork, paths: &[PathBuf], progress: &P
             ..w.loc.clone()
         };
         let data = chunk_slice(&frame, &loc).ok_or_else(|| {
-            Error::integrity(format!("chunk {} lies outside its frame in pack {}", t.chunk.short(), w.loc.pack.short()))
+            Error::integrity(format!(
+                "chunk {} lies outside its frame in pack {}",
+                t.chunk.short(),
+                w.loc.pack.short()
+            ))
         })?;
         if !verified.contains(&t.offset) {
             if repo.key.chunk_id(data) != t.chunk {

@@ -70,7 +70,8 @@ impl Backend for LocalBackend {
             .with_hint("use it as it is, or choose another path"));
         }
         if self.root.exists() {
-            let mut entries = fs::read_dir(&self.root).ctx(|| format!("reading {}", self.root.display()))?;
+            let mut entries =
+                fs::read_dir(&self.root).ctx(|| format!("reading {}", self.root.display()))?;
             if entries.next().is_some() {
                 return Err(Error::failure(format!(
                     "{} exists and is not empty",
@@ -156,7 +157,10 @@ impl Backend for LocalBackend {
                 if name.len() != 64 {
                     continue;
                 }
-                let size = e.metadata().ctx(|| format!("stat {}", e.path().display()))?.len();
+                let size = e
+                    .metadata()
+                    .ctx(|| format!("stat {}", e.path().display()))?
+                    .len();
                 out.push((name, size));
             }
         }

@@ -69,7 +69,9 @@ pub fn open(location: &str) -> Result<Box<dyn Backend>> {
     if let Some((scheme, _)) = location.split_once("://") {
         return Err(Error::new(
             Kind::Usage,
-            format!("repository location {location:?}: the {scheme}:// scheme is not supported yet"),
+            format!(
+                "repository location {location:?}: the {scheme}:// scheme is not supported yet"
+            ),
         )
         .with_hint("use a local directory path"));
     }

@@ -17,15 +17,19 @@ fn resolve(repo: &Repository, kind: FileKind, spec: &str) -> Result<Id> {
     match m.as_slice() {
         [one] => Ok(*one),
         [] => Err(Error::usage(format!("no {} matches {spec:?}", kind.name()))),
-        _ => Err(Error::usage(format!("several {}s match {spec:?}", kind.name())).with_hint("give more digits")),
+        _ => Err(
+            Error::usage(format!("several {}s match {spec:?}", kind.name()))
+                .with_hint("give more digits"),
+        ),
     }
 }
 
 pub fn run(g: &GlobalArgs, a: &CatArgs) -> Result<()> {
     let repo = open_repo(g)?;
     let need = || {
-        a.id.clone()
-            .ok_or_else(|| Error::usage("this kind needs an id").with_hint("e.g. `cairn cat snapshot latest`"))
+        a.id.clone().ok_or_else(|| {
+            Error::usage("this kind needs an id").with_hint("e.g. `cairn cat snapshot latest`")
+        })
     };
     match a.kind {
         CatKind::Config => print_json(&repo.config),
@@ -41,7 +45,8 @@ pub fn run(g: &GlobalArgs, a: &CatArgs) -> Result<()> {
             let id = resolve(&repo, FileKind::Pack, &need()?)?;
             let f = FileRef::new(FileKind::Pack, id.to_hex());
             let bytes = repo.backend.read(&f)?;
-            let (_, header) = split_pack(&bytes).ok_or_else(|| Error::integrity(format!("{f} has no valid trailer")))?;
+            let (_, header) = split_pack(&bytes)
+                .ok_or_else(|| Error::integrity(format!("{f} has no valid trailer")))?;
             print_json(&repo.key.unseal::<PackHeader>(header, &f)?)
         }
         CatKind::Key => {

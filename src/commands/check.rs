@@ -65,7 +65,10 @@ fn subset(spec: Option<&str>, all: bool, packs: &[Id]) -> Result<Vec<Id>> {
         return Ok(v);
     }
     let (n, m) = spec.split_once('/').ok_or_else(bad)?;
-    let (n, m): (usize, usize) = (n.trim().parse().map_err(|_| bad())?, m.trim().parse().map_err(|_| bad())?);
+    let (n, m): (usize, usize) = (
+        n.trim().parse().map_err(|_| bad())?,
+        m.trim().parse().map_err(|_| bad())?,
+    );
     if m == 0 || n == 0 || n > m {
         return Err(bad());
     }
@@ -85,26 +88,42 @@ fn read_pack(repo: &Repository, entry: &PackEntry, report: &mut CheckReport) -> 
         Ok(b) => b,
         Err(e) => {
             report.errors.push(format!("{f}: {e}"));
-            damaged.extend(entry.frames.iter().flat_map(|fr| fr.chunks.iter().map(|c| c.id)));
+            damaged.extend(
+                entry
+                    .frames
+                    .iter()
+                    .flat_map(|fr| fr.chunks.iter().map(|c| c.id)),
+            );
             return damaged;
         }
     };
     report.packs_read += 1;
     report.bytes_read += bytes.len() as u64;
     if Id::of_bytes(&bytes) != entry.id {
-        report.errors.push(format!("{f} is damaged: its content does not match its name"));
+        report.errors.push(format!(
+            "{f} is damaged: its content does not match its name"
+        ));
     }
     match split_pack(&bytes).map(|(_, h)| repo.key.unseal::<PackHeader>(h, &f)) {
         Some(Ok(h)) if h.frames == entry.frames => {}
-        Some(Ok(_)) => report.errors.push(format!("{f}: header differs from the index")),
+        Some(Ok(_)) => report
+            .errors
+            .push(format!("{f}: header differs from the index")),
         Some(Err(e)) => report.errors.push(format!("{f}: header unreadable: {e}")),
-        None => report.errors.push(format!("{f}: no valid pack trailer (truncated?)")),
+        None => report
+            .errors
+            .push(format!("{f}: no valid pack trailer (truncated?)")),
     }
     for fr in &entry.frames {
         let end = fr.offset as usize + fr.length as usize;
         let frame = match bytes.get(fr.offset as usize..end) {
-            Some(ct) => decode_frame_bytes(&repo.key, ct, fr.compression, fr.raw_length, &f, fr.offset),
-            None => Err(Error::integrity(format!("frame at {} of {f} lies beyond the end of the file", fr.offset))),
+            Some(ct) => {
+                decode_frame_bytes(&repo.key, ct, fr.compression, fr.raw_length, &f, fr.offset)
+            }
+            None => Err(Error::integrity(format!(
+                "frame at {} of {f} lies beyond the end of the file",
+                fr.offset
+            ))),
         };
         match frame {
             Ok(plain) => {
@@ -118,9 +137,12 @@ fn read_pack(repo: &Repository, entry: &PackEntry, report: &mut CheckReport) -> 
                         offset: c.offset,
                         length: c.length,
                     };
-                    let ok = chunk_slice(&plain, &loc).is_some_and(|d| repo.key.chunk_id(d) == c.id);
+                    let ok =
+                        chunk_slice(&plain, &loc).is_some_and(|d| repo.key.chunk_id(d) == c.id);
                     if !ok {
-                        report.errors.push(format!("{f}: chunk {} does not match its id", c.id.short()));
+                        report
+                            .errors
+                            .push(format!("{f}: chunk {} does not match its id", c.id.short()));
                         damaged.insert(c.id);
                     }
                 }
@@ -135,7 +157,12 @@ fn read_pack(repo: &Repository, entry: &PackEntry, report: &mut CheckReport) -> 
 }
 
 /// Check the repository: structure always, stored data when asked.
-pub fn check(repo: &Repository, read_all: bool, read_subset: Option<&str>, quiet: bool) -> Result<CheckReport> {
+pub fn check(
+    repo: &Repository,
+    read_all: bool,
+    read_subset: Option<&str>,
+    quiet: bool,
+) -> Result<CheckReport> {
     let mut report = CheckReport::default();
     let on_disk: HashMap<Id, u64> = repo
         .backend
@@ -160,7 +187,10 @@ pub fn check(repo: &Repository, read_all: bool, read_subset: Option<&str>, quiet
     }
     let mut index: HashMap<Id, Id> = HashMap::new(); // chunk -> pack
     for p in packs.values() {
-        let file = IndexFile { version: 1, packs: vec![p.clone()] };
+        let file = IndexFile {
+            version: 1,
+            packs: vec![p.clone()],
+        };
         for (c, l) in locations(&file) {
             index.insert(c, l.pack);
         }
@@ -174,16 +204,25 @@ pub fn check(repo: &Repository, read_all: bool, read_subset: Option<&str>, quiet
         let p = &packs[id];
         match on_disk.get(id) {
             None => {
-                report.errors.push(format!("pack {id} is listed in the index but missing"));
+                report
+                    .errors
+                    .push(format!("pack {id} is listed in the index but missing"));
                 damaged.extend(p.frames.iter().flat_map(|f| f.chunks.iter().map(|c| c.id)));
             }
             Some(size) if *size != p.size => {
-                report.errors.push(format!("pack {id} has {size} bytes, the index says {}", p.size));
+                report.errors.push(format!(
+                    "pack {id} has {size} bytes, the index says {}",
+                    p.size
+                ));
             }
             Some(_) => {}
         }
     }
-    let mut unreferenced: Vec<Id> = on_disk.keys().filter(|p| !packs.contains_key(*p)).copied().collect();
+    let mut unreferenced: Vec<Id> = on_disk
+        .keys()
+        .filter(|p| !packs.contains_key(*p))
+        .copied()
+        .collect();
     unreferenced.sort();
     report.unreferenced_packs = unreferenced;
 
@@ -205,7 +244,12 @@ pub fn check(repo: &Repository, read_all: bool, read_subset: Option<&str>, quiet
         // Without reading data, a pack of the wrong size is presumed damaged.
         for id in &ids {
             if on_disk.get(id).is_some_and(|s| *s != packs[id].size) {
-                damaged.extend(packs[id].frames.iter().flat_map(|f| f.chunks.iter().map(|c| c.id)));
+                damaged.extend(
+                    packs[id]
+                        .frames
+                        .iter()
+                        .flat_map(|f| f.chunks.iter().map(|c| c.id)),
+                );
             }
         }
     }
@@ -242,16 +286,26 @@ pub fn check(repo: &Repository, read_all: bool, read_subset: Option<&str>, quiet
             let mut tree = Vec::new();
             let mut ok = true;
             for c in &src.tree {
-                match reader.get(c)?.ok_or_else(|| Error::integrity("not in cache")).and_then(|l| repo.read_chunk(c, &l)) {
+                match reader
+                    .get(c)?
+                    .ok_or_else(|| Error::integrity("not in cache"))
+                    .and_then(|l| repo.read_chunk(c, &l))
+                {
                     Ok(d) => tree.extend_from_slice(&d),
                     Err(e) => {
-                        report.errors.push(format!("snapshot {}: node list: {e}", sid.short()));
+                        report
+                            .errors
+                            .push(format!("snapshot {}: node list: {e}", sid.short()));
                         ok = false;
                         break;
                     }
                 }
             }
-            let nodes = if ok { parse_tree(&tree) } else { Err(Error::integrity("unreadable")) };
+            let nodes = if ok {
+                parse_tree(&tree)
+            } else {
+                Err(Error::integrity("unreadable"))
+            };
             match nodes {
                 Ok(nodes) => {
                     for n in nodes.iter().filter(|n| n.content.iter().any(bad)) {

@@ -56,7 +56,12 @@ pub fn run(g: &GlobalArgs, a: &ForgetArgs) -> Result<()> {
                 paths: s.paths.clone(),
             })
             .collect();
-        let groups = retention::plan(&policy, group_by, &candidates, &jiff::tz::TimeZone::system());
+        let groups = retention::plan(
+            &policy,
+            group_by,
+            &candidates,
+            &jiff::tz::TimeZone::system(),
+        );
         let mut removed = 0;
         for grp in &groups {
             if !g.json {
@@ -78,7 +83,8 @@ pub fn run(g: &GlobalArgs, a: &ForgetArgs) -> Result<()> {
                 }
                 tracing::info!(snapshot = short, reason = %d.reasons.join("; "), dry_run = a.dry_run, "forgetting snapshot");
                 if !a.dry_run {
-                    repo.backend.remove(&FileRef::new(FileKind::Snapshot, d.id.as_str()))?;
+                    repo.backend
+                        .remove(&FileRef::new(FileKind::Snapshot, d.id.as_str()))?;
                 }
                 removed += 1;
             }

@@ -58,7 +58,10 @@ fn list(g: &GlobalArgs) -> Result<()> {
             .collect();
         return print_json(&v);
     }
-    println!("{:<2}{:<10} {:<9} {:<20} {:<24} recipient", "", "ID", "KIND", "CREATED", "USER@HOST");
+    println!(
+        "{:<2}{:<10} {:<9} {:<20} {:<24} recipient",
+        "", "ID", "KIND", "CREATED", "USER@HOST"
+    );
     for (id, k) in &keys {
         println!(
             "{:<2}{:<10} {:<9} {:<20} {:<24} {}",
@@ -90,17 +93,25 @@ fn remove(g: &GlobalArgs, spec: &str) -> Result<()> {
                 return Err(Error::usage(format!("no key matches {spec:?}"))
                     .with_hint("`cairn key list` shows the keys"))
             }
-            _ => return Err(Error::usage(format!("several keys match {spec:?}")).with_hint("give more digits")),
+            _ => {
+                return Err(Error::usage(format!("several keys match {spec:?}"))
+                    .with_hint("give more digits"))
+            }
         };
         if keys.len() == 1 {
-            return Err(Error::usage("refusing to remove the last key: the repository could never be opened again")
-                .with_hint("add another key first with `cairn key add`"));
+            return Err(Error::usage(
+                "refusing to remove the last key: the repository could never be opened again",
+            )
+            .with_hint("add another key first with `cairn key add`"));
         }
         if *id == repo.key_id {
-            return Err(Error::usage("refusing to remove the key this command was opened with")
-                .with_hint("open the repository with another key to remove this one"));
+            return Err(
+                Error::usage("refusing to remove the key this command was opened with")
+                    .with_hint("open the repository with another key to remove this one"),
+            );
         }
-        repo.backend.remove(&FileRef::new(FileKind::Key, id.to_hex()))?;
+        repo.backend
+            .remove(&FileRef::new(FileKind::Key, id.to_hex()))?;
         println!("removed key {}", id.short());
         Ok(())
     })

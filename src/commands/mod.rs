@@ -52,7 +52,10 @@ fn read_password_file(path: &std::path::Path) -> Result<String> {
         .map_err(|e| e.with_hint("check --password-file / CAIRN_PASSWORD_FILE"))?;
     let pw = text.lines().next().unwrap_or("").to_string();
     if pw.is_empty() {
-        return Err(Error::usage(format!("password file {} is empty", path.display())));
+        return Err(Error::usage(format!(
+            "password file {} is empty",
+            path.display()
+        )));
     }
     Ok(pw)
 }
@@ -146,7 +149,9 @@ pub fn parse_time(s: &str) -> Result<jiff::Timestamp> {
             }
         }
     }
-    Err(Error::usage(format!("cannot read {s:?} as a time")).with_hint(
-        "use RFC 3339 (2026-11-25T02:00:00Z) or local time as \"YYYY-MM-DD HH:MM[:SS]\"",
-    ))
+    Err(
+        Error::usage(format!("cannot read {s:?} as a time")).with_hint(
+            "use RFC 3339 (2026-11-25T02:00:00Z) or local time as \"YYYY-MM-DD HH:MM[:SS]\"",
+        ),
+    )
 }

@@ -5,13 +5,15 @@
 //! new index leaves only extra packs; after it, only extra files.
 
 use super::{human_bytes, open_repo, print_json};
-use crate::archiver::PackBuilder;
+use crate::archiver::{seal_frame, PackBuilder};
 use crate::backend::FileRef;
 use crate::cli::{GlobalArgs, PruneArgs};
 use crate::error::{Error, Result};
 use crate::lock::with_lock;
-use crate::repo::{split_pack, FileKind, Id, IndexFile, PackEntry, Snapshot, FORMAT_VERSION};
-use crate::repository::Repository;
+use crate::repo::{
+    split_pack, ChunkEntry, FileKind, Id, IndexFile, PackEntry, Snapshot, FORMAT_VERSION,
+};
+use crate::repository::{decode_frame_bytes, Repository};
 use serde::Serialize;
 use std::collections::{HashMap, HashSet};
 
@@ -23,7 +25,62 @@ pub struct PruneReport {
     pub unreferenced_packs_removed: usize,
     pub bytes_before: u64,
     pub bytes_after: u64,
+    /// With --dry-run: plaintext bytes that repacking would copy.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub repack_raw_bytes: u64,
     pub dry_run: bool,
+}
+
+fn is_zero(v: &u64) -> bool {
+    *v == 0
+}
+
+/// Gathers loose chunks into new frames of the configured size.
+struct Reframer {
+    compressor: zstd::bulk::Compressor<'static>,
+    data: Vec<u8>,
+    chunks: Vec<ChunkEntry>,
+    frame_size: usize,
+}
+
+impl Reframer {
+    fn new(repo: &Repository) -> Result<Self> {
+        Ok(Reframer {
+            compressor: zstd::bulk::Compressor::new(repo.config.zstd_level)
+                .map_err(|e| Error::failure(format!("zstd: {e}")))?,
+            data: Vec::new(),
+            chunks: Vec::new(),
+            frame_size: repo.config.frame_size as usize,
+        })
+    }
+
+    fn add(&mut self, builder: &mut PackBuilder, id: Id, data: &[u8]) -> Result<()> {
+        self.chunks.push(ChunkEntry {
+            id,
+            offset: self.data.len() as u32,
+            length: data.len() as u32,
+        });
+        self.data.extend_from_slice(data);
+        if self.data.len() >= self.frame_size {
+            self.flush(builder)?;
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self, builder: &mut PackBuilder) -> Result<()> {
+        if self.chunks.is_empty() {
+            return Ok(());
+        }
+        let (ct, compression) = seal_frame(builder.repo(), &mut self.compressor, &self.data)?;
+        builder.add_frame(
+            &ct,
+            self.data.len() as u32,
+            compression,
+            std::mem::take(&mut self.chunks),
+        )?;
+        self.data.clear();
+        Ok(())
+    }
 }
 
 /// Every chunk any snapshot needs (node lists and file contents).
@@ -50,15 +107,18 @@ pub fn used_chunks(repo: &Repository) -> Result<HashSet<Id>> {
 }
 
 pub fn prune(repo: &Repository, dry_run: bool) -> Result<PruneReport> {
-    let mut report = PruneReport { dry_run, ..Default::default() };
+    let mut report = PruneReport {
+        dry_run,
+        ..Default::default()
+    };
     let used = used_chunks(repo)?;
     let mut packs: HashMap<Id, PackEntry> = HashMap::new();
     let mut index_files = Vec::new();
     for (name, _) in repo.backend.list(FileKind::Index)? {
         let Some(id) = Id::parse(&name) else { continue };
-        let idx: IndexFile = repo.read_sealed(FileKind::Index, &id).map_err(|e| {
-            e.with_hint("prune needs every index file; run `cairn check` first")
-        })?;
+        let idx: IndexFile = repo
+            .read_sealed(FileKind::Index, &id)
+            .map_err(|e| e.with_hint("prune needs every index file; run `cairn check` first"))?;
         index_files.push(id);
         for p in idx.packs {
             packs.insert(p.id, p);
@@ -83,21 +143,29 @@ pub fn prune(repo: &Repository, dry_run: bool) -> Result<PruneReport> {
             tracing::warn!(pack = %id, "indexed pack is missing; dropping it from the index");
             continue;
         }
-        let used_frames = p
+        let raw_total: u64 = p.frames.iter().map(|f| f.raw_length as u64).sum();
+        let raw_used: u64 = p
             .frames
             .iter()
-            .filter(|f| f.chunks.iter().any(|c| used.contains(&c.id)))
-            .count();
-        if used_frames == p.frames.len() {
-            keep.push(p.clone());
-        } else if used_frames == 0 {
+            .flat_map(|f| f.chunks.iter())
+            .filter(|c| used.contains(&c.id))
+            .map(|c| c.length as u64)
+            .sum();
+        if raw_used == 0 {
             tracing::info!(pack = %id.short(), reason = "no snapshot uses it", "removing pack");
             remove.push(*id);
+        } else if raw_total - raw_used <= raw_total / 10 {
+            // At most 10% unused: rewriting it would cost more than it frees.
+            keep.push(p.clone());
         } else {
             repack.push(p.clone());
         }
     }
-    let unreferenced: Vec<Id> = on_disk.keys().filter(|p| !packs.contains_key(*p)).copied().collect();
+    let unreferenced: Vec<Id> = on_disk
+        .keys()
+        .filter(|p| !packs.contains_key(*p))
+        .copied()
+        .collect();
     for p in &unreferenced {
         tracing::info!(pack = %p.short(), reason = "not in any index (left by an interrupted snapshot)", "removing pack");
     }
@@ -110,10 +178,12 @@ pub fn prune(repo: &Repository, dry_run: bool) -> Result<PruneReport> {
         let repack_used: u64 = repack
             .iter()
             .flat_map(|p| p.frames.iter())
-            .filter(|f| f.chunks.iter().any(|c| used.contains(&c.id)))
-            .map(|f| f.length as u64)
+            .flat_map(|f| f.chunks.iter())
+            .filter(|c| used.contains(&c.id))
+            .map(|c| c.length as u64)
             .sum();
-        report.bytes_after = kept_bytes + repack_used;
+        report.bytes_after = kept_bytes;
+        report.repack_raw_bytes = repack_used;
         return Ok(report);
     }
     if remove.is_empty() && repack.is_empty() && unreferenced.is_empty() {
@@ -122,36 +192,71 @@ pub fn prune(repo: &Repository, dry_run: bool) -> Result<PruneReport> {
         return Ok(report);
     }
 
-    // 1. Repack: copy the used frames (still sealed) into new packs.
+    // 1. Repack: frames still fully used are copied as they are (sealed);
+    //    the used chunks of partly used frames are gathered into new frames.
     let mut builder = PackBuilder::new(repo);
+    let mut reframer = Reframer::new(repo)?;
     for p in &repack {
         crate::interrupt::check()?;
         let f = FileRef::new(FileKind::Pack, p.id.to_hex());
         let bytes = repo.backend.read(&f)?;
         if Id::of_bytes(&bytes) != p.id || split_pack(&bytes).is_none() {
-            return Err(Error::integrity(format!("{f} is damaged; prune stopped before removing anything"))
-                .with_hint("run `cairn check --read-data` to see what it affects"));
+            return Err(Error::integrity(format!(
+                "{f} is damaged; prune stopped before removing anything"
+            ))
+            .with_hint("run `cairn check --read-data` to see what it affects"));
         }
-        for fr in p.frames.iter().filter(|f| f.chunks.iter().any(|c| used.contains(&c.id))) {
+        for fr in &p.frames {
+            let n_used = fr.chunks.iter().filter(|c| used.contains(&c.id)).count();
             let ct = &bytes[fr.offset as usize..fr.offset as usize + fr.length as usize];
-            builder.add_frame(ct, fr.raw_length, fr.compression, fr.chunks.clone())?;
+            if n_used == fr.chunks.len() {
+                builder.add_frame(ct, fr.raw_length, fr.compression, fr.chunks.clone())?;
+            } else if n_used > 0 {
+                let plain = decode_frame_bytes(
+                    &repo.key,
+                    ct,
+                    fr.compression,
+                    fr.raw_length,
+                    &f,
+                    fr.offset,
+                )?;
+                for c in fr.chunks.iter().filter(|c| used.contains(&c.id)) {
+                    let data = plain
+                        .get(c.offset as usize..(c.offset + c.length) as usize)
+                        .filter(|d| repo.key.chunk_id(d) == c.id)
+                        .ok_or_else(|| {
+                            Error::integrity(format!("{f}: chunk {} does not match its id; prune stopped before removing anything", c.id.short()))
+                        })?;
+                    reframer.add(&mut builder, c.id, data)?;
+                }
+            }
         }
-        tracing::info!(pack = %p.id.short(), reason = "partly used: its used frames were copied", "removing pack");
+        tracing::info!(pack = %p.id.short(), reason = "more than 10% unused: its used data was copied", "removing pack");
     }
+    reframer.flush(&mut builder)?;
     builder.flush()?;
     let new_packs = builder.stored.packs;
 
     // 2. One new index for everything that stays; 3. drop the old ones.
     let mut all = keep;
     all.extend(new_packs);
-    let idx = IndexFile { version: FORMAT_VERSION, packs: all };
+    let idx = IndexFile {
+        version: FORMAT_VERSION,
+        packs: all,
+    };
     let new_index = repo.write_sealed(FileKind::Index, &idx)?;
     for old in index_files.iter().filter(|i| **i != new_index) {
-        repo.backend.remove(&FileRef::new(FileKind::Index, old.to_hex()))?;
+        repo.backend
+            .remove(&FileRef::new(FileKind::Index, old.to_hex()))?;
     }
     // 4. Delete packs nothing refers to any more.
-    for p in remove.iter().chain(repack.iter().map(|p| &p.id)).chain(unreferenced.iter()) {
-        repo.backend.remove(&FileRef::new(FileKind::Pack, p.to_hex()))?;
+    for p in remove
+        .iter()
+        .chain(repack.iter().map(|p| &p.id))
+        .chain(unreferenced.iter())
+    {
+        repo.backend
+            .remove(&FileRef::new(FileKind::Pack, p.to_hex()))?;
     }
     repo.backend.remove_temporary()?;
     repo.cache.sync(repo.backend.as_ref(), &repo.key)?;

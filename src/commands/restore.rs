@@ -12,9 +12,15 @@ pub fn snapshot_at(
     sources: &[String],
 ) -> Result<(Id, Snapshot)> {
     let all = repo.snapshots()?;
-    let has_sources =
-        |s: &Snapshot| sources.iter().all(|n| s.sources.iter().any(|x| &x.name == n));
-    let oldest = all.iter().find(|(_, s)| has_sources(s)).map(|(_, s)| s.time);
+    let has_sources = |s: &Snapshot| {
+        sources
+            .iter()
+            .all(|n| s.sources.iter().any(|x| &x.name == n))
+    };
+    let oldest = all
+        .iter()
+        .find(|(_, s)| has_sources(s))
+        .map(|(_, s)| s.time);
     all.into_iter()
         .rev()
         .find(|(_, s)| s.time <= at && has_sources(s))
@@ -31,8 +37,10 @@ pub fn snapshot_at(
 pub fn run(g: &GlobalArgs, a: &RestoreArgs) -> Result<()> {
     let at = a.at.as_deref().map(parse_time).transpose()?;
     if a.snapshot.is_none() && at.is_none() {
-        return Err(Error::usage("which snapshot? give an id, `latest`, or --at TIME")
-            .with_hint("`cairn snapshots` lists the restore points"));
+        return Err(
+            Error::usage("which snapshot? give an id, `latest`, or --at TIME")
+                .with_hint("`cairn snapshots` lists the restore points"),
+        );
     }
     let repo = open_repo(g)?;
     let (id, snap) = match (&a.snapshot, at) {
@@ -43,12 +51,18 @@ pub fn run(g: &GlobalArgs, a: &RestoreArgs) -> Result<()> {
     for name in &a.source {
         if !snap.sources.iter().any(|s| &s.name == name) {
             let names: Vec<&str> = snap.sources.iter().map(|s| s.name.as_str()).collect();
-            return Err(Error::usage(format!("snapshot {} has no source {name:?}", id.short()))
-                .with_hint(format!("its sources are: {}", names.join(", "))));
+            return Err(
+                Error::usage(format!("snapshot {} has no source {name:?}", id.short()))
+                    .with_hint(format!("its sources are: {}", names.join(", "))),
+            );
         }
     }
     let mut nodes = Vec::new();
-    for s in snap.sources.iter().filter(|s| a.source.is_empty() || a.source.contains(&s.name)) {
+    for s in snap
+        .sources
+        .iter()
+        .filter(|s| a.source.is_empty() || a.source.contains(&s.name))
+    {
         nodes.extend(repo.read_tree(s)?);
     }
     let nodes = restorer::filter_nodes(nodes, &a.include);

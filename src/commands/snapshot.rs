@@ -17,13 +17,21 @@ enum Input {
 }
 
 fn input(a: &SnapshotArgs) -> Result<Input> {
-    let given = [!a.paths.is_empty(), a.stdin_name.is_some() && !a.stdin_from_command, a.stdin_from_command]
-        .iter()
-        .filter(|x| **x)
-        .count();
+    let given = [
+        !a.paths.is_empty(),
+        a.stdin_name.is_some() && !a.stdin_from_command,
+        a.stdin_from_command,
+    ]
+    .iter()
+    .filter(|x| **x)
+    .count();
     if given != 1 {
-        return Err(Error::usage("give exactly one of: paths, --stdin-name NAME, or --stdin-from-command -- CMD")
-            .with_hint("e.g. `cairn snapshot /etc` or `pg_dumpall | cairn snapshot --stdin-name all.sql`"));
+        return Err(Error::usage(
+            "give exactly one of: paths, --stdin-name NAME, or --stdin-from-command -- CMD",
+        )
+        .with_hint(
+            "e.g. `cairn snapshot /etc` or `pg_dumpall | cairn snapshot --stdin-name all.sql`",
+        ));
     }
     if a.stdin_from_command {
         let name = a.stdin_name.clone().unwrap_or_else(|| "stdin".into());
@@ -31,11 +39,18 @@ fn input(a: &SnapshotArgs) -> Result<Input> {
             .command
             .split_first()
             .ok_or_else(|| Error::usage("--stdin-from-command needs a command after `--`"))?;
-        return Ok(Input::Command(name, std::iter::once(cmd.clone()).chain(args.iter().cloned()).collect()));
+        return Ok(Input::Command(
+            name,
+            std::iter::once(cmd.clone())
+                .chain(args.iter().cloned())
+                .collect(),
+        ));
     }
     if let Some(name) = &a.stdin_name {
         if name.is_empty() || name.contains('/') {
-            return Err(Error::usage(format!("--stdin-name {name:?} must be a plain file name")));
+            return Err(Error::usage(format!(
+                "--stdin-name {name:?} must be a plain file name"
+            )));
         }
         return Ok(Input::Stdin(name.clone()));
     }
@@ -45,7 +60,8 @@ fn input(a: &SnapshotArgs) -> Result<Input> {
             return Err(Error::usage(format!("{} does not exist", p.display()))
                 .with_hint("check the path; nothing was backed up"));
         }
-        let abs = std::path::absolute(p).map_err(|e| Error::io(format!("resolving {}", p.display()), e))?;
+        let abs = std::path::absolute(p)
+            .map_err(|e| Error::io(format!("resolving {}", p.display()), e))?;
         paths.push(abs);
     }
     Ok(Input::Paths(paths))
@@ -67,8 +83,14 @@ fn run_command(
             Error::io(format!("starting command {:?}", argv[0]), e)
                 .with_hint("check the command name and PATH; nothing was saved")
         })?;
-    let stdout = child.stdout.take().ok_or_else(|| Error::failure("no stdout"))?;
-    let mut stderr = child.stderr.take().ok_or_else(|| Error::failure("no stderr"))?;
+    let stdout = child
+        .stdout
+        .take()
+        .ok_or_else(|| Error::failure("no stdout"))?;
+    let mut stderr = child
+        .stderr
+        .take()
+        .ok_or_else(|| Error::failure("no stderr"))?;
     let err_reader = std::thread::spawn(move || {
         let mut buf = Vec::new();
         let _ = stderr.read_to_end(&mut buf);
@@ -78,12 +100,21 @@ fn run_command(
     if outcome.is_err() {
         let _ = child.kill();
     }
-    let status = child.wait().map_err(|e| Error::io("waiting for the command", e))?;
+    let status = child
+        .wait()
+        .map_err(|e| Error::io("waiting for the command", e))?;
     let err_out = err_reader.join().unwrap_or_default();
     let outcome = outcome?;
     if !status.success() {
         let text = String::from_utf8_lossy(&err_out);
-        let tail: Vec<&str> = text.lines().rev().take(5).collect::<Vec<_>>().into_iter().rev().collect();
+        let tail: Vec<&str> = text
+            .lines()
+            .rev()
+            .take(5)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect();
         let mut e = Error::failure(format!(
             "command {:?} failed ({status}); no snapshot was saved",
             argv.join(" ")

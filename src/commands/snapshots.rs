@@ -38,7 +38,11 @@ pub fn run(g: &GlobalArgs, a: &SnapshotsArgs) -> Result<()> {
             s.host,
             s.tags.join(","),
             human_bytes(s.size()),
-            if s.is_complete() { "complete" } else { "incomplete" },
+            if s.is_complete() {
+                "complete"
+            } else {
+                "incomplete"
+            },
             s.paths.join(" ")
         );
     }

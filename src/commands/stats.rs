@@ -8,15 +8,23 @@ pub fn run(g: &GlobalArgs) -> Result<()> {
     let snaps = repo.snapshots()?;
     let packs = repo.backend.list(FileKind::Pack)?;
     let pack_bytes: u64 = packs.iter().map(|(_, s)| s).sum();
+    let mut seen = std::collections::HashSet::new();
     let mut chunks = 0u64;
     let mut raw = 0u64;
     let index_files = repo.backend.list(FileKind::Index)?;
     for (name, _) in &index_files {
         let Some(id) = Id::parse(name) else { continue };
         let idx: IndexFile = repo.read_sealed(FileKind::Index, &id)?;
-        for f in idx.packs.iter().flat_map(|p| p.frames.iter()) {
-            chunks += f.chunks.len() as u64;
-            raw += f.raw_length as u64;
+        for c in idx
+            .packs
+            .iter()
+            .flat_map(|p| p.frames.iter())
+            .flat_map(|f| f.chunks.iter())
+        {
+            if seen.insert(c.id) {
+                chunks += 1;
+                raw += c.length as u64;
+            }
         }
     }
     let logical: u64 = snaps.iter().map(|(_, s)| s.size()).sum();
@@ -35,8 +43,16 @@ pub fn run(g: &GlobalArgs) -> Result<()> {
         return print_json(&v);
     }
     println!("snapshots:        {}", snaps.len());
-    println!("packs:            {} ({})", packs.len(), human_bytes(pack_bytes));
-    println!("unique chunks:    {} ({} before compression)", chunks, human_bytes(raw));
+    println!(
+        "packs:            {} ({})",
+        packs.len(),
+        human_bytes(pack_bytes)
+    );
+    println!(
+        "unique chunks:    {} ({} before compression)",
+        chunks,
+        human_bytes(raw)
+    );
     println!("all snapshots:    {} of source data", human_bytes(logical));
     if raw > 0 && pack_bytes > 0 {
         println!(

@@ -9,8 +9,8 @@ mod pack;
 
 pub use id::Id;
 pub use manifest::{
-    ChunkerParams, Config, IndexFile, KeyFile, KeyKind, KeyMaterial, LockFile, Node, NodeKind, Snapshot,
-    SourceRecord, SourceStatus, Summary, CHUNKER_DEFAULT, FORMAT_VERSION,
+    ChunkerParams, Config, IndexFile, KeyFile, KeyKind, KeyMaterial, LockFile, Node, NodeKind,
+    Snapshot, SourceRecord, SourceStatus, Summary, CHUNKER_DEFAULT, FORMAT_VERSION,
 };
 pub use pack::{
     split_pack, ChunkEntry, Compression, FrameEntry, PackEntry, PackHeader, PACK_MAGIC,
