@@ -23,10 +23,16 @@ fn second_snapshot_of_unchanged_data_adds_almost_nothing() {
     make_sample_tree(&src);
     let first = env.json(&["snapshot", src.to_str().unwrap()]);
     let second = env.json(&["snapshot", src.to_str().unwrap()]);
-    let (a, b) = (first["bytes_added"].as_u64().unwrap(), second["bytes_added"].as_u64().unwrap());
+    let (a, b) = (
+        first["bytes_added"].as_u64().unwrap(),
+        second["bytes_added"].as_u64().unwrap(),
+    );
     assert!(a > 3 << 20, "first snapshot stored only {a} bytes");
     // Only the node list's chunks may differ (directory mtimes can change); never content.
-    assert!(b < 64 << 10, "second snapshot of the same data added {b} bytes");
+    assert!(
+        b < 64 << 10,
+        "second snapshot of the same data added {b} bytes"
+    );
     assert_eq!(second["chunks_new"].as_u64(), Some(0));
 }
 
@@ -43,16 +49,25 @@ fn a_small_edit_adds_a_small_amount() {
     std::fs::write(src.join("big"), &data).unwrap();
     let second = env.json(&["snapshot", src.to_str().unwrap()]);
     let added = second["bytes_added"].as_u64().unwrap();
-    assert!(added < 512 << 10, "two small edits in 8 MiB added {added} bytes");
+    assert!(
+        added < 512 << 10,
+        "two small edits in 8 MiB added {added} bytes"
+    );
     let target = env.path("out");
     env.ok(&["restore", "latest", "--target", target.to_str().unwrap()]);
-    assert_eq!(std::fs::read(restored(&target, &src).join("big")).unwrap(), data);
+    assert_eq!(
+        std::fs::read(restored(&target, &src).join("big")).unwrap(),
+        data
+    );
 }
 
 #[test]
 fn stdin_snapshot_round_trips_including_empty_input() {
     let env = Env::init();
-    for (name, content) in [("dump.sql", b"CREATE TABLE t (x int);\n".repeat(5000)), ("empty.txt", Vec::new())] {
+    for (name, content) in [
+        ("dump.sql", b"CREATE TABLE t (x int);\n".repeat(5000)),
+        ("empty.txt", Vec::new()),
+    ] {
         let mut child = env
             .cmd()
             .args(["snapshot", "--stdin-name", name, "--json"])
@@ -62,7 +77,11 @@ fn stdin_snapshot_round_trips_including_empty_input() {
             .unwrap();
         child.stdin.take().unwrap().write_all(&content).unwrap();
         let out = child.wait_with_output().unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
         assert_eq!(v["bytes_read"].as_u64(), Some(content.len() as u64));
         let target = env.path(&format!("out-{name}"));
@@ -74,24 +93,45 @@ fn stdin_snapshot_round_trips_including_empty_input() {
 #[test]
 fn stdin_from_command_stores_its_output() {
     let env = Env::init();
-    env.ok(&["snapshot", "--stdin-name", "seq.txt", "--stdin-from-command", "--", "seq", "1", "100000"]);
+    env.ok(&[
+        "snapshot",
+        "--stdin-name",
+        "seq.txt",
+        "--stdin-from-command",
+        "--",
+        "seq",
+        "1",
+        "100000",
+    ]);
     let target = env.path("out");
     env.ok(&["restore", "latest", "--target", target.to_str().unwrap()]);
     let expected: String = (1..=100000).map(|i| format!("{i}\n")).collect();
-    assert_eq!(std::fs::read_to_string(target.join("seq.txt")).unwrap(), expected);
+    assert_eq!(
+        std::fs::read_to_string(target.join("seq.txt")).unwrap(),
+        expected
+    );
 }
 
 #[test]
 fn failing_command_saves_no_snapshot() {
     let env = Env::init();
     let out = env.run(&[
-        "snapshot", "--stdin-name", "x", "--stdin-from-command", "--",
-        "sh", "-c", "echo partial output; echo 'pg_dump: connection refused' >&2; exit 3",
+        "snapshot",
+        "--stdin-name",
+        "x",
+        "--stdin-from-command",
+        "--",
+        "sh",
+        "-c",
+        "echo partial output; echo 'pg_dump: connection refused' >&2; exit 3",
     ]);
     let (code, err) = code_and_stderr(&out);
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("no snapshot was saved"), "{err}");
-    assert!(err.contains("connection refused"), "stderr of the command is shown: {err}");
+    assert!(
+        err.contains("connection refused"),
+        "stderr of the command is shown: {err}"
+    );
     assert!(env.snapshot_ids().is_empty());
 }
 
@@ -106,25 +146,53 @@ fn restore_at_picks_the_newest_snapshot_at_or_before_the_time() {
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
     let snaps = env.json(&["snapshots"]);
-    let times: Vec<jiff::Timestamp> =
-        snaps.as_array().unwrap().iter().map(|s| s["time"].as_str().unwrap().parse().unwrap()).collect();
+    let times: Vec<jiff::Timestamp> = snaps
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["time"].as_str().unwrap().parse().unwrap())
+        .collect();
     let cases = [
         (times[1], "generation 1"),
-        (times[2] - jiff::SignedDuration::from_nanos(1), "generation 1"),
-        (times[0] + jiff::SignedDuration::from_millis(5), "generation 0"),
-        (times[2] + jiff::SignedDuration::from_hours(24), "generation 2"),
+        (
+            times[2] - jiff::SignedDuration::from_nanos(1),
+            "generation 1",
+        ),
+        (
+            times[0] + jiff::SignedDuration::from_millis(5),
+            "generation 0",
+        ),
+        (
+            times[2] + jiff::SignedDuration::from_hours(24),
+            "generation 2",
+        ),
     ];
     for (i, (at, expected)) in cases.iter().enumerate() {
         let target = env.path(&format!("out{i}"));
-        env.ok(&["restore", "--at", &at.to_string(), "--target", target.to_str().unwrap()]);
+        env.ok(&[
+            "restore",
+            "--at",
+            &at.to_string(),
+            "--target",
+            target.to_str().unwrap(),
+        ]);
         let got = std::fs::read_to_string(restored(&target, &src).join("gen")).unwrap();
         assert_eq!(&got, expected, "--at {at}");
     }
-    let out = env.run(&["restore", "--at", &(times[0] - jiff::SignedDuration::from_secs(1)).to_string(), "--target", env.path("none").to_str().unwrap()]);
+    let out = env.run(&[
+        "restore",
+        "--at",
+        &(times[0] - jiff::SignedDuration::from_secs(1)).to_string(),
+        "--target",
+        env.path("none").to_str().unwrap(),
+    ]);
     let (code, err) = code_and_stderr(&out);
     assert_eq!(code, 1);
     assert!(err.contains("no snapshot was taken at or before"), "{err}");
-    assert!(!env.path("none").exists(), "nothing is written when no snapshot matches");
+    assert!(
+        !env.path("none").exists(),
+        "nothing is written when no snapshot matches"
+    );
 }
 
 #[test]
@@ -135,7 +203,14 @@ fn restore_include_restores_only_that_subtree() {
     env.snapshot(&[&src]);
     let target = env.path("out");
     let inc = src.join("etc").display().to_string();
-    env.ok(&["restore", "latest", "--target", target.to_str().unwrap(), "--include", &inc]);
+    env.ok(&[
+        "restore",
+        "latest",
+        "--target",
+        target.to_str().unwrap(),
+        "--include",
+        &inc,
+    ]);
     let r = restored(&target, &src);
     assert_same_tree(&src.join("etc"), &r.join("etc"));
     assert!(!r.join("data.bin").exists());
@@ -157,7 +232,10 @@ fn a_file_over_2_gib_round_trips() {
     drop(f);
     let snap = env.json(&["snapshot", src.to_str().unwrap()]);
     assert_eq!(snap["bytes_read"].as_u64(), Some(size));
-    assert!(snap["bytes_added"].as_u64().unwrap() < 1 << 20, "zeros deduplicate");
+    assert!(
+        snap["bytes_added"].as_u64().unwrap() < 1 << 20,
+        "zeros deduplicate"
+    );
     let target = env.path("out");
     env.ok(&["restore", "latest", "--target", target.to_str().unwrap()]);
     let out = restored(&target, &src).join("sparse.img");

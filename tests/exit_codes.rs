@@ -29,11 +29,22 @@ fn bad_flags_are_2_with_a_helpful_message() {
     let (code, err) = code_and_stderr(&env.run(&["snapshot", "--no-such-flag"]));
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("--no-such-flag"), "{err}");
-    let (code, err) = code_and_stderr(&env.run(&["restore", "latest", "--target", "/tmp/x", "--at", "yesterday-ish"]));
+    let (code, err) = code_and_stderr(&env.run(&[
+        "restore",
+        "latest",
+        "--target",
+        "/tmp/x",
+        "--at",
+        "yesterday-ish",
+    ]));
     assert_eq!(code, 2, "{err}");
-    let (code, err) = code_and_stderr(&env.run(&["restore", "--at", "not a time", "--target", "/tmp/x"]));
+    let (code, err) =
+        code_and_stderr(&env.run(&["restore", "--at", "not a time", "--target", "/tmp/x"]));
     assert_eq!(code, 2, "{err}");
-    assert!(err.contains("cannot read \"not a time\" as a time") && err.contains("hint:"), "{err}");
+    assert!(
+        err.contains("cannot read \"not a time\" as a time") && err.contains("hint:"),
+        "{err}"
+    );
     let (code, err) = code_and_stderr(&env.run(&["snapshot", "/definitely/not/here"]));
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("/definitely/not/here does not exist"), "{err}");
@@ -60,7 +71,10 @@ fn lock_conflict_is_11_and_names_the_holder() {
     stdin.write_all(b"some data").unwrap();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
     while std::fs::read_dir(env.repo.join("locks")).unwrap().count() == 0 {
-        assert!(std::time::Instant::now() < deadline, "snapshot never took its lock");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "snapshot never took its lock"
+        );
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
     let (code, err) = code_and_stderr(&env.run(&["prune"]));
@@ -94,7 +108,11 @@ fn interrupted_snapshot_is_130_and_saves_nothing() {
     let (code, err) = code_and_stderr(&out);
     assert_eq!(code, 130, "{err}");
     assert!(env.snapshot_ids().is_empty());
-    assert_eq!(std::fs::read_dir(env.repo.join("locks")).unwrap().count(), 0, "lock released");
+    assert_eq!(
+        std::fs::read_dir(env.repo.join("locks")).unwrap().count(),
+        0,
+        "lock released"
+    );
     env.ok(&["check"]);
 }
 
@@ -103,23 +121,41 @@ fn keys_add_list_remove_and_the_last_key_is_kept() {
     let env = Env::init();
     let second = env.path("second-password");
     std::fs::write(&second, "another one\n").unwrap();
-    env.ok(&["key", "add", "--new-password-file", second.to_str().unwrap(), "--kdf-work-factor", "10"]);
+    env.ok(&[
+        "key",
+        "add",
+        "--new-password-file",
+        second.to_str().unwrap(),
+        "--kdf-work-factor",
+        "10",
+    ]);
     let keys = env.json(&["key", "list"]);
     assert_eq!(keys.as_array().unwrap().len(), 2);
-    let first_id = keys.as_array().unwrap().iter().find(|k| k["current"] == true).unwrap()["id"].as_str().unwrap().to_string();
+    let first_id = keys
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["current"] == true)
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
     // Open with the second password and remove the first key.
     let mut c = env.cmd();
-    c.env("CAIRN_PASSWORD_FILE", &second).args(["key", "remove", &first_id[..12]]);
+    c.env("CAIRN_PASSWORD_FILE", &second)
+        .args(["key", "remove", &first_id[..12]]);
     assert!(c.output().unwrap().status.success());
     let (code, _) = code_and_stderr(&env.run(&["snapshots"]));
     assert_eq!(code, 12, "the removed key no longer opens the repository");
     let mut c = env.cmd();
-    c.env("CAIRN_PASSWORD_FILE", &second).args(["key", "list", "--json"]);
+    c.env("CAIRN_PASSWORD_FILE", &second)
+        .args(["key", "list", "--json"]);
     let out = c.output().unwrap();
     let keys: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let only = keys[0]["id"].as_str().unwrap().to_string();
     let mut c = env.cmd();
-    c.env("CAIRN_PASSWORD_FILE", &second).args(["key", "remove", &only]);
+    c.env("CAIRN_PASSWORD_FILE", &second)
+        .args(["key", "remove", &only]);
     let (code, err) = code_and_stderr(&c.output().unwrap());
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("refusing to remove the last key"), "{err}");
@@ -131,14 +167,23 @@ fn an_age_identity_opens_the_repository() {
     let identity = age::x25519::Identity::generate();
     let idfile = env.path("identity.txt");
     use age::secrecy::ExposeSecret;
-    std::fs::write(&idfile, format!("# test\n{}\n", identity.to_string().expose_secret())).unwrap();
+    std::fs::write(
+        &idfile,
+        format!("# test\n{}\n", identity.to_string().expose_secret()),
+    )
+    .unwrap();
     let mut c = env.cmd();
-    c.env_remove("CAIRN_PASSWORD_FILE").env("CAIRN_IDENTITY_FILE", &idfile).args(["init"]);
+    c.env_remove("CAIRN_PASSWORD_FILE")
+        .env("CAIRN_IDENTITY_FILE", &idfile)
+        .args(["init"]);
     assert!(c.output().unwrap().status.success());
     let src = env.path("src");
     make_sample_tree(&src);
     let mut c = env.cmd();
-    c.env_remove("CAIRN_PASSWORD_FILE").env("CAIRN_IDENTITY_FILE", &idfile).arg("snapshot").arg(&src);
+    c.env_remove("CAIRN_PASSWORD_FILE")
+        .env("CAIRN_IDENTITY_FILE", &idfile)
+        .arg("snapshot")
+        .arg(&src);
     assert!(c.output().unwrap().status.success());
     // A password does not open an identity-only repository.
     let (code, _) = code_and_stderr(&env.run(&["snapshots"]));
