@@ -62,6 +62,8 @@ pub struct Packer<'a> {
     frame_chunks: Vec<ChunkEntry>,
     jobs: Option<Sender<FrameJob>>,
     failed: &'a Mutex<Option<Error>>,
+    read_buffer: Vec<u8>,
+    seed: u64,
     pub stats: PackerStats,
 }
 
@@ -99,13 +101,15 @@ impl Packer<'_> {
     ) -> std::result::Result<(Vec<Id>, u64), ChunkError<Error>> {
         let mut ids = Vec::new();
         let params = self.repo.config.chunker;
-        let seed = self.repo.key.chunker_seed();
-        let n = chunk::for_each_chunk(source, params, seed, |c| {
+        let seed = self.seed;
+        let mut buf = std::mem::take(&mut self.read_buffer);
+        let n = chunk::for_each_chunk_with(&mut buf, source, params, seed, |c| {
             ids.push(self.add_chunk(c)?);
             progress.inc(c.len() as u64);
             Ok(())
-        })?;
-        Ok((ids, n))
+        });
+        self.read_buffer = buf;
+        Ok((ids, n?))
     }
 
     fn flush_frame(&mut self) -> Result<()> {
@@ -178,6 +182,8 @@ pub fn with_packer<T>(
             frame_chunks: Vec::new(),
             jobs: Some(job_tx),
             failed: &failed,
+            read_buffer: Vec::new(),
+            seed: repo.key.chunker_seed(),
             stats: PackerStats::default(),
         };
         let out = f(&mut packer).and_then(|v| packer.flush_frame().map(|_| v));
@@ -348,7 +354,8 @@ pub struct SourceOutcome {
     pub bytes_read: u64,
 }
 
-fn store_tree(packer: &mut Packer, nodes: &[Node]) -> Result<Vec<Id>> {
+/// Store a node list; returns the chunk ids of the stored list.
+pub fn store_nodes(packer: &mut Packer, nodes: &[Node]) -> Result<Vec<Id>> {
     let mut tree = Vec::new();
     for n in nodes {
         serde_json::to_writer(&mut tree, n).map_err(|e| Error::failure(e.to_string()))?;
@@ -505,7 +512,7 @@ pub fn archive_files(
     for e in &errors {
         tracing::warn!("unreadable: {e}");
     }
-    let tree = store_tree(packer, &nodes)?;
+    let tree = store_nodes(packer, &nodes)?;
     Ok(SourceOutcome {
         record: SourceRecord {
             name: name.to_string(),
@@ -557,7 +564,7 @@ pub fn archive_stream<R: Read>(
         content: ids,
         target: None,
     };
-    let tree = store_tree(packer, std::slice::from_ref(&node))?;
+    let tree = store_nodes(packer, std::slice::from_ref(&node))?;
     Ok(SourceOutcome {
         record: SourceRecord {
             name: source_name.to_string(),

@@ -20,12 +20,26 @@ pub enum ChunkError<E> {
 /// Split `source` into chunks, calling `sink` with each in order.
 /// Returns the number of bytes read.
 pub fn for_each_chunk<R: Read, E>(
+    source: R,
+    params: ChunkerParams,
+    seed: u64,
+    sink: impl FnMut(&[u8]) -> Result<(), E>,
+) -> Result<u64, ChunkError<E>> {
+    for_each_chunk_with(&mut Vec::new(), source, params, seed, sink)
+}
+
+/// [`for_each_chunk`] with a caller-owned read buffer, reused across streams
+/// (a backup of many small files should not allocate 8 MiB per file).
+pub fn for_each_chunk_with<R: Read, E>(
+    buf: &mut Vec<u8>,
     mut source: R,
     params: ChunkerParams,
     seed: u64,
     mut sink: impl FnMut(&[u8]) -> Result<(), E>,
 ) -> Result<u64, ChunkError<E>> {
-    let mut buf = vec![0u8; READ_BUFFER];
+    if buf.len() < READ_BUFFER {
+        buf.resize(READ_BUFFER, 0);
+    }
     let mut len = 0usize;
     let mut total = 0u64;
     let mut eof = false;

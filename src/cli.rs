@@ -139,6 +139,15 @@ pub struct SnapshotArgs {
     /// The command for --stdin-from-command
     #[arg(last = true, value_name = "CMD")]
     pub command: Vec<String>,
+    /// Back up a PostgreSQL server logically: globals plus one dump per database
+    #[arg(long, value_name = "URL")]
+    pub postgres: Option<String>,
+    /// With --postgres: only this database (repeatable; default all)
+    #[arg(long, value_name = "NAME", requires = "postgres")]
+    pub database: Vec<String>,
+    /// Name of the source in the snapshot [default: files, the stdin name, or postgres]
+    #[arg(long, value_name = "NAME")]
+    pub source_name: Option<String>,
     /// Tag the snapshot (repeat or separate with commas)
     #[arg(long, value_delimiter = ',')]
     pub tag: Vec<String>,
@@ -171,9 +180,27 @@ pub struct RestoreArgs {
     /// Restore the newest snapshot taken at or before this time (RFC 3339 or `YYYY-MM-DD HH:MM`, local time)
     #[arg(long, value_name = "TIME")]
     pub at: Option<String>,
-    /// Directory to restore into
-    #[arg(long, short = 't', value_name = "DIR")]
-    pub target: PathBuf,
+    /// Directory to restore files into
+    #[arg(long, short = 't', value_name = "DIR", required_unless_present = "to")]
+    pub target: Option<PathBuf>,
+    /// Restore a PostgreSQL source into the server at this URL
+    #[arg(long, value_name = "URL", conflicts_with = "target")]
+    pub to: Option<String>,
+    /// With --to: replace the contents of non-empty target databases
+    #[arg(long, requires = "to")]
+    pub clean: bool,
+    /// With --to: only this database (repeatable)
+    #[arg(long, value_name = "NAME", requires = "to")]
+    pub database: Vec<String>,
+    /// With --to: parallel pg_restore jobs (the dump is spooled to disk); 0 streams without spooling
+    #[arg(long, value_name = "N", requires = "to")]
+    pub jobs: Option<usize>,
+    /// With --to: directory for spooled dumps [default: the temporary directory]
+    #[arg(long, value_name = "DIR", requires = "to")]
+    pub spool_dir: Option<PathBuf>,
+    /// With --to: do not restore roles and tablespaces
+    #[arg(long, requires = "to")]
+    pub no_globals: bool,
     /// Only restore this path and what is below it (repeatable)
     #[arg(long, value_name = "PATH")]
     pub include: Vec<String>,
@@ -190,6 +217,18 @@ pub struct CheckArgs {
     /// Read only a subset of packs: `N/M` (the N-th of M parts) or `P%`
     #[arg(long, value_name = "SUBSET", conflicts_with = "read_data")]
     pub read_data_subset: Option<String>,
+    /// Prove a PostgreSQL source restores: restore it into a scratch cluster and compare checksums
+    #[arg(long)]
+    pub restore_test: bool,
+    /// With --restore-test: the source to test [default: every PostgreSQL source]
+    #[arg(long, value_name = "NAME", requires = "restore_test")]
+    pub source: Option<String>,
+    /// With --restore-test: the snapshot to test [default: latest]
+    #[arg(long, value_name = "ID", requires = "restore_test")]
+    pub snapshot: Option<String>,
+    /// With --restore-test: restore into this (empty) server instead of a throwaway cluster
+    #[arg(long, value_name = "URL", requires = "restore_test")]
+    pub scratch_url: Option<String>,
 }
 
 #[derive(Args, Debug)]

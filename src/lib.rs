@@ -20,6 +20,7 @@ pub mod repo;
 pub mod repository;
 pub mod restorer;
 pub mod retention;
+pub mod source;
 
 pub use error::{Error, Kind, Result};
 pub use repository::Repository;

@@ -309,6 +309,23 @@ impl Repository {
         Ok(out)
     }
 
+    /// Write a file node's content to `out`, chunk by chunk (each verified).
+    pub fn copy_file(&self, node: &Node, out: &mut dyn std::io::Write) -> Result<()> {
+        let reader = self.cache.reader()?;
+        for id in &node.content {
+            let loc = reader.get(id)?.ok_or_else(|| {
+                Error::integrity(format!(
+                    "chunk {} of {} is not in the index",
+                    id.short(),
+                    node.path
+                ))
+            })?;
+            out.write_all(&self.read_chunk(id, &loc)?)
+                .map_err(|e| Error::io(format!("writing {}", node.path), e))?;
+        }
+        Ok(())
+    }
+
     /// The node list of a source.
     pub fn read_tree(&self, source: &SourceRecord) -> Result<Vec<Node>> {
         let bytes = self.read_stream(&source.tree)?;

@@ -320,8 +320,71 @@ pub fn check(
     Ok(report)
 }
 
+fn restore_test(g: &GlobalArgs, a: &CheckArgs, repo: &Repository) -> Result<()> {
+    let (id, snap) = repo.find_snapshot(a.snapshot.as_deref().unwrap_or("latest"))?;
+    let sources: Vec<_> = snap
+        .sources
+        .iter()
+        .filter(|s| s.kind == "postgres" && a.source.as_ref().is_none_or(|n| &s.name == n))
+        .collect();
+    if sources.is_empty() {
+        return Err(Error::usage(format!(
+            "snapshot {} has no PostgreSQL source to test",
+            id.short()
+        ))
+        .with_hint("pick one with --snapshot ID; `cairn snapshots --json` shows the sources"));
+    }
+    let mut results = Vec::new();
+    for s in sources {
+        let t = crate::source::postgres::restore_test(repo, s, a.scratch_url.as_deref())?;
+        if !g.json {
+            for tc in &t.report.tables {
+                println!(
+                    "{} {}.{}.{} ({}): {} rows{}",
+                    if tc.ok { "ok      " } else { "MISMATCH" },
+                    tc.database,
+                    tc.schema,
+                    tc.name,
+                    tc.kind,
+                    tc.expected_rows,
+                    match tc.actual_rows {
+                        Some(r) if r != tc.expected_rows => format!(", restored {r}"),
+                        None => ", missing after restore".into(),
+                        _ => String::new(),
+                    }
+                );
+            }
+            for f in &t.amcheck {
+                println!("pg_amcheck: {f}");
+            }
+            println!(
+                "restore test of snapshot {} source {}: {}",
+                id.short(),
+                t.source,
+                if t.ok() { "passed" } else { "FAILED" }
+            );
+        }
+        results.push(t);
+    }
+    if g.json {
+        print_json(&serde_json::json!({ "snapshot": id, "results": results }))?;
+    }
+    if results.iter().all(|r| r.ok()) {
+        Ok(())
+    } else {
+        Err(
+            Error::integrity(format!("restore test of snapshot {} failed", id.short())).with_hint(
+                "the snapshot does not restore to what was backed up; check the listed tables",
+            ),
+        )
+    }
+}
+
 pub fn run(g: &GlobalArgs, a: &CheckArgs) -> Result<()> {
     let repo = open_repo(g)?;
+    if a.restore_test {
+        return restore_test(g, a, &repo);
+    }
     let report = check(&repo, a.read_data, a.read_data_subset.as_deref(), g.quiet)?;
     if g.json {
         print_json(&report)?;

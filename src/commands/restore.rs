@@ -4,6 +4,7 @@ use crate::error::{Error, Result};
 use crate::repo::{Id, Snapshot};
 use crate::repository::Repository;
 use crate::restorer;
+use crate::source::postgres as pg;
 
 /// The newest snapshot taken at or before `at` (optionally one that has `source`).
 pub fn snapshot_at(
@@ -57,6 +58,13 @@ pub fn run(g: &GlobalArgs, a: &RestoreArgs) -> Result<()> {
             );
         }
     }
+    if let Some(url) = &a.to {
+        return restore_postgres(g, a, &repo, id, &snap, url);
+    }
+    let target = a
+        .target
+        .as_ref()
+        .ok_or_else(|| Error::usage("--target DIR is required"))?;
     let mut nodes = Vec::new();
     for s in snap
         .sources
@@ -75,12 +83,12 @@ pub fn run(g: &GlobalArgs, a: &RestoreArgs) -> Result<()> {
         .with_hint("paths are stored without the leading /, e.g. home/user/file"));
     }
     let started = std::time::Instant::now();
-    let stats = restorer::restore_nodes(&repo, &nodes, &a.target, g.quiet)?;
+    let stats = restorer::restore_nodes(&repo, &nodes, target, g.quiet)?;
     let secs = started.elapsed().as_secs_f64();
     tracing::info!(snapshot = %id.short(), bytes = stats.bytes, seconds = secs, "restore finished");
     if g.json {
         print_json(&serde_json::json!({
-            "snapshot": id, "time": snap.time, "target": a.target, "stats": stats,
+            "snapshot": id, "time": snap.time, "target": target, "stats": stats,
             "duration_ms": (secs * 1000.0) as u64,
         }))
     } else {
@@ -89,7 +97,7 @@ pub fn run(g: &GlobalArgs, a: &RestoreArgs) -> Result<()> {
                 "restored snapshot {} of {} to {}: {} files, {} dirs, {} symlinks, {} in {:.1}s",
                 id.short(),
                 local_time(snap.time),
-                a.target.display(),
+                target.display(),
                 stats.files,
                 stats.dirs,
                 stats.symlinks,
@@ -99,4 +107,75 @@ pub fn run(g: &GlobalArgs, a: &RestoreArgs) -> Result<()> {
         }
         Ok(())
     }
+}
+
+fn restore_postgres(
+    g: &GlobalArgs,
+    a: &RestoreArgs,
+    repo: &Repository,
+    id: Id,
+    snap: &Snapshot,
+    url: &str,
+) -> Result<()> {
+    let pg: Vec<_> = snap
+        .sources
+        .iter()
+        .filter(|s| s.kind == "postgres" && (a.source.is_empty() || a.source.contains(&s.name)))
+        .collect();
+    let source = match pg.as_slice() {
+        [one] => *one,
+        [] => {
+            return Err(Error::usage(format!(
+                "snapshot {} has no PostgreSQL source to restore with --to",
+                id.short()
+            ))
+            .with_hint("`cairn snapshots --json` shows each snapshot's sources"))
+        }
+        _ => {
+            return Err(Error::usage(
+                "several PostgreSQL sources: choose one with --source NAME",
+            ))
+        }
+    };
+    let opts = pg::RestoreOptions {
+        clean: a.clean,
+        databases: a.database.clone(),
+        jobs: a.jobs.unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(2)
+        }),
+        spool_dir: a.spool_dir.clone(),
+        globals: !a.no_globals,
+    };
+    let started = std::time::Instant::now();
+    let report = pg::restore_logical(repo, source, url, &opts)?;
+    let bad = report.mismatches();
+    if g.json {
+        print_json(&serde_json::json!({
+            "snapshot": id, "source": source.name, "report": report,
+            "duration_ms": started.elapsed().as_millis() as u64,
+        }))?;
+    } else {
+        println!(
+            "restored {} database(s) of snapshot {} ({}) in {:.1}s; {} relation(s) checked, {} mismatch(es)",
+            report.databases.len(),
+            id.short(),
+            local_time(snap.time),
+            started.elapsed().as_secs_f64(),
+            report.tables.len(),
+            bad.len()
+        );
+    }
+    if !bad.is_empty() {
+        let names: Vec<String> = bad
+            .iter()
+            .map(|t| format!("{}.{}.{}", t.database, t.schema, t.name))
+            .collect();
+        return Err(Error::integrity(format!(
+            "the restored data differs from the backup in: {}",
+            names.join(", ")
+        )));
+    }
+    Ok(())
 }

@@ -14,6 +14,7 @@ enum Input {
     Paths(Vec<PathBuf>),
     Stdin(String),
     Command(String, Vec<String>),
+    Postgres(String),
 }
 
 fn input(a: &SnapshotArgs) -> Result<Input> {
@@ -21,17 +22,22 @@ fn input(a: &SnapshotArgs) -> Result<Input> {
         !a.paths.is_empty(),
         a.stdin_name.is_some() && !a.stdin_from_command,
         a.stdin_from_command,
+        a.postgres.is_some(),
     ]
     .iter()
     .filter(|x| **x)
     .count();
     if given != 1 {
         return Err(Error::usage(
-            "give exactly one of: paths, --stdin-name NAME, or --stdin-from-command -- CMD",
+            "give exactly one of: paths, --stdin-name NAME, --stdin-from-command -- CMD, or --postgres URL",
         )
         .with_hint(
             "e.g. `cairn snapshot /etc` or `pg_dumpall | cairn snapshot --stdin-name all.sql`",
         ));
+    }
+    if let Some(url) = &a.postgres {
+        crate::source::postgres::Target::parse(url)?;
+        return Ok(Input::Postgres(url.clone()));
     }
     if a.stdin_from_command {
         let name = a.stdin_name.clone().unwrap_or_else(|| "stdin".into());
@@ -157,15 +163,31 @@ pub fn run(g: &GlobalArgs, a: &SnapshotArgs) -> Result<()> {
     let time = jiff::Timestamp::now();
     let (id, snap) = with_lock(&repo, false, "snapshot", || {
         let (outcome, stored, stats) = with_packer(&repo, |p| match &input {
-            Input::Paths(paths) => archiver::archive_files(p, "files", paths, g.quiet),
+            Input::Paths(paths) => archiver::archive_files(
+                p,
+                a.source_name.as_deref().unwrap_or("files"),
+                paths,
+                g.quiet,
+            ),
             Input::Stdin(name) => {
                 archiver::archive_stream(p, name, "stdin", name, std::io::stdin().lock(), g.quiet)
             }
             Input::Command(name, argv) => run_command(p, name, argv, g.quiet),
+            Input::Postgres(url) => crate::source::postgres::archive_logical(
+                p,
+                a.source_name.as_deref().unwrap_or("postgres"),
+                url,
+                &a.database,
+                g.quiet,
+            ),
         })?;
         let paths = match &input {
             Input::Paths(p) => p.iter().map(|p| p.display().to_string()).collect(),
             Input::Stdin(n) | Input::Command(n, _) => vec![n.clone()],
+            Input::Postgres(url) => {
+                let t = crate::source::postgres::Target::parse(url)?;
+                vec![t.shown().to_string()]
+            }
         };
         let mut snap = Snapshot {
             version: FORMAT_VERSION,

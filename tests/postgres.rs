@@ -1,0 +1,259 @@
+//! PostgreSQL logical backups through the real binary, against real,
+//! throwaway PostgreSQL 15 clusters.
+
+mod common;
+use cairn::source::pg_cluster::ScratchCluster;
+use common::*;
+
+fn sql(url: &str, db: &str, statements: &str) {
+    let mut cfg: postgres::Config = url.parse().unwrap();
+    cfg.dbname(db);
+    let mut c = cfg.connect(postgres::NoTls).unwrap();
+    c.batch_execute(statements).unwrap();
+}
+
+fn query_i64(url: &str, db: &str, q: &str) -> i64 {
+    let mut cfg: postgres::Config = url.parse().unwrap();
+    cfg.dbname(db);
+    let mut c = cfg.connect(postgres::NoTls).unwrap();
+    c.query_one(q, &[]).unwrap().get(0)
+}
+
+/// A database with the awkward parts: pgbench tables, jsonb, bytea, large
+/// objects, sequences, a view, a function, a role with grants.
+fn populate(cluster: &ScratchCluster) {
+    let url = cluster.url();
+    sql(&url, "postgres", "CREATE DATABASE app");
+    sql(&url, "postgres", "CREATE DATABASE other");
+    sql(&url, "postgres", "CREATE ROLE reporter LOGIN");
+    let pgbench = cairn::source::postgres::pg_tool("pgbench");
+    let out = std::process::Command::new(pgbench)
+        .args([
+            "-i",
+            "-s",
+            "1",
+            "-q",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &cluster.port.to_string(),
+            "-U",
+            "postgres",
+            "app",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    sql(
+        &url,
+        "app",
+        r#"
+        CREATE TABLE events (id bigserial PRIMARY KEY, at timestamptz NOT NULL DEFAULT now(),
+                             doc jsonb, raw bytea, score double precision);
+        INSERT INTO events (doc, raw, score)
+          SELECT jsonb_build_object('n', g, 'tags', jsonb_build_array('a', g % 7)),
+                 decode(md5(g::text), 'hex'), g / 3.0
+          FROM generate_series(1, 5000) g;
+        CREATE SEQUENCE ticket_seq START 1000;
+        SELECT nextval('ticket_seq') FROM generate_series(1, 17);
+        CREATE VIEW recent AS SELECT id, doc FROM events WHERE id > 4000;
+        CREATE FUNCTION double_it(x int) RETURNS int LANGUAGE sql AS 'SELECT x * 2';
+        GRANT SELECT ON events, recent TO reporter;
+        SELECT lo_from_bytea(0, convert_to(repeat('large object ', 10000), 'UTF8'));
+        "#,
+    );
+    sql(&url, "other", "CREATE TABLE t (k text PRIMARY KEY, v int); INSERT INTO t SELECT 'k' || g, g FROM generate_series(1, 100) g;");
+}
+
+fn pg_dump_text(cluster: &ScratchCluster, db: &str) -> String {
+    let out = std::process::Command::new(cairn::source::postgres::pg_tool("pg_dump"))
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &cluster.port.to_string(),
+            "-U",
+            "postgres",
+            "--no-sync",
+            db,
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    // The dump's header names the server version and time; keep the objects.
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        // Header comments name the version and time; \restrict keys are random.
+        .filter(|l| {
+            !l.starts_with("--") && !l.starts_with("\\restrict") && !l.starts_with("\\unrestrict")
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[test]
+fn logical_round_trip_restores_equal_databases() {
+    let env = Env::init();
+    let source = ScratchCluster::start(&[]).unwrap();
+    populate(&source);
+    let snap = env.json(&["snapshot", "--postgres", &source.url()]);
+    assert_eq!(snap["complete"], true);
+    let snaps = env.json(&["snapshots"]);
+    assert_eq!(snaps[0]["sources"][0]["kind"], "postgres");
+    assert!(!snaps[0]["paths"][0].as_str().unwrap().contains("password"));
+
+    let target = ScratchCluster::start(&[]).unwrap();
+    let report = env.json(&["restore", "latest", "--to", &target.url()]);
+    let tables = report["report"]["tables"].as_array().unwrap();
+    assert!(
+        tables.len() >= 8,
+        "pgbench tables, events, sequences, large objects: {tables:?}"
+    );
+    assert!(tables.iter().all(|t| t["ok"] == true), "{tables:?}");
+    for db in ["app", "other"] {
+        let (a, b) = (pg_dump_text(&source, db), pg_dump_text(&target, db));
+        let first_diff = a.lines().zip(b.lines()).find(|(x, y)| x != y);
+        assert!(
+            a == b,
+            "pg_dump of {db} differs; first differing lines: {first_diff:?}"
+        );
+    }
+    assert_eq!(
+        query_i64(
+            &target.url(),
+            "app",
+            "SELECT count(*) FROM pgbench_accounts"
+        ),
+        100_000
+    );
+    assert_eq!(
+        query_i64(&target.url(), "app", "SELECT double_it(21)::int8"),
+        42
+    );
+    assert_eq!(
+        query_i64(&target.url(), "app", "SELECT last_value FROM ticket_seq"),
+        1016
+    );
+    assert_eq!(
+        query_i64(
+            &target.url(),
+            "postgres",
+            "SELECT count(*) FROM pg_roles WHERE rolname = 'reporter'"
+        ),
+        1
+    );
+    assert_eq!(
+        query_i64(
+            &target.url(),
+            "app",
+            "SELECT count(*) FROM information_schema.role_table_grants WHERE grantee = 'reporter'"
+        ),
+        2
+    );
+}
+
+#[test]
+fn restore_into_a_non_empty_database_is_refused_without_clean() {
+    let env = Env::init();
+    let source = ScratchCluster::start(&[]).unwrap();
+    sql(&source.url(), "postgres", "CREATE DATABASE app");
+    sql(
+        &source.url(),
+        "app",
+        "CREATE TABLE t (x int); INSERT INTO t VALUES (1), (2)",
+    );
+    env.ok(&["snapshot", "--postgres", &source.url(), "--database", "app"]);
+
+    let target = ScratchCluster::start(&[]).unwrap();
+    sql(&target.url(), "postgres", "CREATE DATABASE app");
+    sql(
+        &target.url(),
+        "app",
+        "CREATE TABLE keep_me (y int); INSERT INTO keep_me VALUES (7)",
+    );
+    let out = env.run(&["restore", "latest", "--to", &target.url()]);
+    let (code, err) = code_and_stderr(&out);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("not empty") && err.contains("--clean"),
+        "{err}"
+    );
+    assert_eq!(
+        query_i64(&target.url(), "app", "SELECT count(*) FROM keep_me"),
+        1,
+        "nothing changed"
+    );
+
+    env.ok(&["restore", "latest", "--to", &target.url(), "--clean"]);
+    assert_eq!(query_i64(&target.url(), "app", "SELECT count(*) FROM t"), 2);
+}
+
+#[test]
+fn a_dump_failure_fails_the_snapshot_and_records_nothing() {
+    let env = Env::init();
+    let mut source = ScratchCluster::start(&[]).unwrap();
+    let out = env.run(&[
+        "snapshot",
+        "--postgres",
+        &source.url(),
+        "--database",
+        "nope",
+    ]);
+    let (code, err) = code_and_stderr(&out);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("database \"nope\" does not exist"), "{err}");
+    let url = source.url();
+    source.stop().unwrap();
+    let out = env.run(&["snapshot", "--postgres", &url]);
+    let (code, err) = code_and_stderr(&out);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("cannot connect"), "{err}");
+    assert!(env.snapshot_ids().is_empty());
+}
+
+#[test]
+fn restore_test_passes_on_a_good_snapshot_while_pgbench_writes() {
+    let env = Env::init();
+    let source = ScratchCluster::start(&[]).unwrap();
+    populate(&source);
+    // Writes during the backup must not break the consistency of the dump
+    // and the checksums: both come from the same exported snapshot.
+    let mut bench = std::process::Command::new(cairn::source::postgres::pg_tool("pgbench"))
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &source.port.to_string(),
+            "-U",
+            "postgres",
+            "-c",
+            "2",
+            "-T",
+            "20",
+            "-n",
+            "app",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    env.ok(&["snapshot", "--postgres", &source.url()]);
+    let out = env.json(&["check", "--restore-test"]);
+    let _ = bench.kill();
+    let _ = bench.wait();
+    let results = out["results"].as_array().unwrap();
+    assert_eq!(results.len(), 1);
+    assert!(results[0]["report"]["tables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|t| t["ok"] == true));
+    assert_eq!(results[0]["amcheck_ran"], true);
+    assert!(results[0]["amcheck"].as_array().unwrap().is_empty());
+}
