@@ -87,6 +87,18 @@ pub enum Command {
     Cat(CatArgs),
     /// Remove stale locks
     Unlock(UnlockArgs),
+    /// Archive a PostgreSQL WAL file (archive_command = 'cairn wal-push … %p')
+    WalPush {
+        /// Path of the WAL file (%p)
+        path: PathBuf,
+    },
+    /// Fetch an archived WAL file (restore_command = 'cairn wal-fetch … %f %p')
+    WalFetch {
+        /// WAL file name (%f)
+        name: String,
+        /// Where to write it (%p)
+        destination: PathBuf,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -142,6 +154,9 @@ pub struct SnapshotArgs {
     /// Back up a PostgreSQL server logically: globals plus one dump per database
     #[arg(long, value_name = "URL")]
     pub postgres: Option<String>,
+    /// With --postgres: a physical base backup (pg_basebackup) instead of dumps
+    #[arg(long, requires = "postgres", conflicts_with = "database")]
+    pub physical: bool,
     /// With --postgres: only this database (repeatable; default all)
     #[arg(long, value_name = "NAME", requires = "postgres")]
     pub database: Vec<String>,
@@ -181,7 +196,7 @@ pub struct RestoreArgs {
     #[arg(long, value_name = "TIME")]
     pub at: Option<String>,
     /// Directory to restore files into
-    #[arg(long, short = 't', value_name = "DIR", required_unless_present = "to")]
+    #[arg(long, short = 't', value_name = "DIR", required_unless_present_any = ["to", "pgdata"])]
     pub target: Option<PathBuf>,
     /// Restore a PostgreSQL source into the server at this URL
     #[arg(long, value_name = "URL", conflicts_with = "target")]
@@ -201,6 +216,20 @@ pub struct RestoreArgs {
     /// With --to: do not restore roles and tablespaces
     #[arg(long, requires = "to")]
     pub no_globals: bool,
+    /// Point-in-time restore of a physical PostgreSQL source into this (new or empty) data directory; needs --at and --source
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["target", "to", "snapshot"], requires_all = ["at", "source"])]
+    pub pgdata: Option<PathBuf>,
+    /// With --pgdata: start the restored cluster on this port and wait until recovery reaches the target
+    #[arg(long, value_name = "PORT", requires = "pgdata")]
+    pub start_port: Option<u16>,
+    /// With --start-port: how long to wait for recovery (e.g. 5m)
+    #[arg(
+        long,
+        value_name = "DURATION",
+        default_value = "10m",
+        requires = "start_port"
+    )]
+    pub recovery_timeout: String,
     /// Only restore this path and what is below it (repeatable)
     #[arg(long, value_name = "PATH")]
     pub include: Vec<String>,

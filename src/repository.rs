@@ -326,6 +326,18 @@ impl Repository {
         Ok(())
     }
 
+    /// A reader over a file node's content (chunks read and verified as it goes).
+    pub fn open_file<'a>(&'a self, node: &Node) -> Result<FileReader<'a>> {
+        Ok(FileReader {
+            repo: self,
+            index: self.cache.reader()?,
+            ids: node.content.clone(),
+            next: 0,
+            buf: Vec::new(),
+            pos: 0,
+        })
+    }
+
     /// The node list of a source.
     pub fn read_tree(&self, source: &SourceRecord) -> Result<Vec<Node>> {
         let bytes = self.read_stream(&source.tree)?;
@@ -408,4 +420,43 @@ pub fn local_key_files(backend: &dyn Backend) -> Result<Vec<(Id, KeyFile)>> {
     }
     out.sort_by_key(|(_, k)| k.created);
     Ok(out)
+}
+
+/// Sequential reader over a stored file; see [`Repository::open_file`].
+pub struct FileReader<'a> {
+    repo: &'a Repository,
+    index: crate::index::IndexReader,
+    ids: Vec<Id>,
+    next: usize,
+    buf: Vec<u8>,
+    pos: usize,
+}
+
+impl std::io::Read for FileReader<'_> {
+    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        while self.pos == self.buf.len() {
+            let Some(id) = self.ids.get(self.next) else {
+                return Ok(0);
+            };
+            self.next += 1;
+            let loc = self
+                .index
+                .get(id)
+                .and_then(|l| {
+                    l.ok_or_else(|| {
+                        Error::integrity(format!("chunk {} is not in the index", id.short()))
+                    })
+                })
+                .map_err(std::io::Error::other)?;
+            self.buf = self
+                .repo
+                .read_chunk(id, &loc)
+                .map_err(std::io::Error::other)?;
+            self.pos = 0;
+        }
+        let n = out.len().min(self.buf.len() - self.pos);
+        out[..n].copy_from_slice(&self.buf[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
 }

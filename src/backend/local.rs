@@ -14,12 +14,13 @@ pub struct LocalBackend {
     root: PathBuf,
 }
 
-const DIRS: [FileKind; 5] = [
+const DIRS: [FileKind; 6] = [
     FileKind::Key,
     FileKind::Pack,
     FileKind::Index,
     FileKind::Snapshot,
     FileKind::Lock,
+    FileKind::Wal,
 ];
 
 impl LocalBackend {
@@ -103,6 +104,10 @@ impl Backend for LocalBackend {
             .and_then(|_| tmp.as_file().sync_all())
             .ctx(|| format!("writing {file} to {}", tmp_dir.display()))?;
         let parent = path.parent().unwrap_or(&self.root).to_path_buf();
+        if !parent.exists() {
+            // e.g. wal/ in a repository created before it existed
+            fs::create_dir_all(&parent).ctx(|| format!("creating {}", parent.display()))?;
+        }
         if file.kind == FileKind::Config {
             // The config is the one file that must never be replaced.
             tmp.persist_noclobber(&path)
@@ -154,7 +159,11 @@ impl Backend for LocalBackend {
             for e in rd {
                 let e = e.ctx(|| format!("listing {}", dir.display()))?;
                 let name = e.file_name().to_string_lossy().into_owned();
-                if name.len() != 64 {
+                let valid = match kind {
+                    FileKind::Wal => name.len() > 65 && !name.starts_with('.'),
+                    _ => name.len() == 64,
+                };
+                if !valid {
                     continue;
                 }
                 let size = e

@@ -12,6 +12,7 @@ pub mod snapshot;
 pub mod snapshots;
 pub mod stats;
 pub mod unlock;
+pub mod wal;
 
 use crate::backend;
 use crate::cli::{Command, FilterArgs, GlobalArgs};
@@ -35,6 +36,8 @@ pub fn run(g: &GlobalArgs, command: Command) -> Result<()> {
         Command::Stats => stats::run(g),
         Command::Cat(a) => cat::run(g, &a),
         Command::Unlock(a) => unlock::run(g, &a),
+        Command::WalPush { path } => wal::push(g, &path),
+        Command::WalFetch { name, destination } => wal::fetch(g, &name, &destination),
     }
 }
 

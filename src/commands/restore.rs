@@ -35,8 +35,79 @@ pub fn snapshot_at(
         })
 }
 
+/// `restore_command` for a restored cluster: this binary, this repository, the same key.
+fn fetch_command(g: &GlobalArgs) -> Result<String> {
+    let exe = std::env::current_exe().map_err(|e| Error::io("finding the cairn binary", e))?;
+    let abs = |p: &std::path::Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
+    let repo = super::repo_location(g)?;
+    let mut cmd = format!(
+        "{} wal-fetch -q -r {}",
+        abs(&exe).display(),
+        abs(std::path::Path::new(&repo)).display()
+    );
+    if let Some(id) = &g.identity {
+        cmd.push_str(&format!(" --identity {}", abs(id).display()));
+    } else if let Some(pw) = &g.password_file {
+        cmd.push_str(&format!(" --password-file {}", abs(pw).display()));
+    } else {
+        return Err(Error::usage("a point-in-time restore needs --password-file or --identity")
+            .with_hint("the restored cluster's restore_command runs cairn wal-fetch and must open the repository by itself"));
+    }
+    if let Some(c) = super::cache_dir(g) {
+        cmd.push_str(&format!(" --cache-dir {}", abs(&c).display()));
+    }
+    Ok(cmd)
+}
+
+fn restore_pitr(
+    g: &GlobalArgs,
+    a: &RestoreArgs,
+    pgdata: &std::path::Path,
+    at: jiff::Timestamp,
+) -> Result<()> {
+    let source = a
+        .source
+        .first()
+        .ok_or_else(|| Error::usage("--pgdata needs --source NAME"))?;
+    let timeout = humantime::parse_duration(&a.recovery_timeout)
+        .map_err(|e| Error::usage(format!("--recovery-timeout {:?}: {e}", a.recovery_timeout)))?;
+    let repo = open_repo(g)?;
+    let opts = crate::source::pg_physical::PitrOptions {
+        pgdata: pgdata.to_path_buf(),
+        at,
+        fetch_command: fetch_command(g)?,
+        start_port: a.start_port,
+        timeout,
+    };
+    let report = crate::source::pg_physical::restore_pitr(&repo, source, &opts)?;
+    if g.json {
+        return print_json(&report);
+    }
+    println!(
+        "restored base backup {} (ended {}) into {}; recovery target {}",
+        report.snapshot.short(),
+        local_time(report.base_stop_time),
+        pgdata.display(),
+        local_time(at)
+    );
+    match &report.reached {
+        Some(r) if !r.is_empty() => {
+            println!("recovery finished; last transaction replayed committed at {r}")
+        }
+        Some(_) => println!("recovery finished; no transaction was replayed after the base backup"),
+        None => println!(
+            "start the cluster to recover: pg_ctl -D {} start",
+            pgdata.display()
+        ),
+    }
+    Ok(())
+}
+
 pub fn run(g: &GlobalArgs, a: &RestoreArgs) -> Result<()> {
     let at = a.at.as_deref().map(parse_time).transpose()?;
+    if let (Some(pgdata), Some(at)) = (&a.pgdata, at) {
+        return restore_pitr(g, a, pgdata, at);
+    }
     if a.snapshot.is_none() && at.is_none() {
         return Err(
             Error::usage("which snapshot? give an id, `latest`, or --at TIME")

@@ -139,6 +139,13 @@ pub fn commit(
     packs: Vec<crate::repo::PackEntry>,
     snapshot: &mut Snapshot,
 ) -> Result<crate::repo::Id> {
+    snapshot.summary.bytes_added += commit_index(repo, packs)?;
+    repo.write_sealed(FileKind::Snapshot, snapshot)
+}
+
+/// Store an index file for newly written packs (none when empty); returns its size.
+pub fn commit_index(repo: &Repository, packs: Vec<crate::repo::PackEntry>) -> Result<u64> {
+    let mut size = 0;
     if !packs.is_empty() {
         let idx = IndexFile {
             version: FORMAT_VERSION,
@@ -150,10 +157,10 @@ pub fn commit(
             &crate::backend::FileRef::new(FileKind::Index, id.to_hex()),
             &bytes,
         )?;
-        snapshot.summary.bytes_added += bytes.len() as u64;
+        size = bytes.len() as u64;
         repo.cache.add(&id.to_hex(), &idx)?;
     }
-    repo.write_sealed(FileKind::Snapshot, snapshot)
+    Ok(size)
 }
 
 pub fn run(g: &GlobalArgs, a: &SnapshotArgs) -> Result<()> {
@@ -173,6 +180,12 @@ pub fn run(g: &GlobalArgs, a: &SnapshotArgs) -> Result<()> {
                 archiver::archive_stream(p, name, "stdin", name, std::io::stdin().lock(), g.quiet)
             }
             Input::Command(name, argv) => run_command(p, name, argv, g.quiet),
+            Input::Postgres(url) if a.physical => crate::source::pg_physical::archive_physical(
+                p,
+                a.source_name.as_deref().unwrap_or("postgres"),
+                url,
+                g.quiet,
+            ),
             Input::Postgres(url) => crate::source::postgres::archive_logical(
                 p,
                 a.source_name.as_deref().unwrap_or("postgres"),

@@ -185,3 +185,19 @@ pub struct Node {
 fn is_zero(v: &u64) -> bool {
     *v == 0
 }
+
+/// `wal/<name>.<id>`: one archived PostgreSQL WAL file (segment, history or
+/// backup file). The name carries the WAL file name so `wal-fetch` finds it
+/// by listing; the suffix is the file id as for every other file.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct WalEntry {
+    /// WAL file name as PostgreSQL gives it (`000000010000000000000003`).
+    pub name: String,
+    pub size: u64,
+    /// Keyed BLAKE3 of the whole content: tells an identical re-push from a conflict.
+    pub digest: Id,
+    pub content: Vec<Id>,
+    /// When cairn stored it (the WAL in it is older).
+    pub archived: Timestamp,
+    pub host: String,
+}

@@ -10,7 +10,7 @@ mod pack;
 pub use id::Id;
 pub use manifest::{
     ChunkerParams, Config, IndexFile, KeyFile, KeyKind, KeyMaterial, LockFile, Node, NodeKind,
-    Snapshot, SourceRecord, SourceStatus, Summary, CHUNKER_DEFAULT, FORMAT_VERSION,
+    Snapshot, SourceRecord, SourceStatus, Summary, WalEntry, CHUNKER_DEFAULT, FORMAT_VERSION,
 };
 pub use pack::{
     split_pack, ChunkEntry, Compression, FrameEntry, PackEntry, PackHeader, PACK_MAGIC,
@@ -26,6 +26,8 @@ pub enum FileKind {
     Index,
     Snapshot,
     Lock,
+    /// Archived PostgreSQL WAL files: `wal/<wal file name>.<file id>`.
+    Wal,
 }
 
 impl FileKind {
@@ -37,6 +39,7 @@ impl FileKind {
             FileKind::Index => "index",
             FileKind::Snapshot => "snapshots",
             FileKind::Lock => "locks",
+            FileKind::Wal => "wal",
         }
     }
     pub fn name(self) -> &'static str {
@@ -47,6 +50,7 @@ impl FileKind {
             FileKind::Index => "index",
             FileKind::Snapshot => "snapshot",
             FileKind::Lock => "lock",
+            FileKind::Wal => "wal file",
         }
     }
 }

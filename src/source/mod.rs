@@ -6,4 +6,5 @@
 //! backed up.
 
 pub mod pg_cluster;
+pub mod pg_physical;
 pub mod postgres;

@@ -109,7 +109,7 @@ impl Target {
     }
 
     /// Environment for PostgreSQL's tools (libpq variables), for database `db`.
-    fn tool_env(&self, db: &str) -> Vec<(&'static str, String)> {
+    pub(crate) fn tool_env(&self, db: &str) -> Vec<(&'static str, String)> {
         let mut env = Vec::new();
         match self.config.get_hosts().first() {
             Some(postgres::config::Host::Tcp(h)) => env.push(("PGHOST", h.clone())),

@@ -1,0 +1,262 @@
+//! Physical backups, WAL archiving through `cairn wal-push`, and
+//! point-in-time restores through `cairn wal-fetch`, against real clusters.
+//! PostgreSQL runs as the `postgres` user, so every cairn command here runs
+//! as that user too (the archive_command must be able to write the repository).
+
+mod common;
+use cairn::source::pg_cluster::{free_port, ScratchCluster};
+use common::*;
+use std::process::{Command, Output};
+
+struct PgEnv {
+    env: Env,
+}
+
+impl PgEnv {
+    fn new() -> PgEnv {
+        let env = Env::new();
+        let st = Command::new("chown")
+            .args(["-R", "postgres:postgres"])
+            .arg(env.dir.path())
+            .status()
+            .unwrap();
+        assert!(st.success());
+        let pg = PgEnv { env };
+        pg.ok(&["init", "--kdf-work-factor", "10"]);
+        pg
+    }
+
+    fn cmd(&self) -> Command {
+        let mut c = Command::new("runuser");
+        c.args(["-u", "postgres", "--", BIN])
+            .args(["-r", self.env.repo.to_str().unwrap()])
+            .args(["--password-file", self.env.password_file.to_str().unwrap()])
+            .args(["--cache-dir", self.env.cache.to_str().unwrap()])
+            .env("TZ", "UTC");
+        c
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        self.cmd().args(args).output().unwrap()
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "cairn {args:?}: {:?}\n{}\n{}",
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    fn archive_command(&self) -> String {
+        format!(
+            "'{BIN} wal-push -q -r {} --password-file {} --cache-dir {} %p'",
+            self.env.repo.display(),
+            self.env.password_file.display(),
+            self.env.cache.display()
+        )
+    }
+}
+
+fn client(url: &str) -> postgres::Client {
+    url.parse::<postgres::Config>()
+        .unwrap()
+        .connect(postgres::NoTls)
+        .unwrap()
+}
+
+fn server_now(c: &mut postgres::Client) -> String {
+    c.query_one(
+        "SELECT to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')",
+        &[],
+    )
+    .unwrap()
+    .get(0)
+}
+
+/// Switch WAL and wait until the server reports the segment archived.
+fn switch_and_wait(c: &mut postgres::Client) {
+    let before: i64 = c
+        .query_one("SELECT archived_count FROM pg_stat_archiver", &[])
+        .unwrap()
+        .get(0);
+    c.batch_execute("SELECT pg_switch_wal()").unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let (n, failed): (i64, i64) = {
+            let r = c
+                .query_one(
+                    "SELECT archived_count, failed_count FROM pg_stat_archiver",
+                    &[],
+                )
+                .unwrap();
+            (r.get(0), r.get(1))
+        };
+        if n > before {
+            return;
+        }
+        assert!(
+            failed == 0 || std::time::Instant::now() < deadline,
+            "archiving fails: see the cluster log"
+        );
+        assert!(
+            std::time::Instant::now() < deadline,
+            "WAL was not archived in time"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn point_in_time_restore_replays_exactly_to_the_target() {
+    let pg = PgEnv::new();
+    let archive = pg.archive_command();
+    let cluster =
+        ScratchCluster::start(&[("archive_mode", "on"), ("archive_command", &archive)]).unwrap();
+    let mut c = client(&cluster.url());
+    c.batch_execute("CREATE TABLE markers (n int PRIMARY KEY, at timestamptz NOT NULL DEFAULT clock_timestamp()); INSERT INTO markers (n) VALUES (1)").unwrap();
+    pg.ok(&["snapshot", "--postgres", &cluster.url(), "--physical"]);
+    c.batch_execute("INSERT INTO markers (n) VALUES (2)")
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let target = server_now(&mut c);
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    c.batch_execute("INSERT INTO markers (n) VALUES (3)")
+        .unwrap();
+    switch_and_wait(&mut c);
+
+    // Listing shows the physical backup.
+    let snaps: serde_json::Value = serde_json::from_str(&pg.ok(&["snapshots", "--json"])).unwrap();
+    assert_eq!(snaps[0]["sources"][0]["kind"], "postgres");
+
+    // Restore between marker 2 and marker 3.
+    let pgdata = pg.env.path("restored");
+    let port = free_port().unwrap();
+    let out = pg.ok(&[
+        "restore",
+        "--at",
+        &target,
+        "--source",
+        "postgres",
+        "--pgdata",
+        pgdata.to_str().unwrap(),
+        "--start-port",
+        &port.to_string(),
+        "--json",
+    ]);
+    let report: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(report["started"], true);
+    assert_eq!(report["verified_with_pg_verifybackup"], true);
+    let restored_url = format!("postgres://postgres@127.0.0.1:{port}/postgres");
+    let mut r = client(&restored_url);
+    let got: Vec<i32> = r
+        .query("SELECT n FROM markers ORDER BY n", &[])
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    assert_eq!(
+        got,
+        vec![1, 2],
+        "exactly the markers committed before the target"
+    );
+    let reached = report["reached"].as_str().unwrap().to_string();
+    assert!(
+        !reached.is_empty() && reached <= target,
+        "reached {reached}, target {target}"
+    );
+    // The restored cluster does not archive into the repository.
+    let mode: String = r.query_one("SHOW archive_mode", &[]).unwrap().get(0);
+    assert_eq!(mode, "off");
+    drop(r);
+    let st = Command::new("runuser")
+        .args(["-u", "postgres", "--"])
+        .arg(cairn::source::postgres::pg_tool("pg_ctl"))
+        .arg("-D")
+        .arg(&pgdata)
+        .args(["-m", "immediate", "-w", "stop"])
+        .status()
+        .unwrap();
+    assert!(st.success());
+
+    // Too early: before any base backup ended.
+    let early = pg.run(&[
+        "restore",
+        "--at",
+        "2000-01-01T00:00:00Z",
+        "--source",
+        "postgres",
+        "--pgdata",
+        pg.env.path("early").to_str().unwrap(),
+    ]);
+    let (code, err) = code_and_stderr(&early);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("earliest time it can be restored to"), "{err}");
+    assert!(!pg.env.path("early").exists());
+    // Too late: after the last archived WAL.
+    let late = pg.run(&[
+        "restore",
+        "--at",
+        "2100-01-01T00:00:00Z",
+        "--source",
+        "postgres",
+        "--pgdata",
+        pg.env.path("late").to_str().unwrap(),
+    ]);
+    let (code, err) = code_and_stderr(&late);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("after the last archived WAL"), "{err}");
+}
+
+#[test]
+fn wal_push_is_idempotent_and_refuses_conflicts_and_fetch_of_missing_fails() {
+    let pg = PgEnv::new();
+    let dir = pg.env.path("walsrc");
+    std::fs::create_dir_all(&dir).unwrap();
+    let seg = dir.join("000000010000000000000007");
+    std::fs::write(&seg, noise(9, 16 << 20)).unwrap();
+    Command::new("chown")
+        .args(["-R", "postgres:postgres"])
+        .arg(&dir)
+        .status()
+        .unwrap();
+    pg.ok(&["wal-push", seg.to_str().unwrap()]);
+    pg.ok(&["wal-push", seg.to_str().unwrap()]);
+    let mut other = noise(9, 16 << 20);
+    other[12345] ^= 1;
+    std::fs::write(&seg, other).unwrap();
+    let (code, err) = code_and_stderr(&pg.run(&["wal-push", seg.to_str().unwrap()]));
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("already archived with different content"),
+        "{err}"
+    );
+
+    let dest = dir.join("fetched");
+    pg.ok(&[
+        "wal-fetch",
+        "000000010000000000000007",
+        dest.to_str().unwrap(),
+    ]);
+    assert_eq!(std::fs::read(&dest).unwrap(), noise(9, 16 << 20));
+    let (code, err) = code_and_stderr(&pg.run(&[
+        "wal-fetch",
+        "000000010000000000000008",
+        dest.to_str().unwrap(),
+    ]));
+    assert!(code != 0 && code <= 125, "{code} {err}");
+    let (code, _) =
+        code_and_stderr(&pg.run(&["wal-push", dir.join("not-a-wal-name").to_str().unwrap()]));
+    assert_eq!(code, 2);
+    // Prune keeps archived WAL.
+    pg.ok(&["prune"]);
+    pg.ok(&[
+        "wal-fetch",
+        "000000010000000000000007",
+        dest.to_str().unwrap(),
+    ]);
+}
