@@ -250,8 +250,8 @@ pub fn wal_push(repo: &Repository, path: &Path) -> Result<&'static str> {
     let data =
         std::fs::read(path).map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
     let digest = repo.key.chunk_id(&data);
-    for existing in wal_files(repo, &name)? {
-        let e = read_wal_entry(repo, &existing)?;
+    if let Some(existing) = wal_files(repo, &name)?.first() {
+        let e = read_wal_entry(repo, existing)?;
         if e.digest == digest {
             tracing::info!(wal = %name, "already archived with the same content");
             return Ok("already archived");

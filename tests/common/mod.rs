@@ -18,7 +18,10 @@ pub struct Env {
 impl Env {
     /// A temporary directory with a password file; the repository is not created yet.
     pub fn new() -> Env {
-        let dir = tempfile::Builder::new().prefix("cairn-test-").tempdir_in("/tmp").unwrap();
+        let dir = tempfile::Builder::new()
+            .prefix("cairn-test-")
+            .tempdir_in("/tmp")
+            .unwrap();
         let password_file = dir.path().join("password");
         std::fs::write(&password_file, "correct horse\n").unwrap();
         Env {
@@ -115,15 +118,38 @@ pub fn assert_same_tree(a: &Path, b: &Path) {
     let mb = std::fs::symlink_metadata(b).unwrap_or_else(|e| panic!("{}: {e}", b.display()));
     assert_eq!(ma.file_type(), mb.file_type(), "type of {}", b.display());
     if ma.file_type().is_symlink() {
-        assert_eq!(std::fs::read_link(a).unwrap(), std::fs::read_link(b).unwrap(), "link {}", b.display());
+        assert_eq!(
+            std::fs::read_link(a).unwrap(),
+            std::fs::read_link(b).unwrap(),
+            "link {}",
+            b.display()
+        );
         return;
     }
-    assert_eq!(ma.mode() & 0o7777, mb.mode() & 0o7777, "mode of {}", b.display());
-    assert_eq!((ma.mtime(), ma.mtime_nsec()), (mb.mtime(), mb.mtime_nsec()), "mtime of {}", b.display());
-    assert_eq!((ma.uid(), ma.gid()), (mb.uid(), mb.gid()), "owner of {}", b.display());
+    assert_eq!(
+        ma.mode() & 0o7777,
+        mb.mode() & 0o7777,
+        "mode of {}",
+        b.display()
+    );
+    assert_eq!(
+        (ma.mtime(), ma.mtime_nsec()),
+        (mb.mtime(), mb.mtime_nsec()),
+        "mtime of {}",
+        b.display()
+    );
+    assert_eq!(
+        (ma.uid(), ma.gid()),
+        (mb.uid(), mb.gid()),
+        "owner of {}",
+        b.display()
+    );
     if ma.is_dir() {
         let names = |p: &Path| {
-            let mut v: Vec<_> = std::fs::read_dir(p).unwrap().map(|e| e.unwrap().file_name()).collect();
+            let mut v: Vec<_> = std::fs::read_dir(p)
+                .unwrap()
+                .map(|e| e.unwrap().file_name())
+                .collect();
             v.sort();
             v
         };
@@ -140,7 +166,10 @@ pub fn assert_same_tree(a: &Path, b: &Path) {
 
 pub fn files_equal(a: &Path, b: &Path) -> bool {
     use std::io::Read;
-    let (mut fa, mut fb) = (std::fs::File::open(a).unwrap(), std::fs::File::open(b).unwrap());
+    let (mut fa, mut fb) = (
+        std::fs::File::open(a).unwrap(),
+        std::fs::File::open(b).unwrap(),
+    );
     let (mut ba, mut bb) = (vec![0u8; 1 << 20], vec![0u8; 1 << 20]);
     loop {
         let na = fa.read(&mut ba).unwrap();
@@ -180,12 +209,22 @@ pub fn make_sample_tree(root: &Path) {
     use std::os::unix::fs::PermissionsExt;
     std::fs::create_dir_all(root.join("etc/app")).unwrap();
     std::fs::create_dir_all(root.join("empty-dir")).unwrap();
-    std::fs::write(root.join("etc/app/app.conf"), "listen = 127.0.0.1\nworkers = 4\n").unwrap();
+    std::fs::write(
+        root.join("etc/app/app.conf"),
+        "listen = 127.0.0.1\nworkers = 4\n",
+    )
+    .unwrap();
     std::fs::write(root.join("etc/secret.key"), "k3y").unwrap();
-    std::fs::set_permissions(root.join("etc/secret.key"), std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::fs::set_permissions(
+        root.join("etc/secret.key"),
+        std::fs::Permissions::from_mode(0o600),
+    )
+    .unwrap();
     std::fs::write(root.join("empty"), "").unwrap();
     std::fs::write(root.join("data.bin"), noise(1, 3 << 20)).unwrap();
-    let text: String = (0..20000).map(|i| format!("row {i}\tservice-{}\tsome text\n", i % 7)).collect();
+    let text: String = (0..20000)
+        .map(|i| format!("row {i}\tservice-{}\tsome text\n", i % 7))
+        .collect();
     std::fs::write(root.join("rows.tsv"), text).unwrap();
     std::os::unix::fs::symlink("etc/app/app.conf", root.join("link")).unwrap();
     std::os::unix::fs::symlink("does/not/exist", root.join("dangling")).unwrap();
@@ -194,4 +233,214 @@ pub fn make_sample_tree(root: &Path) {
     filetime::set_file_mtime(root.join("rows.tsv"), t).unwrap();
     filetime::set_symlink_file_times(root.join("link"), t, t).unwrap();
     filetime::set_file_mtime(root.join("etc"), t).unwrap();
+}
+
+// ---------------------------------------------------------------------------
+// Helpers for the crash, corruption and concurrency tests.
+
+/// Run a command and parse its `--json` stdout whatever the exit code.
+/// Returns (exit code, parsed stdout or Null, stderr).
+pub fn run_json(env: &Env, args: &[&str]) -> (i32, serde_json::Value, String) {
+    let mut a = args.to_vec();
+    a.push("--json");
+    let out = env.run(&a);
+    let (code, err) = code_and_stderr(&out);
+    let v = serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null);
+    (code, v, err)
+}
+
+/// A seed for a test's random choices: `CAIRN_TEST_SEED` if set, else the
+/// clock. Printed so a failing run can be repeated.
+pub fn test_seed(test: &str) -> u64 {
+    let seed = std::env::var("CAIRN_TEST_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64
+        });
+    eprintln!("{test}: CAIRN_TEST_SEED={seed}");
+    seed
+}
+
+/// Fast deterministic incompressible bytes: the BLAKE3 output stream of the
+/// seed (dependencies are optimized even in debug builds; [`noise`] is not).
+pub fn random_bytes(seed: u64, len: usize) -> Vec<u8> {
+    let mut v = vec![0u8; len];
+    blake3::Hasher::new()
+        .update(&seed.to_le_bytes())
+        .finalize_xof()
+        .fill(&mut v);
+    v
+}
+
+/// All pack files of the repository.
+pub fn pack_files(repo: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for d in std::fs::read_dir(repo.join("data")).unwrap() {
+        let d = d.unwrap().path();
+        if d.is_dir() {
+            out.extend(std::fs::read_dir(&d).unwrap().map(|e| e.unwrap().path()));
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Names of the files in one of the repository's directories (`index`, `locks`, `tmp`, ...).
+pub fn repo_files(repo: &Path, dir: &str) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(repo.join(dir))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+/// Shape of a generated tree, see [`write_generation`].
+#[derive(Clone, Copy, Debug)]
+pub struct TreeShape {
+    /// Number of incompressible files; each changes every `period`
+    /// generations, staggered, so about `random_files / period` of them
+    /// change from one generation to the next.
+    pub random_files: usize,
+    pub random_file_len: usize,
+    pub period: u64,
+    /// Size of the compressible text file (it changes a little every generation).
+    pub text_len: usize,
+    /// Mixed into every seed, so different tests write different data.
+    pub salt: u64,
+}
+
+fn base_text(len: usize) -> &'static [u8] {
+    static TEXT: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+    let t = TEXT.get_or_init(|| {
+        let mut s = String::with_capacity(32 << 20);
+        let mut i = 0u64;
+        while s.len() < 32 << 20 {
+            use std::fmt::Write;
+            let _ = writeln!(
+                s,
+                "{i:08}\tservice-{}\tGET /api/v1/items/{} 200 {}ms",
+                i % 7,
+                i % 1013,
+                i % 97
+            );
+            i += 1;
+        }
+        s.into_bytes()
+    });
+    &t[..len.min(t.len())]
+}
+
+fn set_mtime(path: &Path, secs: i64) {
+    let t = filetime::FileTime::from_unix_time(secs, 123_456_789);
+    filetime::set_symlink_file_times(path, t, t).unwrap();
+}
+
+/// Write generation `generation` of a deterministic tree below `root`, so that
+/// writing the same generation anywhere gives identical trees (contents,
+/// modes and mtimes of files, directories and symlinks): the expected side of
+/// a restore can be re-created at will. Files already at the right version
+/// (same size and mtime) are left alone, so moving a tree to the next
+/// generation only rewrites what changed.
+pub fn write_generation(root: &Path, shape: TreeShape, generation: u64) {
+    use std::os::unix::fs::PermissionsExt;
+    let mode =
+        |p: &Path, m: u32| std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).unwrap();
+    let write_if_changed = |p: &Path, mtime: i64, content: &dyn Fn() -> Vec<u8>, len: usize| {
+        if let Ok(m) = std::fs::symlink_metadata(p) {
+            if m.len() == len as u64 && m.mtime() == mtime {
+                return;
+            }
+        }
+        std::fs::write(p, content()).unwrap();
+        set_mtime(p, mtime);
+    };
+    for d in ["big", "text", "small/nested/deep", "small/empty-dir"] {
+        std::fs::create_dir_all(root.join(d)).unwrap();
+    }
+    for i in 0..shape.random_files {
+        let version = (generation + i as u64) / shape.period.max(1);
+        let seed = shape.salt.wrapping_mul(1_000_003) ^ ((i as u64) << 32) ^ version;
+        let p = root.join("big").join(format!("r{i}.bin"));
+        let len = shape.random_file_len;
+        write_if_changed(
+            &p,
+            1_500_000_000 + (version * 100 + i as u64) as i64,
+            &|| random_bytes(seed, len),
+            len,
+        );
+        mode(&p, 0o644);
+    }
+    let footer = format!("generation {generation} of tree {}\n", shape.salt);
+    let text_len = shape.text_len + footer.len();
+    let p = root.join("text/log.txt");
+    write_if_changed(
+        &p,
+        1_600_000_000 + generation as i64,
+        &|| [base_text(shape.text_len), footer.as_bytes()].concat(),
+        text_len,
+    );
+    mode(&p, 0o644);
+    let small: [(&str, &[u8], u32); 4] = [
+        (
+            "small/app.conf",
+            b"listen = 127.0.0.1\nworkers = 4\n",
+            0o644,
+        ),
+        ("small/secret.key", b"k3y", 0o600),
+        ("small/empty", b"", 0o644),
+        ("small/nested/deep/note.txt", b"deep down\n", 0o640),
+    ];
+    for (rel, content, m) in small {
+        let p = root.join(rel);
+        write_if_changed(&p, 1_400_000_000, &|| content.to_vec(), content.len());
+        mode(&p, m);
+    }
+    let link = root.join("small/link");
+    if std::fs::symlink_metadata(&link).is_err() {
+        std::os::unix::fs::symlink("../text/log.txt", &link).unwrap();
+    }
+    set_mtime(&link, 1_400_000_001);
+    // Directories last, deepest first, so nothing changes their times afterwards.
+    let dirs = [
+        "small/nested/deep",
+        "small/nested",
+        "small/empty-dir",
+        "small",
+        "text",
+        "big",
+        "",
+    ];
+    for d in dirs {
+        let p = if d.is_empty() {
+            root.to_path_buf()
+        } else {
+            root.join(d)
+        };
+        mode(&p, if d == "small/nested" { 0o750 } else { 0o755 });
+        set_mtime(&p, 1_700_000_000 + generation as i64);
+    }
+}
+
+/// Restore `snapshot` into a fresh `target` and compare it with generation
+/// `generation` of `shape`, re-created in `scratch` (`target` is removed first
+/// and afterwards; `scratch` is brought to that generation).
+pub fn assert_restores_generation(
+    env: &Env,
+    snapshot: &str,
+    source: &Path,
+    shape: TreeShape,
+    generation: u64,
+    target: &Path,
+    scratch: &Path,
+) {
+    let _ = std::fs::remove_dir_all(target);
+    env.ok(&["restore", snapshot, "--target", target.to_str().unwrap()]);
+    write_generation(scratch, shape, generation);
+    assert_same_tree(scratch, &restored(target, source));
+    std::fs::remove_dir_all(target).unwrap();
 }
