@@ -132,6 +132,21 @@ fn point_in_time_restore_replays_exactly_to_the_target() {
     // Listing shows the physical backup.
     let snaps: serde_json::Value = serde_json::from_str(&pg.ok(&["snapshots", "--json"])).unwrap();
     assert_eq!(snaps[0]["sources"][0]["kind"], "postgres");
+    let from: jiff::Timestamp = snaps[0]["restorable"]["from"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let to: jiff::Timestamp = snaps[0]["restorable"]["to"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let t: jiff::Timestamp = target.parse().unwrap();
+    assert!(
+        from < t && t < to,
+        "restorable range {from}..{to} covers the target {t}"
+    );
 
     // Restore between marker 2 and marker 3.
     let pgdata = pg.env.path("restored");

@@ -1,6 +1,7 @@
 use super::{human_bytes, local_time, matches_filter, open_repo, print_json};
 use crate::cli::{GlobalArgs, SnapshotsArgs};
 use crate::error::Result;
+use crate::source::pg_physical::{self, PhysicalMeta};
 
 pub fn run(g: &GlobalArgs, a: &SnapshotsArgs) -> Result<()> {
     let repo = open_repo(g)?;
@@ -9,6 +10,31 @@ pub fn run(g: &GlobalArgs, a: &SnapshotsArgs) -> Result<()> {
         .into_iter()
         .filter(|(_, s)| matches_filter(s, &a.filter))
         .collect();
+    // Physical PostgreSQL backups can be restored from their end to the newest archived WAL.
+    let physical = |s: &crate::repo::Snapshot| {
+        s.sources
+            .iter()
+            .filter_map(|x| serde_json::from_value::<PhysicalMeta>(x.metadata.clone()).ok())
+            .find(|m| m.kind == "physical")
+    };
+    let newest_wal = if snaps.iter().any(|(_, s)| physical(s).is_some()) {
+        pg_physical::wal_entries(&repo)?
+            .into_iter()
+            .map(|w| w.archived)
+            .max()
+    } else {
+        None
+    };
+    let range = |s: &crate::repo::Snapshot| {
+        physical(s).map(|m| {
+            (
+                m.stop_time,
+                newest_wal
+                    .filter(|w| *w > m.stop_time)
+                    .unwrap_or(m.stop_time),
+            )
+        })
+    };
     if g.json {
         let v: Vec<_> = snaps
             .iter()
@@ -21,6 +47,7 @@ pub fn run(g: &GlobalArgs, a: &SnapshotsArgs) -> Result<()> {
                     })).collect::<Vec<_>>(),
                     "size": s.size(), "bytes_added": s.summary.bytes_added,
                     "complete": s.is_complete(), "duration_ms": s.summary.duration_ms,
+                    "restorable": range(s).map(|(a, b)| serde_json::json!({"from": a, "to": b})),
                 })
             })
             .collect();
@@ -45,6 +72,16 @@ pub fn run(g: &GlobalArgs, a: &SnapshotsArgs) -> Result<()> {
             },
             s.paths.join(" ")
         );
+    }
+    for (id, s) in &snaps {
+        if let Some((a, b)) = range(s) {
+            println!(
+                "{}: point-in-time restore possible from {} to {}",
+                id.short(),
+                local_time(a),
+                local_time(b)
+            );
+        }
     }
     println!("{} snapshot(s)", snaps.len());
     Ok(())
