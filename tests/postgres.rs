@@ -257,3 +257,48 @@ fn restore_test_passes_on_a_good_snapshot_while_pgbench_writes() {
     assert_eq!(results[0]["amcheck_ran"], true);
     assert!(results[0]["amcheck"].as_array().unwrap().is_empty());
 }
+
+#[test]
+fn restore_test_reports_a_table_that_restores_differently() {
+    let env = Env::init();
+    let source = ScratchCluster::start(&[]).unwrap();
+    sql(&source.url(), "postgres", "CREATE DATABASE app");
+    sql(&source.url(), "app", "CREATE TABLE t (k int PRIMARY KEY, v int); INSERT INTO t SELECT g, g FROM generate_series(1, 50) g; CREATE TABLE u (x text); INSERT INTO u VALUES ('same')");
+    env.ok(&["snapshot", "--postgres", &source.url()]);
+
+    // A scratch server that silently alters rows of table t as they are
+    // restored (an event trigger adds a row trigger to every new table "t").
+    let scratch = ScratchCluster::start(&[]).unwrap();
+    sql(&scratch.url(), "postgres", "CREATE DATABASE app");
+    sql(
+        &scratch.url(),
+        "app",
+        r#"
+        CREATE FUNCTION tamper() RETURNS trigger LANGUAGE plpgsql AS
+          $$ BEGIN IF NEW.v = 7 THEN NEW.v := 700; END IF; RETURN NEW; END $$;
+        CREATE FUNCTION add_tamper() RETURNS event_trigger LANGUAGE plpgsql AS $$
+          DECLARE obj record;
+          BEGIN
+            FOR obj IN SELECT * FROM pg_event_trigger_ddl_commands() WHERE command_tag = 'CREATE TABLE' LOOP
+              IF obj.object_identity = 'public.t' THEN
+                EXECUTE 'CREATE TRIGGER tamper BEFORE INSERT ON public.t FOR EACH ROW EXECUTE FUNCTION public.tamper()';
+              END IF;
+            END LOOP;
+          END $$;
+        CREATE EVENT TRIGGER add_tamper ON ddl_command_end EXECUTE FUNCTION add_tamper();
+        "#,
+    );
+    let out = env.run(&["check", "--restore-test", "--scratch-url", &scratch.url()]);
+    let (code, err) = code_and_stderr(&out);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(code, 1, "{stdout}\n{err}");
+    assert!(
+        stdout.contains("MISMATCH app.public.t (table)"),
+        "{stdout}\n{err}"
+    );
+    assert!(stdout.contains("ok       app.public.u (table)"), "{stdout}");
+    assert!(
+        err.contains("restore test of snapshot") && err.contains("failed"),
+        "{err}"
+    );
+}
