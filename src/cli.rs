@@ -87,6 +87,9 @@ pub enum Command {
     Cat(CatArgs),
     /// Remove stale locks
     Unlock(UnlockArgs),
+    /// Rebuild repository metadata from the data itself
+    #[command(subcommand)]
+    Repair(RepairCommand),
     /// Archive a PostgreSQL WAL file (archive_command = 'cairn wal-push … %p')
     WalPush {
         /// Path of the WAL file (%p)
@@ -328,4 +331,10 @@ pub struct UnlockArgs {
     /// Remove all locks, not only stale ones
     #[arg(long)]
     pub remove_all: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum RepairCommand {
+    /// Index packs that no index file lists (after an index file was lost)
+    Index,
 }

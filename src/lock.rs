@@ -45,7 +45,22 @@ pub fn is_stale(l: &LockFile) -> bool {
     if age > jiff::SignedDuration::try_from(STALE_AFTER).unwrap_or(jiff::SignedDuration::MAX) {
         return true;
     }
-    l.host == host_name() && l.pid != std::process::id() && !pid_alive(l.pid)
+    if l.host != host_name() {
+        return false;
+    }
+    if l.pid == std::process::id() {
+        // Our pid, but older than this process: an earlier process had it.
+        return PROCESS_START.get().is_some_and(|start| l.time < *start);
+    }
+    !pid_alive(l.pid)
+}
+
+static PROCESS_START: std::sync::OnceLock<jiff::Timestamp> = std::sync::OnceLock::new();
+
+/// Record when this process started (call first thing in `main`), so a lock
+/// left by an earlier process that had the same pid is recognised as stale.
+pub fn mark_process_start() {
+    let _ = PROCESS_START.set(jiff::Timestamp::now());
 }
 
 /// All current locks with their file ids (unreadable ones are skipped).
@@ -84,6 +99,14 @@ pub fn with_lock<T>(
     f: impl FnOnce() -> Result<T>,
 ) -> Result<T> {
     let (id, lock) = acquire(repo, exclusive, command)?;
+    // The index may have changed between opening the repository and taking
+    // the lock (a prune elsewhere): look again now that nobody can delete.
+    if let Err(e) = repo.cache.sync(repo.backend.as_ref(), &repo.key) {
+        let _ = repo
+            .backend
+            .remove(&FileRef::new(FileKind::Lock, id.to_hex()));
+        return Err(e);
+    }
     let name = Mutex::new(id);
     let stop = AtomicBool::new(false);
     let out = std::thread::scope(|scope| {

@@ -1,6 +1,7 @@
 use clap::Parser;
 
 fn main() {
+    cairn::lock::mark_process_start();
     let cli = cairn::cli::Cli::parse();
     cairn::logging::init(cli.global.verbose, cli.global.quiet, cli.global.log_format);
     cairn::interrupt::install();

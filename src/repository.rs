@@ -209,20 +209,44 @@ impl Repository {
         self.key.unseal(&bytes, &f)
     }
 
-    /// All snapshots, oldest first.
+    /// All readable snapshots, oldest first. A damaged snapshot file is
+    /// skipped with a warning (`check` reports it), so one bad file does not
+    /// hide every other restore point.
     pub fn snapshots(&self) -> Result<Vec<(Id, Snapshot)>> {
+        Ok(self.snapshots_and_damage()?.0)
+    }
+
+    /// Readable snapshots (oldest first) and the ids of unreadable ones with why.
+    pub fn snapshots_and_damage(&self) -> Result<(Vec<(Id, Snapshot)>, Vec<(Id, Error)>)> {
         let mut out = Vec::new();
+        let mut bad = Vec::new();
         for (name, _) in self.backend.list(FileKind::Snapshot)? {
             let Some(id) = Id::parse(&name) else { continue };
-            out.push((id, self.read_sealed::<Snapshot>(FileKind::Snapshot, &id)?));
+            match self.read_sealed::<Snapshot>(FileKind::Snapshot, &id) {
+                Ok(s) => out.push((id, s)),
+                Err(e) if e.kind() == Kind::Integrity => {
+                    tracing::warn!("skipping snapshot {}: {e}; run `cairn check`", id.short());
+                    bad.push((id, e));
+                }
+                Err(e) => return Err(e),
+            }
         }
         out.sort_by(|a, b| a.1.time.cmp(&b.1.time).then(a.0.cmp(&b.0)));
-        Ok(out)
+        Ok((out, bad))
     }
 
     /// Resolve `latest`, a full id or a unique id prefix.
     pub fn find_snapshot(&self, spec: &str) -> Result<(Id, Snapshot)> {
-        let all = self.snapshots()?;
+        let (all, damaged) = self.snapshots_and_damage()?;
+        let lower = spec.to_ascii_lowercase();
+        if let Some((_, e)) = damaged
+            .into_iter()
+            .find(|(id, _)| spec != "latest" && id.to_hex().starts_with(&lower))
+        {
+            return Err(e.with_hint(
+                "this snapshot's file is damaged; restore another one (`cairn snapshots`)",
+            ));
+        }
         if spec == "latest" {
             return all.into_iter().next_back().ok_or_else(|| {
                 Error::failure("the repository has no snapshots")

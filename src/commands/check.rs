@@ -269,6 +269,12 @@ pub fn check(
             Ok(s) => s,
             Err(e) => {
                 report.errors.push(e.to_string());
+                report.damaged.push(Damage {
+                    snapshot: sid,
+                    time: jiff::Timestamp::UNIX_EPOCH,
+                    source: String::new(),
+                    path: "(snapshot file)".into(),
+                });
                 continue;
             }
         };
@@ -406,10 +412,17 @@ pub fn run(g: &GlobalArgs, a: &CheckArgs) -> Result<()> {
             );
         }
         if !report.unreferenced_packs.is_empty() {
-            println!(
-                "{} unreferenced pack(s), left by interrupted snapshots: `cairn prune` removes them",
-                report.unreferenced_packs.len()
-            );
+            if report.damaged.is_empty() {
+                println!(
+                    "{} unreferenced pack(s), left by interrupted snapshots: `cairn prune` removes them",
+                    report.unreferenced_packs.len()
+                );
+            } else {
+                println!(
+                    "{} unreferenced pack(s): if an index file was lost they may hold the damaged snapshots' data;                      `cairn repair index` indexes them again",
+                    report.unreferenced_packs.len()
+                );
+            }
         }
         if report.ok() {
             println!("no errors found");

@@ -7,6 +7,7 @@ pub mod forget;
 pub mod init;
 pub mod key;
 pub mod prune;
+pub mod repair;
 pub mod restore;
 pub mod snapshot;
 pub mod snapshots;
@@ -36,6 +37,7 @@ pub fn run(g: &GlobalArgs, command: Command) -> Result<()> {
         Command::Stats => stats::run(g),
         Command::Cat(a) => cat::run(g, &a),
         Command::Unlock(a) => unlock::run(g, &a),
+        Command::Repair(crate::cli::RepairCommand::Index) => repair::index(g),
         Command::WalPush { path } => wal::push(g, &path),
         Command::WalFetch { name, destination } => wal::fetch(g, &name, &destination),
     }

@@ -1,0 +1,72 @@
+//! `cairn repair index`: index packs that no index file lists.
+//!
+//! Every pack carries its own (encrypted) header listing its frames and
+//! chunks, so a lost index file can be rebuilt from the packs themselves.
+
+use super::{open_repo, print_json};
+use crate::backend::FileRef;
+use crate::cli::GlobalArgs;
+use crate::error::Result;
+use crate::lock::with_lock;
+use crate::repo::{split_pack, FileKind, Id, IndexFile, PackEntry, PackHeader, FORMAT_VERSION};
+use std::collections::HashSet;
+
+pub fn index(g: &GlobalArgs) -> Result<()> {
+    let repo = open_repo(g)?;
+    with_lock(&repo, true, "repair index", || {
+        let mut indexed = HashSet::new();
+        for (name, _) in repo.backend.list(FileKind::Index)? {
+            let Some(id) = Id::parse(&name) else { continue };
+            match repo.read_sealed::<IndexFile>(FileKind::Index, &id) {
+                Ok(idx) => indexed.extend(idx.packs.iter().map(|p| p.id)),
+                Err(e) => tracing::warn!("{e}: its packs will be indexed again"),
+            }
+        }
+        let mut packs = Vec::new();
+        let mut skipped = Vec::new();
+        for (name, size) in repo.backend.list(FileKind::Pack)? {
+            let Some(id) = Id::parse(&name) else { continue };
+            if indexed.contains(&id) {
+                continue;
+            }
+            let f = FileRef::new(FileKind::Pack, name.clone());
+            let bytes = repo.backend.read(&f)?;
+            let header = if Id::of_bytes(&bytes) != id {
+                None
+            } else {
+                split_pack(&bytes).and_then(|(_, h)| repo.key.unseal::<PackHeader>(h, &f).ok())
+            };
+            match header {
+                Some(h) => packs.push(PackEntry {
+                    id,
+                    size,
+                    frames: h.frames,
+                }),
+                None => {
+                    tracing::warn!("{f} is damaged; not indexed");
+                    skipped.push(id);
+                }
+            }
+        }
+        let n = packs.len();
+        if n > 0 {
+            repo.write_sealed(
+                FileKind::Index,
+                &IndexFile {
+                    version: FORMAT_VERSION,
+                    packs,
+                },
+            )?;
+            repo.cache.sync(repo.backend.as_ref(), &repo.key)?;
+        }
+        if g.json {
+            print_json(&serde_json::json!({ "indexed_packs": n, "damaged_packs": skipped }))
+        } else {
+            println!(
+                "indexed {n} pack(s); {} damaged pack(s) skipped",
+                skipped.len()
+            );
+            Ok(())
+        }
+    })
+}

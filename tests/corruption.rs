@@ -1,0 +1,439 @@
+//! Damaged repositories: `check` names exactly the snapshots and files that
+//! are affected, undamaged snapshots still restore byte-identical, and
+//! `restore` of a damaged snapshot refuses before writing anything.
+//!
+//! Every scenario has two snapshots whose data lives in different packs:
+//! A of tree X, then B of X plus directory Y holding a new 24 MiB file of
+//! fresh random data (`Y/big.bin`, which fills more than one 16 MiB pack) and
+//! a small new file. B's first pack therefore holds only chunks of
+//! `Y/big.bin`; the small file and B's node list (but for chunks it may share
+//! with A's) are in B's last pack. `setup` checks all this through
+//! `cairn cat index` and `cairn cat snapshot`.
+
+mod common;
+use common::*;
+use serde_json::Value;
+use std::collections::BTreeSet;
+use std::io::{Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+struct Setup {
+    env: Env,
+    /// Tree X (snapshot A and B) and directory Y (only B).
+    x: PathBuf,
+    y: PathBuf,
+    a: String,
+    b: String,
+    a_index: String,
+    b_index: String,
+    /// B's first pack: only chunks of `Y/big.bin`.
+    y_pack: PathBuf,
+    /// B's packs, in the order they were written.
+    b_packs: Vec<String>,
+    /// Whether B's node list shares chunks with A's.
+    b_tree_shared: bool,
+}
+
+/// The path of a backed-up file as `check` reports it.
+fn stored(p: &Path) -> String {
+    p.to_str().unwrap().trim_start_matches('/').to_string()
+}
+
+fn chunk_ids(pack: &Value) -> BTreeSet<String> {
+    pack["frames"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|f| {
+            f["chunks"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|c| c["id"].as_str().unwrap().to_string())
+        })
+        .collect()
+}
+
+fn pack_path(repo: &Path, id: &str) -> PathBuf {
+    repo.join("data").join(&id[..2]).join(id)
+}
+
+fn setup() -> Setup {
+    let env = Env::init();
+    let (x, y) = (env.path("x"), env.path("y"));
+    make_sample_tree(&x);
+    let a = env.snapshot(&[&x]);
+    let a_index = repo_files(&env.repo, "index");
+    assert_eq!(a_index.len(), 1);
+
+    std::fs::create_dir_all(&y).unwrap();
+    std::fs::write(y.join("big.bin"), random_bytes(0xB16, 24 << 20)).unwrap();
+    std::fs::write(y.join("small.txt"), "a small new file\n").unwrap();
+    let b = env.snapshot(&[&x, &y]);
+    let b_index: Vec<String> = repo_files(&env.repo, "index")
+        .into_iter()
+        .filter(|i| !a_index.contains(i))
+        .collect();
+    assert_eq!(b_index.len(), 1);
+
+    // B's packs, in the order they were written (its index lists them so).
+    let idx = env.json(&["cat", "index", &b_index[0]]);
+    let packs = idx["packs"].as_array().unwrap();
+    assert!(
+        packs.len() >= 2,
+        "24 MiB of new data should fill more than one pack: {}",
+        packs.len()
+    );
+    let tree: BTreeSet<String> = env.json(&["cat", "snapshot", &b])["sources"][0]["tree"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c.as_str().unwrap().to_string())
+        .collect();
+    let a_chunks: BTreeSet<String> = env.json(&["cat", "index", &a_index[0]])["packs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(chunk_ids)
+        .collect();
+    // Nothing of A is in B's packs; B's first pack has none of B's node list,
+    // which is in B's last pack, except for chunks it shares with A's node
+    // list (the nodes of X come first in both).
+    for p in packs {
+        assert!(chunk_ids(p).is_disjoint(&a_chunks));
+    }
+    assert!(
+        chunk_ids(&packs[0]).is_disjoint(&tree),
+        "B's first pack holds node-list chunks"
+    );
+    let last = chunk_ids(packs.last().unwrap());
+    let b_tree_shared = !tree.is_disjoint(&a_chunks);
+    assert!(
+        tree.iter()
+            .all(|c| last.contains(c) || a_chunks.contains(c)),
+        "B's node list is neither in its last pack nor in A's"
+    );
+    assert!(!tree.is_disjoint(&last), "B's node list has nothing new");
+    let b_packs: Vec<String> = packs
+        .iter()
+        .map(|p| p["id"].as_str().unwrap().to_string())
+        .collect();
+    Setup {
+        y_pack: pack_path(&env.repo, &b_packs[0]),
+        b_packs,
+        b_tree_shared,
+        env,
+        x,
+        y,
+        a,
+        b,
+        a_index: a_index[0].clone(),
+        b_index: b_index[0].clone(),
+    }
+}
+
+impl Setup {
+    fn y_big(&self) -> String {
+        stored(&self.y.join("big.bin"))
+    }
+
+    /// Snapshot A restores byte-identical.
+    fn assert_a_restores(&self, target: &str) {
+        let target = self.env.path(target);
+        self.env
+            .ok(&["restore", &self.a, "--target", target.to_str().unwrap()]);
+        assert_same_tree(&self.x, &restored(&target, &self.x));
+    }
+
+    /// Restoring B fails with exit 1 and writes nothing; returns stderr.
+    fn assert_b_refuses(&self, target: &str) -> String {
+        let target = self.env.path(target);
+        let out = self
+            .env
+            .run(&["restore", &self.b, "--target", target.to_str().unwrap()]);
+        let (code, err) = code_and_stderr(&out);
+        assert_eq!(code, 1, "restore of damaged snapshot B: {err}");
+        let written: Vec<_> = match std::fs::read_dir(&target) {
+            Ok(rd) => rd.map(|e| e.unwrap().path()).collect(),
+            Err(_) => Vec::new(),
+        };
+        assert!(
+            written.is_empty(),
+            "restore of B wrote {written:?} before failing"
+        );
+        err
+    }
+
+    /// `check` with `args` exits 1 and reports exactly `expected` (snapshot, path) as damaged.
+    fn assert_check_damaged(&self, args: &[&str], expected: &[(&str, &str)]) -> Value {
+        let mut a = vec!["check"];
+        a.extend_from_slice(args);
+        let (code, report, err) = run_json(&self.env, &a);
+        assert_eq!(code, 1, "`cairn {}`: {report:#}\n{err}", a.join(" "));
+        let got: BTreeSet<(String, String, String)> = report["damaged"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| {
+                (
+                    d["snapshot"].as_str().unwrap().to_string(),
+                    d["source"].as_str().unwrap().to_string(),
+                    d["path"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect();
+        let want: BTreeSet<(String, String, String)> = expected
+            .iter()
+            .map(|(s, p)| (s.to_string(), "files".to_string(), p.to_string()))
+            .collect();
+        assert_eq!(got, want, "`cairn {}`: {report:#}", a.join(" "));
+
+        // The text output says the same, one `damaged:` line per file.
+        let out = self.env.run(&a);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert_eq!(out.status.code(), Some(1));
+        let lines: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("damaged: "))
+            .collect();
+        assert_eq!(lines.len(), expected.len(), "{text}");
+        for (snap, path) in expected {
+            let prefix = format!("damaged: snapshot {} (", &snap[..8]);
+            let suffix = format!(") source files: {path}");
+            assert!(
+                lines
+                    .iter()
+                    .any(|l| l.starts_with(&prefix) && l.ends_with(&suffix)),
+                "no line for {snap} {path}:\n{text}"
+            );
+        }
+        report
+    }
+}
+
+#[test]
+fn a_flipped_byte_in_a_pack_damages_exactly_the_file_using_it() {
+    let s = setup();
+    let size = std::fs::metadata(&s.y_pack).unwrap().len();
+    let middle = size / 2;
+    // The byte is inside a frame, not in the pack's header.
+    let idx = s.env.json(&["cat", "index", &s.b_index]);
+    let frames = idx["packs"][0]["frames"].as_array().unwrap();
+    assert!(frames.iter().any(|f| {
+        let (o, l) = (f["offset"].as_u64().unwrap(), f["length"].as_u64().unwrap());
+        o <= middle && middle < o + l
+    }));
+    let mut bytes = std::fs::read(&s.y_pack).unwrap();
+    bytes[middle as usize] ^= 0x01;
+    std::fs::write(&s.y_pack, bytes).unwrap();
+
+    let report = s.assert_check_damaged(&["--read-data"], &[(&s.b, &s.y_big())]);
+    let errors = report["errors"].to_string();
+    assert!(
+        errors.contains(&s.b_packs[0]),
+        "the damaged pack is named: {errors}"
+    );
+    s.assert_a_restores("out-a");
+    let err = s.assert_b_refuses("out-b");
+    assert!(
+        err.contains("nothing was restored") && err.contains(&s.y_big()),
+        "{err}"
+    );
+    // What B has outside the damaged pack still restores on its own.
+    let target = s.env.path("out-b-x");
+    s.env.ok(&[
+        "restore",
+        &s.b,
+        "--target",
+        target.to_str().unwrap(),
+        "--include",
+        s.x.to_str().unwrap(),
+    ]);
+    assert_same_tree(&s.x, &restored(&target, &s.x));
+}
+
+#[test]
+fn a_truncated_pack_damages_exactly_the_file_using_it() {
+    let s = setup();
+    let size = std::fs::metadata(&s.y_pack).unwrap().len();
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&s.y_pack)
+        .unwrap();
+    f.set_len(size / 2).unwrap();
+    drop(f);
+
+    // The structure check alone sees it (the size differs from the index)...
+    let report = s.assert_check_damaged(&[], &[(&s.b, &s.y_big())]);
+    let errors = report["errors"].to_string();
+    assert!(
+        errors.contains(&s.b_packs[0]) && errors.contains(&format!("the index says {size}")),
+        "{errors}"
+    );
+    // ...and reading the data agrees.
+    s.assert_check_damaged(&["--read-data"], &[(&s.b, &s.y_big())]);
+    s.assert_a_restores("out-a");
+    let err = s.assert_b_refuses("out-b");
+    assert!(
+        err.contains("nothing was restored") && err.contains(&s.y_big()),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_deleted_index_file_damages_the_snapshots_whose_chunks_only_it_listed() {
+    let s = setup();
+    let packs_before = pack_files(&s.env.repo);
+    std::fs::remove_file(s.env.repo.join("index").join(&s.b_index)).unwrap();
+
+    // B's node list was listed only in B's index, so B cannot even be read;
+    // A does not use anything from B's index and is whole.
+    let report = s.assert_check_damaged(&[], &[(&s.b, "(node list)")]);
+    // B's packs are still there, now unreferenced: the data is not lost, only unindexed.
+    let unreferenced: Vec<&str> = report["unreferenced_packs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_str().unwrap())
+        .collect();
+    let mut b_packs = s.b_packs.clone();
+    b_packs.sort();
+    assert_eq!(unreferenced, b_packs);
+    s.assert_a_restores("out-a");
+    s.assert_b_refuses("out-b");
+
+    // prune must not "clean up" B's unindexed packs while B still needs them:
+    // it cannot tell what is in use, so it stops and removes nothing.
+    let (code, err) = code_and_stderr(&s.env.run(&["prune"]));
+    assert_eq!(code, 1, "{err}");
+    assert_eq!(
+        pack_files(&s.env.repo),
+        packs_before,
+        "prune removed packs: {err}"
+    );
+    s.assert_a_restores("out-a-after-prune");
+
+    // The packs carry their own headers: `repair index` indexes them again
+    // and B is whole.
+    let out = s.env.json(&["repair", "index"]);
+    assert_eq!(out["indexed_packs"].as_u64(), Some(b_packs.len() as u64));
+    s.env.ok(&["check", "--read-data"]);
+    let target = s.env.path("out-b-repaired");
+    s.env
+        .ok(&["restore", &s.b, "--target", target.to_str().unwrap()]);
+}
+
+#[test]
+fn a_deleted_index_file_of_shared_data_damages_every_snapshot_using_it() {
+    let s = setup();
+    std::fs::remove_file(s.env.repo.join("index").join(&s.a_index)).unwrap();
+
+    // A's index listed A's node list and all of X's data, which B shares:
+    // A cannot be read at all. B is damaged too: if its node list shares a
+    // chunk with A's (both start with the nodes of X; whether a chunk
+    // boundary falls inside that common start depends on the repository's
+    // chunker key), B cannot be read either; otherwise exactly the files of X with content are damaged
+    // (not the empty file, not Y's files, whose chunks are in B's index).
+    let b_damaged: Vec<String> = if s.b_tree_shared {
+        vec!["(node list)".to_string()]
+    } else {
+        [
+            "data.bin",
+            "empty",
+            "etc/app/app.conf",
+            "etc/secret.key",
+            "rows.tsv",
+        ]
+        .iter()
+        .filter(|f| std::fs::metadata(s.x.join(f)).unwrap().len() > 0)
+        .map(|f| stored(&s.x.join(f)))
+        .collect()
+    };
+    eprintln!("B's node list shares a chunk with A's: {}", s.b_tree_shared);
+    let mut expected: Vec<(&str, &str)> = vec![(&s.a, "(node list)")];
+    expected.extend(b_damaged.iter().map(|p| (s.b.as_str(), p.as_str())));
+    s.assert_check_damaged(&[], &expected);
+    let out = s.env.run(&[
+        "restore",
+        &s.a,
+        "--target",
+        s.env.path("out-a").to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(!s.env.path("out-a").exists());
+    s.assert_b_refuses("out-b");
+    if !s.b_tree_shared {
+        // What only B's index lists still restores: Y.
+        let target = s.env.path("out-b-y");
+        s.env.ok(&[
+            "restore",
+            &s.b,
+            "--target",
+            target.to_str().unwrap(),
+            "--include",
+            s.y.to_str().unwrap(),
+        ]);
+        assert_same_tree(&s.y, &restored(&target, &s.y));
+    }
+}
+
+/// Flip one byte in the middle of a snapshot file.
+fn damage_snapshot_file(s: &Setup, id: &str) {
+    let path = s.env.repo.join("snapshots").join(id);
+    let len = std::fs::metadata(&path).unwrap().len();
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&path)
+        .unwrap();
+    let mut byte = [0u8; 1];
+    use std::io::Read;
+    f.seek(SeekFrom::Start(len / 2)).unwrap();
+    f.read_exact(&mut byte).unwrap();
+    f.seek(SeekFrom::Start(len / 2)).unwrap();
+    f.write_all(&[byte[0] ^ 0x01]).unwrap();
+}
+
+#[test]
+fn a_flipped_byte_in_a_snapshot_file_is_reported_for_that_snapshot() {
+    let s = setup();
+    damage_snapshot_file(&s, &s.b);
+    for args in [&["check"][..], &["check", "--read-data"][..]] {
+        let (code, report, err) = run_json(&s.env, args);
+        assert_eq!(code, 1, "{args:?}: {report:#}\n{err}");
+        let errors: Vec<&str> = report["errors"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e.as_str().unwrap())
+            .collect();
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(
+            errors[0].contains(&format!("snapshot {}", s.b)) && errors[0].contains("damaged"),
+            "{errors:?}"
+        );
+        assert!(
+            !report.to_string().contains(&s.a),
+            "A is not reported: {report:#}"
+        );
+        let damaged = report["damaged"].as_array().unwrap();
+        assert_eq!(damaged.len(), 1, "{damaged:?}");
+        assert_eq!(damaged[0]["snapshot"].as_str().unwrap(), s.b);
+        assert_eq!(damaged[0]["path"], "(snapshot file)");
+        let out = s.env.run(args);
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            text.contains(&format!("error: snapshot {} is damaged", s.b)),
+            "{text}"
+        );
+    }
+}
+
+#[test]
+fn a_damaged_snapshot_file_does_not_hide_the_other_snapshots() {
+    let s = setup();
+    damage_snapshot_file(&s, &s.b);
+    s.assert_a_restores("out-a");
+    let listed = s.env.snapshot_ids();
+    assert!(listed.contains(&s.a), "{listed:?}");
+}
