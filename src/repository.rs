@@ -16,6 +16,9 @@ use serde::{de::DeserializeOwned, Serialize};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
+/// Readable snapshots with their ids, and unreadable ones with the reason.
+pub type SnapshotList = (Vec<(Id, Snapshot)>, Vec<(Id, Error)>);
+
 pub struct Repository {
     pub backend: Box<dyn Backend>,
     pub config: Config,
@@ -217,7 +220,7 @@ impl Repository {
     }
 
     /// Readable snapshots (oldest first) and the ids of unreadable ones with why.
-    pub fn snapshots_and_damage(&self) -> Result<(Vec<(Id, Snapshot)>, Vec<(Id, Error)>)> {
+    pub fn snapshots_and_damage(&self) -> Result<SnapshotList> {
         let mut out = Vec::new();
         let mut bad = Vec::new();
         for (name, _) in self.backend.list(FileKind::Snapshot)? {
