@@ -116,6 +116,10 @@ impl Packer<'_> {
         if self.frame_chunks.is_empty() {
             return Ok(());
         }
+        // Stop early when storing has failed (e.g. the object store is gone).
+        if self.failed.lock().map(|f| f.is_some()).unwrap_or(true) {
+            return Err(self.take_failure());
+        }
         let cap = self.repo.config.frame_size as usize + self.repo.config.chunker.max as usize;
         let job = FrameJob {
             data: std::mem::replace(&mut self.frame_data, Vec::with_capacity(cap)),
@@ -170,7 +174,26 @@ pub fn with_packer<T>(
         }
         drop(frame_tx);
         drop(job_rx);
-        let writer = s.spawn(|| write_packs(repo, frame_rx, &failed, &abort));
+        // Finished packs are stored by two uploader threads, so assembling the
+        // next pack overlaps with writing (and fsyncing, or uploading) the last.
+        let (upload_tx, upload_rx) = bounded::<(Id, Vec<u8>)>(0);
+        let mut uploaders = Vec::new();
+        for _ in 0..2 {
+            let (rx, failed) = (upload_rx.clone(), &failed);
+            uploaders.push(s.spawn(move || {
+                for (id, bytes) in rx {
+                    if let Err(e) = repo
+                        .backend
+                        .write(&FileRef::new(FileKind::Pack, id.to_hex()), &bytes)
+                    {
+                        record_failure(failed, e);
+                        break; // the writer's next send fails and the run stops
+                    }
+                }
+            }));
+        }
+        drop(upload_rx);
+        let writer = s.spawn(|| write_packs(repo, frame_rx, upload_tx, &failed, &abort));
         let mut packer = Packer {
             repo,
             index: match repo.cache.reader() {
@@ -196,6 +219,11 @@ pub fn with_packer<T>(
         let stored = writer
             .join()
             .map_err(|_| Error::failure("the pack writer panicked"))?;
+        // Every pack must be stored before the caller writes an index.
+        for u in uploaders {
+            u.join()
+                .map_err(|_| Error::failure("a pack uploader panicked"))?;
+        }
         let value = out?;
         if let Some(e) = failed.lock().ok().and_then(|mut f| f.take()) {
             return Err(e);
@@ -249,10 +277,12 @@ pub fn seal_frame(
 fn write_packs(
     repo: &Repository,
     frames: Receiver<SealedFrame>,
+    uploads: Sender<(Id, Vec<u8>)>,
     failed: &Mutex<Option<Error>>,
     abort: &AtomicBool,
 ) -> Stored {
     let mut builder = PackBuilder::new(repo);
+    builder.uploads = Some(uploads);
     let mut ok = true;
     for f in frames {
         if !ok {
@@ -276,6 +306,9 @@ pub struct PackBuilder<'a> {
     repo: &'a Repository,
     buf: Vec<u8>,
     entries: Vec<FrameEntry>,
+    /// When set, finished packs go to uploader threads instead of being
+    /// written here (the caller joins them before writing any index).
+    uploads: Option<Sender<(Id, Vec<u8>)>>,
     pub stored: Stored,
 }
 
@@ -285,6 +318,7 @@ impl<'a> PackBuilder<'a> {
             repo,
             buf: Vec::with_capacity(repo.config.pack_size as usize + (2 << 20)),
             entries: Vec::new(),
+            uploads: None,
             stored: Stored::default(),
         }
     }
@@ -330,17 +364,28 @@ impl<'a> PackBuilder<'a> {
             .extend_from_slice(&(sealed.len() as u32).to_le_bytes());
         self.buf.extend_from_slice(PACK_MAGIC);
         let id = Id::of_bytes(&self.buf);
-        self.repo
-            .backend
-            .write(&FileRef::new(FileKind::Pack, id.to_hex()), &self.buf)?;
-        self.stored.bytes += self.buf.len() as u64;
+        let size = self.buf.len() as u64;
+        match &self.uploads {
+            Some(tx) => {
+                let cap = self.buf.capacity();
+                let bytes = std::mem::replace(&mut self.buf, Vec::with_capacity(cap));
+                tx.send((id, bytes))
+                    .map_err(|_| Error::failure("the pack uploaders stopped"))?;
+            }
+            None => {
+                self.repo
+                    .backend
+                    .write(&FileRef::new(FileKind::Pack, id.to_hex()), &self.buf)?;
+                self.buf.clear();
+            }
+        }
+        self.stored.bytes += size;
         self.stored.packs.push(PackEntry {
             id,
-            size: self.buf.len() as u64,
+            size,
             frames: header.frames,
         });
-        tracing::debug!(pack = %id.short(), bytes = self.buf.len(), "stored pack");
-        self.buf.clear();
+        tracing::debug!(pack = %id.short(), bytes = size, "stored pack");
         Ok(())
     }
 }

@@ -6,8 +6,10 @@
 //! written, so a backend needs no partial updates, only atomic whole writes.
 
 mod local;
+mod s3;
 
 pub use local::LocalBackend;
+pub use s3::S3Backend;
 
 use crate::error::{Error, Kind, Result};
 use crate::repo::FileKind;
@@ -65,6 +67,9 @@ pub fn open(location: &str) -> Result<Box<dyn Backend>> {
         return Err(Error::usage("no repository given").with_hint(
             "pass -r/--repo PATH or set CAIRN_REPOSITORY (create one with `cairn init -r PATH`)",
         ));
+    }
+    if location.starts_with("s3://") {
+        return Ok(Box::new(S3Backend::new(location)?));
     }
     if let Some((scheme, _)) = location.split_once("://") {
         return Err(Error::new(

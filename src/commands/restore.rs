@@ -40,11 +40,12 @@ fn fetch_command(g: &GlobalArgs) -> Result<String> {
     let exe = std::env::current_exe().map_err(|e| Error::io("finding the cairn binary", e))?;
     let abs = |p: &std::path::Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
     let repo = super::repo_location(g)?;
-    let mut cmd = format!(
-        "{} wal-fetch -q -r {}",
-        abs(&exe).display(),
-        abs(std::path::Path::new(&repo)).display()
-    );
+    let repo = if repo.contains("://") {
+        repo
+    } else {
+        abs(std::path::Path::new(&repo)).display().to_string()
+    };
+    let mut cmd = format!("{} wal-fetch -q -r {repo}", abs(&exe).display());
     if let Some(id) = &g.identity {
         cmd.push_str(&format!(" --identity {}", abs(id).display()));
     } else if let Some(pw) = &g.password_file {

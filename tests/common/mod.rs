@@ -11,6 +11,10 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_cairn");
 pub struct Env {
     pub dir: tempfile::TempDir,
     pub repo: PathBuf,
+    /// Overrides CAIRN_REPOSITORY (e.g. an s3:// location) when set.
+    pub location: Option<String>,
+    /// More environment for every command (e.g. AWS_* for an S3 server).
+    pub extra_env: Vec<(String, String)>,
     pub cache: PathBuf,
     pub password_file: PathBuf,
 }
@@ -25,6 +29,8 @@ impl Env {
         let password_file = dir.path().join("password");
         std::fs::write(&password_file, "correct horse\n").unwrap();
         Env {
+            location: None,
+            extra_env: Vec::new(),
             repo: dir.path().join("repo"),
             cache: dir.path().join("cache"),
             password_file,
@@ -54,6 +60,10 @@ impl Env {
             .env("CAIRN_PASSWORD_FILE", &self.password_file)
             .env("CAIRN_CACHE_DIR", &self.cache)
             .stdin(Stdio::null());
+        if let Some(l) = &self.location {
+            c.env("CAIRN_REPOSITORY", l);
+        }
+        c.envs(self.extra_env.iter().map(|(k, v)| (k, v)));
         c
     }
 

@@ -1,0 +1,226 @@
+use super::{Backend, FileRef};
+use crate::error::{Error, Kind, Result};
+use crate::repo::FileKind;
+use futures::TryStreamExt;
+use object_store::aws::AmazonS3Builder;
+use object_store::path::Path as ObjPath;
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload, RetryConfig};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// A repository in an S3-compatible bucket: `s3://BUCKET/PREFIX`.
+///
+/// Endpoint, region and credentials come from the environment (`AWS_ENDPOINT_URL`
+/// or `AWS_ENDPOINT`, `AWS_REGION`/`AWS_DEFAULT_REGION`, `AWS_ACCESS_KEY_ID`,
+/// `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`); requests are path-style unless
+/// `AWS_VIRTUAL_HOSTED_STYLE_REQUEST=true`. Throttling, 5xx and timeouts are
+/// retried with exponential backoff; large packs are uploaded in parts; a
+/// chunk is read with one ranged GET of its frame; listings follow pagination.
+pub struct S3Backend {
+    store: Arc<dyn ObjectStore>,
+    prefix: String,
+    location: String,
+    rt: tokio::runtime::Runtime,
+}
+
+/// Parts at least this large are uploaded as multipart uploads.
+const MULTIPART_THRESHOLD: usize = 8 << 20;
+const PART_SIZE: usize = 5 << 20;
+
+impl S3Backend {
+    pub fn new(location: &str) -> Result<S3Backend> {
+        let rest = location.strip_prefix("s3://").unwrap_or(location);
+        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        if bucket.is_empty() {
+            return Err(Error::usage(format!("{location:?} names no bucket"))
+                .with_hint("use s3://BUCKET/PREFIX"));
+        }
+        let mut b = AmazonS3Builder::from_env()
+            .with_bucket_name(bucket)
+            .with_retry(RetryConfig {
+                max_retries: 5,
+                retry_timeout: Duration::from_secs(120),
+                backoff: object_store::BackoffConfig {
+                    init_backoff: Duration::from_millis(100),
+                    max_backoff: Duration::from_secs(10),
+                    base: 2.0,
+                },
+            });
+        if let Ok(ep) = std::env::var("AWS_ENDPOINT_URL") {
+            b = b.with_endpoint(ep);
+        }
+        let endpoint = std::env::var("AWS_ENDPOINT_URL")
+            .or_else(|_| std::env::var("AWS_ENDPOINT"))
+            .unwrap_or_default();
+        if endpoint.starts_with("http://") {
+            b = b.with_allow_http(true);
+        }
+        if std::env::var("AWS_REGION").is_err() && std::env::var("AWS_DEFAULT_REGION").is_err() {
+            b = b.with_region("us-east-1");
+        }
+        let store = b.build().map_err(|e| {
+            Error::usage(format!("cannot configure S3 for {location}: {e}"))
+                .with_hint("set AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY")
+        })?;
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .map_err(|e| Error::io("starting the S3 client runtime", e))?;
+        Ok(S3Backend {
+            store: Arc::new(store),
+            prefix: prefix.trim_matches('/').to_string(),
+            location: location.to_string(),
+            rt,
+        })
+    }
+
+    fn key(&self, rel: &str) -> ObjPath {
+        if self.prefix.is_empty() {
+            ObjPath::from(rel)
+        } else {
+            ObjPath::from(format!("{}/{rel}", self.prefix))
+        }
+    }
+
+    fn path(&self, f: &FileRef) -> ObjPath {
+        match f.kind {
+            FileKind::Config => self.key("config"),
+            FileKind::Pack => {
+                let p = f.name.get(..2).unwrap_or("00");
+                self.key(&format!("data/{p}/{}", f.name))
+            }
+            k => self.key(&format!("{}/{}", k.dir(), f.name)),
+        }
+    }
+
+    fn err(&self, what: String, e: object_store::Error) -> Error {
+        let text = e.to_string();
+        let mut err = Error::failure(format!("{what} at {}", self.location)).with_source(e);
+        if text.contains("403")
+            || text.contains("AccessDenied")
+            || text.contains("SignatureDoesNotMatch")
+            || text.contains("InvalidAccessKeyId")
+        {
+            err = err.with_hint("the object store refused the credentials: check AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY");
+        } else if text.contains("NoSuchBucket") {
+            err = err.with_hint("create the bucket first");
+        } else {
+            err = err.with_hint("check AWS_ENDPOINT_URL and that the object store is reachable");
+        }
+        err
+    }
+}
+
+impl Backend for S3Backend {
+    fn location(&self) -> String {
+        self.location.clone()
+    }
+
+    fn create(&self) -> Result<()> {
+        if self.exists(&FileRef::config())? {
+            return Err(Error::failure(format!(
+                "a repository already exists at {}",
+                self.location
+            ))
+            .with_hint("use it as it is, or choose another prefix"));
+        }
+        Ok(())
+    }
+
+    fn write(&self, file: &FileRef, data: &[u8]) -> Result<()> {
+        let path = self.path(file);
+        self.rt
+            .block_on(async {
+                if data.len() >= MULTIPART_THRESHOLD {
+                    let upload = self.store.put_multipart(&path).await?;
+                    let mut w =
+                        object_store::WriteMultipart::new_with_chunk_size(upload, PART_SIZE);
+                    w.write(data);
+                    w.finish().await?;
+                } else {
+                    self.store
+                        .put(&path, PutPayload::from(data.to_vec()))
+                        .await?;
+                }
+                Ok::<_, object_store::Error>(())
+            })
+            .map_err(|e| self.err(format!("writing {file}"), e))
+    }
+
+    fn read(&self, file: &FileRef) -> Result<Vec<u8>> {
+        let path = self.path(file);
+        let r = self
+            .rt
+            .block_on(async { self.store.get(&path).await?.bytes().await });
+        match r {
+            Ok(b) => Ok(b.to_vec()),
+            Err(object_store::Error::NotFound { .. }) if file.kind == FileKind::Config => {
+                Err(Error::new(
+                    Kind::NoRepository,
+                    format!("no repository at {}", self.location),
+                )
+                .with_hint("check the bucket and prefix, or create a repository with `cairn init`"))
+            }
+            Err(e) => Err(self.err(format!("reading {file}"), e)),
+        }
+    }
+
+    fn read_range(&self, file: &FileRef, offset: u64, length: u32) -> Result<Vec<u8>> {
+        let path = self.path(file);
+        let bytes = self
+            .rt
+            .block_on(self.store.get_range(&path, offset..offset + length as u64))
+            .map_err(|e| self.err(format!("reading {length} bytes at {offset} of {file}"), e))?;
+        // A range past the end is answered with what exists: that is a short file.
+        if bytes.len() != length as usize {
+            return Err(Error::integrity(format!(
+                "reading {length} bytes at {offset} of {file} at {}: only {} exist (truncated?)",
+                self.location,
+                bytes.len()
+            )));
+        }
+        Ok(bytes.to_vec())
+    }
+
+    fn list(&self, kind: FileKind) -> Result<Vec<(String, u64)>> {
+        if kind == FileKind::Config {
+            return Ok(Vec::new());
+        }
+        let prefix = self.key(kind.dir());
+        let metas: Vec<object_store::ObjectMeta> = self
+            .rt
+            .block_on(self.store.list(Some(&prefix)).try_collect())
+            .map_err(|e| self.err(format!("listing {}", kind.dir()), e))?;
+        let mut out: Vec<(String, u64)> = metas
+            .into_iter()
+            .filter_map(|m| {
+                let name = m.location.filename()?.to_string();
+                let valid = match kind {
+                    FileKind::Wal => name.len() > 65,
+                    _ => name.len() == 64,
+                };
+                valid.then_some((name, m.size))
+            })
+            .collect();
+        out.sort();
+        Ok(out)
+    }
+
+    fn remove(&self, file: &FileRef) -> Result<()> {
+        let path = self.path(file);
+        match self.rt.block_on(self.store.delete(&path)) {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(self.err(format!("removing {file}"), e)),
+        }
+    }
+
+    fn exists(&self, file: &FileRef) -> Result<bool> {
+        let path = self.path(file);
+        match self.rt.block_on(self.store.head(&path)) {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::NotFound { .. }) => Ok(false),
+            Err(e) => Err(self.err(format!("looking for {file}"), e)),
+        }
+    }
+}

@@ -1,0 +1,95 @@
+//! One test suite for every storage backend (restic's pattern): the local
+//! directory and an S3-compatible object store (s3s-fs, started here).
+
+mod common;
+#[path = "common/s3.rs"]
+mod s3;
+
+use cairn::backend::{Backend, FileRef, LocalBackend, S3Backend};
+use cairn::repo::FileKind;
+use cairn::Kind;
+
+fn name(i: u32) -> String {
+    format!("{:064x}", i as u128 * 0x9E37_79B9_7F4A_7C15)
+}
+
+/// What every backend must do.
+fn suite(b: &dyn Backend) {
+    // An empty location has no repository.
+    let err = b.read(&FileRef::config()).unwrap_err();
+    assert_eq!(err.kind(), Kind::NoRepository, "{err}");
+    b.create().unwrap();
+    b.write(&FileRef::config(), b"{\"version\":1}").unwrap();
+    assert_eq!(b.read(&FileRef::config()).unwrap(), b"{\"version\":1}");
+    assert!(b.create().is_err(), "create refuses an existing repository");
+
+    // Whole files, ranges, existence, removal.
+    let pack = FileRef::new(FileKind::Pack, name(1));
+    let data: Vec<u8> = (0..(20u32 << 20))
+        .map(|i| (i * 7 + i / 4096) as u8)
+        .collect();
+    b.write(&pack, &data).unwrap(); // large enough for a multipart upload
+    assert_eq!(b.read(&pack).unwrap(), data);
+    assert_eq!(
+        b.read_range(&pack, 12_345_678, 1000).unwrap(),
+        &data[12_345_678..12_346_678]
+    );
+    assert!(b.exists(&pack).unwrap());
+    assert!(
+        b.read_range(&pack, data.len() as u64 - 10, 100).is_err(),
+        "reading past the end fails"
+    );
+    let missing = FileRef::new(FileKind::Pack, name(2));
+    assert!(!b.exists(&missing).unwrap());
+    assert!(b.read(&missing).is_err());
+
+    // Listing: names and sizes per kind, with more entries than one page holds.
+    for i in 0..1100 {
+        b.write(
+            &FileRef::new(FileKind::Lock, name(100 + i)),
+            &i.to_le_bytes(),
+        )
+        .unwrap();
+    }
+    b.write(&FileRef::new(FileKind::Index, name(5)), b"index")
+        .unwrap();
+    let locks = b.list(FileKind::Lock).unwrap();
+    assert_eq!(locks.len(), 1100);
+    assert!(locks.iter().all(|(n, s)| n.len() == 64 && *s == 4));
+    assert_eq!(b.list(FileKind::Index).unwrap(), vec![(name(5), 5)]);
+    assert_eq!(
+        b.list(FileKind::Pack).unwrap(),
+        vec![(name(1), data.len() as u64)]
+    );
+    assert!(b.list(FileKind::Snapshot).unwrap().is_empty());
+    let wal = FileRef::new(
+        FileKind::Wal,
+        format!("000000010000000000000001.{}", name(9)),
+    );
+    b.write(&wal, b"w").unwrap();
+    assert_eq!(b.list(FileKind::Wal).unwrap().len(), 1);
+
+    // Overwriting a (content-addressed) file with the same bytes is harmless.
+    b.write(&FileRef::new(FileKind::Index, name(5)), b"index")
+        .unwrap();
+    assert_eq!(b.list(FileKind::Index).unwrap().len(), 1);
+
+    // Removal is idempotent.
+    b.remove(&pack).unwrap();
+    b.remove(&pack).unwrap();
+    assert!(!b.exists(&pack).unwrap());
+    assert!(b.list(FileKind::Pack).unwrap().is_empty());
+}
+
+#[test]
+fn local_backend_passes_the_suite() {
+    let dir = tempfile::tempdir().unwrap();
+    suite(&LocalBackend::new(dir.path().join("repo")));
+}
+
+#[test]
+fn s3_backend_passes_the_suite() {
+    let server = s3::S3Server::start();
+    server.set_process_env();
+    suite(&S3Backend::new("s3://bucket/suite").unwrap());
+}

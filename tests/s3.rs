@@ -1,0 +1,179 @@
+//! The whole life of a repository on S3-compatible storage (s3s-fs), through
+//! the real binary.
+
+mod common;
+#[path = "common/s3.rs"]
+mod s3;
+
+use common::*;
+use s3::S3Server;
+use std::process::Stdio;
+
+fn s3_env(server: &S3Server, prefix: &str) -> Env {
+    let mut env = Env::new();
+    env.location = Some(format!("s3://bucket/{prefix}"));
+    env.extra_env = server.env();
+    env.ok(&["init", "--kdf-work-factor", "10"]);
+    env
+}
+
+#[test]
+fn snapshot_restore_check_forget_prune_on_s3() {
+    let server = S3Server::start();
+    let env = s3_env(&server, "repo");
+    let src = env.path("src");
+    make_sample_tree(&src);
+    let first = env.snapshot(&[&src]);
+    std::fs::write(src.join("data.bin"), noise(99, 2 << 20)).unwrap();
+    let second = env.snapshot(&[&src]);
+    assert_ne!(first, second);
+    let target = env.path("out");
+    env.ok(&["restore", &second, "--target", target.to_str().unwrap()]);
+    assert_same_tree(&src, &restored(&target, &src));
+    env.ok(&["check", "--read-data"]);
+    env.ok(&["forget", "--keep-last", "1", "--prune"]);
+    assert_eq!(env.snapshot_ids(), vec![second.clone()]);
+    env.ok(&["check", "--read-data"]);
+    let target2 = env.path("out2");
+    env.ok(&["restore", "latest", "--target", target2.to_str().unwrap()]);
+    assert_same_tree(&src, &restored(&target2, &src));
+    // The data really is in the bucket, not on local disk.
+    assert!(!env.repo.exists());
+    assert!(server.dir.path().join("bucket/repo/config").exists());
+}
+
+#[test]
+fn wrong_credentials_fail_clearly() {
+    let server = S3Server::start();
+    let mut env = s3_env(&server, "repo");
+    env.extra_env.retain(|(k, _)| k != "AWS_SECRET_ACCESS_KEY");
+    env.extra_env
+        .push(("AWS_SECRET_ACCESS_KEY".into(), "not-the-secret".into()));
+    let (code, err) = code_and_stderr(&env.run(&["snapshots"]));
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("refused the credentials") && err.contains("AWS_SECRET_ACCESS_KEY"),
+        "{err}"
+    );
+    // A prefix with no repository is "no repository", exit 10.
+    let mut empty = Env::new();
+    empty.location = Some("s3://bucket/nothing-here".into());
+    empty.extra_env = server.env();
+    let (code, err) = code_and_stderr(&empty.run(&["snapshots"]));
+    assert_eq!(code, 10, "{err}");
+}
+
+#[test]
+fn server_killed_mid_snapshot_leaves_existing_snapshots_intact() {
+    let mut server = S3Server::start();
+    let env = s3_env(&server, "repo");
+    let src = env.path("src");
+    make_sample_tree(&src);
+    let first = env.snapshot(&[&src]);
+    std::fs::write(src.join("big.bin"), noise(5, 48 << 20)).unwrap();
+    let child = env
+        .cmd()
+        .args(["snapshot", src.to_str().unwrap()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait until the snapshot has started writing packs, then kill the server.
+    let data = server.dir.path().join("bucket/repo/data");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let packs = walk_count(&data);
+        if packs > 1 || std::time::Instant::now() > deadline {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    server.kill();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        !out.status.success(),
+        "the snapshot cannot succeed without its server"
+    );
+    server.restart();
+    assert_eq!(env.snapshot_ids(), vec![first.clone()]);
+    env.ok(&["check", "--read-data"]);
+    let target = env.path("out");
+    env.ok(&["restore", &first, "--target", target.to_str().unwrap()]);
+    assert_same_tree(&src.join("etc"), &restored(&target, &src).join("etc"));
+    // And the next snapshot works.
+    env.snapshot(&[&src]);
+    env.ok(&["prune"]);
+    env.ok(&["check", "--read-data"]);
+}
+
+fn walk_count(dir: &std::path::Path) -> usize {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    rd.flatten()
+        .map(|e| {
+            if e.path().is_dir() {
+                walk_count(&e.path())
+            } else {
+                1
+            }
+        })
+        .sum()
+}
+
+#[test]
+fn two_writers_back_up_into_one_bucket_concurrently() {
+    let server = S3Server::start();
+    let env = s3_env(&server, "shared");
+    let (a, b) = (env.path("a"), env.path("b"));
+    std::fs::create_dir_all(&a).unwrap();
+    std::fs::create_dir_all(&b).unwrap();
+    std::fs::write(a.join("x"), noise(1, 20 << 20)).unwrap();
+    std::fs::write(b.join("y"), noise(2, 20 << 20)).unwrap();
+    // Shared content between the two: deduplication across writers is harmless.
+    std::fs::write(a.join("common"), noise(3, 4 << 20)).unwrap();
+    std::fs::write(b.join("common"), noise(3, 4 << 20)).unwrap();
+    let spawn = |p: &std::path::Path, cache: &str| {
+        let mut c = env.cmd();
+        // Separate caches, as on two hosts.
+        c.env("CAIRN_CACHE_DIR", env.path(cache))
+            .args(["snapshot", p.to_str().unwrap()]);
+        c.stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let (ca, cb) = (spawn(&a, "cache-a"), spawn(&b, "cache-b"));
+    let (oa, ob) = (
+        ca.wait_with_output().unwrap(),
+        cb.wait_with_output().unwrap(),
+    );
+    assert!(
+        oa.status.success(),
+        "{}",
+        String::from_utf8_lossy(&oa.stderr)
+    );
+    assert!(
+        ob.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ob.stderr)
+    );
+    assert_eq!(env.snapshot_ids().len(), 2);
+    env.ok(&["check", "--read-data"]);
+    env.ok(&["prune"]);
+    for (p, name) in [(&a, "ra"), (&b, "rb")] {
+        let t = env.path(name);
+        let snaps = env.json(&["snapshots"]);
+        let id = snaps
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["paths"][0] == p.display().to_string())
+            .unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        env.ok(&["restore", &id, "--target", t.to_str().unwrap()]);
+        assert_same_tree(p, &restored(&t, p));
+    }
+}
