@@ -579,7 +579,115 @@ pub fn archive_files(
     })
 }
 
-/// Back up one stream (standard input or a command's output) as file `name`.
+/// What a child process wrote to its standard output, stored as chunks.
+pub struct CommandOutput {
+    pub content: Vec<Id>,
+    pub size: u64,
+    pub stderr: String,
+}
+
+/// Last lines of a program's error output, for messages.
+pub fn tail_lines(text: &str, n: usize) -> String {
+    let v: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    v[v.len().saturating_sub(n)..].join(" | ")
+}
+
+/// Run `cmd`, chunk and store its standard output as it is produced. Fails
+/// when it cannot start, when storing fails (the child is killed), or when it
+/// exits non-zero — then with the last lines of its standard error.
+pub fn store_command_output(
+    packer: &mut Packer,
+    cmd: &mut std::process::Command,
+    what: &str,
+    progress: &Progress,
+) -> Result<CommandOutput> {
+    use std::process::Stdio;
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| Error::io(format!("starting {what}"), e))?;
+    let stdout = child
+        .stdout
+        .take()
+        .ok_or_else(|| Error::failure("no stdout"))?;
+    let mut stderr = child
+        .stderr
+        .take()
+        .ok_or_else(|| Error::failure("no stderr"))?;
+    let err_reader = std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        let _ = stderr.read_to_end(&mut buf);
+        String::from_utf8_lossy(&buf).into_owned()
+    });
+    let stored = packer.add_stream(stdout, progress);
+    if stored.is_err() {
+        let _ = child.kill();
+    }
+    let status = child
+        .wait()
+        .map_err(|e| Error::io(format!("waiting for {what}"), e))?;
+    let stderr = err_reader.join().unwrap_or_default();
+    let (content, size) = match stored {
+        Ok(v) => v,
+        Err(ChunkError::Sink(e)) => return Err(e),
+        Err(ChunkError::Read(e)) => {
+            return Err(Error::io(format!("reading the output of {what}"), e))
+        }
+    };
+    if !status.success() {
+        return Err(Error::failure(format!(
+            "{what} failed ({status}): {}",
+            tail_lines(&stderr, 5)
+        )));
+    }
+    Ok(CommandOutput {
+        content,
+        size,
+        stderr,
+    })
+}
+
+/// A source of one stored stream, as file `file_name`.
+pub fn stream_source(
+    packer: &mut Packer,
+    source_name: &str,
+    kind: &str,
+    file_name: &str,
+    content: Vec<Id>,
+    size: u64,
+) -> Result<SourceOutcome> {
+    let node = Node {
+        path: file_name.to_string(),
+        kind: NodeKind::File,
+        mode: 0o644,
+        mtime_ns: jiff::Timestamp::now().as_nanosecond() as i64,
+        uid: unsafe { libc::getuid() },
+        gid: unsafe { libc::getgid() },
+        size,
+        content,
+        target: None,
+    };
+    let tree = store_nodes(packer, std::slice::from_ref(&node))?;
+    Ok(SourceOutcome {
+        record: SourceRecord {
+            name: source_name.to_string(),
+            kind: kind.to_string(),
+            status: SourceStatus::Complete,
+            errors: Vec::new(),
+            tree,
+            size,
+            metadata: serde_json::Value::Null,
+        },
+        files: 1,
+        dirs: 0,
+        symlinks: 0,
+        bytes_read: size,
+    })
+}
+
+/// Back up one stream (standard input) as file `name`.
 pub fn archive_stream<R: Read>(
     packer: &mut Packer,
     source_name: &str,
@@ -597,34 +705,7 @@ pub fn archive_stream<R: Read>(
         Err(ChunkError::Sink(e)) => return Err(e),
     };
     progress.finish();
-    let now = jiff::Timestamp::now();
-    let node = Node {
-        path: file_name.to_string(),
-        kind: NodeKind::File,
-        mode: 0o644,
-        mtime_ns: now.as_nanosecond() as i64,
-        uid: unsafe { libc::getuid() },
-        gid: unsafe { libc::getgid() },
-        size: n,
-        content: ids,
-        target: None,
-    };
-    let tree = store_nodes(packer, std::slice::from_ref(&node))?;
-    Ok(SourceOutcome {
-        record: SourceRecord {
-            name: source_name.to_string(),
-            kind: kind.to_string(),
-            status: SourceStatus::Complete,
-            errors: Vec::new(),
-            tree,
-            size: n,
-            metadata: serde_json::Value::Null,
-        },
-        files: 1,
-        dirs: 0,
-        symlinks: 0,
-        bytes_read: n,
-    })
+    stream_source(packer, source_name, kind, file_name, ids, n)
 }
 
 #[cfg(test)]

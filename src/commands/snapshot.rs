@@ -5,9 +5,8 @@ use crate::error::{Error, Kind, Result};
 use crate::lock::with_lock;
 use crate::repo::{FileKind, IndexFile, Snapshot, Summary, FORMAT_VERSION};
 use crate::repository::{host_name, user_name, Repository};
-use std::io::Read;
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Instant;
 
 enum Input {
@@ -79,58 +78,20 @@ fn run_command(
     argv: &[String],
     quiet: bool,
 ) -> Result<SourceOutcome> {
-    let mut child = Command::new(&argv[0])
-        .args(&argv[1..])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| {
-            Error::io(format!("starting command {:?}", argv[0]), e)
-                .with_hint("check the command name and PATH; nothing was saved")
-        })?;
-    let stdout = child
-        .stdout
-        .take()
-        .ok_or_else(|| Error::failure("no stdout"))?;
-    let mut stderr = child
-        .stderr
-        .take()
-        .ok_or_else(|| Error::failure("no stderr"))?;
-    let err_reader = std::thread::spawn(move || {
-        let mut buf = Vec::new();
-        let _ = stderr.read_to_end(&mut buf);
-        buf
-    });
-    let outcome = archiver::archive_stream(packer, name, "command", name, stdout, quiet);
-    if outcome.is_err() {
-        let _ = child.kill();
-    }
-    let status = child
-        .wait()
-        .map_err(|e| Error::io("waiting for the command", e))?;
-    let err_out = err_reader.join().unwrap_or_default();
-    let outcome = outcome?;
-    if !status.success() {
-        let text = String::from_utf8_lossy(&err_out);
-        let tail: Vec<&str> = text
-            .lines()
-            .rev()
-            .take(5)
-            .collect::<Vec<_>>()
-            .into_iter()
-            .rev()
-            .collect();
-        let mut e = Error::failure(format!(
-            "command {:?} failed ({status}); no snapshot was saved",
-            argv.join(" ")
-        ));
-        if !tail.is_empty() {
-            e = e.with_hint(format!("its last error output: {}", tail.join(" | ")));
-        }
-        return Err(e);
-    }
-    Ok(outcome)
+    let progress = crate::progress::Progress::bytes(0, quiet, "snapshot");
+    let what = format!("command {:?}", argv.join(" "));
+    let out = archiver::store_command_output(
+        packer,
+        Command::new(&argv[0]).args(&argv[1..]),
+        &what,
+        &progress,
+    )
+    .map_err(|e| {
+        e.context("no snapshot was saved")
+            .with_hint("check the command, its arguments and PATH")
+    })?;
+    progress.finish();
+    archiver::stream_source(packer, name, "command", name, out.content, out.size)
 }
 
 /// Store the index for the packs written and the snapshot manifest, in that order.

@@ -16,9 +16,8 @@ use crate::progress::Progress;
 use crate::repo::{FileKind, Id, Node, NodeKind, Snapshot, SourceRecord, SourceStatus, WalEntry};
 use crate::repository::Repository;
 use serde::{Deserialize, Serialize};
-use std::io::Read;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 /// Metadata of a physical snapshot source.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
@@ -68,7 +67,7 @@ pub fn archive_physical(
     let (server_version, system_identifier): (String, String) = (row.get(0), row.get(1));
     let start_time = server_now(&mut client)?;
     let mut cmd = Command::new(pg_tool("pg_basebackup"));
-    cmd.envs(target_env(&target, &db))
+    cmd.envs(target.tool_env(&db))
         .args([
             "-D",
             "-",
@@ -79,48 +78,14 @@ pub fn archive_physical(
             "--no-password",
             "-v",
         ])
-        .arg("--manifest-checksums=CRC32C")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = cmd.spawn().map_err(|e| {
-        Error::io("starting pg_basebackup", e)
-            .with_hint("set CAIRN_PG_BIN to PostgreSQL's bin directory")
-    })?;
-    let stdout = child
-        .stdout
-        .take()
-        .ok_or_else(|| Error::failure("no stdout"))?;
-    let mut stderr = child
-        .stderr
-        .take()
-        .ok_or_else(|| Error::failure("no stderr"))?;
-    let err_reader = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = stderr.read_to_string(&mut s);
-        s
-    });
+        .arg("--manifest-checksums=CRC32C");
     let progress = Progress::bytes(0, quiet, "pg_basebackup");
-    let stored = packer.add_stream(stdout, &progress);
-    if stored.is_err() {
-        let _ = child.kill();
-    }
-    let status = child
-        .wait()
-        .map_err(|e| Error::io("waiting for pg_basebackup", e))?;
-    let err = err_reader.join().unwrap_or_default();
+    let out = crate::archiver::store_command_output(packer, &mut cmd, "pg_basebackup", &progress)
+        .map_err(|e| {
+        e.with_hint("set CAIRN_PG_BIN to PostgreSQL's bin directory if it is not found")
+    })?;
     progress.finish();
-    let (content, size) = match stored {
-        Ok(v) => v,
-        Err(ChunkError::Sink(e)) => return Err(e),
-        Err(ChunkError::Read(e)) => return Err(Error::io("reading pg_basebackup's output", e)),
-    };
-    if !status.success() {
-        return Err(Error::failure(format!(
-            "pg_basebackup failed ({status}): {}",
-            tail(&err)
-        )));
-    }
+    let (content, size, err) = (out.content, out.size, out.stderr);
     let stop_time = server_now(&mut client)?;
     let (mut start_lsn, mut stop_lsn, mut timeline) = (String::new(), String::new(), 0u32);
     for line in err.lines() {
@@ -177,13 +142,8 @@ pub fn archive_physical(
     })
 }
 
-fn target_env(t: &Target, db: &str) -> Vec<(&'static str, String)> {
-    t.tool_env(db)
-}
-
 fn tail(s: &str) -> String {
-    let v: Vec<&str> = s.lines().filter(|l| !l.trim().is_empty()).collect();
-    v[v.len().saturating_sub(5)..].join(" | ")
+    crate::archiver::tail_lines(s, 5)
 }
 
 /// Is this a WAL file name PostgreSQL archives (segment, history, backup, partial)?

@@ -9,7 +9,6 @@
 //! (`PGPASSWORD`), never on a command line or in a log.
 
 use crate::archiver::{Packer, SourceOutcome};
-use crate::chunk::ChunkError;
 use crate::error::{Error, Result};
 use crate::progress::Progress;
 use crate::repo::{Node, NodeKind, SourceRecord, SourceStatus};
@@ -262,59 +261,11 @@ fn archive_command(
     path: &str,
     progress: &Progress,
 ) -> Result<Node> {
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| {
-            Error::io(format!("starting {what}"), e).with_hint(
-                "is PostgreSQL's client installed? set CAIRN_PG_BIN to its bin directory",
-            )
+    let out =
+        crate::archiver::store_command_output(packer, &mut cmd, what, progress).map_err(|e| {
+            e.with_hint("is PostgreSQL's client installed? set CAIRN_PG_BIN to its bin directory")
         })?;
-    let stdout = child
-        .stdout
-        .take()
-        .ok_or_else(|| Error::failure("no stdout"))?;
-    let mut stderr = child
-        .stderr
-        .take()
-        .ok_or_else(|| Error::failure("no stderr"))?;
-    let err_reader = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = stderr.read_to_string(&mut s);
-        s
-    });
-    let stored = packer.add_stream(stdout, progress);
-    if stored.is_err() {
-        let _ = child.kill();
-    }
-    let status = child
-        .wait()
-        .map_err(|e| Error::io(format!("waiting for {what}"), e))?;
-    let err_text = err_reader.join().unwrap_or_default();
-    let (content, size) = match stored {
-        Ok(v) => v,
-        Err(ChunkError::Sink(e)) => return Err(e),
-        Err(ChunkError::Read(e)) => {
-            return Err(Error::io(format!("reading the output of {what}"), e))
-        }
-    };
-    if !status.success() {
-        let tail: Vec<&str> = err_text
-            .lines()
-            .rev()
-            .take(5)
-            .collect::<Vec<_>>()
-            .into_iter()
-            .rev()
-            .collect();
-        return Err(Error::failure(format!(
-            "{what} failed ({status}): {}",
-            tail.join(" | ")
-        )));
-    }
-    for line in err_text.lines().filter(|l| !l.trim().is_empty()) {
+    for line in out.stderr.lines().filter(|l| !l.trim().is_empty()) {
         tracing::warn!("{what}: {line}");
     }
     Ok(Node {
@@ -324,8 +275,8 @@ fn archive_command(
         mtime_ns: jiff::Timestamp::now().as_nanosecond() as i64,
         uid: 0,
         gid: 0,
-        size,
-        content,
+        size: out.size,
+        content: out.content,
         target: None,
     })
 }
@@ -552,8 +503,7 @@ fn feed_tool(
 }
 
 fn last_lines(s: &str) -> String {
-    let v: Vec<&str> = s.lines().filter(|l| !l.trim().is_empty()).collect();
-    v[v.len().saturating_sub(5)..].join(" | ")
+    crate::archiver::tail_lines(s, 5)
 }
 
 fn run_tool(mut cmd: Command, what: &str) -> Result<String> {
