@@ -109,6 +109,9 @@ pub struct InitArgs {
     /// scrypt work factor (log2 N) for the password key; lower values only for tests
     #[arg(long, default_value_t = 18, value_parser = clap::value_parser!(u8).range(10..=22))]
     pub kdf_work_factor: u8,
+    /// Average chunk size in bytes (advanced; min is a quarter, max four times it)
+    #[arg(long, value_name = "BYTES", value_parser = clap::value_parser!(u32).range(1024..=1048576))]
+    pub chunk_size: Option<u32>,
 }
 
 #[derive(Subcommand, Debug)]

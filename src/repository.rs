@@ -92,13 +92,22 @@ pub fn read_key_file(backend: &dyn Backend, name: &str) -> Result<KeyFile> {
 impl Repository {
     /// Create a repository with one key. Returns its config and the key id.
     pub fn init(backend: &dyn Backend, new: &NewKey) -> Result<(Config, Id)> {
+        Self::init_with(backend, new, CHUNKER_DEFAULT)
+    }
+
+    /// [`init`](Self::init) with other chunker sizes.
+    pub fn init_with(
+        backend: &dyn Backend,
+        new: &NewKey,
+        chunker: crate::repo::ChunkerParams,
+    ) -> Result<(Config, Id)> {
         backend.create()?;
         let key = MasterKey::generate();
         let config = Config {
             version: FORMAT_VERSION,
             id: Id::random(),
             created: jiff::Timestamp::now(),
-            chunker: CHUNKER_DEFAULT,
+            chunker,
             frame_size: DEFAULT_FRAME_SIZE,
             pack_size: DEFAULT_PACK_SIZE,
             zstd_level: 3,

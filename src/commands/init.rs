@@ -20,7 +20,16 @@ pub fn run(g: &GlobalArgs, a: &InitArgs) -> Result<()> {
             NewKey::Recipient(first.to_public().to_string())
         }
     };
-    let (config, key_id) = Repository::init(backend.as_ref(), &new)?;
+    let chunker = match a.chunk_size {
+        // FastCDC needs even sizes; min ≥ 64 bytes.
+        Some(avg) => crate::repo::ChunkerParams {
+            min: (avg / 4) & !1,
+            avg: avg & !1,
+            max: (avg * 4) & !1,
+        },
+        None => crate::repo::CHUNKER_DEFAULT,
+    };
+    let (config, key_id) = Repository::init_with(backend.as_ref(), &new, chunker)?;
     if g.json {
         print_json(&serde_json::json!({
             "repository": location,

@@ -7,9 +7,9 @@ pub const FORMAT_VERSION: u32 = 1;
 
 /// FastCDC sizes: chosen by benchmark, see spec/repository.md "Chunking".
 pub const CHUNKER_DEFAULT: ChunkerParams = ChunkerParams {
-    min: 4 * 1024,
-    avg: 16 * 1024,
-    max: 64 * 1024,
+    min: 2 * 1024,
+    avg: 8 * 1024,
+    max: 32 * 1024,
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
