@@ -27,6 +27,15 @@ pub struct Repository {
     pub key_id: Id,
     pub cache: IndexCache,
     frames: Mutex<FrameCache>,
+    spool: Mutex<Option<Spool>>,
+}
+
+/// Packs of a remote repository already downloaded (and verified) by a
+/// restore's pre-check, kept on local disk so the restore reads each pack
+/// once instead of once more per frame.
+struct Spool {
+    dir: tempfile::TempDir,
+    packs: std::collections::HashSet<Id>,
 }
 
 /// How a new key file protects the master key.
@@ -156,6 +165,7 @@ impl Repository {
             key_id,
             cache,
             frames: Mutex::new(FrameCache::default()),
+            spool: Mutex::new(None),
         })
     }
 
@@ -295,12 +305,61 @@ impl Repository {
         Ok(frame)
     }
 
+    /// Keep a verified pack of a remote repository on local disk for this
+    /// process (no-op for local repositories).
+    pub fn spool_pack(&self, id: Id, bytes: &[u8]) -> Result<()> {
+        if self.backend.is_local() {
+            return Ok(());
+        }
+        let mut guard = self
+            .spool
+            .lock()
+            .map_err(|_| Error::failure("spool lock poisoned"))?;
+        if guard.is_none() {
+            let dir = tempfile::Builder::new()
+                .prefix("cairn-spool-")
+                .tempdir()
+                .map_err(|e| Error::io("creating a spool directory for downloaded packs", e))?;
+            *guard = Some(Spool {
+                dir,
+                packs: Default::default(),
+            });
+        }
+        if let Some(sp) = guard.as_mut() {
+            let path = sp.dir.path().join(id.to_hex());
+            std::fs::write(&path, bytes)
+                .map_err(|e| Error::io(format!("spooling to {}", path.display()), e))?;
+            sp.packs.insert(id);
+        }
+        Ok(())
+    }
+
+    fn spooled_range(&self, loc: &Location) -> Option<std::io::Result<Vec<u8>>> {
+        let guard = self.spool.lock().ok()?;
+        let sp = guard.as_ref()?;
+        if !sp.packs.contains(&loc.pack) {
+            return None;
+        }
+        let path = sp.dir.path().join(loc.pack.to_hex());
+        Some((|| {
+            use std::io::{Read, Seek, SeekFrom};
+            let mut f = std::fs::File::open(&path)?;
+            f.seek(SeekFrom::Start(loc.frame_offset))?;
+            let mut buf = vec![0u8; loc.frame_length as usize];
+            f.read_exact(&mut buf)?;
+            Ok(buf)
+        })())
+    }
+
     /// Decode a frame without caching.
     pub fn decode_frame(&self, loc: &Location) -> Result<Vec<u8>> {
         let f = FileRef::new(FileKind::Pack, loc.pack.to_hex());
-        let ct = self
-            .backend
-            .read_range(&f, loc.frame_offset, loc.frame_length)?;
+        let ct = match self.spooled_range(loc) {
+            Some(r) => r.map_err(|e| Error::io(format!("reading spooled {f}"), e))?,
+            None => self
+                .backend
+                .read_range(&f, loc.frame_offset, loc.frame_length)?,
+        };
         decode_frame_bytes(
             &self.key,
             &ct,

@@ -111,10 +111,15 @@ pub fn verify_before_restore(
         .collect();
     let next = AtomicUsize::new(0);
     let bad = Mutex::new(Vec::new());
-    let threads = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(2)
-        .min(4);
+    // Remote stores are latency-bound: more downloads in flight than cores.
+    let threads = if repo.backend.is_local() {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2)
+            .min(4)
+    } else {
+        8
+    };
     std::thread::scope(|s| {
         for _ in 0..threads {
             s.spawn(|| loop {
@@ -122,7 +127,9 @@ pub fn verify_before_restore(
                 let Some(pack) = packs.get(i) else { break };
                 let f = FileRef::new(FileKind::Pack, pack.to_hex());
                 let verdict = match repo.backend.read(&f) {
-                    Ok(bytes) if Id::of_bytes(&bytes) == *pack => None,
+                    Ok(bytes) if Id::of_bytes(&bytes) == *pack => {
+                        repo.spool_pack(*pack, &bytes).err().map(|e| e.to_string())
+                    }
                     Ok(bytes) => needed_frames_intact(repo, *pack, &bytes, &locs)
                         .err()
                         .map(|e| format!("{f}: content does not match its name, and a frame this restore needs is damaged: {e}")),

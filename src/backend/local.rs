@@ -190,6 +190,10 @@ impl Backend for LocalBackend {
         Ok(self.path(file).exists())
     }
 
+    fn is_local(&self) -> bool {
+        true
+    }
+
     fn remove_temporary(&self) -> Result<u64> {
         let tmp = self.root.join("tmp");
         let mut n = 0;

@@ -55,6 +55,10 @@ pub trait Backend: Send + Sync {
     fn list(&self, kind: FileKind) -> Result<Vec<(String, u64)>>;
     fn remove(&self, file: &FileRef) -> Result<()>;
     fn exists(&self, file: &FileRef) -> Result<bool>;
+    /// Whether reads are local-disk cheap (no reason to keep copies).
+    fn is_local(&self) -> bool {
+        false
+    }
     /// Remove leftovers of interrupted writes; only under an exclusive lock.
     fn remove_temporary(&self) -> Result<u64> {
         Ok(0)

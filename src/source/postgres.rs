@@ -51,6 +51,14 @@ pub struct TableSum {
     pub kind: String,
     pub rows: i64,
     pub checksum: String,
+    /// How rows were hashed: `hash-record` (`hash_record_extended`, fast) or
+    /// `md5-text` (md5 of the row's text, for types without an extended hash).
+    #[serde(default = "md5_text")]
+    pub method: String,
+}
+
+fn md5_text() -> String {
+    "md5-text".into()
 }
 
 /// A parsed connection URL; the password stays out of every log and argv.
@@ -188,6 +196,7 @@ fn quote_ident(s: &str) -> String {
 /// objects when readable), in the client's current transaction.
 pub fn table_sums<C: postgres::GenericClient>(
     client: &mut C,
+    expected: Option<&[TableSum]>,
 ) -> std::result::Result<Vec<TableSum>, postgres::Error> {
     let rels = client.query(
         "SELECT n.nspname::text, c.relname::text, c.relkind::text FROM pg_class c \
@@ -200,23 +209,50 @@ pub fn table_sums<C: postgres::GenericClient>(
     for r in rels {
         let (schema, name, kind): (String, String, String) = (r.get(0), r.get(1), r.get(2));
         let rel = format!("{}.{}", quote_ident(&schema), quote_ident(&name));
-        // A sequence's state is its last value and whether it was called.
-        let row_text = if kind == "S" {
-            "t.last_value::text || ':' || t.is_called::text"
-        } else {
-            "t::text"
-        };
         let from = if kind == "S" {
             rel.clone()
         } else {
             format!("ONLY {rel}")
         };
-        let row = client.query_one(
-            &format!(
-                "SELECT count(*)::int8, coalesce(sum(('x' || substr(md5({row_text}), 1, 16))::bit(64)::int8::numeric), 0)::text FROM {from} t"
-            ),
-            &[],
-        )?;
+        let recorded =
+            expected.and_then(|e| e.iter().find(|t| t.schema == schema && t.name == name));
+        // A sequence's state is its last value and whether it was called;
+        // tables hash whole records when every column type can be hashed.
+        let mut method = match (kind.as_str(), recorded) {
+            ("S", _) => "md5-text".to_string(),
+            (_, Some(t)) => t.method.clone(),
+            _ => "hash-record".to_string(),
+        };
+        let md5_sql = |row_text: &str| {
+            format!("SELECT count(*)::int8, coalesce(sum(('x' || substr(md5({row_text}), 1, 16))::bit(64)::int8::numeric), 0)::text FROM {from} t")
+        };
+        let row = if method == "hash-record" {
+            client.batch_execute("SAVEPOINT cairn_sum")?;
+            let fast = client.query_one(
+                &format!("SELECT count(*)::int8, coalesce(sum(hash_record_extended(t.*, 0)::numeric), 0)::text FROM {from} t"),
+                &[],
+            );
+            match fast {
+                Ok(r) => {
+                    client.batch_execute("RELEASE SAVEPOINT cairn_sum")?;
+                    r
+                }
+                Err(e) if recorded.is_none() => {
+                    tracing::debug!(table = %rel, error = %e, "no extended hash for a column type; hashing row text");
+                    client.batch_execute("ROLLBACK TO SAVEPOINT cairn_sum")?;
+                    method = "md5-text".into();
+                    client.query_one(&md5_sql("t::text"), &[])?
+                }
+                Err(e) => return Err(e),
+            }
+        } else if kind == "S" {
+            client.query_one(
+                &md5_sql("t.last_value::text || ':' || t.is_called::text"),
+                &[],
+            )?
+        } else {
+            client.query_one(&md5_sql("t::text"), &[])?
+        };
         out.push(TableSum {
             schema,
             name,
@@ -228,6 +264,7 @@ pub fn table_sums<C: postgres::GenericClient>(
             .into(),
             rows: row.get(0),
             checksum: row.get(1),
+            method,
         });
     }
     let superuser: bool = client
@@ -247,6 +284,7 @@ pub fn table_sums<C: postgres::GenericClient>(
             kind: "large objects".into(),
             rows: row.get(0),
             checksum: row.get(1),
+            method: "md5-text".into(),
         });
     }
     Ok(out)
@@ -356,12 +394,31 @@ pub fn archive_logical(
         let mut cmd = tool(&target, "pg_dump", db);
         cmd.args(["--format=custom", "--compress=0", "--no-password"])
             .arg(format!("--snapshot={snapshot}"));
-        let node = archive_command(packer, cmd, &format!("pg_dump of {db}"), &path, &progress)?;
+        // Checksums run on a second connection in the same exported snapshot,
+        // while pg_dump streams: the backup takes max(dump, checksums), not the sum.
+        let (node, tables) = std::thread::scope(|s| {
+            let sums = s.spawn(|| -> Result<Vec<TableSum>> {
+                let mut c = target.connect(db)?;
+                c.batch_execute(&format!(
+                    "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT '{}'",
+                    snapshot.replace('\'', "''")
+                ))
+                .map_err(|e| pg_err(&target, db, e))?;
+                let t = table_sums(&mut c, None).map_err(|e| pg_err(&target, db, e))?;
+                c.batch_execute("COMMIT").map_err(|e| pg_err(&target, db, e))?;
+                Ok(t)
+            });
+            let node = archive_command(packer, cmd, &format!("pg_dump of {db}"), &path, &progress);
+            let tables = sums
+                .join()
+                .map_err(|_| Error::failure("the checksum thread panicked"))
+                .and_then(|t| t);
+            Ok::<_, Error>((node?, tables?))
+        })?;
         let size: i64 = tx
             .query_one("SELECT pg_database_size(current_database())", &[])
             .map_err(|e| pg_err(&target, db, e))?
             .get(0);
-        let tables = table_sums(&mut tx).map_err(|e| pg_err(&target, db, e))?;
         tx.commit().map_err(|e| pg_err(&target, db, e))?;
         tracing::info!(database = %db, bytes = node.size, tables = tables.len(), "dumped database");
         meta.databases.push(DatabaseMeta {
@@ -662,7 +719,8 @@ pub fn restore_logical(
             .read_only(true)
             .start()
             .map_err(|e| pg_err(&target, &d.name, e))?;
-        let actual = table_sums(&mut tx).map_err(|e| pg_err(&target, &d.name, e))?;
+        let actual =
+            table_sums(&mut tx, Some(&d.tables)).map_err(|e| pg_err(&target, &d.name, e))?;
         tx.commit().map_err(|e| pg_err(&target, &d.name, e))?;
         for t in &d.tables {
             let found = actual
