@@ -669,7 +669,25 @@ pub fn stream_source(
         content,
         target: None,
     };
-    let tree = store_nodes(packer, std::slice::from_ref(&node))?;
+    source_from_nodes(
+        packer,
+        source_name,
+        kind,
+        vec![node],
+        serde_json::Value::Null,
+    )
+}
+
+/// A complete source made of stored streams (`nodes`), with its metadata.
+pub fn source_from_nodes(
+    packer: &mut Packer,
+    source_name: &str,
+    kind: &str,
+    nodes: Vec<Node>,
+    metadata: serde_json::Value,
+) -> Result<SourceOutcome> {
+    let size: u64 = nodes.iter().map(|n| n.size).sum();
+    let tree = store_nodes(packer, &nodes)?;
     Ok(SourceOutcome {
         record: SourceRecord {
             name: source_name.to_string(),
@@ -678,9 +696,9 @@ pub fn stream_source(
             errors: Vec::new(),
             tree,
             size,
-            metadata: serde_json::Value::Null,
+            metadata,
         },
-        files: 1,
+        files: nodes.len() as u64,
         dirs: 0,
         symlinks: 0,
         bytes_read: size,

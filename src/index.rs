@@ -202,20 +202,8 @@ impl IndexCache {
                 txn.delete_table(FILES)
                     .map_err(|e| db_err("clearing", path, e))?;
             }
-            let mut chunks = txn
-                .open_table(CHUNKS)
-                .map_err(|e| db_err("writing", path, e))?;
-            let mut fl = txn
-                .open_table(FILES)
-                .map_err(|e| db_err("writing", path, e))?;
             for (name, idx) in &files {
-                for (id, loc) in locations(idx) {
-                    chunks
-                        .insert(&id.0[..], &loc.encode()[..])
-                        .map_err(|e| db_err("writing", path, e))?;
-                }
-                fl.insert(name.as_str(), idx.packs.len() as u64)
-                    .map_err(|e| db_err("writing", path, e))?;
+                insert_index(&txn, path, name, idx)?;
             }
         }
         txn.commit().map_err(|e| db_err("committing", path, e))?;
@@ -229,21 +217,7 @@ impl IndexCache {
             .db
             .begin_write()
             .map_err(|e| db_err("writing", path, e))?;
-        {
-            let mut chunks = txn
-                .open_table(CHUNKS)
-                .map_err(|e| db_err("writing", path, e))?;
-            let mut fl = txn
-                .open_table(FILES)
-                .map_err(|e| db_err("writing", path, e))?;
-            for (id, loc) in locations(idx) {
-                chunks
-                    .insert(&id.0[..], &loc.encode()[..])
-                    .map_err(|e| db_err("writing", path, e))?;
-            }
-            fl.insert(name, idx.packs.len() as u64)
-                .map_err(|e| db_err("writing", path, e))?;
-        }
+        insert_index(&txn, path, name, idx)?;
         txn.commit().map_err(|e| db_err("committing", path, e))
     }
 
@@ -283,6 +257,30 @@ impl IndexCache {
             path: self.path.clone(),
         })
     }
+}
+
+/// Add one index file's chunk locations, and its name, in a write transaction.
+fn insert_index(
+    txn: &redb::WriteTransaction,
+    path: &Path,
+    name: &str,
+    idx: &IndexFile,
+) -> Result<()> {
+    let mut chunks = txn
+        .open_table(CHUNKS)
+        .map_err(|e| db_err("writing", path, e))?;
+    let mut files = txn
+        .open_table(FILES)
+        .map_err(|e| db_err("writing", path, e))?;
+    for (id, loc) in locations(idx) {
+        chunks
+            .insert(&id.0[..], &loc.encode()[..])
+            .map_err(|e| db_err("writing", path, e))?;
+    }
+    files
+        .insert(name, idx.packs.len() as u64)
+        .map_err(|e| db_err("writing", path, e))?;
+    Ok(())
 }
 
 pub struct IndexReader {

@@ -155,6 +155,16 @@ impl Repository {
         cache_dir: Option<PathBuf>,
     ) -> Result<Repository> {
         let config = Self::read_config(backend.as_ref())?;
+        Self::open_with_config(backend, config, secret, cache_dir)
+    }
+
+    /// [`open`](Self::open) with the config already read.
+    pub fn open_with_config(
+        backend: Box<dyn Backend>,
+        config: Config,
+        secret: &Secret,
+        cache_dir: Option<PathBuf>,
+    ) -> Result<Repository> {
         let (key, key_id) = Self::unlock(backend.as_ref(), &config, secret)?;
         let cache = IndexCache::open(cache_dir.as_deref(), config.id)?;
         cache.sync(backend.as_ref(), &key)?;

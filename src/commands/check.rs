@@ -4,7 +4,7 @@ use super::{local_time, open_repo, print_json};
 use crate::backend::FileRef;
 use crate::cli::{CheckArgs, GlobalArgs};
 use crate::error::{Error, Result};
-use crate::index::{locations, Location};
+use crate::index::Location;
 use crate::progress::Progress;
 use crate::repo::{split_pack, FileKind, Id, IndexFile, PackEntry, PackHeader};
 use crate::repository::{chunk_slice, decode_frame_bytes, parse_tree, Repository};
@@ -187,12 +187,8 @@ pub fn check(
     }
     let mut index: HashMap<Id, Id> = HashMap::new(); // chunk -> pack
     for p in packs.values() {
-        let file = IndexFile {
-            version: 1,
-            packs: vec![p.clone()],
-        };
-        for (c, l) in locations(&file) {
-            index.insert(c, l.pack);
+        for c in p.frames.iter().flat_map(|f| f.chunks.iter()) {
+            index.insert(c.id, p.id);
         }
     }
 

@@ -105,8 +105,8 @@ pub fn open_repo(g: &GlobalArgs) -> Result<Repository> {
     let location = repo_location(g)?;
     let backend = backend::open(&location)?;
     // Fail with "no repository" before asking for a password.
-    Repository::read_config(backend.as_ref())?;
-    Repository::open(backend, &secret(g)?, cache_dir(g))
+    let config = Repository::read_config(backend.as_ref())?;
+    Repository::open_with_config(backend, config, &secret(g)?, cache_dir(g))
 }
 
 pub fn matches_filter(s: &Snapshot, f: &FilterArgs) -> bool {

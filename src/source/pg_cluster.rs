@@ -13,13 +13,13 @@ pub struct ScratchCluster {
     running: bool,
 }
 
-fn is_root() -> bool {
+pub(crate) fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
 /// Run a PostgreSQL program, as the `postgres` user when we are root
 /// (initdb and postgres refuse to run as root).
-fn pg_command(tool: &str) -> Command {
+pub(crate) fn pg_command(tool: &str) -> Command {
     let path = pg_tool(tool);
     if is_root() {
         let mut c = Command::new("runuser");

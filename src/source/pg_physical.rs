@@ -7,13 +7,15 @@
 //! `restore_command = 'cairn wal-fetch %f %p'`. The restored cluster never
 //! archives: it must not write into the production repository.
 
+use super::pg_cluster::{is_root, pg_command};
 use super::postgres::{pg_tool, Target};
+use crate::archiver::tail_lines;
 use crate::archiver::{Packer, SourceOutcome};
 use crate::backend::FileRef;
 use crate::chunk::ChunkError;
 use crate::error::{Error, Kind, Result};
 use crate::progress::Progress;
-use crate::repo::{FileKind, Id, Node, NodeKind, Snapshot, SourceRecord, SourceStatus, WalEntry};
+use crate::repo::{FileKind, Id, Node, NodeKind, Snapshot, WalEntry};
 use crate::repository::Repository;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
@@ -124,26 +126,8 @@ pub fn archive_physical(
         content,
         target: None,
     };
-    let tree = crate::archiver::store_nodes(packer, std::slice::from_ref(&node))?;
-    Ok(SourceOutcome {
-        record: SourceRecord {
-            name: source_name.to_string(),
-            kind: "postgres".into(),
-            status: SourceStatus::Complete,
-            errors: Vec::new(),
-            tree,
-            size,
-            metadata: serde_json::to_value(&meta).map_err(|e| Error::failure(e.to_string()))?,
-        },
-        files: 1,
-        dirs: 0,
-        symlinks: 0,
-        bytes_read: size,
-    })
-}
-
-fn tail(s: &str) -> String {
-    crate::archiver::tail_lines(s, 5)
+    let meta = serde_json::to_value(&meta).map_err(|e| Error::failure(e.to_string()))?;
+    crate::archiver::source_from_nodes(packer, source_name, "postgres", vec![node], meta)
 }
 
 /// Is this a WAL file name PostgreSQL archives (segment, history, backup, partial)?
@@ -342,20 +326,6 @@ pub struct PitrReport {
     pub reached: Option<String>,
 }
 
-fn is_root() -> bool {
-    unsafe { libc::geteuid() == 0 }
-}
-
-fn as_postgres(tool: &str) -> Command {
-    if is_root() {
-        let mut c = Command::new("runuser");
-        c.args(["-u", "postgres", "--"]).arg(pg_tool(tool));
-        c
-    } else {
-        Command::new(pg_tool(tool))
-    }
-}
-
 fn chown_postgres(dir: &Path) -> Result<()> {
     if !is_root() {
         return Ok(());
@@ -447,7 +417,7 @@ pub fn restore_pitr(repo: &Repository, source: &str, opts: &PitrOptions) -> Resu
         if !out.status.success() {
             return Err(Error::integrity(format!(
                 "pg_verifybackup rejects the restored base backup: {}",
-                tail(&String::from_utf8_lossy(&out.stderr))
+                tail_lines(&String::from_utf8_lossy(&out.stderr), 5)
             )));
         }
     }
@@ -491,7 +461,7 @@ pub fn restore_pitr(repo: &Repository, source: &str, opts: &PitrOptions) -> Resu
 /// time of the last transaction replayed.
 fn start_and_wait(pgdata: &Path, port: u16, timeout: std::time::Duration) -> Result<String> {
     let log = pgdata.join("cairn-restore.log");
-    let mut c = as_postgres("pg_ctl");
+    let mut c = pg_command("pg_ctl");
     c.arg("-D")
         .arg(pgdata)
         .arg("-l")
@@ -508,7 +478,7 @@ fn start_and_wait(pgdata: &Path, port: u16, timeout: std::time::Duration) -> Res
     if !out.status.success() {
         return Err(Error::failure(format!(
             "the restored cluster did not start: {}",
-            tail(&std::fs::read_to_string(&log).unwrap_or_default())
+            tail_lines(&std::fs::read_to_string(&log).unwrap_or_default(), 5)
         )));
     }
     let url = format!("postgres://postgres@127.0.0.1:{port}/postgres");

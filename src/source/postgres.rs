@@ -8,10 +8,10 @@
 //! them, table by table. Credentials go to the tools through the environment
 //! (`PGPASSWORD`), never on a command line or in a log.
 
-use crate::archiver::{Packer, SourceOutcome};
+use crate::archiver::{tail_lines, Packer, SourceOutcome};
 use crate::error::{Error, Result};
 use crate::progress::Progress;
-use crate::repo::{Node, NodeKind, SourceRecord, SourceStatus};
+use crate::repo::{Node, NodeKind, SourceRecord};
 use serde::{Deserialize, Serialize};
 use std::io::Read;
 use std::path::PathBuf;
@@ -430,23 +430,8 @@ pub fn archive_logical(
         nodes.push(node);
     }
     progress.finish();
-    let size: u64 = nodes.iter().map(|n| n.size).sum();
-    let tree = crate::archiver::store_nodes(packer, &nodes)?;
-    Ok(SourceOutcome {
-        record: SourceRecord {
-            name: source_name.to_string(),
-            kind: "postgres".into(),
-            status: SourceStatus::Complete,
-            errors: Vec::new(),
-            tree,
-            size,
-            metadata: serde_json::to_value(&meta).map_err(|e| Error::failure(e.to_string()))?,
-        },
-        files: nodes.len() as u64,
-        dirs: 0,
-        symlinks: 0,
-        bytes_read: size,
-    })
+    let meta = serde_json::to_value(&meta).map_err(|e| Error::failure(e.to_string()))?;
+    crate::archiver::source_from_nodes(packer, source_name, "postgres", nodes, meta)
 }
 
 /// How to restore a logical PostgreSQL snapshot.
@@ -552,15 +537,11 @@ fn feed_tool(
     if !status.success() {
         return Err(Error::failure(format!(
             "{what} failed ({status}): {}",
-            last_lines(&err)
+            tail_lines(&err, 5)
         )));
     }
     fed?;
     Ok(err)
-}
-
-fn last_lines(s: &str) -> String {
-    crate::archiver::tail_lines(s, 5)
 }
 
 fn run_tool(mut cmd: Command, what: &str) -> Result<String> {
@@ -573,7 +554,7 @@ fn run_tool(mut cmd: Command, what: &str) -> Result<String> {
         return Err(Error::failure(format!(
             "{what} failed ({}): {}",
             out.status,
-            last_lines(&err)
+            tail_lines(&err, 5)
         )));
     }
     Ok(err)
@@ -807,7 +788,7 @@ pub fn restore_test(
                     String::from_utf8_lossy(&out.stdout),
                     String::from_utf8_lossy(&out.stderr)
                 );
-                amcheck.push(format!("{db}: {}", last_lines(&text)));
+                amcheck.push(format!("{db}: {}", tail_lines(&text, 5)));
             }
         }
     }
