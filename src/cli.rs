@@ -166,7 +166,21 @@ pub struct SnapshotArgs {
     /// With --postgres: only this database (repeatable; default all)
     #[arg(long, value_name = "NAME", requires = "postgres")]
     pub database: Vec<String>,
-    /// Name of the source in the snapshot [default: files, the stdin name, or postgres]
+    /// Back up a Kafka cluster: topics, configurations, group offsets and records (HOST:PORT[,...])
+    #[arg(long, value_name = "BROKERS")]
+    pub kafka: Option<String>,
+    /// With --kafka: only this topic (a name or a regular expression matching whole names; repeatable)
+    #[arg(long, value_name = "NAME|REGEX", requires = "kafka")]
+    pub topic: Vec<String>,
+    /// With --kafka: also internal topics (names starting with `__`)
+    #[arg(long, requires = "kafka")]
+    pub include_internal: bool,
+    /// With --kafka: store metadata and group offsets, not records
+    #[arg(long, requires = "kafka")]
+    pub no_messages: bool,
+    #[command(flatten)]
+    pub kafka_conn: KafkaConnArgs,
+    /// Name of the source in the snapshot [default: files, the stdin name, postgres or kafka]
     #[arg(long, value_name = "NAME")]
     pub source_name: Option<String>,
     /// Tag the snapshot (repeat or separate with commas)
@@ -175,6 +189,23 @@ pub struct SnapshotArgs {
     /// Host name recorded in the snapshot
     #[arg(long)]
     pub host: Option<String>,
+}
+
+/// How to reach Kafka brokers (snapshot --kafka, restore --to-brokers).
+#[derive(Args, Debug, Clone)]
+pub struct KafkaConnArgs {
+    /// librdkafka properties for SASL/TLS, one `key=value` per line (never logged)
+    #[arg(long, value_name = "FILE", env = "CAIRN_KAFKA_CONFIG")]
+    pub kafka_config: Option<PathBuf>,
+    /// Retries of a failing broker request, with exponential backoff
+    #[arg(long, value_name = "N", default_value_t = 3)]
+    pub retries: u32,
+    /// Wait before the first retry; doubled for each further one (e.g. 500ms, 2s)
+    #[arg(long, value_name = "DURATION", default_value = "1s")]
+    pub retry_delay: String,
+    /// Timeout of one broker request
+    #[arg(long, value_name = "DURATION", default_value = "10s")]
+    pub kafka_timeout: String,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -202,7 +233,7 @@ pub struct RestoreArgs {
     #[arg(long, value_name = "TIME")]
     pub at: Option<String>,
     /// Directory to restore files into
-    #[arg(long, short = 't', value_name = "DIR", required_unless_present_any = ["to", "pgdata"])]
+    #[arg(long, short = 't', value_name = "DIR", required_unless_present_any = ["to", "pgdata", "to_brokers"])]
     pub target: Option<PathBuf>,
     /// Restore a PostgreSQL source into the server at this URL
     #[arg(long, value_name = "URL", conflicts_with = "target")]
@@ -236,6 +267,24 @@ pub struct RestoreArgs {
         requires = "start_port"
     )]
     pub recovery_timeout: String,
+    /// Restore a Kafka source into these brokers (HOST:PORT[,...])
+    #[arg(long, value_name = "BROKERS", conflicts_with_all = ["target", "to", "pgdata"])]
+    pub to_brokers: Option<String>,
+    /// With --to-brokers: restore topic OLD as NEW (repeatable)
+    #[arg(long, value_name = "OLD=NEW", requires = "to_brokers")]
+    pub topic_map: Vec<String>,
+    /// With --to-brokers: create the topics only, without records or group offsets
+    #[arg(long, requires = "to_brokers")]
+    pub no_messages: bool,
+    /// With --to-brokers: add records to topics that already exist
+    #[arg(long, requires = "to_brokers")]
+    pub force: bool,
+    /// With --to-brokers: apply every recorded topic setting, not only those set on the topic
+    /// (for brokers that report no config sources)
+    #[arg(long, requires = "to_brokers")]
+    pub all_configs: bool,
+    #[command(flatten)]
+    pub kafka_conn: KafkaConnArgs,
     /// Only restore this path and what is below it (repeatable)
     #[arg(long, value_name = "PATH")]
     pub include: Vec<String>,

@@ -18,6 +18,9 @@ pub enum Kind {
     SourceUnreadable,
     /// Stored data is damaged or missing (exit 1, reported distinctly).
     Integrity,
+    /// A server the job needs (a Kafka broker) could not be reached, even
+    /// after the retries (exit 4).
+    Unavailable,
     /// There is no repository at the given location (exit 10).
     NoRepository,
     /// The repository is locked by another process (exit 11).
@@ -35,6 +38,7 @@ impl Kind {
             Kind::Failure | Kind::Integrity => 1,
             Kind::Usage => 2,
             Kind::SourceUnreadable => 3,
+            Kind::Unavailable => 4,
             Kind::NoRepository => 10,
             Kind::Locked => 11,
             Kind::WrongKey => 12,

@@ -10,11 +10,7 @@ fn policy(a: &ForgetArgs) -> Result<Policy> {
     let keep_within = a
         .keep_within
         .as_deref()
-        .map(|s| {
-            humantime::parse_duration(s).map_err(|e| {
-                Error::usage(format!("--keep-within {s:?}: {e}")).with_hint("e.g. 30d, 2w, 12h, 1y")
-            })
-        })
+        .map(|s| super::parse_duration("--keep-within", s))
         .transpose()?;
     Ok(Policy {
         keep_last: a.keep_last,

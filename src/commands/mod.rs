@@ -160,3 +160,30 @@ pub fn parse_time(s: &str) -> Result<jiff::Timestamp> {
         ),
     )
 }
+
+/// A duration flag such as `--retry-delay 500ms`.
+pub fn parse_duration(flag: &str, s: &str) -> Result<std::time::Duration> {
+    humantime::parse_duration(s).map_err(|e| {
+        Error::usage(format!("{flag} {s:?}: {e}")).with_hint("e.g. 500ms, 2s, 5m, 12h, 30d")
+    })
+}
+
+/// Broker list plus connection flags, checked.
+pub fn kafka_options(
+    brokers: &str,
+    a: &crate::cli::KafkaConnArgs,
+) -> Result<crate::source::kafka::KafkaOptions> {
+    let mut o = crate::source::kafka::KafkaOptions::new(brokers)?;
+    o.retry = crate::source::kafka::RetryPolicy {
+        retries: a.retries,
+        base: parse_duration("--retry-delay", &a.retry_delay)?,
+    };
+    o.timeout = parse_duration("--kafka-timeout", &a.kafka_timeout)?;
+    if o.timeout.is_zero() {
+        return Err(Error::usage("--kafka-timeout must be more than 0"));
+    }
+    if let Some(f) = &a.kafka_config {
+        o.load_properties(f)?;
+    }
+    Ok(o)
+}

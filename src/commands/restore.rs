@@ -70,8 +70,7 @@ fn restore_pitr(
         .source
         .first()
         .ok_or_else(|| Error::usage("--pgdata needs --source NAME"))?;
-    let timeout = humantime::parse_duration(&a.recovery_timeout)
-        .map_err(|e| Error::usage(format!("--recovery-timeout {:?}: {e}", a.recovery_timeout)))?;
+    let timeout = super::parse_duration("--recovery-timeout", &a.recovery_timeout)?;
     let repo = open_repo(g)?;
     let opts = crate::source::pg_physical::PitrOptions {
         pgdata: pgdata.to_path_buf(),
@@ -133,6 +132,9 @@ pub fn run(g: &GlobalArgs, a: &RestoreArgs) -> Result<()> {
     if let Some(url) = &a.to {
         return restore_postgres(g, a, &repo, id, &snap, url);
     }
+    if let Some(brokers) = &a.to_brokers {
+        return restore_kafka(g, a, &repo, id, &snap, brokers);
+    }
     let target = a
         .target
         .as_ref()
@@ -181,6 +183,130 @@ pub fn run(g: &GlobalArgs, a: &RestoreArgs) -> Result<()> {
     }
 }
 
+/// The one source of `kind` the user means (`--source`, or the only one).
+fn one_source<'a>(
+    snap: &'a Snapshot,
+    id: Id,
+    a: &RestoreArgs,
+    kind: &str,
+    what: &str,
+    flag: &str,
+) -> Result<&'a crate::repo::SourceRecord> {
+    let found: Vec<_> = snap
+        .sources
+        .iter()
+        .filter(|s| s.kind == kind && (a.source.is_empty() || a.source.contains(&s.name)))
+        .collect();
+    match found.as_slice() {
+        [one] => Ok(*one),
+        [] => Err(Error::usage(format!(
+            "snapshot {} has no {what} source to restore with {flag}",
+            id.short()
+        ))
+        .with_hint("`cairn snapshots --json` shows each snapshot's sources")),
+        _ => Err(Error::usage(format!(
+            "several {what} sources: choose one with --source NAME"
+        ))),
+    }
+}
+
+fn restore_kafka(
+    g: &GlobalArgs,
+    a: &RestoreArgs,
+    repo: &Repository,
+    id: Id,
+    snap: &Snapshot,
+    brokers: &str,
+) -> Result<()> {
+    use crate::source::kafka;
+    let source = one_source(snap, id, a, "kafka", "Kafka", "--to-brokers")?;
+    let target = super::kafka_options(brokers, &a.kafka_conn)?;
+    let mut topic_map = Vec::new();
+    for m in &a.topic_map {
+        match m.split_once('=') {
+            Some((from, to)) if !from.is_empty() && !to.is_empty() => {
+                topic_map.push((from.to_string(), to.to_string()))
+            }
+            _ => {
+                return Err(Error::usage(format!("--topic-map {m:?} is not OLD=NEW"))
+                    .with_hint("e.g. --topic-map orders=orders-restored"))
+            }
+        }
+    }
+    let opts = kafka::RestoreOptions {
+        topic_map,
+        no_messages: a.no_messages,
+        force: a.force,
+        configs: if a.all_configs {
+            kafka::ConfigChoice::All
+        } else {
+            kafka::ConfigChoice::Explicit
+        },
+    };
+    let started = std::time::Instant::now();
+    let report = kafka::restore_kafka(repo, source, &target, &opts)?;
+    let secs = started.elapsed().as_secs_f64();
+    let records: u64 = report.topics.iter().map(|t| t.records).sum();
+    tracing::info!(snapshot = %id.short(), records, seconds = secs, "kafka restore finished");
+    if g.json {
+        print_json(&serde_json::json!({
+            "snapshot": id, "source": source.name, "brokers": target.brokers,
+            "report": report, "duration_ms": (secs * 1000.0) as u64,
+        }))?;
+    } else if !g.quiet {
+        for w in &report.warnings {
+            eprintln!("warning: {w}");
+        }
+        for t in &report.topics {
+            println!(
+                "topic {} -> {}: {} partition(s), {} record(s){}{}",
+                t.source,
+                t.target,
+                t.partitions,
+                t.records,
+                if t.created { ", created" } else { ", existing" },
+                if t.configs_applied.is_empty() {
+                    String::new()
+                } else {
+                    format!(" with {}", t.configs_applied.join(", "))
+                }
+            );
+        }
+        for gr in &report.groups {
+            match &gr.refused {
+                Some(r) => println!("group {}: not committed: {r}", gr.name),
+                None => println!(
+                    "group {}: offsets committed on {} partition(s)",
+                    gr.name,
+                    gr.committed.len()
+                ),
+            }
+        }
+        println!(
+            "restored snapshot {} ({}) into {}: {} record(s) in {:.1}s",
+            id.short(),
+            local_time(snap.time),
+            target.brokers,
+            records,
+            secs
+        );
+    }
+    let refused: Vec<&str> = report
+        .groups
+        .iter()
+        .filter(|g| g.refused.is_some())
+        .map(|g| g.name.as_str())
+        .collect();
+    if !refused.is_empty() {
+        return Err(Error::failure(format!(
+            "the offsets of group(s) {} were not committed: they have live members on the target",
+            refused.join(", ")
+        ))
+        .with_hint("stop those consumers, then set the translated offsets listed by `--json` (groups[].committed) with kafka-consumer-groups --reset-offsets"));
+    }
+    Ok(())
+}
+
 fn restore_postgres(
     g: &GlobalArgs,
     a: &RestoreArgs,
@@ -189,26 +315,7 @@ fn restore_postgres(
     snap: &Snapshot,
     url: &str,
 ) -> Result<()> {
-    let pg: Vec<_> = snap
-        .sources
-        .iter()
-        .filter(|s| s.kind == "postgres" && (a.source.is_empty() || a.source.contains(&s.name)))
-        .collect();
-    let source = match pg.as_slice() {
-        [one] => *one,
-        [] => {
-            return Err(Error::usage(format!(
-                "snapshot {} has no PostgreSQL source to restore with --to",
-                id.short()
-            ))
-            .with_hint("`cairn snapshots --json` shows each snapshot's sources"))
-        }
-        _ => {
-            return Err(Error::usage(
-                "several PostgreSQL sources: choose one with --source NAME",
-            ))
-        }
-    };
+    let source = one_source(snap, id, a, "postgres", "PostgreSQL", "--to")?;
     let opts = pg::RestoreOptions {
         clean: a.clean,
         databases: a.database.clone(),

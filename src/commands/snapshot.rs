@@ -14,6 +14,7 @@ enum Input {
     Stdin(String),
     Command(String, Vec<String>),
     Postgres(String),
+    Kafka(crate::source::kafka::KafkaOptions),
 }
 
 fn input(a: &SnapshotArgs) -> Result<Input> {
@@ -22,13 +23,14 @@ fn input(a: &SnapshotArgs) -> Result<Input> {
         a.stdin_name.is_some() && !a.stdin_from_command,
         a.stdin_from_command,
         a.postgres.is_some(),
+        a.kafka.is_some(),
     ]
     .iter()
     .filter(|x| **x)
     .count();
     if given != 1 {
         return Err(Error::usage(
-            "give exactly one of: paths, --stdin-name NAME, --stdin-from-command -- CMD, or --postgres URL",
+            "give exactly one of: paths, --stdin-name NAME, --stdin-from-command -- CMD, --postgres URL or --kafka BROKERS",
         )
         .with_hint(
             "e.g. `cairn snapshot /etc` or `pg_dumpall | cairn snapshot --stdin-name all.sql`",
@@ -37,6 +39,9 @@ fn input(a: &SnapshotArgs) -> Result<Input> {
     if let Some(url) = &a.postgres {
         crate::source::postgres::Target::parse(url)?;
         return Ok(Input::Postgres(url.clone()));
+    }
+    if let Some(brokers) = &a.kafka {
+        return Ok(Input::Kafka(super::kafka_options(brokers, &a.kafka_conn)?));
     }
     if a.stdin_from_command {
         let name = a.stdin_name.clone().unwrap_or_else(|| "stdin".into());
@@ -94,13 +99,17 @@ fn run_command(
     archiver::stream_source(packer, name, "command", name, out.content, out.size)
 }
 
-/// Store the index for the packs written and the snapshot manifest, in that order.
+/// Store the index for the packs written, check the sources on what was
+/// stored, then store the snapshot manifest — in that order, so a snapshot
+/// is only ever saved over data that is in the repository and proven.
 pub fn commit(
     repo: &Repository,
     packs: Vec<crate::repo::PackEntry>,
     snapshot: &mut Snapshot,
 ) -> Result<crate::repo::Id> {
     snapshot.summary.bytes_added += commit_index(repo, packs)?;
+    crate::source::verify_stored(repo, &snapshot.sources)
+        .map_err(|e| e.context("checking the stored data failed; no snapshot was saved"))?;
     repo.write_sealed(FileKind::Snapshot, snapshot)
 }
 
@@ -154,6 +163,17 @@ pub fn run(g: &GlobalArgs, a: &SnapshotArgs) -> Result<()> {
                 &a.database,
                 g.quiet,
             ),
+            Input::Kafka(opts) => crate::source::kafka::archive_kafka(
+                p,
+                a.source_name.as_deref().unwrap_or("kafka"),
+                opts,
+                &crate::source::kafka::BackupOptions {
+                    topics: a.topic.clone(),
+                    include_internal: a.include_internal,
+                    no_messages: a.no_messages,
+                },
+                g.quiet,
+            ),
         })?;
         let paths = match &input {
             Input::Paths(p) => p.iter().map(|p| p.display().to_string()).collect(),
@@ -162,6 +182,7 @@ pub fn run(g: &GlobalArgs, a: &SnapshotArgs) -> Result<()> {
                 let t = crate::source::postgres::Target::parse(url)?;
                 vec![t.shown().to_string()]
             }
+            Input::Kafka(o) => vec![format!("kafka://{}", o.brokers)],
         };
         let mut snap = Snapshot {
             version: FORMAT_VERSION,

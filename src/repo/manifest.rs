@@ -182,6 +182,24 @@ pub struct Node {
     pub target: Option<String>,
 }
 
+impl Node {
+    /// A regular file holding one stored stream (a dump, a base backup, a
+    /// partition's records): mode 0600, owned by root, modified now.
+    pub fn stream(path: impl Into<String>, size: u64, content: Vec<Id>) -> Node {
+        Node {
+            path: path.into(),
+            kind: NodeKind::File,
+            mode: 0o600,
+            mtime_ns: jiff::Timestamp::now().as_nanosecond() as i64,
+            uid: 0,
+            gid: 0,
+            size,
+            content,
+            target: None,
+        }
+    }
+}
+
 fn is_zero(v: &u64) -> bool {
     *v == 0
 }

@@ -4,6 +4,7 @@
 //! change one only together with the spec and the format version.
 
 mod id;
+pub mod kafka;
 mod manifest;
 mod pack;
 

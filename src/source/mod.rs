@@ -1,10 +1,23 @@
 //! Where backup data comes from, besides plain files and streams
-//! (those live in `archiver`): PostgreSQL now, Kafka later.
+//! (those live in `archiver`): PostgreSQL and Kafka.
 //!
 //! A source produces nodes (named streams stored like files) plus metadata
 //! recorded in the snapshot, so a restore can be proven equal to what was
 //! backed up.
 
+pub mod kafka;
 pub mod pg_cluster;
 pub mod pg_physical;
 pub mod postgres;
+
+/// Checks a source runs on its stored data before the snapshot is saved
+/// (Kafka: every partition read back and compared with what was consumed).
+pub fn verify_stored(
+    repo: &crate::repository::Repository,
+    sources: &[crate::repo::SourceRecord],
+) -> crate::error::Result<()> {
+    for s in sources.iter().filter(|s| s.kind == "kafka") {
+        kafka::verify_stored(repo, s)?;
+    }
+    Ok(())
+}

@@ -15,7 +15,7 @@ use crate::backend::FileRef;
 use crate::chunk::ChunkError;
 use crate::error::{Error, Kind, Result};
 use crate::progress::Progress;
-use crate::repo::{FileKind, Id, Node, NodeKind, Snapshot, WalEntry};
+use crate::repo::{FileKind, Id, Node, Snapshot, WalEntry};
 use crate::repository::Repository;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
@@ -116,15 +116,8 @@ pub fn archive_physical(
     };
     tracing::info!(bytes = size, start = %meta.start_lsn, stop = %meta.stop_lsn, "base backup stored");
     let node = Node {
-        path: meta.base.clone(),
-        kind: NodeKind::File,
-        mode: 0o600,
         mtime_ns: stop_time.as_nanosecond() as i64,
-        uid: 0,
-        gid: 0,
-        size,
-        content,
-        target: None,
+        ..Node::stream(meta.base.clone(), size, content)
     };
     let meta = serde_json::to_value(&meta).map_err(|e| Error::failure(e.to_string()))?;
     crate::archiver::source_from_nodes(packer, source_name, "postgres", vec![node], meta)
@@ -241,17 +234,7 @@ pub fn wal_fetch(repo: &Repository, name: &str, dest: &Path) -> Result<()> {
         ));
     };
     let e = read_wal_entry(repo, file)?;
-    let node = Node {
-        path: name.to_string(),
-        kind: NodeKind::File,
-        mode: 0o600,
-        mtime_ns: 0,
-        uid: 0,
-        gid: 0,
-        size: e.size,
-        content: e.content,
-        target: None,
-    };
+    let node = Node::stream(name, e.size, e.content);
     let tmp = dest.with_extension("cairn-tmp");
     {
         let mut f = std::fs::File::create(&tmp)

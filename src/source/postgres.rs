@@ -11,7 +11,7 @@
 use crate::archiver::{tail_lines, Packer, SourceOutcome};
 use crate::error::{Error, Result};
 use crate::progress::Progress;
-use crate::repo::{Node, NodeKind, SourceRecord};
+use crate::repo::{Node, SourceRecord};
 use serde::{Deserialize, Serialize};
 use std::io::Read;
 use std::path::PathBuf;
@@ -306,17 +306,7 @@ fn archive_command(
     for line in out.stderr.lines().filter(|l| !l.trim().is_empty()) {
         tracing::warn!("{what}: {line}");
     }
-    Ok(Node {
-        path: path.to_string(),
-        kind: NodeKind::File,
-        mode: 0o600,
-        mtime_ns: jiff::Timestamp::now().as_nanosecond() as i64,
-        uid: 0,
-        gid: 0,
-        size: out.size,
-        content: out.content,
-        target: None,
-    })
+    Ok(Node::stream(path, out.size, out.content))
 }
 
 /// Databases to back up: the given ones, or every one that accepts connections.

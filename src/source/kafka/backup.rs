@@ -1,0 +1,557 @@
+//! Kafka snapshots: cluster, topic and group metadata, then every selected
+//! partition's records as one stored stream each.
+//!
+//! Order matters: consumer-group offsets are read *before* the watermarks, so
+//! every committed offset falls inside the captured range. Each partition is
+//! read from its log start up to the high watermark seen at the start — the
+//! higher of ListOffsets' answer and the first Fetch response's, because some
+//! brokers answer ListOffsets with a batch boundary (see `spec/kafka.md`).
+//! Records are encoded in offset order and chunked like any stream, so a
+//! second day's snapshot stores only what was appended.
+
+use super::client::{retry, KafkaOptions};
+use crate::archiver::{Packer, SourceOutcome};
+use crate::chunk::ChunkError;
+use crate::error::{Error, Kind, Result};
+use crate::progress::Progress;
+use crate::repo::kafka::{
+    encode_record, ConfigEntry, GroupMeta, GroupOffset, KafkaMeta, PartitionMeta, TimestampType,
+    TopicMeta,
+};
+use crate::repo::Node;
+use rdkafka::admin::{AdminClient, AdminOptions, ConfigSource, ResourceSpecifier};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::Headers;
+use rdkafka::{Message, Offset, TopicPartitionList};
+use std::io::Read;
+use std::time::{Duration, Instant};
+
+/// What to back up.
+#[derive(Clone, Debug, Default)]
+pub struct BackupOptions {
+    /// Topic names or regular expressions (whole-name match); empty = all.
+    pub topics: Vec<String>,
+    /// Also topics whose name starts with `__` (Kafka's internal topics).
+    pub include_internal: bool,
+    /// Metadata and group offsets only.
+    pub no_messages: bool,
+}
+
+/// How long reading a partition may make no progress before it fails.
+const STALL_TIMEOUT: Duration = Duration::from_secs(60);
+
+pub fn consumer(opts: &KafkaOptions, group: &str) -> Result<BaseConsumer> {
+    let mut c = opts.config();
+    c.set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("enable.partition.eof", "true")
+        .set("isolation.level", "read_committed")
+        .set("check.crcs", "true")
+        .set("max.partition.fetch.bytes", "8388608")
+        .set("fetch.max.bytes", "67108864");
+    c.create().map_err(|e| {
+        Error::usage(format!("cannot configure a Kafka consumer: {e}")).with_hint(
+            "check the properties given with --kafka-config (librdkafka names, key=value)",
+        )
+    })
+}
+
+pub fn admin(opts: &KafkaOptions) -> Result<AdminClient<DefaultClientContext>> {
+    opts.config()
+        .create()
+        .map_err(|e| Error::usage(format!("cannot configure a Kafka admin client: {e}")))
+}
+
+fn config_source(s: &ConfigSource) -> &'static str {
+    match s {
+        ConfigSource::Unknown => "unknown",
+        ConfigSource::DynamicTopic => "dynamic-topic",
+        ConfigSource::DynamicBroker => "dynamic-broker",
+        ConfigSource::DynamicDefaultBroker => "dynamic-default-broker",
+        ConfigSource::StaticBroker => "static-broker",
+        ConfigSource::Default => "default",
+    }
+}
+
+/// The topics `patterns` select among `all` (sorted), or a usage error
+/// naming a pattern that selects nothing.
+pub fn select_topics(
+    all: &[String],
+    patterns: &[String],
+    include_internal: bool,
+) -> Result<Vec<String>> {
+    let internal = |t: &str| t.starts_with("__");
+    if patterns.is_empty() {
+        let mut v: Vec<String> = all
+            .iter()
+            .filter(|t| include_internal || !internal(t))
+            .cloned()
+            .collect();
+        v.sort();
+        return Ok(v);
+    }
+    let mut chosen = std::collections::BTreeSet::new();
+    for p in patterns {
+        let re = regex::Regex::new(&format!("^(?:{p})$")).map_err(|e| {
+            Error::usage(format!(
+                "--topic {p:?} is not a valid regular expression: {e}"
+            ))
+        })?;
+        let before = chosen.len();
+        for t in all {
+            // A topic named literally is taken even when internal.
+            if t == p || (re.is_match(t) && (include_internal || !internal(t))) {
+                chosen.insert(t.clone());
+            }
+        }
+        if chosen.len() == before && !all.iter().any(|t| t == p) {
+            let mut names: Vec<&str> = all
+                .iter()
+                .filter(|t| !internal(t))
+                .map(|s| s.as_str())
+                .collect();
+            names.sort();
+            return Err(
+                Error::usage(format!("--topic {p:?} matches no topic")).with_hint(format!(
+                    "the cluster has: {}",
+                    if names.is_empty() {
+                        "no topics".to_string()
+                    } else {
+                        names.join(", ")
+                    }
+                )),
+            );
+        }
+    }
+    Ok(chosen.into_iter().collect())
+}
+
+/// Back up a Kafka cluster as source `source_name`.
+pub fn archive_kafka(
+    packer: &mut Packer,
+    source_name: &str,
+    opts: &KafkaOptions,
+    what: &BackupOptions,
+    quiet: bool,
+) -> Result<SourceOutcome> {
+    let timeout = opts.timeout;
+    let consumer = consumer(opts, &format!("cairn-backup-{}", std::process::id()))?;
+    let md = retry(opts, "fetching cluster metadata", || {
+        consumer.fetch_metadata(None, timeout)
+    })?;
+    let all: Vec<String> = md.topics().iter().map(|t| t.name().to_string()).collect();
+    let selected = select_topics(&all, &what.topics, what.include_internal)?;
+    let cluster_id = consumer.client().fetch_cluster_id(timeout);
+    let mut meta = KafkaMeta {
+        cluster_id,
+        brokers: md.brokers().len(),
+        messages: !what.no_messages,
+        ..Default::default()
+    };
+    for name in &selected {
+        let t = md
+            .topics()
+            .iter()
+            .find(|t| t.name() == name)
+            .expect("selected from this list");
+        if let Some(e) = t.error() {
+            return Err(Error::failure(format!(
+                "the brokers report topic {name:?} as unusable: {e:?}"
+            )));
+        }
+        let mut partitions: Vec<i32> = t.partitions().iter().map(|p| p.id()).collect();
+        partitions.sort();
+        meta.topics.push(TopicMeta {
+            name: name.clone(),
+            replication_factor: t
+                .partitions()
+                .iter()
+                .map(|p| p.replicas().len())
+                .max()
+                .unwrap_or(1),
+            configs: Vec::new(),
+            partitions: partitions
+                .into_iter()
+                .map(|id| PartitionMeta {
+                    id,
+                    ..Default::default()
+                })
+                .collect(),
+        });
+    }
+    read_configs(opts, &mut meta.topics)?;
+    // Groups before watermarks: a commit made meanwhile is then still <= high.
+    meta.groups = read_groups(opts, &consumer, &meta.topics)?;
+    for t in &mut meta.topics {
+        for p in &mut t.partitions {
+            let (low, high) = retry(
+                opts,
+                &format!("reading offsets of {}/{}", t.name, p.id),
+                || consumer.fetch_watermarks(&t.name, p.id, timeout),
+            )?;
+            p.low = low;
+            p.high = high;
+            p.end = high;
+        }
+    }
+    let mut nodes = Vec::new();
+    if !what.no_messages {
+        let progress = Progress::bytes(0, quiet, "kafka");
+        for t in &mut meta.topics {
+            let mut records = 0;
+            for p in &mut t.partitions {
+                let node = read_partition(packer, &consumer, opts, &t.name, p, &progress)?;
+                records += p.records;
+                nodes.extend(node);
+            }
+            tracing::info!(topic = %t.name, partitions = t.partitions.len(), records, "topic read");
+        }
+        progress.finish();
+    }
+    let meta = serde_json::to_value(&meta).map_err(|e| Error::failure(e.to_string()))?;
+    crate::archiver::source_from_nodes(packer, source_name, "kafka", nodes, meta)
+}
+
+fn read_configs(opts: &KafkaOptions, topics: &mut [TopicMeta]) -> Result<()> {
+    if topics.is_empty() {
+        return Ok(());
+    }
+    let admin = admin(opts)?;
+    let specs: Vec<ResourceSpecifier> = topics
+        .iter()
+        .map(|t| ResourceSpecifier::Topic(&t.name))
+        .collect();
+    let aopts = AdminOptions::new().request_timeout(Some(opts.timeout));
+    let results = retry(opts, "reading topic configurations", || {
+        super::client::block_on(admin.describe_configs(&specs, &aopts))
+    })?;
+    for (t, r) in topics.iter_mut().zip(results) {
+        let res = r.map_err(|code| {
+            Error::failure(format!(
+                "reading the configuration of topic {:?}: {code}",
+                t.name
+            ))
+        })?;
+        t.configs = res
+            .entries
+            .iter()
+            .map(|e| ConfigEntry {
+                name: e.name.clone(),
+                value: if e.is_sensitive {
+                    None
+                } else {
+                    e.value.clone()
+                },
+                source: config_source(&e.source).to_string(),
+                is_default: e.is_default,
+                read_only: e.is_read_only,
+                sensitive: e.is_sensitive,
+            })
+            .collect();
+        t.configs.sort_by(|a, b| a.name.cmp(&b.name));
+    }
+    Ok(())
+}
+
+fn read_groups(
+    opts: &KafkaOptions,
+    consumer: &BaseConsumer,
+    topics: &[TopicMeta],
+) -> Result<Vec<GroupMeta>> {
+    let list = retry(opts, "listing consumer groups", || {
+        consumer.fetch_group_list(None, opts.timeout)
+    })?;
+    let mut tpl = TopicPartitionList::new();
+    for t in topics {
+        for p in &t.partitions {
+            tpl.add_partition(&t.name, p.id);
+        }
+    }
+    let mut groups = Vec::new();
+    for g in list.groups() {
+        if !(g.protocol_type().is_empty() || g.protocol_type() == "consumer") {
+            continue;
+        }
+        let mut offsets = Vec::new();
+        if tpl.count() > 0 {
+            let gc = self::consumer(opts, g.name())?;
+            let committed = retry(
+                opts,
+                &format!("reading the offsets of group {:?}", g.name()),
+                || gc.committed_offsets(tpl.clone(), opts.timeout),
+            )?;
+            for e in committed.elements() {
+                if let Offset::Offset(o) = e.offset() {
+                    offsets.push(GroupOffset {
+                        topic: e.topic().to_string(),
+                        partition: e.partition(),
+                        offset: o,
+                        metadata: e.metadata().to_string(),
+                    });
+                }
+            }
+        }
+        if offsets.is_empty() && !topics.is_empty() {
+            continue; // the group consumes none of the selected topics
+        }
+        offsets.sort_by(|a, b| (&a.topic, a.partition).cmp(&(&b.topic, b.partition)));
+        groups.push(GroupMeta {
+            name: g.name().to_string(),
+            state: g.state().to_string(),
+            protocol_type: g.protocol_type().to_string(),
+            members: g.members().len(),
+            offsets,
+        });
+    }
+    groups.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(groups)
+}
+
+/// The high watermark librdkafka learned from the latest Fetch response.
+fn fetch_high_watermark(consumer: &BaseConsumer, topic: &str, partition: i32) -> Option<i64> {
+    let topic = std::ffi::CString::new(topic).ok()?;
+    let (mut lo, mut hi) = (-1i64, -1i64);
+    // SAFETY: the client pointer lives as long as `consumer`; the topic is a
+    // valid C string for the call; lo and hi are valid out-pointers.
+    let err = unsafe {
+        rdkafka::bindings::rd_kafka_get_watermark_offsets(
+            consumer.client().native_ptr(),
+            topic.as_ptr(),
+            partition,
+            &mut lo,
+            &mut hi,
+        )
+    };
+    (err == rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR && hi >= 0)
+        .then_some(hi)
+}
+
+fn read_partition(
+    packer: &mut Packer,
+    consumer: &BaseConsumer,
+    opts: &KafkaOptions,
+    topic: &str,
+    p: &mut PartitionMeta,
+    progress: &Progress,
+) -> Result<Option<Node>> {
+    let path = format!("kafka/{topic}/{}", p.id);
+    let mut reader = PartitionReader {
+        consumer,
+        topic,
+        partition: p.id,
+        end: p.high,
+        end_checked: false,
+        done: p.high <= p.low,
+        pending: Vec::with_capacity(1 << 20),
+        pos: 0,
+        records: 0,
+        first: None,
+        last: None,
+        hasher: blake3::Hasher::new(),
+        error: None,
+    };
+    if !reader.done {
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(topic, p.id, Offset::Offset(p.low))
+            .map_err(|e| Error::failure(format!("{topic}/{}: {e}", p.id)))?;
+        retry(opts, &format!("assigning {topic}/{}", p.id), || {
+            consumer.assign(&tpl)
+        })?;
+    }
+    let stored = packer.add_stream(&mut reader, progress);
+    let (content, size) = match stored {
+        Ok(v) => v,
+        Err(ChunkError::Sink(e)) => return Err(e),
+        Err(ChunkError::Read(e)) => {
+            return Err(reader
+                .error
+                .take()
+                .unwrap_or_else(|| Error::io(format!("reading {topic}/{}", p.id), e)))
+        }
+    };
+    p.end = reader.end;
+    p.records = reader.records;
+    p.bytes = size;
+    p.digest = reader.hasher.finalize().to_hex().to_string();
+    p.first_offset = reader.first;
+    p.last_offset = reader.last;
+    p.node = Some(path.clone());
+    tracing::debug!(
+        topic,
+        partition = p.id,
+        records = p.records,
+        bytes = size,
+        end = p.end,
+        "partition read"
+    );
+    Ok(Some(Node::stream(path, size, content)))
+}
+
+/// Reads one assigned partition as a byte stream of encoded records.
+struct PartitionReader<'a> {
+    consumer: &'a BaseConsumer,
+    topic: &'a str,
+    partition: i32,
+    /// Stop before this offset.
+    end: i64,
+    end_checked: bool,
+    done: bool,
+    pending: Vec<u8>,
+    pos: usize,
+    records: u64,
+    first: Option<i64>,
+    last: Option<i64>,
+    hasher: blake3::Hasher,
+    error: Option<Error>,
+}
+
+impl PartitionReader<'_> {
+    fn fail(&mut self, e: Error) -> std::io::Error {
+        let msg = e.to_string();
+        self.error = Some(e);
+        std::io::Error::other(msg)
+    }
+
+    /// Poll until at least one record is buffered or the partition is done.
+    fn fill(&mut self) -> std::result::Result<(), Error> {
+        let mut idle_since = Instant::now();
+        while !self.done && self.pending.len() < (1 << 20) {
+            crate::interrupt::check()?;
+            let timeout = if self.pending.is_empty() { 200 } else { 0 };
+            match self.consumer.poll(Duration::from_millis(timeout)) {
+                None if !self.pending.is_empty() => return Ok(()),
+                None => {
+                    if idle_since.elapsed() > STALL_TIMEOUT {
+                        return Err(Error::new(
+                            Kind::Unavailable,
+                            format!(
+                                "reading {}/{} made no progress for {}s (at offset {:?}, reading up to {})",
+                                self.topic,
+                                self.partition,
+                                STALL_TIMEOUT.as_secs(),
+                                self.last,
+                                self.end
+                            ),
+                        )
+                        .with_hint("check that the brokers are up and the partition has a leader"));
+                    }
+                }
+                Some(Err(KafkaError::PartitionEOF(_))) => self.done = true,
+                Some(Err(e)) if super::client::is_transient(&e) => {
+                    tracing::warn!(
+                        topic = self.topic,
+                        partition = self.partition,
+                        "fetch failed: {e}; librdkafka retries"
+                    );
+                }
+                Some(Err(e)) => {
+                    return Err(Error::failure(format!(
+                        "reading {}/{}: {e}",
+                        self.topic, self.partition
+                    )))
+                }
+                Some(Ok(m)) => {
+                    idle_since = Instant::now();
+                    if m.topic() != self.topic || m.partition() != self.partition {
+                        continue; // left over from a previous assignment
+                    }
+                    if !self.end_checked {
+                        self.end_checked = true;
+                        if let Some(h) =
+                            fetch_high_watermark(self.consumer, self.topic, self.partition)
+                        {
+                            self.end = self.end.max(h);
+                        }
+                    }
+                    let offset = m.offset();
+                    if offset >= self.end {
+                        self.done = true;
+                        break;
+                    }
+                    let (ts, ty) = match m.timestamp() {
+                        rdkafka::Timestamp::NotAvailable => (-1, TimestampType::None),
+                        rdkafka::Timestamp::CreateTime(t) => (t, TimestampType::CreateTime),
+                        rdkafka::Timestamp::LogAppendTime(t) => (t, TimestampType::LogAppendTime),
+                    };
+                    let headers: Vec<(&str, Option<&[u8]>)> = m
+                        .headers()
+                        .map(|h| h.iter().map(|h| (h.key, h.value)).collect())
+                        .unwrap_or_default();
+                    let start = self.pending.len();
+                    encode_record(
+                        &mut self.pending,
+                        offset,
+                        ts,
+                        ty,
+                        m.key(),
+                        m.payload(),
+                        &headers,
+                    );
+                    self.hasher.update(&self.pending[start..]);
+                    self.records += 1;
+                    self.first.get_or_insert(offset);
+                    self.last = Some(offset);
+                    if offset + 1 >= self.end {
+                        self.done = true;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Read for PartitionReader<'_> {
+    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        if self.pos == self.pending.len() {
+            self.pending.clear();
+            self.pos = 0;
+            if let Err(e) = self.fill() {
+                return Err(self.fail(e));
+            }
+        }
+        let n = out.len().min(self.pending.len() - self.pos);
+        out[..n].copy_from_slice(&self.pending[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn topic_selection() {
+        let all = names(&["orders", "orders.v2", "events", "__consumer_offsets"]);
+        assert_eq!(
+            select_topics(&all, &[], false).unwrap(),
+            names(&["events", "orders", "orders.v2"])
+        );
+        assert_eq!(
+            select_topics(&all, &names(&["orders.*"]), false).unwrap(),
+            names(&["orders", "orders.v2"])
+        );
+        assert_eq!(
+            select_topics(&all, &names(&["__consumer_offsets"]), false).unwrap(),
+            names(&["__consumer_offsets"])
+        );
+        assert_eq!(select_topics(&all, &names(&[".*"]), true).unwrap().len(), 4);
+        let e = select_topics(&all, &names(&["nope"]), false).unwrap_err();
+        assert_eq!(e.kind(), Kind::Usage);
+        assert!(e.hint().unwrap().contains("events, orders"));
+        assert_eq!(
+            select_topics(&all, &names(&["("]), false)
+                .unwrap_err()
+                .kind(),
+            Kind::Usage
+        );
+    }
+}

@@ -1,0 +1,551 @@
+//! Kafka restores: topics recreated with their partitions and configuration,
+//! records produced in their original order to their original partition by
+//! an idempotent producer, and consumer-group offsets translated through the
+//! source → target offset map (see [`super::offsets`]).
+
+use super::backup::{admin, consumer};
+use super::client::{block_on, retry, KafkaOptions};
+use super::offsets::OffsetMap;
+use crate::error::{Error, Kind, Result};
+use crate::repo::kafka::{KafkaMeta, RecordReader, TimestampType, TopicMeta};
+use crate::repo::{Node, SourceRecord};
+use crate::repository::Repository;
+use rdkafka::admin::{AdminOptions, NewTopic, TopicReplication};
+use rdkafka::consumer::{CommitMode, Consumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{BorrowedMessage, DeliveryResult, Header, OwnedHeaders};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer, ProducerContext};
+use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
+use serde::Serialize;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
+use std::time::Duration;
+
+/// Which recorded topic configuration entries a restore applies.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ConfigChoice {
+    /// Entries set on the topic itself (source `dynamic-topic`): the default.
+    #[default]
+    Explicit,
+    /// Every entry that is neither read-only nor sensitive — for brokers that
+    /// do not report where a value came from.
+    All,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct RestoreOptions {
+    /// Rename topics: `(source name, target name)`.
+    pub topic_map: Vec<(String, String)>,
+    /// Create topics and nothing else (no records, no group offsets).
+    pub no_messages: bool,
+    /// Write into topics that already exist on the target.
+    pub force: bool,
+    pub configs: ConfigChoice,
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct TopicReport {
+    pub source: String,
+    pub target: String,
+    pub partitions: usize,
+    pub created: bool,
+    pub configs_applied: Vec<String>,
+    pub records: u64,
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct CommittedOffset {
+    pub topic: String,
+    pub partition: i32,
+    pub source_offset: i64,
+    pub target_offset: i64,
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct GroupReport {
+    pub name: String,
+    pub committed: Vec<CommittedOffset>,
+    /// Why the group's offsets were not committed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub refused: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct RestoreReport {
+    pub topics: Vec<TopicReport>,
+    pub groups: Vec<GroupReport>,
+    pub warnings: Vec<String>,
+}
+
+/// topic → partition → (source offset, target offset) of delivered records.
+type Delivered = HashMap<String, HashMap<i32, Vec<(i64, i64)>>>;
+
+/// Collects delivery reports: the offset each record got on the target.
+#[derive(Default)]
+struct Deliveries {
+    map: Mutex<Delivered>,
+    errors: Mutex<Vec<String>>,
+}
+
+impl ClientContext for Deliveries {}
+
+impl ProducerContext for Deliveries {
+    type DeliveryOpaque = usize;
+    fn delivery(&self, r: &DeliveryResult<'_>, source_offset: usize) {
+        match r {
+            Ok(m) => {
+                if let Ok(mut map) = self.map.lock() {
+                    let per_topic = match map.get_mut(m.topic()) {
+                        Some(t) => t,
+                        None => map.entry(m.topic().to_string()).or_default(),
+                    };
+                    per_topic
+                        .entry(m.partition())
+                        .or_default()
+                        .push((source_offset as i64, m.offset()));
+                }
+            }
+            Err((e, m)) => {
+                if let Ok(mut errs) = self.errors.lock() {
+                    errs.push(describe_failed(e, m, source_offset));
+                }
+            }
+        }
+    }
+}
+
+fn describe_failed(e: &KafkaError, m: &BorrowedMessage<'_>, source_offset: usize) -> String {
+    format!(
+        "{}/{} (source offset {source_offset}): {e}",
+        m.topic(),
+        m.partition()
+    )
+}
+
+fn target_name<'a>(opts: &'a RestoreOptions, source: &'a str) -> &'a str {
+    opts.topic_map
+        .iter()
+        .find(|(s, _)| s == source)
+        .map(|(_, t)| t.as_str())
+        .unwrap_or(source)
+}
+
+fn configs_to_apply(t: &TopicMeta, choice: ConfigChoice) -> Vec<(String, String)> {
+    t.configs
+        .iter()
+        .filter(|c| match choice {
+            ConfigChoice::Explicit => c.is_topic_override(),
+            ConfigChoice::All => !c.read_only && !c.sensitive,
+        })
+        .filter_map(|c| Some((c.name.clone(), c.value.clone()?)))
+        .collect()
+}
+
+/// Restore Kafka source `source` of a snapshot into the brokers of `target`.
+pub fn restore_kafka(
+    repo: &Repository,
+    source: &SourceRecord,
+    target: &KafkaOptions,
+    opts: &RestoreOptions,
+) -> Result<RestoreReport> {
+    let meta: KafkaMeta = serde_json::from_value(source.metadata.clone()).map_err(|e| {
+        Error::integrity(format!(
+            "source {:?} has no readable Kafka metadata: {e}",
+            source.name
+        ))
+    })?;
+    for (from, _) in &opts.topic_map {
+        if !meta.topics.iter().any(|t| &t.name == from) {
+            let names: Vec<&str> = meta.topics.iter().map(|t| t.name.as_str()).collect();
+            return Err(Error::usage(format!(
+                "--topic-map names {from:?}, which is not in the snapshot"
+            ))
+            .with_hint(format!("its topics are: {}", names.join(", "))));
+        }
+    }
+    let with_messages = meta.messages && !opts.no_messages;
+    // Verify every blob this restore needs before touching the target.
+    let nodes: HashMap<String, Node> = if with_messages {
+        let nodes = repo.read_tree(source)?;
+        crate::restorer::verify_before_restore(repo, &nodes)?;
+        nodes.into_iter().map(|n| (n.path.clone(), n)).collect()
+    } else {
+        HashMap::new()
+    };
+    let mut report = RestoreReport::default();
+    let admin = admin(target)?;
+    let md = retry(target, "fetching cluster metadata", || {
+        admin.inner().fetch_metadata(None, target.timeout)
+    })?;
+    let brokers = md.brokers().len().max(1);
+    let existing: HashMap<String, usize> = md
+        .topics()
+        .iter()
+        .map(|t| (t.name().to_string(), t.partitions().len()))
+        .collect();
+    // Refuse before changing anything.
+    let mut conflicts = Vec::new();
+    for t in &meta.topics {
+        let name = target_name(opts, &t.name);
+        if let Some(n) = existing.get(name) {
+            if !opts.force {
+                conflicts.push(name.to_string());
+            } else if *n < t.partitions.len() {
+                return Err(Error::failure(format!(
+                    "topic {name:?} exists on the target with {n} partition(s), the snapshot has {}",
+                    t.partitions.len()
+                ))
+                .with_hint("restore into a new topic with --topic-map old=new"));
+            }
+        }
+    }
+    if !conflicts.is_empty() {
+        return Err(Error::failure(format!(
+            "topic(s) already exist on {}: {}; nothing was changed",
+            target.brokers,
+            conflicts.join(", ")
+        ))
+        .with_hint("give --force to add the records to the existing topics, or rename with --topic-map old=new"));
+    }
+    create_topics(&admin, target, &meta, opts, brokers, &existing, &mut report)?;
+    if with_messages {
+        let maps = produce(repo, target, &meta, opts, &nodes, &mut report)?;
+        commit_groups(target, &meta, opts, &maps, &mut report)?;
+    } else if !meta.groups.is_empty() {
+        report
+            .warnings
+            .push("no records were restored, so consumer-group offsets were not committed".into());
+    }
+    Ok(report)
+}
+
+fn create_topics(
+    admin: &rdkafka::admin::AdminClient<rdkafka::client::DefaultClientContext>,
+    target: &KafkaOptions,
+    meta: &KafkaMeta,
+    opts: &RestoreOptions,
+    brokers: usize,
+    existing: &HashMap<String, usize>,
+    report: &mut RestoreReport,
+) -> Result<()> {
+    let mut new = Vec::new();
+    let mut configs = Vec::new();
+    for t in &meta.topics {
+        let name = target_name(opts, &t.name);
+        let cfg = configs_to_apply(t, opts.configs);
+        report.topics.push(TopicReport {
+            source: t.name.clone(),
+            target: name.to_string(),
+            partitions: t.partitions.len(),
+            created: !existing.contains_key(name),
+            configs_applied: cfg.iter().map(|(k, v)| format!("{k}={v}")).collect(),
+            records: 0,
+        });
+        configs.push(cfg);
+    }
+    for (i, t) in meta.topics.iter().enumerate() {
+        let name = target_name(opts, &t.name);
+        if existing.contains_key(name) {
+            continue;
+        }
+        let mut rf = t.replication_factor.max(1);
+        if rf > brokers {
+            let w = format!(
+                "topic {name:?}: replication factor {rf} lowered to {brokers}, the number of brokers on the target"
+            );
+            tracing::warn!("{w}");
+            report.warnings.push(w);
+            rf = brokers;
+        }
+        let mut nt = NewTopic::new(
+            name,
+            t.partitions.len() as i32,
+            TopicReplication::Fixed(rf as i32),
+        );
+        for (k, v) in &configs[i] {
+            nt = nt.set(k, v);
+        }
+        new.push(nt);
+    }
+    if new.is_empty() {
+        return Ok(());
+    }
+    let aopts = AdminOptions::new().operation_timeout(Some(target.timeout));
+    let results = retry(target, "creating topics", || {
+        block_on(admin.create_topics(&new, &aopts))
+    })?;
+    let failed: Vec<String> = results
+        .into_iter()
+        .filter_map(|r| r.err())
+        .map(|(t, code)| format!("{t}: {code}"))
+        .collect();
+    if !failed.is_empty() {
+        return Err(Error::failure(format!(
+            "could not create topic(s) on {}: {}",
+            target.brokers,
+            failed.join("; ")
+        )));
+    }
+    // Wait until every partition of the new topics has a leader.
+    let deadline = std::time::Instant::now() + target.timeout.max(Duration::from_secs(30));
+    for nt in &new {
+        loop {
+            let md = retry(target, "fetching topic metadata", || {
+                admin.inner().fetch_metadata(Some(nt.name), target.timeout)
+            })?;
+            let ready = md.topics().first().is_some_and(|t| {
+                t.error().is_none()
+                    && t.partitions().len() as i32 == nt.num_partitions
+                    && t.partitions().iter().all(|p| p.leader() >= 0)
+            });
+            if ready {
+                break;
+            }
+            if std::time::Instant::now() > deadline {
+                return Err(Error::new(
+                    Kind::Unavailable,
+                    format!("topic {:?} has no leader for every partition yet", nt.name),
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    tracing::info!(topics = new.len(), "topics created");
+    Ok(())
+}
+
+/// Offsets at which some group resumes, per (source topic, partition).
+fn resume_points(meta: &KafkaMeta) -> HashMap<(String, i32), Vec<i64>> {
+    let mut m: HashMap<(String, i32), Vec<i64>> = HashMap::new();
+    for g in &meta.groups {
+        for o in &g.offsets {
+            m.entry((o.topic.clone(), o.partition))
+                .or_default()
+                .push(o.offset);
+        }
+    }
+    for v in m.values_mut() {
+        v.sort_unstable();
+        v.dedup();
+    }
+    m
+}
+
+type Maps = HashMap<(String, i32), (OffsetMap, i64)>;
+
+fn produce(
+    repo: &Repository,
+    target: &KafkaOptions,
+    meta: &KafkaMeta,
+    opts: &RestoreOptions,
+    nodes: &HashMap<String, Node>,
+    report: &mut RestoreReport,
+) -> Result<Maps> {
+    let mut cfg = target.config();
+    cfg.set("enable.idempotence", "true")
+        .set("linger.ms", "5")
+        .set("batch.num.messages", "100000")
+        .set("batch.size", "4194304")
+        .set("queue.buffering.max.kbytes", "262144")
+        .set("queue.buffering.max.messages", "1000000")
+        .set("message.max.bytes", "100000000")
+        .set("message.timeout.ms", "300000");
+    let producer: BaseProducer<Deliveries> = cfg
+        .create_with_context(Deliveries::default())
+        .map_err(|e| Error::usage(format!("cannot configure a Kafka producer: {e}")))?;
+    let points = resume_points(meta);
+    let flush = |p: &BaseProducer<Deliveries>| -> Result<()> {
+        p.flush(Duration::from_secs(300)).map_err(|e| {
+            Error::new(
+                Kind::Unavailable,
+                format!("producing to {} did not finish: {e}", target.brokers),
+            )
+        })
+    };
+    let started = std::time::Instant::now();
+    let mut expected: HashMap<(String, i32), u64> = HashMap::new();
+    for (ti, t) in meta.topics.iter().enumerate() {
+        let name = target_name(opts, &t.name);
+        for p in &t.partitions {
+            let Some(node) = p.node.as_ref().and_then(|n| nodes.get(n)) else {
+                continue;
+            };
+            let empty = Vec::new();
+            let pts = points.get(&(t.name.clone(), p.id)).unwrap_or(&empty);
+            let mut next_point = 0;
+            let mut sent_since_flush = false;
+            let mut reader = RecordReader::new(repo.open_file(node)?);
+            let mut count = 0u64;
+            while let Some(r) = reader
+                .next_record()
+                .map_err(|e| Error::integrity(format!("{}/{}: {e}", t.name, p.id)))?
+            {
+                crate::interrupt::check()?;
+                // Start a new batch where a group resumes: a consumer's first
+                // fetch then begins at a batch boundary.
+                if next_point < pts.len() && pts[next_point] <= r.offset {
+                    while next_point < pts.len() && pts[next_point] <= r.offset {
+                        next_point += 1;
+                    }
+                    if sent_since_flush {
+                        flush(&producer)?;
+                    }
+                }
+                let mut headers = OwnedHeaders::new_with_capacity(r.headers.len());
+                for (k, v) in &r.headers {
+                    headers = headers.insert(Header {
+                        key: k,
+                        value: v.as_ref(),
+                    });
+                }
+                let mut rec: BaseRecord<'_, [u8], [u8], usize> =
+                    BaseRecord::with_opaque_to(name, r.offset as usize).partition(p.id);
+                if r.timestamp_type != TimestampType::None && r.timestamp >= 0 {
+                    rec = rec.timestamp(r.timestamp);
+                }
+                if !r.headers.is_empty() {
+                    rec = rec.headers(headers);
+                }
+                if let Some(k) = r.key.as_deref() {
+                    rec = rec.key(k);
+                }
+                if let Some(v) = r.value.as_deref() {
+                    rec = rec.payload(v);
+                }
+                loop {
+                    match producer.send(rec) {
+                        Ok(()) => break,
+                        Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                            rec = back;
+                            producer.poll(Duration::from_millis(20));
+                        }
+                        Err((e, _)) => {
+                            return Err(Error::failure(format!(
+                                "producing to {name}/{}: {e}",
+                                p.id
+                            )))
+                        }
+                    }
+                }
+                sent_since_flush = true;
+                count += 1;
+                if count % 1024 == 0 {
+                    producer.poll(Duration::ZERO);
+                }
+            }
+            expected.insert((t.name.clone(), p.id), count);
+            report.topics[ti].records += count;
+        }
+    }
+    flush(&producer)?;
+    let ctx = producer.context();
+    let errors = std::mem::take(&mut *ctx.errors.lock().unwrap_or_else(|e| e.into_inner()));
+    if !errors.is_empty() {
+        return Err(Error::failure(format!(
+            "{} record(s) were not accepted by {}, e.g. {}",
+            errors.len(),
+            target.brokers,
+            errors[0]
+        )));
+    }
+    let mut delivered = std::mem::take(&mut *ctx.map.lock().unwrap_or_else(|e| e.into_inner()));
+    let total: u64 = expected.values().sum();
+    let secs = started.elapsed().as_secs_f64();
+    tracing::info!(
+        records = total,
+        seconds = secs,
+        per_second = (total as f64 / secs.max(1e-9)) as u64,
+        "records produced"
+    );
+    let consumer = consumer(target, &format!("cairn-restore-{}", std::process::id()))?;
+    let mut maps = Maps::new();
+    for t in &meta.topics {
+        let name = target_name(opts, &t.name);
+        let mut per_topic = delivered.remove(name).unwrap_or_default();
+        for p in &t.partitions {
+            let pairs = per_topic.remove(&p.id).unwrap_or_default();
+            let want = expected.get(&(t.name.clone(), p.id)).copied().unwrap_or(0);
+            if pairs.len() as u64 != want {
+                return Err(Error::failure(format!(
+                    "{name}/{}: {} of {want} records were acknowledged",
+                    p.id,
+                    pairs.len()
+                )));
+            }
+            let map = OffsetMap::new(pairs);
+            let (_, high) = retry(
+                target,
+                &format!("reading offsets of {name}/{}", p.id),
+                || consumer.fetch_watermarks(name, p.id, target.timeout),
+            )?;
+            let end = map.next_target().unwrap_or(high).max(high);
+            maps.insert((t.name.clone(), p.id), (map, end));
+        }
+    }
+    Ok(maps)
+}
+
+fn commit_groups(
+    target: &KafkaOptions,
+    meta: &KafkaMeta,
+    opts: &RestoreOptions,
+    maps: &Maps,
+    report: &mut RestoreReport,
+) -> Result<()> {
+    if meta.groups.is_empty() {
+        return Ok(());
+    }
+    let probe = consumer(target, &format!("cairn-restore-{}", std::process::id()))?;
+    for g in &meta.groups {
+        let mut gr = GroupReport {
+            name: g.name.clone(),
+            ..Default::default()
+        };
+        let mut tpl = TopicPartitionList::new();
+        let mut by_topic: BTreeMap<(String, i32), (i64, i64, &str)> = BTreeMap::new();
+        for o in &g.offsets {
+            let Some((map, end)) = maps.get(&(o.topic.clone(), o.partition)) else {
+                continue;
+            };
+            let t = map.translate(o.offset, *end);
+            let name = target_name(opts, &o.topic).to_string();
+            by_topic.insert((name, o.partition), (o.offset, t, &o.metadata));
+        }
+        for ((topic, partition), (src, tgt, md)) in &by_topic {
+            tpl.add_partition_offset(topic, *partition, Offset::Offset(*tgt))
+                .map_err(|e| Error::failure(format!("{topic}/{partition}: {e}")))?;
+            if !md.is_empty() {
+                if let Some(mut e) = tpl.find_partition(topic, *partition) {
+                    e.set_metadata(*md);
+                }
+            }
+            gr.committed.push(CommittedOffset {
+                topic: topic.clone(),
+                partition: *partition,
+                source_offset: *src,
+                target_offset: *tgt,
+            });
+        }
+        let live = retry(target, &format!("describing group {:?}", g.name), || {
+            probe.fetch_group_list(Some(&g.name), target.timeout)
+        })?
+        .groups()
+        .iter()
+        .find(|x| x.name() == g.name)
+        .map(|x| x.members().len())
+        .unwrap_or(0);
+        if live > 0 {
+            gr.refused = Some(format!("the group has {live} live member(s) on the target"));
+        } else if tpl.count() > 0 {
+            let gc = consumer(target, &g.name)?;
+            retry(
+                target,
+                &format!("committing offsets of group {:?}", g.name),
+                || gc.commit(&tpl, CommitMode::Sync),
+            )?;
+            tracing::info!(group = %g.name, partitions = tpl.count(), "group offsets committed");
+        }
+        report.groups.push(gr);
+    }
+    Ok(())
+}
