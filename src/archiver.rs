@@ -729,24 +729,10 @@ pub fn archive_stream<R: Read>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backend::LocalBackend;
-    use crate::crypto::Secret;
-    use crate::repository::NewKey;
     use proptest::prelude::*;
 
     fn repo(dir: &Path) -> Repository {
-        let path = dir.join("repo");
-        let new = NewKey::Password {
-            password: "pw".into(),
-            log_n: 10,
-        };
-        Repository::init(&LocalBackend::new(&path), &new).unwrap();
-        Repository::open(
-            Box::new(LocalBackend::new(&path)),
-            &Secret::Password("pw".into()),
-            Some(dir.join("cache")),
-        )
-        .unwrap()
+        crate::repository::test_repo(dir)
     }
 
     fn data(seed: u64, len: usize, text: bool) -> Vec<u8> {

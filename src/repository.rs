@@ -565,3 +565,20 @@ impl std::io::Read for FileReader<'_> {
         Ok(n)
     }
 }
+
+/// A new local repository under `dir` (password `pw`, cheap KDF), for unit tests.
+#[cfg(test)]
+pub fn test_repo(dir: &std::path::Path) -> Repository {
+    let path = dir.join("repo");
+    let new = NewKey::Password {
+        password: "pw".into(),
+        log_n: 10,
+    };
+    Repository::init(&crate::backend::LocalBackend::new(&path), &new).unwrap();
+    Repository::open(
+        Box::new(crate::backend::LocalBackend::new(&path)),
+        &crate::crypto::Secret::Password("pw".into()),
+        Some(dir.join("cache")),
+    )
+    .unwrap()
+}

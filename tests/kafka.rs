@@ -8,6 +8,7 @@ mod kafka;
 use common::*;
 use kafka::{Broker, TestRecord};
 use rdkafka::admin::{AdminOptions, ResourceSpecifier};
+use rdkafka::consumer::Consumer;
 use std::collections::BTreeMap;
 
 fn rec(i: usize, partition: i32) -> TestRecord {
@@ -96,9 +97,10 @@ fn snapshot_and_restore_into_a_fresh_broker() {
     let snap = env.json(&["snapshot", "--kafka", &src.brokers()]);
     assert_eq!(snap["complete"], true);
     let id = snap["id"].as_str().unwrap().to_string();
-    let list = env.json(&["snapshots"]);
-    let meta = &list[0]["sources"][0]["metadata"];
-    assert_eq!(list[0]["sources"][0]["kind"], "kafka");
+    let manifest: serde_json::Value =
+        serde_json::from_str(&env.ok(&["cat", "snapshot", &id])).unwrap();
+    let meta = &manifest["sources"][0]["metadata"];
+    assert_eq!(manifest["sources"][0]["kind"], "kafka");
     let topics: Vec<&str> = meta["topics"]
         .as_array()
         .unwrap()
@@ -107,6 +109,13 @@ fn snapshot_and_restore_into_a_fresh_broker() {
         .collect();
     assert_eq!(topics, ["events", "orders"]);
     let orders = &meta["topics"][1];
+    let retention = orders["configs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "retention.ms")
+        .expect("retention.ms recorded");
+    assert_eq!(retention["value"], "86400000");
     assert_eq!(orders["partitions"][0]["records"], 40);
     assert_eq!(orders["partitions"][2]["records"], 0);
     let groups: Vec<&str> = meta["groups"]
@@ -195,6 +204,49 @@ fn snapshot_and_restore_into_a_fresh_broker() {
         "{err}"
     );
     assert_eq!(dst.read_all("events", 1)[&0].len(), 12);
+
+    // A group with a live member on the target is not committed: exit 1, and
+    // the report still lists the translated offsets.
+    let live = dst.consumer("audit");
+    live.subscribe(&["events"]).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while live.assignment().map(|a| a.count()).unwrap_or(0) == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "consumer never joined"
+        );
+        live.poll(std::time::Duration::from_millis(100));
+    }
+    let out = env.run(&[
+        "restore",
+        &id,
+        "--to-brokers",
+        &dst.brokers(),
+        "--json",
+        "--topic-map",
+        "events=events2",
+        "--topic-map",
+        "orders=orders2",
+    ]);
+    let (code, err) = code_and_stderr(&out);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("audit") && err.contains("live members"),
+        "{err}"
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let audit = report["report"]["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|g| g["name"] == "audit")
+        .unwrap();
+    assert!(audit["refused"].as_str().unwrap().contains("live member"));
+    assert_eq!(audit["committed"], false);
+    assert_eq!(audit["offsets"][0]["target_offset"], 5);
+    assert_eq!(dst.committed("audit", "events2", 1), [None]);
+    assert_eq!(dst.committed("billing", "orders2", 3)[0], Some(10));
+    drop(live);
 }
 
 #[test]

@@ -278,7 +278,7 @@ fn restore_kafka(
                 None => println!(
                     "group {}: offsets committed on {} partition(s)",
                     gr.name,
-                    gr.committed.len()
+                    gr.offsets.len()
                 ),
             }
         }
@@ -302,7 +302,7 @@ fn restore_kafka(
             "the offsets of group(s) {} were not committed: they have live members on the target",
             refused.join(", ")
         ))
-        .with_hint("stop those consumers, then set the translated offsets listed by `--json` (groups[].committed) with kafka-consumer-groups --reset-offsets"));
+        .with_hint("stop those consumers, then set the translated offsets listed by `--json` (groups[].offsets) with kafka-consumer-groups --reset-offsets"));
     }
     Ok(())
 }

@@ -85,3 +85,70 @@ pub fn verify_stored(repo: &Repository, source: &SourceRecord) -> Result<()> {
     tracing::info!(source = %source.name, records = checked, "records verified in the repository");
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::archiver::{source_from_nodes, with_packer};
+    use crate::repo::kafka::{encode_record, PartitionMeta, TimestampType, TopicMeta};
+    use crate::repo::Node;
+
+    /// Store one partition of `n` records and a source whose metadata claims
+    /// `claimed` records with the true digest.
+    fn stored(repo: &Repository, n: i64, claimed: u64) -> SourceRecord {
+        let mut bytes = Vec::new();
+        for o in 0..n {
+            encode_record(
+                &mut bytes,
+                o,
+                o,
+                TimestampType::CreateTime,
+                None,
+                Some(b"v"),
+                &[],
+            );
+        }
+        let digest = blake3::hash(&bytes).to_hex().to_string();
+        let (outcome, stored, _) = with_packer(repo, |p| {
+            let (ids, size) = p
+                .add_stream(&bytes[..], &crate::progress::Progress::hidden())
+                .map_err(|_| Error::failure("store"))?;
+            let meta = KafkaMeta {
+                messages: true,
+                topics: vec![TopicMeta {
+                    name: "t".into(),
+                    partitions: vec![PartitionMeta {
+                        end: n,
+                        node: Some("kafka/t/0".into()),
+                        records: claimed,
+                        bytes: size,
+                        digest,
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                }],
+                ..Default::default()
+            };
+            source_from_nodes(
+                p,
+                "kafka",
+                "kafka",
+                vec![Node::stream("kafka/t/0", size, ids)],
+                serde_json::to_value(&meta).unwrap(),
+            )
+        })
+        .unwrap();
+        crate::commands::snapshot::commit_index(repo, stored.packs).unwrap();
+        outcome.record
+    }
+
+    #[test]
+    fn stored_records_are_checked_against_what_was_consumed() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = crate::repository::test_repo(dir.path());
+        verify_stored(&repo, &stored(&repo, 100, 100)).unwrap();
+        let e = verify_stored(&repo, &stored(&repo, 100, 99)).unwrap_err();
+        assert_eq!(e.kind(), crate::error::Kind::Integrity);
+        assert!(e.to_string().contains("has 100 records"), "{e}");
+    }
+}

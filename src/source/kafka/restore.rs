@@ -54,7 +54,7 @@ pub struct TopicReport {
 }
 
 #[derive(Clone, Debug, Default, Serialize)]
-pub struct CommittedOffset {
+pub struct TranslatedOffset {
     pub topic: String,
     pub partition: i32,
     pub source_offset: i64,
@@ -64,7 +64,9 @@ pub struct CommittedOffset {
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct GroupReport {
     pub name: String,
-    pub committed: Vec<CommittedOffset>,
+    /// Whether `offsets` were committed on the target.
+    pub committed: bool,
+    pub offsets: Vec<TranslatedOffset>,
     /// Why the group's offsets were not committed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub refused: Option<String>,
@@ -519,7 +521,7 @@ fn commit_groups(
                     e.set_metadata(*md);
                 }
             }
-            gr.committed.push(CommittedOffset {
+            gr.offsets.push(TranslatedOffset {
                 topic: topic.clone(),
                 partition: *partition,
                 source_offset: *src,
@@ -543,6 +545,7 @@ fn commit_groups(
                 &format!("committing offsets of group {:?}", g.name),
                 || gc.commit(&tpl, CommitMode::Sync),
             )?;
+            gr.committed = true;
             tracing::info!(group = %g.name, partitions = tpl.count(), "group offsets committed");
         }
         report.groups.push(gr);
