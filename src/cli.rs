@@ -301,10 +301,12 @@ pub struct CheckArgs {
     /// Read only a subset of packs: `N/M` (the N-th of M parts) or `P%`
     #[arg(long, value_name = "SUBSET", conflicts_with = "read_data")]
     pub read_data_subset: Option<String>,
-    /// Prove a PostgreSQL source restores: restore it into a scratch cluster and compare checksums
+    /// Prove sources restore: PostgreSQL into a scratch cluster (checksums compared),
+    /// Kafka into a scratch broker (records compared)
     #[arg(long)]
     pub restore_test: bool,
-    /// With --restore-test: the source to test [default: every PostgreSQL source]
+    /// With --restore-test: the source to test [default: every PostgreSQL source, and every
+    /// Kafka source when --scratch-brokers is given]
     #[arg(long, value_name = "NAME", requires = "restore_test")]
     pub source: Option<String>,
     /// With --restore-test: the snapshot to test [default: latest]
@@ -313,6 +315,10 @@ pub struct CheckArgs {
     /// With --restore-test: restore into this (empty) server instead of a throwaway cluster
     #[arg(long, value_name = "URL", requires = "restore_test")]
     pub scratch_url: Option<String>,
+    /// With --restore-test: test Kafka sources by restoring them into this scratch broker
+    /// (under new topic names `cairn-test-<snapshot>-<time>.<topic>`)
+    #[arg(long, value_name = "BROKERS", requires = "restore_test")]
+    pub scratch_brokers: Option<String>,
 }
 
 #[derive(Args, Debug)]

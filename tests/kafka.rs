@@ -362,3 +362,57 @@ fn metadata_only_snapshot_recreates_topics_without_records() {
     let got = dst.read_all("orders-copy", 2);
     assert!(got.values().all(|v| v.is_empty()), "{got:?}");
 }
+
+#[test]
+fn restore_test_proves_a_kafka_snapshot_and_fails_on_damage() {
+    let src = Broker::start();
+    let sent = fill(&src);
+    src.commit("billing", "orders", 0, 10);
+    let env = Env::init();
+    env.ok(&["snapshot", "--kafka", &src.brokers()]);
+    let scratch = Broker::start();
+    let out = env.json(&[
+        "check",
+        "--restore-test",
+        "--scratch-brokers",
+        &scratch.brokers(),
+    ]);
+    let parts = out["kafka"][0]["partitions"].as_array().unwrap();
+    assert_eq!(parts.len(), 4);
+    assert!(parts.iter().all(|p| p["ok"] == true), "{out}");
+    let prefix = out["kafka"][0]["prefix"].as_str().unwrap();
+    let restored = scratch.read_all(&format!("{prefix}orders"), 3);
+    assert_eq!(restored[&0].len(), sent[&("orders".to_string(), 0)].len());
+
+    // Without a scratch broker there is nothing to test: a usage error.
+    let (code, err) = code_and_stderr(&env.run(&["check", "--restore-test"]));
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("--scratch-brokers"), "{err}");
+
+    // A damaged pack fails the test before anything is written.
+    for p in pack_files(&env.repo) {
+        let mut b = std::fs::read(&p).unwrap();
+        let mid = b.len() / 2;
+        b[mid] ^= 0xff;
+        std::fs::write(&p, b).unwrap();
+    }
+    let scratch2 = Broker::start();
+    let (code, err) = code_and_stderr(&env.run(&[
+        "check",
+        "--restore-test",
+        "--scratch-brokers",
+        &scratch2.brokers(),
+    ]));
+    assert_eq!(code, 1, "{err}");
+    let md = scratch2
+        .admin()
+        .inner()
+        .fetch_metadata(None, std::time::Duration::from_secs(5))
+        .unwrap();
+    assert!(
+        md.topics()
+            .iter()
+            .all(|t| !t.name().starts_with("cairn-test-")),
+        "topics were created on a damaged snapshot"
+    );
+}

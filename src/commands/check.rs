@@ -324,17 +324,76 @@ pub fn check(
 
 fn restore_test(g: &GlobalArgs, a: &CheckArgs, repo: &Repository) -> Result<()> {
     let (id, snap) = repo.find_snapshot(a.snapshot.as_deref().unwrap_or("latest"))?;
+    let chosen = |s: &&crate::repo::SourceRecord| a.source.as_ref().is_none_or(|n| &s.name == n);
     let sources: Vec<_> = snap
         .sources
         .iter()
-        .filter(|s| s.kind == "postgres" && a.source.as_ref().is_none_or(|n| &s.name == n))
+        .filter(|s| s.kind == "postgres" && chosen(s))
         .collect();
-    if sources.is_empty() {
+    let kafka: Vec<_> = snap
+        .sources
+        .iter()
+        .filter(|s| s.kind == "kafka" && chosen(s))
+        .collect();
+    if kafka.iter().any(|s| a.source.as_ref() == Some(&s.name)) && a.scratch_brokers.is_none() {
+        return Err(
+            Error::usage("testing a Kafka source needs --scratch-brokers HOST:PORT")
+                .with_hint("give a broker whose topics may be created and left for inspection"),
+        );
+    }
+    let kafka = if a.scratch_brokers.is_some() {
+        kafka
+    } else {
+        Vec::new()
+    };
+    if sources.is_empty() && kafka.is_empty() {
         return Err(Error::usage(format!(
-            "snapshot {} has no PostgreSQL source to test",
-            id.short()
+            "snapshot {} has no PostgreSQL source to test{}",
+            id.short(),
+            if a.scratch_brokers.is_some() { " and no Kafka source" } else { "" }
         ))
-        .with_hint("pick one with --snapshot ID; `cairn snapshots --json` shows the sources"));
+        .with_hint("pick one with --snapshot ID; `cairn snapshots --json` shows the sources; Kafka sources need --scratch-brokers"));
+    }
+    let mut kafka_results = Vec::new();
+    if let Some(b) = &a.scratch_brokers {
+        let scratch = super::kafka_options(
+            b,
+            &crate::cli::KafkaConnArgs {
+                kafka_config: None,
+                retries: 3,
+                retry_delay: "1s".into(),
+                kafka_timeout: "10s".into(),
+            },
+        )?;
+        for s in &kafka {
+            let t = crate::source::kafka::prove::restore_test(repo, s, &scratch, &id.short())?;
+            if !g.json {
+                for p in &t.partitions {
+                    println!(
+                        "{} {}/{}: {} records{}",
+                        if p.ok { "ok      " } else { "MISMATCH" },
+                        p.topic,
+                        p.partition,
+                        p.expected_records,
+                        if p.restored_records != p.expected_records {
+                            format!(", restored {}", p.restored_records)
+                        } else if !p.ok {
+                            ", content differs".into()
+                        } else {
+                            String::new()
+                        }
+                    );
+                }
+                println!(
+                    "restore test of snapshot {} source {}: {} (topics {}*)",
+                    id.short(),
+                    t.source,
+                    if t.ok() { "passed" } else { "FAILED" },
+                    t.prefix
+                );
+            }
+            kafka_results.push(t);
+        }
     }
     let mut results = Vec::new();
     for s in sources {
@@ -369,14 +428,16 @@ fn restore_test(g: &GlobalArgs, a: &CheckArgs, repo: &Repository) -> Result<()> 
         results.push(t);
     }
     if g.json {
-        print_json(&serde_json::json!({ "snapshot": id, "results": results }))?;
+        print_json(
+            &serde_json::json!({ "snapshot": id, "results": results, "kafka": kafka_results }),
+        )?;
     }
-    if results.iter().all(|r| r.ok()) {
+    if results.iter().all(|r| r.ok()) && kafka_results.iter().all(|r| r.ok()) {
         Ok(())
     } else {
         Err(
             Error::integrity(format!("restore test of snapshot {} failed", id.short())).with_hint(
-                "the snapshot does not restore to what was backed up; check the listed tables",
+                "the snapshot does not restore to what was backed up; check the listed tables and partitions",
             ),
         )
     }

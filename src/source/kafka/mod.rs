@@ -6,6 +6,7 @@
 pub mod backup;
 pub mod client;
 pub mod offsets;
+pub mod prove;
 pub mod restore;
 
 pub use backup::{archive_kafka, BackupOptions};
