@@ -90,6 +90,9 @@ pub enum Command {
     /// Rebuild repository metadata from the data itself
     #[command(subcommand)]
     Repair(RepairCommand),
+    /// Work with plans: KDL files declaring sources, schedules, retention, alerts (spec/plan.md)
+    #[command(subcommand)]
+    Plan(PlanCommand),
     /// Archive a PostgreSQL WAL file (archive_command = 'cairn wal-push … %p')
     WalPush {
         /// Path of the WAL file (%p)
@@ -395,4 +398,13 @@ pub struct UnlockArgs {
 pub enum RepairCommand {
     /// Index packs that no index file lists (after an index file was lost)
     Index,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum PlanCommand {
+    /// Check a plan and report every problem (with --json: print the plan, defaults filled in)
+    Check {
+        /// The plan file (plan.kdl)
+        file: PathBuf,
+    },
 }

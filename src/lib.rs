@@ -15,6 +15,7 @@ pub mod index;
 pub mod interrupt;
 pub mod lock;
 pub mod logging;
+pub mod plan;
 pub mod progress;
 pub mod repo;
 pub mod repository;

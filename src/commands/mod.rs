@@ -6,6 +6,7 @@ pub mod check;
 pub mod forget;
 pub mod init;
 pub mod key;
+pub mod plan;
 pub mod prune;
 pub mod repair;
 pub mod restore;
@@ -38,6 +39,7 @@ pub fn run(g: &GlobalArgs, command: Command) -> Result<()> {
         Command::Cat(a) => cat::run(g, &a),
         Command::Unlock(a) => unlock::run(g, &a),
         Command::Repair(crate::cli::RepairCommand::Index) => repair::index(g),
+        Command::Plan(crate::cli::PlanCommand::Check { file }) => plan::check(g, &file),
         Command::WalPush { path } => wal::push(g, &path),
         Command::WalFetch { name, destination } => wal::fetch(g, &name, &destination),
     }

@@ -168,12 +168,11 @@ fn read_back(
             }
             Some(Ok(_)) => {}
             Some(Err(KafkaError::PartitionEOF(_))) if seen.count >= expected => return Ok(seen),
-            Some(Err(KafkaError::PartitionEOF(_))) => {
-                // Produced records may still be becoming visible.
-                if idle.elapsed() > Duration::from_secs(10) {
-                    return Ok(seen);
-                }
+            // Produced records may still be becoming visible: wait a little.
+            Some(Err(KafkaError::PartitionEOF(_))) if idle.elapsed() > Duration::from_secs(10) => {
+                return Ok(seen)
             }
+            Some(Err(KafkaError::PartitionEOF(_))) => {}
             Some(Err(e)) => {
                 return Err(Error::failure(format!(
                     "reading back {topic}/{partition}: {e}"

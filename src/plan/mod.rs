@@ -1,0 +1,457 @@
+//! Plans: one KDL file, kept in git, that declares what cairn backs up,
+//! where, when, how long it keeps it, whom it alerts, which services it
+//! stops around a restore and how it proves its backups (`spec/plan.md`).
+//!
+//! [`Plan::load`] reads and checks a plan and returns it with every default
+//! filled in, or *every* problem found ([`Diagnostics`]), each with its
+//! position in the file and a hint — a plan is edited by hand and checked
+//! in CI, so one round trip should show everything that is wrong.
+//!
+//! The types here are the resolved plan: relative paths are already made
+//! absolute against the plan's directory, and defaults are explicit, so
+//! `snapshot --plan`, `restore --plan` and `serve --plan` never need to know
+//! what the defaults are.
+
+mod diagnostic;
+mod graph;
+mod parse;
+mod reader;
+pub mod values;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Serialize;
+
+pub use diagnostic::{Diagnostic, Diagnostics};
+pub use graph::find_cycles;
+pub use values::{Percent, Size};
+
+use values::{serialize_duration, serialize_opt_duration};
+
+/// A checked plan with defaults filled in.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct Plan {
+    /// The plan file it was read from.
+    pub file: PathBuf,
+    pub repository: Repository,
+    pub sources: Vec<Source>,
+    /// Never empty: without `schedule` nodes there is one, "nightly".
+    pub schedules: Vec<Schedule>,
+    pub retention: Retention,
+    pub alerts: Alerts,
+    pub services: Vec<Service>,
+    pub verify: Verify,
+    /// The HTTP API of `cairn serve`; `None` when the plan has no `api` node.
+    pub api: Option<Api>,
+}
+
+impl Plan {
+    /// Read and check the plan at `path`. Relative paths in it are taken
+    /// relative to the plan's directory.
+    pub fn load(path: &Path) -> Result<Plan, Diagnostics> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            Diagnostics(vec![Diagnostic {
+                file: path.to_path_buf(),
+                position: None,
+                message: format!("cannot read the plan: {e}"),
+                hint: "check the path and that the file is readable UTF-8 text".into(),
+            }])
+        })?;
+        let dir = path.parent().unwrap_or(Path::new(""));
+        let dir = std::path::absolute(if dir.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            dir
+        })
+        .unwrap_or_else(|_| dir.to_path_buf());
+        Plan::parse(&text, path, &dir)
+    }
+
+    /// Check the plan text `text`, read from `file`; relative paths are
+    /// resolved against `dir`.
+    pub fn parse(text: &str, file: &Path, dir: &Path) -> Result<Plan, Diagnostics> {
+        parse::parse(text, file, dir)
+    }
+
+    pub fn source(&self, name: &str) -> Option<&Source> {
+        self.sources.iter().find(|s| s.name == name)
+    }
+}
+
+/// Where backups go and how to open the repository.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct Repository {
+    /// A local directory (made absolute) or a URL such as `s3://bucket/prefix`.
+    pub location: String,
+    /// Exactly one of `password_file` and `identity` is set.
+    pub password_file: Option<PathBuf>,
+    pub identity: Option<PathBuf>,
+    pub cache_dir: Option<PathBuf>,
+}
+
+/// One thing to back up: a name (unique in the plan, used in snapshots and
+/// alerts) and its kind-specific settings.
+#[derive(Clone, Debug, Serialize)]
+pub struct Source {
+    pub name: String,
+    #[serde(flatten)]
+    pub settings: SourceSettings,
+}
+
+#[derive(Clone, Debug, Serialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum SourceSettings {
+    Files(FilesSource),
+    Postgres(PostgresSource),
+    Kafka(KafkaSource),
+    Command(CommandSource),
+}
+
+impl SourceSettings {
+    /// The `kind=` value of this source.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            SourceSettings::Files(_) => "files",
+            SourceSettings::Postgres(_) => "postgres",
+            SourceSettings::Kafka(_) => "kafka",
+            SourceSettings::Command(_) => "command",
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct FilesSource {
+    /// At least one; absolute.
+    pub paths: Vec<PathBuf>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct PostgresSource {
+    /// `postgres://USER@HOST:PORT/DB`, never with a password (that comes
+    /// from PGPASSFILE, so it stays out of the plan and out of argv).
+    pub url: String,
+    /// Empty: every database.
+    pub databases: Vec<String>,
+    /// `pg_basebackup` instead of logical dumps.
+    pub physical: bool,
+}
+
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct KafkaSource {
+    /// `HOST:PORT[,HOST:PORT…]`.
+    pub brokers: String,
+    /// Names or regular expressions matching whole names; empty: every non-internal topic.
+    pub topics: Vec<String>,
+    pub include_internal: bool,
+    pub no_messages: bool,
+    /// librdkafka properties for SASL/TLS (never logged).
+    pub kafka_config: Option<PathBuf>,
+    pub retries: u32,
+    #[serde(serialize_with = "serialize_duration")]
+    pub retry_delay: Duration,
+}
+
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct CommandSource {
+    /// Program and arguments; its standard output is stored.
+    pub command: Vec<String>,
+    /// Name of the stored file; defaults to the source name.
+    pub file_name: String,
+}
+
+/// When to back up which sources.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct Schedule {
+    pub name: String,
+    /// 5-field cron expression (checked with [`values::parse_cron`]).
+    pub cron: String,
+    /// IANA time zone name; `None`: the machine's.
+    pub timezone: Option<String>,
+    /// Names of the sources it backs up; every source when the plan names none.
+    pub sources: Vec<String>,
+    /// Tags of the snapshots it makes.
+    pub tags: Vec<String>,
+    /// Slow-backup alert above it; `None`: `alerts.slow-factor` × the
+    /// median of recent runs.
+    #[serde(serialize_with = "serialize_opt_duration")]
+    pub expected_duration: Option<Duration>,
+}
+
+impl Schedule {
+    pub const DEFAULT_CRON: &'static str = "0 2 * * *";
+
+    /// The schedule a plan without `schedule` nodes gets: every source at 02:00.
+    pub fn nightly(sources: Vec<String>) -> Schedule {
+        Schedule {
+            name: "nightly".into(),
+            cron: Self::DEFAULT_CRON.into(),
+            timezone: None,
+            sources,
+            tags: Vec::new(),
+            expected_duration: None,
+        }
+    }
+
+    /// The time zone its cron expression is read in.
+    pub fn time_zone(&self) -> jiff::tz::TimeZone {
+        self.timezone
+            .as_deref()
+            .and_then(|name| jiff::tz::TimeZone::get(name).ok())
+            .unwrap_or_else(jiff::tz::TimeZone::system)
+    }
+}
+
+/// Which snapshots to keep (see `retention.rs` for the rules).
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct Retention {
+    pub keep_last: Option<u32>,
+    pub keep_hourly: Option<u32>,
+    pub keep_daily: Option<u32>,
+    pub keep_weekly: Option<u32>,
+    pub keep_monthly: Option<u32>,
+    pub keep_yearly: Option<u32>,
+    #[serde(serialize_with = "serialize_opt_duration")]
+    pub keep_within: Option<Duration>,
+    pub keep_tags: Vec<String>,
+    /// Below this much free space, the oldest snapshots are removed first.
+    pub critical_free: Percent,
+}
+
+impl Default for Retention {
+    /// A month of dailies: what a plan without keep rules gets.
+    fn default() -> Self {
+        Retention {
+            keep_last: None,
+            keep_hourly: None,
+            keep_daily: Some(30),
+            keep_weekly: None,
+            keep_monthly: None,
+            keep_yearly: None,
+            keep_within: None,
+            keep_tags: Vec::new(),
+            critical_free: Percent(5.0),
+        }
+    }
+}
+
+impl Retention {
+    /// The keep rules as a retention policy for `forget`.
+    pub fn policy(&self) -> crate::retention::Policy {
+        crate::retention::Policy {
+            keep_last: self.keep_last,
+            keep_hourly: self.keep_hourly,
+            keep_daily: self.keep_daily,
+            keep_weekly: self.keep_weekly,
+            keep_monthly: self.keep_monthly,
+            keep_yearly: self.keep_yearly,
+            keep_within: self.keep_within,
+            keep_tags: self.keep_tags.clone(),
+        }
+    }
+}
+
+/// Whom to tell, and when.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct Alerts {
+    pub email: Option<Email>,
+    /// Receives a POST with a JSON body.
+    pub webhook: Option<String>,
+    /// Alert when a schedule has not produced a snapshot for this long.
+    #[serde(serialize_with = "serialize_duration")]
+    pub missed_backup: Duration,
+    /// Alert when the repository's storage is fuller than this.
+    pub storage_warning: Percent,
+    /// Object storage: usage is measured against it.
+    pub quota: Option<Size>,
+    /// A run is slow above this × the median of recent runs (when its
+    /// schedule has no `expected-duration`).
+    pub slow_factor: f64,
+    /// Identical alerts are sent at most this often.
+    #[serde(serialize_with = "serialize_duration")]
+    pub repeat_every: Duration,
+}
+
+impl Default for Alerts {
+    fn default() -> Self {
+        Alerts {
+            email: None,
+            webhook: None,
+            missed_backup: Duration::from_secs(25 * 3600),
+            storage_warning: Percent(80.0),
+            quota: None,
+            slow_factor: 2.0,
+            repeat_every: Duration::from_secs(6 * 3600),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct Email {
+    /// SMTP server host.
+    pub smtp: String,
+    /// Defaults by `security`: 25 plain, 587 starttls, 465 tls.
+    pub port: u16,
+    pub security: SmtpSecurity,
+    /// Set together with `password_file`, or neither.
+    pub username: Option<String>,
+    pub password_file: Option<PathBuf>,
+    pub from: String,
+    /// At least one.
+    pub to: Vec<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SmtpSecurity {
+    Plain,
+    Starttls,
+    Tls,
+}
+
+impl SmtpSecurity {
+    pub fn default_port(self) -> u16 {
+        match self {
+            SmtpSecurity::Plain => 25,
+            SmtpSecurity::Starttls => 587,
+            SmtpSecurity::Tls => 465,
+        }
+    }
+}
+
+/// A service stopped before a restore and started after it.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct Service {
+    pub name: String,
+    /// Shell commands.
+    pub stop: String,
+    pub start: String,
+    /// Exit 0 = ready (after `start`).
+    pub ready: Option<Probe>,
+    /// Exit 0 = stopped (after `stop`).
+    pub stopped: Option<Probe>,
+    /// Services that must be running before this one starts (no cycles).
+    pub depends_on: Vec<String>,
+    /// Sources this service uses: restored while it is stopped.
+    pub sources: Vec<String>,
+}
+
+/// A shell command polled until it exits 0, for at most `timeout`.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct Probe {
+    pub command: String,
+    #[serde(serialize_with = "serialize_duration")]
+    pub timeout: Duration,
+}
+
+impl Probe {
+    pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
+}
+
+/// Proven restores: when and where to restore-test the backups.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct Verify {
+    pub cron: String,
+    /// Where PostgreSQL sources are restored for the test; `None`: a
+    /// throwaway cluster (initdb).
+    pub postgres_scratch: Option<String>,
+    /// Where Kafka sources are restored for the test; `None`: Kafka sources
+    /// are skipped (and count as skipped tests).
+    pub kafka_scratch: Option<String>,
+    /// Alert after this many skipped tests in a row.
+    pub skip_alert_after: u32,
+}
+
+impl Default for Verify {
+    /// Weekly, Sunday 04:00.
+    fn default() -> Self {
+        Verify {
+            cron: "0 4 * * 0".into(),
+            postgres_scratch: None,
+            kafka_scratch: None,
+            skip_alert_after: 3,
+        }
+    }
+}
+
+/// The HTTP API of `cairn serve`.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct Api {
+    /// `HOST:PORT`.
+    pub listen: String,
+    /// Tokens written in the plan.
+    pub tokens: Vec<Token>,
+    /// More tokens, one `NAME blake3:HEX` per line (read again when used, so
+    /// tokens can change without editing the plan).
+    pub token_file: Option<PathBuf>,
+}
+
+/// An API token: a name (for logs) and the BLAKE3 hash of the secret, so the
+/// plan never holds the secret itself.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Token {
+    pub name: String,
+    /// `blake3:` followed by 64 lowercase hex digits.
+    pub hash: String,
+}
+
+impl Token {
+    /// Check the `blake3:HEX` form of a token hash.
+    pub fn check_hash(hash: &str) -> Result<(), String> {
+        let Some(hex) = hash.strip_prefix("blake3:") else {
+            return Err(format!(
+                "token hash {hash:?} does not start with \"blake3:\""
+            ));
+        };
+        if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(format!(
+                "token hash {hash:?}: after \"blake3:\" come 64 hex digits, found {:?}",
+                hex
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Read a token file: one `NAME blake3:HEX` per line; empty lines and lines
+/// starting with `#` are ignored. Errors name the line.
+pub fn read_token_file(path: &Path) -> Result<Vec<Token>, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read token file {}: {e}", path.display()))?;
+    let mut tokens = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let [name, hash] = fields[..] else {
+            return Err(format!(
+                "token file {} line {}: expected \"NAME blake3:HEX\"",
+                path.display(),
+                i + 1
+            ));
+        };
+        Token::check_hash(hash)
+            .map_err(|e| format!("token file {} line {}: {e}", path.display(), i + 1))?;
+        tokens.push(Token {
+            name: name.into(),
+            hash: hash.to_ascii_lowercase(),
+        });
+    }
+    Ok(tokens)
+}
