@@ -169,6 +169,12 @@ pub struct SnapshotArgs {
     /// With --postgres: only this database (repeatable; default all)
     #[arg(long, value_name = "NAME", requires = "postgres")]
     pub database: Vec<String>,
+    /// Back up the sources of this plan (all, or those given with --source) into one snapshot
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["paths", "stdin_name", "stdin_from_command", "postgres", "kafka", "source_name"])]
+    pub plan: Option<PathBuf>,
+    /// With --plan: only this source (repeatable)
+    #[arg(long, value_name = "NAME", requires = "plan")]
+    pub source: Vec<String>,
     /// Back up a Kafka cluster: topics, configurations, group offsets and records (HOST:PORT[,...])
     #[arg(long, value_name = "BROKERS")]
     pub kafka: Option<String>,

@@ -13,6 +13,7 @@ pub mod crypto;
 pub mod error;
 pub mod index;
 pub mod interrupt;
+pub mod job;
 pub mod lock;
 pub mod logging;
 pub mod plan;

@@ -11,18 +11,7 @@ use crate::plan::Plan;
 /// stderr and fail with a usage error (exit 2); on success print a summary,
 /// or with `--json` the plan with its defaults filled in.
 pub fn check(g: &GlobalArgs, file: &Path) -> Result<()> {
-    let plan = match Plan::load(file) {
-        Ok(plan) => plan,
-        Err(problems) => {
-            eprint!("{problems}");
-            let n = problems.len();
-            return Err(Error::usage(format!(
-                "plan {} has {n} problem{}",
-                file.display(),
-                if n == 1 { "" } else { "s" }
-            )));
-        }
-    };
+    let plan = load(file)?;
     if g.json {
         return super::print_json(&plan);
     }
@@ -34,4 +23,42 @@ pub fn check(g: &GlobalArgs, file: &Path) -> Result<()> {
         plan.services.len()
     );
     Ok(())
+}
+
+/// Load a plan; its problems go to stderr and make a usage error (exit 2).
+pub fn load(file: &Path) -> Result<Plan> {
+    Plan::load(file).map_err(|problems| {
+        eprint!("{problems}");
+        let n = problems.len();
+        Error::usage(format!(
+            "plan {} has {n} problem{}",
+            file.display(),
+            if n == 1 { "" } else { "s" }
+        ))
+        .with_hint(format!("`cairn plan check {}` lists them", file.display()))
+    })
+}
+
+/// The plan's repository, opened with the plan's key (a key given on the
+/// command line wins).
+pub fn open_repo(g: &GlobalArgs, plan: &Plan) -> Result<crate::repository::Repository> {
+    let r = &plan.repository;
+    let mut g = g.clone();
+    if g.repo.as_deref().is_some_and(|x| x != r.location) {
+        return Err(Error::usage(format!(
+            "-r {} differs from the plan's repository {}",
+            g.repo.as_deref().unwrap_or_default(),
+            r.location
+        ))
+        .with_hint("leave out -r/CAIRN_REPOSITORY when using --plan"));
+    }
+    g.repo = Some(r.location.clone());
+    if g.identity.is_none() && g.password_file.is_none() {
+        g.identity = r.identity.clone();
+        g.password_file = r.password_file.clone();
+    }
+    if g.cache_dir.is_none() {
+        g.cache_dir = r.cache_dir.clone();
+    }
+    super::open_repo(&g)
 }

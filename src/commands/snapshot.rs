@@ -1,13 +1,8 @@
 use super::{human_bytes, open_repo, print_json};
-use crate::archiver::{self, with_packer, SourceOutcome};
 use crate::cli::{GlobalArgs, SnapshotArgs};
 use crate::error::{Error, Kind, Result};
-use crate::lock::with_lock;
-use crate::repo::{FileKind, IndexFile, Snapshot, Summary, FORMAT_VERSION};
-use crate::repository::{host_name, user_name, Repository};
+use crate::job::{JobOptions, NamedSource, SourceSpec};
 use std::path::PathBuf;
-use std::process::Command;
-use std::time::Instant;
 
 enum Input {
     Paths(Vec<PathBuf>),
@@ -77,138 +72,70 @@ fn input(a: &SnapshotArgs) -> Result<Input> {
     Ok(Input::Paths(paths))
 }
 
-fn run_command(
-    packer: &mut archiver::Packer,
-    name: &str,
-    argv: &[String],
-    quiet: bool,
-) -> Result<SourceOutcome> {
-    let progress = crate::progress::Progress::bytes(0, quiet, "snapshot");
-    let what = format!("command {:?}", argv.join(" "));
-    let out = archiver::store_command_output(
-        packer,
-        Command::new(&argv[0]).args(&argv[1..]),
-        &what,
-        &progress,
-    )
-    .map_err(|e| {
-        e.context("no snapshot was saved")
-            .with_hint("check the command, its arguments and PATH")
-    })?;
-    progress.finish();
-    archiver::stream_source(packer, name, "command", name, out.content, out.size)
-}
-
-/// Store the index for the packs written, check the sources on what was
-/// stored, then store the snapshot manifest — in that order, so a snapshot
-/// is only ever saved over data that is in the repository and proven.
-pub fn commit(
-    repo: &Repository,
-    packs: Vec<crate::repo::PackEntry>,
-    snapshot: &mut Snapshot,
-) -> Result<crate::repo::Id> {
-    snapshot.summary.bytes_added += commit_index(repo, packs)?;
-    crate::source::verify_stored(repo, &snapshot.sources)
-        .map_err(|e| e.context("checking the stored data failed; no snapshot was saved"))?;
-    repo.write_sealed(FileKind::Snapshot, snapshot)
-}
-
-/// Store an index file for newly written packs (none when empty); returns its size.
-pub fn commit_index(repo: &Repository, packs: Vec<crate::repo::PackEntry>) -> Result<u64> {
-    let mut size = 0;
-    if !packs.is_empty() {
-        let idx = IndexFile {
-            version: FORMAT_VERSION,
-            packs,
-        };
-        let bytes = repo.key.seal(&idx)?;
-        let id = crate::repo::Id::of_bytes(&bytes);
-        repo.backend.write(
-            &crate::backend::FileRef::new(FileKind::Index, id.to_hex()),
-            &bytes,
-        )?;
-        size = bytes.len() as u64;
-        repo.cache.add(&id.to_hex(), &idx)?;
-    }
-    Ok(size)
-}
-
-pub fn run(g: &GlobalArgs, a: &SnapshotArgs) -> Result<()> {
-    let input = input(a)?;
-    let repo = open_repo(g)?;
-    let started = Instant::now();
-    let time = jiff::Timestamp::now();
-    let (id, snap) = with_lock(&repo, false, "snapshot", || {
-        let (outcome, stored, stats) = with_packer(&repo, |p| match &input {
-            Input::Paths(paths) => archiver::archive_files(
-                p,
-                a.source_name.as_deref().unwrap_or("files"),
-                paths,
-                g.quiet,
-            ),
-            Input::Stdin(name) => {
-                archiver::archive_stream(p, name, "stdin", name, std::io::stdin().lock(), g.quiet)
-            }
-            Input::Command(name, argv) => run_command(p, name, argv, g.quiet),
-            Input::Postgres(url) if a.physical => crate::source::pg_physical::archive_physical(
-                p,
-                a.source_name.as_deref().unwrap_or("postgres"),
+/// The sources of this run: from the plan (all, or `--source`), or the one
+/// the flags describe.
+fn sources(a: &SnapshotArgs) -> Result<(Vec<NamedSource>, Option<crate::plan::Plan>)> {
+    let Some(file) = &a.plan else {
+        let spec = match input(a)? {
+            Input::Paths(p) => SourceSpec::Files(p),
+            Input::Stdin(name) => SourceSpec::Stdin { file_name: name },
+            Input::Command(name, argv) => SourceSpec::Command {
+                file_name: name,
+                argv,
+            },
+            Input::Postgres(url) => SourceSpec::Postgres {
                 url,
-                g.quiet,
-            ),
-            Input::Postgres(url) => crate::source::postgres::archive_logical(
-                p,
-                a.source_name.as_deref().unwrap_or("postgres"),
-                url,
-                &a.database,
-                g.quiet,
-            ),
-            Input::Kafka(opts) => crate::source::kafka::archive_kafka(
-                p,
-                a.source_name.as_deref().unwrap_or("kafka"),
-                opts,
-                &crate::source::kafka::BackupOptions {
+                databases: a.database.clone(),
+                physical: a.physical,
+            },
+            Input::Kafka(options) => SourceSpec::Kafka {
+                options,
+                backup: crate::source::kafka::BackupOptions {
                     topics: a.topic.clone(),
                     include_internal: a.include_internal,
                     no_messages: a.no_messages,
                 },
-                g.quiet,
-            ),
-        })?;
-        let paths = match &input {
-            Input::Paths(p) => p.iter().map(|p| p.display().to_string()).collect(),
-            Input::Stdin(n) | Input::Command(n, _) => vec![n.clone()],
-            Input::Postgres(url) => {
-                let t = crate::source::postgres::Target::parse(url)?;
-                vec![t.shown().to_string()]
-            }
-            Input::Kafka(o) => vec![format!("kafka://{}", o.brokers)],
-        };
-        let mut snap = Snapshot {
-            version: FORMAT_VERSION,
-            time,
-            host: a.host.clone().unwrap_or_else(host_name),
-            username: user_name(),
-            tags: a.tag.clone(),
-            paths,
-            plan: None,
-            summary: Summary {
-                files: outcome.files,
-                dirs: outcome.dirs,
-                symlinks: outcome.symlinks,
-                bytes_read: outcome.bytes_read,
-                bytes_added: stored.bytes,
-                chunks_total: stats.chunks_total,
-                chunks_new: stats.chunks_new,
-                duration_ms: 0,
             },
-            sources: vec![outcome.record],
-            program: format!("cairn {}", env!("CARGO_PKG_VERSION")),
         };
-        snap.summary.duration_ms = started.elapsed().as_millis() as u64;
-        let id = commit(&repo, stored.packs, &mut snap)?;
-        Ok((id, snap))
-    })?;
+        let name = a.source_name.clone().unwrap_or_else(|| match &spec {
+            SourceSpec::Files(_) => "files".into(),
+            SourceSpec::Stdin { file_name } | SourceSpec::Command { file_name, .. } => {
+                file_name.clone()
+            }
+            SourceSpec::Postgres { .. } => "postgres".into(),
+            SourceSpec::Kafka { .. } => "kafka".into(),
+        });
+        return Ok((vec![NamedSource { name, spec }], None));
+    };
+    let plan = super::plan::load(file)?;
+    let chosen = crate::plan::job_sources(&plan, &a.source)?;
+    Ok((chosen, Some(plan)))
+}
+
+pub fn run(g: &GlobalArgs, a: &SnapshotArgs) -> Result<()> {
+    let (sources, plan) = sources(a)?;
+    let repo = match &plan {
+        Some(p) => super::plan::open_repo(g, p)?,
+        None => open_repo(g)?,
+    };
+    let mut tags = a.tag.clone();
+    if let Some(p) = &plan {
+        for s in &p.schedules {
+            if a.source.is_empty() {
+                tags.extend(s.tags.iter().cloned());
+            }
+        }
+        tags.sort();
+        tags.dedup();
+    }
+    let opts = JobOptions {
+        tags,
+        host: a.host.clone(),
+        plan: plan.as_ref().map(|p| p.file.display().to_string()),
+        quiet: g.quiet,
+    };
+    let report = crate::job::run(&repo, &sources, &opts)?;
+    let (id, snap) = (report.id, report.snapshot);
     let s = &snap.summary;
     let errors: Vec<&String> = snap.sources.iter().flat_map(|s| &s.errors).collect();
     tracing::info!(snapshot = %id.short(), bytes_read = s.bytes_read, bytes_added = s.bytes_added, duration_ms = s.duration_ms, "snapshot saved");
@@ -219,9 +146,23 @@ pub fn run(g: &GlobalArgs, a: &SnapshotArgs) -> Result<()> {
             "files": s.files, "dirs": s.dirs, "symlinks": s.symlinks,
             "bytes_read": s.bytes_read, "bytes_added": s.bytes_added,
             "chunks_total": s.chunks_total, "chunks_new": s.chunks_new,
-            "duration_ms": s.duration_ms,
+            "duration_ms": s.duration_ms, "sources": report.sources,
         }))?;
     } else if !g.quiet {
+        if report.sources.len() > 1 {
+            for r in &report.sources {
+                match &r.error {
+                    None => println!(
+                        "source {} ({}): read {} in {:.1}s",
+                        r.name,
+                        r.kind,
+                        human_bytes(r.bytes_read),
+                        r.duration_ms as f64 / 1000.0
+                    ),
+                    Some(e) => println!("source {} ({}): FAILED: {e}", r.name, r.kind),
+                }
+            }
+        }
         println!(
             "snapshot {} saved: {} files, {} dirs, {} symlinks; read {}, added {} in {:.1}s",
             id.short(),
@@ -232,6 +173,23 @@ pub fn run(g: &GlobalArgs, a: &SnapshotArgs) -> Result<()> {
             human_bytes(s.bytes_added),
             s.duration_ms as f64 / 1000.0
         );
+    }
+    let failed: Vec<&str> = snap
+        .sources
+        .iter()
+        .filter(|x| x.status == crate::repo::SourceStatus::Failed)
+        .map(|x| x.name.as_str())
+        .collect();
+    if !failed.is_empty() {
+        return Err(Error::new(
+            Kind::SourceUnreadable,
+            format!(
+                "snapshot {} was saved as incomplete: source(s) {} failed",
+                id.short(),
+                failed.join(", ")
+            ),
+        )
+        .with_hint("the errors are listed above and in the log; the other sources were stored"));
     }
     if !errors.is_empty() {
         for e in &errors {

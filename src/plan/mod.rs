@@ -455,3 +455,63 @@ pub fn read_token_file(path: &Path) -> Result<Vec<Token>, String> {
     }
     Ok(tokens)
 }
+
+/// The job sources for a run of `plan`: every source, or those `names`
+/// (a usage error names an unknown one and lists the plan's sources).
+pub fn job_sources(
+    plan: &Plan,
+    names: &[String],
+) -> crate::error::Result<Vec<crate::job::NamedSource>> {
+    use crate::job::{NamedSource, SourceSpec};
+    for n in names {
+        if plan.source(n).is_none() {
+            let known: Vec<&str> = plan.sources.iter().map(|s| s.name.as_str()).collect();
+            return Err(
+                crate::error::Error::usage(format!("the plan has no source {n:?}"))
+                    .with_hint(format!("its sources are: {}", known.join(", "))),
+            );
+        }
+    }
+    let mut out = Vec::new();
+    for s in plan
+        .sources
+        .iter()
+        .filter(|s| names.is_empty() || names.contains(&s.name))
+    {
+        let spec = match &s.settings {
+            SourceSettings::Files(f) => SourceSpec::Files(f.paths.clone()),
+            SourceSettings::Postgres(p) => SourceSpec::Postgres {
+                url: p.url.clone(),
+                databases: p.databases.clone(),
+                physical: p.physical,
+            },
+            SourceSettings::Kafka(k) => {
+                let mut options = crate::source::kafka::KafkaOptions::new(&k.brokers)?;
+                options.retry = crate::source::kafka::RetryPolicy {
+                    retries: k.retries,
+                    base: k.retry_delay,
+                };
+                if let Some(f) = &k.kafka_config {
+                    options.load_properties(f)?;
+                }
+                SourceSpec::Kafka {
+                    options,
+                    backup: crate::source::kafka::BackupOptions {
+                        topics: k.topics.clone(),
+                        include_internal: k.include_internal,
+                        no_messages: k.no_messages,
+                    },
+                }
+            }
+            SourceSettings::Command(c) => SourceSpec::Command {
+                file_name: c.file_name.clone(),
+                argv: c.command.clone(),
+            },
+        };
+        out.push(NamedSource {
+            name: s.name.clone(),
+            spec,
+        });
+    }
+    Ok(out)
+}

@@ -93,13 +93,16 @@ pub enum SourceStatus {
     Complete,
     /// Stored, but some of the source's data could not be read (listed in `errors`).
     Incomplete,
+    /// Nothing was stored: the source failed (the reason is in `errors`);
+    /// recorded so a run of several sources shows what it missed.
+    Failed,
 }
 
 /// One source (files, a stream, a database, a cluster) inside a snapshot.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct SourceRecord {
     pub name: String,
-    /// files | stdin | command (later: postgres, kafka)
+    /// files | stdin | command | postgres | kafka
     pub kind: String,
     pub status: SourceStatus,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

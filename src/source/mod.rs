@@ -16,7 +16,10 @@ pub fn verify_stored(
     repo: &crate::repository::Repository,
     sources: &[crate::repo::SourceRecord],
 ) -> crate::error::Result<()> {
-    for s in sources.iter().filter(|s| s.kind == "kafka") {
+    for s in sources
+        .iter()
+        .filter(|s| s.kind == "kafka" && s.status == crate::repo::SourceStatus::Complete)
+    {
         kafka::verify_stored(repo, s)?;
     }
     Ok(())

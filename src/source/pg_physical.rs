@@ -205,7 +205,7 @@ pub fn wal_push(repo: &Repository, path: &Path) -> Result<&'static str> {
             Err(ChunkError::Read(e)) => Err(Error::io("reading WAL", e)),
         }
     })?;
-    crate::commands::snapshot::commit_index(repo, stored.packs)?;
+    crate::job::commit_index(repo, stored.packs)?;
     let entry = WalEntry {
         name: name.clone(),
         size: data.len() as u64,

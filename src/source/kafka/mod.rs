@@ -139,7 +139,7 @@ mod tests {
             )
         })
         .unwrap();
-        crate::commands::snapshot::commit_index(repo, stored.packs).unwrap();
+        crate::job::commit_index(repo, stored.packs).unwrap();
         outcome.record
     }
 
