@@ -24,6 +24,9 @@
 //! comparing a restored topic with its source. Both fail when the topic holds
 //! other than MESSAGES records.
 //!
+//! `KAFKA_BASELINE_CONFIG=key=value,key=value` adds librdkafka properties
+//! (applied last), e.g. `fetch.wait.max.ms=10`.
+//!
 //! Each mode prints one JSON line: messages, bytes, seconds (producer or
 //! consumer creation to the last delivery report or end-of-partition; topic
 //! creation excluded) and messages_per_s.
@@ -92,6 +95,21 @@ fn config(brokers: &str) -> ClientConfig {
         .set("client.id", "kafka-baseline")
         .set("log_level", "3");
     c
+}
+
+/// Extra librdkafka properties from `KAFKA_BASELINE_CONFIG` (`key=value`
+/// pairs separated by commas), applied last: for trying other settings.
+fn extra(c: &mut ClientConfig) -> Res<()> {
+    let Ok(s) = std::env::var("KAFKA_BASELINE_CONFIG") else {
+        return Ok(());
+    };
+    for kv in s.split(',').filter(|kv| !kv.trim().is_empty()) {
+        let (k, v) = kv
+            .split_once('=')
+            .ok_or_else(|| format!("KAFKA_BASELINE_CONFIG: expected key=value, not {kv:?}"))?;
+        c.set(k.trim(), v.trim());
+    }
+    Ok(())
 }
 
 /// The value of record `i`: VALUE_LEN characters '0'..'o' from xorshift64*.
@@ -168,6 +186,7 @@ fn produce(a: &Args) -> Res<serde_json::Value> {
         .set("queue.buffering.max.messages", "1000000")
         .set("message.max.bytes", "100000000")
         .set("message.timeout.ms", "300000");
+    extra(&mut cfg)?;
     let t0 = Instant::now();
     let p: BaseProducer<Deliveries> = cfg
         .create_with_context(Deliveries::default())
@@ -238,6 +257,7 @@ fn consume(a: &Args, digest: bool) -> Res<serde_json::Value> {
         .set("check.crcs", "true")
         .set("max.partition.fetch.bytes", "8388608")
         .set("fetch.max.bytes", "67108864");
+    extra(&mut cfg)?;
     let t0 = Instant::now();
     let c: BaseConsumer = cfg.create().map_err(|e| format!("consumer: {e}"))?;
     let mut tpl = TopicPartitionList::new();
@@ -261,14 +281,13 @@ fn consume(a: &Args, digest: bool) -> Res<serde_json::Value> {
     let mut idle = Instant::now();
     while eof.len() < a.partitions as usize {
         match c.poll(Duration::from_millis(200)) {
-            None => {
-                if idle.elapsed() > STALL {
-                    return Err(format!(
-                        "no progress for {}s; end of partition seen on {eof:?}",
-                        STALL.as_secs()
-                    ));
-                }
+            None if idle.elapsed() > STALL => {
+                return Err(format!(
+                    "no progress for {}s; end of partition seen on {eof:?}",
+                    STALL.as_secs()
+                ));
             }
+            None => {}
             Some(Err(KafkaError::PartitionEOF(p))) => {
                 eof.insert(p);
             }
