@@ -9,6 +9,7 @@
 //! Records are encoded in offset order and chunked like any stream, so a
 //! second day's snapshot stores only what was appended.
 
+use super::client::KafkaConsumer as BaseConsumer;
 use super::client::{retry, KafkaOptions};
 use crate::archiver::{Packer, SourceOutcome};
 use crate::chunk::ChunkError;
@@ -21,7 +22,7 @@ use crate::repo::kafka::{
 use crate::repo::Node;
 use rdkafka::admin::{AdminClient, AdminOptions, ConfigSource, ResourceSpecifier};
 use rdkafka::client::DefaultClientContext;
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::Consumer;
 use rdkafka::error::KafkaError;
 use rdkafka::message::Headers;
 use rdkafka::{Message, Offset, TopicPartitionList};
@@ -52,7 +53,7 @@ pub fn consumer(opts: &KafkaOptions, group: &str) -> Result<BaseConsumer> {
         .set("check.crcs", "true")
         .set("max.partition.fetch.bytes", "8388608")
         .set("fetch.max.bytes", "67108864");
-    c.create().map_err(|e| {
+    c.create_with_context(super::client::Quiet).map_err(|e| {
         Error::usage(format!("cannot configure a Kafka consumer: {e}")).with_hint(
             "check the properties given with --kafka-config (librdkafka names, key=value)",
         )

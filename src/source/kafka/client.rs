@@ -179,6 +179,24 @@ pub fn retry<T>(
     unreachable!("the loop returns on the last attempt")
 }
 
+/// librdkafka's client-level errors, logged at the right level: a partition
+/// reaching its end is how reading stops, not an error.
+pub struct Quiet;
+
+impl rdkafka::ClientContext for Quiet {
+    fn error(&self, error: KafkaError, reason: &str) {
+        match error {
+            KafkaError::PartitionEOF(_) => tracing::debug!("librdkafka: {reason}"),
+            e => tracing::warn!("librdkafka: {e}: {reason}"),
+        }
+    }
+}
+
+impl rdkafka::consumer::ConsumerContext for Quiet {}
+
+/// The consumer cairn uses everywhere.
+pub type KafkaConsumer = rdkafka::consumer::BaseConsumer<Quiet>;
+
 /// Wait for an rdkafka admin future on this thread.
 pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
     futures::executor::block_on(f)

@@ -139,7 +139,7 @@ pub fn restore_test(
 
 /// Consume a partition of the scratch broker from its start to its end.
 fn read_back(
-    c: &rdkafka::consumer::BaseConsumer,
+    c: &super::client::KafkaConsumer,
     topic: &str,
     partition: i32,
     expected: u64,
