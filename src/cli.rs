@@ -90,6 +90,8 @@ pub enum Command {
     /// Rebuild repository metadata from the data itself
     #[command(subcommand)]
     Repair(RepairCommand),
+    /// Run a plan unattended: schedules, retention, checks, alerts and the HTTP API
+    Serve(ServeArgs),
     /// Work with plans: KDL files declaring sources, schedules, retention, alerts (spec/plan.md)
     #[command(subcommand)]
     Plan(PlanCommand),
@@ -234,6 +236,7 @@ pub struct SnapshotsArgs {
 }
 
 #[derive(Args, Debug)]
+#[command(group(clap::ArgGroup::new("kafka_restore").args(["to_brokers", "plan"]).multiple(true)))]
 pub struct RestoreArgs {
     /// Snapshot id (or unique prefix), or `latest`
     #[arg(value_name = "SNAPSHOT", conflicts_with = "at")]
@@ -241,8 +244,18 @@ pub struct RestoreArgs {
     /// Restore the newest snapshot taken at or before this time (RFC 3339 or `YYYY-MM-DD HH:MM`, local time)
     #[arg(long, value_name = "TIME")]
     pub at: Option<String>,
+    /// Restore everything this plan backs up, stopping and starting its services around it
+    /// (without a snapshot or --at: list the plan's restore points)
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["target", "to", "to_brokers", "pgdata", "include", "source"])]
+    pub plan: Option<PathBuf>,
+    /// With --plan: print the ordered steps, do nothing
+    #[arg(long, short = 'n', requires = "plan")]
+    pub dry_run: bool,
+    /// With --plan: restore files below this directory instead of their original paths
+    #[arg(long, value_name = "DIR", requires = "plan")]
+    pub target_root: Option<PathBuf>,
     /// Directory to restore files into
-    #[arg(long, short = 't', value_name = "DIR", required_unless_present_any = ["to", "pgdata", "to_brokers"])]
+    #[arg(long, short = 't', value_name = "DIR", required_unless_present_any = ["to", "pgdata", "to_brokers", "plan"])]
     pub target: Option<PathBuf>,
     /// Restore a PostgreSQL source into the server at this URL
     #[arg(long, value_name = "URL", conflicts_with = "target")]
@@ -285,8 +298,8 @@ pub struct RestoreArgs {
     /// With --to-brokers: create the topics only, without records or group offsets
     #[arg(long, requires = "to_brokers")]
     pub no_messages: bool,
-    /// With --to-brokers: add records to topics that already exist
-    #[arg(long, requires = "to_brokers")]
+    /// With --to-brokers or --plan: add records to topics that already exist
+    #[arg(long, requires = "kafka_restore")]
     pub force: bool,
     /// With --to-brokers: apply every recorded topic setting, not only those set on the topic
     /// (for brokers that report no config sources)
@@ -413,4 +426,32 @@ pub enum PlanCommand {
         /// The plan file (plan.kdl)
         file: PathBuf,
     },
+    /// Send a test alert through every channel of the plan's `alerts` node (e-mail, webhook)
+    #[command(
+        after_help = "Exit codes: 0 delivered (through at least one channel), 1 every channel failed, \
+2 the plan has problems or configures no alert channel."
+    )]
+    TestAlert {
+        /// The plan file (plan.kdl)
+        file: PathBuf,
+        /// Send a sample alert of this kind instead of a plain test (to see how it looks)
+        #[arg(long, value_enum, default_value_t = crate::daemon::alerts::AlertKind::Test)]
+        kind: crate::daemon::alerts::AlertKind,
+    },
+}
+
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    /// The plan to run
+    #[arg(long, value_name = "FILE")]
+    pub plan: PathBuf,
+    /// Listen here instead of the plan's `api { listen }` (port 0 picks a free one)
+    #[arg(long, value_name = "HOST:PORT")]
+    pub listen: Option<String>,
+    /// Where the daemon keeps its state [default: the cache directory's `serve/`]
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// How often to check for missed backups and storage use
+    #[arg(long, value_name = "DURATION", default_value = "60s")]
+    pub check_every: String,
 }

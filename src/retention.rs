@@ -501,6 +501,42 @@ fn decide_group(policy: &Policy, members: &[&Candidate], tz: &TimeZone) -> Vec<D
         .collect()
 }
 
+/// Apply `policy` to the snapshots of `repo` that `only` selects: decide,
+/// log every removal with its reason, and remove the snapshot files unless
+/// `dry_run`. The caller holds the exclusive lock. Returns the decisions.
+pub fn forget(
+    repo: &crate::repository::Repository,
+    policy: &Policy,
+    group_by: GroupBy,
+    only: impl Fn(&crate::repo::Snapshot) -> bool,
+    dry_run: bool,
+) -> crate::error::Result<Vec<GroupDecision>> {
+    let candidates: Vec<Candidate> = repo
+        .snapshots()?
+        .into_iter()
+        .filter(|(_, s)| only(s))
+        .map(|(id, s)| Candidate {
+            id: id.to_hex(),
+            time: s.time,
+            host: s.host,
+            tags: s.tags,
+            paths: s.paths,
+        })
+        .collect();
+    let groups = plan(policy, group_by, &candidates, &TimeZone::system());
+    for d in groups.iter().flat_map(|g| g.removed()) {
+        let short = &d.id[..8.min(d.id.len())];
+        tracing::info!(snapshot = short, time = %d.time, reason = %d.reasons.join("; "), dry_run, "forgetting snapshot");
+        if !dry_run {
+            repo.backend.remove(&crate::backend::FileRef::new(
+                crate::repo::FileKind::Snapshot,
+                d.id.as_str(),
+            ))?;
+        }
+    }
+    Ok(groups)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -293,7 +293,7 @@ source "etc" kind="files" { path "/srv"; }
 source "db" kind="postgres" { url "postgres://backup:hunter2@db/postgres"; }
 source "bad name!" kind="files" { path "/"; }
 schedule "nightly" {
-    cron "0 2 * * * *"
+    cron "0 0 2 * * * *"
     timezone "Berlin"
     sources "etcetera"
     expected-duration "30 minutes-ish"

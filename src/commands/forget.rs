@@ -1,10 +1,8 @@
 use super::{local_time, matches_filter, open_repo, print_json};
-use crate::backend::FileRef;
 use crate::cli::{ForgetArgs, GlobalArgs};
 use crate::error::{Error, Result};
 use crate::lock::with_lock;
-use crate::repo::FileKind;
-use crate::retention::{self, Candidate, GroupBy, Policy};
+use crate::retention::{self, GroupBy, Policy};
 
 fn policy(a: &ForgetArgs) -> Result<Policy> {
     let keep_within = a
@@ -37,52 +35,29 @@ pub fn run(g: &GlobalArgs, a: &ForgetArgs) -> Result<()> {
         .map_err(|e: String| Error::usage(format!("--group-by: {e}")))?;
     let repo = open_repo(g)?;
     with_lock(&repo, true, "forget", || {
-        let snaps: Vec<_> = repo
-            .snapshots()?
-            .into_iter()
-            .filter(|(_, s)| matches_filter(s, &a.filter))
-            .collect();
-        let candidates: Vec<Candidate> = snaps
-            .iter()
-            .map(|(id, s)| Candidate {
-                id: id.to_hex(),
-                time: s.time,
-                host: s.host.clone(),
-                tags: s.tags.clone(),
-                paths: s.paths.clone(),
-            })
-            .collect();
-        let groups = retention::plan(
+        let groups = retention::forget(
+            &repo,
             &policy,
             group_by,
-            &candidates,
-            &jiff::tz::TimeZone::system(),
-        );
+            |s| matches_filter(s, &a.filter),
+            a.dry_run,
+        )?;
         let mut removed = 0;
         for grp in &groups {
             if !g.json {
                 println!("group {}:", grp.key);
             }
             for d in &grp.decisions {
-                let short = &d.id[..8];
                 if !g.json {
                     println!(
                         "  {} {} {}  {}",
                         if d.keep { "keep  " } else { "remove" },
-                        short,
+                        &d.id[..8],
                         local_time(d.time),
                         d.reasons.join("; ")
                     );
                 }
-                if d.keep {
-                    continue;
-                }
-                tracing::info!(snapshot = short, reason = %d.reasons.join("; "), dry_run = a.dry_run, "forgetting snapshot");
-                if !a.dry_run {
-                    repo.backend
-                        .remove(&FileRef::new(FileKind::Snapshot, d.id.as_str()))?;
-                }
-                removed += 1;
+                removed += usize::from(!d.keep);
             }
         }
         if g.json {

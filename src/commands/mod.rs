@@ -10,6 +10,8 @@ pub mod plan;
 pub mod prune;
 pub mod repair;
 pub mod restore;
+pub mod restore_plan;
+pub mod serve;
 pub mod snapshot;
 pub mod snapshots;
 pub mod stats;
@@ -32,6 +34,7 @@ pub fn run(g: &GlobalArgs, command: Command) -> Result<()> {
         Command::Snapshot(a) => snapshot::run(g, &a),
         Command::Snapshots(a) => snapshots::run(g, &a),
         Command::Restore(a) => restore::run(g, &a),
+        Command::Serve(a) => serve::run(g, &a),
         Command::Check(a) => check::run(g, &a),
         Command::Forget(a) => forget::run(g, &a),
         Command::Prune(a) => prune::run(g, &a),
@@ -40,6 +43,9 @@ pub fn run(g: &GlobalArgs, command: Command) -> Result<()> {
         Command::Unlock(a) => unlock::run(g, &a),
         Command::Repair(crate::cli::RepairCommand::Index) => repair::index(g),
         Command::Plan(crate::cli::PlanCommand::Check { file }) => plan::check(g, &file),
+        Command::Plan(crate::cli::PlanCommand::TestAlert { file, kind }) => {
+            plan::test_alert(g, &file, kind)
+        }
         Command::WalPush { path } => wal::push(g, &path),
         Command::WalFetch { name, destination } => wal::fetch(g, &name, &destination),
     }

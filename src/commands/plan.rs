@@ -4,6 +4,7 @@
 use std::path::Path;
 
 use crate::cli::GlobalArgs;
+use crate::daemon::alerts::{Alert, AlertKind, Alerter, Delivery};
 use crate::error::{Error, Result};
 use crate::plan::Plan;
 
@@ -35,7 +36,6 @@ pub fn load(file: &Path) -> Result<Plan> {
             file.display(),
             if n == 1 { "" } else { "s" }
         ))
-        .with_hint(format!("`cairn plan check {}` lists them", file.display()))
     })
 }
 
@@ -61,4 +61,37 @@ pub fn open_repo(g: &GlobalArgs, plan: &Plan) -> Result<crate::repository::Repos
         g.cache_dir = r.cache_dir.clone();
     }
     super::open_repo(&g)
+}
+
+/// `cairn plan test-alert FILE [--kind KIND]`: send one alert through every
+/// channel the plan configures and say what was delivered. Fails (exit 1)
+/// when every channel failed; a plan without channels is a usage error.
+pub fn test_alert(g: &GlobalArgs, file: &Path, kind: AlertKind) -> Result<()> {
+    let plan = load(file)?;
+    let host = gethostname::gethostname().to_string_lossy().into_owned();
+    let alerter = Alerter::new(&plan.alerts, host, None);
+    if !alerter.has_channels() {
+        return Err(Error::usage(format!(
+            "plan {} configures no alert channel",
+            file.display()
+        ))
+        .with_hint(
+            "add `email { smtp …; from …; to … }` and/or `webhook \"URL\"` to the plan's \
+             `alerts` node (spec/plan.md)",
+        ));
+    }
+    let delivery = alerter.send(&Alert::example(kind))?;
+    if g.json {
+        return super::print_json(&delivery);
+    }
+    if let Delivery::Sent { subject, channels } = &delivery {
+        println!("alert {subject:?}:");
+        for c in channels {
+            match &c.error {
+                None => println!("  {}: sent to {}", c.channel, c.target),
+                Some(e) => println!("  {}: FAILED ({}): {e}", c.channel, c.target),
+            }
+        }
+    }
+    Ok(())
 }

@@ -104,6 +104,9 @@ fn restore_pitr(
 }
 
 pub fn run(g: &GlobalArgs, a: &RestoreArgs) -> Result<()> {
+    if let Some(plan) = &a.plan {
+        return super::restore_plan::run(g, a, plan);
+    }
     let at = a.at.as_deref().map(parse_time).transpose()?;
     if let (Some(pgdata), Some(at)) = (&a.pgdata, at) {
         return restore_pitr(g, a, pgdata, at);

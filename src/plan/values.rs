@@ -160,17 +160,23 @@ impl Serialize for Size {
     }
 }
 
-/// Check a 5-field cron expression (minute hour day month weekday); names
-/// like `MON` and `JAN` are allowed, seconds and years are not.
+/// Check a cron expression: 5 fields (minute hour day month weekday), or 6
+/// with seconds first (for short schedules, e.g. in tests); names like `MON`
+/// and `JAN` are allowed, years are not.
 pub fn parse_cron(s: &str) -> Result<croner::Cron, String> {
     let fields = s.split_whitespace().count();
-    if fields != 5 {
+    if fields != 5 && fields != 6 {
         return Err(format!(
-            "bad cron expression {s:?}: it has {fields} field(s), not 5 (minute hour day month weekday)"
+            "bad cron expression {s:?}: it has {fields} field(s), not 5 (minute hour day month weekday) or 6 (second first)"
         ));
     }
+    let seconds = if fields == 6 {
+        croner::parser::Seconds::Required
+    } else {
+        croner::parser::Seconds::Disallowed
+    };
     croner::parser::CronParser::builder()
-        .seconds(croner::parser::Seconds::Disallowed)
+        .seconds(seconds)
         .year(croner::parser::Year::Disallowed)
         .build()
         .parse(s)
@@ -283,9 +289,10 @@ mod tests {
         assert!(parse_cron("0 2 * * *").is_ok());
         assert!(parse_cron("*/15 8-18 * * MON-FRI").is_ok());
         assert!(parse_cron("0 4 * * 0").is_ok());
-        assert!(parse_cron("0 0 2 * * *")
+        assert!(parse_cron("*/5 * * * * *").is_ok(), "seconds first");
+        assert!(parse_cron("0 0 2 * * * 2027")
             .unwrap_err()
-            .contains("6 field(s)"));
+            .contains("7 field(s)"));
         assert!(parse_cron("61 2 * * *").is_err());
         assert!(parse_cron("0 2 * * funday").is_err());
     }

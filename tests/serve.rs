@@ -1,0 +1,357 @@
+//! `cairn serve`: the real daemon on a schedule of seconds, its HTTP API,
+//! retention and alerts arriving at a real SMTP server (aiosmtpd).
+
+mod common;
+
+use common::*;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const TOKEN: &str = "test-token-1234";
+
+struct Smtp {
+    child: Child,
+    port: u16,
+    dir: PathBuf,
+}
+
+impl Smtp {
+    fn start(dir: &Path) -> Smtp {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = Command::new("/usr/bin/python3")
+            .args(["-m", "aiosmtpd", "-n", "-l", &format!("127.0.0.1:{port}")])
+            .args(["-c", "aiosmtpd.handlers.Mailbox"])
+            .arg(dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("python3-aiosmtpd (scripts/setup installs it)");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "aiosmtpd did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Smtp {
+            child,
+            port,
+            dir: dir.to_path_buf(),
+        }
+    }
+
+    /// Every message received so far (raw text).
+    fn messages(&self) -> Vec<String> {
+        let Ok(rd) = std::fs::read_dir(self.dir.join("new")) else {
+            return Vec::new();
+        };
+        rd.flatten()
+            .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+            .collect()
+    }
+
+    fn wait_for(&self, needle: &str, secs: u64) -> String {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        loop {
+            if let Some(m) = self.messages().into_iter().find(|m| m.contains(needle)) {
+                return m;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no e-mail containing {needle:?}; got:\n{}",
+                self.messages().join("\n-----\n")
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+impl Drop for Smtp {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+struct Served {
+    child: Child,
+    addr: String,
+    stderr: std::sync::Arc<std::sync::Mutex<String>>,
+}
+
+impl Served {
+    fn start(env: &Env, plan: &Path) -> Served {
+        let mut child = env
+            .cmd()
+            .env_remove("CAIRN_REPOSITORY")
+            .env_remove("CAIRN_PASSWORD_FILE")
+            .env_remove("CAIRN_CACHE_DIR")
+            .args(["serve", "-v", "--plan"])
+            .arg(plan)
+            .args([
+                "--listen",
+                "127.0.0.1:0",
+                "--check-every",
+                "1s",
+                "--state-dir",
+            ])
+            .arg(env.path("state"))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let sink = stderr.clone();
+        let mut err = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = err.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                sink.lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        });
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let addr = line
+            .trim()
+            .rsplit("http://")
+            .next()
+            .unwrap_or_default()
+            .to_string();
+        assert!(
+            addr.contains(':'),
+            "no listen address in {line:?}; stderr: {}",
+            stderr.lock().unwrap()
+        );
+        Served {
+            child,
+            addr,
+            stderr,
+        }
+    }
+
+    fn log(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    /// (status code, body)
+    fn request(&self, method: &str, path: &str, token: Option<&str>) -> (u16, String) {
+        let mut s = TcpStream::connect(&self.addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
+        let auth = token
+            .map(|t| format!("Authorization: Bearer {t}\r\n"))
+            .unwrap_or_default();
+        write!(
+            s,
+            "{method} {path} HTTP/1.1\r\nHost: {}\r\n{auth}Content-Length: 0\r\nConnection: close\r\n\r\n",
+            self.addr
+        )
+        .unwrap();
+        let mut resp = String::new();
+        s.read_to_string(&mut resp).unwrap();
+        let code = resp
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        let body = resp
+            .split_once("\r\n\r\n")
+            .map(|x| x.1)
+            .unwrap_or("")
+            .to_string();
+        (code, body)
+    }
+
+    fn status(&self) -> serde_json::Value {
+        let (code, body) = self.request("GET", "/status", Some(TOKEN));
+        assert_eq!(code, 200, "{body}");
+        serde_json::from_str(&body).unwrap()
+    }
+
+    fn wait_until(
+        &self,
+        what: &str,
+        secs: u64,
+        f: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        loop {
+            let s = self.status();
+            if f(&s) {
+                return s;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}: {s}\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+
+    fn stop(mut self) -> (Option<i32>, String) {
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                return (st.code(), self.log());
+            }
+            assert!(Instant::now() < deadline, "serve did not stop on SIGTERM");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+fn plan(env: &Env, body: &str) -> PathBuf {
+    let p = env.path("plan.kdl");
+    let hash = blake3::hash(TOKEN.as_bytes()).to_hex();
+    std::fs::write(
+        &p,
+        format!(
+            "repository \"{}\" {{\n    password-file \"password\"\n    cache-dir \"{}\"\n}}\napi {{\n    listen \"127.0.0.1:8420\"\n    token \"tests\" hash=\"blake3:{hash}\"\n}}\n{body}",
+            env.repo.display(),
+            env.cache.display()
+        ),
+    )
+    .unwrap();
+    p
+}
+
+fn email(smtp: &Smtp, extra: &str) -> String {
+    format!(
+        "alerts {{\n    email {{\n        smtp \"127.0.0.1\" port={} security=\"plain\"\n        from \"cairn@example.test\"\n        to \"oncall@example.test\" \"dba@example.test\"\n    }}\n    repeat-every \"1h\"\n{extra}}}\n",
+        smtp.port
+    )
+}
+
+#[test]
+fn the_daemon_backs_up_on_schedule_applies_retention_and_serves_its_api() {
+    let env = Env::init();
+    let files = env.path("etc");
+    make_sample_tree(&files);
+    let p = plan(
+        &env,
+        &format!(
+            "source \"etc\" kind=\"files\" {{\n    path \"{}\"\n}}\nschedule \"often\" {{\n    cron \"*/2 * * * * *\"\n    tag \"often\"\n}}\nretention {{\n    keep-last 2\n}}\n",
+            files.display()
+        ),
+    );
+    let d = Served::start(&env, &p);
+    // /health needs no token; everything else does, and a bad one gets a bare 401.
+    assert_eq!(d.request("GET", "/health", None).0, 200);
+    let (code, body) = d.request("GET", "/status", None);
+    assert_eq!((code, body.as_str()), (401, "unauthorized\n"));
+    assert_eq!(d.request("GET", "/status", Some("wrong")).0, 401);
+    assert_eq!(d.request("POST", "/backups", Some("wrong")).0, 401);
+
+    let s = d.wait_until("three scheduled runs", 60, |s| {
+        s["runs"].as_u64() >= Some(3)
+    });
+    assert_eq!(s["sources"]["etc"]["last_result"], "ok", "{s}");
+    assert!(s["sources"]["etc"]["next_run"].is_string(), "{s}");
+    assert!(s["schedules"][0]["next_run"].is_string(), "{s}");
+    // Retention (keep-last 2) ran after every run.
+    let snaps = env.json(&["snapshots"]);
+    let n = snaps.as_array().unwrap().len();
+    assert!(
+        (1..=3).contains(&n),
+        "keep-last 2 plus at most one run in progress: {n}"
+    );
+    assert!(snaps
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|s| s["tags"][0] == "often"));
+
+    // Trigger a run through the API and wait for it.
+    let mut triggered = None;
+    for _ in 0..20 {
+        let (code, body) = d.request("POST", "/backups?wait=true", Some(TOKEN));
+        if code == 200 {
+            triggered = Some(body);
+            break;
+        }
+        assert_eq!(code, 409, "{body}");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let body = triggered.expect("the API never got a turn");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let id = v["snapshot"].as_str().unwrap();
+    let (code, listed) = d.request("GET", "/snapshots", Some(TOKEN));
+    assert_eq!(code, 200);
+    assert!(listed.contains(id), "{listed}");
+    let (code, metrics) = d.request("GET", "/metrics", Some(TOKEN));
+    assert_eq!(code, 200);
+    assert!(
+        metrics.contains("cairn_backup_success{source=\"etc\"} 1"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("cairn_runs_total"), "{metrics}");
+
+    let (code, log) = d.stop();
+    assert_eq!(code, Some(0), "{log}");
+    // Every request is in the access log, with the token's name.
+    assert!(log.contains("route=/status status=401"), "{log}");
+    assert!(
+        log.contains("token=\"tests\"") && log.contains("route=/backups status=200"),
+        "{log}"
+    );
+    assert!(log.contains("token=\"invalid\""), "{log}");
+    assert!(
+        log.contains("forgetting snapshot"),
+        "removals are logged with reasons: {log}"
+    );
+    assert!(!log.contains(TOKEN), "the token never appears in the log");
+}
+
+#[test]
+fn failures_missed_backups_storage_and_slow_runs_are_mailed() {
+    let env = Env::init();
+    let smtp = Smtp::start(&env.path("mail"));
+    let files = env.path("etc");
+    make_sample_tree(&files);
+    // A schedule that will not fire during the test: the daemon must notice
+    // the missing backup from the repository alone.
+    let p = plan(
+        &env,
+        &format!(
+            "source \"etc\" kind=\"files\" {{\n    path \"{}\"\n}}\nsource \"broken\" kind=\"command\" {{\n    command \"sh\" \"-c\" \"echo oops >&2; exit 7\"\n}}\nschedule \"yearly\" {{\n    cron \"0 0 1 1 *\"\n    expected-duration \"1ms\"\n}}\n{}",
+            files.display(),
+            email(&smtp, "    missed-backup \"2s\"\n    quota \"1KiB\"\n")
+        ),
+    );
+    let d = Served::start(&env, &p);
+    let missed = smtp.wait_for("no successful backup", 30);
+    assert!(missed.contains("X-RcptTo: oncall@example.test"), "{missed}");
+    assert!(missed.contains("dba@example.test"), "{missed}");
+
+    // A run with a failing source: failure and slow-run alerts, then the
+    // storage check measures the repository against the 1 KiB quota.
+    let (code, body) = d.request("POST", "/backups?wait=true", Some(TOKEN));
+    assert_eq!(code, 500, "an incomplete run is an error: {body}");
+    let failed = smtp.wait_for("broken", 30);
+    assert!(
+        failed.contains("exit status: 7") || failed.contains("oops"),
+        "{failed}"
+    );
+    smtp.wait_for("expected", 30);
+    let storage = smtp.wait_for("storage", 30);
+    assert!(storage.contains("quota"), "{storage}");
+    let s = d.status();
+    assert_eq!(s["sources"]["broken"]["last_result"], "failed");
+    assert_eq!(s["sources"]["etc"]["last_result"], "ok");
+    assert_eq!(s["storage"]["measured_by"], "quota");
+    let (code, log) = d.stop();
+    assert_eq!(code, Some(0), "{log}");
+}
