@@ -236,7 +236,6 @@ pub struct SnapshotsArgs {
 }
 
 #[derive(Args, Debug)]
-#[command(group(clap::ArgGroup::new("kafka_restore").args(["to_brokers", "plan"]).multiple(true)))]
 pub struct RestoreArgs {
     /// Snapshot id (or unique prefix), or `latest`
     #[arg(value_name = "SNAPSHOT", conflicts_with = "at")]
@@ -298,8 +297,9 @@ pub struct RestoreArgs {
     /// With --to-brokers: create the topics only, without records or group offsets
     #[arg(long, requires = "to_brokers")]
     pub no_messages: bool,
-    /// With --to-brokers or --plan: add records to topics that already exist
-    #[arg(long, requires = "kafka_restore")]
+    /// Also take snapshots marked corrupted by a failed restore test (with --at, `latest`);
+    /// with --to-brokers or --plan: add records to topics that already exist
+    #[arg(long)]
     pub force: bool,
     /// With --to-brokers: apply every recorded topic setting, not only those set on the topic
     /// (for brokers that report no config sources)

@@ -20,6 +20,7 @@ pub mod logging;
 pub mod orchestrate;
 pub mod plan;
 pub mod progress;
+pub mod prove;
 pub mod repo;
 pub mod repository;
 pub mod restorer;

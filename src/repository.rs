@@ -241,6 +241,30 @@ impl Repository {
         self.key.unseal(&bytes, &f)
     }
 
+    /// Record the outcome of a restore test of a snapshot.
+    pub fn record_proof(&self, proof: &crate::repo::Proof) -> Result<Id> {
+        self.write_sealed(FileKind::Proof, proof)
+    }
+
+    /// The newest proof of each snapshot that has one. Unreadable proof
+    /// files are skipped with a warning.
+    pub fn proofs(&self) -> Result<std::collections::HashMap<Id, crate::repo::Proof>> {
+        let mut out: std::collections::HashMap<Id, crate::repo::Proof> =
+            std::collections::HashMap::new();
+        for (name, _) in self.backend.list(FileKind::Proof)? {
+            let Some(id) = Id::parse(&name) else { continue };
+            match self.read_sealed::<crate::repo::Proof>(FileKind::Proof, &id) {
+                Ok(p) => {
+                    if out.get(&p.snapshot).is_none_or(|q| q.time < p.time) {
+                        out.insert(p.snapshot, p);
+                    }
+                }
+                Err(e) => tracing::warn!("skipping proof {}: {e}", id.short()),
+            }
+        }
+        Ok(out)
+    }
+
     /// All readable snapshots, oldest first. A damaged snapshot file is
     /// skipped with a warning (`check` reports it), so one bad file does not
     /// hide every other restore point.

@@ -247,7 +247,7 @@ fn restore_test_passes_on_a_good_snapshot_while_pgbench_writes() {
     let out = env.json(&["check", "--restore-test"]);
     let _ = bench.kill();
     let _ = bench.wait();
-    let results = out["results"].as_array().unwrap();
+    let results = out["postgres"].as_array().unwrap();
     assert_eq!(results.len(), 1);
     assert!(results[0]["report"]["tables"]
         .as_array()

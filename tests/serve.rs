@@ -173,6 +173,18 @@ impl Served {
         (code, body)
     }
 
+    /// POST, retrying while another run holds the daemon (409).
+    fn post_when_free(&self, path: &str) -> (u16, String) {
+        for _ in 0..100 {
+            let (code, body) = self.request("POST", path, Some(TOKEN));
+            if code != 409 {
+                return (code, body);
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        panic!("{path}: the daemon stayed busy");
+    }
+
     fn status(&self) -> serde_json::Value {
         let (code, body) = self.request("GET", "/status", Some(TOKEN));
         assert_eq!(code, 200, "{body}");
@@ -338,7 +350,7 @@ fn failures_missed_backups_storage_and_slow_runs_are_mailed() {
 
     // A run with a failing source: failure and slow-run alerts, then the
     // storage check measures the repository against the 1 KiB quota.
-    let (code, body) = d.request("POST", "/backups?wait=true", Some(TOKEN));
+    let (code, body) = d.post_when_free("/backups?wait=true");
     assert_eq!(code, 500, "an incomplete run is an error: {body}");
     let failed = smtp.wait_for("broken", 30);
     assert!(
@@ -346,12 +358,127 @@ fn failures_missed_backups_storage_and_slow_runs_are_mailed() {
         "{failed}"
     );
     smtp.wait_for("expected", 30);
-    let storage = smtp.wait_for("storage", 30);
-    assert!(storage.contains("quota"), "{storage}");
+    let storage = smtp.wait_for("measured by quota", 30);
+    assert!(storage.contains("storage"), "{storage}");
     let s = d.status();
     assert_eq!(s["sources"]["broken"]["last_result"], "failed");
     assert_eq!(s["sources"]["etc"]["last_result"], "ok");
     assert_eq!(s["storage"]["measured_by"], "quota");
+
+    // Far above the critical threshold (95% of a 1 KiB quota): after more
+    // runs, the oldest snapshots are removed until only the minimum (the
+    // newest) is left, and that is mailed.
+    for _ in 0..2 {
+        let (code, body) = d.post_when_free("/backups?wait=true");
+        assert_eq!(code, 500, "{body}");
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while env.json(&["snapshots"]).as_array().unwrap().len() > 1 {
+        assert!(
+            Instant::now() < deadline,
+            "oldest snapshots were not removed: {}",
+            d.log()
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let critical = smtp.wait_for("critically low", 30);
+    assert!(
+        !critical.contains("Removed, oldest first: nothing"),
+        "{critical}"
+    );
     let (code, log) = d.stop();
     assert_eq!(code, Some(0), "{log}");
+}
+
+#[test]
+fn restore_tests_prove_mark_corrupted_snapshots_and_skip_without_an_environment() {
+    let env = Env::init();
+    let smtp = Smtp::start(&env.path("mail"));
+    let pg = cairn::source::pg_cluster::ScratchCluster::start(&[]).unwrap();
+    let mut cfg: postgres::Config = pg.url().parse().unwrap();
+    cfg.dbname("postgres");
+    cfg.connect(postgres::NoTls)
+        .unwrap()
+        .batch_execute(
+            "CREATE TABLE t AS SELECT g AS id, md5(g::text) AS v FROM generate_series(1, 5000) g",
+        )
+        .unwrap();
+    let p = plan(
+        &env,
+        &format!(
+            "source \"db\" kind=\"postgres\" {{\n    url \"{}\"\n}}\nschedule \"yearly\" {{\n    cron \"0 0 1 1 *\"\n}}\nverify {{\n    cron \"0 4 1 1 *\"\n    skip-alert-after 1\n}}\n{}",
+            pg.url(),
+            email(&smtp, "")
+        ),
+    );
+    let d = Served::start(&env, &p);
+    let (code, body) = d.post_when_free("/backups?wait=true");
+    assert_eq!(code, 200, "{body}");
+    let (code, body) = d.post_when_free("/checks?wait=true");
+    assert_eq!(code, 200, "{body}");
+    let r: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(r["outcome"], "passed", "{r}");
+    let snaps = env.json(&["snapshots"]);
+    assert_eq!(snaps[0]["proof"]["passed"], true, "{snaps}");
+    assert_eq!(snaps[0]["corrupted"], false);
+
+    // Damage every pack: the next test fails, marks the snapshot, alerts.
+    for f in pack_files(&env.repo) {
+        let mut b = std::fs::read(&f).unwrap();
+        let mid = b.len() / 2;
+        b[mid] ^= 0x55;
+        std::fs::write(&f, b).unwrap();
+    }
+    let (code, body) = d.post_when_free("/checks?wait=true");
+    assert_eq!(code, 200, "{body}");
+    let r: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(r["outcome"], "failed", "{r}");
+    let mail = smtp.wait_for("restore test of snapshot", 30);
+    assert!(mail.contains("corrupted"), "{mail}");
+    let snaps = env.json(&["snapshots"]);
+    assert_eq!(snaps[0]["corrupted"], true, "{snaps}");
+    let listing = env.ok(&["snapshots"]);
+    assert!(listing.contains("CORRUPTED"), "{listing}");
+    assert_eq!(d.status()["last_restore_test"]["outcome"], "failed");
+    // restore --at skips a corrupted snapshot unless --force.
+    let out = env.run(&[
+        "restore",
+        "--at",
+        "2099-01-01 00:00",
+        "--to",
+        &pg.url(),
+        "--clean",
+    ]);
+    let (code, err) = code_and_stderr(&out);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("marked corrupted") && err.contains("no snapshot"),
+        "{err}"
+    );
+    let (code, log) = d.stop();
+    assert_eq!(code, Some(0), "{log}");
+
+    // An unreachable verification environment skips the test (and alerts
+    // after skip-alert-after = 1) without judging the snapshot.
+    let p = plan(
+        &env,
+        &format!(
+            "source \"db\" kind=\"postgres\" {{\n    url \"{}\"\n}}\nverify {{\n    postgres-scratch \"postgres://postgres@127.0.0.1:{}/postgres\"\n    skip-alert-after 1\n}}\n{}",
+            pg.url(),
+            std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port(),
+            email(&smtp, "")
+        ),
+    );
+    let d = Served::start(&env, &p);
+    let (code, body) = d.post_when_free("/checks?wait=true");
+    assert_eq!(code, 200, "{body}");
+    let r: serde_json::Value = serde_json::from_str(&body).unwrap();
+    // The only complete snapshot of this plan file is the damaged one; the
+    // environment is checked first, so the outcome is a skip.
+    assert_eq!(r["outcome"], "skipped", "{r}");
+    assert!(r["detail"].as_str().unwrap().contains("unreachable"), "{r}");
+    smtp.wait_for("skipped", 30);
+    let (code, log) = d.stop();
+    assert_eq!(code, Some(0), "{log}");
+    assert!(log.contains("restore test skipped"), "{log}");
 }

@@ -14,13 +14,14 @@ pub struct LocalBackend {
     root: PathBuf,
 }
 
-const DIRS: [FileKind; 6] = [
+const DIRS: [FileKind; 7] = [
     FileKind::Key,
     FileKind::Pack,
     FileKind::Index,
     FileKind::Snapshot,
     FileKind::Lock,
     FileKind::Wal,
+    FileKind::Proof,
 ];
 
 impl LocalBackend {

@@ -324,29 +324,26 @@ pub fn check(
 
 fn restore_test(g: &GlobalArgs, a: &CheckArgs, repo: &Repository) -> Result<()> {
     let (id, snap) = repo.find_snapshot(a.snapshot.as_deref().unwrap_or("latest"))?;
-    let chosen = |s: &&crate::repo::SourceRecord| a.source.as_ref().is_none_or(|n| &s.name == n);
-    let sources: Vec<_> = snap
-        .sources
-        .iter()
-        .filter(|s| s.kind == "postgres" && chosen(s))
-        .collect();
-    let kafka: Vec<_> = snap
-        .sources
-        .iter()
-        .filter(|s| s.kind == "kafka" && chosen(s))
-        .collect();
-    if kafka.iter().any(|s| a.source.as_ref() == Some(&s.name)) && a.scratch_brokers.is_none() {
-        return Err(
-            Error::usage("testing a Kafka source needs --scratch-brokers HOST:PORT")
-                .with_hint("give a broker whose topics may be created and left for inspection"),
-        );
+    if let Some(n) = &a.source {
+        let Some(s) = snap.sources.iter().find(|s| &s.name == n) else {
+            let names: Vec<&str> = snap.sources.iter().map(|s| s.name.as_str()).collect();
+            return Err(
+                Error::usage(format!("snapshot {} has no source {n:?}", id.short()))
+                    .with_hint(format!("its sources are: {}", names.join(", "))),
+            );
+        };
+        if s.kind == "kafka" && a.scratch_brokers.is_none() {
+            return Err(
+                Error::usage("testing a Kafka source needs --scratch-brokers HOST:PORT")
+                    .with_hint("give a broker whose topics may be created and left for inspection"),
+            );
+        }
     }
-    let kafka = if a.scratch_brokers.is_some() {
-        kafka
-    } else {
-        Vec::new()
-    };
-    if sources.is_empty() && kafka.is_empty() {
+    let testable = snap.sources.iter().any(|s| {
+        a.source.as_ref().is_none_or(|n| &s.name == n)
+            && (s.kind == "postgres" || (s.kind == "kafka" && a.scratch_brokers.is_some()))
+    });
+    if !testable {
         return Err(Error::usage(format!(
             "snapshot {} has no PostgreSQL source to test{}",
             id.short(),
@@ -354,51 +351,29 @@ fn restore_test(g: &GlobalArgs, a: &CheckArgs, repo: &Repository) -> Result<()> 
         ))
         .with_hint("pick one with --snapshot ID; `cairn snapshots --json` shows the sources; Kafka sources need --scratch-brokers"));
     }
-    let mut kafka_results = Vec::new();
-    if let Some(b) = &a.scratch_brokers {
-        let scratch = super::kafka_options(
-            b,
-            &crate::cli::KafkaConnArgs {
-                kafka_config: None,
-                retries: 3,
-                retry_delay: "1s".into(),
-                kafka_timeout: "10s".into(),
-            },
-        )?;
-        for s in &kafka {
-            let t = crate::source::kafka::prove::restore_test(repo, s, &scratch, &id.short())?;
-            if !g.json {
-                for p in &t.partitions {
-                    println!(
-                        "{} {}/{}: {} records{}",
-                        if p.ok { "ok      " } else { "MISMATCH" },
-                        p.topic,
-                        p.partition,
-                        p.expected_records,
-                        if p.restored_records != p.expected_records {
-                            format!(", restored {}", p.restored_records)
-                        } else if !p.ok {
-                            ", content differs".into()
-                        } else {
-                            String::new()
-                        }
-                    );
-                }
-                println!(
-                    "restore test of snapshot {} source {}: {} (topics {}*)",
-                    id.short(),
-                    t.source,
-                    if t.ok() { "passed" } else { "FAILED" },
-                    t.prefix
-                );
-            }
-            kafka_results.push(t);
-        }
-    }
-    let mut results = Vec::new();
-    for s in sources {
-        let t = crate::source::postgres::restore_test(repo, s, a.scratch_url.as_deref())?;
-        if !g.json {
+    let env = crate::prove::ScratchEnv {
+        postgres: a.scratch_url.clone(),
+        kafka: a
+            .scratch_brokers
+            .as_deref()
+            .map(|b| {
+                super::kafka_options(
+                    b,
+                    &crate::cli::KafkaConnArgs {
+                        kafka_config: None,
+                        retries: 3,
+                        retry_delay: "1s".into(),
+                        kafka_timeout: "10s".into(),
+                    },
+                )
+            })
+            .transpose()?,
+    };
+    let report = crate::prove::prove(repo, id, &snap, a.source.as_deref(), &env)?;
+    if g.json {
+        print_json(&report)?;
+    } else {
+        for t in &report.postgres {
             for tc in &t.report.tables {
                 println!(
                     "{} {}.{}.{} ({}): {} rows{}",
@@ -425,21 +400,49 @@ fn restore_test(g: &GlobalArgs, a: &CheckArgs, repo: &Repository) -> Result<()> 
                 if t.ok() { "passed" } else { "FAILED" }
             );
         }
-        results.push(t);
+        for t in &report.kafka {
+            for p in &t.partitions {
+                println!(
+                    "{} {}/{}: {} records{}",
+                    if p.ok { "ok      " } else { "MISMATCH" },
+                    p.topic,
+                    p.partition,
+                    p.expected_records,
+                    if p.restored_records != p.expected_records {
+                        format!(", restored {}", p.restored_records)
+                    } else if !p.ok {
+                        ", content differs".into()
+                    } else {
+                        String::new()
+                    }
+                );
+            }
+            println!(
+                "restore test of snapshot {} source {}: {} (topics {}*)",
+                id.short(),
+                t.source,
+                if t.ok() { "passed" } else { "FAILED" },
+                t.prefix
+            );
+        }
+        for u in &report.untested {
+            println!("not tested: {u}");
+        }
     }
-    if g.json {
-        print_json(
-            &serde_json::json!({ "snapshot": id, "results": results, "kafka": kafka_results }),
-        )?;
-    }
-    if results.iter().all(|r| r.ok()) && kafka_results.iter().all(|r| r.ok()) {
-        Ok(())
-    } else {
-        Err(
-            Error::integrity(format!("restore test of snapshot {} failed", id.short())).with_hint(
-                "the snapshot does not restore to what was backed up; check the listed tables and partitions",
-            ),
+    match &report.outcome {
+        crate::prove::Outcome::Passed => Ok(()),
+        crate::prove::Outcome::Skipped { reason } => Err(Error::new(
+            crate::error::Kind::Unavailable,
+            format!("restore test of snapshot {} skipped: {reason}", id.short()),
         )
+        .with_hint(
+            "the snapshot was not judged; make the scratch environment reachable and test again",
+        )),
+        crate::prove::Outcome::Failed { detail } => Err(Error::integrity(format!(
+            "restore test of snapshot {} failed: {detail}; the snapshot is marked corrupted",
+            id.short()
+        ))
+        .with_hint("`cairn snapshots` shows it; `restore --at` skips it unless --force")),
     }
 }
 

@@ -11,8 +11,26 @@ pub fn snapshot_at(
     repo: &Repository,
     at: jiff::Timestamp,
     sources: &[String],
+    allow_corrupted: bool,
 ) -> Result<(Id, Snapshot)> {
-    let all = repo.snapshots()?;
+    let proofs = repo.proofs()?;
+    let mut all = repo.snapshots()?;
+    if !allow_corrupted {
+        all.retain(|(id, s)| match proofs.get(id) {
+            Some(p) if !p.passed => {
+                if s.time <= at {
+                    tracing::warn!(snapshot = %id.short(), "skipping a snapshot marked corrupted by its restore test (--force takes it)");
+                    eprintln!(
+                        "skipping snapshot {}: marked corrupted by its restore test ({}); --force takes it",
+                        id.short(),
+                        p.detail
+                    );
+                }
+                false
+            }
+            _ => true,
+        });
+    }
     let has_sources = |s: &Snapshot| {
         sources
             .iter()
@@ -120,7 +138,7 @@ pub fn run(g: &GlobalArgs, a: &RestoreArgs) -> Result<()> {
     let repo = open_repo(g)?;
     let (id, snap) = match (&a.snapshot, at) {
         (Some(s), _) => repo.find_snapshot(s)?,
-        (None, Some(t)) => snapshot_at(&repo, t, &a.source)?,
+        (None, Some(t)) => snapshot_at(&repo, t, &a.source, a.force)?,
         (None, None) => unreachable!("checked above"),
     };
     for name in &a.source {

@@ -15,10 +15,22 @@ pub fn run(g: &GlobalArgs, a: &RestoreArgs, file: &Path) -> Result<()> {
     let plan = super::plan::load(file)?;
     let at = a.at.as_deref().map(parse_time).transpose()?;
     let repo = super::plan::open_repo(g, &plan)?;
+    let proofs = repo.proofs()?;
     let points: Vec<(Id, Snapshot)> = repo
         .snapshots()?
         .into_iter()
         .filter(|(_, s)| orchestrate::made_by(&plan, s))
+        .filter(|(id, _)| match proofs.get(id) {
+            Some(p) if !p.passed && !a.force => {
+                eprintln!(
+                    "skipping snapshot {}: marked corrupted by its restore test ({}); --force takes it",
+                    id.short(),
+                    p.detail
+                );
+                false
+            }
+            _ => true,
+        })
         .collect();
     let (id, snap) = match (&a.snapshot, at) {
         (None, None) => {

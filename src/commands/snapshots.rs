@@ -10,6 +10,7 @@ pub fn run(g: &GlobalArgs, a: &SnapshotsArgs) -> Result<()> {
         .into_iter()
         .filter(|(_, s)| matches_filter(s, &a.filter))
         .collect();
+    let proofs = repo.proofs()?;
     // Physical PostgreSQL backups can be restored from their end to the newest archived WAL.
     let physical = |s: &crate::repo::Snapshot| {
         s.sources
@@ -48,18 +49,27 @@ pub fn run(g: &GlobalArgs, a: &SnapshotsArgs) -> Result<()> {
                     "size": s.size(), "bytes_added": s.summary.bytes_added,
                     "complete": s.is_complete(), "duration_ms": s.summary.duration_ms,
                     "restorable": range(s).map(|(a, b)| serde_json::json!({"from": a, "to": b})),
+                    "corrupted": proofs.get(id).is_some_and(|p| !p.passed),
+                    "proof": proofs.get(id).map(|p| serde_json::json!({
+                        "time": p.time, "passed": p.passed, "sources": p.sources, "detail": p.detail,
+                    })),
                 })
             })
             .collect();
         return print_json(&v);
     }
     println!(
-        "{:<10} {:<19} {:<16} {:<12} {:>10} {:<10} paths",
-        "ID", "TIME", "HOST", "TAGS", "SIZE", "STATUS"
+        "{:<10} {:<19} {:<16} {:<12} {:>10} {:<10} {:<19} paths",
+        "ID", "TIME", "HOST", "TAGS", "SIZE", "STATUS", "PROVEN"
     );
     for (id, s) in &snaps {
+        let proven = match proofs.get(id) {
+            Some(p) if p.passed => local_time(p.time),
+            Some(_) => "CORRUPTED".to_string(),
+            None => "-".to_string(),
+        };
         println!(
-            "{:<10} {:<19} {:<16} {:<12} {:>10} {:<10} {}",
+            "{:<10} {:<19} {:<16} {:<12} {:>10} {:<10} {:<19} {}",
             id.short(),
             local_time(s.time),
             s.host,
@@ -70,6 +80,7 @@ pub fn run(g: &GlobalArgs, a: &SnapshotsArgs) -> Result<()> {
             } else {
                 "incomplete"
             },
+            proven,
             s.paths.join(" ")
         );
     }
@@ -80,6 +91,16 @@ pub fn run(g: &GlobalArgs, a: &SnapshotsArgs) -> Result<()> {
                 id.short(),
                 local_time(a),
                 local_time(b)
+            );
+        }
+    }
+    for (id, _) in &snaps {
+        if let Some(p) = proofs.get(id).filter(|p| !p.passed) {
+            println!(
+                "{}: CORRUPTED — its restore test failed at {}: {}",
+                id.short(),
+                local_time(p.time),
+                p.detail
             );
         }
     }

@@ -199,6 +199,55 @@ async fn backups(State(ctx): State<Ctx>, Query(q): Query<BackupQuery>) -> Respon
     }
 }
 
+#[derive(serde::Deserialize)]
+struct CheckQuery {
+    #[serde(default)]
+    wait: bool,
+}
+
+/// Trigger a restore test of a random snapshot (as the `verify` schedule does).
+async fn checks(State(ctx): State<Ctx>, Query(q): Query<CheckQuery>) -> Response {
+    if ctx.daemon.status().running.is_some() {
+        return (
+            StatusCode::CONFLICT,
+            Json(serde_json::json!({"error": "a run is already going on"})),
+        )
+            .into_response();
+    }
+    let d = ctx.daemon.clone();
+    let run = move || d.run_restore_test(Trigger::Api);
+    if !q.wait {
+        std::thread::spawn(move || {
+            if let Err(e) = run() {
+                tracing::error!("restore test (api) could not run: {e}");
+            }
+        });
+        return (
+            StatusCode::ACCEPTED,
+            Json(serde_json::json!({"accepted": true})),
+        )
+            .into_response();
+    }
+    match tokio::task::spawn_blocking(run).await {
+        Ok(Ok(Some(p))) => Json(p).into_response(),
+        Ok(Ok(None)) => (
+            StatusCode::CONFLICT,
+            Json(serde_json::json!({"error": "a run is already going on"})),
+        )
+            .into_response(),
+        Ok(Err(e)) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            Json(serde_json::json!({"error": e.to_string()})),
+        )
+            .into_response(),
+        Err(e) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            Json(serde_json::json!({"error": e.to_string()})),
+        )
+            .into_response(),
+    }
+}
+
 pub fn router(daemon: Arc<Daemon>) -> Router {
     let ctx = Ctx { daemon };
     Router::new()
@@ -207,6 +256,7 @@ pub fn router(daemon: Arc<Daemon>) -> Router {
         .route("/metrics", get(metrics))
         .route("/snapshots", get(snapshots))
         .route("/backups", post(backups))
+        .route("/checks", post(checks))
         .layer(middleware::from_fn_with_state(ctx.clone(), access_log))
         .with_state(ctx)
 }

@@ -44,6 +44,7 @@ pub struct Daemon {
     pub status: Mutex<Status>,
     running: Mutex<()>,
     alerter: RwLock<Alerter>,
+    pub last_proof: Mutex<LastProof>,
     reload: Arc<AtomicBool>,
 }
 
@@ -52,6 +53,17 @@ pub struct Daemon {
 pub enum Trigger {
     Schedule(String),
     Api,
+}
+
+/// The last scheduled or triggered restore test.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct LastProof {
+    pub time: Option<jiff::Timestamp>,
+    pub snapshot: Option<String>,
+    /// passed | failed | skipped
+    pub outcome: String,
+    pub detail: String,
+    pub skipped_in_a_row: u32,
 }
 
 impl std::fmt::Display for Trigger {
@@ -92,6 +104,7 @@ impl Daemon {
             status: Mutex::new(status),
             running: Mutex::new(()),
             alerter: RwLock::new(alerter),
+            last_proof: Mutex::new(LastProof::default()),
             reload,
         }))
     }
@@ -110,6 +123,12 @@ impl Daemon {
         for st in s.sources.values_mut() {
             st.age_seconds = st.last_success.map(|t| (now - t).as_secs());
         }
+        s.last_restore_test = self
+            .last_proof
+            .lock()
+            .ok()
+            .filter(|l| l.time.is_some())
+            .map(|l| l.clone());
         s
     }
 
@@ -338,6 +357,109 @@ impl Daemon {
         Some(d[d.len() / 2])
     }
 
+    /// Prove a random complete snapshot of the plan in the verification
+    /// environment (`verify` node). `Ok(None)` when a run is going on.
+    pub fn run_restore_test(&self, trigger: Trigger) -> Result<Option<LastProof>> {
+        let Ok(_guard) = self.running.try_lock() else {
+            tracing::warn!(%trigger, "a run is going on; the restore test is skipped this time");
+            return Ok(None);
+        };
+        self.with_status(|s| s.running = Some(format!("restore test ({trigger})")));
+        let r = self.restore_test_locked(&trigger);
+        self.with_status(|s| s.running = None);
+        r.map(Some)
+    }
+
+    fn restore_test_locked(&self, trigger: &Trigger) -> Result<LastProof> {
+        use rand::seq::IndexedRandom;
+        let plan = self.plan();
+        let repo = self.open_repo()?;
+        let file = plan.file.display().to_string();
+        let snaps: Vec<_> = repo
+            .snapshots()?
+            .into_iter()
+            .filter(|(_, s)| s.plan.as_deref() == Some(&file) && s.is_complete())
+            .collect();
+        let env = crate::prove::ScratchEnv {
+            postgres: plan.verify.postgres_scratch.clone(),
+            kafka: plan
+                .verify
+                .kafka_scratch
+                .as_deref()
+                .map(crate::source::kafka::KafkaOptions::new)
+                .transpose()?,
+        };
+        let mut last = self
+            .last_proof
+            .lock()
+            .map(|l| l.clone())
+            .unwrap_or_default();
+        last.time = Some(jiff::Timestamp::now());
+        let outcome = match snaps.choose(&mut rand::rng()) {
+            None => crate::prove::Outcome::Skipped {
+                reason: "the plan has no complete snapshot yet".into(),
+            },
+            Some((id, snap)) => {
+                last.snapshot = Some(id.short());
+                tracing::info!(%trigger, snapshot = %id.short(), "restore test started");
+                match crate::prove::prove(&repo, *id, snap, None, &env) {
+                    Ok(r) => r.outcome,
+                    Err(e) => crate::prove::Outcome::Failed {
+                        detail: e.to_string(),
+                    },
+                }
+            }
+        };
+        let snap = last.snapshot.clone().unwrap_or_default();
+        match &outcome {
+            crate::prove::Outcome::Passed => {
+                tracing::info!(snapshot = %snap, "restore test passed");
+                last.outcome = "passed".into();
+                last.detail.clear();
+                last.skipped_in_a_row = 0;
+            }
+            crate::prove::Outcome::Failed { detail } => {
+                last.outcome = "failed".into();
+                last.detail = detail.clone();
+                last.skipped_in_a_row = 0;
+                self.alert(
+                    AlertKind::RestoreTestFailed,
+                    &snap,
+                    format!("restore test of snapshot {snap} failed"),
+                    format!(
+                        "The restore test of snapshot {snap} (plan {}) failed:\n\n{detail}\n\nThe snapshot is marked corrupted: `cairn snapshots` shows it and `restore --at` skips it.\n",
+                        plan.file.display()
+                    ),
+                );
+            }
+            crate::prove::Outcome::Skipped { reason } => {
+                last.outcome = "skipped".into();
+                last.detail = reason.clone();
+                last.skipped_in_a_row += 1;
+                tracing::warn!(
+                    in_a_row = last.skipped_in_a_row,
+                    "restore test skipped: {reason}"
+                );
+                if last.skipped_in_a_row >= plan.verify.skip_alert_after {
+                    self.alert(
+                        AlertKind::RestoreTestSkipped,
+                        "skipped",
+                        format!("restore test skipped {} time(s) in a row", last.skipped_in_a_row),
+                        format!(
+                            "The restore test of plan {} was skipped {} time(s) in a row; the last reason:\n\n{reason}\n",
+                            plan.file.display(),
+                            last.skipped_in_a_row
+                        ),
+                    );
+                }
+            }
+        }
+        if let Ok(mut l) = self.last_proof.lock() {
+            *l = last.clone();
+        }
+        Ok(last)
+    }
+
     /// Forget what the plan's rules do not keep (its own snapshots only), then prune.
     pub fn apply_retention(&self, plan: &Plan, why: &str) -> Result<()> {
         let repo = self.open_repo()?;
@@ -442,6 +564,14 @@ impl Daemon {
                 );
             }
         }
+        let critical = 100.0 - plan.retention.critical_free.0;
+        let storage = match storage {
+            Some(st) if st.percent > critical && plan.retention.critical_free.0 > 0.0 => {
+                drop(repo);
+                self.relieve_storage(&plan, st)
+            }
+            other => other,
+        };
         self.with_status(|s| {
             s.storage = storage;
             s.snapshots = mine.len();
@@ -454,18 +584,111 @@ impl Daemon {
         });
     }
 
+    /// Storage is critically low: remove the plan's oldest snapshots, one at
+    /// a time (pruning after each), until use is below the threshold — but
+    /// never the minimum the retention rules guarantee (the newest snapshot
+    /// of every configured category, and tagged keeps). Alerts what was done.
+    fn relieve_storage(&self, plan: &Plan, before: StorageUse) -> Option<StorageUse> {
+        let Ok(_run) = self.running.try_lock() else {
+            return Some(before);
+        };
+        let critical = 100.0 - plan.retention.critical_free.0;
+        let p = plan.retention.policy();
+        let one = |x: Option<u32>| x.map(|_| 1);
+        let minimum = crate::retention::Policy {
+            keep_last: one(p.keep_last).or(Some(1)),
+            keep_hourly: one(p.keep_hourly),
+            keep_daily: one(p.keep_daily),
+            keep_weekly: one(p.keep_weekly),
+            keep_monthly: one(p.keep_monthly),
+            keep_yearly: one(p.keep_yearly),
+            keep_within: None,
+            keep_tags: p.keep_tags.clone(),
+        };
+        let file = plan.file.display().to_string();
+        let mut removed = Vec::new();
+        let mut now_use = before.clone();
+        let result = (|| -> Result<()> {
+            let repo = self.open_repo()?;
+            crate::lock::with_lock(&repo, true, "retention (storage critical)", || {
+                let groups = crate::retention::forget(
+                    &repo,
+                    &minimum,
+                    crate::retention::GroupBy::default(),
+                    |s| s.plan.as_deref() == Some(&file),
+                    true,
+                )?;
+                let mut victims: Vec<_> =
+                    groups.iter().flat_map(|g| g.removed()).cloned().collect();
+                victims.sort_by_key(|d| d.time); // oldest first
+                for d in victims {
+                    if now_use.percent <= critical {
+                        break;
+                    }
+                    tracing::warn!(snapshot = &d.id[..8], time = %d.time, reason = "storage critically low; oldest beyond the minimum", "forgetting snapshot");
+                    repo.backend.remove(&crate::backend::FileRef::new(
+                        crate::repo::FileKind::Snapshot,
+                        d.id.as_str(),
+                    ))?;
+                    crate::commands::prune::prune(&repo, false)?;
+                    removed.push(format!("{} ({})", &d.id[..8], d.time));
+                    if let Some(u) = storage_use(plan, &repo) {
+                        now_use = u;
+                    }
+                }
+                Ok(())
+            })
+        })();
+        if let Err(e) = &result {
+            tracing::error!("relieving storage failed: {e}");
+        }
+        self.alert(
+            AlertKind::StorageCritical,
+            if removed.is_empty() { "critical-minimum" } else { "critical-removed" },
+            format!("repository storage critically low ({:.0}% used)", before.percent),
+            format!(
+                "The repository {} was {:.1}% full (critical above {critical:.0}%).\n\n{}\nNow {:.1}% full.{}\n",
+                plan.repository.location,
+                before.percent,
+                if removed.is_empty() {
+                    "Nothing could be removed: only the minimum the retention rules keep is left.".to_string()
+                } else {
+                    format!("Removed (oldest first): {}", removed.join(", "))
+                },
+                now_use.percent,
+                match &result {
+                    Err(e) => format!("\n\nError: {e}"),
+                    Ok(()) => String::new(),
+                }
+            ),
+        );
+        Some(now_use)
+    }
+
     /// The scheduler loop; returns when SIGTERM/SIGINT arrives.
     pub fn run_scheduler(self: &Arc<Self>) -> Result<()> {
         let plan = self.plan();
         let persisted: Persisted = status::load(&self.opts.state_dir);
         if persisted.retention.as_deref() != Some(&retention_fingerprint(&plan)) {
             tracing::info!("retention rules are new or changed: applying them now");
+            let _run = self.running.lock().unwrap_or_else(|e| e.into_inner());
             if let Err(e) = self.apply_retention(&plan, "the rules changed") {
                 tracing::error!("retention failed: {e}");
             }
         }
         self.run_checks();
         let mut next = self.next_runs(jiff::Timestamp::now());
+        let verify_next = |p: &Plan| {
+            schedule::next_after(
+                &p.verify.cron,
+                &jiff::tz::TimeZone::system(),
+                jiff::Timestamp::now(),
+            )
+            .map_err(|e| tracing::error!("verify schedule: {e}"))
+            .ok()
+        };
+        let mut next_verify = verify_next(&plan);
+        self.with_status(|s| s.next_restore_test = next_verify);
         let mut next_check = std::time::Instant::now() + self.opts.check_every;
         loop {
             if crate::interrupt::check().is_err() {
@@ -482,6 +705,7 @@ impl Daemon {
                             new_alerter(&p, &self.opts);
                         *self.plan.write().unwrap_or_else(|e| e.into_inner()) = p.clone();
                         if changed {
+                            let _run = self.running.lock().unwrap_or_else(|e| e.into_inner());
                             if let Err(e) = self.apply_retention(&p, "the rules changed") {
                                 tracing::error!("retention failed: {e}");
                             }
@@ -507,6 +731,13 @@ impl Daemon {
                         schedule::next_after(&s.cron, &s.time_zone(), jiff::Timestamp::now()).ok();
                     self.publish_next(&next);
                 }
+            }
+            if next_verify.is_some_and(|t| t <= now) {
+                if let Err(e) = self.run_restore_test(Trigger::Schedule("verify".into())) {
+                    tracing::error!("restore test could not run: {e}");
+                }
+                next_verify = verify_next(&plan);
+                self.with_status(|s| s.next_restore_test = next_verify);
             }
             if std::time::Instant::now() >= next_check {
                 self.run_checks();

@@ -52,6 +52,8 @@ pub struct Status {
     pub schedules: Vec<ScheduleState>,
     pub storage: Option<StorageUse>,
     pub snapshots: usize,
+    pub next_restore_test: Option<jiff::Timestamp>,
+    pub last_restore_test: Option<super::LastProof>,
 }
 
 /// Kept across restarts.

@@ -222,3 +222,20 @@ pub struct WalEntry {
     pub archived: Timestamp,
     pub host: String,
 }
+
+/// `proofs/<id>`: the outcome of one restore test of a snapshot
+/// (`check --restore-test`, or the daemon's scheduled test). The newest
+/// proof of a snapshot decides: a failed one marks the snapshot corrupted.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Proof {
+    pub version: u32,
+    pub snapshot: Id,
+    pub time: Timestamp,
+    pub passed: bool,
+    /// The sources that were restored and compared.
+    pub sources: Vec<String>,
+    /// What failed (empty when passed).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub detail: String,
+    pub host: String,
+}

@@ -11,7 +11,8 @@ mod pack;
 pub use id::Id;
 pub use manifest::{
     ChunkerParams, Config, IndexFile, KeyFile, KeyKind, KeyMaterial, LockFile, Node, NodeKind,
-    Snapshot, SourceRecord, SourceStatus, Summary, WalEntry, CHUNKER_DEFAULT, FORMAT_VERSION,
+    Proof, Snapshot, SourceRecord, SourceStatus, Summary, WalEntry, CHUNKER_DEFAULT,
+    FORMAT_VERSION,
 };
 pub use pack::{
     split_pack, ChunkEntry, Compression, FrameEntry, PackEntry, PackHeader, PACK_MAGIC,
@@ -29,6 +30,8 @@ pub enum FileKind {
     Lock,
     /// Archived PostgreSQL WAL files: `wal/<wal file name>.<file id>`.
     Wal,
+    /// Restore-test outcomes ([`Proof`]).
+    Proof,
 }
 
 impl FileKind {
@@ -41,6 +44,7 @@ impl FileKind {
             FileKind::Snapshot => "snapshots",
             FileKind::Lock => "locks",
             FileKind::Wal => "wal",
+            FileKind::Proof => "proofs",
         }
     }
     pub fn name(self) -> &'static str {
@@ -52,6 +56,7 @@ impl FileKind {
             FileKind::Snapshot => "snapshot",
             FileKind::Lock => "lock",
             FileKind::Wal => "wal file",
+            FileKind::Proof => "proof",
         }
     }
 }

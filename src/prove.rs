@@ -1,0 +1,228 @@
+//! Proven restores: restore a snapshot's PostgreSQL and Kafka sources into a
+//! scratch environment, compare them with what was recorded at backup time,
+//! and record the outcome in the repository (`proofs/`), where a failure
+//! marks the snapshot corrupted. Used by `check --restore-test` and by the
+//! daemon's scheduled test.
+//!
+//! A test that cannot run because the scratch environment is unreachable is
+//! *skipped* (with the reason), not failed: the snapshot is not to blame.
+
+use crate::error::{Kind, Result};
+use crate::repo::{Id, Proof, Snapshot, SourceStatus, FORMAT_VERSION};
+use crate::repository::Repository;
+use crate::source::kafka::prove::KafkaRestoreTest;
+use crate::source::kafka::KafkaOptions;
+use crate::source::postgres::RestoreTest;
+use serde::Serialize;
+
+/// Where sources are restored for the test.
+#[derive(Clone, Debug, Default)]
+pub struct ScratchEnv {
+    /// An empty PostgreSQL server; `None`: a throwaway cluster (initdb).
+    pub postgres: Option<String>,
+    /// A broker whose topics may be created; `None`: Kafka sources are not tested.
+    pub kafka: Option<KafkaOptions>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+#[serde(tag = "outcome", rename_all = "lowercase")]
+pub enum Outcome {
+    Passed,
+    Failed { detail: String },
+    Skipped { reason: String },
+}
+
+#[derive(Debug, Serialize)]
+pub struct ProofReport {
+    pub snapshot: Id,
+    #[serde(flatten)]
+    pub outcome: Outcome,
+    pub postgres: Vec<RestoreTest>,
+    pub kafka: Vec<KafkaRestoreTest>,
+    /// Sources of the snapshot not tested, with why.
+    pub untested: Vec<String>,
+}
+
+fn skipped(snapshot: Id, reason: String, untested: Vec<String>) -> ProofReport {
+    tracing::warn!(snapshot = %snapshot.short(), "restore test skipped: {reason}");
+    ProofReport {
+        snapshot,
+        outcome: Outcome::Skipped { reason },
+        postgres: Vec::new(),
+        kafka: Vec::new(),
+        untested,
+    }
+}
+
+/// Test the PostgreSQL and Kafka sources of snapshot `id` (only `source`
+/// when given); records the outcome unless skipped.
+pub fn prove(
+    repo: &Repository,
+    id: Id,
+    snap: &Snapshot,
+    source: Option<&str>,
+    env: &ScratchEnv,
+) -> Result<ProofReport> {
+    let chosen: Vec<_> = snap
+        .sources
+        .iter()
+        .filter(|s| source.is_none_or(|n| s.name == n) && s.status == SourceStatus::Complete)
+        .collect();
+    let mut untested: Vec<String> = snap
+        .sources
+        .iter()
+        .filter(|s| source.is_none_or(|n| s.name == n))
+        .filter(|s| !(s.kind == "postgres" || s.kind == "kafka" && env.kafka.is_some()))
+        .map(|s| {
+            format!(
+                "{} ({}): no restore test for this kind{}",
+                s.name,
+                s.kind,
+                if s.kind == "kafka" {
+                    " without a scratch broker"
+                } else {
+                    ""
+                }
+            )
+        })
+        .collect();
+    let pg: Vec<_> = chosen
+        .iter()
+        .filter(|s| s.kind == "postgres" && !is_physical(s))
+        .collect();
+    for s in chosen
+        .iter()
+        .filter(|s| s.kind == "postgres" && is_physical(s))
+    {
+        untested.push(format!(
+            "{}: physical backups are proven by a point-in-time restore, not tested here",
+            s.name
+        ));
+    }
+    let kafka: Vec<_> = if env.kafka.is_some() {
+        chosen.iter().filter(|s| s.kind == "kafka").collect()
+    } else {
+        Vec::new()
+    };
+    if pg.is_empty() && kafka.is_empty() {
+        return Ok(skipped(
+            id,
+            "the snapshot has no source that can be restore-tested here".into(),
+            untested,
+        ));
+    }
+    // The scratch environment first: unreachable means skipped, not failed.
+    let cluster;
+    let pg_url = match (&env.postgres, pg.is_empty()) {
+        (_, true) => None,
+        (Some(url), false) => {
+            let t = crate::source::postgres::Target::parse(url)?;
+            if let Err(e) = t.connect(&t.maintenance_db()) {
+                return Ok(skipped(
+                    id,
+                    format!("the scratch PostgreSQL is unreachable: {e}"),
+                    untested,
+                ));
+            }
+            Some(url.clone())
+        }
+        (None, false) => match crate::source::pg_cluster::ScratchCluster::start(&[]) {
+            Ok(c) => {
+                cluster = c;
+                Some(cluster.url())
+            }
+            Err(e) => {
+                return Ok(skipped(
+                    id,
+                    format!("no throwaway PostgreSQL cluster could be started: {e}"),
+                    untested,
+                ))
+            }
+        },
+    };
+    if let (Some(k), false) = (&env.kafka, kafka.is_empty()) {
+        let probe = crate::source::kafka::backup::consumer(k, "cairn-restore-test-probe")?;
+        if let Err(e) =
+            crate::source::kafka::client::retry(k, "reaching the scratch broker", || {
+                rdkafka::consumer::Consumer::fetch_metadata(&probe, None, k.timeout)
+            })
+        {
+            return Ok(skipped(
+                id,
+                format!("the scratch Kafka broker is unreachable: {e}"),
+                untested,
+            ));
+        }
+    }
+    let mut report = ProofReport {
+        snapshot: id,
+        outcome: Outcome::Passed,
+        postgres: Vec::new(),
+        kafka: Vec::new(),
+        untested,
+    };
+    let mut failures = Vec::new();
+    for s in &pg {
+        match crate::source::postgres::restore_test(repo, s, pg_url.as_deref()) {
+            Ok(t) => {
+                if !t.ok() {
+                    failures.push(format!(
+                        "{}: {} table(s) differ",
+                        s.name,
+                        t.report.mismatches().len()
+                    ));
+                }
+                report.postgres.push(t);
+            }
+            Err(e) if e.kind() == Kind::Interrupted => return Err(e),
+            Err(e) => failures.push(format!("{}: {e}", s.name)),
+        }
+    }
+    if let Some(k) = &env.kafka {
+        for s in &kafka {
+            match crate::source::kafka::prove::restore_test(repo, s, k, &id.short()) {
+                Ok(t) => {
+                    if !t.ok() {
+                        let bad = t.partitions.iter().filter(|p| !p.ok).count();
+                        failures.push(format!("{}: {bad} partition(s) differ", s.name));
+                    }
+                    report.kafka.push(t);
+                }
+                Err(e) if e.kind() == Kind::Interrupted => return Err(e),
+                Err(e) if e.kind() == Kind::Unavailable => {
+                    return Ok(skipped(
+                        id,
+                        format!("the scratch Kafka broker became unreachable: {e}"),
+                        report.untested,
+                    ))
+                }
+                Err(e) => failures.push(format!("{}: {e}", s.name)),
+            }
+        }
+    }
+    if !failures.is_empty() {
+        report.outcome = Outcome::Failed {
+            detail: failures.join("; "),
+        };
+    }
+    let proof = Proof {
+        version: FORMAT_VERSION,
+        snapshot: id,
+        time: jiff::Timestamp::now(),
+        passed: failures.is_empty(),
+        sources: pg
+            .iter()
+            .chain(kafka.iter())
+            .map(|s| s.name.clone())
+            .collect(),
+        detail: failures.join("; "),
+        host: crate::repository::host_name(),
+    };
+    repo.record_proof(&proof)?;
+    tracing::info!(snapshot = %id.short(), passed = proof.passed, detail = %proof.detail, "restore test recorded");
+    Ok(report)
+}
+
+fn is_physical(s: &crate::repo::SourceRecord) -> bool {
+    s.metadata.get("kind").and_then(|k| k.as_str()) == Some("physical")
+}
