@@ -2,6 +2,8 @@
 //! retention and alerts arriving at a real SMTP server (aiosmtpd).
 
 mod common;
+#[path = "common/kafka.rs"]
+mod kafka;
 
 use common::*;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -481,4 +483,58 @@ fn restore_tests_prove_mark_corrupted_snapshots_and_skip_without_an_environment(
     let (code, log) = d.stop();
     assert_eq!(code, Some(0), "{log}");
     assert!(log.contains("restore test skipped"), "{log}");
+}
+
+#[test]
+fn a_scheduled_run_backs_up_files_postgres_and_kafka_into_one_snapshot() {
+    let env = Env::init();
+    let files = env.path("etc");
+    make_sample_tree(&files);
+    let pg = cairn::source::pg_cluster::ScratchCluster::start(&[]).unwrap();
+    let broker = kafka::Broker::start();
+    broker.create_topic("events", 2, &[]);
+    let p = broker.producer();
+    for i in 0..50 {
+        let r = kafka::TestRecord {
+            key: Some(format!("k{i}").into_bytes()),
+            value: Some(vec![7; 64]),
+            headers: vec![],
+            timestamp: 1_700_000_000_000 + i,
+        };
+        broker.produce(&p, "events", (i % 2) as i32, &r);
+    }
+    broker.flush(&p);
+    let plan_file = plan(
+        &env,
+        &format!(
+            "source \"config\" kind=\"files\" {{\n    path \"{}\"\n}}\nsource \"db\" kind=\"postgres\" {{\n    url \"{}\"\n}}\nsource \"queue\" kind=\"kafka\" {{\n    brokers \"{}\"\n}}\nschedule \"often\" {{\n    cron \"*/2 * * * * *\"\n}}\n",
+            files.display(),
+            pg.url(),
+            broker.brokers()
+        ),
+    );
+    let d = Served::start(&env, &plan_file);
+    let s = d.wait_until("a scheduled run of all three sources", 90, |s| {
+        ["config", "db", "queue"]
+            .iter()
+            .all(|n| s["sources"][n]["last_result"] == "ok")
+    });
+    assert!(s["last_snapshot"].is_string(), "{s}");
+    let (code, log) = d.stop();
+    assert_eq!(code, Some(0), "{log}");
+    let snaps = env.json(&["snapshots"]);
+    let first = &snaps.as_array().unwrap()[0];
+    let kinds: Vec<&str> = first["sources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, ["files", "postgres", "kafka"], "{first}");
+    assert_eq!(first["complete"], true);
+    // The per-source size and duration of each run are logged.
+    assert!(
+        log.contains("source stored source=queue") && log.contains("duration_ms"),
+        "{log}"
+    );
 }
