@@ -256,6 +256,15 @@ fn restore_test_passes_on_a_good_snapshot_while_pgbench_writes() {
         .all(|t| t["ok"] == true));
     assert_eq!(results[0]["amcheck_ran"], true);
     assert!(results[0]["amcheck"].as_array().unwrap().is_empty());
+    // The passed test is recorded: `snapshots` shows when it was proven.
+    let snaps = env.json(&["snapshots"]);
+    assert_eq!(snaps[0]["proof"]["passed"], true, "{snaps}");
+    // Once the snapshot is forgotten, prune removes its proof too.
+    env.ok(&["snapshot", "--postgres", &source.url()]);
+    env.ok(&["forget", "--keep-last", "1"]);
+    let pruned = env.json(&["prune"]);
+    assert_eq!(pruned["proofs_removed"], 1, "{pruned}");
+    assert!(env.json(&["snapshots"])[0]["proof"].is_null());
 }
 
 #[test]

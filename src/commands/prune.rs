@@ -23,6 +23,8 @@ pub struct PruneReport {
     pub packs_removed: usize,
     pub packs_repacked: usize,
     pub unreferenced_packs_removed: usize,
+    /// Restore-test proofs of snapshots that no longer exist.
+    pub proofs_removed: usize,
     pub bytes_before: u64,
     pub bytes_after: u64,
     /// With --dry-run: plaintext bytes that repacking would copy.
@@ -265,6 +267,24 @@ pub fn prune(repo: &Repository, dry_run: bool) -> Result<PruneReport> {
     repo.backend.remove_temporary()?;
     repo.cache.sync(repo.backend.as_ref(), &repo.key)?;
     report.bytes_after = idx.packs.iter().map(|p| p.size).sum();
+    // Proofs of snapshots that are gone say nothing any more.
+    let live: std::collections::HashSet<Id> =
+        repo.snapshots()?.into_iter().map(|(id, _)| id).collect();
+    for (name, _) in repo.backend.list(FileKind::Proof)? {
+        let Some(id) = Id::parse(&name) else { continue };
+        let Ok(p) = repo.read_sealed::<crate::repo::Proof>(FileKind::Proof, &id) else {
+            continue;
+        };
+        if !live.contains(&p.snapshot) {
+            if !dry_run {
+                repo.backend.remove(&crate::backend::FileRef::new(
+                    FileKind::Proof,
+                    name.as_str(),
+                ))?;
+            }
+            report.proofs_removed += 1;
+        }
+    }
     Ok(report)
 }
 
