@@ -92,6 +92,9 @@ pub struct SourceReport {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
     pub bytes_read: u64,
+    /// Bytes of chunks this source added to the repository, before
+    /// compression (what deduplication did not find).
+    pub bytes_new: u64,
     pub duration_ms: u64,
 }
 
@@ -156,6 +159,7 @@ pub fn run(repo: &Repository, sources: &[NamedSource], opts: &JobOptions) -> Res
             let mut totals = (0u64, 0u64, 0u64, 0u64); // files, dirs, symlinks, bytes read
             for s in sources {
                 let t = Instant::now();
+                let new_before = p.stats.bytes_new_raw;
                 tracing::info!(source = %s.name, kind = s.spec.kind(), "backing up source");
                 match archive(p, s, opts.quiet) {
                     Ok(o) => {
@@ -164,13 +168,15 @@ pub fn run(repo: &Repository, sources: &[NamedSource], opts: &JobOptions) -> Res
                         totals.2 += o.symlinks;
                         totals.3 += o.bytes_read;
                         let ms = t.elapsed().as_millis() as u64;
-                        tracing::info!(source = %s.name, bytes_read = o.bytes_read, duration_ms = ms, "source stored");
+                        let bytes_new = p.stats.bytes_new_raw - new_before;
+                        tracing::info!(source = %s.name, bytes_read = o.bytes_read, bytes_new, duration_ms = ms, "source stored");
                         reports.push(SourceReport {
                             name: s.name.clone(),
                             kind: s.spec.kind().into(),
                             ok: o.record.status == SourceStatus::Complete,
                             error: o.record.errors.first().cloned(),
                             bytes_read: o.bytes_read,
+                            bytes_new,
                             duration_ms: ms,
                         });
                         records.push(o.record);
@@ -186,6 +192,7 @@ pub fn run(repo: &Repository, sources: &[NamedSource], opts: &JobOptions) -> Res
                             ok: false,
                             error: Some(msg.clone()),
                             bytes_read: 0,
+                            bytes_new: p.stats.bytes_new_raw - new_before,
                             duration_ms: t.elapsed().as_millis() as u64,
                         });
                         records.push(SourceRecord {

@@ -312,6 +312,22 @@ fn the_daemon_backs_up_on_schedule_applies_retention_and_serves_its_api() {
         "{metrics}"
     );
     assert!(metrics.contains("cairn_runs_total"), "{metrics}");
+    assert!(
+        metrics.contains("cairn_last_backup_new_bytes{source=\"etc\"}"),
+        "{metrics}"
+    );
+
+    // SIGHUP reloads the plan; changed retention rules are applied at once.
+    let text = std::fs::read_to_string(&p)
+        .unwrap()
+        .replace("keep-last 2", "keep-last 1");
+    std::fs::write(&p, text).unwrap();
+    unsafe { libc::kill(d.child.id() as i32, libc::SIGHUP) };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !d.log().contains("the rules changed\"") || !d.log().contains("plan reloaded") {
+        assert!(Instant::now() < deadline, "no reload: {}", d.log());
+        std::thread::sleep(Duration::from_millis(200));
+    }
 
     let (code, log) = d.stop();
     assert_eq!(code, Some(0), "{log}");

@@ -153,10 +153,11 @@ pub fn run(g: &GlobalArgs, a: &SnapshotArgs) -> Result<()> {
             for r in &report.sources {
                 match &r.error {
                     None => println!(
-                        "source {} ({}): read {} in {:.1}s",
+                        "source {} ({}): read {}, {} new in {:.1}s",
                         r.name,
                         r.kind,
                         human_bytes(r.bytes_read),
+                        human_bytes(r.bytes_new),
                         r.duration_ms as f64 / 1000.0
                     ),
                     Some(e) => println!("source {} ({}): FAILED: {e}", r.name, r.kind),

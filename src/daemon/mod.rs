@@ -252,6 +252,7 @@ impl Daemon {
                 e.last_run = Some(now);
                 e.last_error = r.error.clone();
                 e.bytes_read = r.bytes_read;
+                e.bytes_new = r.bytes_new;
                 e.duration_ms = r.duration_ms;
                 if r.ok {
                     e.last_success = Some(now);

@@ -15,6 +15,8 @@ pub struct SourceState {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
     pub bytes_read: u64,
+    /// New (deduplicated, uncompressed) bytes the last run stored for it.
+    pub bytes_new: u64,
     pub duration_ms: u64,
     /// Seconds since the last success (filled in when shown).
     pub age_seconds: Option<i64>,
@@ -123,6 +125,11 @@ pub fn metrics(s: &Status) -> String {
         "cairn_last_backup_read_bytes",
         "Bytes read from the source by its last backup.",
         per_source(&|st| Some(st.bytes_read as f64)),
+    );
+    gauge(
+        "cairn_last_backup_new_bytes",
+        "New (deduplicated, uncompressed) bytes the source's last backup stored.",
+        per_source(&|st| Some(st.bytes_new as f64)),
     );
     gauge(
         "cairn_runs_total",
