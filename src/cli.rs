@@ -438,6 +438,11 @@ pub enum PlanCommand {
         #[arg(long, value_enum, default_value_t = crate::daemon::alerts::AlertKind::Test)]
         kind: crate::daemon::alerts::AlertKind,
     },
+    /// Make a new API token: prints the secret once and the `token` line for the plan
+    Token {
+        /// The token's name (shown in the access log)
+        name: String,
+    },
 }
 
 #[derive(Args, Debug)]

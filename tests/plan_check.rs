@@ -435,3 +435,19 @@ fn retention_without_keep_rules_keeps_the_default() {
     assert_eq!(plan["retention"]["keep-daily"], 30);
     assert_eq!(plan["retention"]["critical-free"], "10%");
 }
+
+#[test]
+fn plan_token_prints_a_secret_and_only_its_hash_for_the_plan() {
+    let env = Env::new();
+    let out = env.json(&["plan", "token", "ops"]);
+    let token = out["token"].as_str().unwrap();
+    assert_eq!(token.len(), 64);
+    assert_eq!(
+        out["hash"].as_str().unwrap(),
+        format!("blake3:{}", blake3::hash(token.as_bytes()).to_hex())
+    );
+    let again = env.json(&["plan", "token", "ops"]);
+    assert_ne!(again["token"], out["token"], "tokens are random");
+    let (code, err) = code_and_stderr(&env.run(&["plan", "token", "bad name"]));
+    assert_eq!(code, 2, "{err}");
+}

@@ -43,6 +43,7 @@ pub fn run(g: &GlobalArgs, command: Command) -> Result<()> {
         Command::Unlock(a) => unlock::run(g, &a),
         Command::Repair(crate::cli::RepairCommand::Index) => repair::index(g),
         Command::Plan(crate::cli::PlanCommand::Check { file }) => plan::check(g, &file),
+        Command::Plan(crate::cli::PlanCommand::Token { name }) => plan::token(g, &name),
         Command::Plan(crate::cli::PlanCommand::TestAlert { file, kind }) => {
             plan::test_alert(g, &file, kind)
         }

@@ -95,3 +95,29 @@ pub fn test_alert(g: &GlobalArgs, file: &Path, kind: AlertKind) -> Result<()> {
     }
     Ok(())
 }
+
+/// `cairn plan token NAME`: a random 256-bit token (hex) and the plan line
+/// holding only its BLAKE3 hash — the secret itself is never stored.
+pub fn token(g: &GlobalArgs, name: &str) -> Result<()> {
+    if name.is_empty()
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
+    {
+        return Err(Error::usage(format!("token name {name:?} is not allowed"))
+            .with_hint("use letters, digits, `_`, `.` and `-`"));
+    }
+    let secret: [u8; 32] = rand::random();
+    let token = hex::encode(secret);
+    let hash = format!("blake3:{}", blake3::hash(token.as_bytes()).to_hex());
+    if g.json {
+        return super::print_json(
+            &serde_json::json!({ "name": name, "token": token, "hash": hash }),
+        );
+    }
+    println!("token (shown once; give it to the client as `Authorization: Bearer …`):");
+    println!("  {token}");
+    println!("plan line (inside `api {{ … }}`):");
+    println!("  token \"{name}\" hash=\"{hash}\"");
+    Ok(())
+}
