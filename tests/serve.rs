@@ -554,3 +554,64 @@ fn a_scheduled_run_backs_up_files_postgres_and_kafka_into_one_snapshot() {
         "{log}"
     );
 }
+
+#[test]
+fn a_partial_run_never_displaces_a_complete_snapshot() {
+    let env = Env::init();
+    let files = env.path("etc");
+    make_sample_tree(&files);
+    let marker = env.path("healthy");
+    std::fs::write(&marker, "yes").unwrap();
+    let p = plan(
+        &env,
+        &format!(
+            "source \"etc\" kind=\"files\" {{\n    path \"{}\"\n}}\nsource \"flaky\" kind=\"command\" {{\n    command \"cat\" \"{}\"\n}}\nschedule \"yearly\" {{\n    cron \"0 0 1 1 *\"\n}}\nretention {{\n    keep-daily 1\n}}\n",
+            files.display(),
+            marker.display()
+        ),
+    );
+    let d = Served::start(&env, &p);
+    let run = |expect: u16| {
+        let (code, body) = d.post_when_free("/backups?wait=true");
+        assert_eq!(code, expect, "{body}");
+    };
+    let ids = || -> Vec<(String, bool)> {
+        env.json(&["snapshots"])
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| {
+                (
+                    s["short_id"].as_str().unwrap().to_string(),
+                    s["complete"] == true,
+                )
+            })
+            .collect()
+    };
+    run(200);
+    let first = ids();
+    assert_eq!(first.len(), 1);
+    std::fs::remove_file(&marker).unwrap();
+    run(500); // the flaky source fails: an incomplete snapshot
+    let after_partial = ids();
+    assert_eq!(after_partial.len(), 2, "{after_partial:?}");
+    assert!(
+        after_partial.contains(&first[0]),
+        "the complete snapshot was kept"
+    );
+    std::fs::write(&marker, "yes").unwrap();
+    run(200);
+    let last = ids();
+    assert_eq!(
+        last.len(),
+        1,
+        "keep-daily 1 keeps the newest complete one: {last:?}"
+    );
+    assert!(last[0].1);
+    let (code, log) = d.stop();
+    assert_eq!(code, Some(0), "{log}");
+    assert!(
+        log.contains("incomplete, and a newer complete snapshot exists"),
+        "{log}"
+    );
+}

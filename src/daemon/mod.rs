@@ -467,14 +467,36 @@ impl Daemon {
         let file = plan.file.display().to_string();
         let policy = plan.retention.policy();
         crate::lock::with_lock(&repo, true, "retention", || {
+            // The rules decide over complete snapshots only: a partial one
+            // must never take the place of a complete one.
             let groups = crate::retention::forget(
                 &repo,
                 &policy,
                 crate::retention::GroupBy::default(),
-                |s| s.plan.as_deref() == Some(&file),
+                |s| s.plan.as_deref() == Some(&file) && s.is_complete(),
                 false,
             )?;
-            let removed = groups.iter().flat_map(|g| g.removed()).count();
+            let mut removed = groups.iter().flat_map(|g| g.removed()).count();
+            // Incomplete snapshots go once a newer complete one exists.
+            let snaps = repo.snapshots()?;
+            let newest_complete = snaps
+                .iter()
+                .filter(|(_, s)| s.plan.as_deref() == Some(&file) && s.is_complete())
+                .map(|(_, s)| s.time)
+                .max();
+            for (id, s) in &snaps {
+                if s.plan.as_deref() == Some(&file)
+                    && !s.is_complete()
+                    && newest_complete.is_some_and(|t| s.time < t)
+                {
+                    tracing::info!(snapshot = %id.short(), time = %s.time, reason = "incomplete, and a newer complete snapshot exists", "forgetting snapshot");
+                    repo.backend.remove(&crate::backend::FileRef::new(
+                        crate::repo::FileKind::Snapshot,
+                        id.to_hex(),
+                    ))?;
+                    removed += 1;
+                }
+            }
             tracing::info!(removed, why, "retention applied");
             if removed > 0 {
                 let r = crate::commands::prune::prune(&repo, false)?;
