@@ -4,6 +4,8 @@
 mod common;
 #[path = "common/kafka.rs"]
 mod kafka;
+#[path = "common/s3.rs"]
+mod s3;
 
 use common::*;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -54,6 +56,8 @@ impl Smtp {
         };
         rd.flatten()
             .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+            // Undo quoted-printable soft line breaks, so words are whole.
+            .map(|m| m.replace("=\r\n", "").replace("=\n", ""))
             .collect()
     }
 
@@ -614,4 +618,42 @@ fn a_partial_run_never_displaces_a_complete_snapshot() {
         log.contains("incomplete, and a newer complete snapshot exists"),
         "{log}"
     );
+}
+
+#[test]
+fn object_storage_use_is_measured_against_the_quota() {
+    let server = s3::S3Server::start();
+    let mut env = Env::new();
+    env.location = Some("s3://bucket/quota".into());
+    env.extra_env = server.env();
+    env.ok(&["init", "--kdf-work-factor", "10"]);
+    let smtp = Smtp::start(&env.path("mail"));
+    let files = env.path("etc");
+    make_sample_tree(&files);
+    let p = env.path("plan.kdl");
+    let hash = blake3::hash(TOKEN.as_bytes()).to_hex();
+    std::fs::write(
+        &p,
+        format!(
+            "repository \"s3://bucket/quota\" {{\n    password-file \"password\"\n    cache-dir \"{}\"\n}}\napi {{\n    listen \"127.0.0.1:8420\"\n    token \"tests\" hash=\"blake3:{hash}\"\n}}\nsource \"etc\" kind=\"files\" {{\n    path \"{}\"\n}}\n{}",
+            env.cache.display(),
+            files.display(),
+            email(&smtp, "    quota \"1MiB\"\n    storage-warning \"50%\"\n")
+        ),
+    )
+    .unwrap();
+    let d = Served::start(&env, &p);
+    let (code, body) = d.post_when_free("/backups?wait=true");
+    assert_eq!(code, 200, "{body}");
+    let mail = smtp.wait_for("measured by quota", 30);
+    assert!(mail.contains("s3://bucket/quota"), "{mail}");
+    let s = d.status();
+    assert_eq!(s["storage"]["measured_by"], "quota", "{s}");
+    assert_eq!(s["storage"]["total_bytes"], 1 << 20);
+    assert!(
+        s["storage"]["used_bytes"].as_u64().unwrap() > 1 << 19,
+        "{s}"
+    );
+    let (code, log) = d.stop();
+    assert_eq!(code, Some(0), "{log}");
 }
