@@ -185,9 +185,12 @@ pub struct Quiet;
 
 impl rdkafka::ClientContext for Quiet {
     fn error(&self, error: KafkaError, reason: &str) {
-        match error {
-            KafkaError::PartitionEOF(_) => tracing::debug!("librdkafka: {reason}"),
-            e => tracing::warn!("librdkafka: {e}: {reason}"),
+        let eof = matches!(error, KafkaError::PartitionEOF(_))
+            || error.rdkafka_error_code() == Some(RDKafkaErrorCode::PartitionEOF);
+        if eof {
+            tracing::debug!("librdkafka: {reason}");
+        } else {
+            tracing::warn!("librdkafka: {error}: {reason}");
         }
     }
 }
