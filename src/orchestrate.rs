@@ -741,16 +741,12 @@ impl Orchestration {
             }
             Destination::Postgres { url, .. } => {
                 use crate::source::postgres as pg;
-                let opts = pg::RestoreOptions {
-                    clean: true,
-                    databases: Vec::new(),
-                    jobs: std::thread::available_parallelism()
-                        .map(|n| n.get())
-                        .unwrap_or(2),
-                    spool_dir: None,
-                    globals: true,
-                };
-                let report = pg::restore_logical(repo, &it.record, url, &opts)?;
+                let report = pg::restore_logical(
+                    repo,
+                    &it.record,
+                    url,
+                    &pg::RestoreOptions::everything(true),
+                )?;
                 let bad: Vec<String> = report
                     .mismatches()
                     .iter()
@@ -779,17 +775,8 @@ impl Orchestration {
                 for w in &report.warnings {
                     tracing::warn!(source = %it.name, "{w}");
                 }
-                let refused: Vec<&str> = report
-                    .groups
-                    .iter()
-                    .filter(|g| g.refused.is_some())
-                    .map(|g| g.name.as_str())
-                    .collect();
-                if !refused.is_empty() {
-                    return Err(Error::failure(format!(
-                        "the offsets of group(s) {} were not committed: they have live members on the target",
-                        refused.join(", ")
-                    ))
+                if let Some(e) = report.refused_groups() {
+                    return Err(e
                     .with_hint("a consumer still runs: add its service to the plan, or stop it and commit the offsets by hand")
                     .into());
                 }

@@ -501,40 +501,50 @@ fn decide_group(policy: &Policy, members: &[&Candidate], tz: &TimeZone) -> Vec<D
         .collect()
 }
 
-/// Apply `policy` to the snapshots of `repo` that `only` selects: decide,
-/// log every removal with its reason, and remove the snapshot files unless
-/// `dry_run`. The caller holds the exclusive lock. Returns the decisions.
+/// Apply `policy` to `snapshots` (already listed and selected by the
+/// caller): decide, and remove what no rule keeps (logged with its reason)
+/// unless `dry_run`. The caller holds the exclusive lock. Returns the decisions.
 pub fn forget(
     repo: &crate::repository::Repository,
+    snapshots: &[(crate::repo::Id, crate::repo::Snapshot)],
     policy: &Policy,
     group_by: GroupBy,
-    only: impl Fn(&crate::repo::Snapshot) -> bool,
     dry_run: bool,
 ) -> crate::error::Result<Vec<GroupDecision>> {
-    let candidates: Vec<Candidate> = repo
-        .snapshots()?
-        .into_iter()
-        .filter(|(_, s)| only(s))
+    let candidates: Vec<Candidate> = snapshots
+        .iter()
         .map(|(id, s)| Candidate {
             id: id.to_hex(),
             time: s.time,
-            host: s.host,
-            tags: s.tags,
-            paths: s.paths,
+            host: s.host.clone(),
+            tags: s.tags.clone(),
+            paths: s.paths.clone(),
         })
         .collect();
     let groups = plan(policy, group_by, &candidates, &TimeZone::system());
     for d in groups.iter().flat_map(|g| g.removed()) {
-        let short = &d.id[..8.min(d.id.len())];
-        tracing::info!(snapshot = short, time = %d.time, reason = %d.reasons.join("; "), dry_run, "forgetting snapshot");
-        if !dry_run {
-            repo.backend.remove(&crate::backend::FileRef::new(
-                crate::repo::FileKind::Snapshot,
-                d.id.as_str(),
-            ))?;
-        }
+        remove_snapshot(repo, &d.id, d.time, &d.reasons.join("; "), dry_run)?;
     }
     Ok(groups)
+}
+
+/// Remove one snapshot file (unless `dry_run`), logging why: every
+/// removal of a snapshot goes through here.
+pub fn remove_snapshot(
+    repo: &crate::repository::Repository,
+    id_hex: &str,
+    time: Timestamp,
+    reason: &str,
+    dry_run: bool,
+) -> crate::error::Result<()> {
+    tracing::info!(snapshot = &id_hex[..8.min(id_hex.len())], %time, reason, dry_run, "forgetting snapshot");
+    if dry_run {
+        return Ok(());
+    }
+    repo.backend.remove(&crate::backend::FileRef::new(
+        crate::repo::FileKind::Snapshot,
+        id_hex,
+    ))
 }
 
 #[cfg(test)]

@@ -135,14 +135,9 @@ fn headers(message: &str, name: &str) -> Vec<String> {
 }
 
 fn write_plan(env: &Env, alerts: &str) -> PathBuf {
-    let plan = env.path("plan.kdl");
-    let text = format!(
-        "repository \"{}\" {{\n    password-file \"password\"\n}}\n\
-         source \"etc\" kind=\"files\" {{\n    path \"/etc/hostname\"\n}}\n{alerts}",
-        env.repo.display()
-    );
-    std::fs::write(&plan, text).unwrap();
-    plan
+    env.write_plan(&format!(
+        "source \"etc\" kind=\"files\" {{\n    path \"/etc/hostname\"\n}}\n{alerts}"
+    ))
 }
 
 fn test_alert(env: &Env, plan: &Path, extra: &[&str]) -> (i32, String, String) {

@@ -8,28 +8,6 @@ mod kafka;
 use cairn::source::pg_cluster::ScratchCluster;
 use common::*;
 
-fn write_plan(env: &Env, body: &str) -> std::path::PathBuf {
-    let plan = env.path("plan.kdl");
-    let text = format!(
-        "repository \"{}\" {{\n    password-file \"password\"\n    cache-dir \"{}\"\n}}\n{body}",
-        env.repo.display(),
-        env.cache.display()
-    );
-    std::fs::write(&plan, text).unwrap();
-    plan
-}
-
-/// The binary without CAIRN_REPOSITORY / password in the environment: the plan says.
-fn plan_cmd(env: &Env, args: &[&str]) -> std::process::Output {
-    env.cmd()
-        .env_remove("CAIRN_REPOSITORY")
-        .env_remove("CAIRN_PASSWORD_FILE")
-        .env_remove("CAIRN_CACHE_DIR")
-        .args(args)
-        .output()
-        .unwrap()
-}
-
 #[test]
 fn one_snapshot_holds_every_source_of_the_plan() {
     let env = Env::init();
@@ -50,10 +28,8 @@ fn one_snapshot_holds_every_source_of_the_plan() {
         broker.produce(&p, "orders", (i % 2) as i32, &r);
     }
     broker.flush(&p);
-    let plan = write_plan(
-        &env,
-        &format!(
-            r#"
+    let plan = env.write_plan(&format!(
+        r#"
 source "etc" kind="files" {{
     path "{files}"
 }}
@@ -71,12 +47,11 @@ schedule "nightly" {{
     tag "nightly"
 }}
 "#,
-            files = files.display(),
-            brokers = broker.brokers()
-        ),
-    );
+        files = files.display(),
+        brokers = broker.brokers()
+    ));
     let plan = plan.to_str().unwrap();
-    let out = plan_cmd(&env, &["snapshot", "--plan", plan, "--json"]);
+    let out = env.run_plan(&["snapshot", "--plan", plan, "--json"]);
     let (code, err) = code_and_stderr(&out);
     assert_eq!(code, 0, "{err}");
     let snap: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -147,16 +122,11 @@ schedule "nightly" {{
     );
 
     // --source picks a subset; an unknown one is a usage error naming the choices.
-    let out = plan_cmd(
-        &env,
-        &["snapshot", "--plan", plan, "--source", "etc", "--json"],
-    );
+    let out = env.run_plan(&["snapshot", "--plan", plan, "--source", "etc", "--json"]);
     let (code, err) = code_and_stderr(&out);
     assert_eq!(code, 0, "{err}");
-    let (code, err) = code_and_stderr(&plan_cmd(
-        &env,
-        &["snapshot", "--plan", plan, "--source", "nope"],
-    ));
+    let (code, err) =
+        code_and_stderr(&env.run_plan(&["snapshot", "--plan", plan, "--source", "nope"]));
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("etc, db, queue, version"), "{err}");
 }
@@ -166,10 +136,8 @@ fn a_failing_source_is_recorded_and_the_run_exits_3() {
     let env = Env::init();
     let files = env.path("etc");
     make_sample_tree(&files);
-    let plan = write_plan(
-        &env,
-        &format!(
-            r#"
+    let plan = env.write_plan(&format!(
+        r#"
 source "etc" kind="files" {{
     path "{files}"
 }}
@@ -177,10 +145,9 @@ source "broken" kind="command" {{
     command "sh" "-c" "echo half; echo 'dump: server closed the connection' >&2; exit 2"
 }}
 "#,
-            files = files.display()
-        ),
-    );
-    let out = plan_cmd(&env, &["snapshot", "--plan", plan.to_str().unwrap()]);
+        files = files.display()
+    ));
+    let out = env.run_plan(&["snapshot", "--plan", plan.to_str().unwrap()]);
     let (code, err) = code_and_stderr(&out);
     assert_eq!(code, 3, "{err}");
     assert!(err.contains("broken") && err.contains("failed"), "{err}");
@@ -210,10 +177,8 @@ source "broken" kind="command" {{
         "repository \"x\" {\n  password-file \"password\"\n}\nsource \"a\" kind=\"tape\"\n",
     )
     .unwrap();
-    let (code, err) = code_and_stderr(&plan_cmd(
-        &env,
-        &["snapshot", "--plan", plan.to_str().unwrap()],
-    ));
+    let (code, err) =
+        code_and_stderr(&env.run_plan(&["snapshot", "--plan", plan.to_str().unwrap()]));
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("plan.kdl:4:"), "{err}");
     assert_eq!(env.json(&["snapshots"]).as_array().unwrap().len(), 1);

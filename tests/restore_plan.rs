@@ -102,28 +102,6 @@ impl Drop for Services {
     }
 }
 
-fn write_plan(env: &Env, body: &str) -> PathBuf {
-    let plan = env.path("plan.kdl");
-    let text = format!(
-        "repository \"{}\" {{\n    password-file \"password\"\n    cache-dir \"{}\"\n}}\n{body}",
-        env.repo.display(),
-        env.cache.display()
-    );
-    std::fs::write(&plan, text).unwrap();
-    plan
-}
-
-/// The binary without CAIRN_REPOSITORY / password in the environment: the plan says.
-fn plan_cmd(env: &Env, args: &[&str]) -> std::process::Output {
-    env.cmd()
-        .env_remove("CAIRN_REPOSITORY")
-        .env_remove("CAIRN_PASSWORD_FILE")
-        .env_remove("CAIRN_CACHE_DIR")
-        .args(args)
-        .output()
-        .unwrap()
-}
-
 fn stdout(out: &std::process::Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
@@ -148,14 +126,11 @@ source "version" kind="command" {{
         app = svc.node("app", &["db"], app_ready, app_timeout),
         db = svc.node("db", &[], &format!("test -e {d}/db.ready"), "10s"),
     );
-    (write_plan(env, &body), files)
+    (env.write_plan(&body), files)
 }
 
 fn snapshot(env: &Env, plan: &Path) -> String {
-    let out = plan_cmd(
-        env,
-        &["snapshot", "--plan", plan.to_str().unwrap(), "--json"],
-    );
+    let out = env.run_plan(&["snapshot", "--plan", plan.to_str().unwrap(), "--json"]);
     let (code, err) = code_and_stderr(&out);
     assert_eq!(code, 0, "{err}");
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -175,7 +150,7 @@ fn services_stop_dependents_first_and_start_dependencies_first() {
     let root_s = root.to_str().unwrap();
 
     // No restore point given: the plan's restore points are listed, exit 2.
-    let out = plan_cmd(&env, &["restore", "--plan", plan]);
+    let out = env.run_plan(&["restore", "--plan", plan]);
     let (code, err) = code_and_stderr(&out);
     assert_eq!(code, 2, "{err}");
     let list = stdout(&out);
@@ -188,18 +163,15 @@ fn services_stop_dependents_first_and_start_dependencies_first() {
 
     // --dry-run: the ordered steps, nothing done.
     let before = svc.events();
-    let out = plan_cmd(
-        &env,
-        &[
-            "restore",
-            "--plan",
-            plan,
-            "latest",
-            "--dry-run",
-            "--target-root",
-            root_s,
-        ],
-    );
+    let out = env.run_plan(&[
+        "restore",
+        "--plan",
+        plan,
+        "latest",
+        "--dry-run",
+        "--target-root",
+        root_s,
+    ]);
     let (code, err) = code_and_stderr(&out);
     assert_eq!(code, 0, "{err}");
     let text = stdout(&out);
@@ -234,10 +206,7 @@ fn services_stop_dependents_first_and_start_dependencies_first() {
 
     // The restore itself.
     let t = Instant::now();
-    let out = plan_cmd(
-        &env,
-        &["restore", "--plan", plan, &id[..8], "--target-root", root_s],
-    );
+    let out = env.run_plan(&["restore", "--plan", plan, &id[..8], "--target-root", root_s]);
     let (code, err) = code_and_stderr(&out);
     assert_eq!(code, 0, "{err}\n{}", stdout(&out));
     assert!(
@@ -267,19 +236,16 @@ fn services_stop_dependents_first_and_start_dependencies_first() {
     );
 
     // --json: the report of a run that went well; --at picks by time.
-    let out = plan_cmd(
-        &env,
-        &[
-            "restore",
-            "--plan",
-            plan,
-            "--at",
-            "2999-01-01 00:00",
-            "--target-root",
-            root_s,
-            "--json",
-        ],
-    );
+    let out = env.run_plan(&[
+        "restore",
+        "--plan",
+        plan,
+        "--at",
+        "2999-01-01 00:00",
+        "--target-root",
+        root_s,
+        "--json",
+    ]);
     let (code, err) = code_and_stderr(&out);
     assert_eq!(code, 0, "{err}");
     let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -300,10 +266,8 @@ fn services_stop_dependents_first_and_start_dependencies_first() {
     assert_eq!(r["sources"][1]["state"], "not-restored");
 
     // Usage: --plan does not mix with --target.
-    let (code, _) = code_and_stderr(&plan_cmd(
-        &env,
-        &["restore", "--plan", plan, "latest", "--target", root_s],
-    ));
+    let (code, _) =
+        code_and_stderr(&env.run_plan(&["restore", "--plan", plan, "latest", "--target", root_s]));
     assert_eq!(code, 2);
 }
 
@@ -319,18 +283,15 @@ fn a_service_that_never_gets_ready_stops_the_restore() {
     let root = env.path("root");
     let before = svc.events();
     let t = Instant::now();
-    let out = plan_cmd(
-        &env,
-        &[
-            "restore",
-            "--plan",
-            plan,
-            &id,
-            "--target-root",
-            root.to_str().unwrap(),
-            "--json",
-        ],
-    );
+    let out = env.run_plan(&[
+        "restore",
+        "--plan",
+        plan,
+        &id,
+        "--target-root",
+        root.to_str().unwrap(),
+        "--json",
+    ]);
     let (code, err) = code_and_stderr(&out);
     assert_eq!(code, 1, "{err}");
     assert!(
@@ -388,18 +349,15 @@ fn a_service_that_never_gets_ready_stops_the_restore() {
     );
 
     // Without --json the states go to stderr with the error.
-    let out = plan_cmd(
-        &env,
-        &[
-            "restore",
-            "--plan",
-            plan,
-            "latest",
-            "--target-root",
-            root.to_str().unwrap(),
-            "-q",
-        ],
-    );
+    let out = env.run_plan(&[
+        "restore",
+        "--plan",
+        plan,
+        "latest",
+        "--target-root",
+        root.to_str().unwrap(),
+        "-q",
+    ]);
     let (code, err) = code_and_stderr(&out);
     assert_eq!(code, 1, "{err}");
     assert!(
@@ -448,7 +406,7 @@ fn postgres_is_restored_in_place_while_its_service_is_stopped() {
     let app = svc
         .node("app", &[], &format!("test -e {d}/app.ready"), "10s")
         .replace("}\n", "    sources \"db\"\n}\n");
-    let plan = write_plan(&env, &format!("{}{app}", source(false)));
+    let plan = env.write_plan(&format!("{}{app}", source(false)));
     let plan = plan.to_str().unwrap();
     svc.start(&["app"]);
     snapshot(&env, Path::new(plan));
@@ -460,7 +418,7 @@ fn postgres_is_restored_in_place_while_its_service_is_stopped() {
         "DELETE FROM orders WHERE id > 40; INSERT INTO orders VALUES (1000, 'late');",
     );
     let before = svc.events();
-    let out = plan_cmd(&env, &["restore", "--plan", plan, "latest", "--json"]);
+    let out = env.run_plan(&["restore", "--plan", plan, "latest", "--json"]);
     let (code, err) = code_and_stderr(&out);
     assert_eq!(code, 0, "{err}");
     let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -488,7 +446,7 @@ fn postgres_is_restored_in_place_while_its_service_is_stopped() {
     )
     .unwrap();
     let before = svc.events();
-    let (code, err) = code_and_stderr(&plan_cmd(&env, &["restore", "--plan", plan, "latest"]));
+    let (code, err) = code_and_stderr(&env.run_plan(&["restore", "--plan", plan, "latest"]));
     assert_eq!(code, 1, "{err}");
     assert!(
         err.contains("physical") && err.contains("--pgdata"),

@@ -102,10 +102,7 @@ struct Served {
 impl Served {
     fn start(env: &Env, plan: &Path) -> Served {
         let mut child = env
-            .cmd()
-            .env_remove("CAIRN_REPOSITORY")
-            .env_remove("CAIRN_PASSWORD_FILE")
-            .env_remove("CAIRN_CACHE_DIR")
+            .plan_cmd()
             .args(["serve", "-v", "--plan"])
             .arg(plan)
             .args([
@@ -241,18 +238,10 @@ impl Served {
 }
 
 fn plan(env: &Env, body: &str) -> PathBuf {
-    let p = env.path("plan.kdl");
     let hash = blake3::hash(TOKEN.as_bytes()).to_hex();
-    std::fs::write(
-        &p,
-        format!(
-            "repository \"{}\" {{\n    password-file \"password\"\n    cache-dir \"{}\"\n}}\napi {{\n    listen \"127.0.0.1:8420\"\n    token \"tests\" hash=\"blake3:{hash}\"\n}}\n{body}",
-            env.repo.display(),
-            env.cache.display()
-        ),
-    )
-    .unwrap();
-    p
+    env.write_plan(&format!(
+        "api {{\n    listen \"127.0.0.1:8420\"\n    token \"tests\" hash=\"blake3:{hash}\"\n}}\n{body}"
+    ))
 }
 
 fn email(smtp: &Smtp, extra: &str) -> String {

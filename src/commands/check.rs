@@ -356,17 +356,7 @@ fn restore_test(g: &GlobalArgs, a: &CheckArgs, repo: &Repository) -> Result<()> 
         kafka: a
             .scratch_brokers
             .as_deref()
-            .map(|b| {
-                super::kafka_options(
-                    b,
-                    &crate::cli::KafkaConnArgs {
-                        kafka_config: None,
-                        retries: 3,
-                        retry_delay: "1s".into(),
-                        kafka_timeout: "10s".into(),
-                    },
-                )
-            })
+            .map(crate::source::kafka::KafkaOptions::new)
             .transpose()?,
     };
     let report = crate::prove::prove(repo, id, &snap, a.source.as_deref(), &env)?;

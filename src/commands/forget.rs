@@ -35,13 +35,9 @@ pub fn run(g: &GlobalArgs, a: &ForgetArgs) -> Result<()> {
         .map_err(|e: String| Error::usage(format!("--group-by: {e}")))?;
     let repo = open_repo(g)?;
     with_lock(&repo, true, "forget", || {
-        let groups = retention::forget(
-            &repo,
-            &policy,
-            group_by,
-            |s| matches_filter(s, &a.filter),
-            a.dry_run,
-        )?;
+        let mut snaps = repo.snapshots()?;
+        snaps.retain(|(_, s)| matches_filter(s, &a.filter));
+        let groups = retention::forget(&repo, &snaps, &policy, group_by, a.dry_run)?;
         let mut removed = 0;
         for grp in &groups {
             if !g.json {

@@ -13,42 +13,61 @@ pub fn snapshot_at(
     sources: &[String],
     allow_corrupted: bool,
 ) -> Result<(Id, Snapshot)> {
-    let proofs = repo.proofs()?;
     let mut all = repo.snapshots()?;
     if !allow_corrupted {
-        all.retain(|(id, s)| match proofs.get(id) {
-            Some(p) if !p.passed => {
-                if s.time <= at {
-                    tracing::warn!(snapshot = %id.short(), "skipping a snapshot marked corrupted by its restore test (--force takes it)");
-                    eprintln!(
-                        "skipping snapshot {}: marked corrupted by its restore test ({}); --force takes it",
-                        id.short(),
-                        p.detail
-                    );
-                }
-                false
-            }
-            _ => true,
-        });
+        drop_corrupted(repo, &mut all, |s| s.time <= at)?;
     }
-    let has_sources = |s: &Snapshot| {
+    all.retain(|(_, s)| {
         sources
             .iter()
             .all(|n| s.sources.iter().any(|x| &x.name == n))
-    };
-    let oldest = all
+    });
+    newest_at(&all, at, "", "`cairn snapshots` lists the restore points")
+}
+
+/// Remove from `snaps` those a failed restore test marked corrupted, saying
+/// so on stderr for those `mention` selects.
+pub fn drop_corrupted(
+    repo: &Repository,
+    snaps: &mut Vec<(Id, Snapshot)>,
+    mention: impl Fn(&Snapshot) -> bool,
+) -> Result<()> {
+    let proofs = repo.proofs()?;
+    snaps.retain(|(id, s)| match proofs.get(id) {
+        Some(p) if !p.passed => {
+            if mention(s) {
+                eprintln!(
+                    "skipping snapshot {}: marked corrupted by its restore test ({}); --force takes it",
+                    id.short(),
+                    p.detail
+                );
+            }
+            false
+        }
+        _ => true,
+    });
+    Ok(())
+}
+
+/// The newest of `points` (oldest first) taken at or before `at`; `of`
+/// qualifies "snapshot" in the message, `empty_hint` helps when there is none.
+pub fn newest_at(
+    points: &[(Id, Snapshot)],
+    at: jiff::Timestamp,
+    of: &str,
+    empty_hint: &str,
+) -> Result<(Id, Snapshot)> {
+    points
         .iter()
-        .find(|(_, s)| has_sources(s))
-        .map(|(_, s)| s.time);
-    all.into_iter()
         .rev()
-        .find(|(_, s)| s.time <= at && has_sources(s))
+        .find(|(_, s)| s.time <= at)
+        .cloned()
         .ok_or_else(|| {
-            let msg = format!("no snapshot was taken at or before {}", local_time(at));
-            match oldest {
-                Some(t) => Error::failure(msg)
-                    .with_hint(format!("the oldest one is from {}", local_time(t))),
-                None => Error::failure(msg).with_hint("`cairn snapshots` lists the restore points"),
+            let msg = format!("no snapshot{of} was taken at or before {}", local_time(at));
+            match points.first() {
+                Some((_, s)) => Error::failure(msg)
+                    .with_hint(format!("the oldest one is from {}", local_time(s.time))),
+                None => Error::failure(msg).with_hint(empty_hint.to_string()),
             }
         })
 }
@@ -312,18 +331,8 @@ fn restore_kafka(
             secs
         );
     }
-    let refused: Vec<&str> = report
-        .groups
-        .iter()
-        .filter(|g| g.refused.is_some())
-        .map(|g| g.name.as_str())
-        .collect();
-    if !refused.is_empty() {
-        return Err(Error::failure(format!(
-            "the offsets of group(s) {} were not committed: they have live members on the target",
-            refused.join(", ")
-        ))
-        .with_hint("stop those consumers, then set the translated offsets listed by `--json` (groups[].offsets) with kafka-consumer-groups --reset-offsets"));
+    if let Some(e) = report.refused_groups() {
+        return Err(e.with_hint("stop those consumers, then set the translated offsets listed by `--json` (groups[].offsets) with kafka-consumer-groups --reset-offsets"));
     }
     Ok(())
 }

@@ -15,23 +15,11 @@ pub fn run(g: &GlobalArgs, a: &RestoreArgs, file: &Path) -> Result<()> {
     let plan = super::plan::load(file)?;
     let at = a.at.as_deref().map(parse_time).transpose()?;
     let repo = super::plan::open_repo(g, &plan)?;
-    let proofs = repo.proofs()?;
-    let points: Vec<(Id, Snapshot)> = repo
-        .snapshots()?
-        .into_iter()
-        .filter(|(_, s)| orchestrate::made_by(&plan, s))
-        .filter(|(id, _)| match proofs.get(id) {
-            Some(p) if !p.passed && !a.force => {
-                eprintln!(
-                    "skipping snapshot {}: marked corrupted by its restore test ({}); --force takes it",
-                    id.short(),
-                    p.detail
-                );
-                false
-            }
-            _ => true,
-        })
-        .collect();
+    let mut points: Vec<(Id, Snapshot)> = repo.snapshots()?;
+    points.retain(|(_, s)| orchestrate::made_by(&plan, s));
+    if !a.force {
+        super::restore::drop_corrupted(&repo, &mut points, |_| true)?;
+    }
     let (id, snap) = match (&a.snapshot, at) {
         (None, None) => {
             print_points(g, &plan, &points)?;
@@ -44,23 +32,10 @@ pub fn run(g: &GlobalArgs, a: &RestoreArgs, file: &Path) -> Result<()> {
         }
         (Some(s), _) if s == "latest" => points.last().cloned().ok_or_else(|| no_points(&plan))?,
         (Some(s), _) => repo.find_snapshot(s)?,
-        (None, Some(t)) => points
-            .iter()
-            .rev()
-            .find(|(_, s)| s.time <= t)
-            .cloned()
-            .ok_or_else(|| {
-                let msg = format!(
-                    "no snapshot of plan {} was taken at or before {}",
-                    plan.file.display(),
-                    local_time(t)
-                );
-                match points.first() {
-                    Some((_, s)) => Error::failure(msg)
-                        .with_hint(format!("the oldest one is from {}", local_time(s.time))),
-                    None => no_points(&plan),
-                }
-            })?,
+        (None, Some(_)) if points.is_empty() => return Err(no_points(&plan)),
+        (None, Some(t)) => {
+            super::restore::newest_at(&points, t, &format!(" of plan {}", plan.file.display()), "")?
+        }
     };
     let target_root = match &a.target_root {
         Some(d) => std::path::absolute(d)

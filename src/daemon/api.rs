@@ -153,24 +153,32 @@ struct BackupQuery {
     source: Option<String>,
 }
 
-async fn backups(State(ctx): State<Ctx>, Query(q): Query<BackupQuery>) -> Response {
+fn json_error(status: StatusCode, msg: impl std::fmt::Display) -> Response {
+    (status, Json(serde_json::json!({"error": msg.to_string()}))).into_response()
+}
+
+/// Start `run` (a backup or a restore test) unless one is going on: 202 at
+/// once, or with `wait` its outcome via `done` (200), 409 when busy, 500 on
+/// failure. `what` names the job in the log.
+async fn trigger<T, R>(
+    ctx: &Ctx,
+    wait: bool,
+    busy: &'static str,
+    what: &'static str,
+    run: R,
+    done: fn(T) -> Response,
+) -> Response
+where
+    T: Send + 'static,
+    R: FnOnce() -> crate::error::Result<Option<T>> + Send + 'static,
+{
     if ctx.daemon.status().running.is_some() {
-        return (
-            StatusCode::CONFLICT,
-            Json(serde_json::json!({"error": "a backup run is already going on"})),
-        )
-            .into_response();
+        return json_error(StatusCode::CONFLICT, busy);
     }
-    let sources: Vec<String> = q
-        .source
-        .map(|s| s.split(',').map(str::to_string).collect())
-        .unwrap_or_default();
-    let d = ctx.daemon.clone();
-    let run = move || d.run_backup(Trigger::Api, &sources, &[]);
-    if !q.wait {
+    if !wait {
         std::thread::spawn(move || {
             if let Err(e) = run() {
-                tracing::error!("backup run (api) failed: {e}");
+                tracing::error!("{what} (api) failed: {e}");
             }
         });
         return (
@@ -180,23 +188,30 @@ async fn backups(State(ctx): State<Ctx>, Query(q): Query<BackupQuery>) -> Respon
             .into_response();
     }
     match tokio::task::spawn_blocking(run).await {
-        Ok(Ok(Some(id))) => Json(serde_json::json!({"snapshot": id})).into_response(),
-        Ok(Ok(None)) => (
-            StatusCode::CONFLICT,
-            Json(serde_json::json!({"error": "a backup run is already going on"})),
-        )
-            .into_response(),
-        Ok(Err(e)) => (
-            StatusCode::INTERNAL_SERVER_ERROR,
-            Json(serde_json::json!({"error": e.to_string()})),
-        )
-            .into_response(),
-        Err(e) => (
-            StatusCode::INTERNAL_SERVER_ERROR,
-            Json(serde_json::json!({"error": e.to_string()})),
-        )
-            .into_response(),
+        Ok(Ok(Some(v))) => done(v),
+        Ok(Ok(None)) => json_error(StatusCode::CONFLICT, busy),
+        Ok(Err(e)) => json_error(StatusCode::INTERNAL_SERVER_ERROR, e),
+        Err(e) => json_error(StatusCode::INTERNAL_SERVER_ERROR, e),
     }
+}
+
+async fn backups(State(ctx): State<Ctx>, Query(q): Query<BackupQuery>) -> Response {
+    let sources: Vec<String> = q
+        .source
+        .map(|s| s.split(',').map(str::to_string).collect())
+        .unwrap_or_default();
+    let d = ctx.daemon.clone();
+    let run = move || d.run_backup(Trigger::Api, &sources, &[]);
+    let done = |id: String| Json(serde_json::json!({"snapshot": id})).into_response();
+    trigger(
+        &ctx,
+        q.wait,
+        "a backup run is already going on",
+        "backup run",
+        run,
+        done,
+    )
+    .await
 }
 
 #[derive(serde::Deserialize)]
@@ -207,45 +222,18 @@ struct CheckQuery {
 
 /// Trigger a restore test of a random snapshot (as the `verify` schedule does).
 async fn checks(State(ctx): State<Ctx>, Query(q): Query<CheckQuery>) -> Response {
-    if ctx.daemon.status().running.is_some() {
-        return (
-            StatusCode::CONFLICT,
-            Json(serde_json::json!({"error": "a run is already going on"})),
-        )
-            .into_response();
-    }
     let d = ctx.daemon.clone();
     let run = move || d.run_restore_test(Trigger::Api);
-    if !q.wait {
-        std::thread::spawn(move || {
-            if let Err(e) = run() {
-                tracing::error!("restore test (api) could not run: {e}");
-            }
-        });
-        return (
-            StatusCode::ACCEPTED,
-            Json(serde_json::json!({"accepted": true})),
-        )
-            .into_response();
-    }
-    match tokio::task::spawn_blocking(run).await {
-        Ok(Ok(Some(p))) => Json(p).into_response(),
-        Ok(Ok(None)) => (
-            StatusCode::CONFLICT,
-            Json(serde_json::json!({"error": "a run is already going on"})),
-        )
-            .into_response(),
-        Ok(Err(e)) => (
-            StatusCode::INTERNAL_SERVER_ERROR,
-            Json(serde_json::json!({"error": e.to_string()})),
-        )
-            .into_response(),
-        Err(e) => (
-            StatusCode::INTERNAL_SERVER_ERROR,
-            Json(serde_json::json!({"error": e.to_string()})),
-        )
-            .into_response(),
-    }
+    let done = |p: super::LastProof| Json(p).into_response();
+    trigger(
+        &ctx,
+        q.wait,
+        "a run is already going on",
+        "restore test",
+        run,
+        done,
+    )
+    .await
 }
 
 pub fn router(daemon: Arc<Daemon>) -> Router {

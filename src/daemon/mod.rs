@@ -44,7 +44,6 @@ pub struct Daemon {
     pub status: Mutex<Status>,
     running: Mutex<()>,
     alerter: RwLock<Alerter>,
-    pub last_proof: Mutex<LastProof>,
     reload: Arc<AtomicBool>,
 }
 
@@ -104,7 +103,6 @@ impl Daemon {
             status: Mutex::new(status),
             running: Mutex::new(()),
             alerter: RwLock::new(alerter),
-            last_proof: Mutex::new(LastProof::default()),
             reload,
         }))
     }
@@ -123,12 +121,6 @@ impl Daemon {
         for st in s.sources.values_mut() {
             st.age_seconds = st.last_success.map(|t| (now - t).as_secs());
         }
-        s.last_restore_test = self
-            .last_proof
-            .lock()
-            .ok()
-            .filter(|l| l.time.is_some())
-            .map(|l| l.clone());
         s
     }
 
@@ -190,7 +182,7 @@ impl Daemon {
         let plan = self.plan();
         let started = std::time::Instant::now();
         tracing::info!(%trigger, "backup run started");
-        let run = || -> Result<crate::job::JobReport> {
+        let run = || -> Result<(Repository, crate::job::JobReport)> {
             let repo = self.open_repo()?;
             let sources = crate::plan::job_sources(&plan, names)?;
             let opts = crate::job::JobOptions {
@@ -200,9 +192,9 @@ impl Daemon {
                 quiet: true,
             };
             let report = crate::job::run(&repo, &sources, &opts)?;
-            Ok(report)
+            Ok((repo, report))
         };
-        let report = match run() {
+        let (repo, report) = match run() {
             Ok(r) => r,
             Err(e) => {
                 let msg = e.to_string();
@@ -273,8 +265,8 @@ impl Daemon {
                 ),
             );
         }
-        self.check_slow(&plan, trigger, names, secs);
-        if let Err(e) = self.apply_retention(&plan, "after a backup run") {
+        self.check_slow(&repo, &plan, trigger, names, secs);
+        if let Err(e) = self.apply_retention(&repo, &plan, "after a backup run") {
             tracing::error!("retention failed: {e}");
             self.alert(
                 AlertKind::BackupFailed,
@@ -294,7 +286,14 @@ impl Daemon {
 
     /// A run slower than the schedule's expected duration, or than
     /// `slow-factor` × the median of the plan's recent runs, is reported.
-    fn check_slow(&self, plan: &Plan, trigger: &Trigger, names: &[String], secs: f64) {
+    fn check_slow(
+        &self,
+        repo: &Repository,
+        plan: &Plan,
+        trigger: &Trigger,
+        names: &[String],
+        secs: f64,
+    ) {
         // A triggered run is held to the schedules that cover the same sources.
         let expected = match trigger {
             Trigger::Schedule(n) => plan
@@ -318,9 +317,7 @@ impl Daemon {
         };
         let limit = match expected {
             Some(d) => Some(d.as_secs_f64()),
-            None => self
-                .recent_median(plan)
-                .map(|m| m * plan.alerts.slow_factor),
+            None => recent_median(repo, plan).map(|m| m * plan.alerts.slow_factor),
         };
         if let Some(limit) = limit {
             if secs > limit && limit > 0.0 {
@@ -335,27 +332,6 @@ impl Daemon {
                 );
             }
         }
-    }
-
-    /// Median duration (seconds) of the plan's previous complete snapshots (up to 10).
-    fn recent_median(&self, plan: &Plan) -> Option<f64> {
-        let repo = self.open_repo().ok()?;
-        let file = plan.file.display().to_string();
-        let mut d: Vec<f64> = repo
-            .snapshots()
-            .ok()?
-            .into_iter()
-            .rev()
-            .filter(|(_, s)| s.plan.as_deref() == Some(&file) && s.is_complete())
-            .skip(1) // the run just made
-            .take(10)
-            .map(|(_, s)| s.summary.duration_ms as f64 / 1000.0)
-            .collect();
-        if d.len() < 3 {
-            return None;
-        }
-        d.sort_by(|a, b| a.total_cmp(b));
-        Some(d[d.len() / 2])
     }
 
     /// Prove a random complete snapshot of the plan in the verification
@@ -390,11 +366,7 @@ impl Daemon {
                 .map(crate::source::kafka::KafkaOptions::new)
                 .transpose()?,
         };
-        let mut last = self
-            .last_proof
-            .lock()
-            .map(|l| l.clone())
-            .unwrap_or_default();
+        let mut last = self.status().last_restore_test.unwrap_or_default();
         last.time = Some(jiff::Timestamp::now());
         let outcome = match snaps.choose(&mut rand::rng()) {
             None => crate::prove::Outcome::Skipped {
@@ -455,51 +427,47 @@ impl Daemon {
                 }
             }
         }
-        if let Ok(mut l) = self.last_proof.lock() {
-            *l = last.clone();
-        }
+        self.with_status(|s| s.last_restore_test = Some(last.clone()));
         Ok(last)
     }
 
     /// Forget what the plan's rules do not keep (its own snapshots only), then prune.
-    pub fn apply_retention(&self, plan: &Plan, why: &str) -> Result<()> {
-        let repo = self.open_repo()?;
+    pub fn apply_retention(&self, repo: &Repository, plan: &Plan, why: &str) -> Result<()> {
         let file = plan.file.display().to_string();
         let policy = plan.retention.policy();
-        crate::lock::with_lock(&repo, true, "retention", || {
+        crate::lock::with_lock(repo, true, "retention", || {
+            let (complete, partial): (Vec<_>, Vec<_>) = repo
+                .snapshots()?
+                .into_iter()
+                .filter(|(_, s)| s.plan.as_deref() == Some(&file))
+                .partition(|(_, s)| s.is_complete());
             // The rules decide over complete snapshots only: a partial one
             // must never take the place of a complete one.
             let groups = crate::retention::forget(
-                &repo,
+                repo,
+                &complete,
                 &policy,
                 crate::retention::GroupBy::default(),
-                |s| s.plan.as_deref() == Some(&file) && s.is_complete(),
                 false,
             )?;
             let mut removed = groups.iter().flat_map(|g| g.removed()).count();
             // Incomplete snapshots go once a newer complete one exists.
-            let snaps = repo.snapshots()?;
-            let newest_complete = snaps
-                .iter()
-                .filter(|(_, s)| s.plan.as_deref() == Some(&file) && s.is_complete())
-                .map(|(_, s)| s.time)
-                .max();
-            for (id, s) in &snaps {
-                if s.plan.as_deref() == Some(&file)
-                    && !s.is_complete()
-                    && newest_complete.is_some_and(|t| s.time < t)
-                {
-                    tracing::info!(snapshot = %id.short(), time = %s.time, reason = "incomplete, and a newer complete snapshot exists", "forgetting snapshot");
-                    repo.backend.remove(&crate::backend::FileRef::new(
-                        crate::repo::FileKind::Snapshot,
-                        id.to_hex(),
-                    ))?;
+            let newest_complete = complete.iter().map(|(_, s)| s.time).max();
+            for (id, s) in partial {
+                if newest_complete.is_some_and(|t| s.time < t) {
+                    crate::retention::remove_snapshot(
+                        repo,
+                        &id.to_hex(),
+                        s.time,
+                        "incomplete, and a newer complete snapshot exists",
+                        false,
+                    )?;
                     removed += 1;
                 }
             }
             tracing::info!(removed, why, "retention applied");
             if removed > 0 {
-                let r = crate::commands::prune::prune(&repo, false)?;
+                let r = crate::commands::prune::prune(repo, false)?;
                 tracing::info!(?r, "pruned");
             }
             Ok(())
@@ -590,8 +558,7 @@ impl Daemon {
         let critical = 100.0 - plan.retention.critical_free.0;
         let storage = match storage {
             Some(st) if st.percent > critical && plan.retention.critical_free.0 > 0.0 => {
-                drop(repo);
-                self.relieve_storage(&plan, st)
+                self.relieve_storage(&repo, &plan, st)
             }
             other => other,
         };
@@ -611,7 +578,12 @@ impl Daemon {
     /// a time (pruning after each), until use is below the threshold — but
     /// never the minimum the retention rules guarantee (the newest snapshot
     /// of every configured category, and tagged keeps). Alerts what was done.
-    fn relieve_storage(&self, plan: &Plan, before: StorageUse) -> Option<StorageUse> {
+    fn relieve_storage(
+        &self,
+        repo: &Repository,
+        plan: &Plan,
+        before: StorageUse,
+    ) -> Option<StorageUse> {
         let Ok(_run) = self.running.try_lock() else {
             return Some(before);
         };
@@ -631,37 +603,37 @@ impl Daemon {
         let file = plan.file.display().to_string();
         let mut removed = Vec::new();
         let mut now_use = before.clone();
-        let result = (|| -> Result<()> {
-            let repo = self.open_repo()?;
-            crate::lock::with_lock(&repo, true, "retention (storage critical)", || {
-                let groups = crate::retention::forget(
-                    &repo,
-                    &minimum,
-                    crate::retention::GroupBy::default(),
-                    |s| s.plan.as_deref() == Some(&file),
-                    true,
-                )?;
-                let mut victims: Vec<_> =
-                    groups.iter().flat_map(|g| g.removed()).cloned().collect();
-                victims.sort_by_key(|d| d.time); // oldest first
-                for d in victims {
-                    if now_use.percent <= critical {
-                        break;
-                    }
-                    tracing::warn!(snapshot = &d.id[..8], time = %d.time, reason = "storage critically low; oldest beyond the minimum", "forgetting snapshot");
-                    repo.backend.remove(&crate::backend::FileRef::new(
-                        crate::repo::FileKind::Snapshot,
-                        d.id.as_str(),
-                    ))?;
-                    crate::commands::prune::prune(&repo, false)?;
-                    removed.push(format!("{} ({})", &d.id[..8], d.time));
-                    if let Some(u) = storage_use(plan, &repo) {
-                        now_use = u;
-                    }
+        let result = crate::lock::with_lock(repo, true, "retention (storage critical)", || {
+            let mut mine = repo.snapshots()?;
+            mine.retain(|(_, s)| s.plan.as_deref() == Some(&file));
+            let groups = crate::retention::forget(
+                repo,
+                &mine,
+                &minimum,
+                crate::retention::GroupBy::default(),
+                true,
+            )?;
+            let mut victims: Vec<_> = groups.iter().flat_map(|g| g.removed()).cloned().collect();
+            victims.sort_by_key(|d| d.time); // oldest first
+            for d in victims {
+                if now_use.percent <= critical {
+                    break;
                 }
-                Ok(())
-            })
-        })();
+                crate::retention::remove_snapshot(
+                    repo,
+                    &d.id,
+                    d.time,
+                    "storage critically low; oldest beyond the minimum",
+                    false,
+                )?;
+                crate::commands::prune::prune(repo, false)?;
+                removed.push(format!("{} ({})", &d.id[..8], d.time));
+                if let Some(u) = storage_use(plan, repo) {
+                    now_use = u;
+                }
+            }
+            Ok(())
+        });
         if let Err(e) = &result {
             tracing::error!("relieving storage failed: {e}");
         }
@@ -695,7 +667,10 @@ impl Daemon {
         if persisted.retention.as_deref() != Some(&retention_fingerprint(&plan)) {
             tracing::info!("retention rules are new or changed: applying them now");
             let _run = self.running.lock().unwrap_or_else(|e| e.into_inner());
-            if let Err(e) = self.apply_retention(&plan, "the rules changed") {
+            let applied = self
+                .open_repo()
+                .and_then(|r| self.apply_retention(&r, &plan, "the rules changed"));
+            if let Err(e) = applied {
                 tracing::error!("retention failed: {e}");
             }
         }
@@ -729,7 +704,10 @@ impl Daemon {
                         *self.plan.write().unwrap_or_else(|e| e.into_inner()) = p.clone();
                         if changed {
                             let _run = self.running.lock().unwrap_or_else(|e| e.into_inner());
-                            if let Err(e) = self.apply_retention(&p, "the rules changed") {
+                            let applied = self
+                                .open_repo()
+                                .and_then(|r| self.apply_retention(&r, &p, "the rules changed"));
+                            if let Err(e) = applied {
                                 tracing::error!("retention failed: {e}");
                             }
                         }
@@ -817,6 +795,26 @@ impl Daemon {
             }
         });
     }
+}
+
+/// Median duration (seconds) of the plan's previous complete snapshots (up to 10).
+fn recent_median(repo: &Repository, plan: &Plan) -> Option<f64> {
+    let file = plan.file.display().to_string();
+    let mut d: Vec<f64> = repo
+        .snapshots()
+        .ok()?
+        .into_iter()
+        .rev()
+        .filter(|(_, s)| s.plan.as_deref() == Some(&file) && s.is_complete())
+        .skip(1) // the run just made
+        .take(10)
+        .map(|(_, s)| s.summary.duration_ms as f64 / 1000.0)
+        .collect();
+    if d.len() < 3 {
+        return None;
+    }
+    d.sort_by(|a, b| a.total_cmp(b));
+    Some(d[d.len() / 2])
 }
 
 /// Storage use: the filesystem of a local repository, or the plan's quota

@@ -438,6 +438,21 @@ pub struct RestoreOptions {
     pub globals: bool,
 }
 
+impl RestoreOptions {
+    /// Every database and the globals, `pg_restore -j` with one job per core.
+    pub fn everything(clean: bool) -> RestoreOptions {
+        RestoreOptions {
+            clean,
+            databases: Vec::new(),
+            jobs: std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(2),
+            spool_dir: None,
+            globals: true,
+        }
+    }
+}
+
 /// One relation compared after a restore.
 #[derive(Clone, Debug, Serialize)]
 pub struct TableCheck {
@@ -744,16 +759,7 @@ pub fn restore_test(
             cluster.url()
         }
     };
-    let opts = RestoreOptions {
-        clean: false,
-        databases: Vec::new(),
-        jobs: std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(2),
-        spool_dir: None,
-        globals: true,
-    };
-    let report = restore_logical(repo, source, &url, &opts)?;
+    let report = restore_logical(repo, source, &url, &RestoreOptions::everything(false))?;
     let target = Target::parse(&url)?;
     let amcheck_tool = pg_tool("pg_amcheck");
     let amcheck_ran = amcheck_tool.exists();

@@ -99,6 +99,34 @@ impl Env {
         self.json(&a)["id"].as_str().unwrap().to_string()
     }
 
+    /// A plan file `plan.kdl` in the test directory: this environment's
+    /// repository, password file and cache, then `body`.
+    pub fn write_plan(&self, body: &str) -> PathBuf {
+        let plan = self.path("plan.kdl");
+        let text = format!(
+            "repository \"{}\" {{\n    password-file \"password\"\n    cache-dir \"{}\"\n}}\n{body}",
+            self.repo.display(),
+            self.cache.display()
+        );
+        std::fs::write(&plan, text).unwrap();
+        plan
+    }
+
+    /// The binary without CAIRN_REPOSITORY, password file or cache in the
+    /// environment: the plan says them.
+    pub fn plan_cmd(&self) -> Command {
+        let mut c = self.cmd();
+        c.env_remove("CAIRN_REPOSITORY")
+            .env_remove("CAIRN_PASSWORD_FILE")
+            .env_remove("CAIRN_CACHE_DIR");
+        c
+    }
+
+    /// Run [`Env::plan_cmd`] with `args`.
+    pub fn run_plan(&self, args: &[&str]) -> Output {
+        self.plan_cmd().args(args).output().unwrap()
+    }
+
     pub fn snapshot_ids(&self) -> Vec<String> {
         self.json(&["snapshots"])
             .as_array()

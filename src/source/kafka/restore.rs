@@ -79,6 +79,25 @@ pub struct RestoreReport {
     pub warnings: Vec<String>,
 }
 
+impl RestoreReport {
+    /// An error naming the groups whose offsets were not committed because
+    /// they have live members on the target (callers add their own hint).
+    pub fn refused_groups(&self) -> Option<Error> {
+        let refused: Vec<&str> = self
+            .groups
+            .iter()
+            .filter(|g| g.refused.is_some())
+            .map(|g| g.name.as_str())
+            .collect();
+        (!refused.is_empty()).then(|| {
+            Error::failure(format!(
+                "the offsets of group(s) {} were not committed: they have live members on the target",
+                refused.join(", ")
+            ))
+        })
+    }
+}
+
 /// topic → partition → (source offset, target offset) of delivered records.
 type Delivered = HashMap<String, HashMap<i32, Vec<(i64, i64)>>>;
 
