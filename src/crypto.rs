@@ -9,6 +9,7 @@ use crate::error::{Error, Kind, Result};
 use crate::repo::{Id, KeyMaterial};
 use age::secrecy::{ExposeSecret, SecretString};
 use serde::{de::DeserializeOwned, Serialize};
+use std::io::{Read, Write};
 use std::str::FromStr;
 
 /// The repository's secrets, unwrapped from a key file.
@@ -16,6 +17,12 @@ pub struct MasterKey {
     identity: age::x25519::Identity,
     recipient: age::x25519::Recipient,
     hash_key: [u8; 32],
+}
+
+/// An upper bound of the size of an age file holding `len` bytes: header
+/// (one X25519 stanza, MAC, nonce) plus a 16-byte tag per 64 KiB chunk.
+fn age_size(len: usize) -> usize {
+    len + 512 + 16 * (len / 65536 + 1)
 }
 
 impl MasterKey {
@@ -64,14 +71,32 @@ impl MasterKey {
         u64::from_le_bytes(h.as_bytes()[..8].try_into().unwrap_or([0; 8]))
     }
 
+    /// An age file for `plaintext`. Like `age::encrypt`, but the output is
+    /// allocated at its final size: growing it would copy every frame again.
     pub fn encrypt(&self, plaintext: &[u8]) -> Result<Vec<u8>> {
-        age::encrypt(&self.recipient, plaintext)
-            .map_err(|e| Error::failure(format!("encrypting: {e}")))
+        let fail = |e: &dyn std::fmt::Display| Error::failure(format!("encrypting: {e}"));
+        let encryptor = age::Encryptor::with_recipients(std::iter::once(
+            &self.recipient as &dyn age::Recipient,
+        ))
+        .map_err(|e| fail(&e))?;
+        let mut out = Vec::with_capacity(age_size(plaintext.len()));
+        let mut w = encryptor.wrap_output(&mut out).map_err(|e| fail(&e))?;
+        w.write_all(plaintext).map_err(|e| fail(&e))?;
+        w.finish().map_err(|e| fail(&e))?;
+        Ok(out)
     }
 
+    /// The plaintext of an age file (output allocated once, see [`Self::encrypt`]).
     pub fn decrypt(&self, ciphertext: &[u8], what: &dyn std::fmt::Display) -> Result<Vec<u8>> {
-        age::decrypt(&self.identity, ciphertext)
-            .map_err(|e| Error::integrity(format!("{what} does not decrypt: {e}")))
+        let fail =
+            |e: &dyn std::fmt::Display| Error::integrity(format!("{what} does not decrypt: {e}"));
+        let d = age::Decryptor::new_buffered(ciphertext).map_err(|e| fail(&e))?;
+        let mut r = d
+            .decrypt(std::iter::once(&self.identity as &dyn age::Identity))
+            .map_err(|e| fail(&e))?;
+        let mut out = Vec::with_capacity(ciphertext.len());
+        r.read_to_end(&mut out).map_err(|e| fail(&e))?;
+        Ok(out)
     }
 
     /// Serialize as JSON, compress with zstd, encrypt: index, snapshot, lock, pack header.
@@ -191,6 +216,23 @@ mod tests {
             let i = pos.index(ct.len());
             ct[i] ^= 0x40;
             prop_assert!(k.decrypt(&ct, &"test").is_err());
+        }
+    }
+
+    #[test]
+    fn encryption_output_fits_its_preallocation() {
+        let k = MasterKey::generate();
+        for len in [0, 1, 65_535, 65_536, 65_537, 512 * 1024, (1 << 20) + 7] {
+            let data = vec![7u8; len];
+            let ct = k.encrypt(&data).unwrap();
+            assert!(
+                ct.len() <= age_size(len),
+                "{len}: {} > {}",
+                ct.len(),
+                age_size(len)
+            );
+            // Interoperable: the age crate's own decryption reads it.
+            assert_eq!(age::decrypt(&k.identity, &ct).unwrap(), data);
         }
     }
 

@@ -440,17 +440,16 @@ impl Repository {
 
     /// Write a file node's content to `out`, chunk by chunk (each verified).
     pub fn copy_file(&self, node: &Node, out: &mut dyn std::io::Write) -> Result<()> {
-        let reader = self.cache.reader()?;
-        for id in &node.content {
-            let loc = reader.get(id)?.ok_or_else(|| {
-                Error::integrity(format!(
-                    "chunk {} of {} is not in the index",
-                    id.short(),
-                    node.path
-                ))
-            })?;
-            out.write_all(&self.read_chunk(id, &loc)?)
-                .map_err(|e| Error::io(format!("writing {}", node.path), e))?;
+        let mut r = self.open_file(node)?;
+        while r
+            .advance()
+            .map_err(|e| e.context(format!("reading {}", node.path)))?
+        {
+            if let Some((_, frame)) = &r.frame {
+                out.write_all(&frame[r.pos..r.end])
+                    .map_err(|e| Error::io(format!("writing {}", node.path), e))?;
+            }
+            r.pos = r.end;
         }
         Ok(())
     }
@@ -462,8 +461,9 @@ impl Repository {
             index: self.cache.reader()?,
             ids: node.content.clone(),
             next: 0,
-            buf: Vec::new(),
+            frame: None,
             pos: 0,
+            end: 0,
         })
     }
 
@@ -552,39 +552,74 @@ pub fn local_key_files(backend: &dyn Backend) -> Result<Vec<(Id, KeyFile)>> {
 }
 
 /// Sequential reader over a stored file; see [`Repository::open_file`].
+///
+/// It keeps the frame of its current chunk itself (a file's chunks mostly
+/// follow each other in one frame), so readers interleaved with others — a
+/// Kafka restore reads many partitions at once — never decode a frame twice
+/// because the shared cache evicted it, and bytes are copied once, from the
+/// frame to the caller.
 pub struct FileReader<'a> {
     repo: &'a Repository,
     index: crate::index::IndexReader,
     ids: Vec<Id>,
     next: usize,
-    buf: Vec<u8>,
+    frame: Option<(FrameKey, Arc<Vec<u8>>)>,
+    /// The unread part of the current chunk within `frame`.
     pos: usize,
+    end: usize,
+}
+
+impl FileReader<'_> {
+    /// Make the next chunk current; `false` at the end of the file.
+    fn advance(&mut self) -> Result<bool> {
+        let Some(id) = self.ids.get(self.next) else {
+            return Ok(false);
+        };
+        self.next += 1;
+        let loc = self
+            .index
+            .get(id)?
+            .ok_or_else(|| Error::integrity(format!("chunk {} is not in the index", id.short())))?;
+        let frame = match &self.frame {
+            Some((k, f)) if *k == loc.frame_key() => f.clone(),
+            _ => {
+                let f = self.repo.read_frame(&loc)?;
+                self.frame = Some((loc.frame_key(), f.clone()));
+                f
+            }
+        };
+        let data = chunk_slice(&frame, &loc).ok_or_else(|| {
+            Error::integrity(format!(
+                "chunk {} lies outside its frame in pack {}",
+                id.short(),
+                loc.pack.short()
+            ))
+        })?;
+        if self.repo.key.chunk_id(data) != *id {
+            return Err(Error::integrity(format!(
+                "chunk {} in pack {} does not match its id",
+                id.short(),
+                loc.pack.short()
+            )));
+        }
+        self.pos = loc.offset as usize;
+        self.end = self.pos + data.len();
+        Ok(true)
+    }
 }
 
 impl std::io::Read for FileReader<'_> {
     fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
-        while self.pos == self.buf.len() {
-            let Some(id) = self.ids.get(self.next) else {
+        while self.pos == self.end {
+            if !self.advance().map_err(std::io::Error::other)? {
                 return Ok(0);
-            };
-            self.next += 1;
-            let loc = self
-                .index
-                .get(id)
-                .and_then(|l| {
-                    l.ok_or_else(|| {
-                        Error::integrity(format!("chunk {} is not in the index", id.short()))
-                    })
-                })
-                .map_err(std::io::Error::other)?;
-            self.buf = self
-                .repo
-                .read_chunk(id, &loc)
-                .map_err(std::io::Error::other)?;
-            self.pos = 0;
+            }
         }
-        let n = out.len().min(self.buf.len() - self.pos);
-        out[..n].copy_from_slice(&self.buf[self.pos..self.pos + n]);
+        let Some((_, frame)) = &self.frame else {
+            return Ok(0);
+        };
+        let n = out.len().min(self.end - self.pos);
+        out[..n].copy_from_slice(&frame[self.pos..self.pos + n]);
         self.pos += n;
         Ok(n)
     }

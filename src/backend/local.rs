@@ -1,6 +1,6 @@
 use super::{Backend, FileRef};
 use crate::error::{Error, Kind, Result, ResultExt};
-use crate::repo::FileKind;
+use crate::repo::{FileKind, Id};
 use std::fs;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
@@ -124,12 +124,29 @@ impl Backend for LocalBackend {
         fs::read(self.path(file)).map_err(|e| self.not_found(file, e))
     }
 
+    fn content_id(&self, file: &FileRef) -> Result<Id> {
+        // Mapped rather than read: no copy of the file into fresh memory.
+        // Safe to map: files are written once (temp file + rename), never
+        // truncated in place, and a removed file stays mapped until unmapped.
+        let mut h = blake3::Hasher::new();
+        h.update_mmap(self.path(file))
+            .map_err(|e| self.not_found(file, e))?;
+        Ok(Id(*h.finalize().as_bytes()))
+    }
+
     fn read_range(&self, file: &FileRef, offset: u64, length: u32) -> Result<Vec<u8>> {
         let path = self.path(file);
         let mut f = fs::File::open(&path).map_err(|e| self.not_found(file, e))?;
-        let mut buf = vec![0u8; length as usize];
+        let mut buf = Vec::with_capacity(length as usize);
         f.seek(SeekFrom::Start(offset))
-            .and_then(|_| f.read_exact(&mut buf))
+            .and_then(|_| (&mut f).take(length as u64).read_to_end(&mut buf))
+            .and_then(|n| {
+                if n == length as usize {
+                    Ok(())
+                } else {
+                    Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof))
+                }
+            })
             .ctx(|| format!("reading {length} bytes at {offset} of {}", path.display()))?;
         Ok(buf)
     }

@@ -12,7 +12,7 @@ pub use local::LocalBackend;
 pub use s3::S3Backend;
 
 use crate::error::{Error, Kind, Result};
-use crate::repo::FileKind;
+use crate::repo::{FileKind, Id};
 
 /// One stored file: its kind and name (64 hex digits, or `config`).
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -51,6 +51,10 @@ pub trait Backend: Send + Sync {
     fn write(&self, file: &FileRef, data: &[u8]) -> Result<()>;
     fn read(&self, file: &FileRef) -> Result<Vec<u8>>;
     fn read_range(&self, file: &FileRef, offset: u64, length: u32) -> Result<Vec<u8>>;
+    /// BLAKE3 of a file's content (a pack's name, when it is intact).
+    fn content_id(&self, file: &FileRef) -> Result<Id> {
+        Ok(Id::of_bytes(&self.read(file)?))
+    }
     /// Names and sizes of all files of a kind.
     fn list(&self, kind: FileKind) -> Result<Vec<(String, u64)>>;
     fn remove(&self, file: &FileRef) -> Result<()>;
