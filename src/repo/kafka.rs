@@ -171,11 +171,11 @@ impl<'a> Cursor<'a> {
     fn i32(&mut self) -> io::Result<i32> {
         Ok(i32::from_le_bytes(self.take(4)?.try_into().unwrap()))
     }
-    fn bytes(&mut self) -> io::Result<Option<Vec<u8>>> {
+    fn bytes(&mut self) -> io::Result<Option<&'a [u8]>> {
         match self.i32()? {
             -1 => Ok(None),
             n if n < 0 => Err(bad("negative length")),
-            n => Ok(Some(self.take(n as usize)?.to_vec())),
+            n => Ok(Some(self.take(n as usize)?)),
         }
     }
 }
@@ -211,15 +211,53 @@ impl<R: Read> RecordReader<R> {
 
     /// The next record, or `None` at the end of the stream.
     pub fn next_record(&mut self) -> io::Result<Option<Record>> {
+        Ok(self.next_ref()?.map(|r| r.to_owned()))
+    }
+
+    /// The next record borrowed from the reader's buffer (no copies).
+    pub fn next_ref(&mut self) -> io::Result<Option<RecordRef<'_>>> {
         let Some(raw) = self.next_raw()? else {
             return Ok(None);
         };
-        decode_record(raw).map(Some)
+        decode_record_ref(raw).map(Some)
+    }
+}
+
+/// A record borrowed from its stored bytes; see [`decode_record_ref`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RecordRef<'a> {
+    pub offset: i64,
+    pub timestamp: i64,
+    pub timestamp_type: TimestampType,
+    pub key: Option<&'a [u8]>,
+    pub value: Option<&'a [u8]>,
+    pub headers: Vec<(&'a str, Option<&'a [u8]>)>,
+}
+
+impl RecordRef<'_> {
+    pub fn to_owned(&self) -> Record {
+        Record {
+            offset: self.offset,
+            timestamp: self.timestamp,
+            timestamp_type: self.timestamp_type,
+            key: self.key.map(<[u8]>::to_vec),
+            value: self.value.map(<[u8]>::to_vec),
+            headers: self
+                .headers
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.map(<[u8]>::to_vec)))
+                .collect(),
+        }
     }
 }
 
 /// Decode one record from its raw bytes (as returned by [`RecordReader::next_raw`]).
 pub fn decode_record(raw: &[u8]) -> io::Result<Record> {
+    decode_record_ref(raw).map(|r| r.to_owned())
+}
+
+/// Decode one record, borrowing its key, value and headers from `raw`.
+pub fn decode_record_ref(raw: &[u8]) -> io::Result<RecordRef<'_>> {
     let mut c = Cursor(raw);
     let offset = c.i64()?;
     let timestamp = c.i64()?;
@@ -235,13 +273,13 @@ pub fn decode_record(raw: &[u8]) -> io::Result<Record> {
     let mut headers = Vec::with_capacity(n.min(1024) as usize);
     for _ in 0..n {
         let name = c.bytes()?.ok_or_else(|| bad("header without a name"))?;
-        let name = String::from_utf8(name).map_err(|_| bad("header name is not UTF-8"))?;
+        let name = std::str::from_utf8(name).map_err(|_| bad("header name is not UTF-8"))?;
         headers.push((name, c.bytes()?));
     }
     if !c.0.is_empty() {
         return Err(bad("trailing bytes after a record"));
     }
-    Ok(Record {
+    Ok(RecordRef {
         offset,
         timestamp,
         timestamp_type,

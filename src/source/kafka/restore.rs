@@ -354,6 +354,199 @@ fn resume_points(meta: &KafkaMeta) -> HashMap<(String, i32), Vec<i64>> {
 
 type Maps = HashMap<(String, i32), (OffsetMap, i64)>;
 
+/// Partitions produced at once: records are sent round-robin, [`TURN`] at a
+/// time from each, so the producer always has batches for several
+/// partitions in flight (one partition after another leaves the broker
+/// waiting on a single partition's batches).
+const LANES: usize = 16;
+/// Records sent from one partition before the next partition's turn.
+const TURN: usize = 256;
+
+/// A partition to produce: topic index, topic, partition id, stored stream.
+type Waiting<'a> = (usize, &'a TopicMeta, i32, &'a Node);
+
+/// One partition being produced.
+struct Lane<'a> {
+    /// Index of the topic in the snapshot (and in the report).
+    topic: usize,
+    source: &'a str,
+    target: &'a str,
+    partition: i32,
+    reader: RecordReader<crate::repository::FileReader<'a>>,
+    /// Source offsets where a consumer group resumes, ascending.
+    points: &'a [i64],
+    next_point: usize,
+    count: u64,
+}
+
+/// What the producing threads share.
+struct Work<'a, I> {
+    repo: &'a Repository,
+    producer: &'a BaseProducer<Deliveries>,
+    opts: &'a RestoreOptions,
+    points: &'a HashMap<(String, i32), Vec<i64>>,
+    waiting: Mutex<I>,
+    /// (topic index, source topic, partition, records sent) per finished partition.
+    finished: Mutex<Vec<(usize, &'a str, i32, u64)>>,
+    failed: std::sync::atomic::AtomicBool,
+}
+
+impl<'a, I: Iterator<Item = Waiting<'a>>> Work<'a, I> {
+    /// Produce partitions from the queue, `lanes` at a time, until it is empty.
+    fn run(&self, lanes: usize) -> Result<()> {
+        let r = self.run_lanes(lanes);
+        if r.is_err() {
+            self.failed
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        r
+    }
+
+    fn run_lanes(&self, max: usize) -> Result<()> {
+        let mut lanes: Vec<Lane<'a>> = Vec::new();
+        loop {
+            if self.failed.load(std::sync::atomic::Ordering::Relaxed) {
+                return Err(Error::new(
+                    Kind::Interrupted,
+                    "stopped: another producer thread failed",
+                ));
+            }
+            while lanes.len() < max {
+                let next = self.waiting.lock().ok().and_then(|mut w| w.next());
+                let Some((ti, t, partition, node)) = next else {
+                    break;
+                };
+                lanes.push(Lane {
+                    topic: ti,
+                    source: &t.name,
+                    target: target_name(self.opts, &t.name),
+                    partition,
+                    reader: RecordReader::new(self.repo.open_file(node)?),
+                    points: self
+                        .points
+                        .get(&(t.name.clone(), partition))
+                        .map_or(&[], Vec::as_slice),
+                    next_point: 0,
+                    count: 0,
+                });
+            }
+            if lanes.is_empty() {
+                return Ok(());
+            }
+            let mut i = 0;
+            while i < lanes.len() {
+                if self.turn(&mut lanes[i])? {
+                    let lane = lanes.swap_remove(i);
+                    if let Ok(mut f) = self.finished.lock() {
+                        f.push((lane.topic, lane.source, lane.partition, lane.count));
+                    }
+                } else {
+                    i += 1;
+                }
+            }
+        }
+    }
+
+    /// Send up to [`TURN`] records of a partition; `true` when it is done.
+    fn turn(&self, lane: &mut Lane<'a>) -> Result<bool> {
+        for _ in 0..TURN {
+            let Some(r) = lane.reader.next_ref().map_err(|e| {
+                Error::integrity(format!("{}/{}: {e}", lane.source, lane.partition))
+            })?
+            else {
+                return Ok(true);
+            };
+            crate::interrupt::check()?;
+            // Start a new batch where a group resumes: a consumer's first
+            // fetch then begins at a batch boundary.
+            let pts = lane.points;
+            if lane.next_point < pts.len() && pts[lane.next_point] <= r.offset {
+                while lane.next_point < pts.len() && pts[lane.next_point] <= r.offset {
+                    lane.next_point += 1;
+                }
+                wait_delivered(self.producer, lane.target, lane.partition, lane.count)?;
+            }
+            send(self.producer, lane.target, lane.partition, &r)?;
+            lane.count += 1;
+        }
+        self.producer.poll(Duration::ZERO);
+        Ok(false)
+    }
+}
+
+/// Wait until the first `sent` records of a partition are acknowledged (or
+/// one record failed), so the next one starts a new batch.
+fn wait_delivered(
+    producer: &BaseProducer<Deliveries>,
+    topic: &str,
+    partition: i32,
+    sent: u64,
+) -> Result<()> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(300);
+    loop {
+        let ctx = producer.context();
+        let acked = ctx
+            .map
+            .lock()
+            .ok()
+            .and_then(|m| m.get(topic).and_then(|t| t.get(&partition)).map(Vec::len))
+            .unwrap_or(0) as u64;
+        let failed = ctx.errors.lock().map(|e| !e.is_empty()).unwrap_or(true);
+        if acked >= sent || failed {
+            return Ok(());
+        }
+        if std::time::Instant::now() > deadline {
+            return Err(Error::new(
+                Kind::Unavailable,
+                format!("{topic}/{partition}: {acked} of {sent} records acknowledged after 300 s"),
+            ));
+        }
+        crate::interrupt::check()?;
+        producer.poll(Duration::from_millis(10));
+    }
+}
+
+/// Hand one record to the producer, waiting while its queue is full.
+fn send(
+    producer: &BaseProducer<Deliveries>,
+    topic: &str,
+    partition: i32,
+    r: &crate::repo::kafka::RecordRef<'_>,
+) -> Result<()> {
+    let mut headers = OwnedHeaders::new_with_capacity(r.headers.len());
+    for (k, v) in &r.headers {
+        headers = headers.insert(Header { key: k, value: *v });
+    }
+    let mut rec: BaseRecord<'_, [u8], [u8], usize> =
+        BaseRecord::with_opaque_to(topic, r.offset as usize).partition(partition);
+    if r.timestamp_type != TimestampType::None && r.timestamp >= 0 {
+        rec = rec.timestamp(r.timestamp);
+    }
+    if !r.headers.is_empty() {
+        rec = rec.headers(headers);
+    }
+    if let Some(k) = r.key {
+        rec = rec.key(k);
+    }
+    if let Some(v) = r.value {
+        rec = rec.payload(v);
+    }
+    loop {
+        match producer.send(rec) {
+            Ok(()) => return Ok(()),
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                rec = back;
+                producer.poll(Duration::from_millis(20));
+            }
+            Err((e, _)) => {
+                return Err(Error::failure(format!(
+                    "producing to {topic}/{partition}: {e}"
+                )))
+            }
+        }
+    }
+}
+
 fn produce(
     repo: &Repository,
     target: &KafkaOptions,
@@ -384,79 +577,57 @@ fn produce(
         })
     };
     let started = std::time::Instant::now();
+    // Partitions waiting for a lane, in snapshot order.
+    let waiting: Vec<Waiting<'_>> = meta
+        .topics
+        .iter()
+        .enumerate()
+        .flat_map(|(ti, t)| {
+            t.partitions.iter().filter_map(move |p| {
+                let node = p.node.as_ref().and_then(|n| nodes.get(n))?;
+                Some((ti, t, p.id, node))
+            })
+        })
+        .collect();
+    let work = Work {
+        repo,
+        producer: &producer,
+        opts,
+        points: &points,
+        waiting: Mutex::new(waiting.into_iter()),
+        finished: Mutex::new(Vec::new()),
+        failed: std::sync::atomic::AtomicBool::new(false),
+    };
+    // Reading records back (decrypt, decompress, verify, parse) costs about
+    // as much as producing them: workers share it.
+    let workers = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2)
+        .clamp(1, 4);
+    let outcomes: Vec<Result<()>> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..workers)
+            .map(|_| s.spawn(|| work.run(LANES.div_ceil(workers))))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(Error::failure("a producer thread panicked")))
+            })
+            .collect()
+    });
+    // The first real failure, not a worker that stopped because of it.
+    if let Some(e) = outcomes
+        .into_iter()
+        .filter_map(|o| o.err())
+        .min_by_key(|e| e.kind() == Kind::Interrupted)
+    {
+        return Err(e);
+    }
     let mut expected: HashMap<(String, i32), u64> = HashMap::new();
-    for (ti, t) in meta.topics.iter().enumerate() {
-        let name = target_name(opts, &t.name);
-        for p in &t.partitions {
-            let Some(node) = p.node.as_ref().and_then(|n| nodes.get(n)) else {
-                continue;
-            };
-            let empty = Vec::new();
-            let pts = points.get(&(t.name.clone(), p.id)).unwrap_or(&empty);
-            let mut next_point = 0;
-            let mut sent_since_flush = false;
-            let mut reader = RecordReader::new(repo.open_file(node)?);
-            let mut count = 0u64;
-            while let Some(r) = reader
-                .next_record()
-                .map_err(|e| Error::integrity(format!("{}/{}: {e}", t.name, p.id)))?
-            {
-                crate::interrupt::check()?;
-                // Start a new batch where a group resumes: a consumer's first
-                // fetch then begins at a batch boundary.
-                if next_point < pts.len() && pts[next_point] <= r.offset {
-                    while next_point < pts.len() && pts[next_point] <= r.offset {
-                        next_point += 1;
-                    }
-                    if sent_since_flush {
-                        flush(&producer)?;
-                    }
-                }
-                let mut headers = OwnedHeaders::new_with_capacity(r.headers.len());
-                for (k, v) in &r.headers {
-                    headers = headers.insert(Header {
-                        key: k,
-                        value: v.as_ref(),
-                    });
-                }
-                let mut rec: BaseRecord<'_, [u8], [u8], usize> =
-                    BaseRecord::with_opaque_to(name, r.offset as usize).partition(p.id);
-                if r.timestamp_type != TimestampType::None && r.timestamp >= 0 {
-                    rec = rec.timestamp(r.timestamp);
-                }
-                if !r.headers.is_empty() {
-                    rec = rec.headers(headers);
-                }
-                if let Some(k) = r.key.as_deref() {
-                    rec = rec.key(k);
-                }
-                if let Some(v) = r.value.as_deref() {
-                    rec = rec.payload(v);
-                }
-                loop {
-                    match producer.send(rec) {
-                        Ok(()) => break,
-                        Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
-                            rec = back;
-                            producer.poll(Duration::from_millis(20));
-                        }
-                        Err((e, _)) => {
-                            return Err(Error::failure(format!(
-                                "producing to {name}/{}: {e}",
-                                p.id
-                            )))
-                        }
-                    }
-                }
-                sent_since_flush = true;
-                count += 1;
-                if count % 1024 == 0 {
-                    producer.poll(Duration::ZERO);
-                }
-            }
-            expected.insert((t.name.clone(), p.id), count);
-            report.topics[ti].records += count;
-        }
+    for (ti, source, partition, count) in work.finished.into_inner().unwrap_or_default() {
+        expected.insert((source.to_string(), partition), count);
+        report.topics[ti].records += count;
     }
     flush(&producer)?;
     let ctx = producer.context();
@@ -478,7 +649,21 @@ fn produce(
         per_second = (total as f64 / secs.max(1e-9)) as u64,
         "records produced"
     );
-    let consumer = consumer(target, &format!("cairn-restore-{}", std::process::id()))?;
+    // Offset maps (and the partition's end on the target) are needed only
+    // where a consumer group has a committed offset to translate.
+    let wanted: std::collections::HashSet<(&str, i32)> = meta
+        .groups
+        .iter()
+        .flat_map(|g| g.offsets.iter().map(|o| (o.topic.as_str(), o.partition)))
+        .collect();
+    let consumer = if wanted.is_empty() {
+        None
+    } else {
+        Some(consumer(
+            target,
+            &format!("cairn-restore-{}", std::process::id()),
+        )?)
+    };
     let mut maps = Maps::new();
     for t in &meta.topics {
         let name = target_name(opts, &t.name);
@@ -493,6 +678,12 @@ fn produce(
                     pairs.len()
                 )));
             }
+            let Some(consumer) = consumer
+                .as_ref()
+                .filter(|_| wanted.contains(&(t.name.as_str(), p.id)))
+            else {
+                continue;
+            };
             let map = OffsetMap::new(pairs);
             let (_, high) = retry(
                 target,
