@@ -297,6 +297,21 @@ pub fn restore_nodes(
     work.sort_by_key(|w| w.loc.frame_key());
 
     let progress = Progress::bytes(stats.bytes, quiet, "restore");
+    let written = write_frames(repo, &work, &file_paths, &progress);
+    progress.finish();
+    written?;
+    apply_metadata(nodes, target)?;
+    Ok(stats)
+}
+
+/// Decode `work` on a few threads, each frame once, writing its chunks into
+/// `paths`; stops at the first failure (or interruption) and returns it.
+fn write_frames(
+    repo: &Repository,
+    work: &[FrameWork],
+    paths: &[PathBuf],
+    progress: &Progress,
+) -> Result<()> {
     let next = AtomicUsize::new(0);
     let failure: Mutex<Option<Error>> = Mutex::new(None);
     let threads = std::thread::available_parallelism()
@@ -312,7 +327,7 @@ pub fn restore_nodes(
                 let i = next.fetch_add(1, Ordering::Relaxed);
                 let Some(w) = work.get(i) else { break };
                 if let Err(e) =
-                    interrupt::check().and_then(|_| write_frame(repo, w, &file_paths, &progress))
+                    interrupt::check().and_then(|_| write_frame(repo, w, paths, progress))
                 {
                     if let Ok(mut f) = failure.lock() {
                         f.get_or_insert(e);
@@ -322,12 +337,49 @@ pub fn restore_nodes(
             });
         }
     });
-    progress.finish();
-    if let Some(e) = failure.into_inner().ok().flatten() {
-        return Err(e);
+    match failure.into_inner().ok().flatten() {
+        Some(e) => Err(e),
+        None => Ok(()),
     }
-    apply_metadata(nodes, target)?;
-    Ok(stats)
+}
+
+/// Write one stored file to `path` (created or truncated), its frames
+/// decoded in parallel and every chunk checked against its id: a dump
+/// spooled for `pg_restore --jobs`. The caller verified the packs.
+pub fn write_file(repo: &Repository, node: &Node, path: &Path) -> Result<()> {
+    let reader = repo.cache.reader()?;
+    let f = std::fs::File::create(path).ctx(|| format!("creating {}", path.display()))?;
+    f.set_len(node.size)
+        .ctx(|| format!("sizing {}", path.display()))?;
+    let mut frames: HashMap<(Id, u64), FrameWork> = HashMap::new();
+    let mut off = 0u64;
+    for id in &node.content {
+        let loc = reader.get(id)?.ok_or_else(|| {
+            Error::integrity(format!(
+                "chunk {} of {} is not in the index",
+                id.short(),
+                node.path
+            ))
+        })?;
+        frames
+            .entry(loc.frame_key())
+            .or_insert_with(|| FrameWork {
+                loc: loc.clone(),
+                targets: Vec::new(),
+            })
+            .targets
+            .push(Target {
+                file: 0,
+                file_offset: off,
+                chunk: *id,
+                offset: loc.offset,
+                length: loc.length,
+            });
+        off += loc.length as u64;
+    }
+    let mut work: Vec<FrameWork> = frames.into_values().collect();
+    work.sort_by_key(|w| w.loc.frame_key());
+    write_frames(repo, &work, &[path.to_path_buf()], &Progress::hidden())
 }
 
 fn write_frame(

@@ -198,6 +198,8 @@ pub fn table_sums<C: postgres::GenericClient>(
     client: &mut C,
     expected: Option<&[TableSum]>,
 ) -> std::result::Result<Vec<TableSum>, postgres::Error> {
+    // One scan per table: compiling it (JIT) costs more than it saves.
+    client.batch_execute("SET LOCAL jit = off")?;
     let rels = client.query(
         "SELECT n.nspname::text, c.relname::text, c.relkind::text FROM pg_class c \
          JOIN pg_namespace n ON n.oid = c.relnamespace \
@@ -678,11 +680,14 @@ pub fn restore_logical(
         let what = format!("pg_restore of {}", d.name);
         if let Some(spool) = &spool {
             let path = spool.path().join("dump");
-            {
-                let mut f = std::fs::File::create(&path)
-                    .map_err(|e| Error::io(format!("spooling to {}", path.display()), e))?;
-                repo.copy_file(dump, &mut f)?;
-            }
+            let started = std::time::Instant::now();
+            crate::restorer::write_file(repo, dump, &path)?;
+            tracing::info!(
+                database = %d.name,
+                bytes = dump.size,
+                seconds = started.elapsed().as_secs_f64(),
+                "spooled dump for pg_restore --jobs"
+            );
             cmd.arg("--jobs").arg(opts.jobs.to_string()).arg(&path);
             run_tool(cmd, &what)?;
             let _ = std::fs::remove_file(&path);
