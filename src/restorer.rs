@@ -269,25 +269,7 @@ pub fn restore_nodes(
                     .ctx(|| format!("sizing {}", path.display()))?;
                 let file = file_paths.len();
                 file_paths.push(path);
-                let mut off = 0u64;
-                for id in &n.content {
-                    let loc = &locs[id];
-                    frames
-                        .entry(loc.frame_key())
-                        .or_insert_with(|| FrameWork {
-                            loc: loc.clone(),
-                            targets: Vec::new(),
-                        })
-                        .targets
-                        .push(Target {
-                            file,
-                            file_offset: off,
-                            chunk: *id,
-                            offset: loc.offset,
-                            length: loc.length,
-                        });
-                    off += loc.length as u64;
-                }
+                queue_file(&mut frames, file, &n.content, |id| Ok(locs[id].clone()))?;
                 stats.files += 1;
                 stats.bytes += n.size;
             }
@@ -302,6 +284,36 @@ pub fn restore_nodes(
     written?;
     apply_metadata(nodes, target)?;
     Ok(stats)
+}
+
+/// Queue the chunks of file number `file` under the frames that hold them.
+fn queue_file(
+    frames: &mut HashMap<(Id, u64), FrameWork>,
+    file: usize,
+    content: &[Id],
+    mut location: impl FnMut(&Id) -> Result<Location>,
+) -> Result<()> {
+    let mut off = 0u64;
+    for id in content {
+        let loc = location(id)?;
+        off += loc.length as u64;
+        let target = Target {
+            file,
+            file_offset: off - loc.length as u64,
+            chunk: *id,
+            offset: loc.offset,
+            length: loc.length,
+        };
+        frames
+            .entry(loc.frame_key())
+            .or_insert_with(|| FrameWork {
+                loc,
+                targets: Vec::new(),
+            })
+            .targets
+            .push(target);
+    }
+    Ok(())
 }
 
 /// Decode `work` on a few threads, each frame once, writing its chunks into
@@ -352,31 +364,15 @@ pub fn write_file(repo: &Repository, node: &Node, path: &Path) -> Result<()> {
     f.set_len(node.size)
         .ctx(|| format!("sizing {}", path.display()))?;
     let mut frames: HashMap<(Id, u64), FrameWork> = HashMap::new();
-    let mut off = 0u64;
-    for id in &node.content {
-        let loc = reader.get(id)?.ok_or_else(|| {
+    queue_file(&mut frames, 0, &node.content, |id| {
+        reader.get(id)?.ok_or_else(|| {
             Error::integrity(format!(
                 "chunk {} of {} is not in the index",
                 id.short(),
                 node.path
             ))
-        })?;
-        frames
-            .entry(loc.frame_key())
-            .or_insert_with(|| FrameWork {
-                loc: loc.clone(),
-                targets: Vec::new(),
-            })
-            .targets
-            .push(Target {
-                file: 0,
-                file_offset: off,
-                chunk: *id,
-                offset: loc.offset,
-                length: loc.length,
-            });
-        off += loc.length as u64;
-    }
+        })
+    })?;
     let mut work: Vec<FrameWork> = frames.into_values().collect();
     work.sort_by_key(|w| w.loc.frame_key());
     write_frames(repo, &work, &[path.to_path_buf()], &Progress::hidden())
