@@ -88,15 +88,28 @@ impl MasterKey {
 
     /// The plaintext of an age file (output allocated once, see [`Self::encrypt`]).
     pub fn decrypt(&self, ciphertext: &[u8], what: &dyn std::fmt::Display) -> Result<Vec<u8>> {
+        let mut out = Vec::new();
+        self.decrypt_into(ciphertext, what, &mut out)?;
+        Ok(out)
+    }
+
+    /// [`Self::decrypt`] into `out` (cleared first), reusing its memory.
+    pub fn decrypt_into(
+        &self,
+        ciphertext: &[u8],
+        what: &dyn std::fmt::Display,
+        out: &mut Vec<u8>,
+    ) -> Result<()> {
         let fail =
             |e: &dyn std::fmt::Display| Error::integrity(format!("{what} does not decrypt: {e}"));
         let d = age::Decryptor::new_buffered(ciphertext).map_err(|e| fail(&e))?;
         let mut r = d
             .decrypt(std::iter::once(&self.identity as &dyn age::Identity))
             .map_err(|e| fail(&e))?;
-        let mut out = Vec::with_capacity(ciphertext.len());
-        r.read_to_end(&mut out).map_err(|e| fail(&e))?;
-        Ok(out)
+        out.clear();
+        out.reserve(ciphertext.len());
+        r.read_to_end(out).map_err(|e| fail(&e))?;
+        Ok(())
     }
 
     /// Serialize as JSON, compress with zstd, encrypt: index, snapshot, lock, pack header.

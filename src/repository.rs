@@ -368,38 +368,50 @@ impl Repository {
         Ok(())
     }
 
-    fn spooled_range(&self, loc: &Location) -> Option<std::io::Result<Vec<u8>>> {
+    /// Read a frame's ciphertext from the spool, when its pack is there.
+    fn spooled_range(&self, loc: &Location, buf: &mut Vec<u8>) -> Option<std::io::Result<()>> {
         let guard = self.spool.lock().ok()?;
         let sp = guard.as_ref()?;
         if !sp.packs.contains(&loc.pack) {
             return None;
         }
         let path = sp.dir.path().join(loc.pack.to_hex());
+        drop(guard);
         Some((|| {
             use std::io::{Read, Seek, SeekFrom};
             let mut f = std::fs::File::open(&path)?;
             f.seek(SeekFrom::Start(loc.frame_offset))?;
-            let mut buf = vec![0u8; loc.frame_length as usize];
-            f.read_exact(&mut buf)?;
-            Ok(buf)
+            buf.clear();
+            buf.reserve(loc.frame_length as usize);
+            let n = f.take(loc.frame_length as u64).read_to_end(buf)?;
+            if n != loc.frame_length as usize {
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
+            Ok(())
         })())
+    }
+
+    /// A frame's ciphertext into `buf`: from the spool, else the backend.
+    fn frame_ciphertext(&self, loc: &Location, buf: &mut Vec<u8>) -> Result<()> {
+        let f = FileRef::new(FileKind::Pack, loc.pack.to_hex());
+        match self.spooled_range(loc, buf) {
+            Some(r) => r.map_err(|e| Error::io(format!("reading spooled {f}"), e)),
+            None => self
+                .backend
+                .read_range_into(&f, loc.frame_offset, loc.frame_length, buf),
+        }
     }
 
     /// Decode a frame without caching.
     pub fn decode_frame(&self, loc: &Location) -> Result<Vec<u8>> {
-        let f = FileRef::new(FileKind::Pack, loc.pack.to_hex());
-        let ct = match self.spooled_range(loc) {
-            Some(r) => r.map_err(|e| Error::io(format!("reading spooled {f}"), e))?,
-            None => self
-                .backend
-                .read_range(&f, loc.frame_offset, loc.frame_length)?,
-        };
+        let mut ct = Vec::new();
+        self.frame_ciphertext(loc, &mut ct)?;
         decode_frame_bytes(
             &self.key,
             &ct,
             loc.compression,
             loc.raw_length,
-            &f,
+            &FileRef::new(FileKind::Pack, loc.pack.to_hex()),
             loc.frame_offset,
         )
     }
@@ -445,10 +457,8 @@ impl Repository {
             .advance()
             .map_err(|e| e.context(format!("reading {}", node.path)))?
         {
-            if let Some((_, frame)) = &r.frame {
-                out.write_all(&frame[r.pos..r.end])
-                    .map_err(|e| Error::io(format!("writing {}", node.path), e))?;
-            }
+            out.write_all(r.current())
+                .map_err(|e| Error::io(format!("writing {}", node.path), e))?;
             r.pos = r.end;
         }
         Ok(())
@@ -461,7 +471,7 @@ impl Repository {
             index: self.cache.reader()?,
             ids: node.content.clone(),
             next: 0,
-            frame: None,
+            decoder: FrameDecoder::new()?,
             pos: 0,
             end: 0,
         })
@@ -514,6 +524,63 @@ pub fn decode_frame_bytes(
     Ok(raw)
 }
 
+/// Decodes frames one after another into buffers it keeps, so a long
+/// restore does not allocate (and fault in) fresh memory for every frame.
+pub struct FrameDecoder {
+    ciphertext: Vec<u8>,
+    compressed: Vec<u8>,
+    frame: Vec<u8>,
+    key: Option<FrameKey>,
+    zstd: zstd::bulk::Decompressor<'static>,
+}
+
+impl FrameDecoder {
+    pub fn new() -> Result<FrameDecoder> {
+        Ok(FrameDecoder {
+            ciphertext: Vec::new(),
+            compressed: Vec::new(),
+            frame: Vec::new(),
+            key: None,
+            zstd: zstd::bulk::Decompressor::new()
+                .map_err(|e| Error::failure(format!("creating a zstd decompressor: {e}")))?,
+        })
+    }
+
+    /// The plaintext of the frame at `loc`; decoded unless it is the frame
+    /// decoded last.
+    pub fn frame(&mut self, repo: &Repository, loc: &Location) -> Result<&[u8]> {
+        if self.key != Some(loc.frame_key()) {
+            self.key = None;
+            repo.frame_ciphertext(loc, &mut self.ciphertext)?;
+            let file = FileRef::new(FileKind::Pack, loc.pack.to_hex());
+            let what = format!("frame at {} of {file}", loc.frame_offset);
+            repo.key
+                .decrypt_into(&self.ciphertext, &what, &mut self.compressed)?;
+            match loc.compression {
+                Compression::None => std::mem::swap(&mut self.compressed, &mut self.frame),
+                Compression::Zstd => {
+                    self.frame.clear();
+                    self.frame.reserve(loc.raw_length as usize);
+                    self.zstd
+                        .decompress_to_buffer(&self.compressed[..], &mut self.frame)
+                        .map_err(|e| {
+                            Error::integrity(format!("{what} does not decompress: {e}"))
+                        })?;
+                }
+            }
+            if self.frame.len() != loc.raw_length as usize {
+                return Err(Error::integrity(format!(
+                    "{what} has {} bytes, the index says {}",
+                    self.frame.len(),
+                    loc.raw_length
+                )));
+            }
+            self.key = Some(loc.frame_key());
+        }
+        Ok(&self.frame)
+    }
+}
+
 type FrameKey = (Id, u64);
 
 /// A few recently decoded frames.
@@ -563,8 +630,8 @@ pub struct FileReader<'a> {
     index: crate::index::IndexReader,
     ids: Vec<Id>,
     next: usize,
-    frame: Option<(FrameKey, Arc<Vec<u8>>)>,
-    /// The unread part of the current chunk within `frame`.
+    decoder: FrameDecoder,
+    /// The unread part of the current chunk within the decoder's frame.
     pos: usize,
     end: usize,
 }
@@ -580,15 +647,8 @@ impl FileReader<'_> {
             .index
             .get(id)?
             .ok_or_else(|| Error::integrity(format!("chunk {} is not in the index", id.short())))?;
-        let frame = match &self.frame {
-            Some((k, f)) if *k == loc.frame_key() => f.clone(),
-            _ => {
-                let f = self.repo.read_frame(&loc)?;
-                self.frame = Some((loc.frame_key(), f.clone()));
-                f
-            }
-        };
-        let data = chunk_slice(&frame, &loc).ok_or_else(|| {
+        let frame = self.decoder.frame(self.repo, &loc)?;
+        let data = chunk_slice(frame, &loc).ok_or_else(|| {
             Error::integrity(format!(
                 "chunk {} lies outside its frame in pack {}",
                 id.short(),
@@ -606,6 +666,11 @@ impl FileReader<'_> {
         self.end = self.pos + data.len();
         Ok(true)
     }
+
+    /// The unread part of the current chunk.
+    fn current(&self) -> &[u8] {
+        &self.decoder.frame[self.pos..self.end]
+    }
 }
 
 impl std::io::Read for FileReader<'_> {
@@ -615,11 +680,9 @@ impl std::io::Read for FileReader<'_> {
                 return Ok(0);
             }
         }
-        let Some((_, frame)) = &self.frame else {
-            return Ok(0);
-        };
-        let n = out.len().min(self.end - self.pos);
-        out[..n].copy_from_slice(&frame[self.pos..self.pos + n]);
+        let cur = self.current();
+        let n = out.len().min(cur.len());
+        out[..n].copy_from_slice(&cur[..n]);
         self.pos += n;
         Ok(n)
     }

@@ -14,7 +14,7 @@ use crate::index::Location;
 use crate::interrupt;
 use crate::progress::Progress;
 use crate::repo::{FileKind, Id, Node, NodeKind};
-use crate::repository::{chunk_slice, Repository};
+use crate::repository::{chunk_slice, FrameDecoder, Repository};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::os::unix::fs::FileExt;
 use std::path::{Component, Path, PathBuf};
@@ -332,19 +332,28 @@ fn write_frames(
         .min(8);
     std::thread::scope(|s| {
         for _ in 0..threads {
-            s.spawn(|| loop {
-                if failure.lock().map(|f| f.is_some()).unwrap_or(true) {
-                    break;
-                }
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                let Some(w) = work.get(i) else { break };
-                if let Err(e) =
-                    interrupt::check().and_then(|_| write_frame(repo, w, paths, progress))
-                {
+            s.spawn(|| {
+                let fail = |e: Error| {
                     if let Ok(mut f) = failure.lock() {
                         f.get_or_insert(e);
                     }
-                    break;
+                };
+                let mut decoder = match FrameDecoder::new() {
+                    Ok(d) => d,
+                    Err(e) => return fail(e),
+                };
+                loop {
+                    if failure.lock().map(|f| f.is_some()).unwrap_or(true) {
+                        break;
+                    }
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(w) = work.get(i) else { break };
+                    if let Err(e) = interrupt::check()
+                        .and_then(|_| write_frame(repo, &mut decoder, w, paths, progress))
+                    {
+                        fail(e);
+                        break;
+                    }
                 }
             });
         }
@@ -380,11 +389,12 @@ pub fn write_file(repo: &Repository, node: &Node, path: &Path) -> Result<()> {
 
 fn write_frame(
     repo: &Repository,
+    decoder: &mut FrameDecoder,
     w: &FrameWork,
     paths: &[PathBuf],
     progress: &Progress,
 ) -> Result<()> {
-    let frame = repo.decode_frame(&w.loc)?;
+    let frame = decoder.frame(repo, &w.loc)?;
     let mut verified: HashSet<u32> = HashSet::new();
     let mut open: Option<(usize, std::fs::File)> = None;
     for t in &w.targets {
@@ -393,7 +403,7 @@ fn write_frame(
             length: t.length,
             ..w.loc.clone()
         };
-        let data = chunk_slice(&frame, &loc).ok_or_else(|| {
+        let data = chunk_slice(frame, &loc).ok_or_else(|| {
             Error::integrity(format!(
                 "chunk {} lies outside its frame in pack {}",
                 t.chunk.short(),

@@ -135,11 +135,24 @@ impl Backend for LocalBackend {
     }
 
     fn read_range(&self, file: &FileRef, offset: u64, length: u32) -> Result<Vec<u8>> {
+        let mut buf = Vec::new();
+        self.read_range_into(file, offset, length, &mut buf)?;
+        Ok(buf)
+    }
+
+    fn read_range_into(
+        &self,
+        file: &FileRef,
+        offset: u64,
+        length: u32,
+        buf: &mut Vec<u8>,
+    ) -> Result<()> {
         let path = self.path(file);
         let mut f = fs::File::open(&path).map_err(|e| self.not_found(file, e))?;
-        let mut buf = Vec::with_capacity(length as usize);
+        buf.clear();
+        buf.reserve(length as usize);
         f.seek(SeekFrom::Start(offset))
-            .and_then(|_| (&mut f).take(length as u64).read_to_end(&mut buf))
+            .and_then(|_| (&mut f).take(length as u64).read_to_end(buf))
             .and_then(|n| {
                 if n == length as usize {
                     Ok(())
@@ -147,8 +160,7 @@ impl Backend for LocalBackend {
                     Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof))
                 }
             })
-            .ctx(|| format!("reading {length} bytes at {offset} of {}", path.display()))?;
-        Ok(buf)
+            .ctx(|| format!("reading {length} bytes at {offset} of {}", path.display()))
     }
 
     fn list(&self, kind: FileKind) -> Result<Vec<(String, u64)>> {

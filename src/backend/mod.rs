@@ -51,6 +51,18 @@ pub trait Backend: Send + Sync {
     fn write(&self, file: &FileRef, data: &[u8]) -> Result<()>;
     fn read(&self, file: &FileRef) -> Result<Vec<u8>>;
     fn read_range(&self, file: &FileRef, offset: u64, length: u32) -> Result<Vec<u8>>;
+    /// [`Self::read_range`] into `buf` (replacing its content), for callers
+    /// that reuse one buffer.
+    fn read_range_into(
+        &self,
+        file: &FileRef,
+        offset: u64,
+        length: u32,
+        buf: &mut Vec<u8>,
+    ) -> Result<()> {
+        *buf = self.read_range(file, offset, length)?;
+        Ok(())
+    }
     /// BLAKE3 of a file's content (a pack's name, when it is intact).
     fn content_id(&self, file: &FileRef) -> Result<Id> {
         Ok(Id::of_bytes(&self.read(file)?))
