@@ -377,18 +377,12 @@ impl Repository {
         }
         let path = sp.dir.path().join(loc.pack.to_hex());
         drop(guard);
-        Some((|| {
-            use std::io::{Read, Seek, SeekFrom};
-            let mut f = std::fs::File::open(&path)?;
-            f.seek(SeekFrom::Start(loc.frame_offset))?;
-            buf.clear();
-            buf.reserve(loc.frame_length as usize);
-            let n = f.take(loc.frame_length as u64).read_to_end(buf)?;
-            if n != loc.frame_length as usize {
-                return Err(std::io::ErrorKind::UnexpectedEof.into());
-            }
-            Ok(())
-        })())
+        Some(crate::backend::read_range_of(
+            &path,
+            loc.frame_offset,
+            loc.frame_length,
+            buf,
+        ))
     }
 
     /// A frame's ciphertext into `buf`: from the spool, else the backend.
@@ -508,20 +502,13 @@ pub fn decode_frame_bytes(
     file: &FileRef,
     offset: u64,
 ) -> Result<Vec<u8>> {
-    let what = format!("frame at {offset} of {file}");
-    let plain = key.decrypt(ct, &what)?;
-    let raw = match compression {
-        Compression::None => plain,
-        Compression::Zstd => zstd::bulk::decompress(&plain, raw_length as usize)
-            .map_err(|e| Error::integrity(format!("{what} does not decompress: {e}")))?,
-    };
-    if raw.len() != raw_length as usize {
-        return Err(Error::integrity(format!(
-            "{what} has {} bytes, the index says {raw_length}",
-            raw.len()
-        )));
-    }
-    Ok(raw)
+    let mut d = FrameDecoder::new()?;
+    d.decode(key, ct, compression, raw_length, &frame_name(file, offset))?;
+    Ok(d.frame)
+}
+
+fn frame_name(file: &FileRef, offset: u64) -> String {
+    format!("frame at {offset} of {file}")
 }
 
 /// Decodes frames one after another into buffers it keeps, so a long
@@ -551,33 +538,46 @@ impl FrameDecoder {
     pub fn frame(&mut self, repo: &Repository, loc: &Location) -> Result<&[u8]> {
         if self.key != Some(loc.frame_key()) {
             self.key = None;
-            repo.frame_ciphertext(loc, &mut self.ciphertext)?;
-            let file = FileRef::new(FileKind::Pack, loc.pack.to_hex());
-            let what = format!("frame at {} of {file}", loc.frame_offset);
-            repo.key
-                .decrypt_into(&self.ciphertext, &what, &mut self.compressed)?;
-            match loc.compression {
-                Compression::None => std::mem::swap(&mut self.compressed, &mut self.frame),
-                Compression::Zstd => {
-                    self.frame.clear();
-                    self.frame.reserve(loc.raw_length as usize);
-                    self.zstd
-                        .decompress_to_buffer(&self.compressed[..], &mut self.frame)
-                        .map_err(|e| {
-                            Error::integrity(format!("{what} does not decompress: {e}"))
-                        })?;
-                }
-            }
-            if self.frame.len() != loc.raw_length as usize {
-                return Err(Error::integrity(format!(
-                    "{what} has {} bytes, the index says {}",
-                    self.frame.len(),
-                    loc.raw_length
-                )));
-            }
+            let mut ct = std::mem::take(&mut self.ciphertext);
+            let decoded = repo.frame_ciphertext(loc, &mut ct).and_then(|_| {
+                let file = FileRef::new(FileKind::Pack, loc.pack.to_hex());
+                let what = frame_name(&file, loc.frame_offset);
+                self.decode(&repo.key, &ct, loc.compression, loc.raw_length, &what)
+            });
+            self.ciphertext = ct;
+            decoded?;
             self.key = Some(loc.frame_key());
         }
         Ok(&self.frame)
+    }
+
+    /// Decrypt and decompress `ct` into `self.frame`.
+    fn decode(
+        &mut self,
+        key: &MasterKey,
+        ct: &[u8],
+        compression: Compression,
+        raw_length: u32,
+        what: &str,
+    ) -> Result<()> {
+        key.decrypt_into(ct, &what, &mut self.compressed)?;
+        match compression {
+            Compression::None => std::mem::swap(&mut self.compressed, &mut self.frame),
+            Compression::Zstd => {
+                self.frame.clear();
+                self.frame.reserve(raw_length as usize);
+                self.zstd
+                    .decompress_to_buffer(&self.compressed[..], &mut self.frame)
+                    .map_err(|e| Error::integrity(format!("{what} does not decompress: {e}")))?;
+            }
+        }
+        if self.frame.len() != raw_length as usize {
+            return Err(Error::integrity(format!(
+                "{what} has {} bytes, the index says {raw_length}",
+                self.frame.len()
+            )));
+        }
+        Ok(())
     }
 }
 

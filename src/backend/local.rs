@@ -134,12 +134,6 @@ impl Backend for LocalBackend {
         Ok(Id(*h.finalize().as_bytes()))
     }
 
-    fn read_range(&self, file: &FileRef, offset: u64, length: u32) -> Result<Vec<u8>> {
-        let mut buf = Vec::new();
-        self.read_range_into(file, offset, length, &mut buf)?;
-        Ok(buf)
-    }
-
     fn read_range_into(
         &self,
         file: &FileRef,
@@ -148,19 +142,13 @@ impl Backend for LocalBackend {
         buf: &mut Vec<u8>,
     ) -> Result<()> {
         let path = self.path(file);
-        let mut f = fs::File::open(&path).map_err(|e| self.not_found(file, e))?;
-        buf.clear();
-        buf.reserve(length as usize);
-        f.seek(SeekFrom::Start(offset))
-            .and_then(|_| (&mut f).take(length as u64).read_to_end(buf))
-            .and_then(|n| {
-                if n == length as usize {
-                    Ok(())
-                } else {
-                    Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof))
-                }
-            })
-            .ctx(|| format!("reading {length} bytes at {offset} of {}", path.display()))
+        read_range_of(&path, offset, length, buf).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => self.not_found(file, e),
+            _ => Error::io(
+                format!("reading {length} bytes at {offset} of {}", path.display()),
+                e,
+            ),
+        })
     }
 
     fn list(&self, kind: FileKind) -> Result<Vec<(String, u64)>> {
@@ -236,4 +224,22 @@ impl Backend for LocalBackend {
         }
         Ok(n)
     }
+}
+
+/// Read `length` bytes at `offset` of a local file into `buf` (replacing
+/// its content, reusing its memory); a short file is `UnexpectedEof`.
+pub(crate) fn read_range_of(
+    path: &Path,
+    offset: u64,
+    length: u32,
+    buf: &mut Vec<u8>,
+) -> std::io::Result<()> {
+    let mut f = fs::File::open(path)?;
+    f.seek(SeekFrom::Start(offset))?;
+    buf.clear();
+    buf.reserve(length as usize);
+    if f.take(length as u64).read_to_end(buf)? != length as usize {
+        return Err(std::io::ErrorKind::UnexpectedEof.into());
+    }
+    Ok(())
 }

@@ -8,6 +8,7 @@
 mod local;
 mod s3;
 
+pub(crate) use local::read_range_of;
 pub use local::LocalBackend;
 pub use s3::S3Backend;
 
@@ -50,18 +51,19 @@ pub trait Backend: Send + Sync {
     /// Write a whole file atomically: readers see all of it or nothing.
     fn write(&self, file: &FileRef, data: &[u8]) -> Result<()>;
     fn read(&self, file: &FileRef) -> Result<Vec<u8>>;
-    fn read_range(&self, file: &FileRef, offset: u64, length: u32) -> Result<Vec<u8>>;
-    /// [`Self::read_range`] into `buf` (replacing its content), for callers
-    /// that reuse one buffer.
+    /// `length` bytes at `offset` into `buf` (replacing its content), so
+    /// callers can reuse one buffer; fewer bytes than asked is an error.
     fn read_range_into(
         &self,
         file: &FileRef,
         offset: u64,
         length: u32,
         buf: &mut Vec<u8>,
-    ) -> Result<()> {
-        *buf = self.read_range(file, offset, length)?;
-        Ok(())
+    ) -> Result<()>;
+    fn read_range(&self, file: &FileRef, offset: u64, length: u32) -> Result<Vec<u8>> {
+        let mut buf = Vec::new();
+        self.read_range_into(file, offset, length, &mut buf)?;
+        Ok(buf)
     }
     /// BLAKE3 of a file's content (a pack's name, when it is intact).
     fn content_id(&self, file: &FileRef) -> Result<Id> {

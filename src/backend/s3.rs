@@ -166,7 +166,13 @@ impl Backend for S3Backend {
         }
     }
 
-    fn read_range(&self, file: &FileRef, offset: u64, length: u32) -> Result<Vec<u8>> {
+    fn read_range_into(
+        &self,
+        file: &FileRef,
+        offset: u64,
+        length: u32,
+        buf: &mut Vec<u8>,
+    ) -> Result<()> {
         let path = self.path(file);
         let bytes = self
             .rt
@@ -180,7 +186,9 @@ impl Backend for S3Backend {
                 bytes.len()
             )));
         }
-        Ok(bytes.to_vec())
+        buf.clear();
+        buf.extend_from_slice(&bytes);
+        Ok(())
     }
 
     fn list(&self, kind: FileKind) -> Result<Vec<(String, u64)>> {

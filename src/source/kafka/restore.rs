@@ -380,19 +380,20 @@ struct Lane<'a> {
 }
 
 /// What the producing threads share.
-struct Work<'a, I> {
+struct Work<'a> {
     repo: &'a Repository,
     producer: &'a BaseProducer<Deliveries>,
     opts: &'a RestoreOptions,
     points: &'a HashMap<(String, i32), Vec<i64>>,
-    waiting: Mutex<I>,
+    waiting: Mutex<std::vec::IntoIter<Waiting<'a>>>,
     /// (topic index, source topic, partition, records sent) per finished partition.
     finished: Mutex<Vec<(usize, &'a str, i32, u64)>>,
     failed: std::sync::atomic::AtomicBool,
 }
 
-impl<'a, I: Iterator<Item = Waiting<'a>>> Work<'a, I> {
-    /// Produce partitions from the queue, `lanes` at a time, until it is empty.
+impl<'a> Work<'a> {
+    /// Produce partitions from the queue, `lanes` at a time, until it is
+    /// empty or a thread failed (that thread returns the error).
     fn run(&self, lanes: usize) -> Result<()> {
         let r = self.run_lanes(lanes);
         if r.is_err() {
@@ -406,10 +407,7 @@ impl<'a, I: Iterator<Item = Waiting<'a>>> Work<'a, I> {
         let mut lanes: Vec<Lane<'a>> = Vec::new();
         loop {
             if self.failed.load(std::sync::atomic::Ordering::Relaxed) {
-                return Err(Error::new(
-                    Kind::Interrupted,
-                    "stopped: another producer thread failed",
-                ));
+                return Ok(());
             }
             while lanes.len() < max {
                 let next = self.waiting.lock().ok().and_then(|mut w| w.next());
@@ -568,14 +566,6 @@ fn produce(
         .create_with_context(Deliveries::default())
         .map_err(|e| Error::usage(format!("cannot configure a Kafka producer: {e}")))?;
     let points = resume_points(meta);
-    let flush = |p: &BaseProducer<Deliveries>| -> Result<()> {
-        p.flush(Duration::from_secs(300)).map_err(|e| {
-            Error::new(
-                Kind::Unavailable,
-                format!("producing to {} did not finish: {e}", target.brokers),
-            )
-        })
-    };
     let started = std::time::Instant::now();
     // Partitions waiting for a lane, in snapshot order.
     let waiting: Vec<Waiting<'_>> = meta
@@ -604,32 +594,31 @@ fn produce(
         .map(|n| n.get())
         .unwrap_or(2)
         .clamp(1, 4);
-    let outcomes: Vec<Result<()>> = std::thread::scope(|s| {
+    std::thread::scope(|s| {
         let handles: Vec<_> = (0..workers)
             .map(|_| s.spawn(|| work.run(LANES.div_ceil(workers))))
             .collect();
-        handles
+        // Join every thread before looking at the outcomes.
+        let outcomes: Vec<Result<()>> = handles
             .into_iter()
             .map(|h| {
                 h.join()
                     .unwrap_or_else(|_| Err(Error::failure("a producer thread panicked")))
             })
-            .collect()
-    });
-    // The first real failure, not a worker that stopped because of it.
-    if let Some(e) = outcomes
-        .into_iter()
-        .filter_map(|o| o.err())
-        .min_by_key(|e| e.kind() == Kind::Interrupted)
-    {
-        return Err(e);
-    }
+            .collect();
+        outcomes.into_iter().collect::<Result<()>>()
+    })?;
     let mut expected: HashMap<(String, i32), u64> = HashMap::new();
     for (ti, source, partition, count) in work.finished.into_inner().unwrap_or_default() {
         expected.insert((source.to_string(), partition), count);
         report.topics[ti].records += count;
     }
-    flush(&producer)?;
+    producer.flush(Duration::from_secs(300)).map_err(|e| {
+        Error::new(
+            Kind::Unavailable,
+            format!("producing to {} did not finish: {e}", target.brokers),
+        )
+    })?;
     let ctx = producer.context();
     let errors = std::mem::take(&mut *ctx.errors.lock().unwrap_or_else(|e| e.into_inner()));
     if !errors.is_empty() {
