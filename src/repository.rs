@@ -368,6 +368,28 @@ impl Repository {
         Ok(())
     }
 
+    /// A whole pack's bytes into `buf`: from the spool when a pre-check
+    /// downloaded it, else from the backend. Not checked against its name here.
+    pub fn read_pack_into(&self, id: &Id, buf: &mut Vec<u8>) -> Result<()> {
+        let f = FileRef::new(FileKind::Pack, id.to_hex());
+        let spooled = self.spool.lock().ok().and_then(|g| {
+            g.as_ref()
+                .filter(|sp| sp.packs.contains(id))
+                .map(|sp| sp.dir.path().join(id.to_hex()))
+        });
+        match spooled {
+            Some(path) => {
+                use std::io::Read;
+                buf.clear();
+                std::fs::File::open(&path)
+                    .and_then(|mut file| file.read_to_end(buf))
+                    .map_err(|e| Error::io(format!("reading spooled {f}"), e))?;
+                Ok(())
+            }
+            None => self.backend.read_into(&f, buf),
+        }
+    }
+
     /// Read a frame's ciphertext from the spool, when its pack is there.
     fn spooled_range(&self, loc: &Location, buf: &mut Vec<u8>) -> Option<std::io::Result<()>> {
         let guard = self.spool.lock().ok()?;
@@ -548,6 +570,21 @@ impl FrameDecoder {
             decoded?;
             self.key = Some(loc.frame_key());
         }
+        Ok(&self.frame)
+    }
+
+    /// The plaintext of the frame at `loc`, cut from `pack`, the whole
+    /// pack's bytes already in memory.
+    pub fn frame_in(&mut self, key: &MasterKey, loc: &Location, pack: &[u8]) -> Result<&[u8]> {
+        let file = FileRef::new(FileKind::Pack, loc.pack.to_hex());
+        let what = frame_name(&file, loc.frame_offset);
+        self.key = None;
+        let ct = usize::try_from(loc.frame_offset)
+            .ok()
+            .and_then(|start| pack.get(start..start.checked_add(loc.frame_length as usize)?))
+            .ok_or_else(|| Error::integrity(format!("{what} lies beyond the end of the file")))?;
+        self.decode(key, ct, loc.compression, loc.raw_length, &what)?;
+        self.key = Some(loc.frame_key());
         Ok(&self.frame)
     }
 

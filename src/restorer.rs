@@ -1,15 +1,21 @@
 //! Restore files from a snapshot.
 //!
-//! Before anything is written, every pack the restore needs is read and its
-//! bytes are checked against its name (the BLAKE3 of its content), and every
-//! chunk must be in the index. Then frames are decoded in parallel, each
-//! exactly once, in pack order; each chunk is checked against its keyed id and
-//! written at its offset in every file that uses it. All-zero chunks become
-//! holes. Metadata (mode, owner, mtime) is applied last, directories deepest
-//! first, so writing files does not disturb directory times.
+//! Every chunk must be in the index before anything starts. Then every pack
+//! the restore needs is read once, whole, in parallel: its bytes are checked
+//! against its name (the BLAKE3 of its content), the frames needed from it are
+//! decoded while it is in memory, each exactly once, and each chunk is checked
+//! against its keyed id and written at its offset in every file that uses it,
+//! under a temporary name beside the file's final path. All-zero chunks
+//! become holes. Only when every pack has passed are the files renamed into
+//! place (a failed restore removes them, and the directories it made); metadata
+//! (mode, owner, mtime) is applied last, directories deepest first, so
+//! writing files does not disturb directory times.
+//!
+//! Restores of databases and topics, which stream their data to a server,
+//! check all packs first with [`verify_before_restore`] instead.
 
 use crate::backend::FileRef;
-use crate::error::{Error, Result, ResultExt};
+use crate::error::{Error, Kind, Result, ResultExt};
 use crate::index::Location;
 use crate::interrupt;
 use crate::progress::Progress;
@@ -19,7 +25,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::os::unix::fs::FileExt;
 use std::path::{Component, Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 #[derive(Clone, Debug, Default, serde::Serialize)]
 pub struct RestoreStats {
@@ -72,12 +78,9 @@ pub fn filter_nodes(nodes: Vec<Node>, include: &[String]) -> Vec<Node> {
         .collect()
 }
 
-/// Check that every chunk is indexed and every pack it needs is intact.
-/// Returns the locations of all chunks in `nodes`.
-pub fn verify_before_restore(
-    repo: &Repository,
-    nodes: &[Node],
-) -> Result<(HashMap<Id, Location>, u64)> {
+/// Where every chunk of `nodes` is stored; an error naming the files when
+/// any chunk is missing from the index.
+fn locate_chunks(repo: &Repository, nodes: &[Node]) -> Result<HashMap<Id, Location>> {
     let reader = repo.cache.reader()?;
     let mut locs = HashMap::new();
     let mut missing: BTreeMap<String, usize> = BTreeMap::new();
@@ -103,6 +106,16 @@ pub fn verify_before_restore(
         ))
         .with_hint("run `cairn check --read-data` to see what is damaged; restore another snapshot with `--at` or an id"));
     }
+    Ok(locs)
+}
+
+/// Check that every chunk is indexed and every pack it needs is intact.
+/// Returns the locations of all chunks in `nodes`.
+pub fn verify_before_restore(
+    repo: &Repository,
+    nodes: &[Node],
+) -> Result<(HashMap<Id, Location>, u64)> {
+    let locs = locate_chunks(repo, nodes)?;
     let packs: Vec<Id> = locs
         .values()
         .map(|l| l.pack)
@@ -111,15 +124,7 @@ pub fn verify_before_restore(
         .collect();
     let next = AtomicUsize::new(0);
     let bad = Mutex::new(Vec::new());
-    // Remote stores are latency-bound: more downloads in flight than cores.
-    let threads = if repo.backend.is_local() {
-        std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(2)
-            .min(4)
-    } else {
-        8
-    };
+    let threads = pack_threads(repo);
     std::thread::scope(|s| {
         for _ in 0..threads {
             s.spawn(|| loop {
@@ -152,27 +157,46 @@ pub fn verify_before_restore(
     });
     let bad = bad.into_inner().unwrap_or_default();
     if !bad.is_empty() {
-        let bad_packs: HashSet<Id> = bad.iter().map(|(p, _)| *p).collect();
-        let files: Vec<&str> = nodes
-            .iter()
-            .filter(|n| {
-                n.content
-                    .iter()
-                    .any(|c| locs.get(c).is_some_and(|l| bad_packs.contains(&l.pack)))
-            })
-            .map(|n| n.path.as_str())
-            .take(10)
-            .collect();
-        let details: Vec<String> = bad.into_iter().map(|(_, v)| v).collect();
-        return Err(Error::integrity(format!(
-            "{} pack(s) needed by this restore are damaged or missing ({}); affected files include: {}; nothing was restored",
-            details.len(),
-            details.join("; "),
-            files.join(", ")
-        ))
-        .with_hint("run `cairn check --read-data` for the full list; restore another snapshot with `--at` or an id"));
+        return Err(damaged_packs(nodes, &locs, bad));
     }
     Ok((locs, packs.len() as u64))
+}
+
+/// Threads reading packs: remote stores are latency-bound, so more
+/// downloads are kept in flight than there are cores.
+fn pack_threads(repo: &Repository) -> usize {
+    if repo.backend.is_local() {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2)
+            .min(4)
+    } else {
+        8
+    }
+}
+
+/// The error for a restore stopped by damaged packs: which packs, why, and
+/// which files they would have spoiled.
+fn damaged_packs(nodes: &[Node], locs: &HashMap<Id, Location>, bad: Vec<(Id, String)>) -> Error {
+    let bad_packs: HashSet<Id> = bad.iter().map(|(p, _)| *p).collect();
+    let files: Vec<&str> = nodes
+        .iter()
+        .filter(|n| {
+            n.content
+                .iter()
+                .any(|c| locs.get(c).is_some_and(|l| bad_packs.contains(&l.pack)))
+        })
+        .map(|n| n.path.as_str())
+        .take(10)
+        .collect();
+    let details: Vec<String> = bad.into_iter().map(|(_, v)| v).collect();
+    Error::integrity(format!(
+        "{} pack(s) needed by this restore are damaged or missing ({}); affected files include: {}; nothing was restored",
+        details.len(),
+        details.join("; "),
+        files.join(", ")
+    ))
+    .with_hint("run `cairn check --read-data` for the full list; restore another snapshot with `--at` or an id")
 }
 
 /// A pack whose bytes do not match its name may still hold intact frames
@@ -217,6 +241,14 @@ fn needed_frames_intact(
 }
 
 /// Restore `nodes` below `target`.
+///
+/// Every pack the restore needs is read once, whole: its bytes are checked
+/// against its name and, while it is in memory, the frames needed from it are
+/// decoded and each chunk is checked against its id. File contents are
+/// written under temporary names beside their final paths (see [`Staging`]);
+/// only when every pack has passed are they renamed into place and symlinks
+/// created, so a damaged repository, a failed read or an interrupted restore
+/// leaves the files in `target` as they were.
 pub fn restore_nodes(
     repo: &Repository,
     nodes: &[Node],
@@ -231,59 +263,325 @@ pub fn restore_nodes(
             )));
         }
     }
-    let (locs, packs_verified) = verify_before_restore(repo, nodes)?;
-    let mut stats = RestoreStats {
-        packs_verified,
-        ..Default::default()
-    };
+    let locs = locate_chunks(repo, nodes)?;
     std::fs::create_dir_all(target).ctx(|| format!("creating {}", target.display()))?;
-
-    // Directories and symlinks first, then empty files of the right size.
-    let mut file_paths: Vec<PathBuf> = Vec::new();
+    let mut staging = Staging::new(target);
+    let mut stats = RestoreStats::default();
+    let mut files: Vec<&Node> = Vec::new();
     let mut frames: HashMap<(Id, u64), FrameWork> = HashMap::new();
-    for n in nodes {
-        let path = target.join(&n.path);
-        match n.kind {
-            NodeKind::Dir => {
-                std::fs::create_dir_all(&path).ctx(|| format!("creating {}", path.display()))?;
-                stats.dirs += 1;
-            }
-            NodeKind::Symlink => {
-                if let Some(parent) = path.parent() {
-                    std::fs::create_dir_all(parent)
-                        .ctx(|| format!("creating {}", parent.display()))?;
-                }
-                let _ = std::fs::remove_file(&path);
-                std::os::unix::fs::symlink(n.target.as_deref().unwrap_or(""), &path)
-                    .ctx(|| format!("creating symlink {}", path.display()))?;
-                stats.symlinks += 1;
-            }
-            NodeKind::File => {
-                if let Some(parent) = path.parent() {
-                    std::fs::create_dir_all(parent)
-                        .ctx(|| format!("creating {}", parent.display()))?;
-                }
-                let f =
-                    std::fs::File::create(&path).ctx(|| format!("creating {}", path.display()))?;
-                f.set_len(n.size)
-                    .ctx(|| format!("sizing {}", path.display()))?;
-                let file = file_paths.len();
-                file_paths.push(path);
-                queue_file(&mut frames, file, &n.content, |id| Ok(locs[id].clone()))?;
-                stats.files += 1;
-                stats.bytes += n.size;
-            }
-        }
+    for n in nodes.iter().filter(|n| n.kind == NodeKind::File) {
+        let file = files.len();
+        files.push(n);
+        queue_file(&mut frames, file, &n.content, |id| Ok(locs[id].clone()))?;
+        stats.files += 1;
+        stats.bytes += n.size;
     }
-    let mut work: Vec<FrameWork> = frames.into_values().collect();
-    work.sort_by_key(|w| w.loc.frame_key());
+    let out = staging.outputs(&files)?;
+    let mut packs: HashMap<Id, Vec<FrameWork>> = HashMap::new();
+    for w in frames.into_values() {
+        packs.entry(w.loc.pack).or_default().push(w);
+    }
+    let mut packs: Vec<(Id, Vec<FrameWork>)> = packs.into_iter().collect();
+    for (_, work) in &mut packs {
+        work.sort_by_key(|w| w.loc.frame_offset);
+    }
+    stats.packs_verified = packs.len() as u64;
 
     let progress = Progress::bytes(stats.bytes, quiet, "restore");
-    let written = write_frames(repo, &work, &file_paths, &progress);
+    let bad = write_packs(repo, &packs, &out, &progress);
     progress.finish();
-    written?;
+    let bad = bad?;
+    if !bad.is_empty() {
+        return Err(damaged_packs(nodes, &locs, bad));
+    }
+
+    // Every chunk is written and verified: only now are files replaced.
+    for n in nodes.iter().filter(|n| n.kind == NodeKind::Dir) {
+        staging.make_dirs(&target.join(&n.path))?;
+        stats.dirs += 1;
+    }
+    out.make_rest()?;
+    for (n, from) in files.iter().zip(&out.paths) {
+        let to = target.join(&n.path);
+        std::fs::rename(from, &to)
+            .ctx(|| format!("moving the restored {} into place", to.display()))?;
+    }
+    for n in nodes.iter().filter(|n| n.kind == NodeKind::Symlink) {
+        let path = target.join(&n.path);
+        if let Some(parent) = path.parent() {
+            staging.make_dirs(parent)?;
+        }
+        let _ = std::fs::remove_file(&path);
+        std::os::unix::fs::symlink(n.target.as_deref().unwrap_or(""), &path)
+            .ctx(|| format!("creating symlink {}", path.display()))?;
+        stats.symlinks += 1;
+    }
+    staging.commit();
     apply_metadata(nodes, target)?;
     Ok(stats)
+}
+
+/// Files of a restore written under temporary names beside their final
+/// paths (`.NAME.cairn-XXXXXXXX`, in the directory where NAME will be), and
+/// the directories made for them. Until `commit`, dropping it removes both,
+/// so a failed restore leaves the target's files as they were. Staging in
+/// each file's own directory keeps the final rename within one directory and
+/// spreads the files over the directories as the final tree does.
+struct Staging {
+    target: PathBuf,
+    suffix: String,
+    /// Directories this restore made, in the order made.
+    dirs: Vec<PathBuf>,
+    files: Vec<PathBuf>,
+    committed: bool,
+}
+
+impl Staging {
+    fn new(target: &Path) -> Staging {
+        Staging {
+            target: target.to_path_buf(),
+            suffix: format!("cairn-{:08x}", rand::random::<u32>()),
+            dirs: Vec::new(),
+            files: Vec::new(),
+            committed: false,
+        }
+    }
+
+    /// Where `n` is staged: `.NAME.cairn-XXXXXXXX` beside its final path.
+    fn staged_path(&self, n: &Node) -> PathBuf {
+        let path = self.target.join(&n.path);
+        let name = path
+            .file_name()
+            .map(|f| f.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        path.with_file_name(format!(".{name}.{}", self.suffix))
+    }
+
+    /// Make `dir` and its missing ancestors, remembering which were made.
+    fn make_dirs(&mut self, dir: &Path) -> Result<()> {
+        let missing: Vec<&Path> = dir.ancestors().take_while(|d| !d.exists()).collect();
+        for d in missing.into_iter().rev() {
+            match std::fs::create_dir(d) {
+                Ok(()) => self.dirs.push(d.to_path_buf()),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(e).ctx(|| format!("creating {}", d.display())),
+            }
+        }
+        Ok(())
+    }
+
+    /// The staged twins of `files` (made lazily by `Outputs`), their
+    /// directories made now.
+    fn outputs(&mut self, files: &[&Node]) -> Result<Outputs> {
+        let mut out = Vec::with_capacity(files.len());
+        for n in files {
+            let path = self.staged_path(n);
+            if let Some(parent) = path.parent() {
+                self.make_dirs(parent)?;
+            }
+            self.files.push(path.clone());
+            out.push((path, n.size));
+        }
+        Ok(Outputs::new(out))
+    }
+
+    fn commit(mut self) {
+        self.committed = true;
+    }
+}
+
+impl Drop for Staging {
+    fn drop(&mut self) {
+        if self.committed {
+            return;
+        }
+        for f in &self.files {
+            let _ = std::fs::remove_file(f);
+        }
+        for d in self.dirs.iter().rev() {
+            let _ = std::fs::remove_dir(d);
+        }
+    }
+}
+/// The files a restore writes, each created at its final size (holes
+/// throughout) by the first thread with a chunk for it: creating thousands
+/// of files is file-system work that then runs alongside the decoding
+/// instead of before it, on one thread.
+struct Outputs {
+    paths: Vec<PathBuf>,
+    sizes: Vec<u64>,
+    made: Vec<Mutex<bool>>,
+}
+
+impl Outputs {
+    fn new(files: Vec<(PathBuf, u64)>) -> Outputs {
+        let made = files.iter().map(|_| Mutex::new(false)).collect();
+        let (paths, sizes) = files.into_iter().unzip();
+        Outputs { paths, sizes, made }
+    }
+
+    /// File number `file`, open for writing; created and sized when new.
+    fn open(&self, file: usize) -> Result<std::fs::File> {
+        let path = &self.paths[file];
+        let mut made = self.made[file]
+            .lock()
+            .map_err(|_| Error::failure("output lock poisoned"))?;
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)
+            .ctx(|| format!("creating {}", path.display()))?;
+        if !*made {
+            f.set_len(self.sizes[file])
+                .ctx(|| format!("sizing {}", path.display()))?;
+            *made = true;
+        }
+        Ok(f)
+    }
+
+    /// Create the files no chunk was written to: empty, or all holes.
+    fn make_rest(&self) -> Result<()> {
+        for (i, m) in self.made.iter().enumerate() {
+            if !m.lock().map(|m| *m).unwrap_or(false) {
+                self.open(i)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One frame to decode and write, cut from a pack read whole.
+struct FrameJob<'a> {
+    pack: Id,
+    bytes: Arc<Vec<u8>>,
+    intact: bool,
+    work: &'a FrameWork,
+}
+
+/// Read `packs`, each once and whole, on reader threads (many for a remote
+/// store: requests are latency-bound), check each against its name, and
+/// hand its frames one by one to decoder threads (one per core), which write
+/// their chunks into `out`. Frames rather than packs are the decoders' unit,
+/// so the last packs to arrive are decoded by all cores, not one each.
+/// Returns the packs that could not be read or whose needed frames are
+/// damaged, with why; a failure to write, or an interruption, stops all
+/// threads and is returned as the error.
+fn write_packs(
+    repo: &Repository,
+    packs: &[(Id, Vec<FrameWork>)],
+    out: &Outputs,
+    progress: &Progress,
+) -> Result<Vec<(Id, String)>> {
+    let next = AtomicUsize::new(0);
+    let bad: Mutex<Vec<(Id, String)>> = Mutex::new(Vec::new());
+    let failure: Mutex<Option<Error>> = Mutex::new(None);
+    let stopped = || failure.lock().map(|f| f.is_some()).unwrap_or(true);
+    let fail = |e: Error| {
+        if let Ok(mut f) = failure.lock() {
+            f.get_or_insert(e);
+        }
+    };
+    let mark_bad = |pack: Id, why: String| {
+        if let Ok(mut b) = bad.lock() {
+            if !b.iter().any(|(p, _)| *p == pack) {
+                b.push((pack, why));
+            }
+        }
+    };
+    let is_bad = |pack: Id| {
+        bad.lock()
+            .map(|b| b.iter().any(|(p, _)| *p == pack))
+            .unwrap_or(true)
+    };
+    let decoders = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2)
+        .min(8);
+    // A few frames queued per decoder: readers wait rather than pile up packs.
+    let (send, recv) = std::sync::mpsc::sync_channel::<FrameJob>(decoders * 4);
+    let recv = Mutex::new(recv);
+    let (next, stopped, fail, mark_bad) = (&next, &stopped, &fail, &mark_bad);
+    std::thread::scope(|s| {
+        for _ in 0..pack_threads(repo) {
+            let send = send.clone();
+            s.spawn(move || loop {
+                if stopped() {
+                    break;
+                }
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some((pack, work)) = packs.get(i) else { break };
+                if let Err(e) = interrupt::check() {
+                    fail(e);
+                    break;
+                }
+                let f = FileRef::new(FileKind::Pack, pack.to_hex());
+                let mut bytes = Vec::new();
+                if let Err(e) = repo.read_pack_into(pack, &mut bytes) {
+                    mark_bad(*pack, format!("{f}: {e}"));
+                    continue;
+                }
+                let intact = Id::of_bytes(&bytes) == *pack;
+                if !intact {
+                    tracing::warn!(pack = %pack, "pack does not match its name; it is used only if every frame this restore needs from it decodes and verifies; run `cairn check --read-data`");
+                }
+                let bytes = Arc::new(bytes);
+                for work in work {
+                    let job = FrameJob {
+                        pack: *pack,
+                        bytes: bytes.clone(),
+                        intact,
+                        work,
+                    };
+                    if send.send(job).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+        drop(send);
+        for _ in 0..decoders {
+            s.spawn(|| {
+                let mut decoder = FrameDecoder::new();
+                loop {
+                    let job = match recv.lock().map(|r| r.recv()) {
+                        Ok(Ok(job)) => job,
+                        _ => break,
+                    };
+                    // After a failure, keep draining so readers never block.
+                    if stopped() || is_bad(job.pack) {
+                        continue;
+                    }
+                    let d = match decoder.as_mut() {
+                        Ok(d) => d,
+                        Err(e) => {
+                            fail(Error::failure(e.to_string()));
+                            continue;
+                        }
+                    };
+                    let written = d
+                        .frame_in(&repo.key, &job.work.loc, &job.bytes)
+                        .and_then(|frame| write_chunks(repo, frame, job.work, out, progress));
+                    let f = FileRef::new(FileKind::Pack, job.pack.to_hex());
+                    match written {
+                        Ok(()) => {}
+                        Err(e) if e.kind() == Kind::Integrity && job.intact => {
+                            mark_bad(job.pack, format!("{f}: {e}"))
+                        }
+                        Err(e) if e.kind() == Kind::Integrity => mark_bad(
+                            job.pack,
+                            format!("{f}: content does not match its name, and a frame this restore needs is damaged: {e}"),
+                        ),
+                        Err(e) => fail(e),
+                    }
+                }
+            });
+        }
+    });
+    match failure.into_inner().ok().flatten() {
+        Some(e) => Err(e),
+        None => Ok(bad.into_inner().unwrap_or_default()),
+    }
 }
 
 /// Queue the chunks of file number `file` under the frames that hold them.
@@ -317,11 +615,11 @@ fn queue_file(
 }
 
 /// Decode `work` on a few threads, each frame once, writing its chunks into
-/// `paths`; stops at the first failure (or interruption) and returns it.
+/// `out`; stops at the first failure (or interruption) and returns it.
 fn write_frames(
     repo: &Repository,
     work: &[FrameWork],
-    paths: &[PathBuf],
+    out: &Outputs,
     progress: &Progress,
 ) -> Result<()> {
     let next = AtomicUsize::new(0);
@@ -349,7 +647,7 @@ fn write_frames(
                     let i = next.fetch_add(1, Ordering::Relaxed);
                     let Some(w) = work.get(i) else { break };
                     if let Err(e) = interrupt::check()
-                        .and_then(|_| write_frame(repo, &mut decoder, w, paths, progress))
+                        .and_then(|_| write_frame(repo, &mut decoder, w, out, progress))
                     {
                         fail(e);
                         break;
@@ -369,9 +667,13 @@ fn write_frames(
 /// spooled for `pg_restore --jobs`. The caller verified the packs.
 pub fn write_file(repo: &Repository, node: &Node, path: &Path) -> Result<()> {
     let reader = repo.cache.reader()?;
-    let f = std::fs::File::create(path).ctx(|| format!("creating {}", path.display()))?;
-    f.set_len(node.size)
-        .ctx(|| format!("sizing {}", path.display()))?;
+    // An earlier file at `path` is replaced, not written over.
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(e).ctx(|| format!("removing {}", path.display()))
+        }
+        _ => {}
+    }
     let mut frames: HashMap<(Id, u64), FrameWork> = HashMap::new();
     queue_file(&mut frames, 0, &node.content, |id| {
         reader.get(id)?.ok_or_else(|| {
@@ -384,17 +686,31 @@ pub fn write_file(repo: &Repository, node: &Node, path: &Path) -> Result<()> {
     })?;
     let mut work: Vec<FrameWork> = frames.into_values().collect();
     work.sort_by_key(|w| w.loc.frame_key());
-    write_frames(repo, &work, &[path.to_path_buf()], &Progress::hidden())
+    let out = Outputs::new(vec![(path.to_path_buf(), node.size)]);
+    out.open(0)?;
+    write_frames(repo, &work, &out, &Progress::hidden())
 }
 
 fn write_frame(
     repo: &Repository,
     decoder: &mut FrameDecoder,
     w: &FrameWork,
-    paths: &[PathBuf],
+    out: &Outputs,
     progress: &Progress,
 ) -> Result<()> {
     let frame = decoder.frame(repo, &w.loc)?;
+    write_chunks(repo, frame, w, out, progress)
+}
+
+/// Check each chunk `w` needs from `frame` (its plaintext) against its id
+/// and write it at its offsets in `out`; all-zero chunks stay holes.
+fn write_chunks(
+    repo: &Repository,
+    frame: &[u8],
+    w: &FrameWork,
+    out: &Outputs,
+    progress: &Progress,
+) -> Result<()> {
     let mut verified: HashSet<u32> = HashSet::new();
     let mut open: Option<(usize, std::fs::File)> = None;
     for t in &w.targets {
@@ -416,7 +732,7 @@ fn write_frame(
                     "chunk {} in pack {} does not match its id; {} is incomplete",
                     t.chunk.short(),
                     w.loc.pack.short(),
-                    paths[t.file].display()
+                    out.paths[t.file].display()
                 )));
             }
             verified.insert(t.offset);
@@ -426,16 +742,12 @@ fn write_frame(
             continue; // a hole: the file was sized with set_len
         }
         if open.as_ref().map(|(i, _)| *i) != Some(t.file) {
-            let p = &paths[t.file];
-            let f = std::fs::OpenOptions::new()
-                .write(true)
-                .open(p)
-                .ctx(|| format!("opening {}", p.display()))?;
+            let f = out.open(t.file)?;
             open = Some((t.file, f));
         }
         if let Some((_, f)) = &open {
             f.write_all_at(data, t.file_offset)
-                .ctx(|| format!("writing {}", paths[t.file].display()))?;
+                .ctx(|| format!("writing {}", out.paths[t.file].display()))?;
         }
     }
     Ok(())

@@ -437,3 +437,71 @@ fn a_damaged_snapshot_file_does_not_hide_the_other_snapshots() {
     let listed = s.env.snapshot_ids();
     assert!(listed.contains(&s.a), "{listed:?}");
 }
+
+#[test]
+fn a_failed_restore_leaves_the_files_already_in_the_target_as_they_were() {
+    // Restore writes files under temporary names and renames them into
+    // place only when every pack has passed: the pack of X may be decoded before
+    // the damaged pack of Y is found, and must still not touch the target.
+    let s = setup();
+    let target = s.env.path("out");
+    s.assert_a_restores("out");
+    let x = restored(&target, &s.x);
+    std::fs::write(x.join("data.bin"), "edited after the first restore\n").unwrap();
+    std::fs::remove_file(x.join("rows.tsv")).unwrap();
+    let mut bytes = std::fs::read(&s.y_pack).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x01;
+    std::fs::write(&s.y_pack, bytes).unwrap();
+
+    let out = s
+        .env
+        .run(&["restore", &s.b, "--target", target.to_str().unwrap()]);
+    let (code, err) = code_and_stderr(&out);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("nothing was restored"), "{err}");
+    assert_eq!(
+        std::fs::read_to_string(x.join("data.bin")).unwrap(),
+        "edited after the first restore\n"
+    );
+    assert!(!x.join("rows.tsv").exists(), "rows.tsv came back");
+    assert!(!restored(&target, &s.y).exists(), "Y was created");
+    let left: Vec<String> = std::fs::read_dir(&target)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(
+        left,
+        vec![s
+            .x
+            .strip_prefix("/")
+            .unwrap()
+            .components()
+            .next()
+            .unwrap()
+            .as_os_str()
+            .to_string_lossy()
+            .into_owned()],
+        "staging left behind"
+    );
+
+    fn staged(dir: &Path, found: &mut Vec<PathBuf>) {
+        for e in std::fs::read_dir(dir).unwrap() {
+            let p = e.unwrap().path();
+            if p.file_name().unwrap().to_string_lossy().contains(".cairn-") {
+                found.push(p.clone());
+            }
+            if p.is_dir() && !p.is_symlink() {
+                staged(&p, found);
+            }
+        }
+    }
+    let mut found = Vec::new();
+    staged(&target, &mut found);
+    assert!(found.is_empty(), "temporary files left behind: {found:?}");
+
+    // Restored again from the intact snapshot A, the edits are undone.
+    s.env
+        .ok(&["restore", &s.a, "--target", target.to_str().unwrap()]);
+    assert_same_tree(&s.x, &x);
+}

@@ -120,8 +120,13 @@ impl Backend for LocalBackend {
         sync_dir(&parent)
     }
 
-    fn read(&self, file: &FileRef) -> Result<Vec<u8>> {
-        fs::read(self.path(file)).map_err(|e| self.not_found(file, e))
+    fn read_into(&self, file: &FileRef, buf: &mut Vec<u8>) -> Result<()> {
+        use std::io::Read;
+        buf.clear();
+        fs::File::open(self.path(file))
+            .and_then(|mut f| f.read_to_end(buf))
+            .map_err(|e| self.not_found(file, e))?;
+        Ok(())
     }
 
     fn content_id(&self, file: &FileRef) -> Result<Id> {

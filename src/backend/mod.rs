@@ -50,7 +50,14 @@ pub trait Backend: Send + Sync {
     fn create(&self) -> Result<()>;
     /// Write a whole file atomically: readers see all of it or nothing.
     fn write(&self, file: &FileRef, data: &[u8]) -> Result<()>;
-    fn read(&self, file: &FileRef) -> Result<Vec<u8>>;
+    /// A whole file into `buf` (replacing its content), so callers reading
+    /// many packs can reuse one buffer.
+    fn read_into(&self, file: &FileRef, buf: &mut Vec<u8>) -> Result<()>;
+    fn read(&self, file: &FileRef) -> Result<Vec<u8>> {
+        let mut buf = Vec::new();
+        self.read_into(file, &mut buf)?;
+        Ok(buf)
+    }
     /// `length` bytes at `offset` into `buf` (replacing its content), so
     /// callers can reuse one buffer; fewer bytes than asked is an error.
     fn read_range_into(

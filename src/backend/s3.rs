@@ -148,13 +148,22 @@ impl Backend for S3Backend {
             .map_err(|e| self.err(format!("writing {file}"), e))
     }
 
-    fn read(&self, file: &FileRef) -> Result<Vec<u8>> {
+    fn read_into(&self, file: &FileRef, buf: &mut Vec<u8>) -> Result<()> {
         let path = self.path(file);
-        let r = self
-            .rt
-            .block_on(async { self.store.get(&path).await?.bytes().await });
+        buf.clear();
+        // The body is copied from the stream's pieces straight into `buf`:
+        // no whole-object buffer of its own, and no second copy.
+        let r = self.rt.block_on(async {
+            let got = self.store.get(&path).await?;
+            buf.reserve(usize::try_from(got.meta.size).unwrap_or(0));
+            let mut body = got.into_stream();
+            while let Some(piece) = body.try_next().await? {
+                buf.extend_from_slice(&piece);
+            }
+            Ok::<_, object_store::Error>(())
+        });
         match r {
-            Ok(b) => Ok(b.to_vec()),
+            Ok(()) => Ok(()),
             Err(object_store::Error::NotFound { .. }) if file.kind == FileKind::Config => {
                 Err(Error::new(
                     Kind::NoRepository,
