@@ -13,6 +13,7 @@ use crate::error::{Error, Result};
 use crate::progress::Progress;
 use crate::repo::{Node, SourceRecord};
 use serde::{Deserialize, Serialize};
+use std::collections::{HashMap, HashSet};
 use std::io::Read;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -193,10 +194,12 @@ fn quote_ident(s: &str) -> String {
 }
 
 /// Row counts and checksums of every user table and sequence (and large
-/// objects when readable), in the client's current transaction.
+/// objects when readable), in the client's current transaction; relations
+/// in `skip` (schema, name) were proven already and are left out.
 pub fn table_sums<C: postgres::GenericClient>(
     client: &mut C,
     expected: Option<&[TableSum]>,
+    skip: &HashSet<(String, String)>,
 ) -> std::result::Result<Vec<TableSum>, postgres::Error> {
     // One scan per table: compiling it (JIT) costs more than it saves.
     client.batch_execute("SET LOCAL jit = off")?;
@@ -210,64 +213,12 @@ pub fn table_sums<C: postgres::GenericClient>(
     let mut out = Vec::new();
     for r in rels {
         let (schema, name, kind): (String, String, String) = (r.get(0), r.get(1), r.get(2));
-        let rel = format!("{}.{}", quote_ident(&schema), quote_ident(&name));
-        let from = if kind == "S" {
-            rel.clone()
-        } else {
-            format!("ONLY {rel}")
-        };
+        if skip.contains(&(schema.clone(), name.clone())) {
+            continue;
+        }
         let recorded =
             expected.and_then(|e| e.iter().find(|t| t.schema == schema && t.name == name));
-        // A sequence's state is its last value and whether it was called;
-        // tables hash whole records when every column type can be hashed.
-        let mut method = match (kind.as_str(), recorded) {
-            ("S", _) => "md5-text".to_string(),
-            (_, Some(t)) => t.method.clone(),
-            _ => "hash-record".to_string(),
-        };
-        let md5_sql = |row_text: &str| {
-            format!("SELECT count(*)::int8, coalesce(sum(('x' || substr(md5({row_text}), 1, 16))::bit(64)::int8::numeric), 0)::text FROM {from} t")
-        };
-        let row = if method == "hash-record" {
-            client.batch_execute("SAVEPOINT cairn_sum")?;
-            let fast = client.query_one(
-                &format!("SELECT count(*)::int8, coalesce(sum(hash_record_extended(t.*, 0)::numeric), 0)::text FROM {from} t"),
-                &[],
-            );
-            match fast {
-                Ok(r) => {
-                    client.batch_execute("RELEASE SAVEPOINT cairn_sum")?;
-                    r
-                }
-                Err(e) if recorded.is_none() => {
-                    tracing::debug!(table = %rel, error = %e, "no extended hash for a column type; hashing row text");
-                    client.batch_execute("ROLLBACK TO SAVEPOINT cairn_sum")?;
-                    method = "md5-text".into();
-                    client.query_one(&md5_sql("t::text"), &[])?
-                }
-                Err(e) => return Err(e),
-            }
-        } else if kind == "S" {
-            client.query_one(
-                &md5_sql("t.last_value::text || ':' || t.is_called::text"),
-                &[],
-            )?
-        } else {
-            client.query_one(&md5_sql("t::text"), &[])?
-        };
-        out.push(TableSum {
-            schema,
-            name,
-            kind: match kind.as_str() {
-                "S" => "sequence",
-                "m" => "materialized view",
-                _ => "table",
-            }
-            .into(),
-            rows: row.get(0),
-            checksum: row.get(1),
-            method,
-        });
+        out.push(relation_sum(client, schema, name, &kind, recorded)?);
     }
     let superuser: bool = client
         .query_one(
@@ -277,7 +228,7 @@ pub fn table_sums<C: postgres::GenericClient>(
         .get(0);
     if superuser {
         let row = client.query_one(
-            "SELECT count(DISTINCT loid)::int8, coalesce(sum(('x' || substr(md5(loid::text || ':' || pageno::text || ':' || encode(data, 'hex')), 1, 16))::bit(64)::int8::numeric), 0)::text FROM pg_largeobject",
+            "SELECT count(DISTINCT loid)::int8, coalesce(sum(('x' || substr(md5(loid::text || ':' || pageno::text || ':' || encode(data, 'hex')), 1, 16))::bit(64)::int8), 0)::text FROM pg_largeobject",
             &[],
         )?;
         out.push(TableSum {
@@ -290,6 +241,73 @@ pub fn table_sums<C: postgres::GenericClient>(
         });
     }
     Ok(out)
+}
+
+/// The row count and checksum of one relation (`kind` as in
+/// `pg_class.relkind`), by the method recorded at backup when there is one.
+fn relation_sum<C: postgres::GenericClient>(
+    client: &mut C,
+    schema: String,
+    name: String,
+    kind: &str,
+    recorded: Option<&TableSum>,
+) -> std::result::Result<TableSum, postgres::Error> {
+    let rel = format!("{}.{}", quote_ident(&schema), quote_ident(&name));
+    let from = if kind == "S" {
+        rel.clone()
+    } else {
+        format!("ONLY {rel}")
+    };
+    // A sequence's state is its last value and whether it was called;
+    // tables hash whole records when every column type can be hashed.
+    let mut method = match (kind, recorded) {
+        ("S", _) => "md5-text".to_string(),
+        (_, Some(t)) => t.method.clone(),
+        _ => "hash-record".to_string(),
+    };
+    let md5_sql = |row_text: &str| {
+        format!("SELECT count(*)::int8, coalesce(sum(('x' || substr(md5({row_text}), 1, 16))::bit(64)::int8), 0)::text FROM {from} t")
+    };
+    let row = if method == "hash-record" {
+        client.batch_execute("SAVEPOINT cairn_sum")?;
+        let fast = client.query_one(
+            &format!("SELECT count(*)::int8, coalesce(sum(hash_record_extended(t.*, 0)), 0)::text FROM {from} t"),
+            &[],
+        );
+        match fast {
+            Ok(r) => {
+                client.batch_execute("RELEASE SAVEPOINT cairn_sum")?;
+                r
+            }
+            Err(e) if recorded.is_none() => {
+                tracing::debug!(table = %rel, error = %e, "no extended hash for a column type; hashing row text");
+                client.batch_execute("ROLLBACK TO SAVEPOINT cairn_sum")?;
+                method = "md5-text".into();
+                client.query_one(&md5_sql("t::text"), &[])?
+            }
+            Err(e) => return Err(e),
+        }
+    } else if kind == "S" {
+        client.query_one(
+            &md5_sql("t.last_value::text || ':' || t.is_called::text"),
+            &[],
+        )?
+    } else {
+        client.query_one(&md5_sql("t::text"), &[])?
+    };
+    Ok(TableSum {
+        schema,
+        name,
+        kind: match kind {
+            "S" => "sequence",
+            "m" => "materialized view",
+            _ => "table",
+        }
+        .into(),
+        rows: row.get(0),
+        checksum: row.get(1),
+        method,
+    })
 }
 
 /// Stream a command's stdout into the repository as node `path`; a non-zero
@@ -396,7 +414,7 @@ pub fn archive_logical(
                     snapshot.replace('\'', "''")
                 ))
                 .map_err(|e| pg_err(&target, db, e))?;
-                let t = table_sums(&mut c, None).map_err(|e| pg_err(&target, db, e))?;
+                let t = table_sums(&mut c, None, &HashSet::new()).map_err(|e| pg_err(&target, db, e))?;
                 c.batch_execute("COMMIT").map_err(|e| pg_err(&target, db, e))?;
                 Ok(t)
             });
@@ -551,20 +569,165 @@ fn feed_tool(
     Ok(err)
 }
 
-fn run_tool(mut cmd: Command, what: &str) -> Result<String> {
+fn run_tool_stdout(mut cmd: Command, what: &str) -> Result<String> {
     let out = cmd
         .stdin(Stdio::null())
         .output()
         .map_err(|e| Error::io(format!("starting {what}"), e))?;
-    let err = String::from_utf8_lossy(&out.stderr).into_owned();
     if !out.status.success() {
         return Err(Error::failure(format!(
             "{what} failed ({}): {}",
             out.status,
-            tail_lines(&err, 5)
+            tail_lines(&String::from_utf8_lossy(&out.stderr), 5)
         )));
     }
-    Ok(err)
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// The `TABLE DATA` items of a dump that hold the tables of `tables`, by
+/// dump id, read from `pg_restore --list`. A line that could name more than
+/// one table (names with spaces can) is left out: that table is then
+/// proven after the restore.
+fn table_data_items(
+    target: &Target,
+    db: &str,
+    dump: &std::path::Path,
+    tables: &[TableSum],
+) -> Result<HashMap<u32, (String, String)>> {
+    let mut cmd = tool(target, "pg_restore", db);
+    cmd.arg("--list").arg(dump);
+    let list = run_tool_stdout(cmd, "pg_restore --list")?;
+    let mut items = HashMap::new();
+    for line in list.lines() {
+        let Some((id, rest)) = line.split_once("; ") else {
+            continue;
+        };
+        let Ok(id) = id.trim().parse::<u32>() else {
+            continue;
+        };
+        // "<catalog oid> <oid> TABLE DATA <schema> <name> <owner>"
+        let Some(rest) = rest.split_once(" TABLE DATA ").map(|(_, r)| r) else {
+            continue;
+        };
+        let mut named = tables.iter().filter(|t| {
+            t.kind == "table" && rest.starts_with(&format!("{} {} ", t.schema, t.name))
+        });
+        if let (Some(t), None) = (named.next(), named.next()) {
+            items.insert(id, (t.schema.clone(), t.name.clone()));
+        }
+    }
+    Ok(items)
+}
+
+/// Run `pg_restore --jobs --verbose` and, each time it reports a table's
+/// data finished, compute that table's checksum on a connection of our own
+/// while pg_restore goes on building indexes and constraints (which change
+/// no rows). Returns what was proven; a table whose early proof could not
+/// run is left to the proof after the restore.
+fn restore_and_prove(
+    mut cmd: Command,
+    what: &str,
+    target: &Target,
+    d: &DatabaseMeta,
+    items: &HashMap<u32, (String, String)>,
+) -> Result<Vec<TableSum>> {
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| Error::io(format!("starting {what}"), e))?;
+    let stderr = child
+        .stderr
+        .take()
+        .ok_or_else(|| Error::failure("no stderr"))?;
+    let (send, finished) = std::sync::mpsc::channel::<&(String, String)>();
+    let (status, err, proven) = std::thread::scope(|s| {
+        let reader = s.spawn(move || {
+            use std::io::BufRead;
+            let mut text = String::new();
+            for line in std::io::BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                // "pg_restore: finished item 3345 TABLE DATA pgbench_accounts"
+                let item = line
+                    .split_once("finished item ")
+                    .and_then(|(_, r)| r.split_once(" TABLE DATA "))
+                    .and_then(|(id, _)| items.get(&id.parse::<u32>().ok()?));
+                match item {
+                    Some(table) => {
+                        let _ = send.send(table);
+                    }
+                    None => {
+                        text.push_str(&line);
+                        text.push('\n');
+                    }
+                }
+            }
+            text
+        });
+        let prover = s.spawn(move || {
+            let mut out = Vec::new();
+            let mut client: Option<postgres::Client> = None;
+            for (schema, name) in finished {
+                let c = match client.as_mut() {
+                    Some(c) => c,
+                    None => match target.connect(&d.name) {
+                        Ok(c) => client.insert(c),
+                        Err(e) => {
+                            tracing::debug!(error = %e, "no early proof; tables are proven after the restore");
+                            return out;
+                        }
+                    },
+                };
+                let recorded = d
+                    .tables
+                    .iter()
+                    .find(|t| &t.schema == schema && &t.name == name);
+                let sum = c
+                    .build_transaction()
+                    .isolation_level(postgres::IsolationLevel::RepeatableRead)
+                    .read_only(true)
+                    .start()
+                    .and_then(|mut tx| {
+                        tx.batch_execute("SET LOCAL jit = off")?;
+                        let t = relation_sum(&mut tx, schema.clone(), name.clone(), "r", recorded)?;
+                        tx.commit()?;
+                        Ok(t)
+                    });
+                match sum {
+                    Ok(t) => out.push(t),
+                    Err(e) => {
+                        tracing::debug!(table = %name, error = %e, "early proof failed; proving after the restore");
+                    }
+                }
+            }
+            out
+        });
+        let status = child.wait();
+        let err = reader.join().unwrap_or_default();
+        let proven = prover.join().unwrap_or_default();
+        (status, err, proven)
+    });
+    let status = status.map_err(|e| Error::io(format!("waiting for {what}"), e))?;
+    if !status.success() {
+        // --verbose tells of every item; the failure is in its error lines.
+        let errors: Vec<&str> = err.lines().filter(|l| l.contains("error")).collect();
+        let shown = if errors.is_empty() {
+            err.clone()
+        } else {
+            errors.join("\n")
+        };
+        return Err(Error::failure(format!(
+            "{what} failed ({status}): {}",
+            tail_lines(&shown, 5)
+        )));
+    }
+    tracing::info!(
+        database = %d.name,
+        tables = proven.len(),
+        "tables proven while pg_restore built indexes"
+    );
+    Ok(proven)
 }
 
 /// Restore a logical snapshot into the server at `url`, then compare every
@@ -612,7 +775,7 @@ pub fn restore_logical(
     // 2. Refuse non-empty targets unless --clean.
     let maint = target.maintenance_db();
     let mut admin = target.connect(&maint)?;
-    let mut exists = std::collections::HashMap::new();
+    let mut exists = HashMap::new();
     let mut refused = Vec::new();
     for d in &dbs {
         let found = admin
@@ -664,6 +827,8 @@ pub fn restore_logical(
                 Some(tempfile::tempdir().map_err(|e| Error::io("creating a spool directory", e))?)
             }
         };
+    // Tables proven while pg_restore went on with indexes and constraints.
+    let mut proven: HashMap<String, Vec<TableSum>> = HashMap::new();
     for d in &dbs {
         crate::interrupt::check()?;
         let dump = node(&d.dump)?;
@@ -688,8 +853,13 @@ pub fn restore_logical(
                 seconds = started.elapsed().as_secs_f64(),
                 "spooled dump for pg_restore --jobs"
             );
-            cmd.arg("--jobs").arg(opts.jobs.to_string()).arg(&path);
-            run_tool(cmd, &what)?;
+            let items = table_data_items(&target, &maint, &path, &d.tables)?;
+            cmd.arg("--jobs")
+                .arg(opts.jobs.to_string())
+                .arg("--verbose")
+                .arg(&path);
+            let sums = restore_and_prove(cmd, &what, &target, d, &items)?;
+            proven.insert(d.name.clone(), sums);
             let _ = std::fs::remove_file(&path);
         } else {
             feed_tool(repo, dump, cmd, &what)?;
@@ -710,8 +880,14 @@ pub fn restore_logical(
             .read_only(true)
             .start()
             .map_err(|e| pg_err(&target, &d.name, e))?;
-        let actual =
-            table_sums(&mut tx, Some(&d.tables)).map_err(|e| pg_err(&target, &d.name, e))?;
+        let mut actual = proven.remove(&d.name).unwrap_or_default();
+        let skip = actual
+            .iter()
+            .map(|t| (t.schema.clone(), t.name.clone()))
+            .collect();
+        actual.extend(
+            table_sums(&mut tx, Some(&d.tables), &skip).map_err(|e| pg_err(&target, &d.name, e))?,
+        );
         tx.commit().map_err(|e| pg_err(&target, &d.name, e))?;
         for t in &d.tables {
             let found = actual
