@@ -713,6 +713,7 @@ fn write_chunks(
 ) -> Result<()> {
     let mut verified: HashSet<u32> = HashSet::new();
     let mut open: Option<(usize, std::fs::File)> = None;
+    let mut run: Option<Run> = None;
     for t in &w.targets {
         let loc = Location {
             offset: t.offset,
@@ -741,16 +742,58 @@ fn write_chunks(
         if data.iter().all(|b| *b == 0) {
             continue; // a hole: the file was sized with set_len
         }
-        if open.as_ref().map(|(i, _)| *i) != Some(t.file) {
-            let f = out.open(t.file)?;
-            open = Some((t.file, f));
-        }
-        if let Some((_, f)) = &open {
-            f.write_all_at(data, t.file_offset)
-                .ctx(|| format!("writing {}", out.paths[t.file].display()))?;
+        // Chunks that follow each other both in the frame and in the file
+        // (the usual case: a frame holds a stretch of a stream) go out as
+        // one write.
+        let start = t.offset as usize;
+        match run.as_mut() {
+            Some(r) if r.file == t.file && r.file_end == t.file_offset && r.frame.end == start => {
+                r.frame.end += data.len();
+                r.file_end += data.len() as u64;
+            }
+            _ => {
+                if let Some(r) = run.take() {
+                    r.write(frame, out, &mut open)?;
+                }
+                run = Some(Run {
+                    file: t.file,
+                    file_end: t.file_offset + data.len() as u64,
+                    frame: start..start + data.len(),
+                });
+            }
         }
     }
+    if let Some(r) = run.take() {
+        r.write(frame, out, &mut open)?;
+    }
     Ok(())
+}
+
+/// Bytes `frame` of a decoded frame that go to file `file`, ending at
+/// `file_end`.
+struct Run {
+    file: usize,
+    file_end: u64,
+    frame: std::ops::Range<usize>,
+}
+
+impl Run {
+    fn write(
+        self,
+        frame: &[u8],
+        out: &Outputs,
+        open: &mut Option<(usize, std::fs::File)>,
+    ) -> Result<()> {
+        if open.as_ref().map(|(i, _)| *i) != Some(self.file) {
+            *open = Some((self.file, out.open(self.file)?));
+        }
+        if let Some((_, f)) = open {
+            let data = &frame[self.frame.clone()];
+            f.write_all_at(data, self.file_end - data.len() as u64)
+                .ctx(|| format!("writing {}", out.paths[self.file].display()))?;
+        }
+        Ok(())
+    }
 }
 
 fn apply_metadata(nodes: &[Node], target: &Path) -> Result<()> {
