@@ -372,46 +372,30 @@ impl Repository {
     /// downloaded it, else from the backend. Not checked against its name here.
     pub fn read_pack_into(&self, id: &Id, buf: &mut Vec<u8>) -> Result<()> {
         let f = FileRef::new(FileKind::Pack, id.to_hex());
-        let spooled = self.spool.lock().ok().and_then(|g| {
-            g.as_ref()
-                .filter(|sp| sp.packs.contains(id))
-                .map(|sp| sp.dir.path().join(id.to_hex()))
-        });
-        match spooled {
-            Some(path) => {
-                use std::io::Read;
-                buf.clear();
-                std::fs::File::open(&path)
-                    .and_then(|mut file| file.read_to_end(buf))
-                    .map_err(|e| Error::io(format!("reading spooled {f}"), e))?;
-                Ok(())
-            }
+        match self.spooled_path(id) {
+            Some(path) => crate::backend::read_whole_of(&path, buf)
+                .map_err(|e| Error::io(format!("reading spooled {f}"), e)),
             None => self.backend.read_into(&f, buf),
         }
     }
 
-    /// Read a frame's ciphertext from the spool, when its pack is there.
-    fn spooled_range(&self, loc: &Location, buf: &mut Vec<u8>) -> Option<std::io::Result<()>> {
+    /// Where pack `id` lies in the spool, when a pre-check downloaded it.
+    fn spooled_path(&self, id: &Id) -> Option<std::path::PathBuf> {
         let guard = self.spool.lock().ok()?;
         let sp = guard.as_ref()?;
-        if !sp.packs.contains(&loc.pack) {
-            return None;
-        }
-        let path = sp.dir.path().join(loc.pack.to_hex());
-        drop(guard);
-        Some(crate::backend::read_range_of(
-            &path,
-            loc.frame_offset,
-            loc.frame_length,
-            buf,
-        ))
+        sp.packs
+            .contains(id)
+            .then(|| sp.dir.path().join(id.to_hex()))
     }
 
     /// A frame's ciphertext into `buf`: from the spool, else the backend.
     fn frame_ciphertext(&self, loc: &Location, buf: &mut Vec<u8>) -> Result<()> {
         let f = FileRef::new(FileKind::Pack, loc.pack.to_hex());
-        match self.spooled_range(loc, buf) {
-            Some(r) => r.map_err(|e| Error::io(format!("reading spooled {f}"), e)),
+        match self.spooled_path(&loc.pack) {
+            Some(path) => {
+                crate::backend::read_range_of(&path, loc.frame_offset, loc.frame_length, buf)
+                    .map_err(|e| Error::io(format!("reading spooled {f}"), e))
+            }
             None => self
                 .backend
                 .read_range_into(&f, loc.frame_offset, loc.frame_length, buf),

@@ -12,7 +12,8 @@
 //! writing files does not disturb directory times.
 //!
 //! Restores of databases and topics, which stream their data to a server,
-//! check all packs first with [`verify_before_restore`] instead.
+//! check all packs first with [`verify_before_restore`]; a dump spooled for
+//! `pg_restore --jobs` is then written by [`write_file`] through the same pass.
 
 use crate::backend::FileRef;
 use crate::error::{Error, Kind, Result, ResultExt};
@@ -265,7 +266,6 @@ pub fn restore_nodes(
     }
     let locs = locate_chunks(repo, nodes)?;
     std::fs::create_dir_all(target).ctx(|| format!("creating {}", target.display()))?;
-    let mut staging = Staging::new(target);
     let mut stats = RestoreStats::default();
     let mut files: Vec<&Node> = Vec::new();
     let mut frames: HashMap<(Id, u64), FrameWork> = HashMap::new();
@@ -276,19 +276,12 @@ pub fn restore_nodes(
         stats.files += 1;
         stats.bytes += n.size;
     }
-    let out = staging.outputs(&files)?;
-    let mut packs: HashMap<Id, Vec<FrameWork>> = HashMap::new();
-    for w in frames.into_values() {
-        packs.entry(w.loc.pack).or_default().push(w);
-    }
-    let mut packs: Vec<(Id, Vec<FrameWork>)> = packs.into_iter().collect();
-    for (_, work) in &mut packs {
-        work.sort_by_key(|w| w.loc.frame_offset);
-    }
+    let mut staging = Staging::new(target, &files)?;
+    let packs = by_pack(frames);
     stats.packs_verified = packs.len() as u64;
 
     let progress = Progress::bytes(stats.bytes, quiet, "restore");
-    let bad = write_packs(repo, &packs, &out, &progress);
+    let bad = write_packs(repo, &packs, &staging.out, &progress);
     progress.finish();
     let bad = bad?;
     if !bad.is_empty() {
@@ -300,8 +293,8 @@ pub fn restore_nodes(
         staging.make_dirs(&target.join(&n.path))?;
         stats.dirs += 1;
     }
-    out.make_rest()?;
-    for (n, from) in files.iter().zip(&out.paths) {
+    staging.out.make_rest()?;
+    for (n, from) in files.iter().zip(&staging.out.paths) {
         let to = target.join(&n.path);
         std::fs::rename(from, &to)
             .ctx(|| format!("moving the restored {} into place", to.display()))?;
@@ -328,33 +321,38 @@ pub fn restore_nodes(
 /// each file's own directory keeps the final rename within one directory and
 /// spreads the files over the directories as the final tree does.
 struct Staging {
-    target: PathBuf,
-    suffix: String,
     /// Directories this restore made, in the order made.
     dirs: Vec<PathBuf>,
-    files: Vec<PathBuf>,
+    /// The staged files, made lazily as chunks arrive.
+    out: Outputs,
     committed: bool,
 }
 
 impl Staging {
-    fn new(target: &Path) -> Staging {
-        Staging {
-            target: target.to_path_buf(),
-            suffix: format!("cairn-{:08x}", rand::random::<u32>()),
+    /// Stage `files` below `target`: their directories are made now.
+    fn new(target: &Path, files: &[&Node]) -> Result<Staging> {
+        let suffix = format!("cairn-{:08x}", rand::random::<u32>());
+        let mut st = Staging {
             dirs: Vec::new(),
-            files: Vec::new(),
+            out: Outputs::new(Vec::new()),
             committed: false,
+        };
+        let mut staged = Vec::with_capacity(files.len());
+        for n in files {
+            // `.NAME.cairn-XXXXXXXX` beside the final path
+            let path = target.join(&n.path);
+            let name = path
+                .file_name()
+                .map(|f| f.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let path = path.with_file_name(format!(".{name}.{suffix}"));
+            if let Some(parent) = path.parent() {
+                st.make_dirs(parent)?;
+            }
+            staged.push((path, n.size));
         }
-    }
-
-    /// Where `n` is staged: `.NAME.cairn-XXXXXXXX` beside its final path.
-    fn staged_path(&self, n: &Node) -> PathBuf {
-        let path = self.target.join(&n.path);
-        let name = path
-            .file_name()
-            .map(|f| f.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        path.with_file_name(format!(".{name}.{}", self.suffix))
+        st.out = Outputs::new(staged);
+        Ok(st)
     }
 
     /// Make `dir` and its missing ancestors, remembering which were made.
@@ -370,21 +368,6 @@ impl Staging {
         Ok(())
     }
 
-    /// The staged twins of `files` (made lazily by `Outputs`), their
-    /// directories made now.
-    fn outputs(&mut self, files: &[&Node]) -> Result<Outputs> {
-        let mut out = Vec::with_capacity(files.len());
-        for n in files {
-            let path = self.staged_path(n);
-            if let Some(parent) = path.parent() {
-                self.make_dirs(parent)?;
-            }
-            self.files.push(path.clone());
-            out.push((path, n.size));
-        }
-        Ok(Outputs::new(out))
-    }
-
     fn commit(mut self) {
         self.committed = true;
     }
@@ -395,7 +378,7 @@ impl Drop for Staging {
         if self.committed {
             return;
         }
-        for f in &self.files {
+        for f in &self.out.paths {
             let _ = std::fs::remove_file(f);
         }
         for d in self.dirs.iter().rev() {
@@ -542,22 +525,12 @@ fn write_packs(
         drop(send);
         for _ in 0..decoders {
             s.spawn(|| {
-                let mut decoder = FrameDecoder::new();
-                loop {
-                    let job = match recv.lock().map(|r| r.recv()) {
-                        Ok(Ok(job)) => job,
-                        _ => break,
-                    };
-                    // After a failure, keep draining so readers never block.
-                    if stopped() || is_bad(job.pack) {
+                let mut decoder = FrameDecoder::new().map_err(fail).ok();
+                // After a failure, keep draining so readers never block.
+                while let Ok(Ok(job)) = recv.lock().map(|r| r.recv()) {
+                    let Some(d) = decoder.as_mut().filter(|_| !stopped() && !is_bad(job.pack))
+                    else {
                         continue;
-                    }
-                    let d = match decoder.as_mut() {
-                        Ok(d) => d,
-                        Err(e) => {
-                            fail(Error::failure(e.to_string()));
-                            continue;
-                        }
                     };
                     let written = d
                         .frame_in(&repo.key, &job.work.loc, &job.bytes)
@@ -582,6 +555,19 @@ fn write_packs(
         Some(e) => Err(e),
         None => Ok(bad.into_inner().unwrap_or_default()),
     }
+}
+
+/// Frames grouped by their pack, each pack's in offset order.
+fn by_pack(frames: HashMap<(Id, u64), FrameWork>) -> Vec<(Id, Vec<FrameWork>)> {
+    let mut packs: HashMap<Id, Vec<FrameWork>> = HashMap::new();
+    for w in frames.into_values() {
+        packs.entry(w.loc.pack).or_default().push(w);
+    }
+    let mut packs: Vec<(Id, Vec<FrameWork>)> = packs.into_iter().collect();
+    for (_, work) in &mut packs {
+        work.sort_by_key(|w| w.loc.frame_offset);
+    }
+    packs
 }
 
 /// Queue the chunks of file number `file` under the frames that hold them.
@@ -614,60 +600,12 @@ fn queue_file(
     Ok(())
 }
 
-/// Decode `work` on a few threads, each frame once, writing its chunks into
-/// `out`; stops at the first failure (or interruption) and returns it.
-fn write_frames(
-    repo: &Repository,
-    work: &[FrameWork],
-    out: &Outputs,
-    progress: &Progress,
-) -> Result<()> {
-    let next = AtomicUsize::new(0);
-    let failure: Mutex<Option<Error>> = Mutex::new(None);
-    let threads = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(2)
-        .min(8);
-    std::thread::scope(|s| {
-        for _ in 0..threads {
-            s.spawn(|| {
-                let fail = |e: Error| {
-                    if let Ok(mut f) = failure.lock() {
-                        f.get_or_insert(e);
-                    }
-                };
-                let mut decoder = match FrameDecoder::new() {
-                    Ok(d) => d,
-                    Err(e) => return fail(e),
-                };
-                loop {
-                    if failure.lock().map(|f| f.is_some()).unwrap_or(true) {
-                        break;
-                    }
-                    let i = next.fetch_add(1, Ordering::Relaxed);
-                    let Some(w) = work.get(i) else { break };
-                    if let Err(e) = interrupt::check()
-                        .and_then(|_| write_frame(repo, &mut decoder, w, out, progress))
-                    {
-                        fail(e);
-                        break;
-                    }
-                }
-            });
-        }
-    });
-    match failure.into_inner().ok().flatten() {
-        Some(e) => Err(e),
-        None => Ok(()),
-    }
-}
-
-/// Write one stored file to `path` (created or truncated), its frames
-/// decoded in parallel and every chunk checked against its id: a dump
-/// spooled for `pg_restore --jobs`. The caller verified the packs.
+/// Write one stored file to `path` (replacing any file there), through the
+/// same pack reading, checks and parallel decoding as a file restore: a dump
+/// spooled for `pg_restore --jobs`.
 pub fn write_file(repo: &Repository, node: &Node, path: &Path) -> Result<()> {
-    let reader = repo.cache.reader()?;
-    // An earlier file at `path` is replaced, not written over.
+    let nodes = std::slice::from_ref(node);
+    let locs = locate_chunks(repo, nodes)?;
     match std::fs::remove_file(path) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
             return Err(e).ctx(|| format!("removing {}", path.display()))
@@ -675,31 +613,13 @@ pub fn write_file(repo: &Repository, node: &Node, path: &Path) -> Result<()> {
         _ => {}
     }
     let mut frames: HashMap<(Id, u64), FrameWork> = HashMap::new();
-    queue_file(&mut frames, 0, &node.content, |id| {
-        reader.get(id)?.ok_or_else(|| {
-            Error::integrity(format!(
-                "chunk {} of {} is not in the index",
-                id.short(),
-                node.path
-            ))
-        })
-    })?;
-    let mut work: Vec<FrameWork> = frames.into_values().collect();
-    work.sort_by_key(|w| w.loc.frame_key());
+    queue_file(&mut frames, 0, &node.content, |id| Ok(locs[id].clone()))?;
     let out = Outputs::new(vec![(path.to_path_buf(), node.size)]);
-    out.open(0)?;
-    write_frames(repo, &work, &out, &Progress::hidden())
-}
-
-fn write_frame(
-    repo: &Repository,
-    decoder: &mut FrameDecoder,
-    w: &FrameWork,
-    out: &Outputs,
-    progress: &Progress,
-) -> Result<()> {
-    let frame = decoder.frame(repo, &w.loc)?;
-    write_chunks(repo, frame, w, out, progress)
+    let bad = write_packs(repo, &by_pack(frames), &out, &Progress::hidden())?;
+    if !bad.is_empty() {
+        return Err(damaged_packs(nodes, &locs, bad));
+    }
+    out.make_rest()
 }
 
 /// Check each chunk `w` needs from `frame` (its plaintext) against its id

@@ -121,12 +121,7 @@ impl Backend for LocalBackend {
     }
 
     fn read_into(&self, file: &FileRef, buf: &mut Vec<u8>) -> Result<()> {
-        use std::io::Read;
-        buf.clear();
-        fs::File::open(self.path(file))
-            .and_then(|mut f| f.read_to_end(buf))
-            .map_err(|e| self.not_found(file, e))?;
-        Ok(())
+        read_whole_of(&self.path(file), buf).map_err(|e| self.not_found(file, e))
     }
 
     fn content_id(&self, file: &FileRef) -> Result<Id> {
@@ -229,6 +224,14 @@ impl Backend for LocalBackend {
         }
         Ok(n)
     }
+}
+
+/// Read a whole local file into `buf` (replacing its content, reusing its
+/// memory).
+pub(crate) fn read_whole_of(path: &Path, buf: &mut Vec<u8>) -> std::io::Result<()> {
+    buf.clear();
+    fs::File::open(path)?.read_to_end(buf)?;
+    Ok(())
 }
 
 /// Read `length` bytes at `offset` of a local file into `buf` (replacing

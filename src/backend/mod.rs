@@ -8,8 +8,8 @@
 mod local;
 mod s3;
 
-pub(crate) use local::read_range_of;
 pub use local::LocalBackend;
+pub(crate) use local::{read_range_of, read_whole_of};
 pub use s3::S3Backend;
 
 use crate::error::{Error, Kind, Result};

@@ -588,12 +588,12 @@ fn run_tool_stdout(mut cmd: Command, what: &str) -> Result<String> {
 /// dump id, read from `pg_restore --list`. A line that could name more than
 /// one table (names with spaces can) is left out: that table is then
 /// proven after the restore.
-fn table_data_items(
+fn table_data_items<'a>(
     target: &Target,
     db: &str,
     dump: &std::path::Path,
-    tables: &[TableSum],
-) -> Result<HashMap<u32, (String, String)>> {
+    tables: &'a [TableSum],
+) -> Result<HashMap<u32, &'a TableSum>> {
     let mut cmd = tool(target, "pg_restore", db);
     cmd.arg("--list").arg(dump);
     let list = run_tool_stdout(cmd, "pg_restore --list")?;
@@ -613,7 +613,7 @@ fn table_data_items(
             t.kind == "table" && rest.starts_with(&format!("{} {} ", t.schema, t.name))
         });
         if let (Some(t), None) = (named.next(), named.next()) {
-            items.insert(id, (t.schema.clone(), t.name.clone()));
+            items.insert(id, t);
         }
     }
     Ok(items)
@@ -629,7 +629,7 @@ fn restore_and_prove(
     what: &str,
     target: &Target,
     d: &DatabaseMeta,
-    items: &HashMap<u32, (String, String)>,
+    items: &HashMap<u32, &TableSum>,
 ) -> Result<Vec<TableSum>> {
     let mut child = cmd
         .stdin(Stdio::null())
@@ -641,7 +641,7 @@ fn restore_and_prove(
         .stderr
         .take()
         .ok_or_else(|| Error::failure("no stderr"))?;
-    let (send, finished) = std::sync::mpsc::channel::<&(String, String)>();
+    let (send, finished) = std::sync::mpsc::channel::<&TableSum>();
     let (status, err, proven) = std::thread::scope(|s| {
         let reader = s.spawn(move || {
             use std::io::BufRead;
@@ -655,7 +655,7 @@ fn restore_and_prove(
                     .and_then(|(id, _)| items.get(&id.parse::<u32>().ok()?));
                 match item {
                     Some(table) => {
-                        let _ = send.send(table);
+                        let _ = send.send(*table);
                     }
                     None => {
                         text.push_str(&line);
@@ -668,7 +668,7 @@ fn restore_and_prove(
         let prover = s.spawn(move || {
             let mut out = Vec::new();
             let mut client: Option<postgres::Client> = None;
-            for (schema, name) in finished {
+            for recorded in finished {
                 let c = match client.as_mut() {
                     Some(c) => c,
                     None => match target.connect(&d.name) {
@@ -679,10 +679,7 @@ fn restore_and_prove(
                         }
                     },
                 };
-                let recorded = d
-                    .tables
-                    .iter()
-                    .find(|t| &t.schema == schema && &t.name == name);
+                let (schema, name) = (recorded.schema.clone(), recorded.name.clone());
                 let sum = c
                     .build_transaction()
                     .isolation_level(postgres::IsolationLevel::RepeatableRead)
@@ -690,14 +687,14 @@ fn restore_and_prove(
                     .start()
                     .and_then(|mut tx| {
                         tx.batch_execute("SET LOCAL jit = off")?;
-                        let t = relation_sum(&mut tx, schema.clone(), name.clone(), "r", recorded)?;
+                        let t = relation_sum(&mut tx, schema, name, "r", Some(recorded))?;
                         tx.commit()?;
                         Ok(t)
                     });
                 match sum {
                     Ok(t) => out.push(t),
                     Err(e) => {
-                        tracing::debug!(table = %name, error = %e, "early proof failed; proving after the restore");
+                        tracing::debug!(table = %recorded.name, error = %e, "early proof failed; proving after the restore");
                     }
                 }
             }
