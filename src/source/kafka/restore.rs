@@ -511,16 +511,17 @@ fn send(
     partition: i32,
     r: &crate::repo::kafka::RecordRef<'_>,
 ) -> Result<()> {
-    let mut headers = OwnedHeaders::new_with_capacity(r.headers.len());
-    for (k, v) in &r.headers {
-        headers = headers.insert(Header { key: k, value: *v });
-    }
     let mut rec: BaseRecord<'_, [u8], [u8], usize> =
         BaseRecord::with_opaque_to(topic, r.offset as usize).partition(partition);
     if r.timestamp_type != TimestampType::None && r.timestamp >= 0 {
         rec = rec.timestamp(r.timestamp);
     }
+    // Most records have no headers: allocate librdkafka's list only when needed.
     if !r.headers.is_empty() {
+        let mut headers = OwnedHeaders::new_with_capacity(r.headers.len());
+        for (k, v) in &r.headers {
+            headers = headers.insert(Header { key: k, value: *v });
+        }
         rec = rec.headers(headers);
     }
     if let Some(k) = r.key {
