@@ -256,7 +256,8 @@ fn consume(a: &Args, digest: bool) -> Res<serde_json::Value> {
         .set("isolation.level", "read_committed")
         .set("check.crcs", "true")
         .set("max.partition.fetch.bytes", "8388608")
-        .set("fetch.max.bytes", "67108864");
+        .set("fetch.max.bytes", "67108864")
+        .set("fetch.wait.max.ms", "10");
     extra(&mut cfg)?;
     let t0 = Instant::now();
     let c: BaseConsumer = cfg.create().map_err(|e| format!("consumer: {e}"))?;
