@@ -274,6 +274,11 @@ pub struct RestoreArgs {
     /// With --to: do not restore roles and tablespaces
     #[arg(long, requires = "to")]
     pub no_globals: bool,
+    /// With --to: also compare every table's content checksum with the one
+    /// taken at backup, not only its row count (reads every row once more;
+    /// `cairn check --restore-test` always does)
+    #[arg(long, requires = "to")]
+    pub prove: bool,
     /// Point-in-time restore of a physical PostgreSQL source into this (new or empty) data directory; needs --at and --source
     #[arg(long, value_name = "DIR", conflicts_with_all = ["target", "to", "snapshot"], requires_all = ["at", "source"])]
     pub pgdata: Option<PathBuf>,

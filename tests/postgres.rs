@@ -108,13 +108,17 @@ fn logical_round_trip_restores_equal_databases() {
     assert!(!snaps[0]["paths"][0].as_str().unwrap().contains("password"));
 
     let target = ScratchCluster::start(&[]).unwrap();
-    let report = env.json(&["restore", "latest", "--to", &target.url()]);
+    let report = env.json(&["restore", "latest", "--to", &target.url(), "--prove"]);
     let tables = report["report"]["tables"].as_array().unwrap();
     assert!(
         tables.len() >= 8,
         "pgbench tables, events, sequences, large objects: {tables:?}"
     );
     assert!(tables.iter().all(|t| t["ok"] == true), "{tables:?}");
+    assert!(
+        tables.iter().all(|t| t["checksum_compared"] == true),
+        "--prove compares every checksum: {tables:?}"
+    );
     for db in ["app", "other"] {
         let (a, b) = (pg_dump_text(&source, db), pg_dump_text(&target, db));
         let first_diff = a.lines().zip(b.lines()).find(|(x, y)| x != y);
@@ -189,7 +193,15 @@ fn restore_into_a_non_empty_database_is_refused_without_clean() {
         "nothing changed"
     );
 
-    env.ok(&["restore", "latest", "--to", &target.url(), "--clean"]);
+    let report = env.json(&["restore", "latest", "--to", &target.url(), "--clean"]);
+    let tables = report["report"]["tables"].as_array().unwrap();
+    assert!(!tables.is_empty());
+    assert!(
+        tables.iter().all(|t| t["ok"] == true
+            && t["checksum_compared"] == false
+            && t["actual_rows"] == t["expected_rows"]),
+        "without --prove, row counts only: {tables:?}"
+    );
     assert_eq!(query_i64(&target.url(), "app", "SELECT count(*) FROM t"), 2);
 }
 
@@ -253,7 +265,7 @@ fn restore_test_passes_on_a_good_snapshot_while_pgbench_writes() {
         .as_array()
         .unwrap()
         .iter()
-        .all(|t| t["ok"] == true));
+        .all(|t| t["ok"] == true && t["checksum_compared"] == true));
     assert_eq!(results[0]["amcheck_ran"], true);
     assert!(results[0]["amcheck"].as_array().unwrap().is_empty());
     // The passed test is recorded: `snapshots` shows when it was proven.
@@ -308,6 +320,52 @@ fn restore_test_reports_a_table_that_restores_differently() {
     assert!(stdout.contains("ok       app.public.u (table)"), "{stdout}");
     assert!(
         err.contains("restore test of snapshot") && err.contains("failed"),
+        "{err}"
+    );
+}
+
+#[test]
+fn restore_reports_a_table_that_lost_rows_even_without_prove() {
+    let env = Env::init();
+    let source = ScratchCluster::start(&[]).unwrap();
+    sql(&source.url(), "postgres", "CREATE DATABASE app");
+    sql(&source.url(), "app", "CREATE TABLE t (k int, v int); INSERT INTO t SELECT g, g FROM generate_series(1, 50) g; CREATE TABLE u (x text); INSERT INTO u VALUES ('same')");
+    env.ok(&["snapshot", "--postgres", &source.url()]);
+
+    // A target that silently drops one row of t as it is restored.
+    let target = ScratchCluster::start(&[]).unwrap();
+    sql(&target.url(), "postgres", "CREATE DATABASE app");
+    sql(
+        &target.url(),
+        "app",
+        r#"
+        CREATE FUNCTION drop_one() RETURNS trigger LANGUAGE plpgsql AS
+          $$ BEGIN IF NEW.v = 7 THEN RETURN NULL; END IF; RETURN NEW; END $$;
+        CREATE FUNCTION add_drop() RETURNS event_trigger LANGUAGE plpgsql AS $$
+          DECLARE obj record;
+          BEGIN
+            FOR obj IN SELECT * FROM pg_event_trigger_ddl_commands() WHERE command_tag = 'CREATE TABLE' LOOP
+              IF obj.object_identity = 'public.t' THEN
+                EXECUTE 'CREATE TRIGGER drop_one BEFORE INSERT ON public.t FOR EACH ROW EXECUTE FUNCTION public.drop_one()';
+              END IF;
+            END LOOP;
+          END $$;
+        CREATE EVENT TRIGGER add_drop ON ddl_command_end EXECUTE FUNCTION add_drop();
+        "#,
+    );
+    let out = env.run(&[
+        "restore",
+        "latest",
+        "--to",
+        &target.url(),
+        "--database",
+        "app",
+        "--no-globals",
+    ]);
+    let (code, err) = code_and_stderr(&out);
+    assert_ne!(code, 0, "{err}");
+    assert!(
+        err.contains("differs from the backup in: app.public.t") && !err.contains("public.u"),
         "{err}"
     );
 }

@@ -356,6 +356,11 @@ fn restore_postgres(
         }),
         spool_dir: a.spool_dir.clone(),
         globals: !a.no_globals,
+        proof: if a.prove {
+            pg::Proof::Checksums
+        } else {
+            pg::Proof::Counts
+        },
     };
     let started = std::time::Instant::now();
     let report = pg::restore_logical(repo, source, url, &opts)?;
@@ -367,12 +372,16 @@ fn restore_postgres(
         }))?;
     } else {
         println!(
-            "restored {} database(s) of snapshot {} ({}) in {:.1}s; {} relation(s) checked, {} mismatch(es)",
+            "restored {} database(s) of snapshot {} ({}) in {:.1}s; {} relation(s) checked ({}), {} mismatch(es)",
             report.databases.len(),
             id.short(),
             local_time(snap.time),
             started.elapsed().as_secs_f64(),
             report.tables.len(),
+            match opts.proof {
+                pg::Proof::Counts => "row counts; --prove compares checksums too",
+                pg::Proof::Checksums => "row counts and checksums",
+            },
             bad.len()
         );
     }
