@@ -6,6 +6,7 @@
 //! backed up.
 
 pub mod kafka;
+pub mod pg_archive;
 pub mod pg_cluster;
 pub mod pg_physical;
 pub mod postgres;
