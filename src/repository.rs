@@ -13,7 +13,9 @@ use crate::repo::{
     CHUNKER_DEFAULT, FORMAT_VERSION,
 };
 use serde::{de::DeserializeOwned, Serialize};
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// Readable snapshots with their ids, and unreadable ones with the reason.
@@ -390,16 +392,108 @@ impl Repository {
 
     /// A frame's ciphertext into `buf`: from the spool, else the backend.
     fn frame_ciphertext(&self, loc: &Location, buf: &mut Vec<u8>) -> Result<()> {
-        let f = FileRef::new(FileKind::Pack, loc.pack.to_hex());
-        match self.spooled_path(&loc.pack) {
-            Some(path) => {
-                crate::backend::read_range_of(&path, loc.frame_offset, loc.frame_length, buf)
-                    .map_err(|e| Error::io(format!("reading spooled {f}"), e))
-            }
-            None => self
-                .backend
-                .read_range_into(&f, loc.frame_offset, loc.frame_length, buf),
+        self.read_pack_range(&loc.pack, loc.frame_offset, loc.frame_length, buf)
+    }
+
+    /// `length` bytes at `offset` of pack `pack` into `buf`: from the spool,
+    /// else the backend.
+    fn read_pack_range(
+        &self,
+        pack: &Id,
+        offset: u64,
+        length: u32,
+        buf: &mut Vec<u8>,
+    ) -> Result<()> {
+        let f = FileRef::new(FileKind::Pack, pack.to_hex());
+        match self.spooled_path(pack) {
+            Some(path) => crate::backend::read_range_of(&path, offset, length, buf)
+                .map_err(|e| Error::io(format!("reading spooled {f}"), e)),
+            None => self.backend.read_range_into(&f, offset, length, buf),
         }
+    }
+
+    /// Every distinct frame of `locs`, decoded. Frames that lie close
+    /// together in one pack are fetched with one ranged read, and the reads
+    /// run concurrently: on object storage each read is a round trip, and a
+    /// node list of 13,000 files spans a score of frames, which read one by
+    /// one cost 17 round trips (0.8 s against s3s-fs) before a restore could
+    /// start.
+    fn decode_frames(&self, locs: &[Location]) -> Result<HashMap<FrameKey, Vec<u8>>> {
+        /// Bytes between two frames read rather than spent on another request.
+        const MAX_GAP: u64 = 1 << 20;
+        /// The longest single read.
+        const MAX_SPAN: u64 = 32 << 20;
+        let mut frames: Vec<&Location> = Vec::new();
+        let mut seen = HashSet::new();
+        for l in locs {
+            if seen.insert(l.frame_key()) {
+                frames.push(l);
+            }
+        }
+        frames.sort_by_key(|l| l.frame_key());
+        let mut spans: Vec<Vec<&Location>> = Vec::new();
+        for l in frames {
+            if let Some(span) = spans.last_mut() {
+                let (first, prev) = (span[0], span[span.len() - 1]);
+                let end = prev.frame_offset + u64::from(prev.frame_length);
+                if prev.pack == l.pack
+                    && l.frame_offset >= end
+                    && l.frame_offset - end <= MAX_GAP
+                    && l.frame_offset + u64::from(l.frame_length) - first.frame_offset <= MAX_SPAN
+                {
+                    span.push(l);
+                    continue;
+                }
+            }
+            spans.push(vec![l]);
+        }
+        let readers = if self.backend.is_local() { 1 } else { 8 };
+        let next = AtomicUsize::new(0);
+        let decoded = Mutex::new(HashMap::new());
+        let read_spans = || -> Result<()> {
+            let mut buf = Vec::new();
+            while let Some(span) = spans.get(next.fetch_add(1, Ordering::Relaxed)) {
+                let (first, last) = (span[0], span[span.len() - 1]);
+                let start = first.frame_offset;
+                let length = last.frame_offset + u64::from(last.frame_length) - start;
+                self.read_pack_range(&first.pack, start, length as u32, &mut buf)?;
+                let file = FileRef::new(FileKind::Pack, first.pack.to_hex());
+                for l in span {
+                    let at = (l.frame_offset - start) as usize;
+                    let ct = buf.get(at..at + l.frame_length as usize).ok_or_else(|| {
+                        Error::integrity(format!(
+                            "{} lies beyond the end of the file",
+                            frame_name(&file, l.frame_offset)
+                        ))
+                    })?;
+                    let frame = decode_frame_bytes(
+                        &self.key,
+                        ct,
+                        l.compression,
+                        l.raw_length,
+                        &file,
+                        l.frame_offset,
+                    )?;
+                    decoded
+                        .lock()
+                        .map_err(|_| Error::failure("frame map lock poisoned"))?
+                        .insert(l.frame_key(), frame);
+                }
+            }
+            Ok(())
+        };
+        std::thread::scope(|s| {
+            let handles: Vec<_> = (0..readers.min(spans.len()))
+                .map(|_| s.spawn(read_spans))
+                .collect();
+            handles.into_iter().try_for_each(|h| {
+                h.join()
+                    .map_err(|_| Error::failure("a frame reader panicked"))?
+            })
+        })?;
+        decoded
+            .into_inner()
+            .map_err(|_| Error::failure("frame map lock poisoned"))
     }
 
     /// Decode a frame without caching.
@@ -436,16 +530,38 @@ impl Repository {
         Ok(data.to_vec())
     }
 
-    /// Concatenate the chunks of a stream.
+    /// Concatenate the chunks of a stream (a node list: held in memory
+    /// whole), each checked against its id.
     pub fn read_stream(&self, ids: &[Id]) -> Result<Vec<u8>> {
         let reader = self.cache.reader()?;
-        let mut out = Vec::new();
+        let mut locs = Vec::with_capacity(ids.len());
         for id in ids {
-            let loc = reader.get(id)?.ok_or_else(|| {
+            locs.push(reader.get(id)?.ok_or_else(|| {
                 Error::integrity(format!("chunk {} is not in the index", id.short()))
                     .with_hint("run `cairn check` to see what is damaged")
-            })?;
-            out.extend_from_slice(&self.read_chunk(id, &loc)?);
+            })?);
+        }
+        let frames = self.decode_frames(&locs)?;
+        let mut out = Vec::new();
+        for (id, loc) in ids.iter().zip(&locs) {
+            let data = frames
+                .get(&loc.frame_key())
+                .and_then(|frame| chunk_slice(frame, loc))
+                .ok_or_else(|| {
+                    Error::integrity(format!(
+                        "chunk {} lies outside its frame in pack {}",
+                        id.short(),
+                        loc.pack.short()
+                    ))
+                })?;
+            if self.key.chunk_id(data) != *id {
+                return Err(Error::integrity(format!(
+                    "chunk {} in pack {} does not match its id",
+                    id.short(),
+                    loc.pack.short()
+                )));
+            }
+            out.extend_from_slice(data);
         }
         Ok(out)
     }
