@@ -5,7 +5,7 @@ mod common;
 #[path = "common/s3.rs"]
 mod s3;
 
-use cairn::backend::{Backend, FileRef, LocalBackend, S3Backend};
+use cairn::backend::{Backend, FileRef, LocalBackend, S3Backend, MULTIPART_THRESHOLD};
 use cairn::repo::FileKind;
 use cairn::Kind;
 
@@ -25,7 +25,7 @@ fn suite(b: &dyn Backend) {
 
     // Whole files, ranges, existence, removal.
     let pack = FileRef::new(FileKind::Pack, name(1));
-    let data: Vec<u8> = (0..(20u32 << 20))
+    let data: Vec<u8> = (0..(MULTIPART_THRESHOLD as u32 + (3 << 20)))
         .map(|i| (i * 7 + i / 4096) as u8)
         .collect();
     b.write(&pack, &data).unwrap(); // large enough for a multipart upload

@@ -10,7 +10,7 @@ mod s3;
 
 pub use local::LocalBackend;
 pub(crate) use local::{read_range_of, read_whole_of};
-pub use s3::S3Backend;
+pub use s3::{S3Backend, MULTIPART_THRESHOLD};
 
 use crate::error::{Error, Kind, Result};
 use crate::repo::{FileKind, Id};

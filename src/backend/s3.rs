@@ -14,7 +14,7 @@ use std::time::Duration;
 /// or `AWS_ENDPOINT`, `AWS_REGION`/`AWS_DEFAULT_REGION`, `AWS_ACCESS_KEY_ID`,
 /// `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`); requests are path-style unless
 /// `AWS_VIRTUAL_HOSTED_STYLE_REQUEST=true`. Throttling, 5xx and timeouts are
-/// retried with exponential backoff; large packs are uploaded in parts; a
+/// retried with exponential backoff; objects from 64 MiB are uploaded in parts; a
 /// chunk is read with one ranged GET of its frame; listings follow pagination.
 pub struct S3Backend {
     store: Arc<dyn ObjectStore>,
@@ -23,9 +23,13 @@ pub struct S3Backend {
     rt: tokio::runtime::Runtime,
 }
 
-/// Parts at least this large are uploaded as multipart uploads.
-const MULTIPART_THRESHOLD: usize = 8 << 20;
-const PART_SIZE: usize = 5 << 20;
+/// Objects at least this large are uploaded in parts; smaller ones (a
+/// default 16 MiB pack among them) with one PUT. Multipart costs two extra
+/// requests and one per part: a 16 MiB pack in 5 MiB parts took 6 requests
+/// instead of 1, and a 1 GiB snapshot into s3s-fs took 3.9–4.1 s that way
+/// against 3.3–3.6 s with single PUTs.
+pub const MULTIPART_THRESHOLD: usize = 64 << 20;
+const PART_SIZE: usize = 16 << 20;
 
 impl S3Backend {
     pub fn new(location: &str) -> Result<S3Backend> {
