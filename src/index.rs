@@ -272,7 +272,9 @@ fn insert_index(
     let mut files = txn
         .open_table(FILES)
         .map_err(|e| db_err("writing", path, e))?;
-    for (id, loc) in locations(idx) {
+    let mut rows: Vec<_> = locations(idx).collect();
+    rows.sort_unstable_by_key(|(id, _)| id.0);
+    for (id, loc) in rows {
         chunks
             .insert(&id.0[..], &loc.encode()[..])
             .map_err(|e| db_err("writing", path, e))?;
