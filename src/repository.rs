@@ -13,7 +13,7 @@ use crate::repo::{
     CHUNKER_DEFAULT, FORMAT_VERSION,
 };
 use serde::{de::DeserializeOwned, Serialize};
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -423,14 +423,9 @@ impl Repository {
         const MAX_GAP: u64 = 1 << 20;
         /// The longest single read.
         const MAX_SPAN: u64 = 32 << 20;
-        let mut frames: Vec<&Location> = Vec::new();
-        let mut seen = HashSet::new();
-        for l in locs {
-            if seen.insert(l.frame_key()) {
-                frames.push(l);
-            }
-        }
+        let mut frames: Vec<&Location> = locs.iter().collect();
         frames.sort_by_key(|l| l.frame_key());
+        frames.dedup_by_key(|l| l.frame_key());
         let mut spans: Vec<Vec<&Location>> = Vec::new();
         for l in frames {
             if let Some(span) = spans.last_mut() {
@@ -513,7 +508,12 @@ impl Repository {
     /// A chunk's plaintext, checked against its id.
     pub fn read_chunk(&self, id: &Id, loc: &Location) -> Result<Vec<u8>> {
         let frame = self.read_frame(loc)?;
-        let data = chunk_slice(&frame, loc).ok_or_else(|| {
+        Ok(self.checked_chunk(id, loc, &frame)?.to_vec())
+    }
+
+    /// Chunk `id` cut from its decoded `frame`, checked against its id.
+    fn checked_chunk<'f>(&self, id: &Id, loc: &Location, frame: &'f [u8]) -> Result<&'f [u8]> {
+        let data = chunk_slice(frame, loc).ok_or_else(|| {
             Error::integrity(format!(
                 "chunk {} lies outside its frame in pack {}",
                 id.short(),
@@ -527,7 +527,7 @@ impl Repository {
                 loc.pack.short()
             )));
         }
-        Ok(data.to_vec())
+        Ok(data)
     }
 
     /// Concatenate the chunks of a stream (a node list: held in memory
@@ -544,24 +544,9 @@ impl Repository {
         let frames = self.decode_frames(&locs)?;
         let mut out = Vec::new();
         for (id, loc) in ids.iter().zip(&locs) {
-            let data = frames
-                .get(&loc.frame_key())
-                .and_then(|frame| chunk_slice(frame, loc))
-                .ok_or_else(|| {
-                    Error::integrity(format!(
-                        "chunk {} lies outside its frame in pack {}",
-                        id.short(),
-                        loc.pack.short()
-                    ))
-                })?;
-            if self.key.chunk_id(data) != *id {
-                return Err(Error::integrity(format!(
-                    "chunk {} in pack {} does not match its id",
-                    id.short(),
-                    loc.pack.short()
-                )));
-            }
-            out.extend_from_slice(data);
+            // decode_frames decoded every frame of `locs` or failed.
+            let frame = frames.get(&loc.frame_key()).map_or(&[][..], Vec::as_slice);
+            out.extend_from_slice(self.checked_chunk(id, loc, frame)?);
         }
         Ok(out)
     }

@@ -279,24 +279,19 @@ fn restore_test_passes_on_a_good_snapshot_while_pgbench_writes() {
     assert!(env.json(&["snapshots"])[0]["proof"].is_null());
 }
 
-#[test]
-fn restore_test_reports_a_table_that_restores_differently() {
-    let env = Env::init();
-    let source = ScratchCluster::start(&[]).unwrap();
-    sql(&source.url(), "postgres", "CREATE DATABASE app");
-    sql(&source.url(), "app", "CREATE TABLE t (k int PRIMARY KEY, v int); INSERT INTO t SELECT g, g FROM generate_series(1, 50) g; CREATE TABLE u (x text); INSERT INTO u VALUES ('same')");
-    env.ok(&["snapshot", "--postgres", &source.url()]);
-
-    // A scratch server that silently alters rows of table t as they are
-    // restored (an event trigger adds a row trigger to every new table "t").
-    let scratch = ScratchCluster::start(&[]).unwrap();
-    sql(&scratch.url(), "postgres", "CREATE DATABASE app");
+/// A scratch cluster with an empty database `app` that passes every row
+/// inserted into `public.t` through the PL/pgSQL `body` of a BEFORE INSERT
+/// trigger: an event trigger adds it when a restore creates the table.
+fn tampering_cluster(body: &str) -> ScratchCluster {
+    let cluster = ScratchCluster::start(&[]).unwrap();
+    sql(&cluster.url(), "postgres", "CREATE DATABASE app");
     sql(
-        &scratch.url(),
+        &cluster.url(),
         "app",
-        r#"
+        &format!(
+            r#"
         CREATE FUNCTION tamper() RETURNS trigger LANGUAGE plpgsql AS
-          $$ BEGIN IF NEW.v = 7 THEN NEW.v := 700; END IF; RETURN NEW; END $$;
+          $$ BEGIN {body} END $$;
         CREATE FUNCTION add_tamper() RETURNS event_trigger LANGUAGE plpgsql AS $$
           DECLARE obj record;
           BEGIN
@@ -307,8 +302,22 @@ fn restore_test_reports_a_table_that_restores_differently() {
             END LOOP;
           END $$;
         CREATE EVENT TRIGGER add_tamper ON ddl_command_end EXECUTE FUNCTION add_tamper();
-        "#,
+        "#
+        ),
     );
+    cluster
+}
+
+#[test]
+fn restore_test_reports_a_table_that_restores_differently() {
+    let env = Env::init();
+    let source = ScratchCluster::start(&[]).unwrap();
+    sql(&source.url(), "postgres", "CREATE DATABASE app");
+    sql(&source.url(), "app", "CREATE TABLE t (k int PRIMARY KEY, v int); INSERT INTO t SELECT g, g FROM generate_series(1, 50) g; CREATE TABLE u (x text); INSERT INTO u VALUES ('same')");
+    env.ok(&["snapshot", "--postgres", &source.url()]);
+
+    // A scratch server that silently alters rows of table t as they are restored.
+    let scratch = tampering_cluster("IF NEW.v = 7 THEN NEW.v := 700; END IF; RETURN NEW;");
     let out = env.run(&["check", "--restore-test", "--scratch-url", &scratch.url()]);
     let (code, err) = code_and_stderr(&out);
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -333,26 +342,7 @@ fn restore_reports_a_table_that_lost_rows_even_without_prove() {
     env.ok(&["snapshot", "--postgres", &source.url()]);
 
     // A target that silently drops one row of t as it is restored.
-    let target = ScratchCluster::start(&[]).unwrap();
-    sql(&target.url(), "postgres", "CREATE DATABASE app");
-    sql(
-        &target.url(),
-        "app",
-        r#"
-        CREATE FUNCTION drop_one() RETURNS trigger LANGUAGE plpgsql AS
-          $$ BEGIN IF NEW.v = 7 THEN RETURN NULL; END IF; RETURN NEW; END $$;
-        CREATE FUNCTION add_drop() RETURNS event_trigger LANGUAGE plpgsql AS $$
-          DECLARE obj record;
-          BEGIN
-            FOR obj IN SELECT * FROM pg_event_trigger_ddl_commands() WHERE command_tag = 'CREATE TABLE' LOOP
-              IF obj.object_identity = 'public.t' THEN
-                EXECUTE 'CREATE TRIGGER drop_one BEFORE INSERT ON public.t FOR EACH ROW EXECUTE FUNCTION public.drop_one()';
-              END IF;
-            END LOOP;
-          END $$;
-        CREATE EVENT TRIGGER add_drop ON ddl_command_end EXECUTE FUNCTION add_drop();
-        "#,
-    );
+    let target = tampering_cluster("IF NEW.v = 7 THEN RETURN NULL; END IF; RETURN NEW;");
     let out = env.run(&[
         "restore",
         "latest",

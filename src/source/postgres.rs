@@ -238,28 +238,25 @@ pub fn table_sums<C: postgres::GenericClient>(
             &[],
         )?
         .get(0);
-    if superuser && proof == Proof::Counts {
-        let row = client.query_one("SELECT count(DISTINCT loid)::int8 FROM pg_largeobject", &[])?;
-        out.push(TableSum {
-            schema: "pg_catalog".into(),
-            name: "pg_largeobject".into(),
-            kind: "large objects".into(),
-            rows: row.get(0),
-            checksum: String::new(),
-            method: "count".into(),
-        });
-    } else if superuser {
-        let row = client.query_one(
-            "SELECT count(DISTINCT loid)::int8, coalesce(sum(('x' || substr(md5(loid::text || ':' || pageno::text || ':' || encode(data, 'hex')), 1, 16))::bit(64)::int8), 0)::text FROM pg_largeobject",
-            &[],
-        )?;
+    if superuser {
+        let (sql, method) = match proof {
+            Proof::Counts => (
+                "SELECT count(DISTINCT loid)::int8, ''::text FROM pg_largeobject",
+                "count",
+            ),
+            Proof::Checksums => (
+                "SELECT count(DISTINCT loid)::int8, coalesce(sum(('x' || substr(md5(loid::text || ':' || pageno::text || ':' || encode(data, 'hex')), 1, 16))::bit(64)::int8), 0)::text FROM pg_largeobject",
+                "md5-text",
+            ),
+        };
+        let row = client.query_one(sql, &[])?;
         out.push(TableSum {
             schema: "pg_catalog".into(),
             name: "pg_largeobject".into(),
             kind: "large objects".into(),
             rows: row.get(0),
             checksum: row.get(1),
-            method: "md5-text".into(),
+            method: method.into(),
         });
     }
     Ok(out)
