@@ -601,6 +601,18 @@ pub fn store_command_output(
     what: &str,
     progress: &Progress,
 ) -> Result<CommandOutput> {
+    store_command_output_observed(packer, cmd, what, progress, |_| {})
+}
+
+/// [`store_command_output`], handing each piece of the output to `observe`
+/// as it goes into the repository.
+pub fn store_command_output_observed(
+    packer: &mut Packer,
+    cmd: &mut std::process::Command,
+    what: &str,
+    progress: &Progress,
+    observe: impl FnMut(&[u8]),
+) -> Result<CommandOutput> {
     use std::process::Stdio;
     let mut child = cmd
         .stdin(Stdio::null())
@@ -621,7 +633,13 @@ pub fn store_command_output(
         let _ = stderr.read_to_end(&mut buf);
         String::from_utf8_lossy(&buf).into_owned()
     });
-    let stored = packer.add_stream(stdout, progress);
+    let stored = packer.add_stream(
+        Observed {
+            inner: stdout,
+            observe,
+        },
+        progress,
+    );
     if stored.is_err() {
         let _ = child.kill();
     }
@@ -647,6 +665,20 @@ pub fn store_command_output(
         size,
         stderr,
     })
+}
+
+/// A reader that shows what it reads to a closure.
+struct Observed<R, F> {
+    inner: R,
+    observe: F,
+}
+
+impl<R: Read, F: FnMut(&[u8])> Read for Observed<R, F> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        (self.observe)(&buf[..n]);
+        Ok(n)
+    }
 }
 
 /// A source of one stored stream, as file `file_name`.

@@ -12,6 +12,14 @@ fn sql(url: &str, db: &str, statements: &str) {
     c.batch_execute(statements).unwrap();
 }
 
+/// A new cluster with a database `app` made by `statements`.
+fn cluster_with_app(statements: &str) -> ScratchCluster {
+    let cluster = ScratchCluster::start(&[]).unwrap();
+    sql(&cluster.url(), "postgres", "CREATE DATABASE app");
+    sql(&cluster.url(), "app", statements);
+    cluster
+}
+
 fn query_i64(url: &str, db: &str, q: &str) -> i64 {
     let mut cfg: postgres::Config = url.parse().unwrap();
     cfg.dbname(db);
@@ -64,6 +72,19 @@ fn populate(cluster: &ScratchCluster) {
         CREATE FUNCTION double_it(x int) RETURNS int LANGUAGE sql AS 'SELECT x * 2';
         GRANT SELECT ON events, recent TO reporter;
         SELECT lo_from_bytea(0, convert_to(repeat('large object ', 10000), 'UTF8'));
+        -- Row text that depends on settings, a dropped and a generated column:
+        -- the checksums taken from the dump must match the restored rows.
+        CREATE TABLE shaped (id int, gone text, twice int GENERATED ALWAYS AS (id * 2) STORED,
+                             f real, iv interval, at timestamptz, b bytea, t text);
+        ALTER TABLE shaped DROP COLUMN gone;
+        INSERT INTO shaped (id, f, iv, at, b, t)
+          SELECT g, g / 7.0, make_interval(days => g, secs => g / 3.0),
+                 '2026-11-29 12:00+05'::timestamptz + g * interval '1 hour',
+                 decode(repeat('00ff', g % 5), 'hex'), 'ünïcødé ' || g || E'\ttab\nline\\'
+          FROM generate_series(1, 200) g;
+        ALTER DATABASE app SET timezone = 'Asia/Kolkata';
+        ALTER DATABASE app SET bytea_output = 'escape';
+        ALTER DATABASE app SET extra_float_digits = -2;
         "#,
     );
     sql(&url, "other", "CREATE TABLE t (k text PRIMARY KEY, v int); INSERT INTO t SELECT 'k' || g, g FROM generate_series(1, 100) g;");
@@ -164,13 +185,7 @@ fn logical_round_trip_restores_equal_databases() {
 #[test]
 fn restore_into_a_non_empty_database_is_refused_without_clean() {
     let env = Env::init();
-    let source = ScratchCluster::start(&[]).unwrap();
-    sql(&source.url(), "postgres", "CREATE DATABASE app");
-    sql(
-        &source.url(),
-        "app",
-        "CREATE TABLE t (x int); INSERT INTO t VALUES (1), (2)",
-    );
+    let source = cluster_with_app("CREATE TABLE t (x int); INSERT INTO t VALUES (1), (2)");
     env.ok(&["snapshot", "--postgres", &source.url(), "--database", "app"]);
 
     let target = ScratchCluster::start(&[]).unwrap();
@@ -283,13 +298,8 @@ fn restore_test_passes_on_a_good_snapshot_while_pgbench_writes() {
 /// inserted into `public.t` through the PL/pgSQL `body` of a BEFORE INSERT
 /// trigger: an event trigger adds it when a restore creates the table.
 fn tampering_cluster(body: &str) -> ScratchCluster {
-    let cluster = ScratchCluster::start(&[]).unwrap();
-    sql(&cluster.url(), "postgres", "CREATE DATABASE app");
-    sql(
-        &cluster.url(),
-        "app",
-        &format!(
-            r#"
+    cluster_with_app(&format!(
+        r#"
         CREATE FUNCTION tamper() RETURNS trigger LANGUAGE plpgsql AS
           $$ BEGIN {body} END $$;
         CREATE FUNCTION add_tamper() RETURNS event_trigger LANGUAGE plpgsql AS $$
@@ -303,17 +313,13 @@ fn tampering_cluster(body: &str) -> ScratchCluster {
           END $$;
         CREATE EVENT TRIGGER add_tamper ON ddl_command_end EXECUTE FUNCTION add_tamper();
         "#
-        ),
-    );
-    cluster
+    ))
 }
 
 #[test]
 fn restore_test_reports_a_table_that_restores_differently() {
     let env = Env::init();
-    let source = ScratchCluster::start(&[]).unwrap();
-    sql(&source.url(), "postgres", "CREATE DATABASE app");
-    sql(&source.url(), "app", "CREATE TABLE t (k int PRIMARY KEY, v int); INSERT INTO t SELECT g, g FROM generate_series(1, 50) g; CREATE TABLE u (x text); INSERT INTO u VALUES ('same')");
+    let source = cluster_with_app("CREATE TABLE t (k int PRIMARY KEY, v int); INSERT INTO t SELECT g, g FROM generate_series(1, 50) g; CREATE TABLE u (x text); INSERT INTO u VALUES ('same')");
     env.ok(&["snapshot", "--postgres", &source.url()]);
 
     // A scratch server that silently alters rows of table t as they are restored.
@@ -336,9 +342,7 @@ fn restore_test_reports_a_table_that_restores_differently() {
 #[test]
 fn restore_reports_a_table_that_lost_rows_even_without_prove() {
     let env = Env::init();
-    let source = ScratchCluster::start(&[]).unwrap();
-    sql(&source.url(), "postgres", "CREATE DATABASE app");
-    sql(&source.url(), "app", "CREATE TABLE t (k int, v int); INSERT INTO t SELECT g, g FROM generate_series(1, 50) g; CREATE TABLE u (x text); INSERT INTO u VALUES ('same')");
+    let source = cluster_with_app("CREATE TABLE t (k int, v int); INSERT INTO t SELECT g, g FROM generate_series(1, 50) g; CREATE TABLE u (x text); INSERT INTO u VALUES ('same')");
     env.ok(&["snapshot", "--postgres", &source.url()]);
 
     // A target that silently drops one row of t as it is restored.
@@ -357,5 +361,39 @@ fn restore_reports_a_table_that_lost_rows_even_without_prove() {
     assert!(
         err.contains("differs from the backup in: app.public.t") && !err.contains("public.u"),
         "{err}"
+    );
+}
+
+#[test]
+fn restore_test_proves_a_table_whose_columns_restore_in_another_order() {
+    // A column added to a parent after its child was created comes last in
+    // the child; restored from a dump, it comes before the child's own.
+    // The checksum must follow the dump's column order, not the table's.
+    let env = Env::init();
+    let source = cluster_with_app(
+        "CREATE TABLE parent (a int, b text); CREATE TABLE child (c int) INHERITS (parent);
+         ALTER TABLE parent ADD COLUMN d text DEFAULT 'dee';
+         INSERT INTO child (a, b, c) SELECT g, 'b' || g, -g FROM generate_series(1, 30) g;",
+    );
+    env.ok(&["snapshot", "--postgres", &source.url()]);
+    let snap = env.json(&["cat", "snapshot", "latest"]);
+    let tables = &snap["sources"][0]["metadata"]["databases"][0]["tables"];
+    let child = tables
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == "child")
+        .unwrap();
+    assert_eq!(child["method"], "copy-xxh3-128", "{child}");
+    assert_eq!(child["columns"], "a, b, c, d", "{child}");
+    assert_eq!(child["rows"], 30, "{child}");
+
+    let out = env.run(&["check", "--restore-test"]);
+    let (code, err) = code_and_stderr(&out);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(code, 0, "{stdout}\n{err}");
+    assert!(
+        stdout.contains("ok       app.public.child (table)"),
+        "{stdout}"
     );
 }

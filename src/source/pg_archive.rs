@@ -1,6 +1,8 @@
 //! PostgreSQL custom-format archives (`pg_dump -Fc`), as far as cairn needs
 //! them: finding where each item's data starts, and recording it in the
-//! table of contents.
+//! table of contents; and, while a dump streams into the repository, each
+//! table's row count and content checksum taken from the rows themselves
+//! ([`scan_stream`], [`RowHasher`]).
 //!
 //! pg_dump writes a custom archive to a pipe without data offsets: it cannot
 //! seek back to fill them in, so every TOC entry says "position not set".
@@ -21,6 +23,7 @@ use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
+use std::sync::mpsc::{Receiver, SyncSender};
 
 const BLK_DATA: u8 = 1;
 const BLK_BLOBS: u8 = 3;
@@ -51,15 +54,18 @@ impl<R: BufRead> Archive<R> {
 
     /// `ReadInt`: a sign byte, then `int_size` bytes, least significant first.
     fn int(&mut self) -> std::io::Result<i64> {
-        let negative = self.byte()? != 0;
-        let mut v: i64 = 0;
-        for i in 0..self.int_size {
-            let b = i64::from(self.byte()?);
-            if i < 8 {
-                v |= b << (8 * i);
-            }
+        let n = 1 + self.int_size;
+        let buf = self.inner.fill_buf()?;
+        if buf.len() >= n {
+            // One per COPY row: read it from the buffer, not byte by byte.
+            let v = int_value(&buf[..n]);
+            self.inner.consume(n);
+            self.pos += n as u64;
+            return Ok(v);
         }
-        Ok(if negative { -v } else { v })
+        let mut bytes = vec![0u8; n];
+        self.bytes(&mut bytes)?;
+        Ok(int_value(&bytes))
     }
 
     /// `ReadStr`: a length (`-1` = NULL), then that many bytes.
@@ -93,8 +99,43 @@ impl<R: BufRead> Archive<R> {
         }
     }
 
+    /// Length-prefixed chunks up to a zero length, their bytes to `rows`.
+    fn hash_chunks(&mut self, rows: &mut RowHasher) -> std::io::Result<()> {
+        loop {
+            let mut left = match self.int()? {
+                0 => return Ok(()),
+                n if n < 0 => return Err(bad("negative data chunk length")),
+                n => n as u64,
+            };
+            while left > 0 {
+                let buf = self.inner.fill_buf()?;
+                if buf.is_empty() {
+                    return Err(std::io::ErrorKind::UnexpectedEof.into());
+                }
+                let k = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+                rows.update(&buf[..k]);
+                self.inner.consume(k);
+                self.pos += k as u64;
+                left -= k as u64;
+            }
+        }
+    }
+
     fn at_end(&mut self) -> std::io::Result<bool> {
         Ok(self.inner.fill_buf()?.is_empty())
+    }
+}
+
+/// The value of a `ReadInt` field (sign byte first).
+fn int_value(bytes: &[u8]) -> i64 {
+    let mut v: i64 = 0;
+    for (i, &b) in bytes[1..].iter().enumerate().take(8) {
+        v |= i64::from(b) << (8 * i);
+    }
+    if bytes[0] != 0 {
+        -v
+    } else {
+        v
     }
 }
 
@@ -107,6 +148,68 @@ struct OffsetField {
     dump_id: i64,
     /// File position of the flag byte (the offset follows it).
     at: u64,
+    /// The flag: whether the position was set when the archive was written.
+    flag: u8,
+}
+
+/// Where a dump's data blocks are, found while it streamed into the
+/// repository: enough to fill in its TOC's data offsets at restore without
+/// reading the dump again (stored with the snapshot, see spec/postgres.md).
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct DataOffsets {
+    /// Bytes of an offset in this archive.
+    pub size: usize,
+    /// `[position of an entry's offset field, position of its data block]`.
+    pub entries: Vec<[u64; 2]>,
+}
+
+/// Write `recorded` (taken while the dump streamed) into the TOC of the
+/// spooled dump at `path`. Every field must still say "position not set"
+/// and every position must hold a data block, or nothing is written and
+/// the error says which did not match.
+pub fn write_recorded_offsets(path: &Path, recorded: &DataOffsets) -> Result<Offsets> {
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .map_err(|e| Error::io(format!("opening {}", path.display()), e))?;
+    let read = |at: u64, n: usize| {
+        let mut b = vec![0u8; n];
+        file.read_exact_at(&mut b, at)
+            .map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
+        Ok::<_, Error>(b)
+    };
+    if recorded.size == 0 || recorded.size > 16 {
+        return Err(Error::integrity("implausible recorded offset size"));
+    }
+    for &[at, block] in &recorded.entries {
+        let field = read(at, 1 + recorded.size)?;
+        if field[0] != K_OFFSET_POS_NOT_SET || field[1..].iter().any(|&b| b != 0) {
+            return Err(Error::integrity(format!(
+                "the dump's TOC field at {at} is not an unset data offset"
+            )));
+        }
+        if !matches!(read(block, 1)?[0], BLK_DATA | BLK_BLOBS) {
+            return Err(Error::integrity(format!(
+                "no data block at {block} of the dump"
+            )));
+        }
+    }
+    for &[at, block] in &recorded.entries {
+        file.write_all_at(&offset_field(block, recorded.size), at)
+            .map_err(|e| Error::io(format!("writing {}", path.display()), e))?;
+    }
+    Ok(Offsets {
+        recorded: recorded.entries.len(),
+        already: 0,
+    })
+}
+
+/// A TOC offset field that says "position set" and points at `block`.
+fn offset_field(block: u64, size: usize) -> Vec<u8> {
+    let mut field = vec![K_OFFSET_POS_SET];
+    field.extend((0..size).map(|i| if i < 8 { (block >> (8 * i)) as u8 } else { 0 }));
+    field
 }
 
 /// What [`add_data_offsets`] did.
@@ -132,12 +235,13 @@ pub fn add_data_offsets(path: &Path) -> Result<Offsets> {
     reader
         .seek(SeekFrom::Start(0))
         .map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
-    let scan = scan(&mut reader)
+    let scan = scan(&mut reader, false)
         .map_err(|e| Error::io(format!("reading the archive {}", path.display()), e))?;
     let Some(Layout {
         fields,
         blocks,
         off_size,
+        ..
     }) = scan
     else {
         return Ok(Offsets::default());
@@ -154,9 +258,7 @@ pub fn add_data_offsets(path: &Path) -> Result<Offsets> {
         let Some(&block) = blocks.get(&f.dump_id) else {
             continue;
         };
-        let mut field = vec![K_OFFSET_POS_SET];
-        field.extend((0..off_size).map(|i| if i < 8 { (block >> (8 * i)) as u8 } else { 0 }));
-        file.write_all_at(&field, f.at)
+        file.write_all_at(&offset_field(block, off_size), f.at)
             .map_err(|e| Error::io(format!("writing {}", path.display()), e))?;
         done.recorded += 1;
     }
@@ -171,10 +273,203 @@ struct Layout {
     blocks: HashMap<i64, u64>,
     /// Bytes of an offset.
     off_size: usize,
+    /// Rows of each `TABLE DATA` entry (only when asked for).
+    tables: Vec<CopySum>,
+}
+
+/// Row count and checksum of one table's data as a dump holds it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CopySum {
+    pub schema: String,
+    pub table: String,
+    /// The column list of the entry's COPY statement (`None` if it has none
+    /// that can be read).
+    pub columns: Option<String>,
+    pub rows: i64,
+    pub sum: u128,
+}
+
+/// The column list of a COPY statement as pg_dump writes it,
+/// `COPY schema.table (a, "B c") FROM stdin;`: the text between the first
+/// parenthesis outside double quotes and its match. A table without columns
+/// has an empty list.
+pub fn copy_columns(statement: &str) -> Option<String> {
+    let mut quoted = false;
+    let mut start = None;
+    for (i, c) in statement.char_indices() {
+        match c {
+            '"' => quoted = !quoted,
+            '(' if !quoted && start.is_none() => start = Some(i + 1),
+            ')' if !quoted => return start.map(|s| statement[s..i].to_string()),
+            _ => {}
+        }
+    }
+    statement
+        .trim_end()
+        .ends_with("FROM stdin;")
+        .then(String::new)
+}
+
+/// Counts the rows of COPY text (one row a line) and sums each row's
+/// XXH3-128, so the sum does not depend on the rows' order. The same
+/// hasher reads a dump's data at backup and `COPY … TO STDOUT` from a
+/// restored table, so both sides hash the same bytes.
+#[derive(Debug, Default)]
+pub struct RowHasher {
+    /// A row split across two `update` calls.
+    carry: Vec<u8>,
+    rows: i64,
+    sum: u128,
+    /// The end-of-data marker was read.
+    ended: bool,
+}
+
+impl RowHasher {
+    pub fn update(&mut self, mut data: &[u8]) {
+        while let Some(i) = memchr::memchr(b'\n', data) {
+            if self.carry.is_empty() {
+                self.row(&data[..i]);
+            } else {
+                let mut line = std::mem::take(&mut self.carry);
+                line.extend_from_slice(&data[..i]);
+                self.row(&line);
+                line.clear();
+                self.carry = line;
+            }
+            data = &data[i + 1..];
+        }
+        self.carry.extend_from_slice(data);
+    }
+
+    fn row(&mut self, line: &[u8]) {
+        // pg_dump ends a table's data with `\.` and blank lines; no row can
+        // be `\.` (a backslash in a value is written `\\`).
+        if line == b"\\." {
+            self.ended = true;
+        }
+        if !self.ended {
+            self.rows += 1;
+            self.sum = self.sum.wrapping_add(xxhash_rust::xxh3::xxh3_128(line));
+        }
+    }
+
+    /// Row count and checksum (a last row without its newline counts).
+    pub fn finish(mut self) -> (i64, u128) {
+        if !self.carry.is_empty() {
+            let line = std::mem::take(&mut self.carry);
+            self.row(&line);
+        }
+        (self.rows, self.sum)
+    }
+}
+
+/// The checksum as recorded: 32 hex digits.
+pub fn sum_hex(sum: u128) -> String {
+    format!("{sum:032x}")
+}
+
+/// Reads what a [`StreamScan`]'s sender hands over, as one byte stream.
+struct ChannelReader {
+    rx: Receiver<Vec<u8>>,
+    current: Vec<u8>,
+    at: usize,
+}
+
+impl Read for ChannelReader {
+    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        let buf = self.fill_buf()?;
+        let n = buf.len().min(out.len());
+        out[..n].copy_from_slice(&buf[..n]);
+        self.consume(n);
+        Ok(n)
+    }
+}
+
+impl BufRead for ChannelReader {
+    fn fill_buf(&mut self) -> std::io::Result<&[u8]> {
+        while self.at == self.current.len() {
+            match self.rx.recv() {
+                Ok(next) => {
+                    self.current = next;
+                    self.at = 0;
+                }
+                Err(_) => break,
+            }
+        }
+        Ok(&self.current[self.at..])
+    }
+
+    fn consume(&mut self, n: usize) {
+        self.at += n;
+    }
+}
+
+/// A custom archive read while it streams past (into the repository):
+/// [`StreamScan::feed`] hands it each piece, [`StreamScan::finish`] gives
+/// each table's [`CopySum`]. The reading runs on a thread of its own; if
+/// the stream is not an archive this module knows, or is cut short, the
+/// result says so and the stream itself is not affected.
+pub struct StreamScan {
+    tx: Option<SyncSender<Vec<u8>>>,
+    thread: std::thread::JoinHandle<std::io::Result<Option<Streamed>>>,
+}
+
+/// What [`StreamScan`] found in a dump.
+#[derive(Debug)]
+pub struct Streamed {
+    pub tables: Vec<CopySum>,
+    pub offsets: DataOffsets,
+}
+
+impl StreamScan {
+    pub fn start() -> StreamScan {
+        let (tx, rx) = std::sync::mpsc::sync_channel(64);
+        let thread = std::thread::spawn(move || {
+            let mut reader = ChannelReader {
+                rx,
+                current: Vec::new(),
+                at: 0,
+            };
+            Ok(scan(&mut reader, true)?.map(|l| Streamed {
+                offsets: DataOffsets {
+                    size: l.off_size,
+                    entries: l
+                        .fields
+                        .iter()
+                        .filter(|f| f.flag == K_OFFSET_POS_NOT_SET)
+                        .filter_map(|f| Some([f.at, *l.blocks.get(&f.dump_id)?]))
+                        .collect(),
+                },
+                tables: l.tables,
+            }))
+        });
+        StreamScan {
+            tx: Some(tx),
+            thread,
+        }
+    }
+
+    /// The next bytes of the stream (ignored once reading has failed).
+    pub fn feed(&self, bytes: &[u8]) {
+        if let Some(tx) = &self.tx {
+            let _ = tx.send(bytes.to_vec());
+        }
+    }
+
+    /// Every table's rows and where the data blocks are; `Ok(None)` for an
+    /// archive of another format or version, `Err` for one that could not
+    /// be read to its end.
+    pub fn finish(mut self) -> std::io::Result<Option<Streamed>> {
+        self.tx = None;
+        self.thread
+            .join()
+            .map_err(|_| std::io::Error::other("the dump reader panicked"))?
+    }
 }
 
 /// Read the archive to its end; `None` for one this module does not know.
-fn scan<R: BufRead>(inner: &mut R) -> std::io::Result<Option<Layout>> {
+/// With `hash_rows`, each `TABLE DATA` entry's rows are counted and hashed.
+fn scan<R: BufRead>(inner: &mut R, hash_rows: bool) -> std::io::Result<Option<Layout>> {
     let mut a = Archive {
         inner,
         pos: 0,
@@ -215,18 +510,19 @@ fn scan<R: BufRead>(inner: &mut R) -> std::io::Result<Option<Layout>> {
         return Err(bad("negative TOC entry count"));
     }
     let mut fields = Vec::with_capacity(count as usize);
+    let mut table_entries: HashMap<i64, (String, String, Option<String>)> = HashMap::new();
     for _ in 0..count {
         let dump_id = a.int()?;
         a.int()?; // had dumper
         a.string()?; // table oid
         a.string()?; // oid
-        a.string()?; // tag
-        a.string()?; // desc
+        let tag = a.string()?;
+        let desc = a.string()?;
         a.int()?; // section
         a.string()?; // defn
         a.string()?; // drop statement
-        a.string()?; // copy statement
-        a.string()?; // namespace
+        let copy = a.string()?;
+        let namespace = a.string()?;
         a.string()?; // tablespace
         if minor >= 14 {
             a.string()?; // table access method
@@ -238,17 +534,38 @@ fn scan<R: BufRead>(inner: &mut R) -> std::io::Result<Option<Layout>> {
         a.string()?; // "false" (WITH OIDS)
         while a.string()?.is_some() {} // dependencies, NULL-terminated
         let at = a.pos;
-        let _flag = a.byte()?;
+        let flag = a.byte()?;
         a.skip(off_size as u64)?;
-        fields.push(OffsetField { dump_id, at });
+        fields.push(OffsetField { dump_id, at, flag });
+        if hash_rows && desc.as_deref() == Some(b"TABLE DATA".as_slice()) {
+            let text =
+                |s: Option<Vec<u8>>| String::from_utf8_lossy(&s.unwrap_or_default()).into_owned();
+            let columns = copy.and_then(|c| copy_columns(&String::from_utf8_lossy(&c)));
+            table_entries.insert(dump_id, (text(namespace), text(tag), columns));
+        }
     }
     let mut blocks = HashMap::new();
+    let mut tables = Vec::new();
     while !a.at_end()? {
         let at = a.pos;
         let kind = a.byte()?;
         let dump_id = a.int()?;
         match kind {
-            BLK_DATA => a.skip_chunks()?,
+            BLK_DATA => match table_entries.remove(&dump_id) {
+                Some((schema, table, columns)) => {
+                    let mut rows = RowHasher::default();
+                    a.hash_chunks(&mut rows)?;
+                    let (rows, sum) = rows.finish();
+                    tables.push(CopySum {
+                        schema,
+                        table,
+                        columns,
+                        rows,
+                        sum,
+                    });
+                }
+                None => a.skip_chunks()?,
+            },
             BLK_BLOBS => loop {
                 match a.int()? {
                     0 => break,
@@ -266,6 +583,7 @@ fn scan<R: BufRead>(inner: &mut R) -> std::io::Result<Option<Layout>> {
         fields,
         blocks,
         off_size,
+        tables,
     }))
 }
 
@@ -308,19 +626,21 @@ mod tests {
         for &(id, data) in entries {
             w.int(id);
             w.int(i64::from(data));
+            let tag = format!("t{id}");
             for s in [
                 Some("0"),
                 Some("0"),
-                Some("t"),
+                Some(tag.as_str()),
                 Some(if data { "TABLE DATA" } else { "TABLE" }),
             ] {
                 w.string(s);
             }
             w.int(if data { 3 } else { 2 });
+            let copy = format!("COPY public.{tag} (a, \"b (x)\") FROM stdin;\n");
             for s in [
                 Some(""),
                 Some(""),
-                None,
+                data.then_some(copy.as_str()),
                 Some("public"),
                 Some(""),
                 Some("heap"),
@@ -395,5 +715,110 @@ mod tests {
         assert_eq!(std::fs::read(&path).unwrap(), &bytes[..bytes.len() - 3]);
         std::fs::write(&path, b"--\n-- PostgreSQL database dump\n").unwrap();
         assert_eq!(add_data_offsets(&path).unwrap(), Offsets::default());
+    }
+
+    fn xxh(line: &str) -> u128 {
+        xxhash_rust::xxh3::xxh3_128(line.as_bytes())
+    }
+
+    #[test]
+    fn a_streamed_archive_gives_each_tables_rows_count_and_sum() {
+        // pg_dump ends each table's data with a `\.` block and blank lines.
+        let rows = ["1\ta\n", "2\t\\N\n", "\\.\n\n\n"];
+        let (bytes, _) = archive(&[(7, false), (8, true), (9, true)], &rows);
+        let scan = StreamScan::start();
+        // Pieces of 3 bytes: integers and rows split across them.
+        for piece in bytes.chunks(3) {
+            scan.feed(piece);
+        }
+        let streamed = scan.finish().unwrap().unwrap();
+        let tables = streamed.tables;
+        let sum = xxh("1\ta").wrapping_add(xxh("2\t\\N"));
+        for (t, name) in tables.iter().zip(["t8", "t9"]) {
+            assert_eq!(
+                t,
+                &CopySum {
+                    schema: "public".into(),
+                    table: name.into(),
+                    columns: Some("a, \"b (x)\"".into()),
+                    rows: 2,
+                    sum,
+                }
+            );
+        }
+        assert_eq!(tables.len(), 2);
+
+        // The offsets found in the stream are those a read of the file
+        // records, and give the same file.
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+        std::fs::write(&a, &bytes).unwrap();
+        std::fs::write(&b, &bytes).unwrap();
+        assert_eq!(streamed.offsets.entries.len(), 2);
+        assert_eq!(
+            write_recorded_offsets(&a, &streamed.offsets)
+                .unwrap()
+                .recorded,
+            2
+        );
+        assert_eq!(add_data_offsets(&b).unwrap().recorded, 2);
+        assert_eq!(std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap());
+        // Applied twice, or to another file, they are refused and change nothing.
+        assert!(write_recorded_offsets(&a, &streamed.offsets).is_err());
+        let (other, _) = archive(&[(8, true)], &["1\ta\n"]);
+        std::fs::write(&b, &other).unwrap();
+        assert!(write_recorded_offsets(&b, &streamed.offsets).is_err());
+        assert_eq!(std::fs::read(&b).unwrap(), other);
+    }
+
+    #[test]
+    fn a_stream_cut_short_or_foreign_is_reported_not_summed() {
+        let (bytes, _) = archive(&[(8, true)], &["1\ta\n"]);
+        let scan = StreamScan::start();
+        scan.feed(&bytes[..bytes.len() - 3]);
+        assert!(scan.finish().is_err());
+        let scan = StreamScan::start();
+        scan.feed(b"--\n-- PostgreSQL database dump\n");
+        assert!(scan.finish().unwrap().is_none());
+    }
+
+    #[test]
+    fn row_sums_ignore_order_and_how_the_text_is_split() {
+        let mut a = RowHasher::default();
+        a.update(b"x\t1\ny\t2\ny\t2\n");
+        let mut b = RowHasher::default();
+        for piece in [&b"y\t"[..], b"2\ny", b"\t2", b"\nx\t1\n"] {
+            b.update(piece);
+        }
+        let (ra, sa) = a.finish();
+        assert_eq!((ra, sa), b.finish());
+        // Duplicates count: a repeated row does not cancel out.
+        assert_eq!(ra, 3);
+        assert_eq!(
+            sa,
+            xxh("x\t1")
+                .wrapping_add(xxh("y\t2"))
+                .wrapping_add(xxh("y\t2"))
+        );
+        let mut c = RowHasher::default();
+        c.update(b"x\t1\ny\t2\n");
+        assert_ne!(c.finish().1, sa);
+    }
+
+    #[test]
+    fn the_column_list_is_read_from_pg_dumps_copy_statement() {
+        assert_eq!(
+            copy_columns("COPY public.t (a, \"b (x)\", c) FROM stdin;\n").as_deref(),
+            Some("a, \"b (x)\", c")
+        );
+        assert_eq!(
+            copy_columns("COPY \"we(ird\".\"t)\" (x) FROM stdin;\n").as_deref(),
+            Some("x")
+        );
+        assert_eq!(
+            copy_columns("COPY public.empty  FROM stdin;\n").as_deref(),
+            Some("")
+        );
+        assert_eq!(copy_columns("SELECT 1"), None);
     }
 }

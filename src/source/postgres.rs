@@ -23,6 +23,18 @@ use std::process::{Command, Stdio};
 const SESSION_SETUP: &str = "SET TimeZone = 'UTC'; SET DateStyle = 'ISO, YMD'; \
     SET IntervalStyle = 'postgres'; SET extra_float_digits = 1; SET bytea_output = 'hex'";
 
+/// How pg_dump is run so that its COPY text is what [`copy_sum`] reads back
+/// from a restored table with [`SESSION_SETUP`]: UTF-8, times in UTC, bytea
+/// in hex (pg_dump sets DateStyle, IntervalStyle and extra_float_digits
+/// itself). None of these changes what a restore puts back.
+fn dump_settings(cmd: &mut Command) {
+    let mut options = std::env::var("PGOPTIONS").unwrap_or_default();
+    options.push_str(" -c bytea_output=hex");
+    cmd.arg("--encoding=UTF8")
+        .env("PGTZ", "UTC")
+        .env("PGOPTIONS", options.trim_start());
+}
+
 /// What a logical snapshot records about the server (snapshot source metadata).
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 pub struct PgMeta {
@@ -41,6 +53,10 @@ pub struct DatabaseMeta {
     /// Node holding `pg_dump --format=custom --compress=0`.
     pub dump: String,
     pub tables: Vec<TableSum>,
+    /// Where the dump's data blocks are (found while it streamed), so a
+    /// restore can fill in its TOC without reading it again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_offsets: Option<super::pg_archive::DataOffsets>,
 }
 
 /// Row count and order-independent content checksum of one relation.
@@ -52,11 +68,20 @@ pub struct TableSum {
     pub kind: String,
     pub rows: i64,
     pub checksum: String,
-    /// How rows were hashed: `hash-record` (`hash_record_extended`, fast) or
-    /// `md5-text` (md5 of the row's text, for types without an extended hash).
+    /// How rows were hashed: `copy-xxh3-128` (the sum of each row's
+    /// XXH3-128 over its COPY text line, read from the dump as it streamed),
+    /// `hash-record` (`hash_record_extended`, in SQL) or `md5-text` (md5 of
+    /// the row's text, for types without an extended hash).
     #[serde(default = "md5_text")]
     pub method: String,
+    /// [`COPY_METHOD`]: the column list of pg_dump's COPY, as it wrote it
+    /// (quoted where needed); a restored table is read back in this order.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub columns: Option<String>,
 }
+
+/// [`TableSum::method`] of sums taken from the rows in the dump.
+pub const COPY_METHOD: &str = "copy-xxh3-128";
 
 fn md5_text() -> String {
     "md5-text".into()
@@ -143,6 +168,53 @@ fn pg_err(t: &Target, db: &str, e: postgres::Error) -> Error {
     Error::failure(format!("{}/{db}: {}", t.shown, describe(&e)))
 }
 
+/// Why a relation's rows could not be counted or summed.
+#[derive(Debug)]
+pub enum SumError {
+    Server(postgres::Error),
+    /// Reading `COPY … TO STDOUT` failed other than with a server error.
+    Copy(std::io::Error),
+}
+
+impl From<postgres::Error> for SumError {
+    fn from(e: postgres::Error) -> SumError {
+        SumError::Server(e)
+    }
+}
+
+impl SumError {
+    /// The COPY reader wraps the server's errors in `io::Error`; unwrap them.
+    fn from_copy(e: std::io::Error) -> SumError {
+        let kind = e.kind();
+        match e
+            .into_inner()
+            .map(|inner| inner.downcast::<postgres::Error>())
+        {
+            Some(Ok(pg)) => SumError::Server(*pg),
+            Some(Err(other)) => SumError::Copy(std::io::Error::new(kind, other)),
+            None => SumError::Copy(kind.into()),
+        }
+    }
+
+    fn shown(&self, t: &Target, db: &str) -> Error {
+        match self {
+            SumError::Server(e) => Error::failure(format!("{}/{db}: {}", t.shown, describe(e))),
+            SumError::Copy(e) => {
+                Error::failure(format!("{}/{db}: reading a table's rows: {e}", t.shown))
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for SumError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SumError::Server(e) => f.write_str(&describe(e)),
+            SumError::Copy(e) => write!(f, "reading a table's rows: {e}"),
+        }
+    }
+}
+
 /// postgres::Error's Display says only "db error"; show the server's words.
 fn describe(e: &postgres::Error) -> String {
     match e.as_db_error() {
@@ -212,7 +284,25 @@ pub fn table_sums<C: postgres::GenericClient>(
     expected: Option<&[TableSum]>,
     skip: &HashSet<(String, String)>,
     proof: Proof,
-) -> std::result::Result<Vec<TableSum>, postgres::Error> {
+) -> std::result::Result<Vec<TableSum>, SumError> {
+    let mut out = Vec::new();
+    for (schema, name, kind) in relations(client)? {
+        if skip.contains(&(schema.clone(), name.clone())) {
+            continue;
+        }
+        let recorded =
+            expected.and_then(|e| e.iter().find(|t| t.schema == schema && t.name == name));
+        out.push(relation_sum(client, schema, name, &kind, recorded, proof)?);
+    }
+    out.extend(large_objects_sum(client, proof)?);
+    Ok(out)
+}
+
+/// Every user table, sequence and materialized view (schema, name,
+/// `relkind`), by schema and name.
+fn relations<C: postgres::GenericClient>(
+    client: &mut C,
+) -> std::result::Result<Vec<(String, String, String)>, postgres::Error> {
     // One scan per table: compiling it (JIT) costs more than it saves.
     client.batch_execute("SET LOCAL jit = off")?;
     let rels = client.query(
@@ -222,23 +312,27 @@ pub fn table_sums<C: postgres::GenericClient>(
          AND n.nspname NOT LIKE 'pg\\_%' ORDER BY 1, 2",
         &[],
     )?;
-    let mut out = Vec::new();
-    for r in rels {
-        let (schema, name, kind): (String, String, String) = (r.get(0), r.get(1), r.get(2));
-        if skip.contains(&(schema.clone(), name.clone())) {
-            continue;
-        }
-        let recorded =
-            expected.and_then(|e| e.iter().find(|t| t.schema == schema && t.name == name));
-        out.push(relation_sum(client, schema, name, &kind, recorded, proof)?);
-    }
+    Ok(rels
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect())
+}
+
+/// Count and checksum of the large objects, when the user may read them all.
+fn large_objects_sum<C: postgres::GenericClient>(
+    client: &mut C,
+    proof: Proof,
+) -> std::result::Result<Option<TableSum>, postgres::Error> {
     let superuser: bool = client
         .query_one(
             "SELECT rolsuper FROM pg_roles WHERE rolname = current_user",
             &[],
         )?
         .get(0);
-    if superuser {
+    if !superuser {
+        return Ok(None);
+    }
+    {
         let (sql, method) = match proof {
             Proof::Counts => (
                 "SELECT count(DISTINCT loid)::int8, ''::text FROM pg_largeobject",
@@ -250,16 +344,16 @@ pub fn table_sums<C: postgres::GenericClient>(
             ),
         };
         let row = client.query_one(sql, &[])?;
-        out.push(TableSum {
+        Ok(Some(TableSum {
             schema: "pg_catalog".into(),
             name: "pg_largeobject".into(),
             kind: "large objects".into(),
             rows: row.get(0),
             checksum: row.get(1),
             method: method.into(),
-        });
+            columns: None,
+        }))
     }
-    Ok(out)
 }
 
 /// The row count and checksum of one relation (`kind` as in
@@ -272,7 +366,7 @@ fn relation_sum<C: postgres::GenericClient>(
     kind: &str,
     recorded: Option<&TableSum>,
     proof: Proof,
-) -> std::result::Result<TableSum, postgres::Error> {
+) -> std::result::Result<TableSum, SumError> {
     let rel = format!("{}.{}", quote_ident(&schema), quote_ident(&name));
     let from = if kind == "S" {
         rel.clone()
@@ -293,6 +387,7 @@ fn relation_sum<C: postgres::GenericClient>(
             rows: row.get(0),
             checksum: String::new(),
             method: "count".into(),
+            columns: None,
         });
     }
     // A sequence's state is its last value and whether it was called;
@@ -305,6 +400,19 @@ fn relation_sum<C: postgres::GenericClient>(
     let md5_sql = |row_text: &str| {
         format!("SELECT count(*)::int8, coalesce(sum(('x' || substr(md5({row_text}), 1, 16))::bit(64)::int8), 0)::text FROM {from} t")
     };
+    if method == COPY_METHOD {
+        let columns = recorded.and_then(|t| t.columns.clone());
+        let (rows, checksum) = copy_sum(client, &schema, &name, columns.as_deref())?;
+        return Ok(TableSum {
+            schema,
+            name,
+            kind: kind_name.into(),
+            rows,
+            checksum,
+            method,
+            columns,
+        });
+    }
     let row = if method == "hash-record" {
         client.batch_execute("SAVEPOINT cairn_sum")?;
         let fast = client.query_one(
@@ -322,7 +430,7 @@ fn relation_sum<C: postgres::GenericClient>(
                 method = "md5-text".into();
                 client.query_one(&md5_sql("t::text"), &[])?
             }
-            Err(e) => return Err(e),
+            Err(e) => return Err(e.into()),
         }
     } else if kind == "S" {
         client.query_one(
@@ -339,20 +447,74 @@ fn relation_sum<C: postgres::GenericClient>(
         rows: row.get(0),
         checksum: row.get(1),
         method,
+        columns: None,
     })
 }
 
+/// Row count and checksum of a table as [`COPY_METHOD`] takes them: its
+/// COPY text as pg_dump writes it (same columns in the same order, same
+/// settings: see [`dump_settings`]), each row hashed as it arrives.
+/// `columns` is pg_dump's column list; without one, every column that
+/// pg_dump copies (neither dropped nor generated), in table order.
+fn copy_sum<C: postgres::GenericClient>(
+    client: &mut C,
+    schema: &str,
+    name: &str,
+    columns: Option<&str>,
+) -> std::result::Result<(i64, String), SumError> {
+    let columns = match columns {
+        Some(c) => c.to_string(),
+        None => client
+            .query(
+                "SELECT a.attname::text FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid \
+                 JOIN pg_namespace n ON n.oid = c.relnamespace \
+                 WHERE n.nspname = $1 AND c.relname = $2 AND a.attnum > 0 \
+                 AND NOT a.attisdropped AND a.attgenerated = '' ORDER BY a.attnum",
+                &[&schema, &name],
+            )?
+            .iter()
+            .map(|r| quote_ident(&r.get::<_, String>(0)))
+            .collect::<Vec<_>>()
+            .join(", "),
+    };
+    let columns = if columns.is_empty() {
+        String::new()
+    } else {
+        format!(" ({columns})")
+    };
+    client.batch_execute("SET LOCAL extra_float_digits = 3")?;
+    let mut rows = super::pg_archive::RowHasher::default();
+    let mut reader = client.copy_out(&format!(
+        "COPY {}.{}{columns} TO STDOUT",
+        quote_ident(schema),
+        quote_ident(name),
+    ))?;
+    let mut buf = vec![0u8; 256 * 1024];
+    loop {
+        match reader.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => rows.update(&buf[..n]),
+            Err(e) => return Err(SumError::from_copy(e)),
+        }
+    }
+    drop(reader);
+    let (n, sum) = rows.finish();
+    Ok((n, super::pg_archive::sum_hex(sum)))
+}
+
 /// Stream a command's stdout into the repository as node `path`; a non-zero
-/// exit fails with the tail of its stderr.
+/// exit fails with the tail of its stderr. `observe` sees every piece.
 fn archive_command(
     packer: &mut Packer,
     mut cmd: Command,
     what: &str,
     path: &str,
     progress: &Progress,
+    observe: impl FnMut(&[u8]),
 ) -> Result<Node> {
     let out =
-        crate::archiver::store_command_output(packer, &mut cmd, what, progress).map_err(|e| {
+        crate::archiver::store_command_output_observed(packer, &mut cmd, what, progress, observe)
+            .map_err(|e| {
             e.with_hint("is PostgreSQL's client installed? set CAIRN_PG_BIN to its bin directory")
         })?;
     for line in out.stderr.lines().filter(|l| !l.trim().is_empty()) {
@@ -418,6 +580,7 @@ pub fn archive_logical(
             "pg_dumpall --globals-only",
             "globals.sql",
             &progress,
+            |_| {},
         )?);
     }
     for db in &dbs {
@@ -436,26 +599,87 @@ pub fn archive_logical(
         let mut cmd = tool(&target, "pg_dump", db);
         cmd.args(["--format=custom", "--compress=0", "--no-password"])
             .arg(format!("--snapshot={snapshot}"));
-        // Checksums run on a second connection in the same exported snapshot,
-        // while pg_dump streams: the backup takes max(dump, checksums), not the sum.
-        let (node, tables) = std::thread::scope(|s| {
-            let sums = s.spawn(|| -> Result<Vec<TableSum>> {
+        dump_settings(&mut cmd);
+        let (node, tables, data_offsets) = std::thread::scope(|s| {
+            // Tables are summed from their rows in the dump as it streams
+            // past; sequences, materialized views and large objects (which
+            // the dump holds no COPY rows for) in SQL, on a second
+            // connection in the same exported snapshot, meanwhile.
+            let others = s.spawn(|| -> Result<_> {
                 let mut c = target.connect(db)?;
-                c.batch_execute(&format!(
-                    "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT '{}'",
-                    snapshot.replace('\'', "''")
-                ))
-                .map_err(|e| pg_err(&target, db, e))?;
-                let t = table_sums(&mut c, None, &HashSet::new(), Proof::Checksums).map_err(|e| pg_err(&target, db, e))?;
-                c.batch_execute("COMMIT").map_err(|e| pg_err(&target, db, e))?;
-                Ok(t)
+                let sums = (|| -> std::result::Result<_, SumError> {
+                    c.batch_execute(&format!(
+                        "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT '{}'",
+                        snapshot.replace('\'', "''")
+                    ))?;
+                    let rels = relations(&mut c)?;
+                    let mut sums = Vec::new();
+                    for (schema, name, kind) in rels.iter().filter(|r| r.2 != "r") {
+                        sums.push(relation_sum(&mut c, schema.clone(), name.clone(), kind, None, Proof::Checksums)?);
+                    }
+                    sums.extend(large_objects_sum(&mut c, Proof::Checksums)?);
+                    Ok((rels, sums))
+                })()
+                .map_err(|e| e.shown(&target, db))?;
+                Ok((c, sums))
             });
-            let node = archive_command(packer, cmd, &format!("pg_dump of {db}"), &path, &progress);
-            let tables = sums
+            let scan = super::pg_archive::StreamScan::start();
+            let what = format!("pg_dump of {db}");
+            let node = archive_command(packer, cmd, &what, &path, &progress, |b| scan.feed(b));
+            let from_dump = scan.finish();
+            let (mut c, (rels, others)) = others
                 .join()
-                .map_err(|_| Error::failure("the checksum thread panicked"))
-                .and_then(|t| t);
-            Ok::<_, Error>((node?, tables?))
+                .map_err(|_| Error::failure("the checksum thread panicked"))??;
+            let node = node?;
+            let (mut from_dump, data_offsets): (HashMap<_, _>, _) = match from_dump {
+                Ok(Some(d)) => (
+                    d.tables
+                        .into_iter()
+                        .map(|t| ((t.schema.clone(), t.table.clone()), t))
+                        .collect(),
+                    Some(d.offsets),
+                ),
+                Ok(None) => {
+                    tracing::warn!(database = %db, "pg_dump wrote an archive version cairn does not read; summing tables in SQL instead");
+                    (HashMap::new(), None)
+                }
+                Err(e) => {
+                    tracing::warn!(database = %db, error = %e, "could not read the dump's rows; summing tables in SQL instead");
+                    (HashMap::new(), None)
+                }
+            };
+            let mut tables = Vec::new();
+            for (schema, name, kind) in rels {
+                if kind != "r" {
+                    tables.extend(
+                        others
+                            .iter()
+                            .find(|t| t.schema == schema && t.name == name)
+                            .cloned(),
+                    );
+                } else if let Some(t) = from_dump.remove(&(schema.clone(), name.clone())) {
+                    tables.push(TableSum {
+                        schema,
+                        name,
+                        kind: "table".into(),
+                        rows: t.rows,
+                        checksum: super::pg_archive::sum_hex(t.sum),
+                        method: COPY_METHOD.into(),
+                        columns: t.columns,
+                    });
+                } else {
+                    // A table whose rows pg_dump left out of the dump
+                    // (an extension's, say): summed in SQL, same snapshot.
+                    tables.push(
+                        relation_sum(&mut c, schema, name, &kind, None, Proof::Checksums)
+                            .map_err(|e| e.shown(&target, db))?,
+                    );
+                }
+            }
+            tables.extend(others.into_iter().filter(|t| t.kind == "large objects"));
+            c.batch_execute("COMMIT")
+                .map_err(|e| pg_err(&target, db, e))?;
+            Ok::<_, Error>((node, tables, data_offsets))
         })?;
         let size: i64 = tx
             .query_one("SELECT pg_database_size(current_database())", &[])
@@ -468,6 +692,7 @@ pub fn archive_logical(
             size_bytes: size,
             dump: path,
             tables,
+            data_offsets,
         });
         nodes.push(node);
     }
@@ -718,17 +943,17 @@ fn restore_and_prove(
                     },
                 };
                 let (schema, name) = (recorded.schema.clone(), recorded.name.clone());
-                let sum = c
-                    .build_transaction()
-                    .isolation_level(postgres::IsolationLevel::RepeatableRead)
-                    .read_only(true)
-                    .start()
-                    .and_then(|mut tx| {
-                        tx.batch_execute("SET LOCAL jit = off")?;
-                        let t = relation_sum(&mut tx, schema, name, "r", Some(recorded), proof)?;
-                        tx.commit()?;
-                        Ok(t)
-                    });
+                let sum = (|| -> std::result::Result<TableSum, SumError> {
+                    let mut tx = c
+                        .build_transaction()
+                        .isolation_level(postgres::IsolationLevel::RepeatableRead)
+                        .read_only(true)
+                        .start()?;
+                    tx.batch_execute("SET LOCAL jit = off")?;
+                    let t = relation_sum(&mut tx, schema, name, "r", Some(recorded), proof)?;
+                    tx.commit()?;
+                    Ok(t)
+                })();
                 match sum {
                     Ok(t) => out.push(t),
                     Err(e) => {
@@ -894,7 +1119,15 @@ pub fn restore_logical(
             // its table's data, block by block (one block per row).
             // Only a speed-up: if the archive cannot be read, pg_restore
             // still restores it (searching), and says so if it is damaged.
-            match super::pg_archive::add_data_offsets(&path) {
+            let offsets = match &d.data_offsets {
+                Some(recorded) => super::pg_archive::write_recorded_offsets(&path, recorded)
+                    .or_else(|e| {
+                        tracing::warn!(database = %d.name, error = %e, "the data offsets recorded at backup do not fit the dump; reading it for them");
+                        super::pg_archive::add_data_offsets(&path)
+                    }),
+                None => super::pg_archive::add_data_offsets(&path),
+            };
+            match offsets {
                 Ok(offsets) => tracing::info!(
                     database = %d.name,
                     recorded = offsets.recorded,
@@ -941,7 +1174,7 @@ pub fn restore_logical(
             .collect();
         actual.extend(
             table_sums(&mut tx, Some(&d.tables), &skip, opts.proof)
-                .map_err(|e| pg_err(&target, &d.name, e))?,
+                .map_err(|e| e.shown(&target, &d.name))?,
         );
         tx.commit().map_err(|e| pg_err(&target, &d.name, e))?;
         for t in &d.tables {
