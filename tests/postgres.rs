@@ -75,12 +75,13 @@ fn populate(cluster: &ScratchCluster) {
         -- Row text that depends on settings, a dropped and a generated column:
         -- the checksums taken from the dump must match the restored rows.
         CREATE TABLE shaped (id int, gone text, twice int GENERATED ALWAYS AS (id * 2) STORED,
-                             f real, iv interval, at timestamptz, b bytea, t text);
+                             f real, iv interval, at timestamptz, b bytea, t text, rc regclass);
         ALTER TABLE shaped DROP COLUMN gone;
-        INSERT INTO shaped (id, f, iv, at, b, t)
+        INSERT INTO shaped (id, f, iv, at, b, t, rc)
           SELECT g, g / 7.0, make_interval(days => g, secs => g / 3.0),
                  '2026-11-29 12:00+05'::timestamptz + g * interval '1 hour',
-                 decode(repeat('00ff', g % 5), 'hex'), 'ünïcødé ' || g || E'\ttab\nline\\'
+                 decode(repeat('00ff', g % 5), 'hex'), 'ünïcødé ' || g || E'\ttab\nline\\',
+                 'public.events'::regclass
           FROM generate_series(1, 200) g;
         ALTER DATABASE app SET timezone = 'Asia/Kolkata';
         ALTER DATABASE app SET bytea_output = 'escape';

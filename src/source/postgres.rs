@@ -482,7 +482,9 @@ fn copy_sum<C: postgres::GenericClient>(
     } else {
         format!(" ({columns})")
     };
-    client.batch_execute("SET LOCAL extra_float_digits = 3")?;
+    // As pg_dump: its float digits, and no search path, so that reg* values
+    // (regclass, regproc, …) are written schema-qualified.
+    client.batch_execute("SET LOCAL extra_float_digits = 3; SET LOCAL search_path = ''")?;
     let mut rows = super::pg_archive::RowHasher::default();
     let mut reader = client.copy_out(&format!(
         "COPY {}.{}{columns} TO STDOUT",
