@@ -89,6 +89,17 @@ fn populate(cluster: &ScratchCluster) {
         "#,
     );
     sql(&url, "other", "CREATE TABLE t (k text PRIMARY KEY, v int); INSERT INTO t SELECT 'k' || g, g FROM generate_series(1, 100) g;");
+    // A database whose rows pg_dump writes in LATIN1: summed in SQL.
+    sql(
+        &url,
+        "postgres",
+        "CREATE DATABASE latin ENCODING 'LATIN1' LC_COLLATE 'C' LC_CTYPE 'C' TEMPLATE template0",
+    );
+    sql(
+        &url,
+        "latin",
+        "CREATE TABLE t (s text); INSERT INTO t VALUES ('café'), ('Ünïcode');",
+    );
 }
 
 fn pg_dump_text(cluster: &ScratchCluster, db: &str) -> String {
@@ -125,6 +136,21 @@ fn logical_round_trip_restores_equal_databases() {
     populate(&source);
     let snap = env.json(&["snapshot", "--postgres", &source.url()]);
     assert_eq!(snap["complete"], true);
+    // Tables of the UTF-8 databases are summed from the dump's rows, the
+    // LATIN1 one's in SQL; the dumps' data offsets are recorded.
+    let manifest = env.json(&["cat", "snapshot", "latest"]);
+    for d in manifest["sources"][0]["metadata"]["databases"]
+        .as_array()
+        .unwrap()
+    {
+        assert!(d["data_offsets"]["entries"].as_array().is_some(), "{d}");
+        for t in d["tables"].as_array().unwrap() {
+            if t["kind"] == "table" {
+                let copy = t["method"] == "copy-xxh3-128";
+                assert_eq!(copy, d["name"] != "latin", "{}: {t}", d["name"]);
+            }
+        }
+    }
     let snaps = env.json(&["snapshots"]);
     assert_eq!(snaps[0]["sources"][0]["kind"], "postgres");
     assert!(!snaps[0]["paths"][0].as_str().unwrap().contains("password"));

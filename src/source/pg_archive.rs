@@ -2,7 +2,7 @@
 //! them: finding where each item's data starts, and recording it in the
 //! table of contents; and, while a dump streams into the repository, each
 //! table's row count and content checksum taken from the rows themselves
-//! ([`scan_stream`], [`RowHasher`]).
+//! ([`StreamScan`], [`RowHasher`]).
 //!
 //! pg_dump writes a custom archive to a pipe without data offsets: it cannot
 //! seek back to fill them in, so every TOC entry says "position not set".
@@ -74,8 +74,13 @@ impl<R: BufRead> Archive<R> {
         if n < 0 {
             return Ok(None);
         }
-        let mut s = vec![0u8; n as usize];
-        self.bytes(&mut s)?;
+        // Not allocated up front: a damaged length must not ask for gigabytes.
+        let mut s = Vec::new();
+        let got = (&mut self.inner).take(n as u64).read_to_end(&mut s)?;
+        self.pos += got as u64;
+        if (got as u64) < n as u64 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
         Ok(Some(s))
     }
 
@@ -159,14 +164,16 @@ struct OffsetField {
 pub struct DataOffsets {
     /// Bytes of an offset in this archive.
     pub size: usize,
-    /// `[position of an entry's offset field, position of its data block]`.
-    pub entries: Vec<[u64; 2]>,
+    /// `[position of an entry's offset field, position of its data block,
+    /// the entry's dump id]`.
+    pub entries: Vec<[u64; 3]>,
 }
 
 /// Write `recorded` (taken while the dump streamed) into the TOC of the
-/// spooled dump at `path`. Every field must still say "position not set"
-/// and every position must hold a data block, or nothing is written and
-/// the error says which did not match.
+/// spooled dump at `path`. The archive's header must give the recorded
+/// offset size, every field must still say "position not set", and at every
+/// block position must start a data block of the recorded entry; otherwise
+/// nothing is written and the error says what did not match.
 pub fn write_recorded_offsets(path: &Path, recorded: &DataOffsets) -> Result<Offsets> {
     let file = std::fs::OpenOptions::new()
         .read(true)
@@ -179,23 +186,35 @@ pub fn write_recorded_offsets(path: &Path, recorded: &DataOffsets) -> Result<Off
             .map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
         Ok::<_, Error>(b)
     };
-    if recorded.size == 0 || recorded.size > 16 {
-        return Err(Error::integrity("implausible recorded offset size"));
+    // "PGDMP", major, minor, revision, int size, offset size, format.
+    let head = read(0, 11)?;
+    let int_size = usize::from(head[8]);
+    if &head[..5] != b"PGDMP"
+        || head[10] != ARCH_CUSTOM
+        || usize::from(head[9]) != recorded.size
+        || !(1..=8).contains(&int_size)
+    {
+        return Err(Error::integrity(
+            "the spooled dump's header does not match the recorded data offsets",
+        ));
     }
-    for &[at, block] in &recorded.entries {
+    for &[at, block, dump_id] in &recorded.entries {
         let field = read(at, 1 + recorded.size)?;
         if field[0] != K_OFFSET_POS_NOT_SET || field[1..].iter().any(|&b| b != 0) {
             return Err(Error::integrity(format!(
                 "the dump's TOC field at {at} is not an unset data offset"
             )));
         }
-        if !matches!(read(block, 1)?[0], BLK_DATA | BLK_BLOBS) {
+        let header = read(block, 2 + int_size)?;
+        if !matches!(header[0], BLK_DATA | BLK_BLOBS)
+            || u64::try_from(int_value(&header[1..])).ok() != Some(dump_id)
+        {
             return Err(Error::integrity(format!(
-                "no data block at {block} of the dump"
+                "no data block of entry {dump_id} at {block} of the dump"
             )));
         }
     }
-    for &[at, block] in &recorded.entries {
+    for &[at, block, _] in &recorded.entries {
         file.write_all_at(&offset_field(block, recorded.size), at)
             .map_err(|e| Error::io(format!("writing {}", path.display()), e))?;
     }
@@ -287,6 +306,49 @@ pub struct CopySum {
     pub columns: Option<String>,
     pub rows: i64,
     pub sum: u128,
+}
+
+/// The column names of a column list as [`copy_columns`] gives it
+/// (`a, "B c", "x""y"`), unquoted; `None` if it is not such a list.
+pub fn split_columns(list: &str) -> Option<Vec<String>> {
+    let mut names = Vec::new();
+    let mut rest = list.trim();
+    while !rest.is_empty() {
+        let (name, after) = if let Some(quoted) = rest.strip_prefix('"') {
+            let mut name = String::new();
+            let mut chars = quoted.char_indices();
+            let end = loop {
+                match chars.next()? {
+                    (i, '"') if quoted[i + 1..].starts_with('"') => {
+                        name.push('"');
+                        chars.next();
+                    }
+                    (i, '"') => break i + 1,
+                    (_, c) => name.push(c),
+                }
+            };
+            (name, &quoted[end..])
+        } else {
+            let end = rest.find(',').unwrap_or(rest.len());
+            let name = rest[..end].trim();
+            let plain = !name.is_empty()
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '$');
+            if !plain {
+                return None;
+            }
+            (name.to_string(), &rest[end..])
+        };
+        names.push(name);
+        rest = after.trim_start();
+        match rest.strip_prefix(',') {
+            Some(r) => rest = r.trim_start(),
+            None if rest.is_empty() => {}
+            None => return None,
+        }
+    }
+    Some(names)
 }
 
 /// The column list of a COPY statement as pg_dump writes it,
@@ -437,7 +499,13 @@ impl StreamScan {
                         .fields
                         .iter()
                         .filter(|f| f.flag == K_OFFSET_POS_NOT_SET)
-                        .filter_map(|f| Some([f.at, *l.blocks.get(&f.dump_id)?]))
+                        .filter_map(|f| {
+                            Some([
+                                f.at,
+                                *l.blocks.get(&f.dump_id)?,
+                                u64::try_from(f.dump_id).ok()?,
+                            ])
+                        })
                         .collect(),
                 },
                 tables: l.tables,
@@ -493,10 +561,14 @@ fn scan<R: BufRead>(inner: &mut R, hash_rows: bool) -> std::io::Result<Option<La
     if a.byte()? != ARCH_CUSTOM {
         return Ok(None);
     }
-    if minor >= 15 {
-        a.byte()?; // compression algorithm
+    let compressed = if minor >= 15 {
+        a.byte()? != 0 // compression algorithm; 0 = none
     } else {
-        a.int()?; // compression level
+        a.int()? != 0 // compression level; 0 = none
+    };
+    if compressed && hash_rows {
+        // The data is compressed: its blocks are not COPY text.
+        return Ok(None);
     }
     for _ in 0..7 {
         a.int()?; // creation time: sec, min, hour, mday, mon, year, isdst
@@ -544,6 +616,7 @@ fn scan<R: BufRead>(inner: &mut R, hash_rows: bool) -> std::io::Result<Option<La
             table_entries.insert(dump_id, (text(namespace), text(tag), columns));
         }
     }
+    let entry_ids: std::collections::HashSet<i64> = fields.iter().map(|f| f.dump_id).collect();
     let mut blocks = HashMap::new();
     let mut tables = Vec::new();
     while !a.at_end()? {
@@ -574,7 +647,7 @@ fn scan<R: BufRead>(inner: &mut R, hash_rows: bool) -> std::io::Result<Option<La
             },
             _ => return Err(bad("unknown data block type")),
         }
-        if !fields.iter().any(|f| f.dump_id == dump_id) {
+        if !entry_ids.contains(&dump_id) {
             return Err(bad("a data block names no TOC entry"));
         }
         blocks.insert(dump_id, at);
@@ -820,5 +893,53 @@ mod tests {
             Some("")
         );
         assert_eq!(copy_columns("SELECT 1"), None);
+    }
+
+    #[test]
+    fn recorded_offsets_must_name_the_blocks_they_point_at() {
+        let (bytes, _) = archive(&[(8, true), (9, true)], &["1\ta\n"]);
+        let scan = StreamScan::start();
+        scan.feed(&bytes);
+        let mut offsets = scan.finish().unwrap().unwrap().offsets;
+        assert_eq!(offsets.entries.len(), 2);
+        // Swapped: each field would point at the other entry's data.
+        let (b0, b1) = (offsets.entries[0][1], offsets.entries[1][1]);
+        offsets.entries[0][1] = b1;
+        offsets.entries[1][1] = b0;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("dump");
+        std::fs::write(&path, &bytes).unwrap();
+        assert!(write_recorded_offsets(&path, &offsets).is_err());
+        offsets.entries[0][1] = b0;
+        offsets.entries[1][1] = b1;
+        offsets.size = 4;
+        assert!(write_recorded_offsets(&path, &offsets).is_err());
+        assert_eq!(std::fs::read(&path).unwrap(), bytes);
+    }
+
+    #[test]
+    fn an_empty_table_has_no_rows_and_a_compressed_archive_no_sums() {
+        let (bytes, _) = archive(&[(8, true)], &["\\.\n\n\n"]);
+        let scan = StreamScan::start();
+        scan.feed(&bytes);
+        let tables = scan.finish().unwrap().unwrap().tables;
+        assert_eq!((tables[0].rows, tables[0].sum), (0, 0));
+        // Compression level 6 (archive 1.14): the blocks are not COPY text.
+        let (mut bytes, _) = archive(&[(8, true)], &["1\ta\n"]);
+        bytes[12] = 6;
+        let scan = StreamScan::start();
+        scan.feed(&bytes);
+        assert!(scan.finish().unwrap().is_none());
+    }
+
+    #[test]
+    fn column_lists_split_into_names() {
+        assert_eq!(
+            split_columns("a, \"B c\", \"x\"\"y\", d_1").unwrap(),
+            ["a", "B c", "x\"y", "d_1"]
+        );
+        assert_eq!(split_columns("").unwrap(), Vec::<String>::new());
+        assert_eq!(split_columns("a) TO PROGRAM 'x' --"), None);
+        assert_eq!(split_columns("\"open"), None);
     }
 }

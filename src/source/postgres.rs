@@ -24,14 +24,14 @@ const SESSION_SETUP: &str = "SET TimeZone = 'UTC'; SET DateStyle = 'ISO, YMD'; \
     SET IntervalStyle = 'postgres'; SET extra_float_digits = 1; SET bytea_output = 'hex'";
 
 /// How pg_dump is run so that its COPY text is what [`copy_sum`] reads back
-/// from a restored table with [`SESSION_SETUP`]: UTF-8, times in UTC, bytea
-/// in hex (pg_dump sets DateStyle, IntervalStyle and extra_float_digits
-/// itself). None of these changes what a restore puts back.
+/// from a restored table with [`SESSION_SETUP`]: times in UTC, bytea in hex
+/// (pg_dump sets DateStyle, IntervalStyle and extra_float_digits itself).
+/// Neither changes what a restore puts back: a timestamptz is read with its
+/// offset, a bytea in either form.
 fn dump_settings(cmd: &mut Command) {
     let mut options = std::env::var("PGOPTIONS").unwrap_or_default();
     options.push_str(" -c bytea_output=hex");
-    cmd.arg("--encoding=UTF8")
-        .env("PGTZ", "UTC")
+    cmd.env("PGTZ", "UTC")
         .env("PGOPTIONS", options.trim_start());
 }
 
@@ -462,8 +462,13 @@ fn copy_sum<C: postgres::GenericClient>(
     name: &str,
     columns: Option<&str>,
 ) -> std::result::Result<(i64, String), SumError> {
-    let columns = match columns {
-        Some(c) => c.to_string(),
+    let recorded = columns.and_then(super::pg_archive::split_columns);
+    let columns = match recorded {
+        Some(names) => names
+            .iter()
+            .map(|n| quote_ident(n))
+            .collect::<Vec<_>>()
+            .join(", "),
         None => client
             .query(
                 "SELECT a.attname::text FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid \
@@ -482,9 +487,15 @@ fn copy_sum<C: postgres::GenericClient>(
     } else {
         format!(" ({columns})")
     };
-    // As pg_dump: its float digits, and no search path, so that reg* values
-    // (regclass, regproc, …) are written schema-qualified.
-    client.batch_execute("SET LOCAL extra_float_digits = 3; SET LOCAL search_path = ''")?;
+    // As pg_dump: its float digits; no search path, so that reg* values
+    // (regclass, regproc, …) are written schema-qualified; no row security,
+    // so that a policy fails the read instead of hiding rows. Inside a
+    // savepoint, so that later sums in this transaction keep the session's
+    // settings.
+    client.batch_execute(
+        "SAVEPOINT cairn_copy; SET LOCAL extra_float_digits = 3; SET LOCAL search_path = ''; \
+         SET LOCAL row_security = off",
+    )?;
     let mut rows = super::pg_archive::RowHasher::default();
     let mut reader = client.copy_out(&format!(
         "COPY {}.{}{columns} TO STDOUT",
@@ -500,6 +511,7 @@ fn copy_sum<C: postgres::GenericClient>(
         }
     }
     drop(reader);
+    client.batch_execute("ROLLBACK TO SAVEPOINT cairn_copy; RELEASE SAVEPOINT cairn_copy")?;
     let (n, sum) = rows.finish();
     Ok((n, super::pg_archive::sum_hex(sum)))
 }
@@ -602,11 +614,33 @@ pub fn archive_logical(
         cmd.args(["--format=custom", "--compress=0", "--no-password"])
             .arg(format!("--snapshot={snapshot}"));
         dump_settings(&mut cmd);
+        // Which tables' rows the dump's COPY text sums to what a restore
+        // reads back (see `copy_sum`): not where the server would convert
+        // that text for cairn's UTF-8 reading session, nor where a newer
+        // server prints floats differently, nor an extension's
+        // configuration tables (pg_dump may dump only some of their rows).
+        let setup = tx
+            .query_one(
+                "SELECT pg_encoding_to_char(encoding)::text, current_setting('server_version_num')::int4, \
+                 ARRAY(SELECT n.nspname || '.' || c.relname FROM pg_extension e \
+                       CROSS JOIN LATERAL unnest(e.extconfig) AS cfg(oid) \
+                       JOIN pg_class c ON c.oid = cfg.oid JOIN pg_namespace n ON n.oid = c.relnamespace)::text[] \
+                 FROM pg_database WHERE datname = current_database()",
+                &[],
+            )
+            .map_err(|e| pg_err(&target, db, e))?;
+        let (encoding, version): (String, i32) = (setup.get(0), setup.get(1));
+        let ext_config: HashSet<String> = setup.get::<_, Vec<String>>(2).into_iter().collect();
+        let copy_sums = matches!(encoding.as_str(), "UTF8" | "SQL_ASCII") && version >= 120000;
+        let in_sql = |schema: &str, name: &str, kind: &str| {
+            kind != "r" || !copy_sums || ext_config.contains(&format!("{schema}.{name}"))
+        };
         let (node, tables, data_offsets) = std::thread::scope(|s| {
             // Tables are summed from their rows in the dump as it streams
             // past; sequences, materialized views and large objects (which
-            // the dump holds no COPY rows for) in SQL, on a second
-            // connection in the same exported snapshot, meanwhile.
+            // the dump holds no COPY rows for), and the tables above, in
+            // SQL, on a second connection in the same exported snapshot,
+            // meanwhile.
             let others = s.spawn(|| -> Result<_> {
                 let mut c = target.connect(db)?;
                 let sums = (|| -> std::result::Result<_, SumError> {
@@ -616,7 +650,7 @@ pub fn archive_logical(
                     ))?;
                     let rels = relations(&mut c)?;
                     let mut sums = Vec::new();
-                    for (schema, name, kind) in rels.iter().filter(|r| r.2 != "r") {
+                    for (schema, name, kind) in rels.iter().filter(|r| in_sql(&r.0, &r.1, &r.2)) {
                         sums.push(relation_sum(&mut c, schema.clone(), name.clone(), kind, None, Proof::Checksums)?);
                     }
                     sums.extend(large_objects_sum(&mut c, Proof::Checksums)?);
@@ -652,7 +686,7 @@ pub fn archive_logical(
             };
             let mut tables = Vec::new();
             for (schema, name, kind) in rels {
-                if kind != "r" {
+                if in_sql(&schema, &name, &kind) {
                     tables.extend(
                         others
                             .iter()
