@@ -20,6 +20,13 @@ fn cluster_with_app(statements: &str) -> ScratchCluster {
     cluster
 }
 
+/// `cairn check --restore-test ARGS`: exit code, stdout, stderr.
+fn restore_test(env: &Env, args: &[&str]) -> (i32, String, String) {
+    let out = env.run(&[&["check", "--restore-test"], args].concat());
+    let (code, err) = code_and_stderr(&out);
+    (code, String::from_utf8_lossy(&out.stdout).into_owned(), err)
+}
+
 fn query_i64(url: &str, db: &str, q: &str) -> i64 {
     let mut cfg: postgres::Config = url.parse().unwrap();
     cfg.dbname(db);
@@ -351,9 +358,7 @@ fn restore_test_reports_a_table_that_restores_differently() {
 
     // A scratch server that silently alters rows of table t as they are restored.
     let scratch = tampering_cluster("IF NEW.v = 7 THEN NEW.v := 700; END IF; RETURN NEW;");
-    let out = env.run(&["check", "--restore-test", "--scratch-url", &scratch.url()]);
-    let (code, err) = code_and_stderr(&out);
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let (code, stdout, err) = restore_test(&env, &["--scratch-url", &scratch.url()]);
     assert_eq!(code, 1, "{stdout}\n{err}");
     assert!(
         stdout.contains("MISMATCH app.public.t (table)"),
@@ -415,9 +420,7 @@ fn restore_test_proves_a_table_whose_columns_restore_in_another_order() {
     assert_eq!(child["columns"], "a, b, c, d", "{child}");
     assert_eq!(child["rows"], 30, "{child}");
 
-    let out = env.run(&["check", "--restore-test"]);
-    let (code, err) = code_and_stderr(&out);
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let (code, stdout, err) = restore_test(&env, &[]);
     assert_eq!(code, 0, "{stdout}\n{err}");
     assert!(
         stdout.contains("ok       app.public.child (table)"),

@@ -93,19 +93,9 @@ impl<R: BufRead> Archive<R> {
         Ok(())
     }
 
-    /// Length-prefixed chunks up to a zero length (`_skipData`).
-    fn skip_chunks(&mut self) -> std::io::Result<()> {
-        loop {
-            match self.int()? {
-                0 => return Ok(()),
-                n if n < 0 => return Err(bad("negative data chunk length")),
-                n => self.skip(n as u64)?,
-            }
-        }
-    }
-
-    /// Length-prefixed chunks up to a zero length, their bytes to `rows`.
-    fn hash_chunks(&mut self, rows: &mut RowHasher) -> std::io::Result<()> {
+    /// Length-prefixed chunks up to a zero length (`_skipData`), their
+    /// bytes handed to `each` as they are read.
+    fn chunks(&mut self, mut each: impl FnMut(&[u8])) -> std::io::Result<()> {
         loop {
             let mut left = match self.int()? {
                 0 => return Ok(()),
@@ -118,7 +108,7 @@ impl<R: BufRead> Archive<R> {
                     return Err(std::io::ErrorKind::UnexpectedEof.into());
                 }
                 let k = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
-                rows.update(&buf[..k]);
+                each(&buf[..k]);
                 self.inner.consume(k);
                 self.pos += k as u64;
                 left -= k as u64;
@@ -301,9 +291,8 @@ struct Layout {
 pub struct CopySum {
     pub schema: String,
     pub table: String,
-    /// The column list of the entry's COPY statement (`None` if it has none
-    /// that can be read).
-    pub columns: Option<String>,
+    /// The column list of the entry's COPY statement.
+    pub columns: String,
     pub rows: i64,
     pub sum: u128,
 }
@@ -582,7 +571,7 @@ fn scan<R: BufRead>(inner: &mut R, hash_rows: bool) -> std::io::Result<Option<La
         return Err(bad("negative TOC entry count"));
     }
     let mut fields = Vec::with_capacity(count as usize);
-    let mut table_entries: HashMap<i64, (String, String, Option<String>)> = HashMap::new();
+    let mut table_entries: HashMap<i64, (String, String, String)> = HashMap::new();
     for _ in 0..count {
         let dump_id = a.int()?;
         a.int()?; // had dumper
@@ -612,8 +601,11 @@ fn scan<R: BufRead>(inner: &mut R, hash_rows: bool) -> std::io::Result<Option<La
         if hash_rows && desc.as_deref() == Some(b"TABLE DATA".as_slice()) {
             let text =
                 |s: Option<Vec<u8>>| String::from_utf8_lossy(&s.unwrap_or_default()).into_owned();
-            let columns = copy.and_then(|c| copy_columns(&String::from_utf8_lossy(&c)));
-            table_entries.insert(dump_id, (text(namespace), text(tag), columns));
+            // An entry whose COPY statement gives no column list is not
+            // summed here: its table is then summed in SQL.
+            if let Some(columns) = copy.and_then(|c| copy_columns(&String::from_utf8_lossy(&c))) {
+                table_entries.insert(dump_id, (text(namespace), text(tag), columns));
+            }
         }
     }
     let entry_ids: std::collections::HashSet<i64> = fields.iter().map(|f| f.dump_id).collect();
@@ -627,7 +619,7 @@ fn scan<R: BufRead>(inner: &mut R, hash_rows: bool) -> std::io::Result<Option<La
             BLK_DATA => match table_entries.remove(&dump_id) {
                 Some((schema, table, columns)) => {
                     let mut rows = RowHasher::default();
-                    a.hash_chunks(&mut rows)?;
+                    a.chunks(|b| rows.update(b))?;
                     let (rows, sum) = rows.finish();
                     tables.push(CopySum {
                         schema,
@@ -637,12 +629,12 @@ fn scan<R: BufRead>(inner: &mut R, hash_rows: bool) -> std::io::Result<Option<La
                         sum,
                     });
                 }
-                None => a.skip_chunks()?,
+                None => a.chunks(|_| {})?,
             },
             BLK_BLOBS => loop {
                 match a.int()? {
                     0 => break,
-                    _oid => a.skip_chunks()?,
+                    _oid => a.chunks(|_| {})?,
                 }
             },
             _ => return Err(bad("unknown data block type")),
@@ -813,7 +805,7 @@ mod tests {
                 &CopySum {
                     schema: "public".into(),
                     table: name.into(),
-                    columns: Some("a, \"b (x)\"".into()),
+                    columns: "a, \"b (x)\"".into(),
                     rows: 2,
                     sum,
                 }

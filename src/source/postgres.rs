@@ -197,12 +197,7 @@ impl SumError {
     }
 
     fn shown(&self, t: &Target, db: &str) -> Error {
-        match self {
-            SumError::Server(e) => Error::failure(format!("{}/{db}: {}", t.shown, describe(e))),
-            SumError::Copy(e) => {
-                Error::failure(format!("{}/{db}: reading a table's rows: {e}", t.shown))
-            }
-        }
+        Error::failure(format!("{}/{db}: {self}", t.shown))
     }
 }
 
@@ -332,28 +327,26 @@ fn large_objects_sum<C: postgres::GenericClient>(
     if !superuser {
         return Ok(None);
     }
-    {
-        let (sql, method) = match proof {
-            Proof::Counts => (
-                "SELECT count(DISTINCT loid)::int8, ''::text FROM pg_largeobject",
-                "count",
-            ),
-            Proof::Checksums => (
-                "SELECT count(DISTINCT loid)::int8, coalesce(sum(('x' || substr(md5(loid::text || ':' || pageno::text || ':' || encode(data, 'hex')), 1, 16))::bit(64)::int8), 0)::text FROM pg_largeobject",
-                "md5-text",
-            ),
-        };
-        let row = client.query_one(sql, &[])?;
-        Ok(Some(TableSum {
-            schema: "pg_catalog".into(),
-            name: "pg_largeobject".into(),
-            kind: "large objects".into(),
-            rows: row.get(0),
-            checksum: row.get(1),
-            method: method.into(),
-            columns: None,
-        }))
-    }
+    let (sql, method) = match proof {
+        Proof::Counts => (
+            "SELECT count(DISTINCT loid)::int8, ''::text FROM pg_largeobject",
+            "count",
+        ),
+        Proof::Checksums => (
+            "SELECT count(DISTINCT loid)::int8, coalesce(sum(('x' || substr(md5(loid::text || ':' || pageno::text || ':' || encode(data, 'hex')), 1, 16))::bit(64)::int8), 0)::text FROM pg_largeobject",
+            "md5-text",
+        ),
+    };
+    let row = client.query_one(sql, &[])?;
+    Ok(Some(TableSum {
+        schema: "pg_catalog".into(),
+        name: "pg_largeobject".into(),
+        kind: "large objects".into(),
+        rows: row.get(0),
+        checksum: row.get(1),
+        method: method.into(),
+        columns: None,
+    }))
 }
 
 /// The row count and checksum of one relation (`kind` as in
@@ -452,40 +445,26 @@ fn relation_sum<C: postgres::GenericClient>(
 }
 
 /// Row count and checksum of a table as [`COPY_METHOD`] takes them: its
-/// COPY text as pg_dump writes it (same columns in the same order, same
-/// settings: see [`dump_settings`]), each row hashed as it arrives.
-/// `columns` is pg_dump's column list; without one, every column that
-/// pg_dump copies (neither dropped nor generated), in table order.
+/// COPY text as pg_dump writes it (the recorded `columns` in their order,
+/// same settings: see [`dump_settings`]), each row hashed as it arrives.
 fn copy_sum<C: postgres::GenericClient>(
     client: &mut C,
     schema: &str,
     name: &str,
     columns: Option<&str>,
 ) -> std::result::Result<(i64, String), SumError> {
-    let recorded = columns.and_then(super::pg_archive::split_columns);
-    let columns = match recorded {
-        Some(names) => names
-            .iter()
-            .map(|n| quote_ident(n))
-            .collect::<Vec<_>>()
-            .join(", "),
-        None => client
-            .query(
-                "SELECT a.attname::text FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid \
-                 JOIN pg_namespace n ON n.oid = c.relnamespace \
-                 WHERE n.nspname = $1 AND c.relname = $2 AND a.attnum > 0 \
-                 AND NOT a.attisdropped AND a.attgenerated = '' ORDER BY a.attnum",
-                &[&schema, &name],
-            )?
-            .iter()
-            .map(|r| quote_ident(&r.get::<_, String>(0)))
-            .collect::<Vec<_>>()
-            .join(", "),
-    };
+    let names = columns
+        .and_then(super::pg_archive::split_columns)
+        .ok_or_else(|| {
+            SumError::Copy(std::io::Error::other(format!(
+                "the column list recorded for {schema}.{name} cannot be read"
+            )))
+        })?;
+    let columns = names.iter().map(|n| quote_ident(n)).collect::<Vec<_>>();
     let columns = if columns.is_empty() {
         String::new()
     } else {
-        format!(" ({columns})")
+        format!(" ({})", columns.join(", "))
     };
     // As pg_dump: its float digits; no search path, so that reg* values
     // (regclass, regproc, …) are written schema-qualified; no row security,
@@ -649,12 +628,13 @@ pub fn archive_logical(
                         snapshot.replace('\'', "''")
                     ))?;
                     let rels = relations(&mut c)?;
-                    let mut sums = Vec::new();
+                    let mut sums = HashMap::new();
                     for (schema, name, kind) in rels.iter().filter(|r| in_sql(&r.0, &r.1, &r.2)) {
-                        sums.push(relation_sum(&mut c, schema.clone(), name.clone(), kind, None, Proof::Checksums)?);
+                        let sum = relation_sum(&mut c, schema.clone(), name.clone(), kind, None, Proof::Checksums)?;
+                        sums.insert((schema.clone(), name.clone()), sum);
                     }
-                    sums.extend(large_objects_sum(&mut c, Proof::Checksums)?);
-                    Ok((rels, sums))
+                    let large_objects = large_objects_sum(&mut c, Proof::Checksums)?;
+                    Ok((rels, sums, large_objects))
                 })()
                 .map_err(|e| e.shown(&target, db))?;
                 Ok((c, sums))
@@ -663,7 +643,7 @@ pub fn archive_logical(
             let what = format!("pg_dump of {db}");
             let node = archive_command(packer, cmd, &what, &path, &progress, |b| scan.feed(b));
             let from_dump = scan.finish();
-            let (mut c, (rels, others)) = others
+            let (mut c, (rels, mut others, large_objects)) = others
                 .join()
                 .map_err(|_| Error::failure("the checksum thread panicked"))??;
             let node = node?;
@@ -686,33 +666,29 @@ pub fn archive_logical(
             };
             let mut tables = Vec::new();
             for (schema, name, kind) in rels {
-                if in_sql(&schema, &name, &kind) {
-                    tables.extend(
-                        others
-                            .iter()
-                            .find(|t| t.schema == schema && t.name == name)
-                            .cloned(),
-                    );
-                } else if let Some(t) = from_dump.remove(&(schema.clone(), name.clone())) {
+                let key = (schema, name);
+                if let Some(t) = others.remove(&key) {
+                    tables.push(t);
+                } else if let Some(t) = from_dump.remove(&key) {
                     tables.push(TableSum {
-                        schema,
-                        name,
+                        schema: key.0,
+                        name: key.1,
                         kind: "table".into(),
                         rows: t.rows,
                         checksum: super::pg_archive::sum_hex(t.sum),
                         method: COPY_METHOD.into(),
-                        columns: t.columns,
+                        columns: Some(t.columns),
                     });
                 } else {
                     // A table whose rows pg_dump left out of the dump
                     // (an extension's, say): summed in SQL, same snapshot.
                     tables.push(
-                        relation_sum(&mut c, schema, name, &kind, None, Proof::Checksums)
+                        relation_sum(&mut c, key.0, key.1, &kind, None, Proof::Checksums)
                             .map_err(|e| e.shown(&target, db))?,
                     );
                 }
             }
-            tables.extend(others.into_iter().filter(|t| t.kind == "large objects"));
+            tables.extend(large_objects);
             c.batch_execute("COMMIT")
                 .map_err(|e| pg_err(&target, db, e))?;
             Ok::<_, Error>((node, tables, data_offsets))
