@@ -5,7 +5,7 @@
 //! new index leaves only extra packs; after it, only extra files.
 
 use super::{human_bytes, open_repo, print_json};
-use crate::archiver::{seal_frame, PackBuilder};
+use crate::archiver::{PackBuilder, Sealer};
 use crate::backend::FileRef;
 use crate::cli::{GlobalArgs, PruneArgs};
 use crate::error::{Error, Result};
@@ -38,18 +38,17 @@ fn is_zero(v: &u64) -> bool {
 }
 
 /// Gathers loose chunks into new frames of the configured size.
-struct Reframer {
-    compressor: zstd::bulk::Compressor<'static>,
+struct Reframer<'a> {
+    sealer: Sealer<'a>,
     data: Vec<u8>,
     chunks: Vec<ChunkEntry>,
     frame_size: usize,
 }
 
-impl Reframer {
-    fn new(repo: &Repository) -> Result<Self> {
+impl<'a> Reframer<'a> {
+    fn new(repo: &'a Repository) -> Result<Self> {
         Ok(Reframer {
-            compressor: zstd::bulk::Compressor::new(repo.config.zstd_level)
-                .map_err(|e| Error::failure(format!("zstd: {e}")))?,
+            sealer: Sealer::new(repo)?,
             data: Vec::new(),
             chunks: Vec::new(),
             frame_size: repo.config.frame_size as usize,
@@ -73,7 +72,7 @@ impl Reframer {
         if self.chunks.is_empty() {
             return Ok(());
         }
-        let (ct, compression) = seal_frame(builder.repo(), &mut self.compressor, &self.data)?;
+        let (ct, compression) = self.sealer.seal(&self.data)?;
         builder.add_frame(
             &ct,
             self.data.len() as u32,
