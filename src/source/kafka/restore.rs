@@ -18,7 +18,7 @@ use rdkafka::producer::{BaseProducer, BaseRecord, Producer, ProducerContext};
 use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// Which recorded topic configuration entries a restore applies.
@@ -97,6 +97,9 @@ impl RestoreReport {
         })
     }
 }
+
+/// Where every stored chunk of the restore is, found while verifying its packs.
+type Located = Arc<HashMap<crate::repo::Id, crate::index::Location>>;
 
 /// topic → partition → (source offset, target offset) of delivered records.
 type Delivered = HashMap<String, HashMap<i32, Vec<(i64, i64)>>>;
@@ -186,12 +189,15 @@ pub fn restore_kafka(
     }
     let with_messages = meta.messages && !opts.no_messages;
     // Verify every blob this restore needs before touching the target.
-    let nodes: HashMap<String, Node> = if with_messages {
+    let (nodes, located): (HashMap<String, Node>, Located) = if with_messages {
         let nodes = repo.read_tree(source)?;
-        crate::restorer::verify_before_restore(repo, &nodes)?;
-        nodes.into_iter().map(|n| (n.path.clone(), n)).collect()
+        let (located, _) = crate::restorer::verify_before_restore(repo, &nodes)?;
+        (
+            nodes.into_iter().map(|n| (n.path.clone(), n)).collect(),
+            Arc::new(located),
+        )
     } else {
-        HashMap::new()
+        Default::default()
     };
     let mut report = RestoreReport::default();
     let admin = admin(target)?;
@@ -230,7 +236,7 @@ pub fn restore_kafka(
     }
     create_topics(&admin, target, &meta, opts, brokers, &existing, &mut report)?;
     if with_messages {
-        let maps = produce(repo, target, &meta, opts, &nodes, &mut report)?;
+        let maps = produce(repo, target, &meta, opts, &nodes, &located, &mut report)?;
         commit_groups(target, &meta, opts, &maps, &mut report)?;
     } else if !meta.groups.is_empty() {
         report
@@ -382,6 +388,7 @@ struct Lane<'a> {
 /// What the producing threads share.
 struct Work<'a> {
     repo: &'a Repository,
+    located: Located,
     producer: &'a BaseProducer<Deliveries>,
     opts: &'a RestoreOptions,
     points: &'a HashMap<(String, i32), Vec<i64>>,
@@ -419,7 +426,11 @@ impl<'a> Work<'a> {
                     source: &t.name,
                     target: target_name(self.opts, &t.name),
                     partition,
-                    reader: RecordReader::new(self.repo.open_file(node)?),
+                    reader: RecordReader::new(
+                        self.repo
+                            .open_file(node)?
+                            .with_locations(self.located.clone()),
+                    ),
                     points: self
                         .points
                         .get(&(t.name.clone(), partition))
@@ -552,6 +563,7 @@ fn produce(
     meta: &KafkaMeta,
     opts: &RestoreOptions,
     nodes: &HashMap<String, Node>,
+    located: &Located,
     report: &mut RestoreReport,
 ) -> Result<Maps> {
     let mut cfg = target.config();
@@ -582,6 +594,7 @@ fn produce(
         .collect();
     let work = Work {
         repo,
+        located: located.clone(),
         producer: &producer,
         opts,
         points: &points,
