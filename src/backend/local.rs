@@ -52,6 +52,104 @@ impl LocalBackend {
     }
 }
 
+/// Files at least this large (packs) are written around the page cache.
+const DIRECT_MIN: usize = 1 << 20;
+/// Alignment of O_DIRECT buffers, offsets and lengths: the largest logical
+/// block size in use (4 KiB disks), which also satisfies 512-byte ones.
+const DIRECT_ALIGN: usize = 4096;
+/// Bytes copied into the aligned buffer and written per call.
+const DIRECT_PIECE: usize = 4 << 20;
+
+/// A reusable 4 KiB-aligned buffer for O_DIRECT writes.
+struct AlignedBuf {
+    ptr: std::ptr::NonNull<u8>,
+}
+
+impl AlignedBuf {
+    fn layout() -> std::alloc::Layout {
+        std::alloc::Layout::from_size_align(DIRECT_PIECE, DIRECT_ALIGN).expect("valid layout")
+    }
+
+    fn new() -> Self {
+        // SAFETY: the layout has a non-zero size.
+        let ptr = unsafe { std::alloc::alloc(Self::layout()) };
+        AlignedBuf {
+            ptr: std::ptr::NonNull::new(ptr)
+                .unwrap_or_else(|| std::alloc::handle_alloc_error(Self::layout())),
+        }
+    }
+
+    fn as_mut(&mut self) -> &mut [u8] {
+        // SAFETY: `ptr` points to DIRECT_PIECE bytes owned by self, and
+        // initialised bytes are not required for writing into them.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), DIRECT_PIECE) }
+    }
+}
+
+impl Drop for AlignedBuf {
+    fn drop(&mut self) {
+        // SAFETY: allocated in `new` with the same layout.
+        unsafe { std::alloc::dealloc(self.ptr.as_ptr(), Self::layout()) }
+    }
+}
+
+thread_local! {
+    static DIRECT_BUF: std::cell::RefCell<Option<AlignedBuf>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Write `data` into the empty file `file` (at `path`) with O_DIRECT: the
+/// 4 KiB-aligned bulk through a second, direct descriptor, the tail through
+/// `file`. `Ok(false)` when the file system does not take direct writes
+/// (tmpfs, some network file systems) and nothing was written.
+///
+/// Why: a pack is fsynced as soon as it is written and is not read again
+/// by the backup, so a copy in the page cache buys nothing, and filling it
+/// costs: on a VM measured here, 50 packs of 16 MiB written buffered took
+/// 0.6–2.0 s of system CPU after the page cache had been dropped, and
+/// 0.03 s with O_DIRECT (0.35 s wall either way, fsync included) — a fifth
+/// of all CPU in a 1 GB Kafka snapshot. See spec/repository.md "Writing packs".
+fn write_direct(path: &Path, file: &fs::File, data: &[u8]) -> std::io::Result<bool> {
+    use std::os::unix::fs::{FileExt, OpenOptionsExt};
+    let direct = match fs::OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(path)
+    {
+        Ok(f) => f,
+        Err(e) if is_unsupported(&e) => return Ok(false),
+        Err(e) => return Err(e),
+    };
+    let bulk = data.len() / DIRECT_ALIGN * DIRECT_ALIGN;
+    let bulk_written = DIRECT_BUF.with(|cell| -> std::io::Result<bool> {
+        let mut slot = cell.borrow_mut();
+        let buf = slot.get_or_insert_with(AlignedBuf::new).as_mut();
+        let mut at = 0;
+        while at < bulk {
+            let n = (bulk - at).min(DIRECT_PIECE);
+            buf[..n].copy_from_slice(&data[at..at + n]);
+            match direct.write_all_at(&buf[..n], at as u64) {
+                Ok(()) => at += n,
+                Err(e) if at == 0 && is_unsupported(&e) => return Ok(false),
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(true)
+    })?;
+    if !bulk_written {
+        return Ok(false);
+    }
+    file.write_all_at(&data[bulk..], bulk as u64)?;
+    Ok(true)
+}
+
+/// Errors by which a file system refuses O_DIRECT.
+fn is_unsupported(e: &std::io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EINVAL) | Some(libc::EOPNOTSUPP)
+    )
+}
+
 fn sync_dir(dir: &Path) -> Result<()> {
     fs::File::open(dir)
         .and_then(|d| d.sync_all())
@@ -101,8 +199,15 @@ impl Backend for LocalBackend {
         fs::create_dir_all(&tmp_dir).ctx(|| format!("creating {}", tmp_dir.display()))?;
         let mut tmp = tempfile::NamedTempFile::new_in(&tmp_dir)
             .ctx(|| format!("creating a temporary file in {}", tmp_dir.display()))?;
-        tmp.write_all(data)
-            .and_then(|_| tmp.as_file().sync_all())
+        let written_direct = data.len() >= DIRECT_MIN
+            && write_direct(tmp.path(), tmp.as_file(), data)
+                .ctx(|| format!("writing {file} to {}", tmp_dir.display()))?;
+        if !written_direct {
+            tmp.write_all(data)
+                .ctx(|| format!("writing {file} to {}", tmp_dir.display()))?;
+        }
+        tmp.as_file()
+            .sync_all()
             .ctx(|| format!("writing {file} to {}", tmp_dir.display()))?;
         let parent = path.parent().unwrap_or(&self.root).to_path_buf();
         if !parent.exists() {
