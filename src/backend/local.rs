@@ -110,9 +110,12 @@ thread_local! {
 /// of all CPU in a 1 GB Kafka snapshot. See spec/repository.md "Writing packs".
 fn write_direct(path: &Path, file: &fs::File, data: &[u8]) -> std::io::Result<bool> {
     use std::os::unix::fs::{FileExt, OpenOptionsExt};
+    let Some(o_direct) = O_DIRECT else {
+        return Ok(false);
+    };
     let direct = match fs::OpenOptions::new()
         .write(true)
-        .custom_flags(libc::O_DIRECT)
+        .custom_flags(o_direct)
         .open(path)
     {
         Ok(f) => f,
@@ -141,6 +144,12 @@ fn write_direct(path: &Path, file: &fs::File, data: &[u8]) -> std::io::Result<bo
     file.write_all_at(&data[bulk..], bulk as u64)?;
     Ok(true)
 }
+
+#[cfg(target_os = "linux")]
+const O_DIRECT: Option<libc::c_int> = Some(libc::O_DIRECT);
+/// Elsewhere (macOS has no O_DIRECT) packs are written through the cache.
+#[cfg(not(target_os = "linux"))]
+const O_DIRECT: Option<libc::c_int> = None;
 
 /// Errors by which a file system refuses O_DIRECT.
 fn is_unsupported(e: &std::io::Error) -> bool {
