@@ -60,41 +60,10 @@ const DIRECT_ALIGN: usize = 4096;
 /// Bytes copied into the aligned buffer and written per call.
 const DIRECT_PIECE: usize = 4 << 20;
 
-/// A reusable 4 KiB-aligned buffer for O_DIRECT writes.
-struct AlignedBuf {
-    ptr: std::ptr::NonNull<u8>,
-}
-
-impl AlignedBuf {
-    fn layout() -> std::alloc::Layout {
-        std::alloc::Layout::from_size_align(DIRECT_PIECE, DIRECT_ALIGN).expect("valid layout")
-    }
-
-    fn new() -> Self {
-        // SAFETY: the layout has a non-zero size.
-        let ptr = unsafe { std::alloc::alloc(Self::layout()) };
-        AlignedBuf {
-            ptr: std::ptr::NonNull::new(ptr)
-                .unwrap_or_else(|| std::alloc::handle_alloc_error(Self::layout())),
-        }
-    }
-
-    fn as_mut(&mut self) -> &mut [u8] {
-        // SAFETY: `ptr` points to DIRECT_PIECE bytes owned by self, and
-        // initialised bytes are not required for writing into them.
-        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), DIRECT_PIECE) }
-    }
-}
-
-impl Drop for AlignedBuf {
-    fn drop(&mut self) {
-        // SAFETY: allocated in `new` with the same layout.
-        unsafe { std::alloc::dealloc(self.ptr.as_ptr(), Self::layout()) }
-    }
-}
-
 thread_local! {
-    static DIRECT_BUF: std::cell::RefCell<Option<AlignedBuf>> = const { std::cell::RefCell::new(None) };
+    /// A reusable buffer for O_DIRECT writes, DIRECT_ALIGN bytes longer
+    /// than a piece so that an aligned piece fits inside it.
+    static DIRECT_BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// Write `data` into the empty file `file` (at `path`) with O_DIRECT: the
@@ -124,8 +93,12 @@ fn write_direct(path: &Path, file: &fs::File, data: &[u8]) -> std::io::Result<bo
     };
     let bulk = data.len() / DIRECT_ALIGN * DIRECT_ALIGN;
     let bulk_written = DIRECT_BUF.with(|cell| -> std::io::Result<bool> {
-        let mut slot = cell.borrow_mut();
-        let buf = slot.get_or_insert_with(AlignedBuf::new).as_mut();
+        let mut v = cell.borrow_mut();
+        if v.len() < DIRECT_PIECE + DIRECT_ALIGN {
+            v.resize(DIRECT_PIECE + DIRECT_ALIGN, 0);
+        }
+        let start = v.as_ptr().align_offset(DIRECT_ALIGN);
+        let buf = &mut v[start..start + DIRECT_PIECE];
         let mut at = 0;
         while at < bulk {
             let n = (bulk - at).min(DIRECT_PIECE);
