@@ -778,7 +778,8 @@ impl FileReader<'_> {
     /// a digest of the whole content with one taken when it was stored (the
     /// Kafka check after a backup): that comparison catches any byte the
     /// chunk check would, and hashing every byte twice halves its speed.
-    /// Frames are still authenticated by their decryption.
+    /// The safety rests on that digest, which the caller must hold from
+    /// before the data was stored (spec/repository.md §3, "Reading").
     pub fn digest_checked_by_caller(mut self) -> Self {
         self.check_ids = false;
         self
@@ -790,12 +791,17 @@ impl FileReader<'_> {
             return Ok(false);
         };
         self.next += 1;
-        let found = match &self.located {
-            Some(m) => m.get(id).cloned(),
-            None => self.index.get(id)?,
+        let loc = match &self.located {
+            Some(m) => m.get(id).cloned().ok_or_else(|| {
+                Error::integrity(format!(
+                    "chunk {} is not among the chunks located before the restore",
+                    id.short()
+                ))
+            })?,
+            None => self.index.get(id)?.ok_or_else(|| {
+                Error::integrity(format!("chunk {} is not in the index", id.short()))
+            })?,
         };
-        let loc = found
-            .ok_or_else(|| Error::integrity(format!("chunk {} is not in the index", id.short())))?;
         let frame = self.decoder.frame(self.repo, &loc)?;
         let data = chunk_slice(frame, &loc).ok_or_else(|| {
             Error::integrity(format!(

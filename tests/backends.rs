@@ -101,6 +101,7 @@ fn local_backend_passes_the_suite() {
 }
 
 /// The same on tmpfs, whose O_DIRECT support differs by kernel version.
+#[cfg(target_os = "linux")]
 #[test]
 fn local_backend_passes_the_suite_on_tmpfs() {
     let shm = std::path::Path::new("/dev/shm");

@@ -62,14 +62,18 @@ const DIRECT_PIECE: usize = 4 << 20;
 
 thread_local! {
     /// A reusable buffer for O_DIRECT writes, DIRECT_ALIGN bytes longer
-    /// than a piece so that an aligned piece fits inside it.
+    /// than a piece so that an aligned piece fits inside it. Each writing
+    /// thread (the pack uploaders, a handful) keeps its 4 MiB for its life.
     static DIRECT_BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// Write `data` into the empty file `file` (at `path`) with O_DIRECT: the
 /// 4 KiB-aligned bulk through a second, direct descriptor, the tail through
 /// `file`. `Ok(false)` when the file system does not take direct writes
-/// (tmpfs, some network file systems) and nothing was written.
+/// (EINVAL or EOPNOTSUPP when opening or on the first piece: some network
+/// file systems, tmpfs before Linux 6.6): the caller then writes all of
+/// `data` through `file`, whose position is still 0 (pieces are written at
+/// explicit offsets), over whatever part of the first piece got written.
 ///
 /// Why: a pack is fsynced as soon as it is written and is not read again
 /// by the backup, so a copy in the page cache buys nothing, and filling it
@@ -103,7 +107,7 @@ fn write_direct(path: &Path, file: &fs::File, data: &[u8]) -> std::io::Result<bo
         while at < bulk {
             let n = (bulk - at).min(DIRECT_PIECE);
             buf[..n].copy_from_slice(&data[at..at + n]);
-            match direct.write_all_at(&buf[..n], at as u64) {
+            match write_piece(&direct, &buf[..n], at as u64) {
                 Ok(()) => at += n,
                 Err(e) if at == 0 && is_unsupported(&e) => return Ok(false),
                 Err(e) => return Err(e),
@@ -116,6 +120,18 @@ fn write_direct(path: &Path, file: &fs::File, data: &[u8]) -> std::io::Result<bo
     }
     file.write_all_at(&data[bulk..], bulk as u64)?;
     Ok(true)
+}
+
+/// One positioned write of an aligned piece.
+fn write_piece(direct: &fs::File, piece: &[u8], at: u64) -> std::io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    #[cfg(test)]
+    if at == 0 && tests::REFUSE_FIRST_PIECE.with(|r| r.get()) {
+        // As a file system that takes part of a piece, then refuses.
+        direct.write_all_at(&piece[..DIRECT_ALIGN], 0)?;
+        return Err(std::io::Error::from_raw_os_error(libc::EINVAL));
+    }
+    direct.write_all_at(piece, at)
 }
 
 #[cfg(target_os = "linux")]
@@ -337,4 +353,55 @@ pub(crate) fn read_range_of(
         return Err(std::io::ErrorKind::UnexpectedEof.into());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cell::Cell;
+
+    thread_local! {
+        pub(super) static REFUSE_FIRST_PIECE: Cell<bool> = const { Cell::new(false) };
+    }
+
+    fn data(len: usize) -> Vec<u8> {
+        (0..len).map(|i| (i * 31 + i / 4093) as u8).collect()
+    }
+
+    /// A file system that refuses O_DIRECT after taking part of the first
+    /// piece: the whole file is written again the ordinary way, unchanged.
+    #[test]
+    fn refused_direct_write_falls_back_to_an_ordinary_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let b = LocalBackend::new(dir.path().join("repo"));
+        b.create().unwrap();
+        let f = FileRef::new(FileKind::Pack, format!("{:064x}", 7));
+        let want = data((5 << 20) + 4097 + 13);
+        REFUSE_FIRST_PIECE.with(|r| r.set(true));
+        let written = b.write(&f, &want);
+        REFUSE_FIRST_PIECE.with(|r| r.set(false));
+        written.unwrap();
+        assert!(b.read(&f).unwrap() == want);
+        assert!(b.list(FileKind::Pack).unwrap() == vec![(f.name.clone(), want.len() as u64)]);
+    }
+
+    /// The direct path itself, with a tail and more than one piece.
+    #[test]
+    fn direct_write_keeps_every_byte() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        let file = fs::File::create(&path).unwrap();
+        let want = data(2 * DIRECT_PIECE + 3 * DIRECT_ALIGN + 5);
+        let direct = write_direct(&path, &file, &want).unwrap();
+        if cfg!(not(target_os = "linux")) {
+            assert!(!direct);
+            return;
+        }
+        assert!(
+            direct,
+            "the temporary directory's file system refused O_DIRECT"
+        );
+        drop(file);
+        assert!(fs::read(&path).unwrap() == want);
+    }
 }
