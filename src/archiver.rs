@@ -276,7 +276,8 @@ const FAST_LEVEL: i32 = 1;
 pub struct Sealer<'a> {
     repo: &'a Repository,
     normal: zstd::bulk::Compressor<'static>,
-    fast: Option<zstd::bulk::Compressor<'static>>,
+    /// At FAST_LEVEL, or the repository's level when that is lower.
+    fast: zstd::bulk::Compressor<'static>,
     last_poor: bool,
 }
 
@@ -289,28 +290,27 @@ impl<'a> Sealer<'a> {
         Ok(Sealer {
             repo,
             normal: make(level)?,
-            fast: if level > FAST_LEVEL {
-                Some(make(FAST_LEVEL)?)
-            } else {
-                None
-            },
+            fast: make(level.min(FAST_LEVEL))?,
             last_poor: false,
         })
     }
 
     /// The zstd level the next frame will be compressed at.
     pub fn next_level(&self) -> i32 {
-        match &self.fast {
-            Some(_) if self.last_poor => FAST_LEVEL,
-            _ => self.repo.config.zstd_level,
+        let level = self.repo.config.zstd_level;
+        if self.last_poor {
+            level.min(FAST_LEVEL)
+        } else {
+            level
         }
     }
 
     /// The ciphertext of `data` and how its plaintext was compressed.
     pub fn seal(&mut self, data: &[u8]) -> Result<(Vec<u8>, Compression)> {
-        let compressor = match &mut self.fast {
-            Some(fast) if self.last_poor => fast,
-            _ => &mut self.normal,
+        let compressor = if self.last_poor {
+            &mut self.fast
+        } else {
+            &mut self.normal
         };
         let compressed = compressor.compress(data);
         let size = compressed.as_ref().map_or(data.len(), Vec::len);
@@ -718,9 +718,9 @@ pub fn store_command_output_observed(
 }
 
 /// A reader that shows what it reads to a closure.
-struct Observed<R, F> {
-    inner: R,
-    observe: F,
+pub(crate) struct Observed<R, F> {
+    pub(crate) inner: R,
+    pub(crate) observe: F,
 }
 
 impl<R: Read, F: FnMut(&[u8])> Read for Observed<R, F> {

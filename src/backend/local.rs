@@ -96,30 +96,42 @@ fn write_direct(path: &Path, file: &fs::File, data: &[u8]) -> std::io::Result<bo
         Err(e) => return Err(e),
     };
     let bulk = data.len() / DIRECT_ALIGN * DIRECT_ALIGN;
-    let bulk_written = DIRECT_BUF.with(|cell| -> std::io::Result<bool> {
-        let mut v = cell.borrow_mut();
-        if v.len() < DIRECT_PIECE + DIRECT_ALIGN {
-            v.resize(DIRECT_PIECE + DIRECT_ALIGN, 0);
-        }
-        let start = v.as_ptr().align_offset(DIRECT_ALIGN);
-        let buf = &mut v[start..start + DIRECT_PIECE];
-        let mut at = 0;
-        while at < bulk {
-            let n = (bulk - at).min(DIRECT_PIECE);
-            buf[..n].copy_from_slice(&data[at..at + n]);
-            match write_piece(&direct, &buf[..n], at as u64) {
-                Ok(()) => at += n,
-                Err(e) if at == 0 && is_unsupported(&e) => return Ok(false),
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(true)
-    })?;
+    let bulk_written =
+        DIRECT_BUF.with(|buf| write_aligned(&direct, &data[..bulk], &mut buf.borrow_mut()))?;
     if !bulk_written {
         return Ok(false);
     }
     file.write_all_at(&data[bulk..], bulk as u64)?;
     Ok(true)
+}
+
+/// Write `bulk` (a multiple of DIRECT_ALIGN long) through the direct
+/// descriptor, a piece at a time through the aligned part of `buf`;
+/// `Ok(false)` when the first piece is refused.
+fn write_aligned(direct: &fs::File, bulk: &[u8], buf: &mut Vec<u8>) -> std::io::Result<bool> {
+    if buf.len() < DIRECT_PIECE + DIRECT_ALIGN {
+        buf.resize(DIRECT_PIECE + DIRECT_ALIGN, 0);
+    }
+    let start = buf.as_ptr().align_offset(DIRECT_ALIGN);
+    let aligned = &mut buf[start..start + DIRECT_PIECE];
+    for (i, piece) in bulk.chunks(DIRECT_PIECE).enumerate() {
+        aligned[..piece.len()].copy_from_slice(piece);
+        match write_piece(direct, &aligned[..piece.len()], (i * DIRECT_PIECE) as u64) {
+            Ok(()) => {}
+            Err(e) if i == 0 && is_unsupported(&e) => return Ok(false),
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(true)
+}
+
+/// Write `data` into the empty file `file` at `path` and fsync it: large
+/// files around the page cache where the file system allows.
+fn fill_file(path: &Path, mut file: &fs::File, data: &[u8]) -> std::io::Result<()> {
+    if !(data.len() >= DIRECT_MIN && write_direct(path, file, data)?) {
+        file.write_all(data)?;
+    }
+    file.sync_all()
 }
 
 /// One positioned write of an aligned piece.
@@ -195,17 +207,9 @@ impl Backend for LocalBackend {
         let path = self.path(file);
         let tmp_dir = self.root.join("tmp");
         fs::create_dir_all(&tmp_dir).ctx(|| format!("creating {}", tmp_dir.display()))?;
-        let mut tmp = tempfile::NamedTempFile::new_in(&tmp_dir)
+        let tmp = tempfile::NamedTempFile::new_in(&tmp_dir)
             .ctx(|| format!("creating a temporary file in {}", tmp_dir.display()))?;
-        let written_direct = data.len() >= DIRECT_MIN
-            && write_direct(tmp.path(), tmp.as_file(), data)
-                .ctx(|| format!("writing {file} to {}", tmp_dir.display()))?;
-        if !written_direct {
-            tmp.write_all(data)
-                .ctx(|| format!("writing {file} to {}", tmp_dir.display()))?;
-        }
-        tmp.as_file()
-            .sync_all()
+        fill_file(tmp.path(), tmp.as_file(), data)
             .ctx(|| format!("writing {file} to {}", tmp_dir.display()))?;
         let parent = path.parent().unwrap_or(&self.root).to_path_buf();
         if !parent.exists() {

@@ -13,27 +13,13 @@ pub use backup::{archive_kafka, BackupOptions};
 pub use client::{KafkaOptions, RetryPolicy};
 pub use restore::{restore_kafka, ConfigChoice, RestoreOptions, RestoreReport};
 
+use crate::archiver::Observed;
 use crate::error::{Error, Result};
 use crate::repo::kafka::{KafkaMeta, PartitionMeta, RecordReader};
 use crate::repo::{Node, SourceRecord};
 use crate::repository::Repository;
-use std::io::Read;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
-
-/// Passes bytes through while hashing them.
-struct Hashing<R> {
-    inner: R,
-    hasher: blake3::Hasher,
-}
-
-impl<R: Read> Read for Hashing<R> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.hasher.update(&buf[..n]);
-        Ok(n)
-    }
-}
 
 /// After a backup: read every partition back from the repository and
 /// compare its record count, offsets and digest with what was consumed.
@@ -97,12 +83,15 @@ pub fn verify_stored(repo: &Repository, source: &SourceRecord) -> Result<()> {
 
 /// Read one stored partition back; its record count when everything matches.
 fn verify_partition(repo: &Repository, topic: &str, p: &PartitionMeta, node: &Node) -> Result<u64> {
-    let mut h = Hashing {
+    let mut hasher = blake3::Hasher::new();
+    let hashed = Observed {
         inner: repo.open_file(node)?.digest_checked_by_caller(),
-        hasher: blake3::Hasher::new(),
+        observe: |b: &[u8]| {
+            hasher.update(b);
+        },
     };
     // Records are read a few bytes at a time; hash in large pieces.
-    let mut reader = RecordReader::new(std::io::BufReader::with_capacity(1 << 20, &mut h));
+    let mut reader = RecordReader::new(std::io::BufReader::with_capacity(1 << 20, hashed));
     let (mut count, mut prev) = (0u64, None::<i64>);
     let fail = |what: String| {
         Error::integrity(format!(
@@ -123,7 +112,7 @@ fn verify_partition(repo: &Repository, topic: &str, p: &PartitionMeta, node: &No
         count += 1;
     }
     drop(reader);
-    let digest = h.hasher.finalize().to_hex().to_string();
+    let digest = hasher.finalize().to_hex().to_string();
     if count != p.records || digest != p.digest {
         return Err(fail(format!(
             "has {count} records (digest {}), but {} were consumed (digest {})",

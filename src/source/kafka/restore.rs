@@ -427,9 +427,7 @@ impl<'a> Work<'a> {
                     target: target_name(self.opts, &t.name),
                     partition,
                     reader: RecordReader::new(
-                        self.repo
-                            .open_file(node)?
-                            .with_locations(self.located.clone()),
+                        self.repo.open_file_located(node, self.located.clone())?,
                     ),
                     points: self
                         .points
