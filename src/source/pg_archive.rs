@@ -63,9 +63,10 @@ impl<R: BufRead> Archive<R> {
             self.pos += n as u64;
             return Ok(v);
         }
-        let mut bytes = vec![0u8; n];
-        self.bytes(&mut bytes)?;
-        Ok(int_value(&bytes))
+        // int_size is at most 16 (checked where the header is read).
+        let mut bytes = [0u8; 17];
+        self.bytes(&mut bytes[..n])?;
+        Ok(int_value(&bytes[..n]))
     }
 
     /// `ReadStr`: a length (`-1` = NULL), then that many bytes.
@@ -473,7 +474,9 @@ pub struct Streamed {
 }
 
 impl StreamScan {
-    pub fn start() -> StreamScan {
+    /// With `hash_rows` false only the data blocks are located: the caller
+    /// sums every table in SQL (see `scan`).
+    pub fn start(hash_rows: bool) -> StreamScan {
         let (tx, rx) = std::sync::mpsc::sync_channel(64);
         let thread = std::thread::spawn(move || {
             let mut reader = ChannelReader {
@@ -481,7 +484,7 @@ impl StreamScan {
                 current: Vec::new(),
                 at: 0,
             };
-            Ok(scan(&mut reader, true)?.map(|l| Streamed {
+            Ok(scan(&mut reader, hash_rows)?.map(|l| Streamed {
                 offsets: DataOffsets {
                     size: l.off_size,
                     entries: l
@@ -506,10 +509,13 @@ impl StreamScan {
         }
     }
 
-    /// The next bytes of the stream (ignored once reading has failed).
-    pub fn feed(&self, bytes: &[u8]) {
+    /// The next bytes of the stream (ignored, and no longer copied, once
+    /// the reader has stopped: an archive it does not know, or a failure).
+    pub fn feed(&mut self, bytes: &[u8]) {
         if let Some(tx) = &self.tx {
-            let _ = tx.send(bytes.to_vec());
+            if tx.send(bytes.to_vec()).is_err() {
+                self.tx = None;
+            }
         }
     }
 
@@ -791,7 +797,7 @@ mod tests {
         // pg_dump ends each table's data with a `\.` block and blank lines.
         let rows = ["1\ta\n", "2\t\\N\n", "\\.\n\n\n"];
         let (bytes, _) = archive(&[(7, false), (8, true), (9, true)], &rows);
-        let scan = StreamScan::start();
+        let mut scan = StreamScan::start(true);
         // Pieces of 3 bytes: integers and rows split across them.
         for piece in bytes.chunks(3) {
             scan.feed(piece);
@@ -839,10 +845,10 @@ mod tests {
     #[test]
     fn a_stream_cut_short_or_foreign_is_reported_not_summed() {
         let (bytes, _) = archive(&[(8, true)], &["1\ta\n"]);
-        let scan = StreamScan::start();
+        let mut scan = StreamScan::start(true);
         scan.feed(&bytes[..bytes.len() - 3]);
         assert!(scan.finish().is_err());
-        let scan = StreamScan::start();
+        let mut scan = StreamScan::start(true);
         scan.feed(b"--\n-- PostgreSQL database dump\n");
         assert!(scan.finish().unwrap().is_none());
     }
@@ -890,7 +896,7 @@ mod tests {
     #[test]
     fn recorded_offsets_must_name_the_blocks_they_point_at() {
         let (bytes, _) = archive(&[(8, true), (9, true)], &["1\ta\n"]);
-        let scan = StreamScan::start();
+        let mut scan = StreamScan::start(true);
         scan.feed(&bytes);
         let mut offsets = scan.finish().unwrap().unwrap().offsets;
         assert_eq!(offsets.entries.len(), 2);
@@ -912,14 +918,14 @@ mod tests {
     #[test]
     fn an_empty_table_has_no_rows_and_a_compressed_archive_no_sums() {
         let (bytes, _) = archive(&[(8, true)], &["\\.\n\n\n"]);
-        let scan = StreamScan::start();
+        let mut scan = StreamScan::start(true);
         scan.feed(&bytes);
         let tables = scan.finish().unwrap().unwrap().tables;
         assert_eq!((tables[0].rows, tables[0].sum), (0, 0));
         // Compression level 6 (archive 1.14): the blocks are not COPY text.
         let (mut bytes, _) = archive(&[(8, true)], &["1\ta\n"]);
         bytes[12] = 6;
-        let scan = StreamScan::start();
+        let mut scan = StreamScan::start(true);
         scan.feed(&bytes);
         assert!(scan.finish().unwrap().is_none());
     }

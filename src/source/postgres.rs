@@ -481,13 +481,16 @@ fn copy_sum<C: postgres::GenericClient>(
         quote_ident(schema),
         quote_ident(name),
     ))?;
-    let mut buf = vec![0u8; 256 * 1024];
+    // Hashed where the client buffered it: no copy into a buffer of ours.
+    use std::io::BufRead;
     loop {
-        match reader.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => rows.update(&buf[..n]),
-            Err(e) => return Err(SumError::from_copy(e)),
+        let piece = reader.fill_buf().map_err(SumError::from_copy)?;
+        if piece.is_empty() {
+            break;
         }
+        let n = piece.len();
+        rows.update(piece);
+        reader.consume(n);
     }
     drop(reader);
     client.batch_execute("ROLLBACK TO SAVEPOINT cairn_copy; RELEASE SAVEPOINT cairn_copy")?;
@@ -639,7 +642,7 @@ pub fn archive_logical(
                 .map_err(|e| e.shown(&target, db))?;
                 Ok((c, sums))
             });
-            let scan = super::pg_archive::StreamScan::start();
+            let mut scan = super::pg_archive::StreamScan::start(copy_sums);
             let what = format!("pg_dump of {db}");
             let node = archive_command(packer, cmd, &what, &path, &progress, |b| scan.feed(b));
             let from_dump = scan.finish();
