@@ -182,7 +182,7 @@ fn produce(a: &Args) -> Res<serde_json::Value> {
         .set("linger.ms", "5")
         .set("batch.num.messages", "100000")
         .set("batch.size", "4194304")
-        .set("queue.buffering.max.kbytes", "262144")
+        .set("queue.buffering.max.kbytes", "65536")
         .set("queue.buffering.max.messages", "1000000")
         .set("message.max.bytes", "100000000")
         .set("message.timeout.ms", "300000");
