@@ -828,6 +828,20 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
+    /// A tool's output pipe holds 1 MiB after growing (Linux).
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn tool_pipes_grow_to_a_mebibyte() {
+        use std::os::fd::AsRawFd;
+        let (reader, writer) = std::io::pipe().unwrap();
+        // SAFETY: F_GETPIPE_SZ on a pipe this test owns.
+        let size =
+            |fd: &std::io::PipeReader| unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETPIPE_SZ) };
+        assert_eq!(size(&reader), 64 << 10, "a new pipe is 64 KiB");
+        grow_pipe(&writer);
+        assert_eq!(size(&reader), 1 << 20);
+    }
+
     fn repo(dir: &Path) -> Repository {
         crate::repository::test_repo(dir)
     }
