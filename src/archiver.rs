@@ -645,7 +645,7 @@ pub fn tail_lines(text: &str, n: usize) -> String {
 /// Grow a pipe a tool writes into to 1 MiB (Linux's default limit for
 /// unprivileged processes) from 64 KiB, so that the tool and cairn wake
 /// each other a sixteenth as often; where that is refused, it stays as is.
-pub fn grow_pipe(pipe: &impl std::os::fd::AsRawFd) {
+fn grow_pipe(pipe: &impl std::os::fd::AsRawFd) {
     #[cfg(target_os = "linux")]
     // SAFETY: F_SETPIPE_SZ on a descriptor this process owns; a failure
     // leaves the pipe unchanged.
