@@ -296,7 +296,8 @@ impl<'a> Sealer<'a> {
     }
 
     /// The zstd level the next frame will be compressed at.
-    pub fn next_level(&self) -> i32 {
+    #[cfg(test)]
+    fn next_level(&self) -> i32 {
         let level = self.repo.config.zstd_level;
         if self.last_poor {
             level.min(FAST_LEVEL)
