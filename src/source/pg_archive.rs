@@ -160,6 +160,30 @@ pub struct DataOffsets {
     pub entries: Vec<[u64; 3]>,
 }
 
+impl DataOffsets {
+    /// Where the first data block starts: the header and the table of
+    /// contents end there. `None` when the archive holds no data blocks.
+    pub fn data_start(&self) -> Option<u64> {
+        self.entries.iter().map(|e| e[1]).min()
+    }
+
+    /// The largest data block's share of all data bytes in an archive of
+    /// `archive_size` bytes (blocks follow each other up to its end).
+    pub fn largest_share(&self, archive_size: u64) -> Option<f64> {
+        let mut starts: Vec<u64> = self.entries.iter().map(|e| e[1]).collect();
+        starts.sort_unstable();
+        let first = *starts.first()?;
+        let total = archive_size.checked_sub(first).filter(|&t| t > 0)?;
+        let ends = starts.iter().skip(1).copied().chain([archive_size]);
+        let largest = starts
+            .iter()
+            .zip(ends)
+            .map(|(s, e)| e.saturating_sub(*s))
+            .max()?;
+        Some(largest as f64 / total as f64)
+    }
+}
+
 /// Write `recorded` (taken while the dump streamed) into the TOC of the
 /// spooled dump at `path`. The archive's header must give the recorded
 /// offset size, every field must still say "position not set", and at every
@@ -939,5 +963,20 @@ mod tests {
         assert_eq!(split_columns("").unwrap(), Vec::<String>::new());
         assert_eq!(split_columns("a) TO PROGRAM 'x' --"), None);
         assert_eq!(split_columns("\"open"), None);
+    }
+
+    #[test]
+    fn largest_block_share_and_where_data_starts() {
+        // Blocks at 100, 200 and 1000 of a 1100-byte archive: 100, 800, 100.
+        let o = DataOffsets {
+            size: 8,
+            entries: vec![[40, 1000, 3], [20, 100, 1], [30, 200, 2]],
+        };
+        assert_eq!(o.data_start(), Some(100));
+        assert_eq!(o.largest_share(1100), Some(0.8));
+        // No data blocks, or an archive size that cannot hold them.
+        assert_eq!(DataOffsets::default().data_start(), None);
+        assert_eq!(DataOffsets::default().largest_share(10), None);
+        assert_eq!(o.largest_share(100), None);
     }
 }
