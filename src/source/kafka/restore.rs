@@ -188,6 +188,12 @@ pub fn restore_kafka(
         }
     }
     let with_messages = meta.messages && !opts.no_messages;
+    // The clients connect (and the producer obtains its idempotent producer
+    // id) in the background while the packs are verified: that changes
+    // nothing on the target, and it took 0.3 s of the restore when it
+    // waited for the verification.
+    let admin = admin(target)?;
+    let producer = with_messages.then(|| producer(target)).transpose()?;
     // Verify every blob this restore needs before touching the target.
     let (nodes, located): (HashMap<String, Node>, Located) = if with_messages {
         let nodes = repo.read_tree(source)?;
@@ -200,7 +206,6 @@ pub fn restore_kafka(
         Default::default()
     };
     let mut report = RestoreReport::default();
-    let admin = admin(target)?;
     let md = retry(target, "fetching cluster metadata", || {
         admin.inner().fetch_metadata(None, target.timeout)
     })?;
@@ -235,8 +240,17 @@ pub fn restore_kafka(
         .with_hint("give --force to add the records to the existing topics, or rename with --topic-map old=new"));
     }
     create_topics(&admin, target, &meta, opts, brokers, &existing, &mut report)?;
-    if with_messages {
-        let maps = produce(repo, target, &meta, opts, &nodes, &located, &mut report)?;
+    if let Some(producer) = producer {
+        let maps = produce(
+            repo,
+            producer,
+            target,
+            &meta,
+            opts,
+            &nodes,
+            &located,
+            &mut report,
+        )?;
         commit_groups(target, &meta, opts, &maps, &mut report)?;
     } else if !meta.groups.is_empty() {
         report
@@ -557,15 +571,8 @@ fn send(
     }
 }
 
-fn produce(
-    repo: &Repository,
-    target: &KafkaOptions,
-    meta: &KafkaMeta,
-    opts: &RestoreOptions,
-    nodes: &HashMap<String, Node>,
-    located: &Located,
-    report: &mut RestoreReport,
-) -> Result<Maps> {
+/// The idempotent producer a restore sends records with.
+fn producer(target: &KafkaOptions) -> Result<BaseProducer<Deliveries>> {
     let mut cfg = target.config();
     cfg.set("enable.idempotence", "true")
         .set("linger.ms", "5")
@@ -581,9 +588,21 @@ fn produce(
         .set("queue.buffering.max.messages", "1000000")
         .set("message.max.bytes", "100000000")
         .set("message.timeout.ms", "300000");
-    let producer: BaseProducer<Deliveries> = cfg
-        .create_with_context(Deliveries::default())
-        .map_err(|e| Error::usage(format!("cannot configure a Kafka producer: {e}")))?;
+    cfg.create_with_context(Deliveries::default())
+        .map_err(|e| Error::usage(format!("cannot configure a Kafka producer: {e}")))
+}
+
+#[allow(clippy::too_many_arguments)]
+fn produce(
+    repo: &Repository,
+    producer: BaseProducer<Deliveries>,
+    target: &KafkaOptions,
+    meta: &KafkaMeta,
+    opts: &RestoreOptions,
+    nodes: &HashMap<String, Node>,
+    located: &Located,
+    report: &mut RestoreReport,
+) -> Result<Maps> {
     let points = resume_points(meta);
     let started = std::time::Instant::now();
     // Partitions waiting for a lane, in snapshot order.
