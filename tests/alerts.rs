@@ -4,7 +4,7 @@
 mod common;
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -22,6 +22,28 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// Whether process `pid` holds a socket listening on 127.0.0.1:`port` (Linux:
+/// the socket's inode in /proc/net/tcp among the process's descriptors).
+fn listens(pid: u32, port: u16) -> bool {
+    let Ok(table) = std::fs::read_to_string("/proc/net/tcp") else {
+        return false;
+    };
+    let local = format!("0100007F:{port:04X}");
+    // "sl local rem st tx:rx tr:when retrnsmt uid timeout inode ...", 0A = LISTEN
+    let inodes: Vec<String> = table
+        .lines()
+        .skip(1)
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .filter(|f| f.len() > 9 && f[1] == local && f[3] == "0A")
+        .map(|f| format!("socket:[{}]", f[9]))
+        .collect();
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return false;
+    };
+    fds.filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .any(|target| inodes.iter().any(|i| target.as_os_str() == i.as_str()))
+}
+
 /// An aiosmtpd server storing each message in `DIR/new/`; killed on drop.
 struct Smtp {
     child: Child,
@@ -32,24 +54,23 @@ struct Smtp {
 impl Smtp {
     /// Plain SMTP, no AUTH: `python3 -m aiosmtpd … -c aiosmtpd.handlers.Mailbox DIR`.
     fn start(dir: &Path) -> Smtp {
-        let port = free_port();
         let maildir = dir.join("mail");
-        let child = Command::new(PYTHON)
-            .args(["-m", "aiosmtpd", "-n", "-l"])
-            .arg(format!("127.0.0.1:{port}"))
-            .args(["-c", "aiosmtpd.handlers.Mailbox"])
-            .arg(&maildir)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start aiosmtpd (scripts/setup installs python3-aiosmtpd)");
-        Smtp::wait(child, port, maildir)
+        Smtp::launch(maildir.clone(), |port| {
+            Command::new(PYTHON)
+                .args(["-m", "aiosmtpd", "-n", "-l"])
+                .arg(format!("127.0.0.1:{port}"))
+                .args(["-c", "aiosmtpd.handlers.Mailbox"])
+                .arg(&maildir)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("start aiosmtpd (scripts/setup installs python3-aiosmtpd)")
+        })
     }
 
     /// SMTP with AUTH (PLAIN, LOGIN) over a plain connection, accepting
     /// only `user` / `password`.
     fn start_with_auth(dir: &Path, user: &str, password: &str) -> Smtp {
-        let port = free_port();
         let maildir = dir.join("mail");
         let script = dir.join("smtp_auth.py");
         std::fs::write(
@@ -78,32 +99,46 @@ threading.Event().wait()
 "#,
         )
         .unwrap();
-        let child = Command::new(PYTHON)
-            .arg(&script)
-            .arg(port.to_string())
-            .arg(&maildir)
-            .args([user, password])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        Smtp::wait(child, port, maildir)
+        Smtp::launch(maildir.clone(), |port| {
+            Command::new(PYTHON)
+                .arg(&script)
+                .arg(port.to_string())
+                .arg(&maildir)
+                .args([user, password])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap()
+        })
     }
 
-    fn wait(mut child: Child, port: u16, maildir: PathBuf) -> Smtp {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            if let Some(status) = child.try_wait().unwrap() {
-                panic!("the SMTP server exited: {status}");
+    /// Start a server on a free port and wait until it is the one listening
+    /// there. A port found free can be taken by another test's server before
+    /// ours binds it: ours then exits, and a bare connect would reach the
+    /// other one (which may be gone by the time cairn sends). So the wait is
+    /// for a listening socket held by our child, and a child that exits is
+    /// started again on another port.
+    fn launch(maildir: PathBuf, spawn: impl Fn(u16) -> Child) -> Smtp {
+        for _ in 0..5 {
+            let port = free_port();
+            let mut child = spawn(port);
+            let deadline = Instant::now() + Duration::from_secs(20);
+            loop {
+                if child.try_wait().unwrap().is_some() {
+                    break; // most likely the port was taken: try another
+                }
+                if listens(child.id(), port) {
+                    return Smtp {
+                        child,
+                        port,
+                        maildir,
+                    };
+                }
+                assert!(Instant::now() < deadline, "the SMTP server did not start");
+                std::thread::sleep(Duration::from_millis(50));
             }
-            assert!(Instant::now() < deadline, "the SMTP server did not start");
-            std::thread::sleep(Duration::from_millis(50));
         }
-        Smtp {
-            child,
-            port,
-            maildir,
-        }
+        panic!("the SMTP server exited at start five times");
     }
 
     /// The messages received so far (raw text).
