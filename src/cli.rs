@@ -266,8 +266,8 @@ pub struct RestoreArgs {
     #[arg(long, value_name = "NAME", requires = "to")]
     pub database: Vec<String>,
     /// With --to: parallel pg_restore jobs (the dump is spooled to disk; when one table holds
-    /// 90% of a new database's data, the data is streamed and only indexes and constraints run
-    /// in parallel); 0 streams everything without spooling
+    /// 90% of a database's data, the data is streamed and only indexes and constraints run
+    /// in parallel, except with --clean); 0 streams everything without spooling
     #[arg(long, value_name = "N", requires = "to")]
     pub jobs: Option<usize>,
     /// With --to: directory for spooled dumps [default: the temporary directory]

@@ -184,6 +184,43 @@ impl DataOffsets {
     }
 }
 
+/// The length of the header and table of contents of the archive whose
+/// first bytes are `head`, checked against `recorded`: the header must give
+/// the recorded offset size, and a data block of the recorded entry must
+/// start where the first block was recorded (`head` must reach a few bytes
+/// past it). An error says what did not match.
+pub fn table_of_contents_len(head: &[u8], recorded: &DataOffsets) -> Result<usize> {
+    let mismatch = |what: &str| {
+        Error::integrity(format!(
+            "the dump's {what} does not match the recorded data offsets"
+        ))
+    };
+    let first = recorded
+        .entries
+        .iter()
+        .min_by_key(|e| e[1])
+        .ok_or_else(|| mismatch("data"))?;
+    let start = usize::try_from(first[1]).map_err(|_| mismatch("size"))?;
+    if head.len() < 11
+        || &head[..5] != b"PGDMP"
+        || head[10] != ARCH_CUSTOM
+        || usize::from(head[9]) != recorded.size
+    {
+        return Err(mismatch("header"));
+    }
+    let int_size = usize::from(head[8]);
+    let block = head
+        .get(start..start + 2 + int_size)
+        .filter(|_| (1..=8).contains(&int_size))
+        .ok_or_else(|| mismatch("size"))?;
+    if !matches!(block[0], BLK_DATA | BLK_BLOBS)
+        || u64::try_from(int_value(&block[1..])).ok() != Some(first[2])
+    {
+        return Err(mismatch("first data block"));
+    }
+    Ok(start)
+}
+
 /// Write `recorded` (taken while the dump streamed) into the TOC of the
 /// spooled dump at `path`. The archive's header must give the recorded
 /// offset size, every field must still say "position not set", and at every
@@ -937,6 +974,26 @@ mod tests {
         offsets.size = 4;
         assert!(write_recorded_offsets(&path, &offsets).is_err());
         assert_eq!(std::fs::read(&path).unwrap(), bytes);
+    }
+
+    #[test]
+    fn the_table_of_contents_ends_at_the_recorded_first_block() {
+        let (bytes, _) = archive(&[(7, false), (8, true), (9, true)], &["1\ta\n"]);
+        let mut scan = StreamScan::start(true);
+        scan.feed(&bytes);
+        let mut offsets = scan.finish().unwrap().unwrap().offsets;
+        let start = offsets.data_start().unwrap() as usize;
+        assert_eq!(table_of_contents_len(&bytes, &offsets).unwrap(), start);
+        // A block of entry 8 starts there, and the TOC reaches up to it.
+        assert_eq!(bytes[start], BLK_DATA);
+        assert!(table_of_contents_len(&bytes[..start + 3], &offsets).is_err());
+        // Offsets of another dump: the block there is not the one recorded.
+        offsets.entries.iter_mut().for_each(|e| e[2] += 1);
+        assert!(table_of_contents_len(&bytes, &offsets).is_err());
+        offsets.entries.iter_mut().for_each(|e| e[2] -= 1);
+        offsets.size = 4;
+        assert!(table_of_contents_len(&bytes, &offsets).is_err());
+        assert!(table_of_contents_len(&bytes, &DataOffsets::default()).is_err());
     }
 
     #[test]

@@ -787,16 +787,17 @@ pub enum Load {
     Spooled,
     /// Streamed into one `pg_restore` (`--jobs 0`).
     Streamed,
-    /// Schema and data streamed into one `pg_restore`, then indexes and
-    /// constraints built by `pg_restore --jobs` from the table of contents:
-    /// chosen when one table holds [`STREAM_DATA_SHARE`] of the data.
+    /// Schema and data streamed into one `pg_restore`, then indexes,
+    /// constraints and privileges by `pg_restore --jobs` from the table of
+    /// contents: chosen when one data block (a table's, or the large
+    /// objects') holds [`STREAM_DATA_SHARE`] of the data.
     StreamedData,
 }
 
 /// Parallel restore cannot load one table's data with more than one worker.
 /// When one table holds at least this share of a dump's data, spooling the
 /// dump so that workers can load the rest side by side costs more than it
-/// saves: at pgbench scale 50 (99.9% in one table) writing the 489 MiB spool
+/// saves: at pgbench scale 50 (over 99% in one table) writing the 489 MiB spool
 /// took 0.25 s and the decoding could not overlap the load. Below it, the
 /// other tables' data (at least a tenth) loads in parallel.
 pub const STREAM_DATA_SHARE: f64 = 0.9;
@@ -1165,20 +1166,22 @@ pub fn restore_logical(
             .data_offsets
             .as_ref()
             .filter(|_| spool.is_some() && !(exists[&d.name] && opts.clean))
-            .and_then(|o| Some((o.data_start()?, o.largest_share(dump.size)?)))
+            .and_then(|o| Some((o, o.largest_share(dump.size)?)))
             .filter(|&(_, share)| share >= STREAM_DATA_SHARE);
-        let load = if let (Some(spool), Some((toc_len, share))) = (&spool, dominant) {
-            let sums = restore_streamed_data(
-                repo,
-                &target,
-                d,
-                dump,
-                cmd,
-                &spool.path().join("toc"),
-                toc_len,
-                share,
-                opts,
-            )?;
+        let split = match (&spool, dominant) {
+            (Some(spool), Some((offsets, share))) => {
+                match split_by_sections(repo, &target, &maint, dump, offsets, spool.path()) {
+                    Ok(plan) => Some((plan, share)),
+                    Err(e) => {
+                        tracing::warn!(database = %d.name, error = %e, "cannot split the restore into sections; spooling the dump");
+                        None
+                    }
+                }
+            }
+            _ => None,
+        };
+        let load = if let Some((plan, share)) = split {
+            let sums = restore_streamed_data(repo, &target, d, dump, cmd, &plan, share, opts)?;
             proven.insert(d.name.clone(), sums);
             Load::StreamedData
         } else if let Some(spool) = &spool {
@@ -1283,10 +1286,100 @@ pub fn restore_logical(
     Ok(report)
 }
 
+/// The files a restore split into sections runs from (see [`Load::StreamedData`]).
+struct SplitPlan {
+    /// The dump's header and table of contents (the bytes before its first
+    /// data block): all that the post-data section reads.
+    toc: std::path::PathBuf,
+    /// `pg_restore -L` list of the first pg_restore: every entry but the
+    /// privileges (the sections pre-data and data are chosen by `--section`).
+    first: std::path::PathBuf,
+    /// `-L` list of the second: post-data entries, then the privileges.
+    second: std::path::PathBuf,
+}
+
+/// Write the table of contents of `dump` (checked against the recorded
+/// offsets) and the `-L` lists of the two pg_restores into `dir`. Nothing
+/// touches the target: an error means the dump is spooled instead.
+///
+/// A single pg_restore grants and revokes privileges last, after indexes
+/// and constraints; split, the first pg_restore would apply those of tables
+/// and functions before the second builds the indexes, and an index on a
+/// function whose EXECUTE is revoked from PUBLIC would then fail to build
+/// as the table's owner. So privileges move to the second pg_restore, except
+/// the database's own, which pg_restore applies only with `--create`.
+fn split_by_sections(
+    repo: &crate::repository::Repository,
+    target: &Target,
+    maint: &str,
+    dump: &Node,
+    offsets: &super::pg_archive::DataOffsets,
+    dir: &std::path::Path,
+) -> Result<SplitPlan> {
+    let start = offsets
+        .data_start()
+        .ok_or_else(|| Error::integrity("the dump has no data blocks"))?;
+    let mut head = Vec::new();
+    repo.open_file(dump)?
+        .take(start + 32)
+        .read_to_end(&mut head)
+        .map_err(|e| Error::io(format!("reading the table of contents of {}", dump.path), e))?;
+    let len = super::pg_archive::table_of_contents_len(&head, offsets)?;
+    let plan = SplitPlan {
+        toc: dir.join("toc"),
+        first: dir.join("first.list"),
+        second: dir.join("second.list"),
+    };
+    std::fs::write(&plan.toc, &head[..len])
+        .map_err(|e| Error::io(format!("writing {}", plan.toc.display()), e))?;
+    let list = |section: Option<&str>| {
+        let mut cmd = tool(target, "pg_restore", maint);
+        cmd.arg("--list");
+        if let Some(s) = section {
+            cmd.arg(format!("--section={s}"));
+        }
+        cmd.arg(&plan.toc);
+        run_tool_stdout(cmd, "pg_restore --list")
+    };
+    let (all, post) = (list(None)?, list(Some("post-data"))?);
+    let id = |line: &str| {
+        line.split_once("; ")
+            .and_then(|(n, _)| n.trim().parse::<u32>().ok())
+    };
+    let post: HashSet<u32> = post.lines().filter_map(id).collect();
+    let (mut first, mut second) = (String::new(), String::new());
+    for line in all.lines() {
+        let Some(n) = id(line) else { continue };
+        let privilege = grant_entry(line) && !line.contains(" ACL - DATABASE ");
+        let out = if privilege || post.contains(&n) {
+            &mut second
+        } else {
+            &mut first
+        };
+        out.push_str(line);
+        out.push('\n');
+    }
+    for (path, text) in [(&plan.first, first), (&plan.second, second)] {
+        std::fs::write(path, text)
+            .map_err(|e| Error::io(format!("writing {}", path.display()), e))?;
+    }
+    Ok(plan)
+}
+
+/// Whether a `pg_restore --list` line ("<id>; <catalog oid> <oid> <desc> …")
+/// is a privileges entry (`ACL` or `DEFAULT ACL`).
+fn grant_entry(line: &str) -> bool {
+    let Some((_, rest)) = line.split_once("; ") else {
+        return false;
+    };
+    let desc: Vec<&str> = rest.split_whitespace().skip(2).take(2).collect();
+    matches!(desc.as_slice(), ["ACL", ..] | ["DEFAULT", "ACL"])
+}
+
 /// Restore a database whose data one table dominates (see [`Load::StreamedData`]):
 /// stream the schema and the data into `load` (a `pg_restore` with its target
-/// set), then run the post-data section with `--jobs` from a copy of the dump's
-/// first `toc_len` bytes at `toc`, proving every table meanwhile.
+/// set), then build indexes and constraints and grant privileges with
+/// `--jobs` from the table of contents, proving every table meanwhile.
 #[allow(clippy::too_many_arguments)]
 fn restore_streamed_data(
     repo: &crate::repository::Repository,
@@ -1294,8 +1387,7 @@ fn restore_streamed_data(
     d: &DatabaseMeta,
     dump: &Node,
     mut load: Command,
-    toc: &std::path::Path,
-    toc_len: u64,
+    plan: &SplitPlan,
     share: f64,
     opts: &RestoreOptions,
 ) -> Result<Vec<TableSum>> {
@@ -1308,37 +1400,37 @@ fn restore_streamed_data(
         largest_table_share = share,
         "streaming the data: one table holds most of it; indexes and constraints with --jobs"
     );
-    let what = format!("pg_restore of {}", d.name);
-    load.args(["--section=pre-data", "--section=data"]);
+    load.args(["--section=pre-data", "--section=data", "--use-list"])
+        .arg(&plan.first);
     let started = std::time::Instant::now();
-    feed_tool(repo, dump, load, &what)?;
+    feed_tool(repo, dump, load, &format!("pg_restore of {}", d.name))?;
     tracing::info!(
         database = %d.name,
         bytes = dump.size,
         seconds = started.elapsed().as_secs_f64(),
         "schema and data streamed"
     );
-    let mut head = Vec::new();
-    repo.open_file(dump)?
-        .take(toc_len)
-        .read_to_end(&mut head)
-        .map_err(|e| Error::io(format!("reading the table of contents of {}", d.dump), e))?;
-    std::fs::write(toc, &head).map_err(|e| Error::io(format!("writing {}", toc.display()), e))?;
+    crate::interrupt::check()?;
     let loaded: Vec<&TableSum> = d.tables.iter().filter(|t| t.kind == "table").collect();
     let mut post = tool(target, "pg_restore", &d.name);
-    post.args([
-        "--no-password",
-        "--exit-on-error",
-        "--section=post-data",
-        "--dbname",
-    ])
-    .arg(&d.name)
-    .arg("--jobs")
-    .arg(opts.jobs.to_string())
-    .arg(toc);
-    let sums = restore_and_prove(post, &what, target, d, &HashMap::new(), &loaded, opts.proof);
-    let _ = std::fs::remove_file(toc);
-    sums
+    post.args(["--no-password", "--exit-on-error", "--use-list"])
+        .arg(&plan.second)
+        .arg("--dbname")
+        .arg(&d.name)
+        .arg("--jobs")
+        .arg(opts.jobs.to_string())
+        .arg(&plan.toc);
+    let what = format!(
+        "pg_restore of {} (indexes, constraints, privileges)",
+        d.name
+    );
+    restore_and_prove(post, &what, target, d, &HashMap::new(), &loaded, opts.proof).map_err(|e| {
+        e.with_hint(format!(
+            "the rows of {} are restored, but not all its indexes, constraints or privileges; \
+             restore it again with --clean",
+            d.name
+        ))
+    })
 }
 
 /// Result of proving one PostgreSQL source restores.
