@@ -115,6 +115,9 @@ fn populate(cluster: &ScratchCluster) {
         COMMENT ON TABLE t IS 'holds most of the data';
         GRANT SELECT ON child TO reporter;
         ALTER DATABASE other SET work_mem = '8MB';
+        COMMENT ON DATABASE other IS 'mostly t';
+        REVOKE CONNECT ON DATABASE other FROM PUBLIC;
+        GRANT CONNECT ON DATABASE other TO reporter;
         "#,
     );
     // A database whose rows pg_dump writes in LATIN1: summed in SQL.
@@ -248,7 +251,20 @@ fn logical_round_trip_restores_equal_databases() {
         );
     }
     // What pg_dump of a database does not show: the materialized view's
-    // rows (refreshed in the post-data section) and the database's settings.
+    // rows (refreshed in the post-data section) and the database's settings,
+    // comment and privileges (CONNECT revoked from PUBLIC, granted to reporter).
+    assert_eq!(
+        query_i64(
+            &target.url(),
+            "postgres",
+            "SELECT count(*) FROM pg_database d WHERE datname = 'other' \
+             AND shobj_description(d.oid, 'pg_database') = 'mostly t' \
+             AND has_database_privilege('reporter', d.oid, 'CONNECT') \
+             AND NOT EXISTS (SELECT 1 FROM aclexplode(d.datacl) a \
+                             WHERE a.grantee = 0 AND a.privilege_type = 'CONNECT')"
+        ),
+        1
+    );
     assert_eq!(
         query_i64(&target.url(), "other", "SELECT n FROM t_count"),
         3000

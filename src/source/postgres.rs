@@ -1170,7 +1170,9 @@ pub fn restore_logical(
             .filter(|&(_, share)| share >= STREAM_DATA_SHARE);
         let split = match (&spool, dominant) {
             (Some(spool), Some((offsets, share))) => {
-                match split_by_sections(repo, &target, &maint, dump, offsets, spool.path()) {
+                let create = !exists[&d.name];
+                match split_by_sections(repo, &target, &maint, dump, offsets, create, spool.path())
+                {
                     Ok(plan) => Some((plan, share)),
                     Err(e) => {
                         tracing::warn!(database = %d.name, error = %e, "cannot split the restore into sections; spooling the dump");
@@ -1307,13 +1309,15 @@ struct SplitPlan {
 /// and functions before the second builds the indexes, and an index on a
 /// function whose EXECUTE is revoked from PUBLIC would then fail to build
 /// as the table's owner. So privileges move to the second pg_restore, except
-/// the database's own, which pg_restore applies only with `--create`.
+/// the database's own, which pg_restore applies only with `--create`
+/// (`create`: the first pg_restore creates the database).
 fn split_by_sections(
     repo: &crate::repository::Repository,
     target: &Target,
     maint: &str,
     dump: &Node,
     offsets: &super::pg_archive::DataOffsets,
+    create: bool,
     dir: &std::path::Path,
 ) -> Result<SplitPlan> {
     let start = offsets
@@ -1332,16 +1336,15 @@ fn split_by_sections(
     };
     std::fs::write(&plan.toc, &head[..len])
         .map_err(|e| Error::io(format!("writing {}", plan.toc.display()), e))?;
-    let list = |section: Option<&str>| {
+    // With --create, the database's comment and privileges are restored
+    // only when listed, and listed only with --create.
+    let list = |args: &[&str]| {
         let mut cmd = tool(target, "pg_restore", maint);
-        cmd.arg("--list");
-        if let Some(s) = section {
-            cmd.arg(format!("--section={s}"));
-        }
-        cmd.arg(&plan.toc);
+        cmd.arg("--list").args(args).arg(&plan.toc);
         run_tool_stdout(cmd, "pg_restore --list")
     };
-    let (all, post) = (list(None)?, list(Some("post-data"))?);
+    let all = list(if create { &["--create"] } else { &[] })?;
+    let post = list(&["--section=post-data"])?;
     let id = |line: &str| {
         line.split_once("; ")
             .and_then(|(n, _)| n.trim().parse::<u32>().ok())
