@@ -358,6 +358,41 @@ fn restore_into_a_non_empty_database_is_refused_without_clean() {
 }
 
 #[test]
+fn an_empty_existing_database_gets_the_streamed_data_restore() {
+    let env = Env::init();
+    let source = cluster_with_app(
+        "CREATE TABLE big (id int PRIMARY KEY, body text);
+         INSERT INTO big SELECT g, repeat('x', 50) || g FROM generate_series(1, 5000) g;
+         CREATE TABLE small (id int PRIMARY KEY, big_id int REFERENCES big (id));
+         INSERT INTO small VALUES (1, 10), (2, 20);
+         CREATE INDEX big_body ON big (body);",
+    );
+    env.ok(&["snapshot", "--postgres", &source.url(), "--database", "app"]);
+
+    // The database exists and is empty: no --create, no --clean needed.
+    let target = ScratchCluster::start(&[]).unwrap();
+    sql(&target.url(), "postgres", "CREATE DATABASE app");
+    let report = env.json(&["restore", "latest", "--to", &target.url()]);
+    assert_eq!(
+        report["report"]["loads"][0]["load"], "streamed-data",
+        "{}",
+        report["report"]
+    );
+    let tables = report["report"]["tables"].as_array().unwrap();
+    assert!(tables.iter().all(|t| t["ok"] == true), "{tables:?}");
+    let (a, b) = (pg_dump_text(&source, "app"), pg_dump_text(&target, "app"));
+    assert!(a == b, "pg_dump of app differs");
+    assert_eq!(
+        query_i64(
+            &target.url(),
+            "app",
+            "SELECT count(*) FROM pg_indexes WHERE indexname IN ('big_pkey', 'big_body', 'small_pkey')"
+        ),
+        3
+    );
+}
+
+#[test]
 fn a_dump_failure_fails_the_snapshot_and_records_nothing() {
     let env = Env::init();
     let mut source = ScratchCluster::start(&[]).unwrap();
