@@ -230,8 +230,9 @@ fn logical_round_trip_restores_equal_databases() {
         "--prove compares every checksum: {tables:?}"
     );
     // pgbench_accounts holds under 90% of app's data: spooled for
-    // pg_restore --jobs. other's one table holds all of its data: streamed,
-    // then its primary key built from the table of contents.
+    // pg_restore --jobs. other's table t holds nearly all of its data:
+    // streamed, then indexes, constraints and privileges from the table of
+    // contents.
     let loads = report["report"]["loads"].as_array().unwrap();
     let load = |db: &str| {
         loads

@@ -182,6 +182,25 @@ impl DataOffsets {
             .max()?;
         Some(largest as f64 / total as f64)
     }
+
+    /// The integer size of the custom archive whose first 11 bytes are
+    /// `head` ("PGDMP", major, minor, revision, int size, offset size,
+    /// format), when it has this archive's offset size.
+    fn int_size_of(&self, head: &[u8]) -> Option<usize> {
+        let int_size = usize::from(*head.get(8)?);
+        (head.get(..5)? == b"PGDMP"
+            && head.get(10) == Some(&ARCH_CUSTOM)
+            && usize::from(head[9]) == self.size
+            && (1..=8).contains(&int_size))
+        .then_some(int_size)
+    }
+}
+
+/// Whether `header` (a block's first `2 + int size` bytes) starts a data
+/// block of entry `dump_id`.
+fn starts_block_of(header: &[u8], dump_id: u64) -> bool {
+    matches!(header.first(), Some(&(BLK_DATA | BLK_BLOBS)))
+        && u64::try_from(int_value(&header[1..])).ok() == Some(dump_id)
 }
 
 /// The length of the header and table of contents of the archive whose
@@ -195,27 +214,19 @@ pub fn table_of_contents_len(head: &[u8], recorded: &DataOffsets) -> Result<usiz
             "the dump's {what} does not match the recorded data offsets"
         ))
     };
-    let first = recorded
+    let &[_, block, dump_id] = recorded
         .entries
         .iter()
         .min_by_key(|e| e[1])
         .ok_or_else(|| mismatch("data"))?;
-    let start = usize::try_from(first[1]).map_err(|_| mismatch("size"))?;
-    if head.len() < 11
-        || &head[..5] != b"PGDMP"
-        || head[10] != ARCH_CUSTOM
-        || usize::from(head[9]) != recorded.size
-    {
-        return Err(mismatch("header"));
-    }
-    let int_size = usize::from(head[8]);
-    let block = head
+    let int_size = recorded
+        .int_size_of(head)
+        .ok_or_else(|| mismatch("header"))?;
+    let start = usize::try_from(block).map_err(|_| mismatch("size"))?;
+    let header = head
         .get(start..start + 2 + int_size)
-        .filter(|_| (1..=8).contains(&int_size))
         .ok_or_else(|| mismatch("size"))?;
-    if !matches!(block[0], BLK_DATA | BLK_BLOBS)
-        || u64::try_from(int_value(&block[1..])).ok() != Some(first[2])
-    {
+    if !starts_block_of(header, dump_id) {
         return Err(mismatch("first data block"));
     }
     Ok(start)
@@ -238,18 +249,9 @@ pub fn write_recorded_offsets(path: &Path, recorded: &DataOffsets) -> Result<Off
             .map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
         Ok::<_, Error>(b)
     };
-    // "PGDMP", major, minor, revision, int size, offset size, format.
-    let head = read(0, 11)?;
-    let int_size = usize::from(head[8]);
-    if &head[..5] != b"PGDMP"
-        || head[10] != ARCH_CUSTOM
-        || usize::from(head[9]) != recorded.size
-        || !(1..=8).contains(&int_size)
-    {
-        return Err(Error::integrity(
-            "the spooled dump's header does not match the recorded data offsets",
-        ));
-    }
+    let int_size = recorded.int_size_of(&read(0, 11)?).ok_or_else(|| {
+        Error::integrity("the spooled dump's header does not match the recorded data offsets")
+    })?;
     for &[at, block, dump_id] in &recorded.entries {
         let field = read(at, 1 + recorded.size)?;
         if field[0] != K_OFFSET_POS_NOT_SET || field[1..].iter().any(|&b| b != 0) {
@@ -257,10 +259,7 @@ pub fn write_recorded_offsets(path: &Path, recorded: &DataOffsets) -> Result<Off
                 "the dump's TOC field at {at} is not an unset data offset"
             )));
         }
-        let header = read(block, 2 + int_size)?;
-        if !matches!(header[0], BLK_DATA | BLK_BLOBS)
-            || u64::try_from(int_value(&header[1..])).ok() != Some(dump_id)
-        {
+        if !starts_block_of(&read(block, 2 + int_size)?, dump_id) {
             return Err(Error::integrity(format!(
                 "no data block of entry {dump_id} at {block} of the dump"
             )));

@@ -1162,28 +1162,31 @@ pub fn restore_logical(
         // --clean drops what each section recreates; split into sections,
         // a table could not be dropped while another's foreign key (post-data)
         // still points at it, so a clean restore is never split.
-        let dominant = d
-            .data_offsets
-            .as_ref()
-            .filter(|_| spool.is_some() && !(exists[&d.name] && opts.clean))
-            .and_then(|o| Some((o, o.largest_share(dump.size)?)))
-            .filter(|&(_, share)| share >= STREAM_DATA_SHARE);
-        let split = match (&spool, dominant) {
-            (Some(spool), Some((offsets, share))) => {
-                let create = !exists[&d.name];
-                match split_by_sections(repo, &target, &maint, dump, offsets, create, spool.path())
-                {
-                    Ok(plan) => Some((plan, share)),
-                    Err(e) => {
-                        tracing::warn!(database = %d.name, error = %e, "cannot split the restore into sections; spooling the dump");
-                        None
+        let split = match (&spool, &d.data_offsets) {
+            (Some(spool), Some(offsets)) if !(exists[&d.name] && opts.clean) => offsets
+                .largest_share(dump.size)
+                .filter(|&share| share >= STREAM_DATA_SHARE)
+                .and_then(|share| {
+                    let create = !exists[&d.name];
+                    match split_by_sections(repo, &target, &maint, dump, offsets, create, spool.path()) {
+                        Ok(plan) => {
+                            tracing::info!(
+                                database = %d.name,
+                                largest_table_share = share,
+                                "streaming the data: one table holds most of it; indexes and constraints with --jobs"
+                            );
+                            Some(plan)
+                        }
+                        Err(e) => {
+                            tracing::warn!(database = %d.name, error = %e, "cannot split the restore into sections; spooling the dump");
+                            None
+                        }
                     }
-                }
-            }
+                }),
             _ => None,
         };
-        let load = if let Some((plan, share)) = split {
-            let sums = restore_streamed_data(repo, &target, d, dump, cmd, &plan, share, opts)?;
+        let load = if let Some(plan) = split {
+            let sums = restore_streamed_data(repo, &target, d, dump, cmd, &plan, opts)?;
             proven.insert(d.name.clone(), sums);
             Load::StreamedData
         } else if let Some(spool) = &spool {
@@ -1353,8 +1356,7 @@ fn split_by_sections(
     let (mut first, mut second) = (String::new(), String::new());
     for line in all.lines() {
         let Some(n) = id(line) else { continue };
-        let privilege = grant_entry(line) && !line.contains(" ACL - DATABASE ");
-        let out = if privilege || post.contains(&n) {
+        let out = if deferred_privilege(line) || post.contains(&n) {
             &mut second
         } else {
             &mut first
@@ -1369,21 +1371,25 @@ fn split_by_sections(
     Ok(plan)
 }
 
-/// Whether a `pg_restore --list` line ("<id>; <catalog oid> <oid> <desc> …")
-/// is a privileges entry (`ACL` or `DEFAULT ACL`).
-fn grant_entry(line: &str) -> bool {
+/// Whether a `pg_restore --list` line ("<id>; <catalog oid> <oid> <desc>
+/// <schema> <tag> <owner>") is a privileges entry (`ACL`, `DEFAULT ACL`)
+/// other than the database's own ("ACL - DATABASE <name>").
+fn deferred_privilege(line: &str) -> bool {
     let Some((_, rest)) = line.split_once("; ") else {
         return false;
     };
-    let desc: Vec<&str> = rest.split_whitespace().skip(2).take(2).collect();
-    matches!(desc.as_slice(), ["ACL", ..] | ["DEFAULT", "ACL"])
+    let desc: Vec<&str> = rest.split_whitespace().skip(2).take(3).collect();
+    match desc.as_slice() {
+        ["ACL", "-", "DATABASE"] => false,
+        ["ACL", ..] | ["DEFAULT", "ACL", ..] => true,
+        _ => false,
+    }
 }
 
 /// Restore a database whose data one table dominates (see [`Load::StreamedData`]):
 /// stream the schema and the data into `load` (a `pg_restore` with its target
 /// set), then build indexes and constraints and grant privileges with
 /// `--jobs` from the table of contents, proving every table meanwhile.
-#[allow(clippy::too_many_arguments)]
 fn restore_streamed_data(
     repo: &crate::repository::Repository,
     target: &Target,
@@ -1391,18 +1397,12 @@ fn restore_streamed_data(
     dump: &Node,
     mut load: Command,
     plan: &SplitPlan,
-    share: f64,
     opts: &RestoreOptions,
 ) -> Result<Vec<TableSum>> {
     // A parallel restore would load that table with one worker anyway.
     // Streamed, nothing is spooled and decoding overlaps the load; indexes
     // and constraints are then built in parallel from the table of
     // contents, which is all the post-data section reads.
-    tracing::info!(
-        database = %d.name,
-        largest_table_share = share,
-        "streaming the data: one table holds most of it; indexes and constraints with --jobs"
-    );
     load.args(["--section=pre-data", "--section=data", "--use-list"])
         .arg(&plan.first);
     let started = std::time::Instant::now();
