@@ -289,6 +289,7 @@ fn packing(c: &mut Criterion) {
             id: repo.key.chunk_id(f),
             offset: 0,
             length: f.len() as u32,
+            base: None,
         };
         sealed.push((
             repo.key.encrypt(&plain).expect("encrypt"),
@@ -377,6 +378,7 @@ fn index_lookup(c: &mut Criterion) {
                                 id,
                                 offset: k * 5000,
                                 length: 5000,
+                                base: None,
                             }
                         })
                         .collect(),

@@ -16,6 +16,9 @@ use std::path::{Path, PathBuf};
 
 const CHUNKS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("chunks");
 const FILES: TableDefinition<&str, u64> = TableDefinition::new("index_files");
+/// `zstd-delta` frames only: pack id and frame offset (LE) → the frame's
+/// bases, concatenated 32-byte ids in prefix order.
+const FRAME_BASES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("frame_bases");
 
 /// Where one chunk is stored.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -27,14 +30,17 @@ pub struct Location {
     pub compression: Compression,
     pub offset: u32,
     pub length: u32,
+    /// The chunk's base, in a `zstd-delta` frame.
+    pub base: Option<Id>,
 }
 
 const LOCATION_LEN: usize = 32 + 8 + 4 + 4 + 1 + 4 + 4;
 
 impl Location {
-    /// Fixed little-endian layout (57 bytes); never native-width integers.
-    pub fn encode(&self) -> [u8; LOCATION_LEN] {
-        let mut b = [0u8; LOCATION_LEN];
+    /// Fixed little-endian layout (57 bytes, 89 with a base); never
+    /// native-width integers.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut b = vec![0u8; LOCATION_LEN];
         b[..32].copy_from_slice(&self.pack.0);
         b[32..40].copy_from_slice(&self.frame_offset.to_le_bytes());
         b[40..44].copy_from_slice(&self.frame_length.to_le_bytes());
@@ -42,16 +48,22 @@ impl Location {
         b[48] = match self.compression {
             Compression::None => 0,
             Compression::Zstd => 1,
+            Compression::ZstdDelta => 2,
         };
         b[49..53].copy_from_slice(&self.offset.to_le_bytes());
         b[53..57].copy_from_slice(&self.length.to_le_bytes());
+        if let Some(base) = &self.base {
+            b.extend_from_slice(&base.0);
+        }
         b
     }
 
     pub fn decode(b: &[u8]) -> Option<Location> {
-        if b.len() != LOCATION_LEN {
-            return None;
-        }
+        let base = match b.len() {
+            LOCATION_LEN => None,
+            n if n == LOCATION_LEN + 32 => Some(Id(b[LOCATION_LEN..].try_into().ok()?)),
+            _ => return None,
+        };
         let u32_at = |i: usize| u32::from_le_bytes(b[i..i + 4].try_into().unwrap_or([0; 4]));
         Some(Location {
             pack: Id(b[..32].try_into().ok()?),
@@ -61,10 +73,12 @@ impl Location {
             compression: match b[48] {
                 0 => Compression::None,
                 1 => Compression::Zstd,
+                2 => Compression::ZstdDelta,
                 _ => return None,
             },
             offset: u32_at(49),
             length: u32_at(53),
+            base,
         })
     }
 
@@ -89,6 +103,7 @@ pub fn locations(file: &IndexFile) -> impl Iterator<Item = (Id, Location)> + '_ 
                         compression: f.compression,
                         offset: c.offset,
                         length: c.length,
+                        base: c.base,
                     },
                 )
             })
@@ -201,6 +216,8 @@ impl IndexCache {
                     .map_err(|e| db_err("clearing", path, e))?;
                 txn.delete_table(FILES)
                     .map_err(|e| db_err("clearing", path, e))?;
+                txn.delete_table(FRAME_BASES)
+                    .map_err(|e| db_err("clearing", path, e))?;
             }
             for (name, idx) in &files {
                 insert_index(&txn, path, name, idx)?;
@@ -252,8 +269,14 @@ impl IndexCache {
             Err(redb::TableError::TableDoesNotExist(_)) => None,
             Err(e) => return Err(db_err("reading", path, e)),
         };
+        let bases = match txn.open_table(FRAME_BASES) {
+            Ok(t) => Some(t),
+            Err(redb::TableError::TableDoesNotExist(_)) => None,
+            Err(e) => return Err(db_err("reading", path, e)),
+        };
         Ok(IndexReader {
             table,
+            bases,
             path: self.path.clone(),
         })
     }
@@ -275,9 +298,36 @@ fn insert_index(
     let mut rows: Vec<_> = locations(idx).collect();
     rows.sort_unstable_by_key(|(id, _)| id.0);
     for (id, loc) in rows {
+        // A chunk stored twice (concurrent writers, `repair index`) may have
+        // a plain copy and a delta copy: keep the plain one, so that the
+        // chunk can serve as a base (bases are never deltas).
+        if loc.compression == Compression::ZstdDelta {
+            let existing = chunks
+                .get(&id.0[..])
+                .map_err(|e| db_err("reading", path, e))?
+                .and_then(|v| Location::decode(v.value()));
+            if existing.is_some_and(|l| l.compression != Compression::ZstdDelta) {
+                continue;
+            }
+        }
         chunks
             .insert(&id.0[..], &loc.encode()[..])
             .map_err(|e| db_err("writing", path, e))?;
+    }
+    let mut frame_bases = txn
+        .open_table(FRAME_BASES)
+        .map_err(|e| db_err("writing", path, e))?;
+    for p in &idx.packs {
+        for f in &p.frames {
+            let bases = f.bases();
+            if bases.is_empty() {
+                continue;
+            }
+            let value: Vec<u8> = bases.iter().flat_map(|b| b.0).collect();
+            frame_bases
+                .insert(&frame_key_bytes(&p.id, f.offset)[..], &value[..])
+                .map_err(|e| db_err("writing", path, e))?;
+        }
     }
     files
         .insert(name, idx.packs.len() as u64)
@@ -285,12 +335,41 @@ fn insert_index(
     Ok(())
 }
 
+fn frame_key_bytes(pack: &Id, offset: u64) -> [u8; 40] {
+    let mut k = [0u8; 40];
+    k[..32].copy_from_slice(&pack.0);
+    k[32..].copy_from_slice(&offset.to_le_bytes());
+    k
+}
+
 pub struct IndexReader {
     table: Option<redb::ReadOnlyTable<&'static [u8], &'static [u8]>>,
+    bases: Option<redb::ReadOnlyTable<&'static [u8], &'static [u8]>>,
     path: PathBuf,
 }
 
 impl IndexReader {
+    /// The bases of the `zstd-delta` frame at `loc`, in prefix order
+    /// (see [`crate::repo::FrameEntry::bases`]).
+    pub fn frame_bases(&self, loc: &Location) -> Result<Vec<Id>> {
+        let missing = || {
+            Error::integrity(format!(
+                "the index cache has no bases for the delta frame at {} of pack {}",
+                loc.frame_offset,
+                loc.pack.short()
+            ))
+        };
+        let t = self.bases.as_ref().ok_or_else(missing)?;
+        let v = t
+            .get(&frame_key_bytes(&loc.pack, loc.frame_offset)[..])
+            .map_err(|e| db_err("reading", &self.path, e))?
+            .ok_or_else(missing)?;
+        Ok(v.value()
+            .chunks_exact(32)
+            .filter_map(|c| c.try_into().ok().map(Id))
+            .collect())
+    }
+
     pub fn get(&self, id: &Id) -> Result<Option<Location>> {
         let Some(t) = &self.table else {
             return Ok(None);
@@ -328,23 +407,75 @@ mod tests {
             any::<u64>(),
             any::<u32>(),
             any::<u32>(),
-            any::<bool>(),
+            0u8..3,
             any::<u32>(),
             any::<u32>(),
+            any::<Option<[u8; 32]>>(),
         )
-            .prop_map(|(p, fo, fl, rl, z, o, l)| Location {
+            .prop_map(|(p, fo, fl, rl, z, o, l, b)| Location {
                 pack: Id(p),
                 frame_offset: fo,
                 frame_length: fl,
                 raw_length: rl,
-                compression: if z {
-                    Compression::Zstd
-                } else {
-                    Compression::None
+                compression: match z {
+                    0 => Compression::None,
+                    1 => Compression::Zstd,
+                    _ => Compression::ZstdDelta,
                 },
                 offset: o,
                 length: l,
+                base: b.map(Id),
             })
+    }
+
+    /// A delta frame's bases come back in prefix order, and a chunk stored
+    /// both plainly and in a delta frame is located at its plain copy,
+    /// whichever index file the cache reads first.
+    #[test]
+    fn delta_frames_keep_their_bases_and_plain_copies_win() {
+        let c = |id: u8, base: Option<u8>| ChunkEntry {
+            id: Id([id; 32]),
+            offset: 0,
+            length: 10,
+            base: base.map(|b| Id([b; 32])),
+        };
+        let frame = |compression, chunks| FrameEntry {
+            offset: 0,
+            length: 100,
+            raw_length: 10,
+            compression,
+            chunks,
+        };
+        let delta = IndexFile {
+            version: 1,
+            packs: vec![PackEntry {
+                id: Id([1; 32]),
+                size: 200,
+                frames: vec![frame(
+                    Compression::ZstdDelta,
+                    vec![c(5, Some(8)), c(6, Some(7)), c(4, Some(8))],
+                )],
+            }],
+        };
+        let plain = IndexFile {
+            version: 1,
+            packs: vec![PackEntry {
+                id: Id([2; 32]),
+                size: 200,
+                frames: vec![frame(Compression::Zstd, vec![c(5, None)])],
+            }],
+        };
+        for order in [[&delta, &plain], [&plain, &delta]] {
+            let cache = IndexCache::open(None, Id::random()).unwrap();
+            cache.add("a", order[0]).unwrap();
+            cache.add("b", order[1]).unwrap();
+            let r = cache.reader().unwrap();
+            assert_eq!(r.get(&Id([5; 32])).unwrap().unwrap().pack, Id([2; 32]));
+            let six = r.get(&Id([6; 32])).unwrap().unwrap();
+            assert_eq!(six.compression, Compression::ZstdDelta);
+            assert_eq!(six.base, Some(Id([7; 32])));
+            assert_eq!(r.frame_bases(&six).unwrap(), vec![Id([8; 32]), Id([7; 32])]);
+        }
     }
 
     proptest! {
@@ -356,7 +487,7 @@ mod tests {
         #[test]
         fn insert_then_lookup(ids in proptest::collection::hash_set(any::<[u8; 32]>(), 1..200), absent in any::<[u8; 32]>()) {
             let cache = IndexCache::open(None, Id::random()).unwrap();
-            let chunks: Vec<ChunkEntry> = ids.iter().enumerate().map(|(i, id)| ChunkEntry { id: Id(*id), offset: i as u32 * 10, length: 10 }).collect();
+            let chunks: Vec<ChunkEntry> = ids.iter().enumerate().map(|(i, id)| ChunkEntry { id: Id(*id), offset: i as u32 * 10, length: 10, base: None }).collect();
             let idx = IndexFile { version: 1, packs: vec![PackEntry { id: Id([7; 32]), size: 1000, frames: vec![FrameEntry { offset: 0, length: 500, raw_length: chunks.len() as u32 * 10, compression: Compression::Zstd, chunks: chunks.clone() }] }] };
             cache.add("x", &idx).unwrap();
             let r = cache.reader().unwrap();

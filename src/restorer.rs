@@ -20,7 +20,7 @@ use crate::error::{Error, Kind, Result, ResultExt};
 use crate::index::Location;
 use crate::interrupt;
 use crate::progress::Progress;
-use crate::repo::{FileKind, Id, Node, NodeKind};
+use crate::repo::{Compression, FileKind, Id, Node, NodeKind};
 use crate::repository::{chunk_slice, FrameDecoder, Repository};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::os::unix::fs::FileExt;
@@ -95,6 +95,30 @@ fn locate_chunks(repo: &Repository, nodes: &[Node]) -> Result<HashMap<Id, Locati
                     locs.insert(*id, l);
                 }
                 None => *missing.entry(n.path.clone()).or_default() += 1,
+            }
+        }
+    }
+    // Delta frames need their bases: they are chunks this restore reads,
+    // so their packs are checked with the rest before anything is written.
+    let mut delta_frames: HashSet<(Id, u64)> = HashSet::new();
+    let mut bases: Vec<Id> = Vec::new();
+    for l in locs.values() {
+        if l.compression == Compression::ZstdDelta && delta_frames.insert(l.frame_key()) {
+            bases.extend(reader.frame_bases(l)?);
+        }
+    }
+    for b in bases {
+        if locs.contains_key(&b) {
+            continue;
+        }
+        match reader.get(&b)? {
+            Some(l) => {
+                locs.insert(b, l);
+            }
+            None => {
+                *missing
+                    .entry("(the base of a delta frame)".into())
+                    .or_default() += 1
             }
         }
     }
@@ -225,6 +249,7 @@ fn needed_frames_intact(
             ct,
             l.compression,
             l.raw_length,
+            &repo.delta_prefix(l)?,
             &f,
             offset,
         )?;
@@ -533,7 +558,7 @@ fn write_packs(
                         continue;
                     };
                     let written = d
-                        .frame_in(&repo.key, &job.work.loc, &job.bytes)
+                        .frame_in(repo, &job.work.loc, &job.bytes)
                         .and_then(|frame| write_chunks(repo, frame, job.work, out, progress));
                     let f = FileRef::new(FileKind::Pack, job.pack.to_hex());
                     match written {

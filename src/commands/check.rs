@@ -6,7 +6,7 @@ use crate::cli::{CheckArgs, GlobalArgs};
 use crate::error::{Error, Result};
 use crate::index::Location;
 use crate::progress::Progress;
-use crate::repo::{split_pack, FileKind, Id, IndexFile, PackEntry, PackHeader};
+use crate::repo::{split_pack, Compression, FileKind, Id, IndexFile, PackEntry, PackHeader};
 use crate::repository::{chunk_slice, decode_frame_bytes, parse_tree, Repository};
 use serde::Serialize;
 use std::collections::{BTreeSet, HashMap, HashSet};
@@ -117,9 +117,25 @@ fn read_pack(repo: &Repository, entry: &PackEntry, report: &mut CheckReport) -> 
     for fr in &entry.frames {
         let end = fr.offset as usize + fr.length as usize;
         let frame = match bytes.get(fr.offset as usize..end) {
-            Some(ct) => {
-                decode_frame_bytes(&repo.key, ct, fr.compression, fr.raw_length, &f, fr.offset)
-            }
+            Some(ct) => repo
+                .bases_plaintext(&fr.bases())
+                .map_err(|e| {
+                    e.context(format!(
+                        "the bases of the delta frame at {} of {f}",
+                        fr.offset
+                    ))
+                })
+                .and_then(|prefix| {
+                    decode_frame_bytes(
+                        &repo.key,
+                        ct,
+                        fr.compression,
+                        fr.raw_length,
+                        &prefix,
+                        &f,
+                        fr.offset,
+                    )
+                }),
             None => Err(Error::integrity(format!(
                 "frame at {} of {f} lies beyond the end of the file",
                 fr.offset
@@ -136,6 +152,7 @@ fn read_pack(repo: &Repository, entry: &PackEntry, report: &mut CheckReport) -> 
                         compression: fr.compression,
                         offset: c.offset,
                         length: c.length,
+                        base: c.base,
                     };
                     let ok =
                         chunk_slice(&plain, &loc).is_some_and(|d| repo.key.chunk_id(d) == c.id);
@@ -246,6 +263,42 @@ pub fn check(
                         .iter()
                         .flat_map(|f| f.chunks.iter().map(|c| c.id)),
                 );
+            }
+        }
+    }
+
+    // 3b. A delta frame is as good as its bases: each must be indexed, have
+    //     a copy in a frame that is not a delta, and be undamaged.
+
+    let plain: HashSet<Id> = packs
+        .values()
+        .flat_map(|p| p.frames.iter())
+        .filter(|f| f.compression != Compression::ZstdDelta)
+        .flat_map(|f| f.chunks.iter().map(|c| c.id))
+        .collect();
+    let mut ids_sorted: Vec<&Id> = packs.keys().collect();
+    ids_sorted.sort();
+    for pid in ids_sorted {
+        for fr in &packs[pid].frames {
+            let bad_base = fr
+                .bases()
+                .into_iter()
+                .find(|b| !index.contains_key(b) || damaged.contains(b) || !plain.contains(b));
+            if let Some(b) = bad_base {
+                report.errors.push(format!(
+                    "pack {}: the delta frame at {} needs chunk {}, which is {}",
+                    pid.short(),
+                    fr.offset,
+                    b.short(),
+                    if !index.contains_key(&b) {
+                        "not in the index"
+                    } else if damaged.contains(&b) {
+                        "damaged"
+                    } else {
+                        "stored only in delta frames"
+                    }
+                ));
+                damaged.extend(fr.chunks.iter().map(|c| c.id));
             }
         }
     }

@@ -11,7 +11,8 @@ use crate::cli::{GlobalArgs, PruneArgs};
 use crate::error::{Error, Result};
 use crate::lock::with_lock;
 use crate::repo::{
-    split_pack, ChunkEntry, FileKind, Id, IndexFile, PackEntry, Snapshot, FORMAT_VERSION,
+    split_pack, ChunkEntry, Compression, FileKind, Id, IndexFile, PackEntry, Snapshot,
+    FORMAT_VERSION,
 };
 use crate::repository::{decode_frame_bytes, Repository};
 use serde::Serialize;
@@ -60,6 +61,7 @@ impl<'a> Reframer<'a> {
             id,
             offset: self.data.len() as u32,
             length: data.len() as u32,
+            base: None,
         });
         self.data.extend_from_slice(data);
         if self.data.len() >= self.frame_size {
@@ -111,6 +113,61 @@ pub fn used_chunks(repo: &Repository) -> Result<HashSet<Id>> {
     Ok(used)
 }
 
+/// `used` plus the bases of every delta frame that holds a used chunk: a
+/// delta frame is decoded whole, so it needs all of its bases while any of
+/// its chunks is used. Bases are never in delta frames, so one pass does.
+fn with_bases<'a>(
+    mut used: HashSet<Id>,
+    packs: impl Iterator<Item = &'a PackEntry>,
+) -> HashSet<Id> {
+    let mut bases = Vec::new();
+    for p in packs {
+        for f in &p.frames {
+            if f.compression == Compression::ZstdDelta
+                && f.chunks.iter().any(|c| used.contains(&c.id))
+            {
+                bases.extend(f.bases());
+            }
+        }
+    }
+    used.extend(bases);
+    used
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Fate {
+    Remove,
+    Keep,
+    Repack,
+}
+
+/// What prune does with pack `p`, given the `used` chunks (bases included).
+fn fate(p: &PackEntry, used: &HashSet<Id>) -> Fate {
+    let raw_total: u64 = p.frames.iter().map(|f| f.raw_length as u64).sum();
+    let raw_used: u64 = p
+        .frames
+        .iter()
+        .flat_map(|f| f.chunks.iter())
+        .filter(|c| used.contains(&c.id))
+        .map(|c| c.length as u64)
+        .sum();
+    // A delta frame none of whose chunks is used keeps no bases alive (see
+    // with_bases), so it must not stay listed: its chunks would look
+    // stored, and a later backup would deduplicate against chunks that no
+    // longer decode. Repacking drops it.
+    let dead_delta = p.frames.iter().any(|f| {
+        f.compression == Compression::ZstdDelta && !f.chunks.iter().any(|c| used.contains(&c.id))
+    });
+    if raw_used == 0 {
+        Fate::Remove
+    } else if raw_total - raw_used <= raw_total / 10 && !dead_delta {
+        // At most 10% unused: rewriting it would cost more than it frees.
+        Fate::Keep
+    } else {
+        Fate::Repack
+    }
+}
+
 pub fn prune(repo: &Repository, dry_run: bool) -> Result<PruneReport> {
     let mut report = PruneReport {
         dry_run,
@@ -136,6 +193,7 @@ pub fn prune(repo: &Repository, dry_run: bool) -> Result<PruneReport> {
         .filter_map(|(n, s)| Id::parse(&n).map(|i| (i, s)))
         .collect();
     report.bytes_before = on_disk.values().sum();
+    let used = with_bases(used, packs.values());
 
     let mut keep: Vec<PackEntry> = Vec::new();
     let mut repack: Vec<PackEntry> = Vec::new();
@@ -148,22 +206,13 @@ pub fn prune(repo: &Repository, dry_run: bool) -> Result<PruneReport> {
             tracing::warn!(pack = %id, "indexed pack is missing; dropping it from the index");
             continue;
         }
-        let raw_total: u64 = p.frames.iter().map(|f| f.raw_length as u64).sum();
-        let raw_used: u64 = p
-            .frames
-            .iter()
-            .flat_map(|f| f.chunks.iter())
-            .filter(|c| used.contains(&c.id))
-            .map(|c| c.length as u64)
-            .sum();
-        if raw_used == 0 {
-            tracing::info!(pack = %id.short(), reason = "no snapshot uses it", "removing pack");
-            remove.push(*id);
-        } else if raw_total - raw_used <= raw_total / 10 {
-            // At most 10% unused: rewriting it would cost more than it frees.
-            keep.push(p.clone());
-        } else {
-            repack.push(p.clone());
+        match fate(p, &used) {
+            Fate::Remove => {
+                tracing::info!(pack = %id.short(), reason = "no snapshot uses it", "removing pack");
+                remove.push(*id);
+            }
+            Fate::Keep => keep.push(p.clone()),
+            Fate::Repack => repack.push(p.clone()),
         }
     }
     let unreferenced: Vec<Id> = on_disk
@@ -194,6 +243,7 @@ pub fn prune(repo: &Repository, dry_run: bool) -> Result<PruneReport> {
     if remove.is_empty() && repack.is_empty() && unreferenced.is_empty() {
         repo.backend.remove_temporary()?;
         report.bytes_after = report.bytes_before;
+        report.proofs_removed = remove_stale_proofs(repo, dry_run)?;
         return Ok(report);
     }
 
@@ -217,11 +267,13 @@ pub fn prune(repo: &Repository, dry_run: bool) -> Result<PruneReport> {
             if n_used == fr.chunks.len() {
                 builder.add_frame(ct, fr.raw_length, fr.compression, fr.chunks.clone())?;
             } else if n_used > 0 {
+                // Re-sealed without a prefix: the copy needs no base.
                 let plain = decode_frame_bytes(
                     &repo.key,
                     ct,
                     fr.compression,
                     fr.raw_length,
+                    &repo.bases_plaintext(&fr.bases())?,
                     &f,
                     fr.offset,
                 )?;
@@ -266,9 +318,15 @@ pub fn prune(repo: &Repository, dry_run: bool) -> Result<PruneReport> {
     repo.backend.remove_temporary()?;
     repo.cache.sync(repo.backend.as_ref(), &repo.key)?;
     report.bytes_after = idx.packs.iter().map(|p| p.size).sum();
-    // Proofs of snapshots that are gone say nothing any more.
-    let live: std::collections::HashSet<Id> =
-        repo.snapshots()?.into_iter().map(|(id, _)| id).collect();
+    report.proofs_removed = remove_stale_proofs(repo, dry_run)?;
+    Ok(report)
+}
+
+/// Remove the restore-test proofs of snapshots that are gone: they say
+/// nothing any more. Returns how many there were.
+fn remove_stale_proofs(repo: &Repository, dry_run: bool) -> Result<usize> {
+    let mut removed = 0;
+    let live: HashSet<Id> = repo.snapshots()?.into_iter().map(|(id, _)| id).collect();
     for (name, _) in repo.backend.list(FileKind::Proof)? {
         let Some(id) = Id::parse(&name) else { continue };
         let Ok(p) = repo.read_sealed::<crate::repo::Proof>(FileKind::Proof, &id) else {
@@ -276,15 +334,13 @@ pub fn prune(repo: &Repository, dry_run: bool) -> Result<PruneReport> {
         };
         if !live.contains(&p.snapshot) {
             if !dry_run {
-                repo.backend.remove(&crate::backend::FileRef::new(
-                    FileKind::Proof,
-                    name.as_str(),
-                ))?;
+                repo.backend
+                    .remove(&FileRef::new(FileKind::Proof, name.as_str()))?;
             }
-            report.proofs_removed += 1;
+            removed += 1;
         }
     }
-    Ok(report)
+    Ok(removed)
 }
 
 pub fn run_locked(g: &GlobalArgs, repo: &Repository, dry_run: bool) -> Result<()> {
@@ -308,4 +364,66 @@ pub fn run_locked(g: &GlobalArgs, repo: &Repository, dry_run: bool) -> Result<()
 pub fn run(g: &GlobalArgs, a: &PruneArgs) -> Result<()> {
     let repo = open_repo(g)?;
     with_lock(&repo, true, "prune", || run_locked(g, &repo, a.dry_run))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::repo::{ChunkEntry, FrameEntry};
+
+    fn frame(compression: Compression, chunks: &[(u8, u32, Option<u8>)]) -> FrameEntry {
+        FrameEntry {
+            offset: 0,
+            length: 1,
+            raw_length: chunks.iter().map(|c| c.1).sum(),
+            compression,
+            chunks: chunks
+                .iter()
+                .map(|&(id, length, base)| ChunkEntry {
+                    id: Id([id; 32]),
+                    offset: 0,
+                    length,
+                    base: base.map(|b| Id([b; 32])),
+                })
+                .collect(),
+        }
+    }
+
+    /// A pack that is almost all used is kept, unless it holds a delta
+    /// frame with no used chunk: that frame's bases are not kept alive, so
+    /// the pack is repacked (which drops the frame). The bases of a used
+    /// delta frame count as used, all of them.
+    #[test]
+    fn a_dead_delta_frame_is_never_kept() {
+        let live = frame(Compression::Zstd, &[(1, 1000, None)]);
+        let dead_delta = frame(Compression::ZstdDelta, &[(2, 50, Some(9))]);
+        let dead_plain = frame(Compression::Zstd, &[(3, 50, None)]);
+        let pack = |frames: Vec<FrameEntry>| PackEntry {
+            id: Id([0; 32]),
+            size: 1,
+            frames,
+        };
+        let used: HashSet<Id> = [Id([1; 32])].into();
+        assert_eq!(
+            fate(&pack(vec![live.clone(), dead_plain]), &used),
+            Fate::Keep
+        );
+        assert_eq!(
+            fate(&pack(vec![live.clone(), dead_delta.clone()]), &used),
+            Fate::Repack
+        );
+        assert_eq!(fate(&pack(vec![dead_delta.clone()]), &used), Fate::Remove);
+
+        let used_delta = frame(
+            Compression::ZstdDelta,
+            &[(4, 10, Some(7)), (5, 10, Some(8))],
+        );
+        let p = pack(vec![used_delta, dead_delta]);
+        let used = with_bases([Id([4; 32])].into(), std::iter::once(&p));
+        assert!(used.contains(&Id([7; 32])) && used.contains(&Id([8; 32])));
+        assert!(
+            !used.contains(&Id([9; 32])),
+            "a dead delta frame keeps no base"
+        );
+    }
 }

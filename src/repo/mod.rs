@@ -15,8 +15,8 @@ pub use manifest::{
     FORMAT_VERSION,
 };
 pub use pack::{
-    split_pack, ChunkEntry, Compression, FrameEntry, PackEntry, PackHeader, PACK_MAGIC,
-    PACK_TRAILER_LEN,
+    frame_bases, split_pack, ChunkEntry, Compression, FrameEntry, PackEntry, PackHeader,
+    PACK_MAGIC, PACK_TRAILER_LEN,
 };
 
 /// The kinds of files in a repository, each in its own directory.

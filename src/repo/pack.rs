@@ -13,6 +13,11 @@ pub enum Compression {
     None,
     /// One zstd frame over the concatenated chunks.
     Zstd,
+    /// One zstd frame over the concatenated chunks, compressed against a
+    /// prefix: the plaintexts of the chunks' `base`s (see
+    /// [`FrameEntry::bases`]), which decoding needs too.
+    #[serde(rename = "zstd-delta")]
+    ZstdDelta,
 }
 
 /// One chunk inside a frame's plaintext.
@@ -24,6 +29,11 @@ pub struct ChunkEntry {
     pub offset: u32,
     #[serde(rename = "l")]
     pub length: u32,
+    /// In a `zstd-delta` frame: the stored chunk this one was compressed
+    /// against (the chunk it replaces in the previous version of its
+    /// stream). A base is never itself in a `zstd-delta` frame.
+    #[serde(rename = "b", default, skip_serializing_if = "Option::is_none")]
+    pub base: Option<Id>,
 }
 
 /// A frame: several chunks compressed together and encrypted as one age file.
@@ -40,6 +50,30 @@ pub struct FrameEntry {
     pub raw_length: u32,
     pub compression: Compression,
     pub chunks: Vec<ChunkEntry>,
+}
+
+impl FrameEntry {
+    /// The chunks whose plaintexts, concatenated in this order, are the
+    /// zstd prefix of a `zstd-delta` frame: each distinct `base` of its
+    /// chunks, in the order of first use. Empty for other frames.
+    pub fn bases(&self) -> Vec<Id> {
+        frame_bases(self.compression, self.chunks.iter().filter_map(|c| c.base))
+    }
+}
+
+/// The distinct `bases` in order of first appearance, for a `zstd-delta`
+/// frame; nothing for other compressions.
+pub fn frame_bases(compression: Compression, bases: impl Iterator<Item = Id>) -> Vec<Id> {
+    if compression != Compression::ZstdDelta {
+        return Vec::new();
+    }
+    let mut out: Vec<Id> = Vec::new();
+    for b in bases {
+        if !out.contains(&b) {
+            out.push(b);
+        }
+    }
+    out
 }
 
 /// The encrypted header at the end of every pack (see spec/repository.md).
