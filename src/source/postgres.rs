@@ -543,6 +543,22 @@ fn databases(target: &Target, wanted: &[String]) -> Result<Vec<String>> {
     Ok(wanted.to_vec())
 }
 
+/// Chunk sizes for database dumps: 64 KiB on average (eight times the
+/// default), scaled from the repository's. A dump deduplicates only against its own previous
+/// version, whose chunks its changed chunks are stored as deltas against,
+/// so a changed chunk costs about the same few bytes of delta whatever its
+/// size, while every chunk costs ~150 bytes of pack header, index and node
+/// list (spec/postgres.md "Second-day bytes"). A repository made with a
+/// larger `--chunk-size` keeps its own.
+fn dump_chunker(repo: crate::repo::ChunkerParams) -> crate::repo::ChunkerParams {
+    let factor = (65536 / repo.avg.max(1)).max(1);
+    crate::repo::ChunkerParams {
+        min: repo.min * factor,
+        avg: repo.avg * factor,
+        max: repo.max * factor,
+    }
+}
+
 /// Logical backup of a server: globals plus one custom-format dump per database.
 pub fn archive_logical(
     packer: &mut Packer,
@@ -554,6 +570,9 @@ pub fn archive_logical(
     let target = Target::parse(url)?;
     let dbs = databases(&target, wanted)?;
     let progress = Progress::bytes(0, quiet, "pg_dump");
+    // Each dump's new chunks are stored as deltas against the same
+    // database's dump in the previous snapshot (spec/repository.md §2.3).
+    let previous = packer.previous_version(source_name, "postgres");
     let mut nodes = Vec::new();
     let mut meta = PgMeta {
         kind: "logical".into(),
@@ -644,7 +663,11 @@ pub fn archive_logical(
             });
             let mut scan = super::pg_archive::StreamScan::start(copy_sums);
             let what = format!("pg_dump of {db}");
+            packer.set_base_stream(previous.get(&path).cloned());
+            packer.set_chunker(Some(dump_chunker(packer.repo_chunker())));
             let node = archive_command(packer, cmd, &what, &path, &progress, |b| scan.feed(b));
+            packer.set_base_stream(None);
+            packer.set_chunker(None);
             let from_dump = scan.finish();
             let (mut c, (rels, mut others, large_objects)) = others
                 .join()
