@@ -59,8 +59,7 @@ struct BaseStream {
     ids: Vec<Id>,
     /// Where each chunk of `ids` is (its last place).
     pos: HashMap<Id, usize>,
-    /// Anchor → the chunk of `ids` it occurs in (AMBIGUOUS: in several).
-    anchors: HashMap<u64, u32>,
+    anchors: AnchorMap,
     /// The guess for a new chunk that shares no anchor: one past the base
     /// of the chunk before, or of the last chunk both streams share.
     cursor: usize,
@@ -92,14 +91,78 @@ const GEAR: [u64; 256] = {
 /// where chunk boundaries moved, which counting chunks cannot: on the
 /// pgbench day of spec/postgres.md, counting put the median delta frame
 /// at 2.2 KB and left 144 of 827 frames without a usable base.
-fn anchors(data: &[u8], mut f: impl FnMut(u64)) {
-    const MASK: u64 = 0x7ff << 53;
+fn anchors(data: &[u8], mask: u64, mut f: impl FnMut(u64)) {
     let mut h: u64 = 0;
     for &byte in data {
         h = (h << 1).wrapping_add(GEAR[byte as usize]);
-        if h & MASK == 0 {
+        if h & mask == 0 {
             f(h);
         }
+    }
+}
+
+/// The top 11 bits: one anchor per ~2 KiB.
+const ANCHOR_MASK: u64 = 0x7ff << 53;
+
+/// The most anchors a base stream keeps (~40 MB of map): one per ~2 KiB
+/// up to 4 GiB of dump, sparser beyond.
+const ANCHOR_CAP: usize = 1 << 21;
+
+/// Anchor → the chunk of the base stream it occurs in (AMBIGUOUS: in
+/// several). Past `cap` entries only anchors with one more leading zero
+/// bit are kept (about half), and so on, so memory stays bounded whatever
+/// the size of the previous version.
+struct AnchorMap {
+    map: HashMap<u64, u32>,
+    mask: u64,
+    cap: usize,
+}
+
+impl AnchorMap {
+    fn new(cap: usize) -> AnchorMap {
+        AnchorMap {
+            map: HashMap::new(),
+            mask: ANCHOR_MASK,
+            cap,
+        }
+    }
+
+    /// Record the anchors of chunk number `chunk`.
+    fn add(&mut self, chunk: u32, data: &[u8]) {
+        let map = &mut self.map;
+        anchors(data, self.mask, |a| {
+            map.entry(a)
+                .and_modify(|k| {
+                    if *k != chunk {
+                        *k = AMBIGUOUS
+                    }
+                })
+                .or_insert(chunk);
+        });
+        while self.map.len() > self.cap {
+            self.mask |= self.mask >> 1;
+            let mask = self.mask;
+            self.map.retain(|a, _| a & mask == 0);
+        }
+    }
+
+    /// The chunk sharing the most anchors with `data`, if any.
+    fn best(&self, data: &[u8]) -> Option<usize> {
+        let mut votes: Vec<(u32, u32)> = Vec::new();
+        anchors(data, self.mask, |a| {
+            if let Some(&j) = self.map.get(&a) {
+                if j != AMBIGUOUS {
+                    match votes.iter_mut().find(|(k, _)| *k == j) {
+                        Some(v) => v.1 += 1,
+                        None => votes.push((j, 1)),
+                    }
+                }
+            }
+        });
+        votes
+            .iter()
+            .max_by_key(|(j, n)| (*n, std::cmp::Reverse(*j)))
+            .map(|(j, _)| *j as usize)
     }
 }
 
@@ -163,19 +226,10 @@ impl Packer<'_> {
             // cannot be read only leaves its anchors out: the base of a new
             // chunk is a guess, and every base is checked against its id
             // when a frame is compressed against it.
-            let mut anchor_map: HashMap<u64, u32> = HashMap::new();
-            let read = self.repo.for_each_chunk_unchecked(&ids, |j, data| {
-                anchors(data, |a| {
-                    anchor_map
-                        .entry(a)
-                        .and_modify(|k| {
-                            if *k != j as u32 {
-                                *k = AMBIGUOUS
-                            }
-                        })
-                        .or_insert(j as u32);
-                })
-            });
+            let mut anchor_map = AnchorMap::new(ANCHOR_CAP);
+            let read = self
+                .repo
+                .for_each_chunk_unchecked(&ids, |j, data| anchor_map.add(j as u32, data));
             if let Err(e) = read {
                 tracing::warn!(error = %e, "cannot read all of the previous version; delta compression will guess less well");
             }
@@ -237,21 +291,7 @@ impl Packer<'_> {
         let Some(b) = self.base_stream.as_mut() else {
             return Ok(None);
         };
-        let mut votes: Vec<(u32, u32)> = Vec::new();
-        anchors(data, |a| {
-            if let Some(&j) = b.anchors.get(&a) {
-                if j != AMBIGUOUS {
-                    match votes.iter_mut().find(|(k, _)| *k == j) {
-                        Some(v) => v.1 += 1,
-                        None => votes.push((j, 1)),
-                    }
-                }
-            }
-        });
-        let best = votes
-            .iter()
-            .max_by_key(|(j, n)| (*n, std::cmp::Reverse(*j)))
-            .map(|(j, _)| *j as usize);
+        let best = b.anchors.best(data);
         let chosen = match best {
             Some(j) => j,
             None if b.cursor < b.ids.len() => b.cursor,
@@ -1265,6 +1305,30 @@ mod tests {
         }
         assert_eq!(repo.read_stream(&ids3).unwrap(), v3);
         assert_eq!(repo.read_stream(&ids1).unwrap(), v1);
+    }
+
+    /// The anchor map stays under its cap by keeping sparser anchors, and
+    /// still finds each chunk from its own content.
+    #[test]
+    fn anchor_maps_stay_bounded_and_find_their_chunks() {
+        let chunks: Vec<Vec<u8>> = (0..16)
+            .map(|i| data(201 + 2 * i, 64 << 10, false))
+            .collect();
+        let mut full = AnchorMap::new(usize::MAX);
+        let mut capped = AnchorMap::new(100);
+        for (j, c) in chunks.iter().enumerate() {
+            full.add(j as u32, c);
+            capped.add(j as u32, c);
+        }
+        assert!(full.map.len() > 400, "{} anchors in 1 MiB", full.map.len());
+        assert!(capped.map.len() <= 100);
+        assert!(capped.mask.count_ones() > ANCHOR_MASK.count_ones());
+        for (j, c) in chunks.iter().enumerate() {
+            assert_eq!(full.best(c), Some(j));
+            // Sparser anchors may miss a chunk, never name another one.
+            assert!(capped.best(c).is_none_or(|b| b == j));
+        }
+        assert_eq!(full.best(&data(999, 64 << 10, false)), None);
     }
 
     /// A base stream that shares nothing with the data gives no delta frames.
