@@ -482,3 +482,14 @@ pub fn assert_restores_generation(
     assert_same_tree(scratch, &restored(target, source));
     std::fs::remove_dir_all(target).unwrap();
 }
+
+/// Assert that snapshot `second` (its `--json` output) added less than
+/// `1/times` of what `first` added: how a test sees delta encoding work.
+pub fn assert_adds_a_fraction(first: &serde_json::Value, second: &serde_json::Value, times: u64) {
+    let added = |s: &serde_json::Value| s["bytes_added"].as_u64().unwrap();
+    let (a1, a2) = (added(first), added(second));
+    assert!(
+        a2 * times < a1,
+        "the second snapshot added {a2} bytes, the first {a1}"
+    );
+}
