@@ -13,7 +13,7 @@ use crate::index::IndexReader;
 use crate::interrupt;
 use crate::progress::Progress;
 use crate::repo::{
-    frame_bases, ChunkEntry, Compression, FileKind, FrameEntry, Id, Node, NodeKind, PackEntry,
+    prefix_bases, ChunkEntry, Compression, FileKind, FrameEntry, Id, Node, NodeKind, PackEntry,
     PackHeader, SourceRecord, SourceStatus, FORMAT_VERSION, PACK_MAGIC,
 };
 use crate::repository::Repository;
@@ -253,6 +253,11 @@ impl Packer<'_> {
         self.repo.config.chunker
     }
 
+    /// The chunk sizes the next stream is cut with.
+    fn chunker_params(&self) -> crate::repo::ChunkerParams {
+        self.chunker.unwrap_or(self.repo.config.chunker)
+    }
+
     /// The file contents of source `source_name` (of `kind`) in the newest
     /// snapshot that has it complete, by path: the previous version of the
     /// streams about to be stored, for [`set_base_stream`](Self::set_base_stream).
@@ -323,7 +328,7 @@ impl Packer<'_> {
         progress: &Progress,
     ) -> std::result::Result<(Vec<Id>, u64), ChunkError<Error>> {
         let mut ids = Vec::new();
-        let params = self.chunker.unwrap_or(self.repo.config.chunker);
+        let params = self.chunker_params();
         let seed = self.seed;
         let mut buf = std::mem::take(&mut self.read_buffer);
         let n = chunk::for_each_chunk_with(&mut buf, source, params, seed, |c| {
@@ -343,8 +348,7 @@ impl Packer<'_> {
         if self.failed.lock().map(|f| f.is_some()).unwrap_or(true) {
             return Err(self.take_failure());
         }
-        let max = self.chunker.unwrap_or(self.repo.config.chunker).max;
-        let cap = self.repo.config.frame_size as usize + max as usize;
+        let cap = self.repo.config.frame_size as usize + self.chunker_params().max as usize;
         let job = FrameJob {
             data: std::mem::replace(&mut self.frame_data, Vec::with_capacity(cap)),
             chunks: std::mem::take(&mut self.frame_chunks),
@@ -470,10 +474,7 @@ fn seal_frames(
     };
     let mut warned = false;
     for mut job in jobs {
-        let bases = frame_bases(
-            Compression::ZstdDelta,
-            job.chunks.iter().filter_map(|c| c.base),
-        );
+        let bases = prefix_bases(&job.chunks);
         let sealed = if bases.is_empty() {
             sealer.seal(&job.data)
         } else {

@@ -9,7 +9,7 @@ use crate::crypto::{self, MasterKey, Secret};
 use crate::error::{Error, Kind, Result};
 use crate::index::{IndexCache, Location};
 use crate::repo::{
-    Compression, Config, FileKind, Id, KeyFile, KeyKind, Node, Snapshot, SourceRecord,
+    Compression, Config, FileKind, FrameEntry, Id, KeyFile, KeyKind, Node, Snapshot, SourceRecord,
     CHUNKER_DEFAULT, FORMAT_VERSION,
 };
 use serde::{de::DeserializeOwned, Serialize};
@@ -461,16 +461,7 @@ impl Repository {
                             frame_name(&file, l.frame_offset)
                         ))
                     })?;
-                    let prefix = self.delta_prefix(l)?;
-                    let frame = decode_frame_bytes(
-                        &self.key,
-                        ct,
-                        l.compression,
-                        l.raw_length,
-                        &prefix,
-                        &file,
-                        l.frame_offset,
-                    )?;
+                    let frame = self.decode_located(ct, l)?;
                     decoded
                         .lock()
                         .map_err(|_| Error::failure("frame map lock poisoned"))?
@@ -497,26 +488,47 @@ impl Repository {
     pub fn decode_frame(&self, loc: &Location) -> Result<Vec<u8>> {
         let mut ct = Vec::new();
         self.frame_ciphertext(loc, &mut ct)?;
-        let prefix = self.delta_prefix(loc)?;
+        self.decode_located(&ct, loc)
+    }
+
+    /// Decrypt and decompress `ct`, the ciphertext of the frame at `loc`
+    /// (a delta frame with its bases).
+    pub fn decode_located(&self, ct: &[u8], loc: &Location) -> Result<Vec<u8>> {
+        let mut d = FrameDecoder::new()?;
+        d.decode_at(self, ct, loc)?;
+        Ok(d.frame)
+    }
+
+    /// Decrypt and decompress `ct`, the ciphertext of frame `fr` of pack
+    /// `file` as a pack header or index file lists it (a delta frame with
+    /// its bases, from the index).
+    pub fn decode_listed(&self, ct: &[u8], fr: &FrameEntry, file: &FileRef) -> Result<Vec<u8>> {
+        let prefix = self.bases_plaintext(&fr.bases()).map_err(|e| {
+            e.context(format!(
+                "the bases of the delta frame at {} of {file}",
+                fr.offset
+            ))
+        })?;
         decode_frame_bytes(
             &self.key,
-            &ct,
-            loc.compression,
-            loc.raw_length,
+            ct,
+            fr.compression,
+            fr.raw_length,
             &prefix,
-            &FileRef::new(FileKind::Pack, loc.pack.to_hex()),
-            loc.frame_offset,
+            file,
+            fr.offset,
         )
     }
 
     /// What the frame at `loc` was compressed against: nothing, or for a
     /// `zstd-delta` frame its bases' plaintexts (see [`Self::bases_plaintext`]).
-    pub fn delta_prefix(&self, loc: &Location) -> Result<Vec<u8>> {
+    fn delta_prefix(&self, loc: &Location) -> Result<Vec<u8>> {
         if loc.compression != Compression::ZstdDelta {
             return Ok(Vec::new());
         }
-        let bases = self.cache.reader()?.frame_bases(loc)?;
-        self.bases_plaintext(&bases).map_err(|e| {
+        let reader = self.cache.reader()?;
+        let bases = reader.frame_bases(loc)?;
+        self.bases_in(&reader, &bases).map_err(|e| {
             e.context(format!(
                 "the bases of the delta frame at {} of pack {}",
                 loc.frame_offset,
@@ -529,7 +541,14 @@ impl Repository {
     /// A base must lie in a frame that is not itself a delta (chains are one
     /// deep), so this never recurses further.
     pub fn bases_plaintext(&self, bases: &[Id]) -> Result<Vec<u8>> {
-        let reader = self.cache.reader()?;
+        if bases.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.bases_in(&self.cache.reader()?, bases)
+    }
+
+    /// [`bases_plaintext`](Self::bases_plaintext), located with `reader`.
+    fn bases_in(&self, reader: &crate::index::IndexReader, bases: &[Id]) -> Result<Vec<u8>> {
         let mut out = Vec::new();
         for b in bases {
             let loc = reader.get(b)?.ok_or_else(|| {
@@ -735,19 +754,9 @@ impl FrameDecoder {
         if self.key != Some(loc.frame_key()) {
             self.key = None;
             let mut ct = std::mem::take(&mut self.ciphertext);
-            let decoded = repo.frame_ciphertext(loc, &mut ct).and_then(|_| {
-                let file = FileRef::new(FileKind::Pack, loc.pack.to_hex());
-                let what = frame_name(&file, loc.frame_offset);
-                let prefix = repo.delta_prefix(loc)?;
-                self.decode(
-                    &repo.key,
-                    &ct,
-                    loc.compression,
-                    loc.raw_length,
-                    &prefix,
-                    &what,
-                )
-            });
+            let decoded = repo
+                .frame_ciphertext(loc, &mut ct)
+                .and_then(|_| self.decode_at(repo, &ct, loc));
             self.ciphertext = ct;
             decoded?;
             self.key = Some(loc.frame_key());
@@ -758,13 +767,25 @@ impl FrameDecoder {
     /// The plaintext of the frame at `loc`, cut from `pack`, the whole
     /// pack's bytes already in memory.
     pub fn frame_in(&mut self, repo: &Repository, loc: &Location, pack: &[u8]) -> Result<&[u8]> {
-        let file = FileRef::new(FileKind::Pack, loc.pack.to_hex());
-        let what = frame_name(&file, loc.frame_offset);
         self.key = None;
         let ct = usize::try_from(loc.frame_offset)
             .ok()
             .and_then(|start| pack.get(start..start.checked_add(loc.frame_length as usize)?))
-            .ok_or_else(|| Error::integrity(format!("{what} lies beyond the end of the file")))?;
+            .ok_or_else(|| {
+                let file = FileRef::new(FileKind::Pack, loc.pack.to_hex());
+                let what = frame_name(&file, loc.frame_offset);
+                Error::integrity(format!("{what} lies beyond the end of the file"))
+            })?;
+        self.decode_at(repo, ct, loc)?;
+        self.key = Some(loc.frame_key());
+        Ok(&self.frame)
+    }
+
+    /// Decode `ct`, the ciphertext of the frame at `loc`, into `self.frame`
+    /// (a delta frame with its bases).
+    fn decode_at(&mut self, repo: &Repository, ct: &[u8], loc: &Location) -> Result<()> {
+        let file = FileRef::new(FileKind::Pack, loc.pack.to_hex());
+        let what = frame_name(&file, loc.frame_offset);
         let prefix = repo.delta_prefix(loc)?;
         self.decode(
             &repo.key,
@@ -773,9 +794,7 @@ impl FrameDecoder {
             loc.raw_length,
             &prefix,
             &what,
-        )?;
-        self.key = Some(loc.frame_key());
-        Ok(&self.frame)
+        )
     }
 
     /// Decrypt and decompress `ct` into `self.frame`.
@@ -831,8 +850,8 @@ pub fn decompress_with_prefix(
 }
 
 /// zstd-compress `data` at `level` with `prefix` as raw content it may
-/// refer back to (zstd's `--patch-from`): a chunk that differs from its
-/// base by a few moved rows costs tens of bytes. The window covers the
+/// refer back to (zstd's `--patch-from`): on pgbench's scattered updates
+/// each row that left its place cost about 20 bytes of delta. The window covers the
 /// prefix and the data, so every byte of the prefix can be referred to.
 pub fn compress_with_prefix(
     data: &[u8],

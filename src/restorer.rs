@@ -232,7 +232,6 @@ fn needed_frames_intact(
     bytes: &[u8],
     locs: &HashMap<Id, Location>,
 ) -> Result<()> {
-    let f = FileRef::new(FileKind::Pack, pack.to_hex());
     let mut frames: HashMap<u64, Vec<(&Id, &Location)>> = HashMap::new();
     for (id, l) in locs.iter().filter(|(_, l)| l.pack == pack) {
         frames.entry(l.frame_offset).or_default().push((id, l));
@@ -244,15 +243,7 @@ fn needed_frames_intact(
             .ok_or_else(|| {
                 Error::integrity(format!("frame at {offset} is beyond the end of the file"))
             })?;
-        let plain = crate::repository::decode_frame_bytes(
-            &repo.key,
-            ct,
-            l.compression,
-            l.raw_length,
-            &repo.delta_prefix(l)?,
-            &f,
-            offset,
-        )?;
+        let plain = repo.decode_located(ct, l)?;
         for (id, l) in chunks {
             if chunk_slice(&plain, l).is_none_or(|d| repo.key.chunk_id(d) != *id) {
                 return Err(Error::integrity(format!(

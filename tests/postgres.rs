@@ -5,13 +5,6 @@ mod common;
 use cairn::source::pg_cluster::ScratchCluster;
 use common::*;
 
-fn sql(url: &str, db: &str, statements: &str) {
-    let mut cfg: postgres::Config = url.parse().unwrap();
-    cfg.dbname(db);
-    let mut c = cfg.connect(postgres::NoTls).unwrap();
-    c.batch_execute(statements).unwrap();
-}
-
 /// A new cluster with a database `app` made by `statements`.
 fn cluster_with_app(statements: &str) -> ScratchCluster {
     let cluster = ScratchCluster::start(&[]).unwrap();
@@ -25,13 +18,6 @@ fn restore_test(env: &Env, args: &[&str]) -> (i32, String, String) {
     let out = env.run(&[&["check", "--restore-test"], args].concat());
     let (code, err) = code_and_stderr(&out);
     (code, String::from_utf8_lossy(&out.stdout).into_owned(), err)
-}
-
-fn query_i64(url: &str, db: &str, q: &str) -> i64 {
-    let mut cfg: postgres::Config = url.parse().unwrap();
-    cfg.dbname(db);
-    let mut c = cfg.connect(postgres::NoTls).unwrap();
-    c.query_one(q, &[]).unwrap().get(0)
 }
 
 /// A database with the awkward parts: pgbench tables, jsonb, bytea, large

@@ -367,13 +367,6 @@ fn a_service_that_never_gets_ready_stops_the_restore() {
     assert!(err.contains("sources: conf restored"), "{err}");
 }
 
-fn sql(url: &str, db: &str, statements: &str) {
-    let mut cfg: postgres::Config = url.parse().unwrap();
-    cfg.dbname(db);
-    let mut c = cfg.connect(postgres::NoTls).unwrap();
-    c.batch_execute(statements).unwrap();
-}
-
 fn count(url: &str, db: &str, table: &str) -> i64 {
     let mut cfg: postgres::Config = url.parse().unwrap();
     cfg.dbname(db);

@@ -179,33 +179,21 @@ fn two_writers_back_up_into_one_bucket_concurrently() {
 }
 
 /// A PostgreSQL dump stored as deltas against the day before, on S3: the
-/// bases are fetched with ranged reads when the delta frames are decoded,
-/// and survive pruning the day before.
+/// second backup reads the previous dump and its bases from the bucket
+/// (ranged reads), the bases survive pruning the day before, and
+/// `check --read-data` and a restore decode the delta frames with them.
 #[test]
 fn delta_encoded_dumps_restore_from_s3_after_the_day_before_is_pruned() {
     use cairn::source::pg_cluster::ScratchCluster;
     let server = S3Server::start();
     let env = s3_env(&server, "pg");
     let source = ScratchCluster::start(&[]).unwrap();
-    let query = |cluster: &ScratchCluster, q: &str| -> i64 {
-        let mut cfg: postgres::Config = cluster.url().parse().unwrap();
-        cfg.dbname("postgres");
-        let mut c = cfg.connect(postgres::NoTls).unwrap();
-        c.query_one(q, &[]).unwrap().get(0)
-    };
-    let run = |q: &str| {
-        let mut cfg: postgres::Config = source.url().parse().unwrap();
-        cfg.dbname("postgres");
-        cfg.connect(postgres::NoTls)
-            .unwrap()
-            .batch_execute(q)
-            .unwrap();
-    };
+    let url = source.url();
+    let run = |q: &str| sql(&url, "postgres", q);
     run(
         "CREATE TABLE acc (aid int PRIMARY KEY, abalance int, filler char(84));
          INSERT INTO acc SELECT g, 0, '' FROM generate_series(1, 50000) g;",
     );
-    let url = source.url();
     let first = env.json(&["snapshot", "--postgres", &url, "--database", "postgres"]);
     run("UPDATE acc SET abalance = aid % 13 WHERE aid % 50 = 7");
     let second = env.json(&["snapshot", "--postgres", &url, "--database", "postgres"]);
@@ -213,8 +201,10 @@ fn delta_encoded_dumps_restore_from_s3_after_the_day_before_is_pruned() {
     env.ok(&["forget", "--keep-last", "1", "--prune"]);
     env.ok(&["check", "--read-data"]);
     let target = ScratchCluster::start(&[]).unwrap();
-    // Into the target's empty `postgres` database: the dump streams from
-    // the bucket into pg_restore, its delta frames decoded on the way.
+    // Into the target's empty `postgres` database. The packs the restore
+    // needs, bases included, are checked (and, the store being remote,
+    // spooled) first; the delta frames are decoded as the dump streams
+    // into pg_restore.
     let report = env.json(&["restore", "latest", "--to", &target.url()]);
     let tables = report["report"]["tables"].as_array().unwrap();
     assert!(
@@ -222,6 +212,7 @@ fn delta_encoded_dumps_restore_from_s3_after_the_day_before_is_pruned() {
         "{tables:?}"
     );
     let sum = "SELECT sum(abalance * aid)::int8 FROM acc";
-    assert_eq!(query(&source, sum), query(&target, sum));
-    assert!(query(&target, sum) > 0);
+    let query = |cluster: &ScratchCluster| query_i64(&cluster.url(), "postgres", sum);
+    assert_eq!(query(&source), query(&target));
+    assert!(query(&target) > 0);
 }

@@ -7,7 +7,7 @@ use crate::error::{Error, Result};
 use crate::index::Location;
 use crate::progress::Progress;
 use crate::repo::{split_pack, Compression, FileKind, Id, IndexFile, PackEntry, PackHeader};
-use crate::repository::{chunk_slice, decode_frame_bytes, parse_tree, Repository};
+use crate::repository::{chunk_slice, parse_tree, Repository};
 use serde::Serialize;
 use std::collections::{BTreeSet, HashMap, HashSet};
 
@@ -117,25 +117,7 @@ fn read_pack(repo: &Repository, entry: &PackEntry, report: &mut CheckReport) -> 
     for fr in &entry.frames {
         let end = fr.offset as usize + fr.length as usize;
         let frame = match bytes.get(fr.offset as usize..end) {
-            Some(ct) => repo
-                .bases_plaintext(&fr.bases())
-                .map_err(|e| {
-                    e.context(format!(
-                        "the bases of the delta frame at {} of {f}",
-                        fr.offset
-                    ))
-                })
-                .and_then(|prefix| {
-                    decode_frame_bytes(
-                        &repo.key,
-                        ct,
-                        fr.compression,
-                        fr.raw_length,
-                        &prefix,
-                        &f,
-                        fr.offset,
-                    )
-                }),
+            Some(ct) => repo.decode_listed(ct, fr, &f),
             None => Err(Error::integrity(format!(
                 "frame at {} of {f} lies beyond the end of the file",
                 fr.offset
@@ -269,39 +251,39 @@ pub fn check(
 
     // 3b. A delta frame is as good as its bases: each must be indexed, have
     //     a copy in a frame that is not a delta, and be undamaged.
-
     let plain: HashSet<Id> = packs
         .values()
         .flat_map(|p| p.frames.iter())
         .filter(|f| f.compression != Compression::ZstdDelta)
         .flat_map(|f| f.chunks.iter().map(|c| c.id))
         .collect();
-    let mut ids_sorted: Vec<&Id> = packs.keys().collect();
-    ids_sorted.sort();
-    for pid in ids_sorted {
+    let base_problem = |b: &Id| {
+        if !index.contains_key(b) {
+            Some("not in the index")
+        } else if damaged.contains(b) {
+            Some("damaged")
+        } else if !plain.contains(b) {
+            Some("stored only in delta frames")
+        } else {
+            None
+        }
+    };
+    let mut spoiled = Vec::new();
+    for pid in &ids {
         for fr in &packs[pid].frames {
-            let bad_base = fr
-                .bases()
-                .into_iter()
-                .find(|b| !index.contains_key(b) || damaged.contains(b) || !plain.contains(b));
-            if let Some(b) = bad_base {
+            let bases = fr.bases();
+            if let Some((b, why)) = bases.iter().find_map(|b| Some((b, base_problem(b)?))) {
                 report.errors.push(format!(
-                    "pack {}: the delta frame at {} needs chunk {}, which is {}",
+                    "pack {}: the delta frame at {} needs chunk {}, which is {why}",
                     pid.short(),
                     fr.offset,
                     b.short(),
-                    if !index.contains_key(&b) {
-                        "not in the index"
-                    } else if damaged.contains(&b) {
-                        "damaged"
-                    } else {
-                        "stored only in delta frames"
-                    }
                 ));
-                damaged.extend(fr.chunks.iter().map(|c| c.id));
+                spoiled.extend(fr.chunks.iter().map(|c| c.id));
             }
         }
     }
+    damaged.extend(spoiled);
 
     // 4. Map damage to snapshots and files.
     let bad = |c: &Id| !index.contains_key(c) || damaged.contains(c);

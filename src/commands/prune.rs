@@ -11,10 +11,10 @@ use crate::cli::{GlobalArgs, PruneArgs};
 use crate::error::{Error, Result};
 use crate::lock::with_lock;
 use crate::repo::{
-    split_pack, ChunkEntry, Compression, FileKind, Id, IndexFile, PackEntry, Snapshot,
+    split_pack, ChunkEntry, Compression, FileKind, FrameEntry, Id, IndexFile, PackEntry, Snapshot,
     FORMAT_VERSION,
 };
-use crate::repository::{decode_frame_bytes, Repository};
+use crate::repository::Repository;
 use serde::Serialize;
 use std::collections::{HashMap, HashSet};
 
@@ -121,17 +121,19 @@ fn with_bases<'a>(
     packs: impl Iterator<Item = &'a PackEntry>,
 ) -> HashSet<Id> {
     let mut bases = Vec::new();
-    for p in packs {
-        for f in &p.frames {
-            if f.compression == Compression::ZstdDelta
-                && f.chunks.iter().any(|c| used.contains(&c.id))
-            {
-                bases.extend(f.bases());
-            }
+    for f in packs.flat_map(|p| p.frames.iter()) {
+        if delta_in_use(f, &used) == Some(true) {
+            bases.extend(f.bases());
         }
     }
     used.extend(bases);
     used
+}
+
+/// For a delta frame, whether any of its chunks is `used`; `None` for
+/// other frames.
+fn delta_in_use(f: &FrameEntry, used: &HashSet<Id>) -> Option<bool> {
+    (f.compression == Compression::ZstdDelta).then(|| f.chunks.iter().any(|c| used.contains(&c.id)))
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -155,9 +157,10 @@ fn fate(p: &PackEntry, used: &HashSet<Id>) -> Fate {
     // with_bases), so it must not stay listed: its chunks would look
     // stored, and a later backup would deduplicate against chunks that no
     // longer decode. Repacking drops it.
-    let dead_delta = p.frames.iter().any(|f| {
-        f.compression == Compression::ZstdDelta && !f.chunks.iter().any(|c| used.contains(&c.id))
-    });
+    let dead_delta = p
+        .frames
+        .iter()
+        .any(|f| delta_in_use(f, used) == Some(false));
     if raw_used == 0 {
         Fate::Remove
     } else if raw_total - raw_used <= raw_total / 10 && !dead_delta {
@@ -268,15 +271,7 @@ pub fn prune(repo: &Repository, dry_run: bool) -> Result<PruneReport> {
                 builder.add_frame(ct, fr.raw_length, fr.compression, fr.chunks.clone())?;
             } else if n_used > 0 {
                 // Re-sealed without a prefix: the copy needs no base.
-                let plain = decode_frame_bytes(
-                    &repo.key,
-                    ct,
-                    fr.compression,
-                    fr.raw_length,
-                    &repo.bases_plaintext(&fr.bases())?,
-                    &f,
-                    fr.offset,
-                )?;
+                let plain = repo.decode_listed(ct, fr, &f)?;
                 for c in fr.chunks.iter().filter(|c| used.contains(&c.id)) {
                     let data = plain
                         .get(c.offset as usize..(c.offset + c.length) as usize)
@@ -369,7 +364,6 @@ pub fn run(g: &GlobalArgs, a: &PruneArgs) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::repo::{ChunkEntry, FrameEntry};
 
     fn frame(compression: Compression, chunks: &[(u8, u32, Option<u8>)]) -> FrameEntry {
         FrameEntry {

@@ -15,7 +15,7 @@ pub use manifest::{
     FORMAT_VERSION,
 };
 pub use pack::{
-    frame_bases, split_pack, ChunkEntry, Compression, FrameEntry, PackEntry, PackHeader,
+    prefix_bases, split_pack, ChunkEntry, Compression, FrameEntry, PackEntry, PackHeader,
     PACK_MAGIC, PACK_TRAILER_LEN,
 };
 

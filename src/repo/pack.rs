@@ -57,18 +57,18 @@ impl FrameEntry {
     /// zstd prefix of a `zstd-delta` frame: each distinct `base` of its
     /// chunks, in the order of first use. Empty for other frames.
     pub fn bases(&self) -> Vec<Id> {
-        frame_bases(self.compression, self.chunks.iter().filter_map(|c| c.base))
+        if self.compression != Compression::ZstdDelta {
+            return Vec::new();
+        }
+        prefix_bases(&self.chunks)
     }
 }
 
-/// The distinct `bases` in order of first appearance, for a `zstd-delta`
-/// frame; nothing for other compressions.
-pub fn frame_bases(compression: Compression, bases: impl Iterator<Item = Id>) -> Vec<Id> {
-    if compression != Compression::ZstdDelta {
-        return Vec::new();
-    }
+/// The distinct bases of `chunks` in order of first use: the chunks whose
+/// plaintexts make the prefix of a delta frame holding `chunks`.
+pub fn prefix_bases(chunks: &[ChunkEntry]) -> Vec<Id> {
     let mut out: Vec<Id> = Vec::new();
-    for b in bases {
+    for b in chunks.iter().filter_map(|c| c.base) {
         if !out.contains(&b) {
             out.push(b);
         }

@@ -543,13 +543,12 @@ fn databases(target: &Target, wanted: &[String]) -> Result<Vec<String>> {
     Ok(wanted.to_vec())
 }
 
-/// Chunk sizes for database dumps: 64 KiB on average (eight times the
-/// default), scaled from the repository's. A dump deduplicates only against its own previous
-/// version, whose chunks its changed chunks are stored as deltas against,
-/// so a changed chunk costs about the same few bytes of delta whatever its
-/// size, while every chunk costs ~150 bytes of pack header, index and node
-/// list (spec/postgres.md "Second-day bytes"). A repository made with a
-/// larger `--chunk-size` keeps its own.
+/// Chunk sizes for database dumps: the repository's scaled up to 64 KiB on
+/// average (eight times the default); a repository made with a larger
+/// `--chunk-size` keeps its own. A dump's changed chunks are stored as
+/// deltas against its previous version, so a changed chunk costs about the
+/// same whatever its size, while every chunk costs ~150 bytes of pack
+/// header, index and node list (spec/postgres.md "Second-day bytes").
 fn dump_chunker(repo: crate::repo::ChunkerParams) -> crate::repo::ChunkerParams {
     let factor = (65536 / repo.avg.max(1)).max(1);
     crate::repo::ChunkerParams {
@@ -1185,27 +1184,11 @@ pub fn restore_logical(
         // --clean drops what each section recreates; split into sections,
         // a table could not be dropped while another's foreign key (post-data)
         // still points at it, so a clean restore is never split.
-        let split = match (&spool, &d.data_offsets) {
-            (Some(spool), Some(offsets)) if !(exists[&d.name] && opts.clean) => offsets
-                .largest_share(dump.size)
-                .filter(|&share| share >= STREAM_DATA_SHARE)
-                .and_then(|share| {
-                    let create = !exists[&d.name];
-                    match split_by_sections(repo, &target, &maint, dump, offsets, create, spool.path()) {
-                        Ok(plan) => {
-                            tracing::info!(
-                                database = %d.name,
-                                largest_table_share = share,
-                                "streaming the data: one table holds most of it; indexes and constraints with --jobs"
-                            );
-                            Some(plan)
-                        }
-                        Err(e) => {
-                            tracing::warn!(database = %d.name, error = %e, "cannot split the restore into sections; spooling the dump");
-                            None
-                        }
-                    }
-                }),
+        let split = match &spool {
+            Some(spool) if !(exists[&d.name] && opts.clean) => {
+                let create = !exists[&d.name];
+                streamed_data_plan(repo, &target, &maint, d, dump, create, spool.path())
+            }
             _ => None,
         };
         let load = if let Some(plan) = split {
@@ -1312,6 +1295,38 @@ pub fn restore_logical(
         }
     }
     Ok(report)
+}
+
+/// How to restore database `d` split into sections ([`Load::StreamedData`]),
+/// when one data block holds at least [`STREAM_DATA_SHARE`] of its data and
+/// the split can be prepared in `dir`; `None` (the dump is spooled) otherwise.
+fn streamed_data_plan(
+    repo: &crate::repository::Repository,
+    target: &Target,
+    maint: &str,
+    d: &DatabaseMeta,
+    dump: &Node,
+    create: bool,
+    dir: &std::path::Path,
+) -> Option<SplitPlan> {
+    let offsets = d.data_offsets.as_ref()?;
+    let share = offsets
+        .largest_share(dump.size)
+        .filter(|&share| share >= STREAM_DATA_SHARE)?;
+    match split_by_sections(repo, target, maint, dump, offsets, create, dir) {
+        Ok(plan) => {
+            tracing::info!(
+                database = %d.name,
+                largest_table_share = share,
+                "streaming the data: one table holds most of it; indexes and constraints with --jobs"
+            );
+            Some(plan)
+        }
+        Err(e) => {
+            tracing::warn!(database = %d.name, error = %e, "cannot split the restore into sections; spooling the dump");
+            None
+        }
+    }
 }
 
 /// The files a restore split into sections runs from (see [`Load::StreamedData`]).

@@ -493,3 +493,19 @@ pub fn assert_adds_a_fraction(first: &serde_json::Value, second: &serde_json::Va
         "the second snapshot added {a2} bytes, the first {a1}"
     );
 }
+
+/// Run `statements` in database `db` of the PostgreSQL server at `url`.
+pub fn sql(url: &str, db: &str, statements: &str) {
+    let mut cfg: postgres::Config = url.parse().unwrap();
+    cfg.dbname(db);
+    let mut c = cfg.connect(postgres::NoTls).unwrap();
+    c.batch_execute(statements).unwrap();
+}
+
+/// The single bigint `q` returns in database `db` of the server at `url`.
+pub fn query_i64(url: &str, db: &str, q: &str) -> i64 {
+    let mut cfg: postgres::Config = url.parse().unwrap();
+    cfg.dbname(db);
+    let mut c = cfg.connect(postgres::NoTls).unwrap();
+    c.query_one(q, &[]).unwrap().get(0)
+}
