@@ -12,7 +12,6 @@
 use super::client::KafkaConsumer as BaseConsumer;
 use super::client::{retry, KafkaOptions};
 use crate::archiver::{Packer, SourceOutcome};
-use crate::chunk::ChunkError;
 use crate::error::{Error, Kind, Result};
 use crate::progress::Progress;
 use crate::repo::kafka::{
@@ -26,7 +25,6 @@ use rdkafka::consumer::Consumer;
 use rdkafka::error::KafkaError;
 use rdkafka::message::Headers;
 use rdkafka::{Message, Offset, TopicPartitionList};
-use std::io::Read;
 use std::time::{Duration, Instant};
 
 /// What to back up.
@@ -351,13 +349,9 @@ fn read_partition(
         end: p.high,
         end_checked: false,
         done: p.high <= p.low,
-        pending: Vec::with_capacity(1 << 20),
-        pos: 0,
         records: 0,
         first: None,
         last: None,
-        hasher: blake3::Hasher::new(),
-        error: None,
     };
     if !reader.done {
         let mut tpl = TopicPartitionList::new();
@@ -367,21 +361,14 @@ fn read_partition(
             consumer.assign(&tpl)
         })?;
     }
-    let stored = packer.add_stream(&mut reader, progress);
-    let (content, size) = match stored {
-        Ok(v) => v,
-        Err(ChunkError::Sink(e)) => return Err(e),
-        Err(ChunkError::Read(e)) => {
-            return Err(reader
-                .error
-                .take()
-                .unwrap_or_else(|| Error::io(format!("reading {topic}/{}", p.id), e)))
-        }
-    };
+    let mut chunks = RecordChunks::default();
+    reader.read_into(&mut chunks, packer, progress)?;
+    chunks.finish(packer, progress)?;
+    let (content, size) = (chunks.ids, chunks.size);
     p.end = reader.end;
     p.records = reader.records;
     p.bytes = size;
-    p.digest = reader.hasher.finalize().to_hex().to_string();
+    p.digest = chunks.hasher.finalize().to_hex().to_string();
     p.first_offset = reader.first;
     p.last_offset = reader.last;
     p.node = Some(path.clone());
@@ -396,7 +383,71 @@ fn read_partition(
     Ok(Some(Node::stream(path, size, content)))
 }
 
-/// Reads one assigned partition as a byte stream of encoded records.
+/// A chunk ends before the first record whose offset lies in another block
+/// of this many offsets than the record before it.
+pub const OFFSETS_PER_CHUNK: i64 = 64;
+/// A chunk longer than this is cut, mid-record if need be.
+pub const MAX_CHUNK: usize = 1 << 20;
+
+/// Cuts a partition's record stream into chunks at record boundaries chosen
+/// by offset: a chunk ends where the records' offsets cross a multiple of
+/// [`OFFSETS_PER_CHUNK`] (or at [`MAX_CHUNK`] bytes). Offsets never change
+/// once written, so the boundaries of yesterday's records are today's too,
+/// whatever was appended, compacted away or deleted below the log start,
+/// and no content-defined chunker has to scan the bytes to find them.
+#[derive(Default)]
+pub struct RecordChunks {
+    buf: Vec<u8>,
+    block: Option<i64>,
+    pub ids: Vec<crate::repo::Id>,
+    pub size: u64,
+    /// BLAKE3 of the whole stream, as stored.
+    pub hasher: blake3::Hasher,
+}
+
+impl RecordChunks {
+    /// Append the record at `offset`, encoded by `encode`, storing the
+    /// chunk it ends first.
+    pub fn push(
+        &mut self,
+        packer: &mut Packer,
+        progress: &Progress,
+        offset: i64,
+        encode: impl FnOnce(&mut Vec<u8>),
+    ) -> Result<()> {
+        let block = offset.div_euclid(OFFSETS_PER_CHUNK);
+        if self.block.is_some_and(|b| b != block) {
+            self.store(packer, progress, self.buf.len())?;
+        }
+        self.block = Some(block);
+        encode(&mut self.buf);
+        while self.buf.len() >= MAX_CHUNK {
+            self.store(packer, progress, MAX_CHUNK)?;
+        }
+        Ok(())
+    }
+
+    /// Store the last chunk.
+    pub fn finish(&mut self, packer: &mut Packer, progress: &Progress) -> Result<()> {
+        self.store(packer, progress, self.buf.len())
+    }
+
+    /// Store the first `n` buffered bytes as a chunk.
+    fn store(&mut self, packer: &mut Packer, progress: &Progress, n: usize) -> Result<()> {
+        if n == 0 {
+            return Ok(());
+        }
+        let chunk = &self.buf[..n];
+        self.hasher.update(chunk);
+        self.ids.push(packer.add_chunk(chunk)?);
+        self.size += n as u64;
+        progress.inc(n as u64);
+        self.buf.drain(..n);
+        Ok(())
+    }
+}
+
+/// Reads one assigned partition's records into [`RecordChunks`].
 struct PartitionReader<'a> {
     consumer: &'a BaseConsumer,
     topic: &'a str,
@@ -405,33 +456,26 @@ struct PartitionReader<'a> {
     end: i64,
     end_checked: bool,
     done: bool,
-    pending: Vec<u8>,
-    pos: usize,
     records: u64,
     first: Option<i64>,
     last: Option<i64>,
-    hasher: blake3::Hasher,
-    error: Option<Error>,
 }
 
 impl PartitionReader<'_> {
-    fn fail(&mut self, e: Error) -> std::io::Error {
-        let msg = e.to_string();
-        self.error = Some(e);
-        std::io::Error::other(msg)
-    }
-
-    /// Poll until at least one record is buffered or the partition is done.
-    fn fill(&mut self) -> std::result::Result<(), Error> {
+    /// Poll until the partition is done, storing its records in `chunks`.
+    fn read_into(
+        &mut self,
+        chunks: &mut RecordChunks,
+        packer: &mut Packer,
+        progress: &Progress,
+    ) -> Result<()> {
         let mut idle_since = Instant::now();
         // Reading the clock for every record costs 1% of a backup: note
         // progress, and restart the stall clock only when a poll is empty.
         let mut progressed = false;
-        while !self.done && self.pending.len() < (1 << 20) {
+        while !self.done {
             crate::interrupt::check()?;
-            let timeout = if self.pending.is_empty() { 200 } else { 0 };
-            match self.consumer.poll(Duration::from_millis(timeout)) {
-                None if !self.pending.is_empty() => return Ok(()),
+            match self.consumer.poll(Duration::from_millis(200)) {
                 None => {
                     if std::mem::take(&mut progressed) {
                         idle_since = Instant::now();
@@ -492,15 +536,9 @@ impl PartitionReader<'_> {
                         .headers()
                         .map(|h| h.iter().map(|h| (h.key, h.value)).collect())
                         .unwrap_or_default();
-                    encode_record(
-                        &mut self.pending,
-                        offset,
-                        ts,
-                        ty,
-                        m.key(),
-                        m.payload(),
-                        &headers,
-                    );
+                    chunks.push(packer, progress, offset, |buf| {
+                        encode_record(buf, offset, ts, ty, m.key(), m.payload(), &headers)
+                    })?;
                     self.records += 1;
                     self.first.get_or_insert(offset);
                     self.last = Some(offset);
@@ -514,28 +552,71 @@ impl PartitionReader<'_> {
     }
 }
 
-impl Read for PartitionReader<'_> {
-    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
-        if self.pos == self.pending.len() {
-            self.pending.clear();
-            self.pos = 0;
-            if let Err(e) = self.fill() {
-                return Err(self.fail(e));
-            }
-            // One update per buffer, not per record: BLAKE3 hashes many
-            // 1 KiB chunks at once (SIMD) only when given them together.
-            self.hasher.update(&self.pending);
-        }
-        let n = out.len().min(self.pending.len() - self.pos);
-        out[..n].copy_from_slice(&self.pending[self.pos..self.pos + n]);
-        self.pos += n;
-        Ok(n)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::repo::Id;
+
+    /// The chunk ids, length and digest of records `offsets` (value length
+    /// `len(offset)`), cut by [`RecordChunks`].
+    fn cut(
+        repo: &crate::repository::Repository,
+        offsets: impl Iterator<Item = i64>,
+        len: impl Fn(i64) -> usize,
+    ) -> (Vec<Id>, u64, String, Vec<u8>) {
+        let (mut stream, progress) = (Vec::new(), Progress::hidden());
+        let (chunks, stored, _) = crate::archiver::with_packer(repo, |p| {
+            let mut c = RecordChunks::default();
+            for o in offsets {
+                let value: Vec<u8> = (0..len(o)).map(|i| (o as usize * 7 + i) as u8).collect();
+                let encode = |b: &mut Vec<u8>| {
+                    encode_record(b, o, o, TimestampType::CreateTime, None, Some(&value), &[])
+                };
+                encode(&mut stream);
+                c.push(p, &progress, o, encode)?;
+            }
+            c.finish(p, &progress)?;
+            Ok(c)
+        })
+        .unwrap();
+        crate::job::commit_index(repo, stored.packs).unwrap();
+        let digest = chunks.hasher.finalize().to_hex().to_string();
+        (chunks.ids, chunks.size, digest, stream)
+    }
+
+    #[test]
+    fn record_chunks_are_cut_by_offset_and_stay_put() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = crate::repository::test_repo(dir.path());
+        let len = |o: i64| 100 + (o as usize % 7) * 50;
+        let (day1, size, digest, stream) = cut(&repo, 0..1000, len);
+        // The stream is stored whole, in order, and its digest is of all of it.
+        assert_eq!(size, stream.len() as u64);
+        assert_eq!(digest, blake3::hash(&stream).to_hex().to_string());
+        assert_eq!(repo.read_stream(&day1).unwrap(), stream);
+        // One chunk per block of offsets: 0..64, 64..128, …, 960..1000.
+        assert_eq!(day1.len(), 16);
+        // The log start moved past offset 100 and records were appended:
+        // every chunk of a whole block both days hold is the same.
+        let (day2, ..) = cut(&repo, 100..1500, len);
+        let whole = |ids: &[Id]| {
+            ids.iter()
+                .copied()
+                .collect::<std::collections::HashSet<_>>()
+        };
+        let shared = whole(&day1).intersection(&whole(&day2)).count();
+        assert_eq!(shared, 13, "blocks 128..960 are shared");
+        // Compaction removed offsets 300..310: only the block holding them changes.
+        let (compacted, ..) = cut(&repo, (0..1000).filter(|o| !(300..310).contains(o)), len);
+        let changed: Vec<usize> = (0..16).filter(|&i| day1[i] != compacted[i]).collect();
+        assert_eq!(changed, vec![4]);
+        // A record longer than a chunk's limit is split, and reads back whole.
+        let big = |o: i64| if o == 5 { 3 * MAX_CHUNK } else { 10 };
+        let (ids, size, _, stream) = cut(&repo, 0..10, big);
+        assert!(ids.len() >= 4, "{} chunks", ids.len());
+        assert_eq!(size, stream.len() as u64);
+        assert_eq!(repo.read_stream(&ids).unwrap(), stream);
+    }
 
     fn names(v: &[&str]) -> Vec<String> {
         v.iter().map(|s| s.to_string()).collect()
