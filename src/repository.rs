@@ -381,6 +381,25 @@ impl Repository {
         }
     }
 
+    /// Pack `id` handed to `piece` as it arrives ([`Backend::read_pieces`]),
+    /// from the spool when a pre-check downloaded it.
+    pub fn read_pack_pieces(
+        &self,
+        id: &Id,
+        piece: &mut dyn FnMut(&[u8]) -> Result<()>,
+    ) -> Result<()> {
+        let f = FileRef::new(FileKind::Pack, id.to_hex());
+        match self.spooled_path(id) {
+            Some(path) => {
+                let mut buf = Vec::new();
+                crate::backend::read_whole_of(&path, &mut buf)
+                    .map_err(|e| Error::io(format!("reading spooled {f}"), e))?;
+                piece(&buf)
+            }
+            None => self.backend.read_pieces(&f, piece),
+        }
+    }
+
     /// Where pack `id` lies in the spool, when a pre-check downloaded it.
     fn spooled_path(&self, id: &Id) -> Option<std::path::PathBuf> {
         let guard = self.spool.lock().ok()?;
@@ -776,6 +795,14 @@ impl FrameDecoder {
                 let what = frame_name(&file, loc.frame_offset);
                 Error::integrity(format!("{what} lies beyond the end of the file"))
             })?;
+        self.decode_at(repo, ct, loc)?;
+        self.key = Some(loc.frame_key());
+        Ok(&self.frame)
+    }
+
+    /// The plaintext of the frame at `loc`, whose ciphertext is `ct`.
+    pub fn frame_of(&mut self, repo: &Repository, loc: &Location, ct: &[u8]) -> Result<&[u8]> {
+        self.key = None;
         self.decode_at(repo, ct, loc)?;
         self.key = Some(loc.frame_key());
         Ok(&self.frame)

@@ -26,7 +26,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::os::unix::fs::FileExt;
 use std::path::{Component, Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 
 #[derive(Clone, Debug, Default, serde::Serialize)]
 pub struct RestoreStats {
@@ -450,19 +450,21 @@ impl Outputs {
     }
 }
 
-/// One frame to decode and write, cut from a pack read whole.
+/// One frame to decode and write: its ciphertext, cut from its pack as the
+/// pack's bytes arrived.
 struct FrameJob<'a> {
     pack: Id,
-    bytes: Arc<Vec<u8>>,
-    intact: bool,
+    ciphertext: Vec<u8>,
     work: &'a FrameWork,
 }
 
 /// Read `packs`, each once and whole, on reader threads (many for a remote
-/// store: requests are latency-bound), check each against its name, and
-/// hand its frames one by one to decoder threads (one per core), which write
-/// their chunks into `out`. Frames rather than packs are the decoders' unit,
-/// so the last packs to arrive are decoded by all cores, not one each.
+/// store: requests are latency-bound). Each needed frame is cut from its
+/// pack's bytes as they arrive and handed to decoder threads (one per
+/// core), which write its chunks into `out`: the decoders start on a pack's
+/// first frame while the rest is still being downloaded, and frames rather
+/// than packs are their unit, so the last packs are decoded by all cores.
+/// Each pack is also hashed as it arrives and checked against its name.
 /// Returns the packs that could not be read or whose needed frames are
 /// damaged, with why; a failure to write, or an interruption, stops all
 /// threads and is returned as the error.
@@ -474,6 +476,8 @@ fn write_packs(
 ) -> Result<Vec<(Id, String)>> {
     let next = AtomicUsize::new(0);
     let bad: Mutex<Vec<(Id, String)>> = Mutex::new(Vec::new());
+    // Packs whose bytes do not hash to their name.
+    let mismatched: Mutex<HashSet<Id>> = Mutex::new(HashSet::new());
     let failure: Mutex<Option<Error>> = Mutex::new(None);
     let stopped = || failure.lock().map(|f| f.is_some()).unwrap_or(true);
     let fail = |e: Error| {
@@ -501,6 +505,7 @@ fn write_packs(
     let (send, recv) = std::sync::mpsc::sync_channel::<FrameJob>(decoders * 4);
     let recv = Mutex::new(recv);
     let (next, stopped, fail, mark_bad) = (&next, &stopped, &fail, &mark_bad);
+    let mismatched_ref = &mismatched;
     std::thread::scope(|s| {
         for _ in 0..pack_threads(repo) {
             let send = send.clone();
@@ -514,26 +519,39 @@ fn write_packs(
                     fail(e);
                     break;
                 }
+                let mut cutter = FrameCutter::new(work);
+                let read = repo.read_pack_pieces(pack, &mut |piece| {
+                    interrupt::check()?;
+                    cutter.take(piece, |w, ciphertext| {
+                        let job = FrameJob {
+                            pack: *pack,
+                            ciphertext,
+                            work: w,
+                        };
+                        send.send(job)
+                            .map_err(|_| Error::failure("the restore's decoders stopped"))
+                    })
+                });
                 let f = FileRef::new(FileKind::Pack, pack.to_hex());
-                let mut bytes = Vec::new();
-                if let Err(e) = repo.read_pack_into(pack, &mut bytes) {
-                    mark_bad(*pack, format!("{f}: {e}"));
-                    continue;
-                }
-                let intact = Id::of_bytes(&bytes) == *pack;
-                if !intact {
-                    tracing::warn!(pack = %pack, "pack does not match its name; it is used only if every frame this restore needs from it decodes and verifies; run `cairn check --read-data`");
-                }
-                let bytes = Arc::new(bytes);
-                for work in work {
-                    let job = FrameJob {
-                        pack: *pack,
-                        bytes: bytes.clone(),
-                        intact,
-                        work,
-                    };
-                    if send.send(job).is_err() {
-                        return;
+                match read {
+                    Err(e) if e.kind() == Kind::Interrupted => {
+                        fail(e);
+                        break;
+                    }
+                    Err(e) => mark_bad(*pack, format!("{f}: {e}")),
+                    Ok(()) => {
+                        if let Some(w) = cutter.missing() {
+                            mark_bad(
+                                *pack,
+                                format!("{f}: the frame at {} lies beyond the end of the file", w.loc.frame_offset),
+                            );
+                        }
+                        if cutter.id() != *pack {
+                            tracing::warn!(pack = %pack, "pack does not match its name; it is used only if every frame this restore needs from it decodes and verifies; run `cairn check --read-data`");
+                            if let Ok(mut m) = mismatched_ref.lock() {
+                                m.insert(*pack);
+                            }
+                        }
                     }
                 }
             });
@@ -549,27 +567,104 @@ fn write_packs(
                         continue;
                     };
                     let written = d
-                        .frame_in(repo, &job.work.loc, &job.bytes)
+                        .frame_of(repo, &job.work.loc, &job.ciphertext)
                         .and_then(|frame| write_chunks(repo, frame, job.work, out, progress));
-                    let f = FileRef::new(FileKind::Pack, job.pack.to_hex());
                     match written {
                         Ok(()) => {}
-                        Err(e) if e.kind() == Kind::Integrity && job.intact => {
+                        Err(e) if e.kind() == Kind::Integrity => {
+                            let f = FileRef::new(FileKind::Pack, job.pack.to_hex());
                             mark_bad(job.pack, format!("{f}: {e}"))
                         }
-                        Err(e) if e.kind() == Kind::Integrity => mark_bad(
-                            job.pack,
-                            format!("{f}: content does not match its name, and a frame this restore needs is damaged: {e}"),
-                        ),
                         Err(e) => fail(e),
                     }
                 }
             });
         }
     });
-    match failure.into_inner().ok().flatten() {
-        Some(e) => Err(e),
-        None => Ok(bad.into_inner().unwrap_or_default()),
+    if let Some(e) = failure.into_inner().ok().flatten() {
+        return Err(e);
+    }
+    // A needed frame failed in a pack that does not match its name: say so.
+    let mismatched = mismatched.into_inner().unwrap_or_default();
+    Ok(bad
+        .into_inner()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(pack, why)| match mismatched.contains(&pack) {
+            true => {
+                let f = FileRef::new(FileKind::Pack, pack.to_hex());
+                let why = why.strip_prefix(&format!("{f}: ")).unwrap_or(&why).to_string();
+                (pack, format!("{f}: content does not match its name, and a frame this restore needs is damaged: {why}"))
+            }
+            false => (pack, why),
+        })
+        .collect())
+}
+
+/// Cuts the frames a restore needs from a pack's bytes as they arrive, and
+/// hashes all of them.
+struct FrameCutter<'a> {
+    /// The needed frames, in offset order.
+    work: &'a [FrameWork],
+    /// The next of them to complete.
+    next: usize,
+    /// Bytes of the pack seen so far.
+    at: u64,
+    /// The next frame's ciphertext so far.
+    current: Vec<u8>,
+    hasher: blake3::Hasher,
+}
+
+impl<'a> FrameCutter<'a> {
+    fn new(work: &'a [FrameWork]) -> FrameCutter<'a> {
+        FrameCutter {
+            work,
+            next: 0,
+            at: 0,
+            current: Vec::new(),
+            hasher: blake3::Hasher::new(),
+        }
+    }
+
+    /// Take the pack's next bytes; hand every frame they complete to `done`.
+    fn take(
+        &mut self,
+        piece: &[u8],
+        mut done: impl FnMut(&'a FrameWork, Vec<u8>) -> Result<()>,
+    ) -> Result<()> {
+        self.hasher.update(piece);
+        let (start, end) = (self.at, self.at + piece.len() as u64);
+        self.at = end;
+        while let Some(w) = self.work.get(self.next) {
+            let (f0, f1) = (
+                w.loc.frame_offset,
+                w.loc.frame_offset + w.loc.frame_length as u64,
+            );
+            if f0 >= end {
+                break;
+            }
+            let (lo, hi) = (f0.max(start), f1.min(end));
+            if lo < hi {
+                self.current
+                    .extend_from_slice(&piece[(lo - start) as usize..(hi - start) as usize]);
+            }
+            if f1 > end {
+                break; // the frame goes on in the next piece
+            }
+            self.next += 1;
+            done(w, std::mem::take(&mut self.current))?;
+        }
+        Ok(())
+    }
+
+    /// The first needed frame the pack ended before completing.
+    fn missing(&self) -> Option<&'a FrameWork> {
+        self.work.get(self.next)
+    }
+
+    /// The BLAKE3 of the bytes taken: the pack's name when it is intact.
+    fn id(&self) -> Id {
+        Id(*self.hasher.finalize().as_bytes())
     }
 }
 
@@ -772,4 +867,71 @@ fn apply_metadata(nodes: &[Node], target: &Path) -> Result<()> {
             .ctx(|| format!("setting times of {}", path.display()))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(offset: u64, length: u32) -> FrameWork {
+        FrameWork {
+            loc: Location {
+                pack: Id::default(),
+                frame_offset: offset,
+                frame_length: length,
+                raw_length: 0,
+                compression: Compression::None,
+                offset: 0,
+                length: 0,
+                base: None,
+            },
+            targets: Vec::new(),
+        }
+    }
+
+    /// The frames a cutter hands over when `pack` arrives in pieces of `sizes`.
+    fn cut(work: &[FrameWork], pack: &[u8], sizes: &[usize]) -> (Vec<(u64, Vec<u8>)>, bool, Id) {
+        let mut cutter = FrameCutter::new(work);
+        let mut got = Vec::new();
+        let mut rest = pack;
+        for &n in sizes.iter().cycle() {
+            if rest.is_empty() {
+                break;
+            }
+            let (piece, tail) = rest.split_at(n.min(rest.len()));
+            rest = tail;
+            cutter
+                .take(piece, |w, ct| {
+                    got.push((w.loc.frame_offset, ct));
+                    Ok(())
+                })
+                .unwrap();
+        }
+        (got, cutter.missing().is_some(), cutter.id())
+    }
+
+    #[test]
+    fn frames_are_cut_from_a_pack_as_it_arrives() {
+        let pack: Vec<u8> = (0..10_000u32).map(|i| (i * 31 % 251) as u8).collect();
+        // Needed: three of the pack's frames, one of them ending at its end.
+        let work = [frame(0, 1000), frame(2500, 3000), frame(9000, 1000)];
+        let want: Vec<(u64, Vec<u8>)> = work
+            .iter()
+            .map(|w| {
+                let o = w.loc.frame_offset as usize;
+                (o as u64, pack[o..o + w.loc.frame_length as usize].to_vec())
+            })
+            .collect();
+        for sizes in [&[10_000][..], &[1], &[999, 1, 7], &[4096]] {
+            let (got, missing, id) = cut(&work, &pack, sizes);
+            assert_eq!(got, want, "pieces of {sizes:?}");
+            assert!(!missing);
+            assert_eq!(id, Id::of_bytes(&pack));
+        }
+        // A pack cut short leaves its last frame missing, and is not its name.
+        let (got, missing, id) = cut(&work, &pack[..9500], &[4096]);
+        assert_eq!(got.len(), 2);
+        assert!(missing);
+        assert_ne!(id, Id::of_bytes(&pack));
+    }
 }

@@ -58,6 +58,17 @@ pub trait Backend: Send + Sync {
         self.read_into(file, &mut buf)?;
         Ok(buf)
     }
+    /// A whole file, handed to `piece` in order as it arrives, so that a
+    /// caller can work on the first bytes of a remote object before the last
+    /// have come. An error from `piece` stops the read and is returned. By
+    /// default the file is read whole and handed over at once.
+    fn read_pieces(
+        &self,
+        file: &FileRef,
+        piece: &mut dyn FnMut(&[u8]) -> Result<()>,
+    ) -> Result<()> {
+        piece(&self.read(file)?)
+    }
     /// `length` bytes at `offset` into `buf` (replacing its content), so
     /// callers can reuse one buffer; fewer bytes than asked is an error.
     fn read_range_into(

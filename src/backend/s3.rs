@@ -179,6 +179,29 @@ impl Backend for S3Backend {
         }
     }
 
+    fn read_pieces(
+        &self,
+        file: &FileRef,
+        piece: &mut dyn FnMut(&[u8]) -> Result<()>,
+    ) -> Result<()> {
+        let path = self.path(file);
+        let mut stopped = None;
+        let r = self.rt.block_on(async {
+            let mut body = self.store.get(&path).await?.into_stream();
+            while let Some(bytes) = body.try_next().await? {
+                if let Err(e) = piece(&bytes) {
+                    stopped = Some(e);
+                    break;
+                }
+            }
+            Ok::<_, object_store::Error>(())
+        });
+        match stopped {
+            Some(e) => Err(e),
+            None => r.map_err(|e| self.err(format!("reading {file}"), e)),
+        }
+    }
+
     fn read_range_into(
         &self,
         file: &FileRef,
