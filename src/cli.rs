@@ -21,7 +21,8 @@ pub struct Cli {
 
 #[derive(Args, Debug, Clone)]
 pub struct GlobalArgs {
-    /// Repository location (a local directory)
+    /// Repository location: a local directory, or s3://BUCKET/PREFIX (endpoint and
+    /// credentials from AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY)
     #[arg(
         short = 'r',
         long = "repo",
