@@ -173,6 +173,8 @@ pub struct Packer<'a> {
     base_stream: Option<BaseStream>,
     /// Chunk sizes for the next streams, when not the repository's.
     chunker: Option<crate::repo::ChunkerParams>,
+    /// Cut the next streams as tar archives ([`chunk::for_each_tar_chunk_with`]).
+    tar: bool,
     seen: HashSet<Id>,
     frame_data: Vec<u8>,
     frame_chunks: Vec<ChunkEntry>,
@@ -246,6 +248,11 @@ impl Packer<'_> {
     /// chunk sizes (`None`: the repository's again).
     pub fn set_chunker(&mut self, params: Option<crate::repo::ChunkerParams>) {
         self.chunker = params;
+    }
+
+    /// Cut the next streams by their tar structure (`true`) or with FastCDC.
+    pub fn set_tar_chunking(&mut self, tar: bool) {
+        self.tar = tar;
     }
 
     /// The repository's chunk sizes.
@@ -331,11 +338,16 @@ impl Packer<'_> {
         let params = self.chunker_params();
         let seed = self.seed;
         let mut buf = std::mem::take(&mut self.read_buffer);
-        let n = chunk::for_each_chunk_with(&mut buf, source, params, seed, |c| {
+        let tar = self.tar;
+        let sink = |c: &[u8]| {
             ids.push(self.add_chunk(c)?);
             progress.inc(c.len() as u64);
             Ok(())
-        });
+        };
+        let n = match tar {
+            true => chunk::for_each_tar_chunk_with(&mut buf, source, sink),
+            false => chunk::for_each_chunk_with(&mut buf, source, params, seed, sink),
+        };
         self.read_buffer = buf;
         Ok((ids, n?))
     }
@@ -430,6 +442,7 @@ pub fn with_packer<T>(
             },
             base_stream: None,
             chunker: None,
+            tar: false,
             seen: HashSet::new(),
             frame_data: Vec::new(),
             frame_chunks: Vec::new(),

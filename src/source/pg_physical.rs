@@ -82,8 +82,12 @@ pub fn archive_physical(
         ])
         .arg("--manifest-checksums=CRC32C");
     let progress = Progress::bytes(0, quiet, "pg_basebackup");
-    let out = crate::archiver::store_command_output(packer, &mut cmd, "pg_basebackup", &progress)
-        .map_err(|e| {
+    // Cut by the tar's members, so that an unchanged extent of a relation
+    // file is the same chunk in every base backup (crate::chunk).
+    packer.set_tar_chunking(true);
+    let out = crate::archiver::store_command_output(packer, &mut cmd, "pg_basebackup", &progress);
+    packer.set_tar_chunking(false);
+    let out = out.map_err(|e| {
         e.with_hint("set CAIRN_PG_BIN to PostgreSQL's bin directory if it is not found")
     })?;
     progress.finish();
