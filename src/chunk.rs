@@ -17,6 +17,21 @@ pub enum ChunkError<E> {
     Sink(E),
 }
 
+/// Read from `source` until `buf` is full or the source ends (then set
+/// `eof`); the number of bytes read.
+fn fill(source: &mut impl Read, buf: &mut [u8], eof: &mut bool) -> std::io::Result<usize> {
+    let mut len = 0;
+    while !*eof && len < buf.len() {
+        match source.read(&mut buf[len..]) {
+            Ok(0) => *eof = true,
+            Ok(n) => len += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(len)
+}
+
 /// Split `source` into chunks, calling `sink` with each in order.
 /// Returns the number of bytes read.
 pub fn for_each_chunk<R: Read, E>(
@@ -44,17 +59,9 @@ pub fn for_each_chunk_with<R: Read, E>(
     let mut total = 0u64;
     let mut eof = false;
     while !eof || len > 0 {
-        while !eof && len < buf.len() {
-            match source.read(&mut buf[len..]) {
-                Ok(0) => eof = true,
-                Ok(n) => {
-                    len += n;
-                    total += n as u64;
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(ChunkError::Read(e)),
-            }
-        }
+        let n = fill(&mut source, &mut buf[len..], &mut eof).map_err(ChunkError::Read)?;
+        len += n;
+        total += n as u64;
         if len == 0 {
             break;
         }
@@ -114,17 +121,9 @@ pub fn for_each_tar_chunk_with<R: Read, E>(
     let mut cutter = TarCutter::Header;
     let (mut len, mut total, mut eof) = (0usize, 0u64, false);
     while !eof || len > 0 {
-        while !eof && len < buf.len() {
-            match source.read(&mut buf[len..]) {
-                Ok(0) => eof = true,
-                Ok(n) => {
-                    len += n;
-                    total += n as u64;
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(ChunkError::Read(e)),
-            }
-        }
+        let n = fill(&mut source, &mut buf[len..], &mut eof).map_err(ChunkError::Read)?;
+        len += n;
+        total += n as u64;
         let mut consumed = 0usize;
         while let Some(n) = cutter.next(&buf[consumed..len], eof) {
             sink(&buf[consumed..consumed + n]).map_err(ChunkError::Sink)?;
