@@ -172,9 +172,7 @@ pub struct Packer<'a> {
     index: IndexReader,
     base_stream: Option<BaseStream>,
     /// Chunk sizes for the next streams, when not the repository's.
-    chunker: Option<crate::repo::ChunkerParams>,
-    /// Cut the next streams as tar archives ([`chunk::for_each_tar_chunk_with`]).
-    tar: bool,
+    chunking: Option<chunk::Chunking>,
     seen: HashSet<Id>,
     frame_data: Vec<u8>,
     frame_chunks: Vec<ChunkEntry>,
@@ -244,15 +242,10 @@ impl Packer<'_> {
         });
     }
 
-    /// Cut the next streams with `params` instead of the repository's
-    /// chunk sizes (`None`: the repository's again).
-    pub fn set_chunker(&mut self, params: Option<crate::repo::ChunkerParams>) {
-        self.chunker = params;
-    }
-
-    /// Cut the next streams by their tar structure (`true`) or with FastCDC.
-    pub fn set_tar_chunking(&mut self, tar: bool) {
-        self.tar = tar;
+    /// Cut the next streams as `chunking` says instead of with the
+    /// repository's chunk sizes (`None`: the repository's again).
+    pub fn set_chunking(&mut self, chunking: Option<chunk::Chunking>) {
+        self.chunking = chunking;
     }
 
     /// The repository's chunk sizes.
@@ -260,9 +253,10 @@ impl Packer<'_> {
         self.repo.config.chunker
     }
 
-    /// The chunk sizes the next stream is cut with.
-    fn chunker_params(&self) -> crate::repo::ChunkerParams {
-        self.chunker.unwrap_or(self.repo.config.chunker)
+    /// How the next stream is cut.
+    fn chunking(&self) -> chunk::Chunking {
+        self.chunking
+            .unwrap_or(chunk::Chunking::Cdc(self.repo.config.chunker))
     }
 
     /// The file contents of source `source_name` (of `kind`) in the newest
@@ -335,19 +329,13 @@ impl Packer<'_> {
         progress: &Progress,
     ) -> std::result::Result<(Vec<Id>, u64), ChunkError<Error>> {
         let mut ids = Vec::new();
-        let params = self.chunker_params();
-        let seed = self.seed;
+        let (chunking, seed) = (self.chunking(), self.seed);
         let mut buf = std::mem::take(&mut self.read_buffer);
-        let tar = self.tar;
-        let sink = |c: &[u8]| {
+        let n = chunk::for_each_chunk_by(&mut buf, source, chunking, seed, |c| {
             ids.push(self.add_chunk(c)?);
             progress.inc(c.len() as u64);
             Ok(())
-        };
-        let n = match tar {
-            true => chunk::for_each_tar_chunk_with(&mut buf, source, sink),
-            false => chunk::for_each_chunk_with(&mut buf, source, params, seed, sink),
-        };
+        });
         self.read_buffer = buf;
         Ok((ids, n?))
     }
@@ -360,7 +348,7 @@ impl Packer<'_> {
         if self.failed.lock().map(|f| f.is_some()).unwrap_or(true) {
             return Err(self.take_failure());
         }
-        let cap = self.repo.config.frame_size as usize + self.chunker_params().max as usize;
+        let cap = self.repo.config.frame_size as usize + self.chunking().max();
         let job = FrameJob {
             data: std::mem::replace(&mut self.frame_data, Vec::with_capacity(cap)),
             chunks: std::mem::take(&mut self.frame_chunks),
@@ -441,8 +429,7 @@ pub fn with_packer<T>(
                 Err(e) => return Err(e),
             },
             base_stream: None,
-            chunker: None,
-            tar: false,
+            chunking: None,
             seen: HashSet::new(),
             frame_data: Vec::new(),
             frame_chunks: Vec::new(),

@@ -95,6 +95,39 @@ pub fn for_each_chunk_with<R: Read, E>(
     Ok(total)
 }
 
+/// How a stream is cut into chunks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Chunking {
+    /// By content, with FastCDC at these sizes.
+    Cdc(ChunkerParams),
+    /// By the structure of a tar archive ([`for_each_tar_chunk_with`]).
+    Tar,
+}
+
+impl Chunking {
+    /// The longest chunk this cuts.
+    pub fn max(&self) -> usize {
+        match self {
+            Chunking::Cdc(p) => p.max as usize,
+            Chunking::Tar => TAR_PIECE,
+        }
+    }
+}
+
+/// Split `source` as `chunking` says, with a caller-owned read buffer.
+pub fn for_each_chunk_by<R: Read, E>(
+    buf: &mut Vec<u8>,
+    source: R,
+    chunking: Chunking,
+    seed: u64,
+    sink: impl FnMut(&[u8]) -> Result<(), E>,
+) -> Result<u64, ChunkError<E>> {
+    match chunking {
+        Chunking::Cdc(params) => for_each_chunk_with(buf, source, params, seed, sink),
+        Chunking::Tar => for_each_tar_chunk_with(buf, source, sink),
+    }
+}
+
 /// The largest chunk cut from a tar stream, and the size of the pieces its
 /// larger members' data is cut into.
 pub const TAR_PIECE: usize = 32 << 10;

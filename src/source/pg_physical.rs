@@ -84,9 +84,9 @@ pub fn archive_physical(
     let progress = Progress::bytes(0, quiet, "pg_basebackup");
     // Cut by the tar's members, so that an unchanged extent of a relation
     // file is the same chunk in every base backup (crate::chunk).
-    packer.set_tar_chunking(true);
+    packer.set_chunking(Some(crate::chunk::Chunking::Tar));
     let out = crate::archiver::store_command_output(packer, &mut cmd, "pg_basebackup", &progress);
-    packer.set_tar_chunking(false);
+    packer.set_chunking(None);
     let out = out.map_err(|e| {
         e.with_hint("set CAIRN_PG_BIN to PostgreSQL's bin directory if it is not found")
     })?;

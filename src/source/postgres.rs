@@ -661,10 +661,12 @@ pub fn archive_logical(
             let mut scan = super::pg_archive::StreamScan::start(copy_sums);
             let what = format!("pg_dump of {db}");
             packer.set_base_stream(previous.get(&path).cloned());
-            packer.set_chunker(Some(dump_chunker(packer.repo_chunker())));
+            packer.set_chunking(Some(crate::chunk::Chunking::Cdc(dump_chunker(
+                packer.repo_chunker(),
+            ))));
             let node = archive_command(packer, cmd, &what, &path, &progress, |b| scan.feed(b));
             packer.set_base_stream(None);
-            packer.set_chunker(None);
+            packer.set_chunking(None);
             let from_dump = scan.finish();
             let (mut c, (rels, mut others, large_objects)) = others
                 .join()
