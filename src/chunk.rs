@@ -205,10 +205,7 @@ impl TarCutter {
                 let mut group = 0usize;
                 loop {
                     let Some(header) = rest.get(group..group + BLOCK) else {
-                        return match eof {
-                            true => Some(rest.len()),
-                            false => None,
-                        };
+                        return eof.then_some(rest.len());
                     };
                     let Some(data) = tar_data_len(header) else {
                         // The end-of-archive marker, or not a header at all.
@@ -231,10 +228,7 @@ impl TarCutter {
                         return Some(group);
                     }
                     if rest.len() < group + member {
-                        return match eof {
-                            true => Some(rest.len()),
-                            false => None,
-                        };
+                        return eof.then_some(rest.len());
                     }
                     group += member;
                 }

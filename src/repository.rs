@@ -783,23 +783,6 @@ impl FrameDecoder {
         Ok(&self.frame)
     }
 
-    /// The plaintext of the frame at `loc`, cut from `pack`, the whole
-    /// pack's bytes already in memory.
-    pub fn frame_in(&mut self, repo: &Repository, loc: &Location, pack: &[u8]) -> Result<&[u8]> {
-        self.key = None;
-        let ct = usize::try_from(loc.frame_offset)
-            .ok()
-            .and_then(|start| pack.get(start..start.checked_add(loc.frame_length as usize)?))
-            .ok_or_else(|| {
-                let file = FileRef::new(FileKind::Pack, loc.pack.to_hex());
-                let what = frame_name(&file, loc.frame_offset);
-                Error::integrity(format!("{what} lies beyond the end of the file"))
-            })?;
-        self.decode_at(repo, ct, loc)?;
-        self.key = Some(loc.frame_key());
-        Ok(&self.frame)
-    }
-
     /// The plaintext of the frame at `loc`, whose ciphertext is `ct`.
     pub fn frame_of(&mut self, repo: &Repository, loc: &Location, ct: &[u8]) -> Result<&[u8]> {
         self.key = None;

@@ -532,18 +532,17 @@ fn write_packs(
                             .map_err(|_| Error::failure("the restore's decoders stopped"))
                     })
                 });
-                let f = FileRef::new(FileKind::Pack, pack.to_hex());
                 match read {
                     Err(e) if e.kind() == Kind::Interrupted => {
                         fail(e);
                         break;
                     }
-                    Err(e) => mark_bad(*pack, format!("{f}: {e}")),
+                    Err(e) => mark_bad(*pack, e.to_string()),
                     Ok(()) => {
                         if let Some(w) = cutter.missing() {
                             mark_bad(
                                 *pack,
-                                format!("{f}: the frame at {} lies beyond the end of the file", w.loc.frame_offset),
+                                format!("the frame at {} lies beyond the end of the file", w.loc.frame_offset),
                             );
                         }
                         if cutter.id() != *pack {
@@ -571,10 +570,7 @@ fn write_packs(
                         .and_then(|frame| write_chunks(repo, frame, job.work, out, progress));
                     match written {
                         Ok(()) => {}
-                        Err(e) if e.kind() == Kind::Integrity => {
-                            let f = FileRef::new(FileKind::Pack, job.pack.to_hex());
-                            mark_bad(job.pack, format!("{f}: {e}"))
-                        }
+                        Err(e) if e.kind() == Kind::Integrity => mark_bad(job.pack, e.to_string()),
                         Err(e) => fail(e),
                     }
                 }
@@ -584,19 +580,19 @@ fn write_packs(
     if let Some(e) = failure.into_inner().ok().flatten() {
         return Err(e);
     }
-    // A needed frame failed in a pack that does not match its name: say so.
+    // Each reason names its pack, and says so when a needed frame failed
+    // in a pack that does not match its name.
     let mismatched = mismatched.into_inner().unwrap_or_default();
     Ok(bad
         .into_inner()
         .unwrap_or_default()
         .into_iter()
-        .map(|(pack, why)| match mismatched.contains(&pack) {
-            true => {
-                let f = FileRef::new(FileKind::Pack, pack.to_hex());
-                let why = why.strip_prefix(&format!("{f}: ")).unwrap_or(&why).to_string();
-                (pack, format!("{f}: content does not match its name, and a frame this restore needs is damaged: {why}"))
+        .map(|(pack, why)| {
+            let f = FileRef::new(FileKind::Pack, pack.to_hex());
+            match mismatched.contains(&pack) {
+                true => (pack, format!("{f}: content does not match its name, and a frame this restore needs is damaged: {why}")),
+                false => (pack, format!("{f}: {why}")),
             }
-            false => (pack, why),
         })
         .collect())
 }

@@ -364,11 +364,12 @@ fn read_partition(
     let mut chunks = RecordChunks::default();
     reader.read_into(&mut chunks, packer, progress)?;
     chunks.finish(packer, progress)?;
-    let (content, size) = (chunks.ids, chunks.size);
+    let size = chunks.hasher.count();
     p.end = reader.end;
     p.records = reader.records;
     p.bytes = size;
     p.digest = chunks.hasher.finalize().to_hex().to_string();
+    let content = chunks.ids;
     p.first_offset = reader.first;
     p.last_offset = reader.last;
     p.node = Some(path.clone());
@@ -385,9 +386,9 @@ fn read_partition(
 
 /// A chunk ends before the first record whose offset lies in another block
 /// of this many offsets than the record before it.
-pub const OFFSETS_PER_CHUNK: i64 = 64;
+const OFFSETS_PER_CHUNK: i64 = 64;
 /// A chunk longer than this is cut, mid-record if need be.
-pub const MAX_CHUNK: usize = 1 << 20;
+const MAX_CHUNK: usize = 1 << 20;
 
 /// Cuts a partition's record stream into chunks at record boundaries chosen
 /// by offset: a chunk ends where the records' offsets cross a multiple of
@@ -396,19 +397,18 @@ pub const MAX_CHUNK: usize = 1 << 20;
 /// whatever was appended, compacted away or deleted below the log start,
 /// and no content-defined chunker has to scan the bytes to find them.
 #[derive(Default)]
-pub struct RecordChunks {
+struct RecordChunks {
     buf: Vec<u8>,
     block: Option<i64>,
-    pub ids: Vec<crate::repo::Id>,
-    pub size: u64,
-    /// BLAKE3 of the whole stream, as stored.
-    pub hasher: blake3::Hasher,
+    ids: Vec<crate::repo::Id>,
+    /// BLAKE3 of the whole stream, as stored (its `count()` is the length).
+    hasher: blake3::Hasher,
 }
 
 impl RecordChunks {
     /// Append the record at `offset`, encoded by `encode`, storing the
     /// chunk it ends first.
-    pub fn push(
+    fn push(
         &mut self,
         packer: &mut Packer,
         progress: &Progress,
@@ -428,7 +428,7 @@ impl RecordChunks {
     }
 
     /// Store the last chunk.
-    pub fn finish(&mut self, packer: &mut Packer, progress: &Progress) -> Result<()> {
+    fn finish(&mut self, packer: &mut Packer, progress: &Progress) -> Result<()> {
         self.store(packer, progress, self.buf.len())
     }
 
@@ -440,7 +440,6 @@ impl RecordChunks {
         let chunk = &self.buf[..n];
         self.hasher.update(chunk);
         self.ids.push(packer.add_chunk(chunk)?);
-        self.size += n as u64;
         progress.inc(n as u64);
         self.buf.drain(..n);
         Ok(())
@@ -581,7 +580,7 @@ mod tests {
         .unwrap();
         crate::job::commit_index(repo, stored.packs).unwrap();
         let digest = chunks.hasher.finalize().to_hex().to_string();
-        (chunks.ids, chunks.size, digest, stream)
+        (chunks.ids, chunks.hasher.count(), digest, stream)
     }
 
     #[test]
