@@ -223,7 +223,8 @@ impl Packer<'_> {
     pub fn set_base_stream(&mut self, ids: Option<Vec<Id>>) {
         self.base_stream = ids.filter(|i| !i.is_empty()).map(|ids| {
             // Read the previous version once for its anchors. A chunk that
-            // cannot be read only leaves its anchors out: the base of a new
+            // cannot be read stops the reading there, leaving out its
+            // anchors and those of every chunk after it: the base of a new
             // chunk is a guess, and every base is checked against its id
             // when a frame is compressed against it.
             let mut anchor_map = AnchorMap::new(ANCHOR_CAP);

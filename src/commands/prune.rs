@@ -122,7 +122,7 @@ fn with_bases<'a>(
 ) -> HashSet<Id> {
     let mut bases = Vec::new();
     for f in packs.flat_map(|p| p.frames.iter()) {
-        if delta_in_use(f, &used) == Some(true) {
+        if f.compression == Compression::ZstdDelta && any_used(f, &used) {
             bases.extend(f.bases());
         }
     }
@@ -130,10 +130,9 @@ fn with_bases<'a>(
     used
 }
 
-/// For a delta frame, whether any of its chunks is `used`; `None` for
-/// other frames.
-fn delta_in_use(f: &FrameEntry, used: &HashSet<Id>) -> Option<bool> {
-    (f.compression == Compression::ZstdDelta).then(|| f.chunks.iter().any(|c| used.contains(&c.id)))
+/// Whether any chunk of frame `f` is `used`.
+fn any_used(f: &FrameEntry, used: &HashSet<Id>) -> bool {
+    f.chunks.iter().any(|c| used.contains(&c.id))
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -160,7 +159,7 @@ fn fate(p: &PackEntry, used: &HashSet<Id>) -> Fate {
     let dead_delta = p
         .frames
         .iter()
-        .any(|f| delta_in_use(f, used) == Some(false));
+        .any(|f| f.compression == Compression::ZstdDelta && !any_used(f, used));
     if raw_used == 0 {
         Fate::Remove
     } else if raw_total - raw_used <= raw_total / 10 && !dead_delta {
