@@ -240,7 +240,7 @@ impl TarCutter {
 /// The data length of the member whose header is `h`, or `None` when `h` is
 /// not a valid ustar/GNU header (all zeros at the end of the archive, or a
 /// wrong checksum).
-fn tar_data_len(h: &[u8]) -> Option<u64> {
+pub(crate) fn tar_data_len(h: &[u8]) -> Option<u64> {
     let octal = |f: &[u8]| -> Option<u64> {
         let t = std::str::from_utf8(f).ok()?;
         let t = t.trim_matches(|c: char| c == '\0' || c == ' ');

@@ -275,3 +275,64 @@ fn wal_push_is_idempotent_and_refuses_conflicts_and_fetch_of_missing_fails() {
         dest.to_str().unwrap(),
     ]);
 }
+
+/// The base backup is taken over cairn's own replication connection, which
+/// must answer SCRAM and report a refused password with the server's words;
+/// `CAIRN_PG_BASEBACKUP=pg_basebackup` takes the same backup with the tool.
+#[test]
+fn physical_snapshots_authenticate_with_scram_and_can_use_pg_basebackup() {
+    let pg = PgEnv::new();
+    let cluster = ScratchCluster::start(&[("password_encryption", "scram-sha-256")]).unwrap();
+    let mut c = client(&cluster.url());
+    c.batch_execute("CREATE ROLE backup LOGIN SUPERUSER REPLICATION PASSWORD 'sekret'")
+        .unwrap();
+    let hba = cluster.data_dir().join("pg_hba.conf");
+    let rest = std::fs::read_to_string(&hba).unwrap();
+    std::fs::write(
+        &hba,
+        format!(
+            "host all backup 127.0.0.1/32 scram-sha-256\nhost replication backup 127.0.0.1/32 scram-sha-256\n{rest}"
+        ),
+    )
+    .unwrap();
+    c.batch_execute("SELECT pg_reload_conf()").unwrap();
+    let url = |pw: &str| format!("postgres://backup:{pw}@127.0.0.1:{}/postgres", cluster.port);
+    let snapshot = |pw: &str, tool: &str| {
+        pg.cmd()
+            .env("CAIRN_LOG", "cairn=info")
+            .env("CAIRN_PG_BASEBACKUP", tool)
+            .args(["snapshot", "--postgres", &url(pw), "--physical", "--json"])
+            .output()
+            .unwrap()
+    };
+
+    let out = snapshot("sekret", "builtin");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("via=\"replication protocol\""), "{err}");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(report["bytes_added"].as_u64().unwrap() > 0, "{report}");
+
+    let wrong = snapshot("wrong", "builtin");
+    let (code, err) = code_and_stderr(&wrong);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("password authentication failed"), "{err}");
+
+    let out = snapshot("sekret", "pg_basebackup");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("via=\"pg_basebackup\""), "{err}");
+
+    // Both recorded where their backup starts and stops, on timeline 1.
+    let snaps: serde_json::Value = serde_json::from_str(&pg.ok(&["snapshots", "--json"])).unwrap();
+    assert_eq!(snaps.as_array().unwrap().len(), 2, "{snaps}");
+    for s in snaps.as_array().unwrap() {
+        let id = s["id"].as_str().unwrap();
+        let shown: serde_json::Value =
+            serde_json::from_str(&pg.ok(&["cat", "snapshot", id])).unwrap();
+        let meta = &shown["sources"][0]["metadata"];
+        assert_eq!(meta["timeline"], 1, "{shown}");
+        assert!(meta["start_lsn"].as_str().unwrap().contains('/'), "{shown}");
+        assert!(meta["stop_lsn"].as_str().unwrap().contains('/'), "{shown}");
+    }
+}

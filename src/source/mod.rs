@@ -9,6 +9,7 @@ pub mod kafka;
 pub mod pg_archive;
 pub mod pg_cluster;
 pub mod pg_physical;
+pub mod pg_replication;
 pub mod postgres;
 
 /// Checks a source runs on its stored data before the snapshot is saved

@@ -68,8 +68,98 @@ pub fn archive_physical(
         .map_err(|e| Error::failure(format!("{}: {e}", target.shown())))?;
     let (server_version, system_identifier): (String, String) = (row.get(0), row.get(1));
     let start_time = server_now(&mut client)?;
+    let progress = Progress::bytes(0, quiet, "base backup");
+    // Cut by the tar's members, so that an unchanged extent of a relation
+    // file is the same chunk in every base backup (crate::chunk).
+    packer.set_chunking(Some(crate::chunk::Chunking::Tar));
+    let taken = take_base_backup(packer, &target, &db, &progress);
+    packer.set_chunking(None);
+    let taken = taken?;
+    progress.finish();
+    let stop_time = server_now(&mut client)?;
+    let meta = PhysicalMeta {
+        kind: "physical".into(),
+        server_version,
+        system_identifier,
+        timeline: taken.timeline,
+        start_lsn: taken.start_lsn,
+        stop_lsn: taken.stop_lsn,
+        start_time,
+        stop_time,
+        base: "base.tar".into(),
+    };
+    tracing::info!(bytes = taken.size, start = %meta.start_lsn, stop = %meta.stop_lsn, via = taken.via, "base backup stored");
+    let node = Node {
+        mtime_ns: stop_time.as_nanosecond() as i64,
+        ..Node::stream(meta.base.clone(), taken.size, taken.content)
+    };
+    let meta = serde_json::to_value(&meta).map_err(|e| Error::failure(e.to_string()))?;
+    crate::archiver::source_from_nodes(packer, source_name, "postgres", vec![node], meta)
+}
+
+/// A base backup stored as one tar, and where it starts and stops.
+struct Taken {
+    content: Vec<Id>,
+    size: u64,
+    start_lsn: String,
+    stop_lsn: String,
+    timeline: u32,
+    /// `"replication protocol"` or `"pg_basebackup"`.
+    via: &'static str,
+}
+
+/// Take the base backup with cairn's own replication client, or with
+/// `pg_basebackup` where that client cannot (see `pg_replication`) or
+/// `CAIRN_PG_BASEBACKUP=pg_basebackup` asks for the tool.
+fn take_base_backup(
+    packer: &mut Packer,
+    target: &Target,
+    db: &str,
+    progress: &Progress,
+) -> Result<Taken> {
+    let forced = std::env::var("CAIRN_PG_BASEBACKUP").ok();
+    match forced.as_deref() {
+        None | Some("") | Some("builtin") => {}
+        Some("pg_basebackup") => return run_pg_basebackup(packer, target, db, progress),
+        Some(other) => {
+            return Err(Error::usage(format!(
+                "CAIRN_PG_BASEBACKUP={other:?} is neither builtin nor pg_basebackup"
+            )))
+        }
+    }
+    let mut backup = match super::pg_replication::start(target)? {
+        super::pg_replication::Start::Started(b) => b,
+        super::pg_replication::Start::Unsupported(why) => {
+            tracing::info!(reason = %why, "taking the base backup with pg_basebackup");
+            return run_pg_basebackup(packer, target, db, progress);
+        }
+    };
+    let (content, size) = packer
+        .add_stream(&mut *backup, progress)
+        .map_err(|e| match e {
+            ChunkError::Sink(e) => e,
+            ChunkError::Read(e) => Error::failure(format!("the base backup failed: {e}")),
+        })?;
+    Ok(Taken {
+        content,
+        size,
+        start_lsn: std::mem::take(&mut backup.start_lsn),
+        stop_lsn: std::mem::take(&mut backup.stop_lsn),
+        timeline: backup.timeline,
+        via: "replication protocol",
+    })
+}
+
+/// `pg_basebackup -D - -Ft -X fetch` into the repository; the positions
+/// come from its `-v` output.
+fn run_pg_basebackup(
+    packer: &mut Packer,
+    target: &Target,
+    db: &str,
+    progress: &Progress,
+) -> Result<Taken> {
     let mut cmd = Command::new(pg_tool("pg_basebackup"));
-    cmd.envs(target.tool_env(&db))
+    cmd.envs(target.tool_env(db))
         .args([
             "-D",
             "-",
@@ -81,20 +171,12 @@ pub fn archive_physical(
             "-v",
         ])
         .arg("--manifest-checksums=CRC32C");
-    let progress = Progress::bytes(0, quiet, "pg_basebackup");
-    // Cut by the tar's members, so that an unchanged extent of a relation
-    // file is the same chunk in every base backup (crate::chunk).
-    packer.set_chunking(Some(crate::chunk::Chunking::Tar));
-    let out = crate::archiver::store_command_output(packer, &mut cmd, "pg_basebackup", &progress);
-    packer.set_chunking(None);
-    let out = out.map_err(|e| {
-        e.with_hint("set CAIRN_PG_BIN to PostgreSQL's bin directory if it is not found")
-    })?;
-    progress.finish();
-    let (content, size, err) = (out.content, out.size, out.stderr);
-    let stop_time = server_now(&mut client)?;
+    let out = crate::archiver::store_command_output(packer, &mut cmd, "pg_basebackup", progress)
+        .map_err(|e| {
+            e.with_hint("set CAIRN_PG_BIN to PostgreSQL's bin directory if it is not found")
+        })?;
     let (mut start_lsn, mut stop_lsn, mut timeline) = (String::new(), String::new(), 0u32);
-    for line in err.lines() {
+    for line in out.stderr.lines() {
         if let Some(rest) = line.split("write-ahead log start point: ").nth(1) {
             let mut parts = rest.split(" on timeline ");
             start_lsn = parts.next().unwrap_or("").trim().to_string();
@@ -107,24 +189,14 @@ pub fn archive_physical(
             stop_lsn = rest.trim().to_string();
         }
     }
-    let meta = PhysicalMeta {
-        kind: "physical".into(),
-        server_version,
-        system_identifier,
-        timeline,
+    Ok(Taken {
+        content: out.content,
+        size: out.size,
         start_lsn,
         stop_lsn,
-        start_time,
-        stop_time,
-        base: "base.tar".into(),
-    };
-    tracing::info!(bytes = size, start = %meta.start_lsn, stop = %meta.stop_lsn, "base backup stored");
-    let node = Node {
-        mtime_ns: stop_time.as_nanosecond() as i64,
-        ..Node::stream(meta.base.clone(), size, content)
-    };
-    let meta = serde_json::to_value(&meta).map_err(|e| Error::failure(e.to_string()))?;
-    crate::archiver::source_from_nodes(packer, source_name, "postgres", vec![node], meta)
+        timeline,
+        via: "pg_basebackup",
+    })
 }
 
 /// Is this a WAL file name PostgreSQL archives (segment, history, backup, partial)?

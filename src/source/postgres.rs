@@ -111,6 +111,11 @@ impl Target {
         Ok(Target { config, shown })
     }
 
+    /// The parsed URL (host, port, user, password).
+    pub(crate) fn config(&self) -> &postgres::Config {
+        &self.config
+    }
+
     /// For messages: no password.
     pub fn shown(&self) -> &str {
         &self.shown
