@@ -358,8 +358,10 @@ impl BaseBackup {
         Error::failure(format!("authenticating to {}: {e}", self.shown))
     }
 
-    /// The next archive data message; `false` when the stream moved on to
-    /// something that is not archive data (an error before the archive's end).
+    /// Move to the next CopyData message of archive data (skipping progress
+    /// reports and asynchronous messages). Anything else before the archive's
+    /// end-of-archive blocks is an error: the server's own, or a stream that
+    /// ended early.
     fn next_data(&mut self) -> Result<()> {
         loop {
             let mut head = [0u8; 6];
