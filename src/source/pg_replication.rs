@@ -29,6 +29,10 @@ use std::time::Duration;
 /// Tar block size.
 const BLOCK: usize = 512;
 
+/// The longest protocol message accepted: PostgreSQL allocates nothing
+/// larger (MaxAllocSize), so no server sends more in one message.
+const MAX_MESSAGE: usize = 1 << 30;
+
 /// What [`start`] found.
 pub enum Start {
     Started(Box<BaseBackup>),
@@ -47,6 +51,16 @@ impl Read for Stream {
         match self {
             Stream::Tcp(s) => s.read(buf),
             Stream::Unix(s) => s.read(buf),
+        }
+    }
+}
+
+impl Stream {
+    /// Bound every read (`None`: wait as long as it takes).
+    fn set_read_timeout(&self, t: Option<Duration>) -> std::io::Result<()> {
+        match self {
+            Stream::Tcp(s) => s.set_read_timeout(t),
+            Stream::Unix(s) => s.set_read_timeout(t),
         }
     }
 }
@@ -114,7 +128,15 @@ pub fn start(target: &Target) -> Result<Start> {
                 }
             }
             match found {
-                Some(s) => Stream::Tcp(s),
+                Some(s) => {
+                    // A host that vanishes mid-backup must not leave the read
+                    // waiting for ever (libpq turns keepalives on too).
+                    let keepalive = socket2::TcpKeepalive::new()
+                        .with_time(Duration::from_secs(60))
+                        .with_interval(Duration::from_secs(10));
+                    let _ = socket2::SockRef::from(&s).set_tcp_keepalive(&keepalive);
+                    Stream::Tcp(s)
+                }
                 None => {
                     return Err(Error::failure(format!(
                         "cannot connect to {}: {}",
@@ -149,6 +171,13 @@ pub fn start(target: &Target) -> Result<Start> {
         stop_lsn: String::new(),
         timeline: 0,
     };
+    // Like PGCONNECT_TIMEOUT for the tool: the server must answer the
+    // start-up and authentication within it. The backup itself may be
+    // silent for long (a checkpoint, waiting for WAL to be archived).
+    bb.conn
+        .get_ref()
+        .set_read_timeout(Some(timeout))
+        .map_err(|e| bb.io_err(e))?;
     let mut buf = BytesMut::new();
     frontend::startup_message(
         [
@@ -187,6 +216,10 @@ pub fn start(target: &Target) -> Result<Start> {
             "the server is PostgreSQL {major}, the built-in client needs 15 or later"
         )));
     }
+    bb.conn
+        .get_ref()
+        .set_read_timeout(None)
+        .map_err(|e| bb.io_err(e))?;
     let mut buf = BytesMut::new();
     frontend::query(
         "BASE_BACKUP (LABEL 'cairn', CHECKPOINT 'fast', WAL true, WAIT true, \
@@ -222,6 +255,7 @@ pub fn start(target: &Target) -> Result<Start> {
             Message::CommandComplete(_) => sets += 1,
             Message::CopyOutResponse(_) => break,
             Message::NoticeResponse(n) => log_notice(&n),
+            Message::ParameterStatus(_) => {}
             other => return Err(bb.unexpected(&other, "while the backup started")),
         }
     }
@@ -248,12 +282,7 @@ impl BaseBackup {
             .read_exact(&mut head)
             .map_err(|e| self.io_err(e))?;
         let len = u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
-        if len < 4 {
-            return Err(Error::failure(format!(
-                "{} sent a message of impossible length {len}",
-                self.shown
-            )));
-        }
+        self.check_length(len)?;
         let mut buf = BytesMut::zeroed(len + 1);
         buf[..5].copy_from_slice(&head);
         self.conn
@@ -266,6 +295,19 @@ impl BaseBackup {
             return Err(server_error(&self.shown, e.fields()));
         }
         Ok(message)
+    }
+
+    /// A message length (its own four bytes included) that can be read:
+    /// at least 4, and at most [`MAX_MESSAGE`] so that a broken peer cannot
+    /// make cairn allocate gigabytes.
+    fn check_length(&self, len: usize) -> Result<()> {
+        if !(4..=MAX_MESSAGE).contains(&len) {
+            return Err(Error::failure(format!(
+                "{} sent a message of impossible length {len}",
+                self.shown
+            )));
+        }
+        Ok(())
     }
 
     fn unexpected(&self, m: &Message, when: &str) -> Error {
@@ -369,6 +411,7 @@ impl BaseBackup {
                 .read_exact(&mut head[..5])
                 .map_err(|e| self.io_err(e))?;
             let len = u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
+            self.check_length(len)?;
             if head[0] != b'd' || len < 5 {
                 // Not CopyData: an error, or the stream ending early.
                 let mut buf = BytesMut::zeroed(len + 1);
@@ -486,6 +529,8 @@ impl BaseBackup {
                     self.stop_lsn = fields.first().cloned().flatten().unwrap_or_default();
                 }
                 Message::NoticeResponse(n) => log_notice(&n),
+                // E.g. in_hot_standby, when a standby is promoted meanwhile.
+                Message::ParameterStatus(_) => {}
                 Message::ReadyForQuery(_) => break,
                 other => return Err(self.unexpected(&other, "after the base archive")),
             }
