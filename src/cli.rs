@@ -166,7 +166,7 @@ pub struct SnapshotArgs {
     /// Back up a PostgreSQL server logically: globals plus one dump per database
     #[arg(long, value_name = "URL")]
     pub postgres: Option<String>,
-    /// With --postgres: a physical base backup (pg_basebackup) instead of dumps
+    /// With --postgres: a physical base backup (BASE_BACKUP over a replication connection, as pg_basebackup takes it) instead of dumps
     #[arg(long, requires = "postgres", conflicts_with = "database")]
     pub physical: bool,
     /// With --postgres: only this database (repeatable; default all)
