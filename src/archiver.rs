@@ -759,11 +759,10 @@ pub fn store_nodes(packer: &mut Packer, nodes: &[Node]) -> Result<Vec<Id>> {
         serde_json::to_writer(&mut tree, n).map_err(|e| Error::failure(e.to_string()))?;
         tree.push(b'\n');
     }
-    match packer.add_stream(&tree[..], &Progress::hidden()) {
-        Ok((ids, _)) => Ok(ids),
-        Err(ChunkError::Sink(e)) => Err(e),
-        Err(ChunkError::Read(e)) => Err(Error::io("reading the node list", e)),
-    }
+    packer
+        .add_stream(&tree[..], &Progress::hidden())
+        .map(|(ids, _)| ids)
+        .map_err(|e| e.into_error("reading the node list"))
 }
 
 fn mtime_ns(meta: &std::fs::Metadata) -> i64 {
@@ -1015,13 +1014,8 @@ pub fn store_command_output_observed(
         .wait()
         .map_err(|e| Error::io(format!("waiting for {what}"), e))?;
     let stderr = err_reader.join().unwrap_or_default();
-    let (content, size) = match stored {
-        Ok(v) => v,
-        Err(ChunkError::Sink(e)) => return Err(e),
-        Err(ChunkError::Read(e)) => {
-            return Err(Error::io(format!("reading the output of {what}"), e))
-        }
-    };
+    let (content, size) =
+        stored.map_err(|e| e.into_error(format!("reading the output of {what}")))?;
     if !status.success() {
         return Err(Error::failure(format!(
             "{what} failed ({status}): {}",
@@ -1115,13 +1109,9 @@ pub fn archive_stream<R: Read>(
     quiet: bool,
 ) -> Result<SourceOutcome> {
     let progress = Progress::bytes(0, quiet, "snapshot");
-    let (ids, n) = match packer.add_stream(reader, &progress) {
-        Ok(v) => v,
-        Err(ChunkError::Read(e)) => {
-            return Err(Error::io(format!("reading {kind} for {file_name:?}"), e))
-        }
-        Err(ChunkError::Sink(e)) => return Err(e),
-    };
+    let (ids, n) = packer
+        .add_stream(reader, &progress)
+        .map_err(|e| e.into_error(format!("reading {kind} for {file_name:?}")))?;
     progress.finish();
     stream_source(packer, source_name, kind, file_name, ids, n)
 }

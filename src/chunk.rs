@@ -17,6 +17,17 @@ pub enum ChunkError<E> {
     Sink(E),
 }
 
+impl ChunkError<crate::error::Error> {
+    /// As one error: the consumer's own, or a read failure described as
+    /// `what` (e.g. "reading the output of pg_dump").
+    pub fn into_error(self, what: impl std::fmt::Display) -> crate::error::Error {
+        match self {
+            ChunkError::Read(e) => crate::error::Error::io(what, e),
+            ChunkError::Sink(e) => e,
+        }
+    }
+}
+
 /// Read from `source` until `buf` is full or the source ends (then set
 /// `eof`); the number of bytes read.
 fn fill(source: &mut impl Read, buf: &mut [u8], eof: &mut bool) -> std::io::Result<usize> {
@@ -131,7 +142,14 @@ pub fn for_each_chunk_by<R: Read, E>(
 /// The largest chunk cut from a tar stream, and the size of the pieces its
 /// larger members' data is cut into.
 pub const TAR_PIECE: usize = 32 << 10;
-const BLOCK: usize = 512;
+/// The tar block: headers are one, data is padded to a multiple.
+pub(crate) const TAR_BLOCK: usize = 512;
+const BLOCK: usize = TAR_BLOCK;
+
+/// `len` bytes of member data padded to whole tar blocks.
+pub(crate) fn tar_padded(len: u64) -> u64 {
+    len.div_ceil(TAR_BLOCK as u64) * TAR_BLOCK as u64
+}
 
 /// Split a tar stream (as `pg_basebackup -Ft` writes) into chunks by its
 /// structure instead of by content: a member whose header and data fit in
@@ -215,7 +233,7 @@ impl TarCutter {
                         *self = TarCutter::Opaque;
                         return self.next(rest, eof);
                     };
-                    let member = data.div_ceil(BLOCK as u64) * BLOCK as u64 + BLOCK as u64;
+                    let member = tar_padded(data) + BLOCK as u64;
                     if member > TAR_PIECE as u64 {
                         if group > 0 {
                             return Some(group);

@@ -12,7 +12,6 @@ use super::postgres::{pg_tool, Target};
 use crate::archiver::tail_lines;
 use crate::archiver::{Packer, SourceOutcome};
 use crate::backend::FileRef;
-use crate::chunk::ChunkError;
 use crate::error::{Error, Kind, Result};
 use crate::progress::Progress;
 use crate::repo::{FileKind, Id, Node, Snapshot, WalEntry};
@@ -136,10 +135,7 @@ fn take_base_backup(
     };
     let (content, size) = packer
         .add_stream(&mut *backup, progress)
-        .map_err(|e| match e {
-            ChunkError::Sink(e) => e,
-            ChunkError::Read(e) => Error::failure(format!("the base backup failed: {e}")),
-        })?;
+        .map_err(|e| e.into_error("taking the base backup"))?;
     Ok(Taken {
         content,
         size,
@@ -275,11 +271,9 @@ pub fn wal_push(repo: &Repository, path: &Path) -> Result<&'static str> {
         .with_hint("two clusters may be archiving into one repository, or the cluster was restored without a new timeline; investigate before anything else"));
     }
     let (content, stored, _) = crate::archiver::with_packer(repo, |p| {
-        match p.add_stream(&data[..], &Progress::hidden()) {
-            Ok((ids, _)) => Ok(ids),
-            Err(ChunkError::Sink(e)) => Err(e),
-            Err(ChunkError::Read(e)) => Err(Error::io("reading WAL", e)),
-        }
+        p.add_stream(&data[..], &Progress::hidden())
+            .map(|(ids, _)| ids)
+            .map_err(|e| e.into_error("reading WAL"))
     })?;
     crate::job::commit_index(repo, stored.packs)?;
     let entry = WalEntry {

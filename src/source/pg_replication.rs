@@ -26,8 +26,7 @@ use postgres_protocol::message::frontend;
 use std::io::{BufReader, Read, Write};
 use std::time::Duration;
 
-/// Tar block size.
-const BLOCK: usize = 512;
+use crate::chunk::{tar_padded, TAR_BLOCK as BLOCK};
 
 /// The longest protocol message accepted: PostgreSQL allocates nothing
 /// larger (MaxAllocSize), so no server sends more in one message.
@@ -178,17 +177,16 @@ pub fn start(target: &Target) -> Result<Start> {
         .get_ref()
         .set_read_timeout(Some(timeout))
         .map_err(|e| bb.io_err(e))?;
-    let mut buf = BytesMut::new();
-    frontend::startup_message(
-        [
-            ("user", user.as_str()),
-            ("replication", "true"),
-            ("application_name", "cairn"),
-        ],
-        &mut buf,
-    )
-    .map_err(|e| Error::failure(format!("startup message: {e}")))?;
-    bb.send(&buf)?;
+    bb.send_with(|b| {
+        frontend::startup_message(
+            [
+                ("user", user.as_str()),
+                ("replication", "true"),
+                ("application_name", "cairn"),
+            ],
+            b,
+        )
+    })?;
     if let Some(why) = bb.authenticate(&user, password.as_deref())? {
         return Ok(Start::Unsupported(why));
     }
@@ -220,14 +218,13 @@ pub fn start(target: &Target) -> Result<Start> {
         .get_ref()
         .set_read_timeout(None)
         .map_err(|e| bb.io_err(e))?;
-    let mut buf = BytesMut::new();
-    frontend::query(
-        "BASE_BACKUP (LABEL 'cairn', CHECKPOINT 'fast', WAL true, WAIT true, \
-         MANIFEST 'yes', MANIFEST_CHECKSUMS 'CRC32C')",
-        &mut buf,
-    )
-    .map_err(|e| Error::failure(format!("query message: {e}")))?;
-    bb.send(&buf)?;
+    bb.send_with(|b| {
+        frontend::query(
+            "BASE_BACKUP (LABEL 'cairn', CHECKPOINT 'fast', WAL true, WAIT true, \
+             MANIFEST 'yes', MANIFEST_CHECKSUMS 'CRC32C')",
+            b,
+        )
+    })?;
     // The start position, then the tablespaces, then the CopyOut stream.
     let mut sets = 0;
     loop {
@@ -263,10 +260,16 @@ pub fn start(target: &Target) -> Result<Start> {
 }
 
 impl BaseBackup {
-    fn send(&mut self, bytes: &[u8]) -> Result<()> {
+    /// Build a frontend message with `build` and send it.
+    fn send_with(
+        &mut self,
+        build: impl FnOnce(&mut BytesMut) -> std::io::Result<()>,
+    ) -> Result<()> {
+        let mut buf = BytesMut::new();
+        build(&mut buf).map_err(|e| Error::failure(format!("a message to {}: {e}", self.shown)))?;
         self.conn
             .get_mut()
-            .write_all(bytes)
+            .write_all(&buf)
             .map_err(|e| Error::failure(format!("writing to {}: {e}", self.shown)))
     }
 
@@ -281,6 +284,12 @@ impl BaseBackup {
         self.conn
             .read_exact(&mut head)
             .map_err(|e| self.io_err(e))?;
+        self.rest_of_message(head)
+    }
+
+    /// The message whose tag and length are `head`, its body read now. The
+    /// server's ErrorResponse becomes an error carrying its words.
+    fn rest_of_message(&mut self, head: [u8; 5]) -> Result<Message> {
         let len = u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
         self.check_length(len)?;
         let mut buf = BytesMut::zeroed(len + 1);
@@ -333,22 +342,21 @@ impl BaseBackup {
             format!("the server asks for {what} and the URL and PGPASSWORD give none (pg_basebackup may find one in PGPASSFILE)")
         };
         loop {
-            let mut buf = BytesMut::new();
             match self.message()? {
                 Message::AuthenticationOk => return Ok(None),
                 Message::AuthenticationCleartextPassword => {
                     let Some(pw) = password else {
                         return Ok(Some(need_password("a password")));
                     };
-                    frontend::password_message(pw, &mut buf)
+                    self.send_with(|b| frontend::password_message(pw, b))?;
                 }
-                Message::AuthenticationMd5Password(b) => {
+                Message::AuthenticationMd5Password(m) => {
                     let Some(pw) = password else {
                         return Ok(Some(need_password("an md5 password")));
                     };
                     let hash =
-                        postgres_protocol::authentication::md5_hash(user.as_bytes(), pw, b.salt());
-                    frontend::password_message(hash.as_bytes(), &mut buf)
+                        postgres_protocol::authentication::md5_hash(user.as_bytes(), pw, m.salt());
+                    self.send_with(|b| frontend::password_message(hash.as_bytes(), b))?;
                 }
                 Message::AuthenticationSasl(b) => {
                     let mut offered = b.mechanisms();
@@ -363,26 +371,18 @@ impl BaseBackup {
                         return Ok(Some(need_password("a SCRAM password")));
                     };
                     let mut scram = ScramSha256::new(pw, ChannelBinding::unsupported());
-                    frontend::sasl_initial_response(SCRAM_SHA_256, scram.message(), &mut buf)
-                        .map_err(|e| self.io_err(e))?;
-                    self.send(&buf)?;
-                    match self.message()? {
-                        Message::AuthenticationSaslContinue(c) => {
-                            scram.update(c.data()).map_err(|e| self.auth_err(e))?
-                        }
-                        other => return Err(self.unexpected(&other, "during SCRAM")),
-                    }
-                    let mut buf = BytesMut::new();
-                    frontend::sasl_response(scram.message(), &mut buf)
-                        .map_err(|e| self.io_err(e))?;
-                    self.send(&buf)?;
-                    match self.message()? {
-                        Message::AuthenticationSaslFinal(f) => {
-                            scram.finish(f.data()).map_err(|e| self.auth_err(e))?
-                        }
-                        other => return Err(self.unexpected(&other, "during SCRAM")),
-                    }
-                    continue;
+                    self.send_with(|b| {
+                        frontend::sasl_initial_response(SCRAM_SHA_256, scram.message(), b)
+                    })?;
+                    let Message::AuthenticationSaslContinue(c) = self.message()? else {
+                        return Err(self.auth_err("no SASLContinue after the first SCRAM message"));
+                    };
+                    scram.update(c.data()).map_err(|e| self.auth_err(e))?;
+                    self.send_with(|b| frontend::sasl_response(scram.message(), b))?;
+                    let Message::AuthenticationSaslFinal(f) = self.message()? else {
+                        return Err(self.auth_err("no SASLFinal after the second SCRAM message"));
+                    };
+                    scram.finish(f.data()).map_err(|e| self.auth_err(e))?;
                 }
                 _ => {
                     return Ok(Some(
@@ -391,12 +391,10 @@ impl BaseBackup {
                     ))
                 }
             }
-            .map_err(|e| self.io_err(e))?;
-            self.send(&buf)?;
         }
     }
 
-    fn auth_err(&self, e: std::io::Error) -> Error {
+    fn auth_err(&self, e: impl std::fmt::Display) -> Error {
         Error::failure(format!("authenticating to {}: {e}", self.shown))
     }
 
@@ -406,41 +404,35 @@ impl BaseBackup {
     /// ended early.
     fn next_data(&mut self) -> Result<()> {
         loop {
-            let mut head = [0u8; 6];
+            let mut head = [0u8; 5];
             self.conn
-                .read_exact(&mut head[..5])
+                .read_exact(&mut head)
                 .map_err(|e| self.io_err(e))?;
             let len = u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
-            self.check_length(len)?;
             if head[0] != b'd' || len < 5 {
                 // Not CopyData: an error, or the stream ending early.
-                let mut buf = BytesMut::zeroed(len + 1);
-                buf[..5].copy_from_slice(&head[..5]);
-                self.conn
-                    .read_exact(&mut buf[5..])
-                    .map_err(|e| self.io_err(e))?;
-                match Message::parse(&mut buf) {
-                    Ok(Some(Message::ErrorResponse(e))) => {
-                        return Err(server_error(&self.shown, e.fields()))
-                    }
+                match self.rest_of_message(head)? {
                     // Asynchronous messages may come at any time.
-                    Ok(Some(Message::NoticeResponse(n))) => {
+                    Message::NoticeResponse(n) => {
                         log_notice(&n);
                         continue;
                     }
-                    Ok(Some(Message::ParameterStatus(_))) => continue,
-                    _ => {}
+                    Message::ParameterStatus(_) => continue,
+                    _ => {
+                        return Err(Error::failure(format!(
+                            "{} ended the base archive without its end-of-archive blocks (message {:?}, {} bytes before the next header)",
+                            self.shown, head[0] as char, self.to_header
+                        )))
+                    }
                 }
-                return Err(Error::failure(format!(
-                    "{} ended the base archive without its end-of-archive blocks (message {:?}, {} bytes before the next header)",
-                    self.shown, head[0] as char, self.to_header
-                )));
             }
+            self.check_length(len)?;
+            let mut kind = [0u8; 1];
             self.conn
-                .read_exact(&mut head[5..6])
+                .read_exact(&mut kind)
                 .map_err(|e| self.io_err(e))?;
             let body = len - 5;
-            match head[5] {
+            match kind[0] {
                 b'd' => {
                     self.in_message = body;
                     return Ok(());
@@ -465,7 +457,7 @@ impl BaseBackup {
                     self.conn
                         .read_exact(&mut rest)
                         .map_err(|e| self.io_err(e))?;
-                    if head[5] == b'm' {
+                    if kind[0] == b'm' {
                         return Err(Error::failure(format!(
                             "{} sent the manifest before the base archive ended",
                             self.shown
@@ -535,9 +527,10 @@ impl BaseBackup {
                 other => return Err(self.unexpected(&other, "after the base archive")),
             }
         }
-        let mut buf = BytesMut::new();
-        frontend::terminate(&mut buf);
-        let _ = self.send(&buf);
+        let _ = self.send_with(|b| {
+            frontend::terminate(b);
+            Ok(())
+        });
         let manifest = manifest
             .ok_or_else(|| Error::failure(format!("{} sent no backup manifest", self.shown)))?;
         if self.stop_lsn.is_empty() {
@@ -559,7 +552,7 @@ impl BaseBackup {
         self.tail_at = 0;
         self.tail.extend_from_slice(header.as_bytes());
         self.tail.extend_from_slice(&manifest);
-        let padded = manifest.len().div_ceil(BLOCK) * BLOCK;
+        let padded = tar_padded(manifest.len() as u64) as usize;
         self.tail.resize(BLOCK + padded + 2 * BLOCK, 0);
         self.phase = Phase::Done;
         Ok(())
@@ -596,7 +589,7 @@ impl Read for BaseBackup {
                             self.shown
                         ))
                     })?;
-                    self.to_header = data.div_ceil(BLOCK as u64) * BLOCK as u64;
+                    self.to_header = tar_padded(data);
                     // One per file: handed over through `tail` like the end.
                     self.tail.clear();
                     self.tail.extend_from_slice(&block);

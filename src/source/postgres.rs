@@ -772,12 +772,7 @@ fn store_globals(
     }
     let (content, size) = packer
         .add_stream(&out.stdout[..], progress)
-        .map_err(|e| match e {
-            crate::chunk::ChunkError::Sink(e) => e,
-            crate::chunk::ChunkError::Read(e) => {
-                Error::io(format!("storing the output of {what}"), e)
-            }
-        })?;
+        .map_err(|e| e.into_error(format!("storing the output of {what}")))?;
     Ok(Node::stream("globals.sql", size, content))
 }
 
