@@ -634,16 +634,22 @@ impl Repository {
 
     /// Write a file node's content to `out`, chunk by chunk (each verified).
     pub fn copy_file(&self, node: &Node, out: &mut dyn std::io::Write) -> Result<()> {
+        self.open_file(node)?.copy_to(&node.path, u64::MAX, out)
+    }
+
+    /// [`copy_file`](Self::copy_file) leaving out the bytes `skip` of the
+    /// file; chunks that lie wholly in that range are not read at all.
+    pub fn copy_file_except(
+        &self,
+        node: &Node,
+        skip: std::ops::Range<u64>,
+        out: &mut dyn std::io::Write,
+    ) -> Result<()> {
         let mut r = self.open_file(node)?;
-        while r
-            .advance()
-            .map_err(|e| e.context(format!("reading {}", node.path)))?
-        {
-            out.write_all(r.current())
-                .map_err(|e| Error::io(format!("writing {}", node.path), e))?;
-            r.pos = r.end;
-        }
-        Ok(())
+        r.copy_to(&node.path, skip.start, out)?;
+        r.skip(skip.end.saturating_sub(skip.start))
+            .map_err(|e| e.context(format!("reading {}", node.path)))?;
+        r.copy_to(&node.path, u64::MAX, out)
     }
 
     /// A reader over a file node's content (chunks read and verified as it goes).
@@ -966,23 +972,79 @@ impl FileReader<'_> {
         self
     }
 
+    /// Where chunk `id` is stored.
+    fn locate(&self, id: &Id) -> Result<Location> {
+        match &self.locations {
+            Locations::Known(m) => m.get(id).cloned().ok_or_else(|| {
+                Error::integrity(format!(
+                    "chunk {} is not among the chunks located before the restore",
+                    id.short()
+                ))
+            }),
+            Locations::Index(index) => index.get(id)?.ok_or_else(|| {
+                Error::integrity(format!("chunk {} is not in the index", id.short()))
+            }),
+        }
+    }
+
+    /// Move `n` bytes on without returning them: chunks that lie wholly
+    /// within them are neither read nor decoded. An error when the file
+    /// ends first.
+    pub fn skip(&mut self, mut n: u64) -> Result<()> {
+        let here = (self.end - self.pos).min(usize::try_from(n).unwrap_or(usize::MAX));
+        self.pos += here;
+        n -= here as u64;
+        while n > 0 {
+            let id = *self.ids.get(self.next).ok_or_else(|| {
+                Error::integrity("the file ends before the bytes to skip".to_string())
+            })?;
+            let length = u64::from(self.locate(&id)?.length);
+            if length <= n {
+                self.next += 1;
+                n -= length;
+            } else {
+                self.advance()?;
+                // n < length: within the chunk just made current.
+                self.pos += n as usize;
+                n = 0;
+            }
+        }
+        Ok(())
+    }
+
+    /// Write up to `limit` bytes (all that is left with `u64::MAX`) of file
+    /// `path` to `out`, straight from the decoded frames.
+    pub fn copy_to(
+        &mut self,
+        path: &str,
+        mut limit: u64,
+        out: &mut dyn std::io::Write,
+    ) -> Result<()> {
+        while limit > 0 {
+            if self.pos == self.end
+                && !self
+                    .advance()
+                    .map_err(|e| e.context(format!("reading {path}")))?
+            {
+                break;
+            }
+            let cur = self.current();
+            let n = cur.len().min(usize::try_from(limit).unwrap_or(usize::MAX));
+            out.write_all(&cur[..n])
+                .map_err(|e| Error::io(format!("writing {path}"), e))?;
+            self.pos += n;
+            limit -= n as u64;
+        }
+        Ok(())
+    }
+
     /// Make the next chunk current; `false` at the end of the file.
     fn advance(&mut self) -> Result<bool> {
         let Some(id) = self.ids.get(self.next) else {
             return Ok(false);
         };
         self.next += 1;
-        let loc = match &self.locations {
-            Locations::Known(m) => m.get(id).cloned().ok_or_else(|| {
-                Error::integrity(format!(
-                    "chunk {} is not among the chunks located before the restore",
-                    id.short()
-                ))
-            })?,
-            Locations::Index(index) => index.get(id)?.ok_or_else(|| {
-                Error::integrity(format!("chunk {} is not in the index", id.short()))
-            })?,
-        };
+        let loc = self.locate(id)?;
         let frame = self.decoder.frame(self.repo, &loc)?;
         let data = chunk_slice(frame, &loc).ok_or_else(|| {
             Error::integrity(format!(
@@ -1011,16 +1073,27 @@ impl FileReader<'_> {
 
 impl std::io::Read for FileReader<'_> {
     fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
-        while self.pos == self.end {
-            if !self.advance().map_err(std::io::Error::other)? {
-                return Ok(0);
-            }
-        }
-        let cur = self.current();
+        let cur = std::io::BufRead::fill_buf(self)?;
         let n = out.len().min(cur.len());
         out[..n].copy_from_slice(&cur[..n]);
         self.pos += n;
         Ok(n)
+    }
+}
+
+/// The buffer is the current chunk, in its decoded frame.
+impl std::io::BufRead for FileReader<'_> {
+    fn fill_buf(&mut self) -> std::io::Result<&[u8]> {
+        while self.pos == self.end {
+            if !self.advance().map_err(std::io::Error::other)? {
+                break;
+            }
+        }
+        Ok(self.current())
+    }
+
+    fn consume(&mut self, n: usize) {
+        self.pos = (self.pos + n).min(self.end);
     }
 }
 

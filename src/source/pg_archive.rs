@@ -96,7 +96,10 @@ impl<R: BufRead> Archive<R> {
 
     /// Length-prefixed chunks up to a zero length (`_skipData`), their
     /// bytes handed to `each` as they are read.
-    fn chunks(&mut self, mut each: impl FnMut(&[u8])) -> std::io::Result<()> {
+    fn chunks(
+        &mut self,
+        mut each: impl FnMut(&[u8]) -> std::io::Result<()>,
+    ) -> std::io::Result<()> {
         loop {
             let mut left = match self.int()? {
                 0 => return Ok(()),
@@ -109,7 +112,7 @@ impl<R: BufRead> Archive<R> {
                     return Err(std::io::ErrorKind::UnexpectedEof.into());
                 }
                 let k = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
-                each(&buf[..k]);
+                each(&buf[..k])?;
                 self.inner.consume(k);
                 self.pos += k as u64;
                 left -= k as u64;
@@ -167,20 +170,43 @@ impl DataOffsets {
         self.entries.iter().map(|e| e[1]).min()
     }
 
-    /// The largest data block's share of all data bytes in an archive of
-    /// `archive_size` bytes (blocks follow each other up to its end).
-    pub fn largest_share(&self, archive_size: u64) -> Option<f64> {
-        let mut starts: Vec<u64> = self.entries.iter().map(|e| e[1]).collect();
+    /// Every data block of an archive of `archive_size` bytes as `(dump id,
+    /// start, end)`, in file order: each runs to the next, the last to the
+    /// end of the archive.
+    fn blocks(&self, archive_size: u64) -> Vec<Block> {
+        let mut starts: Vec<(u64, u64)> = self.entries.iter().map(|e| (e[1], e[2])).collect();
         starts.sort_unstable();
-        let first = *starts.first()?;
-        let total = archive_size.checked_sub(first).filter(|&t| t > 0)?;
-        let ends = starts.iter().skip(1).copied().chain([archive_size]);
-        let largest = starts
+        let ends: Vec<u64> = starts
+            .iter()
+            .skip(1)
+            .map(|s| s.0)
+            .chain([archive_size])
+            .collect();
+        starts
             .iter()
             .zip(ends)
-            .map(|(s, e)| e.saturating_sub(*s))
-            .max()?;
-        Some(largest as f64 / total as f64)
+            .map(|(&(start, dump_id), end)| Block {
+                dump_id,
+                start,
+                end: end.max(start),
+            })
+            .collect()
+    }
+
+    /// The largest data block of an archive of `archive_size` bytes.
+    pub fn largest_block(&self, archive_size: u64) -> Option<Block> {
+        self.blocks(archive_size)
+            .into_iter()
+            .max_by_key(|b| (b.end - b.start, std::cmp::Reverse(b.start)))
+    }
+
+    /// The largest data block's share of all data bytes in an archive of
+    /// `archive_size` bytes.
+    pub fn largest_share(&self, archive_size: u64) -> Option<f64> {
+        let first = self.data_start()?;
+        let total = archive_size.checked_sub(first).filter(|&t| t > 0)?;
+        let largest = self.largest_block(archive_size)?;
+        Some((largest.end - largest.start) as f64 / total as f64)
     }
 
     /// The integer size of the custom archive whose first 11 bytes are
@@ -194,6 +220,38 @@ impl DataOffsets {
             && (1..=8).contains(&int_size))
         .then_some(int_size)
     }
+}
+
+/// Where one data block of a dump lies.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Block {
+    pub dump_id: u64,
+    pub start: u64,
+    /// The next block's start, or the end of the archive.
+    pub end: u64,
+}
+
+/// Hand the COPY text of a `TABLE DATA` block to `each`, piece by piece:
+/// `block` must start with the block's first byte and end with its last
+/// (`int_size` from the archive's header). An error when it does not hold a
+/// data block of entry `dump_id`, or ends early.
+pub fn copy_data_block<R: BufRead>(
+    block: R,
+    int_size: usize,
+    dump_id: u64,
+    each: impl FnMut(&[u8]) -> std::io::Result<()>,
+) -> std::io::Result<()> {
+    let mut a = Archive {
+        inner: block,
+        pos: 0,
+        int_size,
+    };
+    let kind = a.byte()?;
+    let id = a.int()?;
+    if kind != BLK_DATA || u64::try_from(id).ok() != Some(dump_id) {
+        return Err(bad("the block is not the table's data block"));
+    }
+    a.chunks(each)
 }
 
 /// Whether `header` (a block's first `2 + int size` bytes) starts a data
@@ -590,14 +648,80 @@ impl StreamScan {
     }
 }
 
-/// Read the archive to its end; `None` for one this module does not know.
-/// With `hash_rows`, each `TABLE DATA` entry's rows are counted and hashed.
-fn scan<R: BufRead>(inner: &mut R, hash_rows: bool) -> std::io::Result<Option<Layout>> {
+/// One entry of an archive's table of contents: the fields cairn uses.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TocEntry {
+    pub dump_id: i64,
+    /// `TABLE DATA`, `ENCODING`, `TABLE`, …
+    pub desc: String,
+    pub tag: String,
+    pub namespace: String,
+    /// The SQL that creates the object (for `ENCODING`: its `SET`).
+    pub defn: String,
+    /// The COPY statement of a `TABLE DATA` entry.
+    pub copy: Option<String>,
+    /// File position of the flag byte of its data offset field.
+    at: u64,
+    /// That flag: whether the position was set when the archive was written.
+    flag: u8,
+}
+
+/// An archive's header fields and table of contents.
+#[derive(Clone, Debug)]
+pub struct Toc {
+    pub int_size: usize,
+    off_size: usize,
+    /// Whether the data blocks are compressed (then they are not COPY text).
+    pub compressed: bool,
+    pub entries: Vec<TocEntry>,
+}
+
+impl Toc {
+    pub fn entry(&self, dump_id: u64) -> Option<&TocEntry> {
+        let id = i64::try_from(dump_id).ok()?;
+        self.entries.iter().find(|e| e.dump_id == id)
+    }
+
+    /// The dump's client encoding, from its `ENCODING` entry
+    /// (`SET client_encoding = 'UTF8';`), when it names one plainly.
+    pub fn encoding(&self) -> Option<&str> {
+        let e = self.entries.iter().find(|e| e.desc == "ENCODING")?;
+        let (_, rest) = e.defn.split_once('\'')?;
+        let (name, _) = rest.split_once('\'')?;
+        (!name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'))
+            .then_some(name)
+    }
+
+    /// `standard_conforming_strings` as the dump was written with it
+    /// (its `STDSTRINGS` entry).
+    pub fn standard_strings(&self) -> Option<bool> {
+        let e = self.entries.iter().find(|e| e.desc == "STDSTRINGS")?;
+        if e.defn.contains("'on'") {
+            Some(true)
+        } else if e.defn.contains("'off'") {
+            Some(false)
+        } else {
+            None
+        }
+    }
+}
+
+/// The table of contents of the custom archive whose header and TOC are
+/// `head` (see [`table_of_contents_len`]).
+pub fn read_table_of_contents(head: &[u8]) -> Result<Toc> {
     let mut a = Archive {
-        inner,
+        inner: head,
         pos: 0,
         int_size: 4,
     };
+    read_toc(&mut a)
+        .map_err(|e| Error::integrity(format!("reading the dump's table of contents: {e}")))?
+        .ok_or_else(|| Error::integrity("the dump is not a custom archive this version reads"))
+}
+
+/// Read an archive's header and table of contents (`ReadHead`, `ReadToc`);
+/// `None` for an archive of another format or version.
+fn read_toc<R: BufRead>(a: &mut Archive<R>) -> std::io::Result<Option<Toc>> {
     let mut magic = [0u8; 5];
     a.bytes(&mut magic)?;
     if &magic != b"PGDMP" {
@@ -621,10 +745,6 @@ fn scan<R: BufRead>(inner: &mut R, hash_rows: bool) -> std::io::Result<Option<La
     } else {
         a.int()? != 0 // compression level; 0 = none
     };
-    if compressed && hash_rows {
-        // The data is compressed: its blocks are not COPY text.
-        return Ok(None);
-    }
     for _ in 0..7 {
         a.int()?; // creation time: sec, min, hour, mday, mon, year, isdst
     }
@@ -636,20 +756,20 @@ fn scan<R: BufRead>(inner: &mut R, hash_rows: bool) -> std::io::Result<Option<La
     if count < 0 {
         return Err(bad("negative TOC entry count"));
     }
-    let mut fields = Vec::with_capacity(count as usize);
-    let mut table_entries: HashMap<i64, (String, String, String)> = HashMap::new();
+    let text = |s: Option<Vec<u8>>| String::from_utf8_lossy(&s.unwrap_or_default()).into_owned();
+    let mut entries = Vec::with_capacity(count.min(1 << 20) as usize);
     for _ in 0..count {
         let dump_id = a.int()?;
         a.int()?; // had dumper
         a.string()?; // table oid
         a.string()?; // oid
-        let tag = a.string()?;
-        let desc = a.string()?;
+        let tag = text(a.string()?);
+        let desc = text(a.string()?);
         a.int()?; // section
-        a.string()?; // defn
+        let defn = text(a.string()?);
         a.string()?; // drop statement
-        let copy = a.string()?;
-        let namespace = a.string()?;
+        let copy = a.string()?.map(|c| text(Some(c)));
+        let namespace = text(a.string()?);
         a.string()?; // tablespace
         if minor >= 14 {
             a.string()?; // table access method
@@ -663,14 +783,54 @@ fn scan<R: BufRead>(inner: &mut R, hash_rows: bool) -> std::io::Result<Option<La
         let at = a.pos;
         let flag = a.byte()?;
         a.skip(off_size as u64)?;
-        fields.push(OffsetField { dump_id, at, flag });
-        if hash_rows && desc.as_deref() == Some(b"TABLE DATA".as_slice()) {
-            let text =
-                |s: Option<Vec<u8>>| String::from_utf8_lossy(&s.unwrap_or_default()).into_owned();
+        entries.push(TocEntry {
+            dump_id,
+            desc,
+            tag,
+            namespace,
+            defn,
+            copy,
+            at,
+            flag,
+        });
+    }
+    Ok(Some(Toc {
+        int_size: a.int_size,
+        off_size,
+        compressed,
+        entries,
+    }))
+}
+
+/// Read the archive to its end; `None` for one this module does not know.
+/// With `hash_rows`, each `TABLE DATA` entry's rows are counted and hashed.
+fn scan<R: BufRead>(inner: &mut R, hash_rows: bool) -> std::io::Result<Option<Layout>> {
+    let mut a = Archive {
+        inner,
+        pos: 0,
+        int_size: 4,
+    };
+    let Some(toc) = read_toc(&mut a)? else {
+        return Ok(None);
+    };
+    if toc.compressed && hash_rows {
+        // The data is compressed: its blocks are not COPY text.
+        return Ok(None);
+    }
+    let off_size = toc.off_size;
+    let mut fields = Vec::with_capacity(toc.entries.len());
+    let mut table_entries: HashMap<i64, (String, String, String)> = HashMap::new();
+    for e in toc.entries {
+        fields.push(OffsetField {
+            dump_id: e.dump_id,
+            at: e.at,
+            flag: e.flag,
+        });
+        if hash_rows && e.desc == "TABLE DATA" {
             // An entry whose COPY statement gives no column list is not
             // summed here: its table is then summed in SQL.
-            if let Some(columns) = copy.and_then(|c| copy_columns(&String::from_utf8_lossy(&c))) {
-                table_entries.insert(dump_id, (text(namespace), text(tag), columns));
+            if let Some(columns) = e.copy.as_deref().and_then(copy_columns) {
+                table_entries.insert(e.dump_id, (e.namespace, e.tag, columns));
             }
         }
     }
@@ -685,7 +845,10 @@ fn scan<R: BufRead>(inner: &mut R, hash_rows: bool) -> std::io::Result<Option<La
             BLK_DATA => match table_entries.remove(&dump_id) {
                 Some((schema, table, columns)) => {
                     let mut rows = RowHasher::default();
-                    a.chunks(|b| rows.update(b))?;
+                    a.chunks(|b| {
+                        rows.update(b);
+                        Ok(())
+                    })?;
                     let (rows, sum) = rows.finish();
                     tables.push(CopySum {
                         schema,
@@ -695,12 +858,12 @@ fn scan<R: BufRead>(inner: &mut R, hash_rows: bool) -> std::io::Result<Option<La
                         sum,
                     });
                 }
-                None => a.chunks(|_| {})?,
+                None => a.chunks(|_| Ok(()))?,
             },
             BLK_BLOBS => loop {
                 match a.int()? {
                     0 => break,
-                    _oid => a.chunks(|_| {})?,
+                    _oid => a.chunks(|_| Ok(()))?,
                 }
             },
             _ => return Err(bad("unknown data block type")),
@@ -1022,6 +1185,44 @@ mod tests {
     }
 
     #[test]
+    fn the_table_of_contents_and_a_tables_copy_text_are_read() {
+        let rows = ["1\tx\n", "2\ty\n", "\\.\n\n\n"];
+        let (a, _) = archive(&[(7, false), (8, true), (9, true)], &rows);
+        let mut scan = StreamScan::start(false);
+        scan.feed(&a);
+        let offsets = scan.finish().unwrap().unwrap().offsets;
+        let start = offsets.data_start().unwrap() as usize;
+        let toc = read_table_of_contents(&a[..start]).unwrap();
+        assert_eq!(toc.entries.len(), 3);
+        assert!(!toc.compressed);
+        let e = toc.entry(8).unwrap();
+        assert_eq!((e.desc.as_str(), e.tag.as_str()), ("TABLE DATA", "t8"));
+        assert_eq!(e.namespace, "public");
+        assert_eq!(
+            e.copy.as_deref(),
+            Some("COPY public.t8 (a, \"b (x)\") FROM stdin;\n")
+        );
+        assert_eq!(toc.entry(7).unwrap().copy, None);
+        // The block of entry 8 runs up to the block of entry 9.
+        let b = offsets.blocks(a.len() as u64)[0];
+        assert_eq!(b.dump_id, 8);
+        let block = &a[b.start as usize..b.end as usize];
+        let mut text = Vec::new();
+        copy_data_block(block, toc.int_size, 8, |p| {
+            text.extend_from_slice(p);
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(text, rows.concat().as_bytes());
+        // Another entry's id, or a block cut short, is an error.
+        let ignore = |_: &[u8]| Ok(());
+        assert!(copy_data_block(block, toc.int_size, 9, ignore).is_err());
+        assert!(copy_data_block(&block[..block.len() - 3], toc.int_size, 8, ignore).is_err());
+        // Bytes that are not an archive are refused, not misread.
+        assert!(read_table_of_contents(b"PGDMQ and more").is_err());
+    }
+
+    #[test]
     fn largest_block_share_and_where_data_starts() {
         // Blocks at 100, 200 and 1000 of a 1100-byte archive: 100, 800, 100.
         let o = DataOffsets {
@@ -1030,6 +1231,14 @@ mod tests {
         };
         assert_eq!(o.data_start(), Some(100));
         assert_eq!(o.largest_share(1100), Some(0.8));
+        assert_eq!(
+            o.largest_block(1100),
+            Some(Block {
+                dump_id: 2,
+                start: 200,
+                end: 1000
+            })
+        );
         // No data blocks, or an archive size that cannot hold them.
         assert_eq!(DataOffsets::default().data_start(), None);
         assert_eq!(DataOffsets::default().largest_share(10), None);
