@@ -267,8 +267,9 @@ pub struct RestoreArgs {
     #[arg(long, value_name = "NAME", requires = "to")]
     pub database: Vec<String>,
     /// With --to: parallel pg_restore jobs (the dump is spooled to disk; when one table holds
-    /// 90% of a database's data, the data is streamed and only indexes and constraints run
-    /// in parallel, except with --clean); 0 streams everything without spooling
+    /// 90% of a database's data, the dump is streamed, cairn loads that table on N
+    /// connections at once, and indexes and constraints run in parallel, except with
+    /// --clean); 0 streams everything into one pg_restore without spooling
     #[arg(long, value_name = "N", requires = "to")]
     pub jobs: Option<usize>,
     /// With --to: directory for spooled dumps [default: the temporary directory]

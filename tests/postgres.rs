@@ -229,6 +229,8 @@ fn logical_round_trip_restores_equal_databases() {
     };
     assert_eq!(load("app"), "spooled", "{loads:?}");
     assert_eq!(load("other"), "streamed-data", "{loads:?}");
+    let other = loads.iter().find(|l| l["database"] == "other").unwrap();
+    assert_eq!(other["copied"], "public.t", "{loads:?}");
     for db in ["app", "other"] {
         let (a, b) = (pg_dump_text(&source, db), pg_dump_text(&target, db));
         let first_diff = a.lines().zip(b.lines()).find(|(x, y)| x != y);
@@ -365,8 +367,17 @@ fn an_empty_existing_database_gets_the_streamed_data_restore() {
         "{}",
         report["report"]
     );
+    // The big table's rows went in through cairn's own COPY, and its row
+    // count is the server's count of what that COPY took.
+    assert_eq!(
+        report["report"]["loads"][0]["copied"], "public.big",
+        "{}",
+        report["report"]
+    );
     let tables = report["report"]["tables"].as_array().unwrap();
     assert!(tables.iter().all(|t| t["ok"] == true), "{tables:?}");
+    let big = tables.iter().find(|t| t["name"] == "big").unwrap();
+    assert_eq!(big["actual_rows"], 5000, "{big}");
     let (a, b) = (pg_dump_text(&source, "app"), pg_dump_text(&target, "app"));
     assert!(a == b, "pg_dump of app differs");
     assert_eq!(
@@ -601,4 +612,52 @@ fn a_day_of_scattered_updates_is_stored_as_deltas_and_survives_pruning_the_day_b
     assert_eq!(env.snapshot_ids(), vec![second_id.clone()]);
     check("after pruning the first snapshot");
     restore_equal();
+}
+
+#[test]
+fn a_row_refused_by_the_server_leaves_the_copied_table_empty() {
+    let env = Env::init();
+    let source = cluster_with_app(
+        "CREATE TABLE big (id int, body text);
+         INSERT INTO big SELECT g, repeat(md5(g::text), 4) FROM generate_series(1, 200000) g;
+         CREATE TABLE small (id int); INSERT INTO small VALUES (1);",
+    );
+    env.ok(&["snapshot", "--postgres", &source.url(), "--database", "app"]);
+
+    // An event trigger (not a relation: the database still counts as empty)
+    // gives big, as the restore creates it, a CHECK that a row three
+    // quarters into its data breaks. By then both COPY connections have
+    // taken batches of rows.
+    let target = ScratchCluster::start(&[]).unwrap();
+    sql(&target.url(), "postgres", "CREATE DATABASE app");
+    sql(
+        &target.url(),
+        "app",
+        "CREATE FUNCTION refuse() RETURNS event_trigger LANGUAGE plpgsql AS $$
+         BEGIN
+           IF EXISTS (SELECT 1 FROM pg_tables WHERE tablename = 'big')
+              AND NOT EXISTS (SELECT 1 FROM pg_constraint WHERE conname = 'no_150000') THEN
+             ALTER TABLE public.big ADD CONSTRAINT no_150000 CHECK (id <> 150000);
+           END IF;
+         END $$;
+         CREATE EVENT TRIGGER refuse ON ddl_command_end WHEN TAG IN ('CREATE TABLE')
+           EXECUTE FUNCTION refuse();",
+    );
+    let out = env.run(&["restore", "latest", "--to", &target.url(), "--jobs", "2"]);
+    let (code, err) = code_and_stderr(&out);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("no_150000") && err.contains("public.big") && err.contains("--clean"),
+        "the server's reason, the table and what to do: {err}"
+    );
+    // Every connection's share was rolled back, not only the failing one's.
+    assert_eq!(
+        query_i64(&target.url(), "app", "SELECT count(*) FROM big"),
+        0
+    );
+    assert_eq!(
+        query_i64(&target.url(), "app", "SELECT count(*) FROM small"),
+        1,
+        "the other tables were loaded by pg_restore before"
+    );
 }

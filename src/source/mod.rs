@@ -8,6 +8,7 @@
 pub mod kafka;
 pub mod pg_archive;
 pub mod pg_cluster;
+pub mod pg_copy;
 pub mod pg_physical;
 pub mod pg_replication;
 pub mod postgres;

@@ -169,7 +169,7 @@ impl Target {
     }
 }
 
-fn pg_err(t: &Target, db: &str, e: postgres::Error) -> Error {
+pub(super) fn pg_err(t: &Target, db: &str, e: postgres::Error) -> Error {
     Error::failure(format!("{}/{db}: {}", t.shown, describe(&e)))
 }
 
@@ -835,8 +835,14 @@ pub struct RestoreReport {
 pub struct DatabaseLoad {
     pub database: String,
     pub load: Load,
-    /// pg_restore jobs (for `streamed-data`: those building indexes and constraints).
+    /// pg_restore jobs (for `streamed-data`: those building indexes and
+    /// constraints, and the connections loading the copied table, at most
+    /// [`super::pg_copy::MAX_CONNECTIONS`]).
     pub jobs: usize,
+    /// For `streamed-data`: the table (`schema.name`) whose data cairn
+    /// loaded with its own COPY, on `jobs` connections at once.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub copied: Option<String>,
 }
 
 /// How a dump goes into pg_restore.
@@ -892,8 +898,18 @@ fn user_relations(client: &mut postgres::Client) -> std::result::Result<i64, pos
 fn feed_tool(
     repo: &crate::repository::Repository,
     node: &Node,
+    cmd: Command,
+    what: &str,
+) -> Result<String> {
+    feed_with(cmd, what, |stdin| repo.copy_file(node, stdin))
+}
+
+/// Run `cmd` with `feed` writing its stdin; its stderr, or an error with
+/// its end when it fails.
+fn feed_with(
     mut cmd: Command,
     what: &str,
+    feed: impl FnOnce(&mut dyn std::io::Write) -> Result<()>,
 ) -> Result<String> {
     let mut child = cmd
         .stdin(Stdio::piped())
@@ -923,7 +939,7 @@ fn feed_tool(
         let _ = stderr.read_to_string(&mut s);
         s
     });
-    let fed = repo.copy_file(node, &mut stdin);
+    let fed = feed(&mut stdin);
     drop(stdin);
     let status = child
         .wait()
@@ -1229,9 +1245,11 @@ pub fn restore_logical(
             }
             _ => None,
         };
+        let mut copied = None;
         let load = if let Some(plan) = split {
             let sums = restore_streamed_data(repo, &target, d, dump, cmd, &plan, opts)?;
             proven.insert(d.name.clone(), sums);
+            copied = plan.direct.map(|c| c.name());
             Load::StreamedData
         } else if let Some(spool) = &spool {
             let path = spool.path().join("dump");
@@ -1286,6 +1304,7 @@ pub fn restore_logical(
             database: d.name.clone(),
             load,
             jobs: if load == Load::Streamed { 1 } else { opts.jobs },
+            copied,
         });
         tracing::info!(database = %d.name, "restored database");
     }
@@ -1377,6 +1396,9 @@ struct SplitPlan {
     first: std::path::PathBuf,
     /// `-L` list of the second: post-data entries, then the privileges.
     second: std::path::PathBuf,
+    /// The dominant table's data, which cairn loads itself (left out of
+    /// `first`); `None` when pg_restore loads it.
+    direct: Option<super::pg_copy::DirectCopy>,
 }
 
 /// Write the table of contents of `dump` (checked against the recorded
@@ -1408,10 +1430,12 @@ fn split_by_sections(
         .read_to_end(&mut head)
         .map_err(|e| Error::io(format!("reading the table of contents of {}", dump.path), e))?;
     let len = super::pg_archive::table_of_contents_len(&head, offsets)?;
+    let toc = super::pg_archive::read_table_of_contents(&head[..len])?;
     let plan = SplitPlan {
         toc: dir.join("toc"),
         first: dir.join("first.list"),
         second: dir.join("second.list"),
+        direct: super::pg_copy::DirectCopy::of(&toc, offsets, dump.size),
     };
     std::fs::write(&plan.toc, &head[..len])
         .map_err(|e| Error::io(format!("writing {}", plan.toc.display()), e))?;
@@ -1429,9 +1453,13 @@ fn split_by_sections(
             .and_then(|(n, _)| n.trim().parse::<u32>().ok())
     };
     let post: HashSet<u32> = post.lines().filter_map(id).collect();
+    let direct = plan.direct.as_ref().map(|c| c.block.dump_id);
     let (mut first, mut second) = (String::new(), String::new());
     for line in all.lines() {
         let Some(n) = id(line) else { continue };
+        if direct == Some(u64::from(n)) {
+            continue;
+        }
         let out = if deferred_privilege(line) || post.contains(&n) {
             &mut second
         } else {
@@ -1482,15 +1510,52 @@ fn restore_streamed_data(
     load.args(["--section=pre-data", "--section=data", "--use-list"])
         .arg(&plan.first);
     let started = std::time::Instant::now();
-    feed_tool(repo, dump, load, &format!("pg_restore of {}", d.name))?;
+    let what = format!("pg_restore of {}", d.name);
+    let mut loaded: Vec<&TableSum> = d.tables.iter().filter(|t| t.kind == "table").collect();
+    let mut copied = None;
+    match &plan.direct {
+        Some(c) => {
+            let block = c.block.start..c.block.end;
+            feed_with(load, &what, |w| repo.copy_file_except(dump, block, w))?;
+            crate::interrupt::check()?;
+            let rows = super::pg_copy::copy_table_data(repo, target, d, dump, c, opts.jobs)
+                .map_err(|e| {
+                    e.with_hint(format!(
+                        "the schema of {} is restored, but the rows of {} may not all be; \
+                     restore it again with --clean",
+                        d.name,
+                        c.name()
+                    ))
+                })?;
+            // The server's own count of the rows it took, in a table this
+            // restore created empty (no triggers or rules yet): the same
+            // proof as a count(*), without scanning it again while the
+            // primary key waits for its lock.
+            if opts.proof == Proof::Counts {
+                loaded.retain(|t| !(t.schema == c.schema && t.name == c.table));
+                copied = Some(TableSum {
+                    schema: c.schema.clone(),
+                    name: c.table.clone(),
+                    kind: "table".into(),
+                    rows,
+                    checksum: String::new(),
+                    method: "copy-count".into(),
+                    columns: None,
+                });
+            }
+        }
+        None => {
+            feed_with(load, &what, |w| repo.copy_file(dump, w))?;
+        }
+    }
     tracing::info!(
         database = %d.name,
         bytes = dump.size,
         seconds = started.elapsed().as_secs_f64(),
+        copied = plan.direct.as_ref().map(|c| c.name()),
         "schema and data streamed"
     );
     crate::interrupt::check()?;
-    let loaded: Vec<&TableSum> = d.tables.iter().filter(|t| t.kind == "table").collect();
     let mut post = tool(target, "pg_restore", &d.name);
     post.args(["--no-password", "--exit-on-error", "--use-list"])
         .arg(&plan.second)
@@ -1503,13 +1568,18 @@ fn restore_streamed_data(
         "pg_restore of {} (indexes, constraints, privileges)",
         d.name
     );
-    restore_and_prove(post, &what, target, d, &HashMap::new(), &loaded, opts.proof).map_err(|e| {
-        e.with_hint(format!(
-            "the rows of {} are restored, but not all its indexes, constraints or privileges; \
-             restore it again with --clean",
-            d.name
-        ))
-    })
+    let mut proven =
+        restore_and_prove(post, &what, target, d, &HashMap::new(), &loaded, opts.proof).map_err(
+            |e| {
+                e.with_hint(format!(
+                "the rows of {} are restored, but not all its indexes, constraints or privileges; \
+                 restore it again with --clean",
+                d.name
+            ))
+            },
+        )?;
+    proven.extend(copied);
+    Ok(proven)
 }
 
 /// Result of proving one PostgreSQL source restores.
