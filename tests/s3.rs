@@ -192,12 +192,16 @@ fn delta_encoded_dumps_restore_from_s3_after_the_day_before_is_pruned() {
     let run = |q: &str| sql(&url, "postgres", q);
     run(
         "CREATE TABLE acc (aid int PRIMARY KEY, abalance int, filler char(84));
-         INSERT INTO acc SELECT g, 0, '' FROM generate_series(1, 50000) g;",
+         INSERT INTO acc SELECT g, 0, md5(g::text) FROM generate_series(1, 50000) g;",
     );
     let first = env.json(&["snapshot", "--postgres", &url, "--database", "postgres"]);
     run("UPDATE acc SET abalance = aid % 13 WHERE aid % 50 = 7");
     let second = env.json(&["snapshot", "--postgres", &url, "--database", "postgres"]);
-    assert_adds_a_fraction(&first, &second, 2);
+    // md5 text in every row, so the first dump is not mostly blanks: with
+    // only 60 KB stored for it, the second snapshot's fixed costs (index,
+    // node list, snapshot file) were half as much again, and one run under
+    // load crossed the bound (37,633 bytes against 74,735).
+    assert_adds_a_fraction(&first, &second, 10);
     env.ok(&["forget", "--keep-last", "1", "--prune"]);
     env.ok(&["check", "--read-data"]);
     let target = ScratchCluster::start(&[]).unwrap();
