@@ -13,6 +13,18 @@ fn cluster_with_app(statements: &str) -> ScratchCluster {
     cluster
 }
 
+/// Snapshot database `app` of `source`, then start a target cluster that
+/// already has a database `app`, made by `statements` (may be empty).
+fn snapshot_app_and_target(env: &Env, source: &ScratchCluster, statements: &str) -> ScratchCluster {
+    env.ok(&["snapshot", "--postgres", &source.url(), "--database", "app"]);
+    let target = ScratchCluster::start(&[]).unwrap();
+    sql(&target.url(), "postgres", "CREATE DATABASE app");
+    if !statements.is_empty() {
+        sql(&target.url(), "app", statements);
+    }
+    target
+}
+
 /// `cairn check --restore-test ARGS`: exit code, stdout, stderr.
 fn restore_test(env: &Env, args: &[&str]) -> (i32, String, String) {
     let out = env.run(&[&["check", "--restore-test"], args].concat());
@@ -305,13 +317,9 @@ fn logical_round_trip_restores_equal_databases() {
 fn restore_into_a_non_empty_database_is_refused_without_clean() {
     let env = Env::init();
     let source = cluster_with_app("CREATE TABLE t (x int); INSERT INTO t VALUES (1), (2)");
-    env.ok(&["snapshot", "--postgres", &source.url(), "--database", "app"]);
-
-    let target = ScratchCluster::start(&[]).unwrap();
-    sql(&target.url(), "postgres", "CREATE DATABASE app");
-    sql(
-        &target.url(),
-        "app",
+    let target = snapshot_app_and_target(
+        &env,
+        &source,
         "CREATE TABLE keep_me (y int); INSERT INTO keep_me VALUES (7)",
     );
     let out = env.run(&["restore", "latest", "--to", &target.url()]);
@@ -356,11 +364,8 @@ fn an_empty_existing_database_gets_the_streamed_data_restore() {
          INSERT INTO small VALUES (1, 10), (2, 20);
          CREATE INDEX big_body ON big (body);",
     );
-    env.ok(&["snapshot", "--postgres", &source.url(), "--database", "app"]);
-
     // The database exists and is empty: no --create, no --clean needed.
-    let target = ScratchCluster::start(&[]).unwrap();
-    sql(&target.url(), "postgres", "CREATE DATABASE app");
+    let target = snapshot_app_and_target(&env, &source, "");
     let report = env.json(&["restore", "latest", "--to", &target.url()]);
     assert_eq!(
         report["report"]["loads"][0]["load"], "streamed-data",
@@ -622,17 +627,13 @@ fn a_row_refused_by_the_server_leaves_the_copied_table_empty() {
          INSERT INTO big SELECT g, repeat(md5(g::text), 4) FROM generate_series(1, 200000) g;
          CREATE TABLE small (id int); INSERT INTO small VALUES (1);",
     );
-    env.ok(&["snapshot", "--postgres", &source.url(), "--database", "app"]);
-
     // An event trigger (not a relation: the database still counts as empty)
     // gives big, as the restore creates it, a CHECK that a row three
     // quarters into its data breaks. By then both COPY connections have
     // taken batches of rows.
-    let target = ScratchCluster::start(&[]).unwrap();
-    sql(&target.url(), "postgres", "CREATE DATABASE app");
-    sql(
-        &target.url(),
-        "app",
+    let target = snapshot_app_and_target(
+        &env,
+        &source,
         "CREATE FUNCTION refuse() RETURNS event_trigger LANGUAGE plpgsql AS $$
          BEGIN
            IF EXISTS (SELECT 1 FROM pg_tables WHERE tablename = 'big')
