@@ -662,3 +662,59 @@ fn a_row_refused_by_the_server_leaves_the_copied_table_empty() {
         "the other tables were loaded by pg_restore before"
     );
 }
+
+#[test]
+fn latin1_dumps_take_the_direct_copy_unless_their_names_are_not_ascii() {
+    let env = Env::init();
+    let source = ScratchCluster::start(&[]).unwrap();
+    let url = source.url();
+    for db in ["latin", "latin_names"] {
+        sql(
+            &url,
+            "postgres",
+            &format!(
+                "CREATE DATABASE {db} ENCODING 'LATIN1' LC_COLLATE 'C' LC_CTYPE 'C' TEMPLATE template0"
+            ),
+        );
+    }
+    let rows = "SELECT g, 'café Ünïcode ' || g FROM generate_series(1, 20000) g";
+    sql(
+        &url,
+        "latin",
+        &format!("CREATE TABLE big (id int PRIMARY KEY, s text); INSERT INTO big {rows};"),
+    );
+    sql(
+        &url,
+        "latin_names",
+        &format!(
+            "CREATE TABLE \"données\" (id int PRIMARY KEY, s text); INSERT INTO \"données\" {rows};"
+        ),
+    );
+    env.ok(&[
+        "snapshot",
+        "--postgres",
+        &url,
+        "--database",
+        "latin",
+        "--database",
+        "latin_names",
+    ]);
+
+    let target = ScratchCluster::start(&[]).unwrap();
+    let report = env.json(&["restore", "latest", "--to", &target.url()]);
+    let tables = report["report"]["tables"].as_array().unwrap();
+    assert!(tables.iter().all(|t| t["ok"] == true), "{tables:?}");
+    let loads = report["report"]["loads"].as_array().unwrap();
+    let load = |db: &str| loads.iter().find(|l| l["database"] == db).unwrap().clone();
+    // The rows are LATIN1 bytes: the COPY session says so, as pg_restore's does.
+    assert_eq!(load("latin")["load"], "streamed-data", "{loads:?}");
+    assert_eq!(load("latin")["copied"], "public.big", "{loads:?}");
+    // A COPY statement naming "données" would be sent as UTF-8 and read as
+    // LATIN1: pg_restore loads that table.
+    assert_eq!(load("latin_names")["load"], "streamed-data", "{loads:?}");
+    assert!(load("latin_names").get("copied").is_none(), "{loads:?}");
+    for (db, table) in [("latin", "big"), ("latin_names", "\"données\"")] {
+        let q = format!("SELECT count(*) FROM {table} WHERE s = 'café Ünïcode ' || id");
+        assert_eq!(query_i64(&target.url(), db, &q), 20_000, "{db}");
+    }
+}
