@@ -170,9 +170,8 @@ impl DataOffsets {
         self.entries.iter().map(|e| e[1]).min()
     }
 
-    /// Every data block of an archive of `archive_size` bytes as `(dump id,
-    /// start, end)`, in file order: each runs to the next, the last to the
-    /// end of the archive.
+    /// Every data block of an archive of `archive_size` bytes, in file
+    /// order: each runs to the next, the last to the end of the archive.
     fn blocks(&self, archive_size: u64) -> Vec<Block> {
         let mut starts: Vec<(u64, u64)> = self.entries.iter().map(|e| (e[1], e[2])).collect();
         starts.sort_unstable();

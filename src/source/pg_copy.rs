@@ -98,6 +98,16 @@ struct Gate {
 }
 
 impl Gate {
+    /// For `connections` loading.
+    fn new(connections: usize) -> Gate {
+        Gate {
+            abandoned: AtomicBool::new(false),
+            loading: Mutex::new(connections),
+            all_in: Condvar::new(),
+            commit: OnceLock::new(),
+        }
+    }
+
     fn abandon(&self) {
         self.abandoned.store(true, Ordering::SeqCst);
     }
@@ -208,70 +218,15 @@ pub fn copy_table_data(
     let mut data = repo.open_file(dump)?;
     data.skip(c.block.start)
         .map_err(|e| e.context(format!("reading {}", dump.path)))?;
-    // A failed write carries the server's error: that is what to report.
-    let copy_failed =
-        |e: std::io::Error| match e.into_inner().map(|i| i.downcast::<postgres::Error>()) {
-            Some(Ok(pg)) => pg_err(target, &d.name, *pg),
-            Some(Err(other)) => Error::failure(format!("loading {}: {other}", c.name())),
-            None => Error::failure(format!("loading {}", c.name())),
-        };
-    let gate = Gate {
-        abandoned: AtomicBool::new(false),
-        loading: Mutex::new(clients.len()),
-        all_in: Condvar::new(),
-        commit: OnceLock::new(),
-    };
+    let gate = &Gate::new(clients.len());
     let (batches, queue) = crossbeam_channel::bounded::<Vec<u8>>(2 * clients.len());
-    let (gate, copy_failed) = (&gate, &copy_failed);
     std::thread::scope(|s| {
         let _abandon = AbandonOnPanic(gate);
         let loaders: Vec<_> = clients
             .into_iter()
-            .map(|mut client| {
+            .map(|client| {
                 let queue = queue.clone();
-                s.spawn(move || -> Result<Option<u64>> {
-                    let mut arrival = Arrival {
-                        gate,
-                        arrived: false,
-                    };
-                    let loaded = (|| {
-                        client
-                            .batch_execute("BEGIN READ WRITE")
-                            .map_err(|e| pg_err(target, &d.name, e))?;
-                        let mut copy = client
-                            .copy_in(c.copy.as_str())
-                            .map_err(|e| pg_err(target, &d.name, e))?;
-                        for batch in queue {
-                            copy.write_all(&batch).map_err(copy_failed)?;
-                        }
-                        if gate.abandoned() {
-                            // Dropped unfinished, the COPY is aborted.
-                            return Ok(None);
-                        }
-                        copy.finish()
-                            .map(Some)
-                            .map_err(|e| pg_err(target, &d.name, e))
-                    })();
-                    if loaded.is_err() {
-                        gate.abandon();
-                    }
-                    arrival.arrive();
-                    let commit = gate.decide();
-                    match loaded {
-                        Ok(Some(rows)) if commit => {
-                            client
-                                .batch_execute("COMMIT")
-                                .map_err(|e| pg_err(target, &d.name, e))?;
-                            Ok(Some(rows))
-                        }
-                        Ok(_) => {
-                            // Rolled back when the connection closes, too.
-                            let _ = client.batch_execute("ROLLBACK");
-                            Ok(None)
-                        }
-                        Err(e) => Err(e),
-                    }
-                })
+                s.spawn(move || load_share(client, queue, gate, target, &d.name, c))
             })
             .collect();
         drop(queue);
@@ -312,6 +267,69 @@ pub fn copy_table_data(
             c.name()
         )))
     })
+}
+
+/// One connection's part of [`copy_table_data`]: COPY the batches it takes
+/// from `queue` inside a transaction, then commit or roll back as `gate`
+/// decides once every connection is in. `None` when rolled back.
+fn load_share(
+    mut client: postgres::Client,
+    queue: crossbeam_channel::Receiver<Vec<u8>>,
+    gate: &Gate,
+    target: &Target,
+    db: &str,
+    c: &DirectCopy,
+) -> Result<Option<u64>> {
+    let mut arrival = Arrival {
+        gate,
+        arrived: false,
+    };
+    let loaded = (|| {
+        client
+            .batch_execute("BEGIN READ WRITE")
+            .map_err(|e| pg_err(target, db, e))?;
+        let mut copy = client
+            .copy_in(c.copy.as_str())
+            .map_err(|e| pg_err(target, db, e))?;
+        for batch in queue {
+            copy.write_all(&batch)
+                .map_err(|e| copy_failed(target, db, c, e))?;
+        }
+        if gate.abandoned() {
+            // Dropped unfinished, the COPY is aborted.
+            return Ok(None);
+        }
+        copy.finish().map(Some).map_err(|e| pg_err(target, db, e))
+    })();
+    if loaded.is_err() {
+        gate.abandon();
+    }
+    arrival.arrive();
+    let commit = gate.decide();
+    match loaded {
+        Ok(Some(rows)) if commit => {
+            client
+                .batch_execute("COMMIT")
+                .map_err(|e| pg_err(target, db, e))?;
+            Ok(Some(rows))
+        }
+        Ok(_) => {
+            // Rolled back when the connection closes, too.
+            let _ = client.batch_execute("ROLLBACK");
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// A failed write to a COPY: it carries the server's error, which is what
+/// to report.
+fn copy_failed(target: &Target, db: &str, c: &DirectCopy, e: std::io::Error) -> Error {
+    match e.into_inner().map(|i| i.downcast::<postgres::Error>()) {
+        Some(Ok(pg)) => pg_err(target, db, *pg),
+        Some(Err(other)) => Error::failure(format!("loading {}: {other}", c.name())),
+        None => Error::failure(format!("loading {}", c.name())),
+    }
 }
 
 /// Read block `c` from `data` (positioned at its start) and send its rows

@@ -836,8 +836,8 @@ pub struct DatabaseLoad {
     pub database: String,
     pub load: Load,
     /// pg_restore jobs (for `streamed-data`: those building indexes and
-    /// constraints, and the connections loading the copied table, at most
-    /// [`super::pg_copy::MAX_CONNECTIONS`]).
+    /// constraints; the copied table is loaded on as many connections, up
+    /// to [`super::pg_copy::MAX_CONNECTIONS`]).
     pub jobs: usize,
     /// For `streamed-data`: the table (`schema.name`) whose data cairn
     /// loaded with its own COPY, on `jobs` connections at once.
@@ -1513,39 +1513,38 @@ fn restore_streamed_data(
     let what = format!("pg_restore of {}", d.name);
     let mut loaded: Vec<&TableSum> = d.tables.iter().filter(|t| t.kind == "table").collect();
     let mut copied = None;
-    match &plan.direct {
-        Some(c) => {
-            let block = c.block.start..c.block.end;
-            feed_with(load, &what, |w| repo.copy_file_except(dump, block, w))?;
-            crate::interrupt::check()?;
-            let rows = super::pg_copy::copy_table_data(repo, target, d, dump, c, opts.jobs)
-                .map_err(|e| {
-                    e.with_hint(format!(
-                        "the schema of {} is restored, but the rows of {} may not all be; \
+    // pg_restore reads the dump without the block cairn loads itself.
+    let left_out = plan
+        .direct
+        .as_ref()
+        .map_or(0..0, |c| c.block.start..c.block.end);
+    feed_with(load, &what, |w| repo.copy_file_except(dump, left_out, w))?;
+    if let Some(c) = &plan.direct {
+        crate::interrupt::check()?;
+        let rows =
+            super::pg_copy::copy_table_data(repo, target, d, dump, c, opts.jobs).map_err(|e| {
+                e.with_hint(format!(
+                    "the schema of {} is restored, but the rows of {} may not all be; \
                      restore it again with --clean",
-                        d.name,
-                        c.name()
-                    ))
-                })?;
-            // The server's own count of the rows it took, in a table this
-            // restore created empty (no triggers or rules yet): the same
-            // proof as a count(*), without scanning it again while the
-            // primary key waits for its lock.
-            if opts.proof == Proof::Counts {
-                loaded.retain(|t| !(t.schema == c.schema && t.name == c.table));
-                copied = Some(TableSum {
-                    schema: c.schema.clone(),
-                    name: c.table.clone(),
-                    kind: "table".into(),
-                    rows,
-                    checksum: String::new(),
-                    method: "copy-count".into(),
-                    columns: None,
-                });
-            }
-        }
-        None => {
-            feed_with(load, &what, |w| repo.copy_file(dump, w))?;
+                    d.name,
+                    c.name()
+                ))
+            })?;
+        // The server's own count of the rows it took, in a table this
+        // restore created empty (no triggers or rules yet): the same
+        // proof as a count(*), without scanning it again while the
+        // primary key waits for its lock.
+        if opts.proof == Proof::Counts {
+            loaded.retain(|t| !(t.schema == c.schema && t.name == c.table));
+            copied = Some(TableSum {
+                schema: c.schema.clone(),
+                name: c.table.clone(),
+                kind: "table".into(),
+                rows,
+                checksum: String::new(),
+                method: "copy-count".into(),
+                columns: None,
+            });
         }
     }
     tracing::info!(
