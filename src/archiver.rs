@@ -520,32 +520,57 @@ fn seal_frames(
     }
 }
 
-/// The zstd level for frames whose predecessor compressed poorly.
+/// The zstd level for frames whose predecessor compressed extremely well.
 const FAST_LEVEL: i32 = 1;
+
+/// What the last frame a [`Sealer`] compressed was like, which decides how
+/// it treats the next one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Class {
+    /// Between 3:2 and 8:1: the next frame at the repository's level.
+    Normal,
+    /// More than 8:1: mostly long repeats, which every level finds; the next
+    /// frame at [`FAST_LEVEL`].
+    Redundant,
+    /// Less than 3:2: the next frame is probed (see [`Sealer::probe_is_poor`])
+    /// and stored uncompressed when the probe compresses as little.
+    Poor,
+}
+
+/// A probe takes this many evenly spaced slices of a frame ...
+const PROBE_SLICES: usize = 4;
+/// ... of this many bytes each, and compresses them together at [`FAST_LEVEL`].
+const PROBE_SLICE: usize = 8 << 10;
 
 /// Compresses (when it pays: at least 1/32 smaller) and encrypts frames.
 ///
-/// Frames are compressed at the repository's level, except after a frame
-/// that compressed less than 3:2: there the data has few repeated strings
-/// (random text, base64, already-compressed media) and what zstd gains comes
-/// from entropy-coding the literals, which every level does alike; the
-/// higher levels only search longer for matches that are not there. On
-/// 1 KiB random-character Kafka records level 3 ran at 182 MB/s and level 1
-/// at 384 MB/s for the same size (1.345 vs 1.340:1, `zstd -b1 -e3 -B512K`);
-/// see spec/repository.md "Compression". A frame that compressed more than
-/// 8:1 also sends the next one to the fast level: such data is mostly long
-/// repeats, which every level finds. On a PostgreSQL base backup (800 MiB
-/// of pgbench tables, ~20:1) level 1 for every frame stored 37.2 MB where
-/// level 3 stored 38.0 MB; with this rule, 37.6 MB and ~10% less CPU. A
-/// frame that compresses between 3:2 and 8:1 at the fast level brings the
-/// next one back to the repository's level.
+/// Frames are compressed at the repository's level, with two exceptions
+/// that depend on how the last frame this sealer compressed did (see
+/// spec/repository.md "Compression"):
+///
+/// - After one that compressed more than 8:1, the next is compressed at
+///   level 1. Such data is mostly long repeats, which every level finds: on a
+///   PostgreSQL base backup (800 MiB of pgbench tables, ~20:1) level 1 for
+///   every frame stored 37.2 MB where level 3 stored 38.0 MB, with ~10% less
+///   CPU.
+/// - After one that compressed less than 3:2 (random text, base64, media that
+///   is compressed already), the next is first **probed**: four 8 KiB slices
+///   spread over it are compressed together at level 1. When they too come
+///   out under 3:2, the frame is stored uncompressed. Such data has no
+///   repeated strings; what zstd gains on it comes from entropy-coding the
+///   literals alone, at about 4 ns a byte to write and 2 to read back, every
+///   time it is read. On 1 KiB records of random characters from 64 (the Kafka
+///   benchmark's) that is 1.34:1 for a third of a backup's CPU and half of the
+///   check that follows it. A probe costs a sixteenth of compressing the frame,
+///   and a frame of other data whose slices compress is compressed whole.
 pub struct Sealer<'a> {
     repo: &'a Repository,
     normal: zstd::bulk::Compressor<'static>,
     /// At FAST_LEVEL, or the repository's level when that is lower.
     fast: zstd::bulk::Compressor<'static>,
-    /// The last frame compressed less than 3:2 or more than 8:1.
-    last_fast: bool,
+    last: Class,
+    /// Where a probe's slices are gathered.
+    sample: Vec<u8>,
 }
 
 impl<'a> Sealer<'a> {
@@ -558,15 +583,16 @@ impl<'a> Sealer<'a> {
             repo,
             normal: make(level)?,
             fast: make(level.min(FAST_LEVEL))?,
-            last_fast: false,
+            last: Class::Normal,
+            sample: Vec::new(),
         })
     }
 
-    /// The zstd level the next frame will be compressed at.
+    /// The zstd level the next frame will be compressed at, if it is.
     #[cfg(test)]
     fn next_level(&self) -> i32 {
         let level = self.repo.config.zstd_level;
-        if self.last_fast {
+        if self.last == Class::Redundant {
             level.min(FAST_LEVEL)
         } else {
             level
@@ -579,18 +605,38 @@ impl<'a> Sealer<'a> {
         self.seal_compressed(data, compressed)
     }
 
-    /// `data` compressed at the level the last frame's ratio calls for.
-    fn compress(&mut self, data: &[u8]) -> std::io::Result<Vec<u8>> {
-        let compressor = if self.last_fast {
-            &mut self.fast
-        } else {
-            &mut self.normal
+    /// `data` compressed as the last frame's ratio calls for; `None` when a
+    /// probe says it would compress less than 3:2.
+    fn compress(&mut self, data: &[u8]) -> Option<std::io::Result<Vec<u8>>> {
+        if self.last == Class::Poor && self.probe_is_poor(data) {
+            return None;
+        }
+        let compressor = match self.last {
+            Class::Redundant => &mut self.fast,
+            Class::Normal | Class::Poor => &mut self.normal,
         };
         let compressed = compressor.compress(data);
         let size = compressed.as_ref().map_or(data.len(), Vec::len);
-        self.last_fast = size.saturating_mul(3) > data.len().saturating_mul(2)
-            || size.saturating_mul(8) < data.len();
-        compressed
+        self.last = classify(size, data.len());
+        Some(compressed)
+    }
+
+    /// Whether evenly spaced slices of `data`, compressed together at the
+    /// fast level, come out under 3:2. Frames too small to sample are not.
+    fn probe_is_poor(&mut self, data: &[u8]) -> bool {
+        if data.len() < 2 * PROBE_SLICES * PROBE_SLICE {
+            return false;
+        }
+        let step = data.len() / PROBE_SLICES;
+        self.sample.clear();
+        for i in 0..PROBE_SLICES {
+            self.sample
+                .extend_from_slice(&data[i * step..i * step + PROBE_SLICE]);
+        }
+        match self.fast.compress(&self.sample) {
+            Ok(c) => classify(c.len(), self.sample.len()) == Class::Poor,
+            Err(_) => false,
+        }
     }
 
     /// Seal `data` as `compressed` when that pays (at least 1/32 smaller),
@@ -598,10 +644,10 @@ impl<'a> Sealer<'a> {
     fn seal_compressed(
         &self,
         data: &[u8],
-        compressed: std::io::Result<Vec<u8>>,
+        compressed: Option<std::io::Result<Vec<u8>>>,
     ) -> Result<(Vec<u8>, Compression)> {
         match compressed {
-            Ok(c) if c.len() < data.len() - data.len() / 32 => {
+            Some(Ok(c)) if c.len() < data.len() - data.len() / 32 => {
                 Ok((self.repo.key.encrypt(&c)?, Compression::Zstd))
             }
             _ => Ok((self.repo.key.encrypt(data)?, Compression::None)),
@@ -617,13 +663,25 @@ impl<'a> Sealer<'a> {
         let delta = crate::repository::compress_with_prefix(data, prefix, level)
             .map_err(|e| Error::failure(format!("zstd: {e}")))?;
         let compressed = self.compress(data);
-        let plain = compressed
-            .as_ref()
-            .map_or(data.len(), |c| c.len().min(data.len()));
+        let plain = match &compressed {
+            Some(Ok(c)) => c.len().min(data.len()),
+            _ => data.len(),
+        };
         if delta.len() < plain - plain / 32 {
             return Ok((self.repo.key.encrypt(&delta)?, Compression::ZstdDelta));
         }
         self.seal_compressed(data, compressed)
+    }
+}
+
+/// How a frame of `raw` bytes that compressed to `size` did.
+fn classify(size: usize, raw: usize) -> Class {
+    if size.saturating_mul(3) > raw.saturating_mul(2) {
+        Class::Poor
+    } else if size.saturating_mul(8) < raw {
+        Class::Redundant
+    } else {
+        Class::Normal
     }
 }
 
@@ -1155,11 +1213,12 @@ mod tests {
             .collect()
     }
 
-    /// Frames after one that compressed poorly, or extremely well, are
-    /// compressed at the fast level until one compresses moderately again;
-    /// all decode to their input.
+    /// Frames after one that compressed poorly are probed, and stored as
+    /// they are when the probe compresses as poorly; frames after one that
+    /// compressed extremely well are compressed at the fast level; all
+    /// decode to their input.
     #[test]
-    fn sealer_speeds_up_after_frames_that_compress_poorly_or_extremely_well() {
+    fn sealer_stores_poor_data_raw_after_a_probe_and_speeds_up_on_redundant_data() {
         let dir = tempfile::tempdir().unwrap();
         let repo = repo(dir.path());
         assert_eq!(repo.config.zstd_level, 3);
@@ -1169,12 +1228,24 @@ mod tests {
             .map(|b| b'0' + (b & 0x3f))
             .collect();
         let text = data(9, 512 * 1024, true);
+        // A quarter of random bytes, then table rows: the probe's first
+        // slice sees the one, the others the rows.
+        let mut mixed = data(13, 128 * 1024, false);
+        mixed.extend_from_slice(&rows((0..5000).map(|i| (i, i as i64 * 7)))[..384 * 1024]);
         let mut sealer = Sealer::new(&repo).unwrap();
-        let mut levels = Vec::new();
-        for frame in [&text, &random_text, &random_text, &text, &text] {
-            levels.push(sealer.next_level());
+        let mut seen = Vec::new();
+        for frame in [
+            &text,
+            &random_text,
+            &random_text,
+            &random_text,
+            &text,
+            &random_text,
+            &mixed,
+        ] {
+            let level = sealer.next_level();
             let (ct, compression) = sealer.seal(frame).unwrap();
-            assert_eq!(compression, Compression::Zstd);
+            seen.push((level, compression));
             let f = FileRef::new(FileKind::Pack, "test".to_string());
             let plain = crate::repository::decode_frame_bytes(
                 &repo.key,
@@ -1188,17 +1259,21 @@ mod tests {
             .unwrap();
             assert!(plain == *frame);
         }
-        assert_eq!(levels, vec![3, 3, FAST_LEVEL, FAST_LEVEL, 3]);
-        // Random bytes do not compress: stored as they are, and the next
-        // frame is compressed fast.
-        let (_, compression) = sealer.seal(&data(11, 512 * 1024, false)).unwrap();
-        assert_eq!(compression, Compression::None);
-        assert_eq!(sealer.next_level(), FAST_LEVEL);
-        // Text brings the level back; rows that are mostly blanks (far
-        // over 8:1) send the next frame to the fast level, and text after
-        // it back to the repository's.
-        sealer.seal(&text).unwrap();
-        assert_eq!(sealer.next_level(), 3);
+        use Compression::{None as Raw, Zstd};
+        assert_eq!(
+            seen,
+            vec![
+                (3, Zstd), // text
+                (3, Zstd), // the first random text is compressed (1.33:1) ...
+                (3, Raw),  // ... the next ones are probed and stored as they are
+                (3, Raw),
+                (3, Zstd), // text is probed, found to compress, and compressed
+                (3, Zstd),
+                (3, Zstd), // poor data, then rows in the same frame: compressed
+            ]
+        );
+        // Rows that are mostly blanks (far over 8:1) send the next frame to
+        // the fast level, and text after it back to the repository's.
         let blank_rows = rows((0..5000).map(|i| (i, 0)));
         let (ct, _) = sealer.seal(&blank_rows).unwrap();
         assert!(
@@ -1210,9 +1285,15 @@ mod tests {
         assert_eq!(sealer.next_level(), FAST_LEVEL);
         sealer.seal(&text).unwrap();
         assert_eq!(sealer.next_level(), 3);
+        // Random bytes: compressing does not pay, so they are stored as they
+        // are, and so is the next such frame, without compressing it.
+        for _ in 0..2 {
+            let (_, compression) = sealer.seal(&data(11, 512 * 1024, false)).unwrap();
+            assert_eq!(compression, Raw);
+        }
+        assert_eq!(sealer.last, Class::Poor);
     }
 
-    /// pgbench-like rows: `aid`, `bid`, `abalance`, 84 blanks.
     fn rows(rows: impl Iterator<Item = (u64, i64)>) -> Vec<u8> {
         let mut out = Vec::new();
         for (aid, balance) in rows {
