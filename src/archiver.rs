@@ -9,7 +9,7 @@
 use crate::backend::FileRef;
 use crate::chunk::{self, ChunkError};
 use crate::error::{Error, Result};
-use crate::index::IndexReader;
+use crate::index::{IndexReader, Location};
 use crate::interrupt;
 use crate::progress::Progress;
 use crate::repo::{
@@ -23,7 +23,8 @@ use std::io::Read;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Mutex;
+use std::sync::{Condvar, Mutex};
+use std::time::Duration;
 
 /// Counts kept while chunks flow through the packer.
 #[derive(Clone, Debug, Default)]
@@ -42,11 +43,14 @@ pub struct Stored {
 }
 
 struct FrameJob {
+    /// Frames are numbered in the order the packer sends them.
+    seq: u64,
     data: Vec<u8>,
     chunks: Vec<ChunkEntry>,
 }
 
 struct SealedFrame {
+    seq: u64,
     ciphertext: Vec<u8>,
     raw_length: u32,
     compression: Compression,
@@ -166,6 +170,84 @@ impl AnchorMap {
     }
 }
 
+/// Where the chunks this run stores are, published as each pack is written,
+/// so a source can read back what it stored before the run's index is: the
+/// Kafka check reads each partition back while the next one is consumed.
+/// Only chunks stored while someone [`watch`](Self::watch)es are kept, and a
+/// reader [`forget`](Self::forget)s them once read, so memory stays bounded.
+#[derive(Default)]
+pub struct StoredChunks {
+    state: Mutex<WatchedChunks>,
+    stored: Condvar,
+}
+
+#[derive(Default)]
+struct WatchedChunks {
+    watching: bool,
+    at: HashMap<Id, Location>,
+}
+
+impl StoredChunks {
+    /// Start (or stop) keeping the locations of stored chunks.
+    pub fn watch(&self, on: bool) {
+        if let Ok(mut s) = self.state.lock() {
+            s.watching = on;
+            if !on {
+                s.at = HashMap::new();
+            }
+        }
+    }
+
+    /// A pack is written: its chunks can be read.
+    fn add(&self, pack: &PackEntry) {
+        if let Ok(mut s) = self.state.lock() {
+            if s.watching {
+                s.at.extend(crate::index::pack_locations(pack));
+                self.stored.notify_all();
+            }
+        }
+    }
+
+    /// Drop the locations of `ids`.
+    pub fn forget(&self, ids: &[Id]) {
+        if let Ok(mut s) = self.state.lock() {
+            for id in ids {
+                s.at.remove(id);
+            }
+        }
+    }
+
+    /// Where chunk `id` is: in a pack this run has written, or else in
+    /// `index`; waits while it is still on its way into a pack. `None`
+    /// once `stop` is set while it is not written yet.
+    pub fn locate(
+        &self,
+        id: &Id,
+        index: &IndexReader,
+        stop: &AtomicBool,
+    ) -> Result<Option<Location>> {
+        if let Some(l) = index.get(id)? {
+            return Ok(Some(l));
+        }
+        let poisoned = || Error::failure("a pack writer panicked");
+        let mut state = self.state.lock().map_err(|_| poisoned())?;
+        loop {
+            if let Some(l) = state.at.get(id) {
+                return Ok(Some(l.clone()));
+            }
+            if stop.load(Ordering::SeqCst) {
+                return Ok(None);
+            }
+            // Setting `stop` does not signal: look again now and then.
+            state = self
+                .stored
+                .wait_timeout(state, Duration::from_millis(20))
+                .map_err(|_| poisoned())?
+                .0;
+        }
+    }
+}
+
 /// Accepts chunks from the calling thread; see the module docs.
 pub struct Packer<'a> {
     repo: &'a Repository,
@@ -177,13 +259,28 @@ pub struct Packer<'a> {
     frame_data: Vec<u8>,
     frame_chunks: Vec<ChunkEntry>,
     jobs: Option<Sender<FrameJob>>,
+    /// Frames sent to the sealers so far.
+    frames_sent: u64,
+    /// Asks the pack writer to close its pack (see [`Packer::flush_packs`]).
+    flushes: Option<Sender<u64>>,
     failed: &'a Mutex<Option<Error>>,
+    stored_chunks: &'a StoredChunks,
     read_buffer: Vec<u8>,
     seed: u64,
     pub stats: PackerStats,
 }
 
-impl Packer<'_> {
+impl<'a> Packer<'a> {
+    /// The repository written to.
+    pub fn repo(&self) -> &'a Repository {
+        self.repo
+    }
+
+    /// Where this run's chunks are as their packs are written.
+    pub fn stored_chunks(&self) -> &'a StoredChunks {
+        self.stored_chunks
+    }
+
     /// Store a chunk unless the repository (or this run) already has it.
     pub fn add_chunk(&mut self, data: &[u8]) -> Result<Id> {
         interrupt::check()?;
@@ -351,6 +448,7 @@ impl Packer<'_> {
         }
         let cap = self.repo.config.frame_size as usize + self.chunking().max();
         let job = FrameJob {
+            seq: self.frames_sent,
             data: std::mem::replace(&mut self.frame_data, Vec::with_capacity(cap)),
             chunks: std::mem::take(&mut self.frame_chunks),
         };
@@ -362,7 +460,33 @@ impl Packer<'_> {
         if !sent {
             return Err(self.take_failure());
         }
+        self.frames_sent += 1;
         Ok(())
+    }
+
+    /// Have everything added so far written without waiting for more data:
+    /// the frame being filled goes to the sealers, and the pack writer
+    /// closes its pack as soon as every frame sent until now is in it (frames
+    /// sent after this call may be in it too). Returns at once; see
+    /// [`StoredChunks`] to wait for the packs. Each call can leave one pack
+    /// smaller than the configured size.
+    pub fn flush_packs(&mut self) -> Result<()> {
+        self.flush_frame()?;
+        let n = self.frames_sent;
+        let sent = self
+            .flushes
+            .as_ref()
+            .map(|f| f.send(n).is_ok())
+            .unwrap_or(false);
+        if !sent {
+            return Err(self.take_failure());
+        }
+        Ok(())
+    }
+
+    /// Whether storing has failed (the run then stops at the next frame).
+    pub fn has_failed(&self) -> bool {
+        self.failed.lock().map(|f| f.is_some()).unwrap_or(true)
     }
 
     fn take_failure(&self) -> Error {
@@ -395,6 +519,7 @@ pub fn with_packer<T>(
     let (frame_tx, frame_rx) = bounded::<SealedFrame>(workers * 2);
     let failed = Mutex::new(None);
     let abort = AtomicBool::new(false);
+    let stored_chunks = StoredChunks::default();
     std::thread::scope(|s| {
         for _ in 0..workers {
             let (rx, tx) = (job_rx.clone(), frame_tx.clone());
@@ -405,24 +530,26 @@ pub fn with_packer<T>(
         drop(job_rx);
         // Finished packs are stored by two uploader threads, so assembling the
         // next pack overlaps with writing (and fsyncing, or uploading) the last.
-        let (upload_tx, upload_rx) = bounded::<(Id, Vec<u8>)>(0);
+        let (upload_tx, upload_rx) = bounded::<Upload>(0);
         let mut uploaders = Vec::new();
         for _ in 0..2 {
-            let (rx, failed) = (upload_rx.clone(), &failed);
+            let (rx, failed, published) = (upload_rx.clone(), &failed, &stored_chunks);
             uploaders.push(s.spawn(move || {
-                for (id, bytes) in rx {
+                for (pack, bytes) in rx {
                     if let Err(e) = repo
                         .backend
-                        .write(&FileRef::new(FileKind::Pack, id.to_hex()), &bytes)
+                        .write(&FileRef::new(FileKind::Pack, pack.id.to_hex()), &bytes)
                     {
                         record_failure(failed, e);
                         break; // the writer's next send fails and the run stops
                     }
+                    published.add(&pack);
                 }
             }));
         }
         drop(upload_rx);
-        let writer = s.spawn(|| write_packs(repo, frame_rx, upload_tx, &failed, &abort));
+        let (flush_tx, flush_rx) = crossbeam_channel::unbounded::<u64>();
+        let writer = s.spawn(|| write_packs(repo, frame_rx, flush_rx, upload_tx, &failed, &abort));
         let mut packer = Packer {
             repo,
             index: match repo.cache.reader() {
@@ -435,7 +562,10 @@ pub fn with_packer<T>(
             frame_data: Vec::new(),
             frame_chunks: Vec::new(),
             jobs: Some(job_tx),
+            frames_sent: 0,
+            flushes: Some(flush_tx),
             failed: &failed,
+            stored_chunks: &stored_chunks,
             read_buffer: Vec::new(),
             seed: repo.key.chunker_seed(),
             stats: PackerStats::default(),
@@ -509,6 +639,7 @@ fn seal_frames(
             "sealed frame"
         );
         let sealed = SealedFrame {
+            seq: job.seq,
             ciphertext,
             raw_length: job.data.len() as u32,
             compression,
@@ -685,23 +816,60 @@ fn classify(size: usize, raw: usize) -> Class {
     }
 }
 
+/// Assemble sealed frames into packs as they come; on a flush request
+/// (frame number N, from [`Packer::flush_packs`]), close the pack once
+/// frames 0..N are all in, whatever order the sealers finish them in.
 fn write_packs(
     repo: &Repository,
     frames: Receiver<SealedFrame>,
-    uploads: Sender<(Id, Vec<u8>)>,
+    requests: Receiver<u64>,
+    uploads: Sender<Upload>,
     failed: &Mutex<Option<Error>>,
     abort: &AtomicBool,
 ) -> Stored {
+    enum Event {
+        Frame(SealedFrame),
+        Flush(u64),
+        NoMoreFlushes,
+        Done,
+    }
     let mut builder = PackBuilder::new(repo);
     builder.uploads = Some(uploads);
     let mut ok = true;
-    for f in frames {
-        if !ok {
-            continue; // drain so the workers can finish
+    let mut arrived = Arrived::default();
+    let mut flush_at: Option<u64> = None;
+    let mut requests = Some(requests);
+    loop {
+        let event = match &requests {
+            Some(r) => crossbeam_channel::select! {
+                recv(frames) -> f => f.map_or(Event::Done, Event::Frame),
+                recv(r) -> n => n.map_or(Event::NoMoreFlushes, Event::Flush),
+            },
+            None => frames.recv().map_or(Event::Done, Event::Frame),
+        };
+        match event {
+            Event::Done => break,
+            Event::NoMoreFlushes => requests = None,
+            Event::Flush(n) => flush_at = Some(n),
+            Event::Frame(f) => {
+                arrived.add(f.seq);
+                // After a failure, drain so the sealers can finish.
+                if ok {
+                    let added =
+                        builder.add_frame(&f.ciphertext, f.raw_length, f.compression, f.chunks);
+                    if let Err(e) = added {
+                        record_failure(failed, e);
+                        ok = false;
+                    }
+                }
+            }
         }
-        if let Err(e) = builder.add_frame(&f.ciphertext, f.raw_length, f.compression, f.chunks) {
-            record_failure(failed, e);
-            ok = false;
+        if ok && flush_at.is_some_and(|n| arrived.all_below(n)) {
+            flush_at = None;
+            if let Err(e) = builder.flush() {
+                record_failure(failed, e);
+                ok = false;
+            }
         }
     }
     if ok && !abort.load(Ordering::SeqCst) {
@@ -712,6 +880,31 @@ fn write_packs(
     builder.stored
 }
 
+/// Which frame numbers the pack writer has received.
+#[derive(Default)]
+struct Arrived {
+    /// Every frame below this has arrived.
+    below: u64,
+    /// Frames that arrived ahead of one still being sealed.
+    ahead: std::collections::BTreeSet<u64>,
+}
+
+impl Arrived {
+    fn add(&mut self, seq: u64) {
+        self.ahead.insert(seq);
+        while self.ahead.remove(&self.below) {
+            self.below += 1;
+        }
+    }
+
+    fn all_below(&self, n: u64) -> bool {
+        self.below >= n
+    }
+}
+
+/// A finished pack for an uploader: its entry and its bytes.
+type Upload = (PackEntry, Vec<u8>);
+
 /// Assembles sealed frames into packs of the configured size and stores them.
 pub struct PackBuilder<'a> {
     repo: &'a Repository,
@@ -719,7 +912,7 @@ pub struct PackBuilder<'a> {
     entries: Vec<FrameEntry>,
     /// When set, finished packs go to uploader threads instead of being
     /// written here (the caller joins them before writing any index).
-    uploads: Option<Sender<(Id, Vec<u8>)>>,
+    uploads: Option<Sender<Upload>>,
     pub stored: Stored,
 }
 
@@ -780,7 +973,12 @@ impl<'a> PackBuilder<'a> {
             Some(tx) => {
                 let cap = self.buf.capacity();
                 let bytes = std::mem::replace(&mut self.buf, Vec::with_capacity(cap));
-                tx.send((id, bytes))
+                let entry = PackEntry {
+                    id,
+                    size,
+                    frames: header.frames.clone(),
+                };
+                tx.send((entry, bytes))
                     .map_err(|_| Error::failure("the pack uploaders stopped"))?;
             }
             None => {
@@ -808,6 +1006,10 @@ pub struct SourceOutcome {
     pub dirs: u64,
     pub symlinks: u64,
     pub bytes_read: u64,
+    /// Nodes the source has already read back from the repository and
+    /// checked during the run (Kafka partitions), which the check before
+    /// the snapshot is saved need not read again.
+    pub verified: Vec<String>,
 }
 
 /// Store a node list; returns the chunk ids of the stored list.
@@ -986,6 +1188,7 @@ pub fn archive_files(
         dirs,
         symlinks,
         bytes_read: bytes,
+        verified: Vec::new(),
     })
 }
 
@@ -1154,6 +1357,7 @@ pub fn source_from_nodes(
         dirs: 0,
         symlinks: 0,
         bytes_read: size,
+        verified: Vec::new(),
     })
 }
 

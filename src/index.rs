@@ -9,7 +9,7 @@
 use crate::backend::{Backend, FileRef};
 use crate::crypto::MasterKey;
 use crate::error::{Error, Result};
-use crate::repo::{Compression, FileKind, Id, IndexFile};
+use crate::repo::{Compression, FileKind, Id, IndexFile, PackEntry};
 use redb::{ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -90,23 +90,26 @@ impl Location {
 
 /// All chunk locations of an index file, in file order.
 pub fn locations(file: &IndexFile) -> impl Iterator<Item = (Id, Location)> + '_ {
-    file.packs.iter().flat_map(|p| {
-        p.frames.iter().flat_map(move |f| {
-            f.chunks.iter().map(move |c| {
-                (
-                    c.id,
-                    Location {
-                        pack: p.id,
-                        frame_offset: f.offset,
-                        frame_length: f.length,
-                        raw_length: f.raw_length,
-                        compression: f.compression,
-                        offset: c.offset,
-                        length: c.length,
-                        base: c.base,
-                    },
-                )
-            })
+    file.packs.iter().flat_map(pack_locations)
+}
+
+/// The locations of the chunks of one pack, in pack order.
+pub fn pack_locations(p: &PackEntry) -> impl Iterator<Item = (Id, Location)> + '_ {
+    p.frames.iter().flat_map(move |f| {
+        f.chunks.iter().map(move |c| {
+            (
+                c.id,
+                Location {
+                    pack: p.id,
+                    frame_offset: f.offset,
+                    frame_length: f.length,
+                    raw_length: f.raw_length,
+                    compression: f.compression,
+                    offset: c.offset,
+                    length: c.length,
+                    base: c.base,
+                },
+            )
         })
     })
 }

@@ -153,8 +153,9 @@ pub fn run(repo: &Repository, sources: &[NamedSource], opts: &JobOptions) -> Res
         paths.extend(s.spec.shown()?);
     }
     with_lock(repo, false, "snapshot", || {
-        let ((records, reports, totals), stored, stats) = with_packer(repo, |p| {
+        let ((records, reports, totals, verified), stored, stats) = with_packer(repo, |p| {
             let mut records = Vec::new();
+            let mut verified = crate::source::Verified::new();
             let mut reports = Vec::new();
             let mut totals = (0u64, 0u64, 0u64, 0u64); // files, dirs, symlinks, bytes read
             for s in sources {
@@ -179,6 +180,7 @@ pub fn run(repo: &Repository, sources: &[NamedSource], opts: &JobOptions) -> Res
                             bytes_new,
                             duration_ms: ms,
                         });
+                        verified.extend(o.verified.into_iter().map(|n| (s.name.clone(), n)));
                         records.push(o.record);
                     }
                     Err(e) if e.kind() == Kind::Interrupted => return Err(e),
@@ -207,7 +209,7 @@ pub fn run(repo: &Repository, sources: &[NamedSource], opts: &JobOptions) -> Res
                     }
                 }
             }
-            Ok((records, reports, totals))
+            Ok((records, reports, totals, verified))
         })?;
         if records.iter().all(|r| r.status == SourceStatus::Failed) {
             let first = reports
@@ -240,7 +242,7 @@ pub fn run(repo: &Repository, sources: &[NamedSource], opts: &JobOptions) -> Res
             program: format!("cairn {}", env!("CARGO_PKG_VERSION")),
         };
         snapshot.summary.duration_ms = started.elapsed().as_millis() as u64;
-        let id = commit(repo, stored.packs, &mut snapshot)?;
+        let id = commit(repo, stored.packs, &mut snapshot, &verified)?;
         Ok(JobReport {
             id,
             snapshot,
@@ -250,15 +252,18 @@ pub fn run(repo: &Repository, sources: &[NamedSource], opts: &JobOptions) -> Res
 }
 
 /// Store the index for the packs written, check the sources on what was
-/// stored, then store the snapshot manifest — in that order, so a snapshot
-/// is only ever saved over data that is in the repository and proven.
+/// stored (but the nodes in `verified`, which their source already read
+/// back during the run), then store the snapshot manifest — in that order,
+/// so a snapshot is only ever saved over data that is in the repository and
+/// proven.
 pub fn commit(
     repo: &Repository,
     packs: Vec<crate::repo::PackEntry>,
     snapshot: &mut Snapshot,
+    verified: &crate::source::Verified,
 ) -> Result<crate::repo::Id> {
     snapshot.summary.bytes_added += commit_index(repo, packs)?;
-    crate::source::verify_stored(repo, &snapshot.sources)
+    crate::source::verify_stored(repo, &snapshot.sources, verified)
         .map_err(|e| e.context("checking the stored data failed; no snapshot was saved"))?;
     repo.write_sealed(crate::repo::FileKind::Snapshot, snapshot)
 }

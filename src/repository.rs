@@ -669,7 +669,14 @@ impl Repository {
         self.file_reader(node, Locations::Known(located))
     }
 
-    fn file_reader<'a>(&'a self, node: &Node, locations: Locations) -> Result<FileReader<'a>> {
+    /// [`open_file`](Self::open_file) taking each chunk's location from
+    /// `lookup`, as the reader reaches it: a backup that reads back what it
+    /// is storing finds chunks in packs the index does not list yet.
+    pub fn open_file_with<'a>(&'a self, node: &Node, lookup: Lookup<'a>) -> Result<FileReader<'a>> {
+        self.file_reader(node, Locations::Lookup(lookup))
+    }
+
+    fn file_reader<'a>(&'a self, node: &Node, locations: Locations<'a>) -> Result<FileReader<'a>> {
         Ok(FileReader {
             repo: self,
             locations,
@@ -933,6 +940,9 @@ pub fn local_key_files(backend: &dyn Backend) -> Result<Vec<(Id, KeyFile)>> {
     Ok(out)
 }
 
+/// Where a chunk is, for [`Repository::open_file_with`].
+pub type Lookup<'a> = &'a dyn Fn(&Id) -> Result<Location>;
+
 /// Sequential reader over a stored file; see [`Repository::open_file`].
 ///
 /// It keeps the frame of its current chunk itself (a file's chunks mostly
@@ -942,7 +952,7 @@ pub fn local_key_files(backend: &dyn Backend) -> Result<Vec<(Id, KeyFile)>> {
 /// frame to the caller.
 pub struct FileReader<'a> {
     repo: &'a Repository,
-    locations: Locations,
+    locations: Locations<'a>,
     /// Check every chunk against its id (see [`FileReader::digest_checked_by_caller`]).
     check_ids: bool,
     ids: Vec<Id>,
@@ -954,10 +964,12 @@ pub struct FileReader<'a> {
 }
 
 /// Where a [`FileReader`] finds its chunks.
-enum Locations {
+enum Locations<'a> {
     Index(Box<crate::index::IndexReader>),
     /// Looked up already (by [`crate::restorer::verify_before_restore`]).
     Known(Arc<HashMap<Id, Location>>),
+    /// Looked up by the caller, chunk by chunk.
+    Lookup(Lookup<'a>),
 }
 
 impl FileReader<'_> {
@@ -981,6 +993,7 @@ impl FileReader<'_> {
                     id.short()
                 ))
             }),
+            Locations::Lookup(f) => f(id),
             Locations::Index(index) => index.get(id)?.ok_or_else(|| {
                 Error::integrity(format!("chunk {} is not in the index", id.short()))
             }),

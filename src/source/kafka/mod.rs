@@ -13,26 +13,34 @@ pub use backup::{archive_kafka, BackupOptions};
 pub use client::{KafkaOptions, RetryPolicy};
 pub use restore::{restore_kafka, ConfigChoice, RestoreOptions, RestoreReport};
 
-use crate::archiver::Observed;
+use crate::archiver::{Observed, StoredChunks};
 use crate::error::{Error, Result};
+use crate::index::Location;
 use crate::repo::kafka::{KafkaMeta, PartitionMeta, RecordReader};
-use crate::repo::{Node, SourceRecord};
+use crate::repo::{Id, Node, SourceRecord};
 use crate::repository::Repository;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
 /// After a backup: read every partition back from the repository and
-/// compare its record count, offsets and digest with what was consumed.
-/// Partitions are read back side by side, one thread per core: decrypting,
-/// decompressing and hashing them is CPU work.
-pub fn verify_stored(repo: &Repository, source: &SourceRecord) -> Result<()> {
+/// compare its record count, offsets and digest with what was consumed,
+/// but those `checked` already (by [`verify_while_reading`], given the node
+/// path). Partitions are read back side by side, one thread per core:
+/// decrypting, decompressing and hashing them is CPU work.
+pub fn verify_stored(
+    repo: &Repository,
+    source: &SourceRecord,
+    checked: impl Fn(&str) -> bool,
+) -> Result<()> {
     let meta: KafkaMeta = serde_json::from_value(source.metadata.clone())
         .map_err(|e| Error::failure(format!("Kafka metadata of {:?}: {e}", source.name)))?;
     let nodes = repo.read_tree(source)?;
     let mut jobs = Vec::new();
     for t in &meta.topics {
         for p in &t.partitions {
-            let Some(path) = &p.node else { continue };
+            let Some(path) = p.node.as_ref().filter(|n| !checked(n)) else {
+                continue;
+            };
             let node = nodes.iter().find(|n| &n.path == path).ok_or_else(|| {
                 Error::integrity(format!("{path} is missing from the stored node list"))
             })?;
@@ -56,7 +64,7 @@ pub fn verify_stored(repo: &Repository, source: &SourceRecord) -> Result<()> {
                         else {
                             break;
                         };
-                        match verify_partition(repo, topic, p, node) {
+                        match verify_partition(repo, topic, p, node, None) {
                             Ok(n) => checked += n,
                             Err(e) => {
                                 failed.store(true, Ordering::Relaxed);
@@ -77,15 +85,74 @@ pub fn verify_stored(repo: &Repository, source: &SourceRecord) -> Result<()> {
             .collect::<Vec<Result<u64>>>()
     });
     let checked = counts.into_iter().sum::<Result<u64>>()?;
-    tracing::info!(source = %source.name, records = checked, "records verified in the repository");
+    if checked > 0 {
+        tracing::info!(source = %source.name, records = checked, "records verified in the repository");
+    }
     Ok(())
 }
 
-/// Read one stored partition back; its record count when everything matches.
-fn verify_partition(repo: &Repository, topic: &str, p: &PartitionMeta, node: &Node) -> Result<u64> {
+/// What a snapshot's partition is read back for while the next is consumed.
+pub struct Stored {
+    pub topic: String,
+    pub partition: PartitionMeta,
+    pub node: Node,
+}
+
+/// During a backup: read back and check each partition sent on
+/// `partitions`, chunk by chunk as each is written into a pack (see
+/// [`StoredChunks`]), while the backup goes on. Returns the node paths
+/// checked. Once `stop` is set it stops waiting for chunks, leaving the
+/// partition it is at and those after it to [`verify_stored`]. A mismatch is
+/// an error, as there.
+pub fn verify_while_reading(
+    repo: &Repository,
+    stored: &StoredChunks,
+    partitions: crossbeam_channel::Receiver<Stored>,
+    stop: &AtomicBool,
+) -> Result<Vec<String>> {
+    let index = repo.cache.reader()?;
+    let mut checked = Vec::new();
+    for s in partitions {
+        let gave_up = std::cell::Cell::new(false);
+        let lookup = |id: &Id| -> Result<Location> {
+            match stored.locate(id, &index, stop)? {
+                // A delta frame's base would need locating too; Kafka
+                // streams have none, and verify_stored can read one.
+                Some(l) if l.compression != crate::repo::Compression::ZstdDelta => Ok(l),
+                _ => {
+                    gave_up.set(true);
+                    Err(Error::failure("stopped waiting for the chunk to be stored"))
+                }
+            }
+        };
+        match verify_partition(repo, &s.topic, &s.partition, &s.node, Some(&lookup)) {
+            Ok(_) => {
+                stored.forget(&s.node.content);
+                checked.push(s.node.path);
+            }
+            Err(_) if gave_up.get() => break,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(checked)
+}
+
+/// Read one stored partition back (its chunks located by `lookup`, or else
+/// by the index); its record count when everything matches.
+fn verify_partition(
+    repo: &Repository,
+    topic: &str,
+    p: &PartitionMeta,
+    node: &Node,
+    lookup: Option<crate::repository::Lookup>,
+) -> Result<u64> {
     let mut hasher = blake3::Hasher::new();
+    let file = match lookup {
+        Some(f) => repo.open_file_with(node, f)?,
+        None => repo.open_file(node)?,
+    };
     let hashed = Observed {
-        inner: repo.open_file(node)?.digest_checked_by_caller(),
+        inner: file.digest_checked_by_caller(),
         observe: |b: &[u8]| {
             hasher.update(b);
         },
@@ -184,9 +251,96 @@ mod tests {
     fn stored_records_are_checked_against_what_was_consumed() {
         let dir = tempfile::tempdir().unwrap();
         let repo = crate::repository::test_repo(dir.path());
-        verify_stored(&repo, &stored(&repo, 100, 100)).unwrap();
-        let e = verify_stored(&repo, &stored(&repo, 100, 99)).unwrap_err();
+        verify_stored(&repo, &stored(&repo, 100, 100), |_| false).unwrap();
+        let e = verify_stored(&repo, &stored(&repo, 100, 99), |_| false).unwrap_err();
         assert_eq!(e.kind(), crate::error::Kind::Integrity);
         assert!(e.to_string().contains("has 100 records"), "{e}");
+    }
+
+    /// Records 0..n of one partition as the backup encodes them, and the
+    /// partition as consumed, claiming `claimed` records.
+    fn partition(n: i64, claimed: u64) -> (Vec<u8>, PartitionMeta) {
+        let mut bytes = Vec::new();
+        for o in 0..n {
+            let value = format!("value {o} {}", "x".repeat((o % 97) as usize));
+            encode_record(
+                &mut bytes,
+                o,
+                o,
+                TimestampType::CreateTime,
+                None,
+                Some(value.as_bytes()),
+                &[],
+            );
+        }
+        let p = PartitionMeta {
+            end: n,
+            node: Some("kafka/t/0".into()),
+            records: claimed,
+            bytes: bytes.len() as u64,
+            digest: blake3::hash(&bytes).to_hex().to_string(),
+            ..Default::default()
+        };
+        (bytes, p)
+    }
+
+    /// During a backup, a partition is checked once its packs are written:
+    /// the checker waits for them, fails on a mismatch, and once told to
+    /// stop leaves a partition whose packs are not written yet to the check
+    /// before the snapshot is saved.
+    #[test]
+    fn partitions_are_checked_once_their_packs_are_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = crate::repository::test_repo(dir.path());
+        let hidden = crate::progress::Progress::hidden();
+        // Random bytes, more than the frames and packs in flight can hold,
+        // push everything stored before them into written packs.
+        let filler: Vec<u8> = {
+            let mut x = 0x9E37_79B9_7F4A_7C15u64;
+            (0..3 * repo.config.pack_size as usize)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    x as u8
+                })
+                .collect()
+        };
+        let check = |claimed: u64, flush: bool, stop: bool| {
+            with_packer(&repo, |packer| {
+                let (bytes, p) = partition(5000, claimed);
+                let (ids, size) = packer
+                    .add_stream(&bytes[..], &hidden)
+                    .map_err(|_| Error::failure("store"))?;
+                let stored = packer.stored_chunks();
+                stored.watch(true);
+                if flush {
+                    packer
+                        .add_stream(&filler[..], &hidden)
+                        .map_err(|_| Error::failure("store"))?;
+                }
+                let (tx, rx) = crossbeam_channel::unbounded();
+                tx.send(Stored {
+                    topic: "t".into(),
+                    partition: p,
+                    node: Node::stream("kafka/t/0", size, ids),
+                })
+                .unwrap();
+                drop(tx);
+                let stop = AtomicBool::new(stop);
+                let checked = verify_while_reading(packer.repo(), stored, rx, &stop);
+                stored.watch(false);
+                checked
+            })
+            .map(|(checked, ..)| checked)
+        };
+        // The partition's packs are written only once the filler pushes
+        // them out: the checker waits for that, then checks.
+        assert_eq!(check(5000, true, false).unwrap(), vec!["kafka/t/0"]);
+        let e = check(4999, true, false).unwrap_err();
+        assert_eq!(e.kind(), crate::error::Kind::Integrity);
+        assert!(e.to_string().contains("has 5000 records"), "{e}");
+        // Told to stop, with the partition's packs unwritten: left alone.
+        assert!(check(4999, false, true).unwrap().is_empty());
     }
 }
