@@ -220,7 +220,7 @@ pub fn archive_kafka(
     Ok(outcome)
 }
 
-/// Read every partition of `topics` with `read`, and on another thread read
+/// Read every partition of `topics` with `read`, and on other threads read
 /// each one back from the repository and check it as its packs are written
 /// (the check after a backup, issue 4 §4, which costs decrypting and hashing
 /// everything again: the CPU a consumer leaves idle while it waits for
@@ -238,7 +238,19 @@ fn read_and_check(
     stored.watch(true);
     let (tx, rx) = crossbeam_channel::unbounded();
     let (read_all, checked) = std::thread::scope(|s| {
-        let checker = s.spawn(|| super::verify_while_reading(repo, stored, rx, &stop));
+        // One checker per core (at most 4), each taking the next partition:
+        // when reading ends, the partitions still being checked are
+        // finished side by side.
+        let threads = std::thread::available_parallelism()
+            .map_or(2, |n| n.get())
+            .clamp(1, 4);
+        let checkers: Vec<_> = (0..threads)
+            .map(|_| {
+                let (rx, stop) = (rx.clone(), &stop);
+                s.spawn(move || super::verify_while_reading(repo, stored, rx, stop))
+            })
+            .collect();
+        drop(rx);
         let read_all = (|| {
             for t in topics.iter_mut() {
                 let mut records = 0;
@@ -246,7 +258,7 @@ fn read_and_check(
                     if let Some(node) = read(packer, &t.name, p)? {
                         let partition = p.clone();
                         let topic = t.name.clone();
-                        // The checker ends early only on a mismatch, which it returns.
+                        // The checkers end early only on a mismatch, which they return.
                         let _ = tx.send(super::Stored {
                             topic,
                             partition,
@@ -265,7 +277,7 @@ fn read_and_check(
             // checker to read them back, unless storing fails meanwhile.
             match packer.flush_packs() {
                 Ok(()) => {
-                    while !checker.is_finished() && !packer.has_failed() {
+                    while !checkers.iter().all(|c| c.is_finished()) && !packer.has_failed() {
                         std::thread::sleep(Duration::from_millis(2));
                     }
                 }
@@ -273,9 +285,14 @@ fn read_and_check(
             }
         }
         stop.store(true, Ordering::SeqCst);
-        let checked = checker
-            .join()
-            .unwrap_or_else(|_| Err(Error::failure("the checking thread panicked")));
+        let checked = checkers
+            .into_iter()
+            .map(|c| {
+                c.join()
+                    .unwrap_or_else(|_| Err(Error::failure("a checking thread panicked")))
+            })
+            .collect::<Result<Vec<Vec<String>>>>()
+            .map(|v| v.concat());
         (read_all, checked)
     });
     stored.watch(false);
