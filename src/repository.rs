@@ -414,6 +414,17 @@ impl Repository {
         self.read_pack_range(&loc.pack, loc.frame_offset, loc.frame_length, buf)
     }
 
+    /// [`frame_ciphertext`](Self::frame_ciphertext) around the page cache
+    /// (see [`crate::backend::Backend::read_range_uncached_into`]).
+    fn frame_ciphertext_uncached(&self, loc: &Location, buf: &mut Vec<u8>) -> Result<()> {
+        if self.spooled_path(&loc.pack).is_some() {
+            return self.frame_ciphertext(loc, buf);
+        }
+        let f = FileRef::new(FileKind::Pack, loc.pack.to_hex());
+        self.backend
+            .read_range_uncached_into(&f, loc.frame_offset, loc.frame_length, buf)
+    }
+
     /// `length` bytes at `offset` of pack `pack` into `buf`: from the spool,
     /// else the backend.
     fn read_pack_range(
@@ -761,6 +772,8 @@ fn frame_name(file: &FileRef, offset: u64) -> String {
 /// Decodes frames one after another into buffers it keeps, so a long
 /// restore does not allocate (and fault in) fresh memory for every frame.
 pub struct FrameDecoder {
+    /// Read frames around the page cache.
+    uncached: bool,
     ciphertext: Vec<u8>,
     compressed: Vec<u8>,
     frame: Vec<u8>,
@@ -771,6 +784,7 @@ pub struct FrameDecoder {
 impl FrameDecoder {
     pub fn new() -> Result<FrameDecoder> {
         Ok(FrameDecoder {
+            uncached: false,
             ciphertext: Vec::new(),
             compressed: Vec::new(),
             frame: Vec::new(),
@@ -786,9 +800,11 @@ impl FrameDecoder {
         if self.key != Some(loc.frame_key()) {
             self.key = None;
             let mut ct = std::mem::take(&mut self.ciphertext);
-            let decoded = repo
-                .frame_ciphertext(loc, &mut ct)
-                .and_then(|_| self.decode_at(repo, &ct, loc));
+            let read = match self.uncached {
+                true => repo.frame_ciphertext_uncached(loc, &mut ct),
+                false => repo.frame_ciphertext(loc, &mut ct),
+            };
+            let decoded = read.and_then(|_| self.decode_at(repo, &ct, loc));
             self.ciphertext = ct;
             decoded?;
             self.key = Some(loc.frame_key());
@@ -981,6 +997,13 @@ impl FileReader<'_> {
     /// before the data was stored (spec/repository.md §3, "Reading").
     pub fn digest_checked_by_caller(mut self) -> Self {
         self.check_ids = false;
+        self
+    }
+
+    /// Read frames around the page cache: for packs just written around
+    /// it and read once (the Kafka check after a backup).
+    pub fn uncached(mut self) -> Self {
+        self.decoder.uncached = true;
         self
     }
 

@@ -78,6 +78,19 @@ pub trait Backend: Send + Sync {
         length: u32,
         buf: &mut Vec<u8>,
     ) -> Result<()>;
+    /// [`read_range_into`](Self::read_range_into) for data not worth keeping
+    /// in the page cache: the Kafka check reads back packs a backup has just
+    /// written around it. Local files are read with O_DIRECT where the file
+    /// system allows; elsewhere this is a plain ranged read.
+    fn read_range_uncached_into(
+        &self,
+        file: &FileRef,
+        offset: u64,
+        length: u32,
+        buf: &mut Vec<u8>,
+    ) -> Result<()> {
+        self.read_range_into(file, offset, length, buf)
+    }
     fn read_range(&self, file: &FileRef, offset: u64, length: u32) -> Result<Vec<u8>> {
         let mut buf = Vec::new();
         self.read_range_into(file, offset, length, &mut buf)?;
