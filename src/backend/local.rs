@@ -40,6 +40,20 @@ impl LocalBackend {
         }
     }
 
+    /// The error for a failed ranged read of `file`.
+    fn range_error(&self, file: &FileRef, offset: u64, length: u32, e: std::io::Error) -> Error {
+        match e.kind() {
+            std::io::ErrorKind::NotFound => self.not_found(file, e),
+            _ => Error::io(
+                format!(
+                    "reading {length} bytes at {offset} of {}",
+                    self.path(file).display()
+                ),
+                e,
+            ),
+        }
+    }
+
     fn not_found(&self, file: &FileRef, e: std::io::Error) -> Error {
         if e.kind() == std::io::ErrorKind::NotFound && file.kind == FileKind::Config {
             return Error::new(
@@ -82,18 +96,9 @@ thread_local! {
 /// 0.03 s with O_DIRECT (0.35 s wall either way, fsync included) — a fifth
 /// of all CPU in a 1 GB Kafka snapshot. See spec/repository.md "Writing packs".
 fn write_direct(path: &Path, file: &fs::File, data: &[u8]) -> std::io::Result<bool> {
-    use std::os::unix::fs::{FileExt, OpenOptionsExt};
-    let Some(o_direct) = O_DIRECT else {
+    use std::os::unix::fs::FileExt;
+    let Some(direct) = open_direct(path, fs::OpenOptions::new().write(true))? else {
         return Ok(false);
-    };
-    let direct = match fs::OpenOptions::new()
-        .write(true)
-        .custom_flags(o_direct)
-        .open(path)
-    {
-        Ok(f) => f,
-        Err(e) if is_unsupported(&e) => return Ok(false),
-        Err(e) => return Err(e),
     };
     let bulk = data.len() / DIRECT_ALIGN * DIRECT_ALIGN;
     let bulk_written =
@@ -151,6 +156,20 @@ const O_DIRECT: Option<libc::c_int> = Some(libc::O_DIRECT);
 /// Elsewhere (macOS has no O_DIRECT) packs are written through the cache.
 #[cfg(not(target_os = "linux"))]
 const O_DIRECT: Option<libc::c_int> = None;
+
+/// `path` opened as `options` say, with O_DIRECT; `None` where there is no
+/// O_DIRECT or the file system refuses it.
+fn open_direct(path: &Path, options: &mut fs::OpenOptions) -> std::io::Result<Option<fs::File>> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let Some(o_direct) = O_DIRECT else {
+        return Ok(None);
+    };
+    match options.custom_flags(o_direct).open(path) {
+        Ok(f) => Ok(Some(f)),
+        Err(e) if is_unsupported(&e) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
 
 /// Errors by which a file system refuses O_DIRECT.
 fn is_unsupported(e: &std::io::Error) -> bool {
@@ -248,14 +267,8 @@ impl Backend for LocalBackend {
         length: u32,
         buf: &mut Vec<u8>,
     ) -> Result<()> {
-        let path = self.path(file);
-        read_range_of(&path, offset, length, buf).map_err(|e| match e.kind() {
-            std::io::ErrorKind::NotFound => self.not_found(file, e),
-            _ => Error::io(
-                format!("reading {length} bytes at {offset} of {}", path.display()),
-                e,
-            ),
-        })
+        read_range_of(&self.path(file), offset, length, buf)
+            .map_err(|e| self.range_error(file, offset, length, e))
     }
 
     fn read_range_uncached_into(
@@ -265,15 +278,10 @@ impl Backend for LocalBackend {
         length: u32,
         buf: &mut Vec<u8>,
     ) -> Result<()> {
-        let path = self.path(file);
-        match read_range_direct(&path, offset, length, buf) {
+        match read_range_direct(&self.path(file), offset, length, buf) {
             Ok(true) => Ok(()),
             Ok(false) => self.read_range_into(file, offset, length, buf),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(self.not_found(file, e)),
-            Err(e) => Err(Error::io(
-                format!("reading {length} bytes at {offset} of {}", path.display()),
-                e,
-            )),
+            Err(e) => Err(self.range_error(file, offset, length, e)),
         }
     }
 
@@ -380,18 +388,9 @@ pub(crate) fn read_range_direct(
     length: u32,
     buf: &mut Vec<u8>,
 ) -> std::io::Result<bool> {
-    use std::os::unix::fs::{FileExt, OpenOptionsExt};
-    let Some(o_direct) = O_DIRECT else {
+    use std::os::unix::fs::FileExt;
+    let Some(direct) = open_direct(path, fs::OpenOptions::new().read(true))? else {
         return Ok(false);
-    };
-    let direct = match fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(o_direct)
-        .open(path)
-    {
-        Ok(f) => f,
-        Err(e) if is_unsupported(&e) => return Ok(false),
-        Err(e) => return Err(e),
     };
     let align = DIRECT_ALIGN as u64;
     let start = offset / align * align;
