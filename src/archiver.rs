@@ -689,11 +689,12 @@ const PROBE_SLICE: usize = 8 << 10;
 ///   spread over it are compressed together at level 1. When they too come
 ///   out under 3:2, the frame is stored uncompressed. Such data has no
 ///   repeated strings; what zstd gains on it comes from entropy-coding the
-///   literals alone, at about 4 ns a byte to write and 2 to read back, every
-///   time it is read. On 1 KiB records of random characters from 64 (the Kafka
-///   benchmark's) that is 1.34:1 for a third of a backup's CPU and half of the
-///   check that follows it. A probe costs a sixteenth of compressing the frame,
-///   and a frame of other data whose slices compress is compressed whole.
+///   literals alone, at about 1.8 ns a byte to write and 0.8 to read back,
+///   every time it is read. On 1 KiB records of random characters from 64 (the
+///   Kafka benchmark's) that is 1.34:1 for a quarter of a backup's CPU and half
+///   of the check that follows it (`perf`). A probe costs a sixteenth of
+///   compressing the frame, and a frame of other data whose slices compress
+///   is compressed whole.
 pub struct Sealer<'a> {
     repo: &'a Repository,
     normal: zstd::bulk::Compressor<'static>,
