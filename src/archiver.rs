@@ -179,6 +179,8 @@ impl AnchorMap {
 pub struct StoredChunks {
     state: Mutex<WatchedChunks>,
     stored: Condvar,
+    /// Frames in the packs written so far.
+    frames: std::sync::atomic::AtomicU64,
 }
 
 #[derive(Default)]
@@ -203,9 +205,19 @@ impl StoredChunks {
         if let Ok(mut s) = self.state.lock() {
             if s.watching {
                 s.at.extend(crate::index::pack_locations(pack));
-                self.stored.notify_all();
             }
+            self.frames
+                .fetch_add(pack.frames.len() as u64, Ordering::SeqCst);
+            self.stored.notify_all();
         }
+    }
+
+    /// Whether the first `n` frames the packer sent are all in written
+    /// packs (see [`Packer::flush_packs`]): a chunk not located by then
+    /// never will be, as when it was stored before anyone watched, or was
+    /// forgotten, and a later stream holds it again.
+    pub fn all_written(&self, n: u64) -> bool {
+        self.frames.load(Ordering::SeqCst) >= n
     }
 
     /// Drop the locations of `ids`.
@@ -467,10 +479,10 @@ impl<'a> Packer<'a> {
     /// Have everything added so far written without waiting for more data:
     /// the frame being filled goes to the sealers, and the pack writer
     /// closes its pack as soon as every frame sent until now is in it (frames
-    /// sent after this call may be in it too). Returns at once; see
-    /// [`StoredChunks`] to wait for the packs. Each call can leave one pack
-    /// smaller than the configured size.
-    pub fn flush_packs(&mut self) -> Result<()> {
+    /// sent after this call may be in it too). Returns at once with the
+    /// number of frames sent, for [`StoredChunks::all_written`]. Each call
+    /// can leave one pack smaller than the configured size.
+    pub fn flush_packs(&mut self) -> Result<u64> {
         self.flush_frame()?;
         let n = self.frames_sent;
         let sent = self
@@ -481,7 +493,7 @@ impl<'a> Packer<'a> {
         if !sent {
             return Err(self.take_failure());
         }
-        Ok(())
+        Ok(n)
     }
 
     /// Whether storing has failed (the run then stops at the next frame).
