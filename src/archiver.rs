@@ -274,7 +274,7 @@ pub struct Packer<'a> {
     /// Frames sent to the sealers so far.
     frames_sent: u64,
     /// Asks the pack writer to close its pack (see [`Packer::flush_packs`]).
-    flushes: Option<Sender<u64>>,
+    flushes: Sender<u64>,
     failed: &'a Mutex<Option<Error>>,
     stored_chunks: &'a StoredChunks,
     read_buffer: Vec<u8>,
@@ -455,7 +455,7 @@ impl<'a> Packer<'a> {
             return Ok(());
         }
         // Stop early when storing has failed (e.g. the object store is gone).
-        if self.failed.lock().map(|f| f.is_some()).unwrap_or(true) {
+        if self.has_failed() {
             return Err(self.take_failure());
         }
         let cap = self.repo.config.frame_size as usize + self.chunking().max();
@@ -485,14 +485,7 @@ impl<'a> Packer<'a> {
     pub fn flush_packs(&mut self) -> Result<u64> {
         self.flush_frame()?;
         let n = self.frames_sent;
-        let sent = self
-            .flushes
-            .as_ref()
-            .map(|f| f.send(n).is_ok())
-            .unwrap_or(false);
-        if !sent {
-            return Err(self.take_failure());
-        }
+        self.flushes.send(n).map_err(|_| self.take_failure())?;
         Ok(n)
     }
 
@@ -575,7 +568,7 @@ pub fn with_packer<T>(
             frame_chunks: Vec::new(),
             jobs: Some(job_tx),
             frames_sent: 0,
-            flushes: Some(flush_tx),
+            flushes: flush_tx,
             failed: &failed,
             stored_chunks: &stored_chunks,
             read_buffer: Vec::new(),

@@ -409,35 +409,30 @@ impl Repository {
             .then(|| sp.dir.path().join(id.to_hex()))
     }
 
-    /// A frame's ciphertext into `buf`: from the spool, else the backend.
-    fn frame_ciphertext(&self, loc: &Location, buf: &mut Vec<u8>) -> Result<()> {
-        self.read_pack_range(&loc.pack, loc.frame_offset, loc.frame_length, buf)
-    }
-
-    /// [`frame_ciphertext`](Self::frame_ciphertext) around the page cache
-    /// (see [`crate::backend::Backend::read_range_uncached_into`]).
-    fn frame_ciphertext_uncached(&self, loc: &Location, buf: &mut Vec<u8>) -> Result<()> {
-        if self.spooled_path(&loc.pack).is_some() {
-            return self.frame_ciphertext(loc, buf);
-        }
-        let f = FileRef::new(FileKind::Pack, loc.pack.to_hex());
-        self.backend
-            .read_range_uncached_into(&f, loc.frame_offset, loc.frame_length, buf)
+    /// A frame's ciphertext into `buf`: from the spool, else the backend
+    /// (around the page cache when `uncached`, see
+    /// [`crate::backend::Backend::read_range_uncached_into`]).
+    fn frame_ciphertext(&self, loc: &Location, buf: &mut Vec<u8>, uncached: bool) -> Result<()> {
+        self.read_pack_range(&loc.pack, loc.frame_offset, loc.frame_length, buf, uncached)
     }
 
     /// `length` bytes at `offset` of pack `pack` into `buf`: from the spool,
-    /// else the backend.
+    /// else the backend (around the page cache when `uncached`).
     fn read_pack_range(
         &self,
         pack: &Id,
         offset: u64,
         length: u32,
         buf: &mut Vec<u8>,
+        uncached: bool,
     ) -> Result<()> {
         let f = FileRef::new(FileKind::Pack, pack.to_hex());
         match self.spooled_path(pack) {
             Some(path) => crate::backend::read_range_of(&path, offset, length, buf)
                 .map_err(|e| Error::io(format!("reading spooled {f}"), e)),
+            None if uncached => self
+                .backend
+                .read_range_uncached_into(&f, offset, length, buf),
             None => self.backend.read_range_into(&f, offset, length, buf),
         }
     }
@@ -481,7 +476,7 @@ impl Repository {
                 let (first, last) = (span[0], span[span.len() - 1]);
                 let start = first.frame_offset;
                 let length = last.frame_offset + u64::from(last.frame_length) - start;
-                self.read_pack_range(&first.pack, start, length as u32, &mut buf)?;
+                self.read_pack_range(&first.pack, start, length as u32, &mut buf, false)?;
                 let file = FileRef::new(FileKind::Pack, first.pack.to_hex());
                 for l in span {
                     let at = (l.frame_offset - start) as usize;
@@ -517,7 +512,7 @@ impl Repository {
     /// Decode a frame without caching.
     pub fn decode_frame(&self, loc: &Location) -> Result<Vec<u8>> {
         let mut ct = Vec::new();
-        self.frame_ciphertext(loc, &mut ct)?;
+        self.frame_ciphertext(loc, &mut ct, false)?;
         self.decode_located(&ct, loc)
     }
 
@@ -800,11 +795,9 @@ impl FrameDecoder {
         if self.key != Some(loc.frame_key()) {
             self.key = None;
             let mut ct = std::mem::take(&mut self.ciphertext);
-            let read = match self.uncached {
-                true => repo.frame_ciphertext_uncached(loc, &mut ct),
-                false => repo.frame_ciphertext(loc, &mut ct),
-            };
-            let decoded = read.and_then(|_| self.decode_at(repo, &ct, loc));
+            let decoded = repo
+                .frame_ciphertext(loc, &mut ct, self.uncached)
+                .and_then(|_| self.decode_at(repo, &ct, loc));
             self.ciphertext = ct;
             decoded?;
             self.key = Some(loc.frame_key());

@@ -202,14 +202,11 @@ pub fn archive_kafka(
             p.end = high;
         }
     }
-    let mut nodes = Vec::new();
-    let mut verified = Vec::new();
+    let (mut nodes, mut verified) = (Vec::new(), Vec::new());
     if !what.no_messages {
         let progress = Progress::bytes(0, quiet, "kafka");
-        verified = read_and_check(packer, &mut meta.topics, |packer, t, p| {
-            let node = read_partition(packer, &consumer, opts, t, p, &progress)?;
-            nodes.extend(node.clone());
-            Ok(node)
+        (nodes, verified) = read_and_check(packer, &mut meta.topics, |packer, t, p| {
+            read_partition(packer, &consumer, opts, t, p, &progress)
         })?;
         progress.finish();
     }
@@ -225,14 +222,16 @@ pub fn archive_kafka(
 /// (the check after a backup, issue 4 §4, which costs decrypting and hashing
 /// everything again: the CPU a consumer leaves idle while it waits for
 /// fetches). When reading ends, the last pack is closed early so the check
-/// can finish. Returns the node paths checked; any the checker could not
-/// finish (storing failed) are checked before the snapshot is saved
-/// ([`super::verify_stored`]).
+/// can finish. Returns the partitions' nodes and the paths of those checked;
+/// the others (storing failed, or their chunks were never published to the
+/// checkers, see [`wait_for_checkers`]) are checked before the snapshot is
+/// saved ([`super::verify_stored`]).
 fn read_and_check(
     packer: &mut Packer,
     topics: &mut [TopicMeta],
     mut read: impl FnMut(&mut Packer, &str, &mut PartitionMeta) -> Result<Option<Node>>,
-) -> Result<Vec<String>> {
+) -> Result<(Vec<Node>, Vec<String>)> {
+    let mut nodes = Vec::new();
     let (repo, stored) = (packer.repo(), packer.stored_chunks());
     let stop = AtomicBool::new(false);
     stored.watch(true);
@@ -256,14 +255,14 @@ fn read_and_check(
                 let mut records = 0;
                 for p in &mut t.partitions {
                     if let Some(node) = read(packer, &t.name, p)? {
-                        let partition = p.clone();
-                        let topic = t.name.clone();
+                        let consumed = super::Consumed {
+                            topic: t.name.clone(),
+                            partition: p.clone(),
+                            node: node.clone(),
+                        };
                         // The checkers end early only on a mismatch, which they return.
-                        let _ = tx.send(super::Stored {
-                            topic,
-                            partition,
-                            node,
-                        });
+                        let _ = tx.send(consumed);
+                        nodes.push(node);
                     }
                     records += p.records;
                 }
@@ -273,24 +272,7 @@ fn read_and_check(
         })();
         drop(tx);
         if read_all.is_ok() {
-            // Have the last partition's packs written now, and wait for the
-            // checkers to read them back, unless storing fails meanwhile.
-            // Once every pack is written, a chunk still missing never comes
-            // (stored before the checkers watched, or checked and forgotten
-            // and then met again, as in a mirrored topic): the checkers then
-            // stop waiting, and what they leave is checked before the
-            // manifest is written.
-            match packer.flush_packs() {
-                Ok(sent) => {
-                    while !checkers.iter().all(|c| c.is_finished()) && !packer.has_failed() {
-                        if stored.all_written(sent) {
-                            stop.store(true, Ordering::SeqCst);
-                        }
-                        std::thread::sleep(Duration::from_millis(2));
-                    }
-                }
-                Err(e) => tracing::debug!("cannot close the last pack early: {e}"),
-            }
+            wait_for_checkers(packer, &checkers, &stop);
         }
         stop.store(true, Ordering::SeqCst);
         let checked = checkers
@@ -310,7 +292,30 @@ fn read_and_check(
         partitions = checked.len(),
         "partitions read back from the repository and checked while the backup ran"
     );
-    Ok(checked)
+    Ok((nodes, checked))
+}
+
+/// When every partition has been read: have the last packs written now,
+/// and wait for the checkers to read them back, unless storing fails
+/// meanwhile. Once every pack is written, a chunk still missing never comes
+/// (stored before the checkers watched, or checked and let go and then met
+/// again, as in a mirrored topic): the checkers are then told to stop
+/// waiting, and what they leave is checked before the manifest is written.
+fn wait_for_checkers<T>(
+    packer: &mut Packer,
+    checkers: &[std::thread::ScopedJoinHandle<'_, T>],
+    stop: &AtomicBool,
+) {
+    let sent = match packer.flush_packs() {
+        Ok(sent) => sent,
+        Err(e) => return tracing::debug!("cannot close the last pack early: {e}"),
+    };
+    while !checkers.iter().all(|c| c.is_finished()) && !packer.has_failed() {
+        if packer.stored_chunks().all_written(sent) {
+            stop.store(true, Ordering::SeqCst);
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
 }
 
 fn read_configs(opts: &KafkaOptions, topics: &mut [TopicMeta]) -> Result<()> {
@@ -763,7 +768,7 @@ mod tests {
                     Ok(Some(Node::stream(path, c.hasher.count(), c.ids)))
                 })
             })
-            .map(|(checked, ..)| checked);
+            .map(|((_, checked), ..)| checked);
             let _ = done_tx.send(checked);
         });
         let checked = done_rx

@@ -91,8 +91,8 @@ pub fn verify_stored(
     Ok(())
 }
 
-/// What a snapshot's partition is read back for while the next is consumed.
-pub struct Stored {
+/// A partition just consumed, to be read back while the next is consumed.
+pub struct Consumed {
     pub topic: String,
     pub partition: PartitionMeta,
     pub node: Node,
@@ -107,7 +107,7 @@ pub struct Stored {
 pub fn verify_while_reading(
     repo: &Repository,
     stored: &StoredChunks,
-    partitions: crossbeam_channel::Receiver<Stored>,
+    partitions: crossbeam_channel::Receiver<Consumed>,
     stop: &AtomicBool,
 ) -> Result<Vec<String>> {
     let index = repo.cache.reader()?;
@@ -320,7 +320,7 @@ mod tests {
                         .map_err(|_| Error::failure("store"))?;
                 }
                 let (tx, rx) = crossbeam_channel::unbounded();
-                tx.send(Stored {
+                tx.send(Consumed {
                     topic: "t".into(),
                     partition: p,
                     node: Node::stream("kafka/t/0", size, ids),
