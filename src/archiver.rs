@@ -1020,6 +1020,12 @@ pub struct SourceOutcome {
 
 /// Store a node list; returns the chunk ids of the stored list.
 pub fn store_nodes(packer: &mut Packer, nodes: &[Node]) -> Result<Vec<Id>> {
+    // A snapshot that reports success must restore: a node list that could
+    // not be restored safely is never stored.
+    if let Some(p) = crate::repo::node_path::tree_problem(nodes) {
+        return Err(Error::usage(format!("cannot store this source safely: {p}"))
+            .with_hint("name files and streams with plain relative names (no `..`, `.`, empty or over-long parts); nothing was stored for it"));
+    }
     let mut tree = Vec::new();
     for n in nodes {
         serde_json::to_writer(&mut tree, n).map_err(|e| Error::failure(e.to_string()))?;
@@ -1059,11 +1065,14 @@ fn walk(path: &Path, out: &mut Vec<Entry>, errors: &mut Vec<String>) {
         return;
     };
     let is_dir = meta.is_dir();
-    out.push(Entry {
-        abs: path.to_path_buf(),
-        rel,
-        meta,
-    });
+    // `/` itself has no node: its contents land directly in the target.
+    if !rel.is_empty() {
+        out.push(Entry {
+            abs: path.to_path_buf(),
+            rel,
+            meta,
+        });
+    }
     if !is_dir {
         return;
     }
@@ -1088,6 +1097,40 @@ fn walk(path: &Path, out: &mut Vec<Entry>, errors: &mut Vec<String>) {
     }
 }
 
+/// The trees to walk for `paths` (absolute): each without `.` and `..`
+/// components (a `..` is resolved on the file system, as reading it would,
+/// so `plans/../data` is stored as where it really is), each once, and none
+/// below another (`D` already holds `D/sub`), so no path is stored twice.
+fn roots(paths: &[PathBuf]) -> Vec<PathBuf> {
+    use std::path::Component;
+    let mut out: Vec<PathBuf> = paths
+        .iter()
+        .map(|p| {
+            let clean: PathBuf = p.components().filter(|c| *c != Component::CurDir).collect();
+            if !clean.components().any(|c| c == Component::ParentDir) {
+                return clean;
+            }
+            // Resolve the parent, keep the last component as it is (a
+            // symlink is stored as a symlink, not as what it points to).
+            let resolved = match (clean.parent(), clean.file_name()) {
+                (Some(parent), Some(name)) => std::fs::canonicalize(parent).map(|d| d.join(name)),
+                _ => std::fs::canonicalize(&clean),
+            };
+            resolved.unwrap_or(clean)
+        })
+        .collect();
+    out.sort();
+    out.dedup();
+    let mut kept: Vec<PathBuf> = Vec::with_capacity(out.len());
+    for p in out {
+        // Sorted, so an ancestor comes before everything below it.
+        if !kept.iter().any(|k| p.starts_with(k)) {
+            kept.push(p);
+        }
+    }
+    kept
+}
+
 /// Back up files, directories and symlinks below `paths` (absolute).
 pub fn archive_files(
     packer: &mut Packer,
@@ -1097,8 +1140,8 @@ pub fn archive_files(
 ) -> Result<SourceOutcome> {
     let mut entries = Vec::new();
     let mut errors = Vec::new();
-    for p in paths {
-        walk(p, &mut entries, &mut errors);
+    for p in roots(paths) {
+        walk(&p, &mut entries, &mut errors);
     }
     let total: u64 = entries
         .iter()
@@ -1388,6 +1431,31 @@ pub fn archive_stream<R: Read>(
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    /// Issue 24: `..`, repeated and nested roots would store paths that
+    /// cannot be restored.
+    #[test]
+    fn roots_are_resolved_once_and_never_nested() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = std::fs::canonicalize(dir.path()).unwrap();
+        std::fs::create_dir_all(d.join("plans")).unwrap();
+        std::fs::create_dir_all(d.join("data/sub")).unwrap();
+        let p = |s: &str| d.join(s);
+        assert_eq!(roots(&[p("plans/../data")]), vec![p("data")]);
+        assert_eq!(
+            roots(&[p("data"), p("data/sub"), p("data")]),
+            vec![p("data")]
+        );
+        assert_eq!(
+            roots(&[p("data/./sub"), p("plans")]),
+            vec![p("data/sub"), p("plans")]
+        );
+        assert_eq!(roots(&[p("data/sub/..")]), vec![p("data")]);
+        assert_eq!(
+            roots(&[PathBuf::from("/"), p("data")]),
+            vec![PathBuf::from("/")]
+        );
+    }
 
     /// A tool's output pipe holds 1 MiB after growing (Linux).
     #[cfg(target_os = "linux")]

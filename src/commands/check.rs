@@ -348,6 +348,15 @@ pub fn check(
                     for n in nodes.iter().filter(|n| n.content.iter().any(bad)) {
                         report.damaged.push(dmg(&n.path));
                     }
+                    // A node list that restore would refuse (spec §2.6).
+                    if let Some(p) = crate::repo::node_path::tree_problem(&nodes) {
+                        report.errors.push(format!(
+                            "snapshot {}: source {}: node list cannot be restored: {p}",
+                            sid.short(),
+                            src.name
+                        ));
+                        report.damaged.push(dmg("(node list)"));
+                    }
                 }
                 Err(_) => report.damaged.push(dmg("(node list)")),
             }

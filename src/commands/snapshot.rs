@@ -38,6 +38,16 @@ fn input(a: &SnapshotArgs) -> Result<Input> {
     if let Some(brokers) = &a.kafka {
         return Ok(Input::Kafka(super::kafka_options(brokers, &a.kafka_conn)?));
     }
+    if let Some(name) = &a.stdin_name {
+        // The stream is restored as a file of this name: it must be one.
+        if name.contains('/') || crate::repo::node_path::problem(name).is_some() {
+            return Err(
+                Error::usage(format!("--stdin-name {name:?} must be a plain file name")).with_hint(
+                    "e.g. --stdin-name all.sql (no `/`, not `.` or `..`, at most 255 bytes)",
+                ),
+            );
+        }
+    }
     if a.stdin_from_command {
         let name = a.stdin_name.clone().unwrap_or_else(|| "stdin".into());
         let (cmd, args) = a
@@ -52,11 +62,6 @@ fn input(a: &SnapshotArgs) -> Result<Input> {
         ));
     }
     if let Some(name) = &a.stdin_name {
-        if name.is_empty() || name.contains('/') {
-            return Err(Error::usage(format!(
-                "--stdin-name {name:?} must be a plain file name"
-            )));
-        }
         return Ok(Input::Stdin(name.clone()));
     }
     let mut paths = Vec::new();

@@ -6,6 +6,7 @@
 mod id;
 pub mod kafka;
 mod manifest;
+pub mod node_path;
 mod pack;
 
 pub use id::Id;
