@@ -5,11 +5,13 @@
 //! against its name (the BLAKE3 of its content), the frames needed from it are
 //! decoded while it is in memory, each exactly once, and each chunk is checked
 //! against its keyed id and written at its offset in every file that uses it,
-//! under a temporary name beside the file's final path. All-zero chunks
-//! become holes. Only when every pack has passed are the files renamed into
-//! place (a failed restore removes them, and the directories it made); metadata
-//! (mode, owner, mtime) is applied last, directories deepest first, so
-//! writing files does not disturb directory times.
+//! in a private staging directory in the target. All-zero chunks become
+//! holes. Only when every pack has passed are directories made and the
+//! files, with their owner, mode and times, renamed into place (a failed
+//! restore removes the staging directory and changes nothing else); the
+//! directories' metadata comes last, deepest first. [`target`] places
+//! everything by directory handle, never following a symlink out of the
+//! target.
 //!
 //! Restores of databases and topics, which stream their data to a server,
 //! check all packs first with [`verify_before_restore`]; a dump spooled for
@@ -20,11 +22,14 @@ use crate::error::{Error, Kind, Result, ResultExt};
 use crate::index::Location;
 use crate::interrupt;
 use crate::progress::Progress;
-use crate::repo::{Compression, FileKind, Id, Node, NodeKind};
+use crate::repo::{node_path, Compression, FileKind, Id, Node, NodeKind};
 use crate::repository::{chunk_slice, FrameDecoder, Repository};
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::os::unix::fs::FileExt;
-use std::path::{Component, Path, PathBuf};
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use target::TargetDir;
+
+mod target;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
@@ -48,14 +53,6 @@ struct Target {
 struct FrameWork {
     loc: Location,
     targets: Vec<Target>,
-}
-
-/// Does `path` (from a snapshot) stay inside the target directory?
-fn safe_relative(path: &str) -> bool {
-    !path.is_empty()
-        && Path::new(path)
-            .components()
-            .all(|c| matches!(c, Component::Normal(_)))
 }
 
 /// Keep nodes equal to or below one of `include` (no filter when empty).
@@ -262,146 +259,111 @@ fn needed_frames_intact(
 /// Every pack the restore needs is read once, whole: its bytes are checked
 /// against its name and, while it is in memory, the frames needed from it are
 /// decoded and each chunk is checked against its id. File contents are
-/// written under temporary names beside their final paths (see [`Staging`]);
-/// only when every pack has passed are they renamed into place and symlinks
-/// created, so a damaged repository, a failed read or an interrupted restore
-/// leaves the files in `target` as they were.
+/// written into a private staging directory in the target (see
+/// [`target`]); only when every pack has passed are they moved into place,
+/// directories made and symlinks created, so a damaged repository, a failed
+/// read or an interrupted restore leaves the files in `target` as they
+/// were. Nothing outside `target` is ever written: directories are entered
+/// by handle, without following symlinks.
 pub fn restore_nodes(
     repo: &Repository,
     nodes: &[Node],
     target: &Path,
     quiet: bool,
 ) -> Result<RestoreStats> {
-    for n in nodes {
-        if !safe_relative(&n.path) {
-            return Err(Error::integrity(format!(
-                "snapshot contains an unsafe path {:?}; nothing was restored",
-                n.path
-            )));
-        }
-    }
-    let locs = locate_chunks(repo, nodes)?;
-    std::fs::create_dir_all(target).ctx(|| format!("creating {}", target.display()))?;
+    let nodes = one_tree(nodes)?;
+    let locs = locate_chunks(repo, &nodes)?;
+    let mut dest = TargetDir::open(target)?;
+    dest.remove_leftovers()?;
+    let mut sorted: Vec<&Node> = nodes.iter().collect();
+    sorted.sort_by(|a, b| a.path.cmp(&b.path));
+    dest.refuse_conflicts(&sorted)?;
     let mut stats = RestoreStats::default();
-    let mut files: Vec<&Node> = Vec::new();
+    let files: Vec<&Node> = sorted
+        .iter()
+        .copied()
+        .filter(|n| n.kind == NodeKind::File)
+        .collect();
     let mut frames: HashMap<(Id, u64), FrameWork> = HashMap::new();
-    for n in nodes.iter().filter(|n| n.kind == NodeKind::File) {
-        let file = files.len();
-        files.push(n);
-        queue_file(&mut frames, file, &n.content, |id| Ok(locs[id].clone()))?;
+    for (i, n) in files.iter().enumerate() {
+        queue_file(&mut frames, i, &n.content, |id| Ok(locs[id].clone()))?;
         stats.files += 1;
         stats.bytes += n.size;
     }
-    let mut staging = Staging::new(target, &files)?;
+    let staging = dest.staging()?;
+    let out = Outputs::new(
+        files
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (staging.file(i), n.size))
+            .collect(),
+    );
     let packs = by_pack(frames);
     stats.packs_verified = packs.len() as u64;
 
     let progress = Progress::bytes(stats.bytes, quiet, "restore");
-    let bad = write_packs(repo, &packs, &staging.out, &progress);
+    let bad = write_packs(repo, &packs, &out, &progress);
     progress.finish();
     let bad = bad?;
     if !bad.is_empty() {
-        return Err(damaged_packs(nodes, &locs, bad));
+        return Err(damaged_packs(&nodes, &locs, bad));
     }
+    out.make_rest()?;
 
-    // Every chunk is written and verified: only now are files replaced.
-    for n in nodes.iter().filter(|n| n.kind == NodeKind::Dir) {
-        staging.make_dirs(&target.join(&n.path))?;
+    // Every chunk is written and verified: only now is the target changed,
+    // parents before what they hold.
+    for n in sorted.iter().filter(|n| n.kind == NodeKind::Dir) {
+        dest.dir(&n.path)?;
         stats.dirs += 1;
     }
-    staging.out.make_rest()?;
-    for (n, from) in files.iter().zip(&staging.out.paths) {
-        let to = target.join(&n.path);
-        std::fs::rename(from, &to)
-            .ctx(|| format!("moving the restored {} into place", to.display()))?;
+    for (i, n) in files.iter().enumerate() {
+        dest.place_file(&staging, &i.to_string(), n)?;
     }
-    for n in nodes.iter().filter(|n| n.kind == NodeKind::Symlink) {
-        let path = target.join(&n.path);
-        if let Some(parent) = path.parent() {
-            staging.make_dirs(parent)?;
-        }
-        let _ = std::fs::remove_file(&path);
-        std::os::unix::fs::symlink(n.target.as_deref().unwrap_or(""), &path)
-            .ctx(|| format!("creating symlink {}", path.display()))?;
+    for n in sorted.iter().filter(|n| n.kind == NodeKind::Symlink) {
+        dest.place_symlink(n)?;
         stats.symlinks += 1;
     }
-    staging.commit();
-    apply_metadata(nodes, target)?;
+    staging.finish()?;
+    // Directories last, deepest first, so placing what they hold does not
+    // disturb their times (and a read-only one was writable until now).
+    let mut dirs: Vec<&Node> = sorted
+        .iter()
+        .copied()
+        .filter(|n| n.kind == NodeKind::Dir)
+        .collect();
+    dirs.sort_by_key(|n| std::cmp::Reverse(n.path.matches('/').count()));
+    for n in dirs {
+        dest.finish_dir(n)?;
+    }
     Ok(stats)
 }
 
-/// Files of a restore written under temporary names beside their final
-/// paths (`.NAME.cairn-XXXXXXXX`, in the directory where NAME will be), and
-/// the directories made for them. Until `commit`, dropping it removes both,
-/// so a failed restore leaves the target's files as they were. Staging in
-/// each file's own directory keeps the final rename within one directory and
-/// spreads the files over the directories as the final tree does.
-struct Staging {
-    /// Directories this restore made, in the order made.
-    dirs: Vec<PathBuf>,
-    /// The staged files, made lazily as chunks arrive.
-    out: Outputs,
-    committed: bool,
+/// `nodes` as one tree to restore: every path safe, each once (a path that
+/// several sources hold is restored from the last of them), nothing below a
+/// file or symlink.
+fn one_tree(nodes: &[Node]) -> Result<std::borrow::Cow<'_, [Node]>> {
+    let mut seen = HashSet::with_capacity(nodes.len());
+    let nodes = if nodes.iter().all(|n| seen.insert(n.path.as_str())) {
+        std::borrow::Cow::Borrowed(nodes)
+    } else {
+        let mut last: HashMap<&str, &Node> = HashMap::new();
+        for n in nodes {
+            last.insert(n.path.as_str(), n);
+        }
+        tracing::warn!("the restored sources hold some paths more than once: each is restored from the last source that holds it");
+        std::borrow::Cow::Owned(last.into_values().cloned().collect())
+    };
+    if let Some(p) = node_path::tree_problem(&nodes) {
+        return Err(Error::integrity(format!(
+            "the snapshot cannot be restored as one tree: {p}; nothing was restored"
+        ))
+        .with_hint(
+            "restore its sources one at a time with --source, or restore another snapshot",
+        ));
+    }
+    Ok(nodes)
 }
 
-impl Staging {
-    /// Stage `files` below `target`: their directories are made now.
-    fn new(target: &Path, files: &[&Node]) -> Result<Staging> {
-        let suffix = format!("cairn-{:08x}", rand::random::<u32>());
-        let mut st = Staging {
-            dirs: Vec::new(),
-            out: Outputs::new(Vec::new()),
-            committed: false,
-        };
-        let mut staged = Vec::with_capacity(files.len());
-        for n in files {
-            // `.NAME.cairn-XXXXXXXX` beside the final path
-            let path = target.join(&n.path);
-            let name = path
-                .file_name()
-                .map(|f| f.to_string_lossy().into_owned())
-                .unwrap_or_default();
-            let path = path.with_file_name(format!(".{name}.{suffix}"));
-            if let Some(parent) = path.parent() {
-                st.make_dirs(parent)?;
-            }
-            staged.push((path, n.size));
-        }
-        st.out = Outputs::new(staged);
-        Ok(st)
-    }
-
-    /// Make `dir` and its missing ancestors, remembering which were made.
-    fn make_dirs(&mut self, dir: &Path) -> Result<()> {
-        let missing: Vec<&Path> = dir.ancestors().take_while(|d| !d.exists()).collect();
-        for d in missing.into_iter().rev() {
-            match std::fs::create_dir(d) {
-                Ok(()) => self.dirs.push(d.to_path_buf()),
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-                Err(e) => return Err(e).ctx(|| format!("creating {}", d.display())),
-            }
-        }
-        Ok(())
-    }
-
-    fn commit(mut self) {
-        self.committed = true;
-    }
-}
-
-impl Drop for Staging {
-    fn drop(&mut self) {
-        if self.committed {
-            return;
-        }
-        for f in &self.out.paths {
-            let _ = std::fs::remove_file(f);
-        }
-        for d in self.dirs.iter().rev() {
-            let _ = std::fs::remove_dir(d);
-        }
-    }
-}
 /// The files a restore writes, each created at its final size (holes
 /// throughout) by the first thread with a chunk for it: creating thousands
 /// of files is file-system work that then runs alongside the decoding
@@ -425,10 +387,14 @@ impl Outputs {
         let mut made = self.made[file]
             .lock()
             .map_err(|_| Error::failure("output lock poisoned"))?;
+        // Owner-only from the start: the real mode comes once the file is
+        // complete (a secret must never be readable while it is staged).
         let f = std::fs::OpenOptions::new()
             .write(true)
             .create(true)
             .truncate(false)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
             .open(path)
             .ctx(|| format!("creating {}", path.display()))?;
         if !*made {
@@ -821,48 +787,6 @@ impl Run {
         }
         Ok(())
     }
-}
-
-fn apply_metadata(nodes: &[Node], target: &Path) -> Result<()> {
-    let root = unsafe { libc::geteuid() } == 0;
-    let time = |n: &Node| {
-        filetime::FileTime::from_unix_time(
-            n.mtime_ns.div_euclid(1_000_000_000),
-            n.mtime_ns.rem_euclid(1_000_000_000) as u32,
-        )
-    };
-    for n in nodes.iter().filter(|n| n.kind != NodeKind::Dir) {
-        let path = target.join(&n.path);
-        if root {
-            std::os::unix::fs::lchown(&path, Some(n.uid), Some(n.gid))
-                .ctx(|| format!("setting owner of {}", path.display()))?;
-        }
-        if n.kind == NodeKind::Symlink {
-            filetime::set_symlink_file_times(&path, time(n), time(n))
-                .ctx(|| format!("setting times of {}", path.display()))?;
-        } else {
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(n.mode))
-                .ctx(|| format!("setting mode of {}", path.display()))?;
-            filetime::set_file_times(&path, time(n), time(n))
-                .ctx(|| format!("setting times of {}", path.display()))?;
-        }
-    }
-    let mut dirs: Vec<&Node> = nodes.iter().filter(|n| n.kind == NodeKind::Dir).collect();
-    dirs.sort_by_key(|n| std::cmp::Reverse(n.path.matches('/').count()));
-    for n in dirs {
-        use std::os::unix::fs::PermissionsExt;
-        let path = target.join(&n.path);
-        if root {
-            std::os::unix::fs::lchown(&path, Some(n.uid), Some(n.gid))
-                .ctx(|| format!("setting owner of {}", path.display()))?;
-        }
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(n.mode))
-            .ctx(|| format!("setting mode of {}", path.display()))?;
-        filetime::set_file_times(&path, time(n), time(n))
-            .ctx(|| format!("setting times of {}", path.display()))?;
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -1,0 +1,406 @@
+//! Placing restored nodes in the target directory without ever leaving it.
+//!
+//! A snapshot's paths are checked before a restore starts, but the target
+//! may hold anything: a symlink where the snapshot has a directory (planted,
+//! or left by restoring an older snapshot in which that path was a symlink)
+//! would otherwise carry every write below it out of the target. So every
+//! directory below the target is entered with `openat(O_NOFOLLOW |
+//! O_DIRECTORY)` relative to its parent's handle, never by a path, and
+//! every file, symlink and mode is placed or set relative to such a handle.
+//! The rule for what already stands in the target (spec/repository.md,
+//! "Restoring into a directory that is not empty"):
+//!
+//! - a symlink or file where the snapshot has a directory is removed (the
+//!   link itself, never what it points to) and the directory made;
+//! - a file or symlink where the snapshot has a file or symlink is replaced;
+//! - a directory where the snapshot has a file or symlink stops the restore
+//!   before anything in the target is changed ([`TargetDir::refuse_conflicts`]).
+//!
+//! File contents are staged in one private directory at the target's top,
+//! `.cairn-restore-XXXXXXXX` (mode 0700, files 0600), named by number so a
+//! staging name always fits in `NAME_MAX`. A file gets its owner, mode and
+//! times while still staged, then is renamed into place. A restore killed
+//! before it ends leaves only that directory, which no other user can read,
+//! and the next restore into the same target removes it.
+
+use crate::error::{Error, Result, ResultExt};
+use crate::repo::{Node, NodeKind};
+use rustix::fs::{self as rfs, AtFlags, Mode, OFlags, Timespec, Timestamps};
+use rustix::io::Errno;
+use std::collections::HashMap;
+use std::fs::FileType;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::path::{Path, PathBuf};
+
+/// The prefix of a restore's staging directory at the target's top.
+pub(super) const STAGING_PREFIX: &str = ".cairn-restore-";
+
+/// The restore's target directory, held open.
+pub(super) struct TargetDir {
+    root: OwnedFd,
+    path: PathBuf,
+    /// The directory entered last, by its path below the target: files come
+    /// in path order, so most share the directory of the one before.
+    last: Option<(String, OwnedFd)>,
+    /// Running as root: owners are restored too.
+    root_user: bool,
+}
+
+fn errno(e: Errno) -> std::io::Error {
+    std::io::Error::from(e)
+}
+
+/// `path`'s parent below the target ("" for the top) and its last name.
+fn split(path: &str) -> (&str, &str) {
+    path.rsplit_once('/').unwrap_or(("", path))
+}
+
+fn timestamps(n: &Node) -> Timestamps {
+    let t = Timespec {
+        tv_sec: n.mtime_ns.div_euclid(1_000_000_000),
+        tv_nsec: n.mtime_ns.rem_euclid(1_000_000_000) as _,
+    };
+    Timestamps {
+        last_access: t,
+        last_modification: t,
+    }
+}
+
+fn temporary_name() -> String {
+    format!(".cairn-{:08x}", rand::random::<u32>())
+}
+
+impl TargetDir {
+    /// Open `path` (made, with its parents, when missing). The target itself
+    /// is the user's choice and is followed if it is a symlink.
+    pub(super) fn open(path: &Path) -> Result<TargetDir> {
+        std::fs::create_dir_all(path).ctx(|| format!("creating {}", path.display()))?;
+        let root = rfs::open(
+            path,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(errno)
+        .ctx(|| format!("opening {}", path.display()))?;
+        Ok(TargetDir {
+            root,
+            path: path.to_path_buf(),
+            last: None,
+            root_user: rustix::process::geteuid().is_root(),
+        })
+    }
+
+    fn show(&self, rel: &str) -> String {
+        self.path.join(rel).display().to_string()
+    }
+
+    /// Remove what restores killed before they ended left here.
+    pub(super) fn remove_leftovers(&self) -> Result<()> {
+        let entries =
+            std::fs::read_dir(&self.path).ctx(|| format!("listing {}", self.path.display()))?;
+        for e in entries.flatten() {
+            let name = e.file_name();
+            if name.to_string_lossy().starts_with(STAGING_PREFIX) {
+                let p = e.path();
+                // remove_dir_all never follows symlinks.
+                std::fs::remove_dir_all(&p)
+                    .ctx(|| format!("removing {}, left by an interrupted restore", p.display()))?;
+                tracing::info!(path = %p.display(), "removed what an interrupted restore left");
+            }
+        }
+        Ok(())
+    }
+
+    /// Stop before anything is changed if a directory stands in the target
+    /// where `nodes` has a file or a symlink. Looks through the target
+    /// without following symlinks: below a symlink or file, everything is
+    /// new, since the restore replaces it.
+    pub(super) fn refuse_conflicts(&self, nodes: &[&Node]) -> Result<()> {
+        let mut seen: HashMap<&str, Option<FileType>> = HashMap::new();
+        let kind = |rel: &'_ str| -> Option<FileType> {
+            std::fs::symlink_metadata(self.path.join(rel))
+                .ok()
+                .map(|m| m.file_type())
+        };
+        'nodes: for n in nodes {
+            for (i, _) in n.path.match_indices('/') {
+                let prefix = &n.path[..i];
+                let t = *seen.entry(prefix).or_insert_with(|| kind(prefix));
+                if !t.is_some_and(|t| t.is_dir()) {
+                    continue 'nodes; // missing, or replaced by a directory
+                }
+            }
+            if n.kind != NodeKind::Dir && kind(&n.path).is_some_and(|t| t.is_dir()) {
+                return Err(Error::usage(format!(
+                    "{} is a directory in the target, where the snapshot has a {}; nothing was restored",
+                    self.show(&n.path),
+                    if n.kind == NodeKind::Symlink { "symlink" } else { "file" },
+                ))
+                .with_hint("move that directory away, or restore into an empty directory"));
+            }
+        }
+        Ok(())
+    }
+
+    /// Make the private staging directory for this restore.
+    pub(super) fn staging(&self) -> Result<StagingDir> {
+        let name = format!("{STAGING_PREFIX}{:08x}", rand::random::<u32>());
+        let path = self.path.join(&name);
+        rfs::mkdirat(&self.root, &name, Mode::from_raw_mode(0o700))
+            .map_err(errno)
+            .ctx(|| format!("creating {}", path.display()))?;
+        let fd = rfs::openat(
+            &self.root,
+            &name,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(errno)
+        .ctx(|| format!("opening {}", path.display()))?;
+        Ok(StagingDir {
+            fd,
+            path,
+            done: false,
+        })
+    }
+
+    /// Enter (or make) directory `name` of `parent`, replacing a symlink or
+    /// file that stands there; never follows a symlink.
+    fn enter(&self, parent: BorrowedFd<'_>, name: &str, rel: &str) -> Result<OwnedFd> {
+        let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        let open = || rfs::openat(parent, name, flags, Mode::empty());
+        let made = |replaced: bool| -> Result<OwnedFd> {
+            match rfs::mkdirat(parent, name, Mode::from_raw_mode(0o700)) {
+                Ok(()) | Err(Errno::EXIST) => {}
+                Err(e) => return Err(errno(e)).ctx(|| format!("creating {}", self.show(rel))),
+            }
+            if replaced {
+                tracing::info!(path = %self.show(rel), "replaced a symlink or file with the snapshot's directory");
+            }
+            open()
+                .map_err(errno)
+                .ctx(|| format!("opening {}", self.show(rel)))
+        };
+        match open() {
+            Ok(fd) => Ok(fd),
+            Err(Errno::NOENT) => made(false),
+            // A symlink (ELOOP) or something else (ENOTDIR) stands there:
+            // remove it, never what it points to. unlinkat without
+            // REMOVEDIR refuses a directory, so nothing more can go.
+            Err(Errno::LOOP) | Err(Errno::NOTDIR) => {
+                rfs::unlinkat(parent, name, AtFlags::empty())
+                    .map_err(errno)
+                    .ctx(|| {
+                        format!(
+                            "removing {} to make the snapshot's directory",
+                            self.show(rel)
+                        )
+                    })?;
+                made(true)
+            }
+            Err(e) => Err(errno(e)).ctx(|| format!("opening {}", self.show(rel))),
+        }
+    }
+
+    /// Directory `rel` below the target ("" is the target), entered from
+    /// the target one component at a time and made where missing.
+    pub(super) fn dir(&mut self, rel: &str) -> Result<BorrowedFd<'_>> {
+        if rel.is_empty() {
+            return Ok(self.root.as_fd());
+        }
+        if self.last.as_ref().is_none_or(|(p, _)| p != rel) {
+            let mut cur: Option<OwnedFd> = None;
+            let mut at = 0;
+            for name in rel.split('/') {
+                at += name.len();
+                let parent = cur.as_ref().map_or(self.root.as_fd(), |f| f.as_fd());
+                let next = self.enter(parent, name, &rel[..at])?;
+                cur = Some(next);
+                at += 1;
+            }
+            let fd = cur.ok_or_else(|| Error::failure("empty directory path"))?;
+            self.last = Some((rel.to_string(), fd));
+        }
+        match &self.last {
+            Some((_, fd)) => Ok(fd.as_fd()),
+            None => Err(Error::failure("no directory entered")),
+        }
+    }
+
+    /// Owner (as root), mode and times of `n` on the open `fd`.
+    fn set_meta(&self, fd: BorrowedFd<'_>, n: &Node, what: &str) -> Result<()> {
+        if self.root_user {
+            // Before the mode: a change of owner clears set-id bits.
+            rfs::fchown(
+                fd,
+                Some(rfs::Uid::from_raw(n.uid)),
+                Some(rfs::Gid::from_raw(n.gid)),
+            )
+            .map_err(errno)
+            .ctx(|| format!("setting the owner of {what}"))?;
+        }
+        rfs::fchmod(fd, Mode::from_raw_mode(n.mode & 0o7777))
+            .map_err(errno)
+            .ctx(|| format!("setting the mode of {what}"))?;
+        rfs::futimens(fd, &timestamps(n))
+            .map_err(errno)
+            .ctx(|| format!("setting the times of {what}"))
+    }
+
+    /// Move staged file `staged` into place as `n`, with its metadata.
+    pub(super) fn place_file(
+        &mut self,
+        staging: &StagingDir,
+        staged: &str,
+        n: &Node,
+    ) -> Result<()> {
+        let shown = self.show(&n.path);
+        {
+            let fd = rfs::openat(
+                &staging.fd,
+                staged,
+                OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                Mode::empty(),
+            )
+            .map_err(errno)
+            .ctx(|| format!("opening the staged {shown}"))?;
+            self.set_meta(fd.as_fd(), n, &shown)?;
+        }
+        let (parent, name) = split(&n.path);
+        let root_user = self.root_user;
+        let dir = self.dir(parent)?;
+        match rfs::renameat(&staging.fd, staged, dir, name) {
+            Ok(()) => Ok(()),
+            // A mount point between the staging directory and this one.
+            Err(Errno::XDEV) => copy_into(&staging.fd, staged, dir, name, n, root_user)
+                .ctx(|| format!("copying the restored {shown} into place")),
+            Err(Errno::ISDIR) | Err(Errno::NOTEMPTY) | Err(Errno::EXIST) => Err(Error::usage(
+                format!("{shown} is a directory in the target, where the snapshot has a file"),
+            )
+            .with_hint("move that directory away, or restore into an empty directory")),
+            Err(e) => Err(errno(e)).ctx(|| format!("moving the restored {shown} into place")),
+        }
+    }
+
+    /// Create symlink `n` (made beside its place, then renamed over it).
+    pub(super) fn place_symlink(&mut self, n: &Node) -> Result<()> {
+        let shown = self.show(&n.path);
+        let (parent, name) = split(&n.path);
+        let root_user = self.root_user;
+        let dir = self.dir(parent)?;
+        let tmp = temporary_name();
+        rfs::symlinkat(n.target.as_deref().unwrap_or(""), dir, &tmp)
+            .map_err(errno)
+            .ctx(|| format!("creating symlink {shown}"))?;
+        let placed = (|| {
+            if root_user {
+                rfs::chownat(
+                    dir,
+                    &tmp,
+                    Some(rfs::Uid::from_raw(n.uid)),
+                    Some(rfs::Gid::from_raw(n.gid)),
+                    AtFlags::SYMLINK_NOFOLLOW,
+                )?;
+            }
+            rfs::utimensat(dir, &tmp, &timestamps(n), AtFlags::SYMLINK_NOFOLLOW)?;
+            rfs::renameat(dir, &tmp, dir, name)
+        })();
+        if let Err(e) = placed {
+            let _ = rfs::unlinkat(dir, &tmp, AtFlags::empty());
+            return match e {
+                Errno::ISDIR | Errno::NOTEMPTY | Errno::EXIST => Err(Error::usage(format!(
+                    "{shown} is a directory in the target, where the snapshot has a symlink"
+                ))
+                .with_hint("move that directory away, or restore into an empty directory")),
+                e => Err(errno(e)).ctx(|| format!("creating symlink {shown}")),
+            };
+        }
+        Ok(())
+    }
+
+    /// Owner, mode and times of directory `n` (after everything below it).
+    pub(super) fn finish_dir(&mut self, n: &Node) -> Result<()> {
+        let shown = self.show(&n.path);
+        let fd = {
+            let dir = self.dir(&n.path)?;
+            dir.try_clone_to_owned()
+                .ctx(|| format!("opening {shown}"))?
+        };
+        self.set_meta(fd.as_fd(), n, &shown)
+    }
+}
+
+/// Copy staged file `staged` to `name` in `dir` (another file system),
+/// through a temporary name, with `n`'s metadata.
+fn copy_into(
+    staging: &OwnedFd,
+    staged: &str,
+    dir: BorrowedFd<'_>,
+    name: &str,
+    n: &Node,
+    root_user: bool,
+) -> std::io::Result<()> {
+    let from = rfs::openat(
+        staging,
+        staged,
+        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?;
+    let tmp = temporary_name();
+    let to = rfs::openat(
+        dir,
+        &tmp,
+        OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::from_raw_mode(0o600),
+    )?;
+    let (mut from, mut to) = (std::fs::File::from(from), std::fs::File::from(to));
+    let copied = (|| -> std::io::Result<()> {
+        std::io::copy(&mut from, &mut to)?;
+        if root_user {
+            rfs::fchown(
+                &to,
+                Some(rfs::Uid::from_raw(n.uid)),
+                Some(rfs::Gid::from_raw(n.gid)),
+            )?;
+        }
+        rfs::fchmod(&to, Mode::from_raw_mode(n.mode & 0o7777))?;
+        rfs::futimens(&to, &timestamps(n))?;
+        rfs::renameat(dir, &tmp, dir, name)?;
+        Ok(())
+    })();
+    if copied.is_err() {
+        let _ = rfs::unlinkat(dir, &tmp, AtFlags::empty());
+    }
+    copied?;
+    let _ = rfs::unlinkat(staging, staged, AtFlags::empty());
+    Ok(())
+}
+
+/// The private directory a restore stages file contents in; removed with
+/// whatever is left in it when dropped.
+pub(super) struct StagingDir {
+    fd: OwnedFd,
+    pub(super) path: PathBuf,
+    done: bool,
+}
+
+impl StagingDir {
+    /// Where staged file number `i` is written.
+    pub(super) fn file(&self, i: usize) -> PathBuf {
+        self.path.join(i.to_string())
+    }
+
+    /// Every staged file has been moved into place: remove the directory.
+    pub(super) fn finish(mut self) -> Result<()> {
+        self.done = true;
+        std::fs::remove_dir(&self.path).ctx(|| format!("removing {}", self.path.display()))
+    }
+}
+
+impl Drop for StagingDir {
+    fn drop(&mut self) {
+        if !self.done {
+            let _ = std::fs::remove_dir_all(&self.path);
+        }
+    }
+}
