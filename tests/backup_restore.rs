@@ -259,3 +259,366 @@ fn unreadable_source_data_saves_an_incomplete_snapshot_and_exits_3() {
     env.ok(&["restore", "latest", "--target", target.to_str().unwrap()]);
     assert_same_tree(&src, &restored(&target, &src));
 }
+
+// ---------------------------------------------------------------------------
+// Issue 24: a restore never escapes its target, every saved snapshot
+// restores, and an interrupted restore exposes nothing.
+
+fn mode_of(p: &std::path::Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::symlink_metadata(p).unwrap().permissions().mode() & 0o7777
+}
+
+fn set_mode(p: &std::path::Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+/// A directory outside every restore target, with its mode and no entries.
+fn outside(env: &Env) -> std::path::PathBuf {
+    let o = env.path("outside");
+    std::fs::create_dir(&o).unwrap();
+    set_mode(&o, 0o750);
+    o
+}
+
+fn assert_untouched(o: &std::path::Path) {
+    assert_eq!(mode_of(o), 0o750, "the outside directory's mode changed");
+    assert_eq!(
+        std::fs::read_dir(o).unwrap().count(),
+        0,
+        "something was written outside the target, into {}",
+        o.display()
+    );
+}
+
+#[test]
+fn restore_never_writes_through_a_symlink_planted_in_the_target() {
+    let env = Env::init();
+    let src = env.path("src");
+    std::fs::create_dir_all(src.join("a")).unwrap();
+    std::fs::write(src.join("a/x"), "from the snapshot").unwrap();
+    set_mode(&src.join("a"), 0o777);
+    let id = env.snapshot(&[&src]);
+    let o = outside(&env);
+    let target = env.path("out");
+    let planted = restored(&target, &src).join("a");
+    std::fs::create_dir_all(planted.parent().unwrap()).unwrap();
+    std::os::unix::fs::symlink(&o, &planted).unwrap();
+
+    env.ok(&["restore", &id, "--target", target.to_str().unwrap()]);
+    assert_untouched(&o);
+    assert!(
+        std::fs::symlink_metadata(&planted).unwrap().is_dir(),
+        "the symlink was replaced by the snapshot's directory"
+    );
+    assert_same_tree(&src, &restored(&target, &src));
+}
+
+#[test]
+fn restoring_a_symlink_and_then_a_directory_of_that_name_stays_in_the_target() {
+    let env = Env::init();
+    let o = outside(&env);
+    let src = env.path("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::os::unix::fs::symlink(&o, src.join("a")).unwrap();
+    let with_link = env.snapshot(&[&src]);
+    std::fs::remove_file(src.join("a")).unwrap();
+    std::fs::create_dir(src.join("a")).unwrap();
+    std::fs::write(src.join("a/x"), "x").unwrap();
+    set_mode(&src.join("a"), 0o777);
+    let with_dir = env.snapshot(&[&src]);
+
+    let target = env.path("out");
+    let t = target.to_str().unwrap();
+    env.ok(&["restore", &with_link, "--target", t]);
+    env.ok(&["restore", &with_dir, "--target", t]);
+    assert_untouched(&o);
+    assert_same_tree(&src, &restored(&target, &src));
+    // And back: the directory's place taken by the symlink again.
+    let out = env.run(&["restore", &with_link, "--target", t]);
+    let (code, err) = code_and_stderr(&out);
+    assert_eq!(
+        code, 2,
+        "a directory stands where the snapshot has a symlink: {err}"
+    );
+    assert!(
+        err.contains("is a directory in the target") && err.contains("hint:"),
+        "{err}"
+    );
+    assert_untouched(&o);
+}
+
+#[test]
+fn a_directory_where_a_file_goes_stops_the_restore_before_anything_changes() {
+    let env = Env::init();
+    let src = env.path("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("a"), "new a").unwrap();
+    std::fs::write(src.join("b"), "new b").unwrap();
+    let id = env.snapshot(&[&src]);
+    let target = env.path("out");
+    let r = restored(&target, &src);
+    std::fs::create_dir_all(r.join("b")).unwrap();
+    std::fs::write(r.join("a"), "old a").unwrap();
+
+    let out = env.run(&["restore", &id, "--target", target.to_str().unwrap()]);
+    let (code, err) = code_and_stderr(&out);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("/b is a directory in the target") && err.contains("nothing was restored"),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(r.join("a")).unwrap(),
+        "old a",
+        "a file was replaced before the conflict was found"
+    );
+    let names: Vec<_> = std::fs::read_dir(&r)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(
+        names.len(),
+        2,
+        "only a and b: nothing staged is left: {names:?}"
+    );
+}
+
+#[test]
+fn long_names_repeated_and_nested_roots_and_dotdot_paths_restore() {
+    let env = Env::init();
+    let src = env.path("src");
+    std::fs::create_dir_all(src.join("sub")).unwrap();
+    std::fs::write(src.join("n".repeat(255)), "255 bytes of name").unwrap();
+    std::fs::write(src.join("sub").join("m".repeat(241)), "241").unwrap();
+    std::fs::write(src.join("sub/f"), "f").unwrap();
+    let s = src.to_str().unwrap();
+    let sub = src.join("sub");
+    let dotdot = format!("{s}/sub/..");
+    for args in [
+        vec!["snapshot", s, sub.to_str().unwrap(), s],
+        vec!["snapshot", &dotdot],
+    ] {
+        let mut a = args.clone();
+        a.push("--json");
+        let id: serde_json::Value = serde_json::from_str(&env.ok(&a)).unwrap();
+        let id = id["id"].as_str().unwrap().to_string();
+        let target = env.path(&format!("out-{}", &id[..8]));
+        env.ok(&["restore", &id, "--target", target.to_str().unwrap()]);
+        assert_same_tree(&src, &restored(&target, &src));
+    }
+    let check = env.ok(&["check"]);
+    assert!(check.contains("no errors"), "{check}");
+}
+
+#[test]
+fn stdin_names_that_are_not_plain_file_names_are_refused_before_anything_runs() {
+    let env = Env::init();
+    let marker = env.path("ran");
+    let touch = format!("touch {}", marker.display());
+    for args in [
+        vec!["snapshot", "--stdin-name", ".."],
+        vec!["snapshot", "--stdin-name", "."],
+        vec!["snapshot", "--stdin-name", "a/b"],
+        vec![
+            "snapshot",
+            "--stdin-from-command",
+            "--stdin-name",
+            "../x",
+            "--",
+            "sh",
+            "-c",
+            &touch,
+        ],
+        vec![
+            "snapshot",
+            "--stdin-from-command",
+            "--stdin-name",
+            "..",
+            "--",
+            "sh",
+            "-c",
+            &touch,
+        ],
+    ] {
+        let out = env.run(&args);
+        let (code, err) = code_and_stderr(&out);
+        assert_eq!(code, 2, "{args:?}: {err}");
+        assert!(
+            err.contains("plain file name") && err.contains("hint:"),
+            "{args:?}: {err}"
+        );
+    }
+    assert!(
+        !marker.exists(),
+        "the command ran although its name was refused"
+    );
+    assert!(env.snapshot_ids().is_empty());
+}
+
+#[test]
+fn a_restore_killed_mid_way_exposes_nothing_and_the_next_one_cleans_up() {
+    let env = Env::init();
+    let src = env.path("src");
+    std::fs::create_dir_all(src.join("private")).unwrap();
+    for i in 0..4 {
+        std::fs::write(
+            src.join(format!("private/secret-{i}")),
+            random_bytes(i, 16 << 20),
+        )
+        .unwrap();
+        set_mode(&src.join(format!("private/secret-{i}")), 0o600);
+    }
+    set_mode(&src.join("private"), 0o700);
+    let id = env.snapshot(&[&src]);
+    let target = env.path("out");
+    std::fs::create_dir(&target).unwrap();
+
+    let mut child = env
+        .cmd()
+        .args(["restore", &id, "--target", target.to_str().unwrap()])
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let staging = loop {
+        let found = std::fs::read_dir(&target)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| {
+                p.file_name()
+                    .unwrap()
+                    .to_string_lossy()
+                    .starts_with(".cairn-restore-")
+            });
+        if let Some(s) = found {
+            break s;
+        }
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the restore ended before its staging directory was seen"
+        );
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no staging directory appeared"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    };
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+
+    assert_eq!(mode_of(&staging), 0o700, "the staging directory is private");
+    for e in std::fs::read_dir(&staging).unwrap() {
+        let p = e.unwrap().path();
+        assert_eq!(
+            mode_of(&p) & 0o077,
+            0,
+            "{} is readable by others",
+            p.display()
+        );
+    }
+    let top: Vec<_> = std::fs::read_dir(&target)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(
+        top,
+        vec![staging.clone()],
+        "nothing but the staging directory is in the target"
+    );
+
+    env.ok(&["restore", &id, "--target", target.to_str().unwrap()]);
+    assert!(
+        !staging.exists(),
+        "the next restore removes what the killed one left"
+    );
+    assert_same_tree(&src, &restored(&target, &src));
+    let top: Vec<_> = std::fs::read_dir(&target)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(top.len(), 1, "only the restored tree: {top:?}");
+}
+
+/// A snapshot written by a hostile or older writer, with a node path that
+/// leaves the target: `check` names it, `restore` refuses it untouched.
+#[test]
+fn a_stored_path_that_leaves_the_target_is_found_by_check_and_refused_by_restore() {
+    use cairn::repo::{FileKind, Id, Node, Snapshot};
+    let env = Env::init();
+    let src = env.path("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("f"), "f").unwrap();
+    let good = env.snapshot(&[&src]);
+
+    // Write the same snapshot again with its node list renamed to `../escape`.
+    let repo = cairn::Repository::open(
+        cairn::backend::open(env.repo.to_str().unwrap()).unwrap(),
+        &cairn::crypto::Secret::Password("correct horse".into()),
+        Some(env.cache.clone()),
+    )
+    .unwrap();
+    let (id, mut snap): (Id, Snapshot) = {
+        let id = Id::parse(&good).unwrap();
+        (id, repo.read_sealed(FileKind::Snapshot, &id).unwrap())
+    };
+    let mut nodes = repo.read_tree(&snap.sources[0]).unwrap();
+    nodes.push(Node {
+        path: "../escape".into(),
+        ..nodes
+            .iter()
+            .find(|n| n.path.ends_with("/f"))
+            .unwrap()
+            .clone()
+    });
+    let mut list = Vec::new();
+    for n in &nodes {
+        serde_json::to_writer(&mut list, n).unwrap();
+        list.push(b'\n');
+    }
+    let (tree, stored, _) = cairn::archiver::with_packer(&repo, |p| {
+        Ok(
+            p.add_stream(&list[..], &cairn::progress::Progress::hidden())
+                .map_err(|e| e.into_error("node list"))?
+                .0,
+        )
+    })
+    .unwrap();
+    cairn::job::commit_index(&repo, stored.packs).unwrap();
+    snap.sources[0].tree = tree;
+    snap.time += jiff::SignedDuration::from_secs(1);
+    let hostile = repo.write_sealed(FileKind::Snapshot, &snap).unwrap();
+    assert_ne!(hostile, id);
+    drop(repo);
+
+    let out = env.run(&["check"]);
+    let (code, err) = code_and_stderr(&out);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_ne!(code, 0, "check must fail: {stdout}{err}");
+    assert!(
+        format!("{stdout}{err}").contains("node list cannot be restored: \"../escape\""),
+        "{stdout}{err}"
+    );
+
+    let target = env.path("out");
+    let out = env.run(&[
+        "restore",
+        &hostile.to_hex(),
+        "--target",
+        target.to_str().unwrap(),
+    ]);
+    let (code, err) = code_and_stderr(&out);
+    assert_ne!(code, 0, "{err}");
+    assert!(
+        err.contains("\"../escape\"") && err.contains("nothing was restored"),
+        "{err}"
+    );
+    assert!(!env.path("escape").exists() && !target.join("../escape").exists());
+    assert_eq!(
+        std::fs::read_dir(&target).map(|d| d.count()).unwrap_or(0),
+        0,
+        "nothing was written"
+    );
+    // The good snapshot still restores.
+    env.ok(&["restore", &good, "--target", target.to_str().unwrap()]);
+}
