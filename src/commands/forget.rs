@@ -1,3 +1,9 @@
+//! `cairn forget`: remove snapshots, by keep rules or by id.
+//!
+//! Keep rules only see snapshots that can be read; naming ids is also the
+//! way to remove a snapshot file too damaged to read (spec/repository.md
+//! "Recovering from damaged files"). Data goes with `prune`.
+
 use super::{local_time, matches_filter, open_repo, print_json};
 use crate::cli::{ForgetArgs, GlobalArgs};
 use crate::error::{Error, Result};
