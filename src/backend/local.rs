@@ -499,6 +499,34 @@ mod tests {
         assert!(b.list(FileKind::Pack).unwrap() == vec![(f.name.clone(), want.len() as u64)]);
     }
 
+    /// Of threads racing to create one name, exactly one does; the file
+    /// holds its bytes, and no temporary file is left behind.
+    #[test]
+    fn write_new_creates_a_name_once_among_racing_writers() {
+        let dir = tempfile::tempdir().unwrap();
+        let b = LocalBackend::new(dir.path().join("repo"));
+        b.create().unwrap();
+        let f = FileRef::new(FileKind::Wal, "000000010000000000000001");
+        let won: Vec<(u8, bool)> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..8u8)
+                .map(|i| {
+                    let (b, f) = (&b, &f);
+                    s.spawn(move || (i, b.write_new(f, &[i; 100]).unwrap()))
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        let winners: Vec<u8> = won.iter().filter(|(_, w)| *w).map(|(i, _)| *i).collect();
+        assert_eq!(winners.len(), 1, "{won:?}");
+        assert!(b.read(&f).unwrap() == [winners[0]; 100]);
+        assert!(!b.write_new(&f, b"later").unwrap());
+        assert!(b.read(&f).unwrap() == [winners[0]; 100]);
+        assert_eq!(
+            fs::read_dir(dir.path().join("repo/tmp")).unwrap().count(),
+            0
+        );
+    }
+
     /// The direct path itself, with a tail and more than one piece.
     #[test]
     fn direct_write_keeps_every_byte() {
