@@ -707,6 +707,14 @@ fn issue_24_a_zero_byte_key_file_is_skipped_while_another_key_opens() {
     assert_same_tree(&x, &restored(&target, &x));
     let (code, err) = code_and_stderr(&run(&["key", "list"]));
     assert_eq!(code, 0, "{err}");
+    // The damaged key file goes by its id, as the warning names it.
+    let out = run(&["key", "remove", &damaged[..8]]);
+    let (code, err) = code_and_stderr(&out);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(repo_files(&env.repo, "keys").len(), 1);
+    let (code, err) = code_and_stderr(&run(&["snapshots"]));
+    assert_eq!(code, 0, "{err}");
+    assert!(!err.contains("skipping key"), "{err}");
     // Only a wrong password is still refused, with its own exit code.
     let wrong = env.path("wrong");
     std::fs::write(&wrong, "wrong\n").unwrap();
