@@ -354,6 +354,10 @@ pub struct CheckArgs {
 
 #[derive(Args, Debug)]
 pub struct ForgetArgs {
+    /// Forget these snapshots (ids or unique prefixes), unreadable ones too,
+    /// instead of applying keep rules
+    #[arg(value_name = "SNAPSHOT")]
+    pub snapshots: Vec<String>,
     /// Keep the N newest snapshots
     #[arg(long, value_name = "N")]
     pub keep_last: Option<u32>,

@@ -170,13 +170,29 @@ fn refresh_loop(repo: &Repository, mut lock: LockFile, name: &Mutex<Id>, stop: &
     }
 }
 
-/// Remove stale locks (or all, with `all`); returns how many were removed.
+/// Remove stale locks (or all, with `all`), and lock files that cannot be
+/// read (damaged, or not lock files at all): no command honours them, so
+/// they protect nothing, and nothing else would ever remove them. Returns
+/// how many were removed.
 pub fn remove_locks(repo: &Repository, all: bool) -> Result<usize> {
     let mut n = 0;
-    for (id, l) in list_locks(repo)? {
-        if all || is_stale(&l) {
+    for (name, _) in repo.backend.list(FileKind::Lock)? {
+        let Some(id) = Id::parse(&name) else { continue };
+        let remove = match repo.read_sealed::<LockFile>(FileKind::Lock, &id) {
+            Ok(l) => all || is_stale(&l),
+            Err(e) if e.kind() == Kind::Integrity => {
+                tracing::info!(lock = %name, error = %e, "removing an unreadable lock file");
+                true
+            }
+            // e.g. released (removed) since the listing
+            Err(e) => {
+                tracing::debug!(lock = %name, error = %e, "skipping a lock that cannot be read now");
+                false
+            }
+        };
+        if remove {
             repo.backend
-                .remove(&FileRef::new(FileKind::Lock, id.to_hex()))?;
+                .remove(&FileRef::new(FileKind::Lock, name.as_str()))?;
             n += 1;
         }
     }

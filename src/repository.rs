@@ -181,10 +181,26 @@ impl Repository {
         })
     }
 
+    /// The master key from the first key file `secret` opens. A damaged key
+    /// file (empty, cut short, garbage) is skipped with a warning naming it,
+    /// so that it does not lock out the holders of every other key; only
+    /// when no key opens is it an error.
     fn unlock(backend: &dyn Backend, config: &Config, secret: &Secret) -> Result<(MasterKey, Id)> {
         let keys = backend.list(FileKind::Key)?;
+        let mut damaged = Vec::new();
+        let mut skip = |name: &str, e: Error| {
+            tracing::warn!("skipping key {name}: it is damaged ({e}); trying the other keys");
+            damaged.push(name.to_string());
+        };
         for (name, _) in &keys {
-            let kf = read_key_file(backend, name)?;
+            let kf = match read_key_file(backend, name) {
+                Ok(kf) => kf,
+                Err(e) if e.kind() == Kind::Integrity => {
+                    skip(name, e);
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
             let matches_kind = matches!(
                 (kf.kind, secret),
                 (KeyKind::Password, Secret::Password(_))
@@ -193,9 +209,26 @@ impl Repository {
             if !matches_kind {
                 continue;
             }
-            let data = hex::decode(&kf.data)
-                .map_err(|e| Error::integrity(format!("key {name} is not valid: {e}")))?;
-            if let Some(material) = crypto::unwrap_key(&data, secret)? {
+            let data = match hex::decode(&kf.data) {
+                Ok(d) => d,
+                Err(e) => {
+                    skip(
+                        name,
+                        Error::integrity(format!("key {name} is not valid: {e}")),
+                    );
+                    continue;
+                }
+            };
+            let material = match crypto::unwrap_key(&data, secret) {
+                Ok(m) => m,
+                // Not age data any more, or its content is not key material.
+                Err(e) if matches!(e.kind(), Kind::Integrity | Kind::WrongKey) => {
+                    skip(name, e);
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            if let Some(material) = material {
                 if material.repo_id != config.id {
                     return Err(Error::integrity(format!(
                         "key {name} belongs to another repository ({})",
@@ -210,10 +243,19 @@ impl Repository {
             Secret::Password(_) => "password",
             Secret::Identities(_) => "identity",
         };
+        let skipped = if damaged.is_empty() {
+            String::new()
+        } else {
+            format!(
+                " ({} damaged key file(s) skipped: {})",
+                damaged.len(),
+                damaged.join(", ")
+            )
+        };
         Err(Error::new(
             Kind::WrongKey,
             format!(
-                "no key of the repository at {} opens with the given {what}",
+                "no key of the repository at {} opens with the given {what}{skipped}",
                 backend.location()
             ),
         )
@@ -942,7 +984,13 @@ pub fn local_key_files(backend: &dyn Backend) -> Result<Vec<(Id, KeyFile)>> {
     let mut out = Vec::new();
     for (name, _) in backend.list(FileKind::Key)? {
         if let Some(id) = Id::parse(&name) {
-            out.push((id, read_key_file(backend, &name)?));
+            match read_key_file(backend, &name) {
+                Ok(kf) => out.push((id, kf)),
+                Err(e) if e.kind() == Kind::Integrity => {
+                    tracing::warn!("skipping key {name}: it is damaged ({e})")
+                }
+                Err(e) => return Err(e),
+            }
         }
     }
     out.sort_by_key(|(_, k)| k.created);

@@ -340,3 +340,167 @@ fn snapshot_between_prunes_index_load_and_its_lock_does_not_fail_prune() {
     let (target, scratch) = (env.path("out"), env.path("expected"));
     assert_restores_generation(&env, &id, &src, SHAPE, 1, &target, &scratch);
 }
+
+// Issue 24, finding 6: two `wal-push`es of different content under one
+// WAL name at the same time. `wal-push` needs no PostgreSQL server: any
+// file named like a WAL segment is archived.
+
+/// A WAL segment name for `i`.
+fn wal_name(i: u32) -> String {
+    format!("0000000100000000000000{:02X}", i + 1)
+}
+
+/// Write `bytes` as WAL file `name` in directory `dir` of the test.
+fn wal_file(env: &Env, dir: &str, name: &str, bytes: &[u8]) -> std::path::PathBuf {
+    let d = env.path(dir);
+    std::fs::create_dir_all(&d).unwrap();
+    let p = d.join(name);
+    std::fs::write(&p, bytes).unwrap();
+    p
+}
+
+fn spawn_wal_push(env: &Env, path: &Path) -> Child {
+    env.cmd()
+        .arg("wal-push")
+        .arg(path)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// Twenty names, two different contents each, pushed at the same time by
+/// two processes: exactly one push per name succeeds, the other is refused
+/// (exit 1, naming the conflict), `wal-fetch` returns the winner's bytes,
+/// and `check` is clean.
+#[test]
+fn issue_24_concurrent_wal_pushes_of_different_content_one_wins_per_name() {
+    let env = Env::init();
+    let mut both_won = Vec::new();
+    let mut winners = Vec::new();
+    for i in 0..20u32 {
+        let name = wal_name(i);
+        let a = random_bytes(0xA000 + u64::from(i), 256 << 10);
+        let b = random_bytes(0xB000 + u64::from(i), 256 << 10);
+        let pa = wal_file(&env, "a", &name, &a);
+        let pb = wal_file(&env, "b", &name, &b);
+        let (ca, cb) = (spawn_wal_push(&env, &pa), spawn_wal_push(&env, &pb));
+        let (oa, ob) = (
+            ca.wait_with_output().unwrap(),
+            cb.wait_with_output().unwrap(),
+        );
+        let (won, loser) = match (oa.status.success(), ob.status.success()) {
+            (true, false) => (&a, &ob),
+            (false, true) => (&b, &oa),
+            (true, true) => {
+                both_won.push(name.clone());
+                continue;
+            }
+            (false, false) => panic!(
+                "{name}: both pushes failed:\n{}\n{}",
+                String::from_utf8_lossy(&oa.stderr),
+                String::from_utf8_lossy(&ob.stderr)
+            ),
+        };
+        let (code, err) = code_and_stderr(loser);
+        assert_eq!(code, 1, "{name}: {err}");
+        assert!(
+            err.contains(&name) && err.contains("different content") && err.contains("hint:"),
+            "{name}: {err}"
+        );
+        let fetched = env.path("fetched");
+        env.ok(&["wal-fetch", &name, fetched.to_str().unwrap()]);
+        assert!(
+            std::fs::read(&fetched).unwrap() == *won,
+            "{name}: wal-fetch returned other bytes than the winner's"
+        );
+        winners.push((name, won.clone()));
+    }
+    assert!(
+        both_won.is_empty(),
+        "both different contents were accepted for {} of 20 names: {both_won:?}",
+        both_won.len()
+    );
+    let (code, report, err) = run_json(&env, &["check", "--read-data"]);
+    assert_eq!(code, 0, "{report:#}\n{err}");
+    // Pushing the winner's content again is still fine (idempotent).
+    let (name, bytes) = &winners[0];
+    let again = wal_file(&env, "again", name, bytes);
+    env.ok(&["wal-push", again.to_str().unwrap()]);
+}
+
+/// Copy every file of `from` that `to` lacks (file names are content
+/// hashes, so nothing is overwritten).
+fn copy_missing(from: &Path, to: &Path) {
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let target = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            std::fs::create_dir_all(&target).unwrap();
+            copy_missing(&e.path(), &target);
+        } else if !target.exists() {
+            std::fs::copy(e.path(), &target).unwrap();
+        }
+    }
+}
+
+/// A second entry of other content under an archived WAL name, planted by
+/// hand (as two pushes racing in an older cairn left them): `check` reports
+/// it, naming the WAL file, with or without the name's claim; `wal-fetch`
+/// returns the claimed content, and refuses to guess without a claim.
+#[test]
+fn issue_24_check_reports_a_duplicate_wal_entry_planted_by_hand() {
+    let env = Env::init();
+    let twin = env.path("twin");
+    let out = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(&env.repo)
+        .arg(&twin)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let name = wal_name(0);
+    let a = random_bytes(0xD1, 100 << 10);
+    let b = random_bytes(0xD2, 100 << 10);
+    env.ok(&["wal-push", wal_file(&env, "a", &name, &a).to_str().unwrap()]);
+    let pb = wal_file(&env, "b", &name, &b);
+    env.cmd()
+        .env("CAIRN_REPOSITORY", &twin)
+        .env("CAIRN_CACHE_DIR", env.path("twin-cache"))
+        .arg("wal-push")
+        .arg(&pb)
+        .status()
+        .unwrap()
+        .success()
+        .then_some(())
+        .expect("push into the twin");
+    env.ok(&["check"]);
+    for dir in ["wal", "index", "data"] {
+        copy_missing(&twin.join(dir), &env.repo.join(dir));
+    }
+
+    let assert_reported = |what: &str| {
+        let (code, report, err) = run_json(&env, &["check", "--read-data"]);
+        assert_eq!(code, 1, "{what}: {report:#}\n{err}");
+        let errors = report["errors"].to_string();
+        assert!(
+            errors.contains(&name) && errors.contains("different content"),
+            "{what}: {report:#}"
+        );
+    };
+    assert_reported("with the claim");
+    let fetched = env.path("fetched");
+    env.ok(&["wal-fetch", &name, fetched.to_str().unwrap()]);
+    assert!(
+        std::fs::read(&fetched).unwrap() == a,
+        "not the claimed content"
+    );
+
+    // Without the claim (a repository written before claims existed).
+    std::fs::remove_file(env.repo.join("wal").join(&name)).unwrap();
+    assert_reported("without the claim");
+    let out = env.run(&["wal-fetch", &name, env.path("fetched2").to_str().unwrap()]);
+    let (code, err) = code_and_stderr(&out);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains(&name) && err.contains("hint:"), "{err}");
+}

@@ -505,3 +505,243 @@ fn a_failed_restore_leaves_the_files_already_in_the_target_as_they_were() {
         .ok(&["restore", &s.a, "--target", target.to_str().unwrap()]);
     assert_same_tree(&s.x, &x);
 }
+
+// Issue 24, finding 7: one damaged file must not block repair. Each test
+// damages one file as a failing disk or a careless admin would, runs the
+// recovery command and shows the repository usable afterwards.
+
+/// Keep the first half of a file, as a disk that lost its tail.
+fn truncate_to_half(path: &Path) {
+    let len = std::fs::metadata(path).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .unwrap()
+        .set_len(len / 2)
+        .unwrap();
+}
+
+/// Replace a file's bytes with text of the same length.
+fn overwrite_with_garbage(path: &Path) {
+    let len = std::fs::metadata(path).unwrap().len() as usize;
+    let garbage: Vec<u8> = b"garbage ".iter().copied().cycle().take(len).collect();
+    std::fs::write(path, garbage).unwrap();
+}
+
+impl Setup {
+    /// `check --read-data` finds nothing wrong.
+    fn assert_clean(&self) {
+        let (code, report, err) = run_json(&self.env, &["check", "--read-data"]);
+        assert_eq!(code, 0, "{report:#}\n{err}");
+        assert_eq!(report["errors"], serde_json::json!([]), "{report:#}");
+        assert_eq!(report["damaged"], serde_json::json!([]), "{report:#}");
+    }
+
+    /// Snapshot B restores Y byte-identical.
+    fn assert_b_restores(&self, target: &str) {
+        let target = self.env.path(target);
+        self.env
+            .ok(&["restore", &self.b, "--target", target.to_str().unwrap()]);
+        assert_same_tree(&self.y, &restored(&target, &self.y));
+        assert_same_tree(&self.x, &restored(&target, &self.x));
+    }
+}
+
+/// A snapshot file that lost its tail is removed by `forget ID` (the id as
+/// `check` prints it), after which prune and check are clean and A restores.
+#[test]
+fn issue_24_forget_removes_a_truncated_snapshot_file_by_its_id() {
+    let s = setup();
+    let file = s.env.repo.join("snapshots").join(&s.b);
+    truncate_to_half(&file);
+    let (code, _, err) = run_json(&s.env, &["check"]);
+    assert_eq!(code, 1, "{err}");
+    let (code, _, err) = run_json(&s.env, &["prune"]);
+    assert_eq!(code, 1, "prune with a damaged snapshot: {err}");
+    assert!(
+        err.contains(&format!("cairn forget {}", &s.b[..8])),
+        "prune's hint names the command that removes it: {err}"
+    );
+
+    let out = s.env.ok(&["forget", &s.b[..8]]);
+    assert!(out.contains(&format!("remove {}", &s.b[..8])), "{out}");
+    assert!(!file.exists(), "the damaged snapshot file is still there");
+    s.env.ok(&["prune"]);
+    s.assert_clean();
+    s.assert_a_restores("out-a");
+    assert_eq!(s.env.snapshot_ids(), vec![s.a.clone()]);
+}
+
+/// `forget ID` of a snapshot nobody has is an error naming it, and a
+/// policy with ids is refused: both decide which snapshots go.
+#[test]
+fn issue_24_forget_by_id_refuses_unknown_ids_and_mixed_rules() {
+    let env = Env::init();
+    let x = env.path("x");
+    make_sample_tree(&x);
+    let a = env.snapshot(&[&x]);
+    let (code, err) = code_and_stderr(&env.run(&["forget", "0123456789abcdef"]));
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("0123456789abcdef") && err.contains("hint:"),
+        "{err}"
+    );
+    let (code, err) = code_and_stderr(&env.run(&["forget", &a, "--keep-last", "1"]));
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("hint:"), "{err}");
+    assert_eq!(env.snapshot_ids(), vec![a]);
+}
+
+/// An index file overwritten with garbage: `repair index` indexes its packs
+/// again and removes it, so check is clean and both snapshots restore.
+#[test]
+fn issue_24_repair_index_removes_the_damaged_index_file_it_replaced() {
+    let s = setup();
+    let file = s.env.repo.join("index").join(&s.b_index);
+    overwrite_with_garbage(&file);
+    let (code, _, err) = run_json(&s.env, &["check"]);
+    assert_eq!(code, 1, "{err}");
+
+    let (code, report, err) = run_json(&s.env, &["repair", "index"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        report["removed_index_files"],
+        serde_json::json!([s.b_index]),
+        "{report:#}"
+    );
+    assert!(!file.exists(), "the damaged index file is still there");
+    s.assert_clean();
+    s.assert_a_restores("out-a");
+    s.assert_b_restores("out-b");
+    s.env.ok(&["prune"]);
+    s.assert_clean();
+    s.assert_b_restores("out-b2");
+}
+
+/// A damaged index file whose packs no snapshot needs any more (B was
+/// removed): prune goes on, keeping every pack no readable index lists and
+/// the damaged file for `repair index`; after the repair, prune removes
+/// B's data and the repository is clean.
+#[test]
+fn issue_24_prune_proceeds_past_a_damaged_index_file_it_can_scope() {
+    let s = setup();
+    std::fs::remove_file(s.env.repo.join("snapshots").join(&s.b)).unwrap();
+    let file = s.env.repo.join("index").join(&s.b_index);
+    truncate_to_half(&file);
+
+    let out = s.env.run(&["prune"]);
+    let (code, err) = code_and_stderr(&out);
+    assert_eq!(code, 0, "prune: {err}");
+    assert!(
+        err.contains(&s.b_index[..8]) && err.contains("repair index"),
+        "{err}"
+    );
+    assert!(file.exists(), "prune removed the damaged index file");
+    for p in &s.b_packs {
+        assert!(
+            pack_path(&s.env.repo, p).exists(),
+            "prune removed pack {p}, which only the damaged index listed"
+        );
+    }
+    s.assert_a_restores("out-a");
+
+    s.env.ok(&["repair", "index"]);
+    s.env.ok(&["prune"]);
+    for p in &s.b_packs {
+        assert!(!pack_path(&s.env.repo, p).exists(), "B's pack {p} is left");
+    }
+    s.assert_clean();
+    s.assert_a_restores("out-a2");
+}
+
+/// A zero-byte key file is skipped with a warning naming it; another key
+/// still opens the repository, and everything works.
+#[test]
+fn issue_24_a_zero_byte_key_file_is_skipped_while_another_key_opens() {
+    let env = Env::init();
+    let x = env.path("x");
+    make_sample_tree(&x);
+    let a = env.snapshot(&[&x]);
+    let second = env.path("password2");
+    std::fs::write(&second, "battery staple\n").unwrap();
+    env.ok(&[
+        "key",
+        "add",
+        "--new-password-file",
+        second.to_str().unwrap(),
+        "--kdf-work-factor",
+        "10",
+    ]);
+    let keys = repo_files(&env.repo, "keys");
+    assert_eq!(keys.len(), 2);
+    // Damage the key listed first, so that a damaged file stops the search
+    // before the good key unless it is skipped; open with the other one.
+    let initial = env.json(&["key", "list"]);
+    let initial_id = initial[0]["id"].as_str().unwrap().to_string();
+    let damaged = keys[0].clone();
+    std::fs::write(env.repo.join("keys").join(&damaged), b"").unwrap();
+    let password = if initial_id == damaged {
+        second
+    } else {
+        env.password_file.clone()
+    };
+    let run = |args: &[&str]| {
+        env.cmd()
+            .env("CAIRN_PASSWORD_FILE", &password)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let out = run(&["snapshots", "--json"]);
+    let (code, err) = code_and_stderr(&out);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains(&format!("key {damaged}")) && err.contains("skipp"),
+        "no warning naming the damaged key: {err}"
+    );
+    let (code, err) = code_and_stderr(&run(&["check", "--read-data"]));
+    assert_eq!(code, 0, "{err}");
+    let target = env.path("out");
+    let (code, err) = code_and_stderr(&run(&["restore", &a, "--target", target.to_str().unwrap()]));
+    assert_eq!(code, 0, "{err}");
+    assert_same_tree(&x, &restored(&target, &x));
+    let (code, err) = code_and_stderr(&run(&["key", "list"]));
+    assert_eq!(code, 0, "{err}");
+    // The damaged key file goes by its id, as the warning names it.
+    let out = run(&["key", "remove", &damaged[..8]]);
+    let (code, err) = code_and_stderr(&out);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(repo_files(&env.repo, "keys").len(), 1);
+    let (code, err) = code_and_stderr(&run(&["snapshots"]));
+    assert_eq!(code, 0, "{err}");
+    assert!(!err.contains("skipping key"), "{err}");
+    // Only a wrong password is still refused, with its own exit code.
+    let wrong = env.path("wrong");
+    std::fs::write(&wrong, "wrong\n").unwrap();
+    let out = env
+        .cmd()
+        .env("CAIRN_PASSWORD_FILE", &wrong)
+        .args(["snapshots"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(12), "{}", code_and_stderr(&out).1);
+}
+
+/// Lock files of garbage and of zero bytes are removed by `unlock`.
+#[test]
+fn issue_24_unlock_removes_unreadable_lock_files() {
+    let env = Env::init();
+    let x = env.path("x");
+    make_sample_tree(&x);
+    env.snapshot(&[&x]);
+    let locks = env.repo.join("locks");
+    let garbage = locks.join("ab".repeat(32));
+    let empty = locks.join("cd".repeat(32));
+    std::fs::write(&garbage, b"not a lock at all").unwrap();
+    std::fs::write(&empty, b"").unwrap();
+    let out = env.ok(&["unlock"]);
+    assert!(out.contains("removed 2 lock(s)"), "{out}");
+    assert!(!garbage.exists() && !empty.exists());
+    assert!(repo_files(&env.repo, "locks").is_empty());
+    env.ok(&["check"]);
+}

@@ -40,6 +40,40 @@ impl LocalBackend {
         }
     }
 
+    /// Write `file` through a fsynced temporary file moved into place; with
+    /// `exclusive`, only if no file of that name exists (`Ok(false)` then).
+    /// The exclusive move is tempfile's `persist_noclobber`:
+    /// `renameat2(RENAME_NOREPLACE)`, or `link()` where that is missing;
+    /// either fails with EEXIST when the name exists, atomically, so the
+    /// name appears once and never changes content.
+    fn write_file(&self, file: &FileRef, data: &[u8], exclusive: bool) -> Result<bool> {
+        let path = self.path(file);
+        let tmp_dir = self.root.join("tmp");
+        fs::create_dir_all(&tmp_dir).ctx(|| format!("creating {}", tmp_dir.display()))?;
+        let tmp = tempfile::NamedTempFile::new_in(&tmp_dir)
+            .ctx(|| format!("creating a temporary file in {}", tmp_dir.display()))?;
+        fill_file(tmp.path(), tmp.as_file(), data)
+            .ctx(|| format!("writing {file} to {}", tmp_dir.display()))?;
+        let parent = path.parent().unwrap_or(&self.root).to_path_buf();
+        if !parent.exists() {
+            // e.g. wal/ in a repository created before it existed
+            fs::create_dir_all(&parent).ctx(|| format!("creating {}", parent.display()))?;
+        }
+        if exclusive {
+            match tmp.persist_noclobber(&path) {
+                Ok(_) => {}
+                // The temporary file is removed when the error is dropped.
+                Err(e) if e.error.kind() == std::io::ErrorKind::AlreadyExists => return Ok(false),
+                Err(e) => return Err(Error::io(format!("writing {}", path.display()), e.error)),
+            }
+        } else {
+            tmp.persist(&path)
+                .map_err(|e| Error::io(format!("writing {}", path.display()), e.error))?;
+        }
+        sync_dir(&parent)?;
+        Ok(true)
+    }
+
     /// The error for a failed ranged read of `file`.
     fn range_error(&self, file: &FileRef, offset: u64, length: u32, e: std::io::Error) -> Error {
         match e.kind() {
@@ -223,27 +257,20 @@ impl Backend for LocalBackend {
     }
 
     fn write(&self, file: &FileRef, data: &[u8]) -> Result<()> {
-        let path = self.path(file);
-        let tmp_dir = self.root.join("tmp");
-        fs::create_dir_all(&tmp_dir).ctx(|| format!("creating {}", tmp_dir.display()))?;
-        let tmp = tempfile::NamedTempFile::new_in(&tmp_dir)
-            .ctx(|| format!("creating a temporary file in {}", tmp_dir.display()))?;
-        fill_file(tmp.path(), tmp.as_file(), data)
-            .ctx(|| format!("writing {file} to {}", tmp_dir.display()))?;
-        let parent = path.parent().unwrap_or(&self.root).to_path_buf();
-        if !parent.exists() {
-            // e.g. wal/ in a repository created before it existed
-            fs::create_dir_all(&parent).ctx(|| format!("creating {}", parent.display()))?;
+        // The config is the one file that must never be replaced.
+        let created = self.write_file(file, data, file.kind == FileKind::Config)?;
+        if !created {
+            return Err(Error::failure(format!(
+                "a repository already exists at {}",
+                self.root.display()
+            ))
+            .with_hint("use it as it is, or choose another path"));
         }
-        if file.kind == FileKind::Config {
-            // The config is the one file that must never be replaced.
-            tmp.persist_noclobber(&path)
-                .map_err(|e| Error::io(format!("writing {}", path.display()), e.error))?;
-        } else {
-            tmp.persist(&path)
-                .map_err(|e| Error::io(format!("writing {}", path.display()), e.error))?;
-        }
-        sync_dir(&parent)
+        Ok(())
+    }
+
+    fn write_new(&self, file: &FileRef, data: &[u8]) -> Result<bool> {
+        self.write_file(file, data, true)
     }
 
     fn read_into(&self, file: &FileRef, buf: &mut Vec<u8>) -> Result<()> {
@@ -470,6 +497,34 @@ mod tests {
         written.unwrap();
         assert!(b.read(&f).unwrap() == want);
         assert!(b.list(FileKind::Pack).unwrap() == vec![(f.name.clone(), want.len() as u64)]);
+    }
+
+    /// Of threads racing to create one name, exactly one does; the file
+    /// holds its bytes, and no temporary file is left behind.
+    #[test]
+    fn write_new_creates_a_name_once_among_racing_writers() {
+        let dir = tempfile::tempdir().unwrap();
+        let b = LocalBackend::new(dir.path().join("repo"));
+        b.create().unwrap();
+        let f = FileRef::new(FileKind::Wal, "000000010000000000000001");
+        let won: Vec<(u8, bool)> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..8u8)
+                .map(|i| {
+                    let (b, f) = (&b, &f);
+                    s.spawn(move || (i, b.write_new(f, &[i; 100]).unwrap()))
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        let winners: Vec<u8> = won.iter().filter(|(_, w)| *w).map(|(i, _)| *i).collect();
+        assert_eq!(winners.len(), 1, "{won:?}");
+        assert!(b.read(&f).unwrap() == [winners[0]; 100]);
+        assert!(!b.write_new(&f, b"later").unwrap());
+        assert!(b.read(&f).unwrap() == [winners[0]; 100]);
+        assert_eq!(
+            fs::read_dir(dir.path().join("repo/tmp")).unwrap().count(),
+            0
+        );
     }
 
     /// The direct path itself, with a tail and more than one piece.

@@ -50,6 +50,12 @@ pub trait Backend: Send + Sync {
     fn create(&self) -> Result<()>;
     /// Write a whole file atomically: readers see all of it or nothing.
     fn write(&self, file: &FileRef, data: &[u8]) -> Result<()>;
+    /// [`write`](Self::write), but only if no file of that name exists:
+    /// `Ok(false)` when one does (it is left as it is). The check and the
+    /// write are one step, so of writers racing for one name exactly one
+    /// gets `Ok(true)`: the primitive behind claims on a WAL name
+    /// (spec/postgres.md "One content per WAL name").
+    fn write_new(&self, file: &FileRef, data: &[u8]) -> Result<bool>;
     /// A whole file into `buf` (replacing its content), so callers reading
     /// many packs can reuse one buffer.
     fn read_into(&self, file: &FileRef, buf: &mut Vec<u8>) -> Result<()>;

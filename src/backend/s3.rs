@@ -152,6 +152,29 @@ impl Backend for S3Backend {
             .map_err(|e| self.err(format!("writing {file}"), e))
     }
 
+    /// A conditional PUT (`If-None-Match: *`, object_store's
+    /// `PutMode::Create`): the object store refuses it when the key exists.
+    /// S3 decides this atomically; s3s-fs 0.14.1, the test server, honours
+    /// the header but checks and writes in two steps, so only a real store
+    /// gives the one-winner guarantee to writers racing on one key.
+    fn write_new(&self, file: &FileRef, data: &[u8]) -> Result<bool> {
+        let path = self.path(file);
+        let opts = object_store::PutOptions {
+            mode: object_store::PutMode::Create,
+            ..Default::default()
+        };
+        let put = self.rt.block_on(self.store.put_opts(
+            &path,
+            PutPayload::from(data.to_vec()),
+            opts,
+        ));
+        match put {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::AlreadyExists { .. }) => Ok(false),
+            Err(e) => Err(self.err(format!("writing {file} if absent"), e)),
+        }
+    }
+
     fn read_into(&self, file: &FileRef, buf: &mut Vec<u8>) -> Result<()> {
         let path = self.path(file);
         buf.clear();

@@ -285,6 +285,11 @@ pub fn check(
     }
     damaged.extend(spoiled);
 
+    // 3c. Archived WAL: damaged files, and names with more than one content.
+    report
+        .errors
+        .extend(crate::source::pg_physical::check_wal(repo)?);
+
     // 4. Map damage to snapshots and files.
     let bad = |c: &Id| !index.contains_key(c) || damaged.contains(c);
     let mut snap_ids: Vec<Id> = Vec::new();
@@ -480,6 +485,30 @@ fn restore_test(g: &GlobalArgs, a: &CheckArgs, repo: &Repository) -> Result<()> 
     }
 }
 
+/// What to run next for the damage `report` found (spec/repository.md
+/// "Recovering from damaged files").
+fn recovery_hint(report: &CheckReport) -> String {
+    let mut steps = Vec::new();
+    let damaged_files: BTreeSet<Id> = report
+        .damaged
+        .iter()
+        .filter(|d| d.path == "(snapshot file)")
+        .map(|d| d.snapshot)
+        .collect();
+    if report.errors.iter().any(|e| e.starts_with("index ")) {
+        steps.push("`cairn repair index` indexes the packs of damaged index files again and removes those files".to_string());
+    }
+    if !damaged_files.is_empty() {
+        let ids: Vec<String> = damaged_files.iter().map(|i| i.short()).collect();
+        steps.push(format!(
+            "`cairn forget {}` removes the unreadable snapshot file(s)",
+            ids.join(" ")
+        ));
+    }
+    steps.push("restore from an undamaged snapshot; `cairn forget ID` the damaged ones and run `cairn prune`".to_string());
+    steps.join("; ")
+}
+
 pub fn run(g: &GlobalArgs, a: &CheckArgs) -> Result<()> {
     let repo = open_repo(g)?;
     if a.restore_test {
@@ -532,6 +561,6 @@ pub fn run(g: &GlobalArgs, a: &CheckArgs) -> Result<()> {
             report.damaged.len(),
             snaps.len()
         ))
-        .with_hint("restore from an undamaged snapshot; `cairn forget` the damaged ones and run `cairn prune`"))
+        .with_hint(recovery_hint(&report)))
     }
 }

@@ -1,7 +1,15 @@
+//! `cairn forget`: remove snapshots, by keep rules or by id.
+//!
+//! Keep rules only see snapshots that can be read; naming ids is also the
+//! way to remove a snapshot file too damaged to read (spec/repository.md
+//! "Recovering from damaged files"). Data goes with `prune`.
+
 use super::{local_time, matches_filter, open_repo, print_json};
 use crate::cli::{ForgetArgs, GlobalArgs};
 use crate::error::{Error, Result};
 use crate::lock::with_lock;
+use crate::repo::{Id, Snapshot};
+use crate::repository::Repository;
 use crate::retention::{self, GroupBy, Policy};
 
 fn policy(a: &ForgetArgs) -> Result<Policy> {
@@ -22,11 +30,117 @@ fn policy(a: &ForgetArgs) -> Result<Policy> {
     })
 }
 
+/// One snapshot named on the command line, to be forgotten.
+#[derive(Debug, serde::Serialize)]
+struct Named {
+    id: Id,
+    /// `None` when the snapshot file is unreadable.
+    time: Option<jiff::Timestamp>,
+    damaged: bool,
+}
+
+/// The snapshot `spec` (an id or unique prefix) names, readable or not:
+/// an unreadable snapshot file can only be removed by its name.
+fn resolve(spec: &str, readable: &[(Id, Snapshot)], damaged: &[Id]) -> Result<Named> {
+    let lower = spec.to_ascii_lowercase();
+    if lower.is_empty() || !lower.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(
+            Error::usage(format!("{spec:?} is not a snapshot id")).with_hint(
+                "give a snapshot id or a unique prefix of one; `cairn snapshots` lists them",
+            ),
+        );
+    }
+    let mut found: Vec<Named> = readable
+        .iter()
+        .filter(|(id, _)| id.to_hex().starts_with(&lower))
+        .map(|(id, s)| Named {
+            id: *id,
+            time: Some(s.time),
+            damaged: false,
+        })
+        .collect();
+    found.extend(
+        damaged
+            .iter()
+            .filter(|id| id.to_hex().starts_with(&lower))
+            .map(|id| Named {
+                id: *id,
+                time: None,
+                damaged: true,
+            }),
+    );
+    match found.len() {
+        1 => Ok(found.remove(0)),
+        0 => Err(
+            Error::failure(format!("no snapshot matches {spec:?}")).with_hint(
+                "`cairn snapshots` lists the snapshots; `cairn check` names unreadable ones",
+            ),
+        ),
+        n => Err(Error::usage(format!("{n} snapshots match {spec:?}"))
+            .with_hint("give more digits of the id")),
+    }
+}
+
+/// `cairn forget ID...`: remove the named snapshots, including snapshot
+/// files too damaged to read (which keep rules never see).
+fn forget_named(g: &GlobalArgs, a: &ForgetArgs, repo: &Repository) -> Result<()> {
+    let (readable, damaged) = repo.snapshots_and_damage()?;
+    let damaged: Vec<Id> = damaged.into_iter().map(|(id, _)| id).collect();
+    let mut named: Vec<Named> = Vec::new();
+    for spec in &a.snapshots {
+        let n = resolve(spec, &readable, &damaged)?;
+        if !named.iter().any(|m| m.id == n.id) {
+            named.push(n);
+        }
+    }
+    for n in &named {
+        let reason = if n.damaged {
+            "named on the command line; its file is unreadable"
+        } else {
+            "named on the command line"
+        };
+        let time = n.time.unwrap_or(jiff::Timestamp::UNIX_EPOCH);
+        retention::remove_snapshot(repo, &n.id.to_hex(), time, reason, a.dry_run)?;
+        if !g.json {
+            println!(
+                "  remove {} {}  {reason}",
+                n.id.short(),
+                n.time
+                    .map(local_time)
+                    .unwrap_or_else(|| "(unreadable snapshot file)".into()),
+            );
+        }
+    }
+    if g.json {
+        print_json(&serde_json::json!({ "dry_run": a.dry_run, "removed": named }))?;
+    } else {
+        println!(
+            "{} {} snapshot(s)",
+            if a.dry_run { "would remove" } else { "removed" },
+            named.len()
+        );
+    }
+    if a.prune && !a.dry_run {
+        super::prune::run_locked(g, repo, false)?;
+    }
+    Ok(())
+}
+
 pub fn run(g: &GlobalArgs, a: &ForgetArgs) -> Result<()> {
     let policy = policy(a)?;
+    if !a.snapshots.is_empty() {
+        if !policy.is_empty() || !a.filter.host.is_empty() || !a.filter.tag.is_empty() {
+            return Err(
+                Error::usage("snapshot ids and keep rules (or filters) were both given")
+                    .with_hint("forget named snapshots, or apply keep rules, in separate runs"),
+            );
+        }
+        let repo = open_repo(g)?;
+        return with_lock(&repo, true, "forget", || forget_named(g, a, &repo));
+    }
     if policy.is_empty() {
         return Err(Error::usage("no keep rule given: refusing to forget every snapshot").with_hint(
-            "give at least one of --keep-last/-hourly/-daily/-weekly/-monthly/-yearly/-within/-tag",
+            "give at least one of --keep-last/-hourly/-daily/-weekly/-monthly/-yearly/-within/-tag, or the ids of the snapshots to forget",
         ));
     }
     let group_by: GroupBy = a

@@ -4,7 +4,7 @@ use crate::cli::{GlobalArgs, KeyAddArgs, KeyCommand};
 use crate::crypto;
 use crate::error::{Error, Result};
 use crate::lock::with_lock;
-use crate::repo::{FileKind, KeyKind};
+use crate::repo::{FileKind, Id, KeyKind};
 use crate::repository::{local_key_files, make_key_file, write_key_file, NewKey};
 
 pub fn run(g: &GlobalArgs, cmd: KeyCommand) -> Result<()> {
@@ -83,10 +83,30 @@ fn remove(g: &GlobalArgs, spec: &str) -> Result<()> {
     let repo = open_repo(g)?;
     with_lock(&repo, true, "key remove", || {
         let keys = local_key_files(repo.backend.as_ref())?;
+        let lower = spec.to_ascii_lowercase();
+        // A key file that cannot be read opens nothing: it can always go.
+        let damaged: Vec<Id> = repo
+            .backend
+            .list(FileKind::Key)?
+            .into_iter()
+            .filter_map(|(n, _)| Id::parse(&n))
+            .filter(|id| id.to_hex().starts_with(&lower) && !keys.iter().any(|(k, _)| k == id))
+            .collect();
         let matches: Vec<_> = keys
             .iter()
-            .filter(|(id, _)| id.to_hex().starts_with(&spec.to_ascii_lowercase()))
+            .filter(|(id, _)| id.to_hex().starts_with(&lower))
             .collect();
+        if let ([], [id]) = (matches.as_slice(), damaged.as_slice()) {
+            repo.backend
+                .remove(&FileRef::new(FileKind::Key, id.to_hex()))?;
+            println!("removed damaged key file {}", id.short());
+            return Ok(());
+        }
+        if !damaged.is_empty() {
+            return Err(
+                Error::usage(format!("several keys match {spec:?}")).with_hint("give more digits")
+            );
+        }
         let (id, _) = match matches.as_slice() {
             [one] => *one,
             [] => {

@@ -8,7 +8,7 @@ use super::{human_bytes, open_repo, print_json};
 use crate::archiver::{PackBuilder, Sealer};
 use crate::backend::FileRef;
 use crate::cli::{GlobalArgs, PruneArgs};
-use crate::error::{Error, Result};
+use crate::error::{Error, Kind, Result};
 use crate::lock::with_lock;
 use crate::repo::{
     split_pack, ChunkEntry, Compression, FileKind, FrameEntry, Id, IndexFile, PackEntry, Snapshot,
@@ -92,14 +92,18 @@ pub fn used_chunks(repo: &Repository) -> Result<HashSet<Id>> {
     for (name, _) in repo.backend.list(FileKind::Snapshot)? {
         let Some(id) = Id::parse(&name) else { continue };
         let snap: Snapshot = repo.read_sealed(FileKind::Snapshot, &id).map_err(|e| {
-            e.with_hint("prune cannot tell what is in use; run `cairn check` and forget damaged snapshots first")
+            e.with_hint(format!(
+                "prune cannot tell what this snapshot uses; `cairn forget {}` removes its file (restore from another snapshot), then run prune again",
+                id.short()
+            ))
         })?;
         for src in &snap.sources {
             used.extend(src.tree.iter().copied());
             let nodes = repo.read_tree(src).map_err(|e| {
-                e.context(format!("snapshot {}", id.short())).with_hint(
-                    "prune cannot tell what is in use; run `cairn check` and forget damaged snapshots first",
-                )
+                e.context(format!("snapshot {}", id.short())).with_hint(format!(
+                    "prune cannot tell what this snapshot uses; if an index file is damaged, `cairn repair index` first; otherwise `cairn check`, then `cairn forget {}` if it is damaged",
+                    id.short()
+                ))
             })?;
             for n in nodes {
                 used.extend(n.content);
@@ -178,14 +182,25 @@ pub fn prune(repo: &Repository, dry_run: bool) -> Result<PruneReport> {
     let used = used_chunks(repo)?;
     let mut packs: HashMap<Id, PackEntry> = HashMap::new();
     let mut index_files = Vec::new();
+    let mut damaged_index = Vec::new();
     for (name, _) in repo.backend.list(FileKind::Index)? {
         let Some(id) = Id::parse(&name) else { continue };
-        let idx: IndexFile = repo
-            .read_sealed(FileKind::Index, &id)
-            .map_err(|e| e.with_hint("prune needs every index file; run `cairn check` first"))?;
-        index_files.push(id);
-        for p in idx.packs {
-            packs.insert(p.id, p);
+        match repo.read_sealed::<IndexFile>(FileKind::Index, &id) {
+            Ok(idx) => {
+                index_files.push(id);
+                for p in idx.packs {
+                    packs.insert(p.id, p);
+                }
+            }
+            // What it listed is unknown, so every pack no readable index
+            // lists is kept, and the file itself, for `repair index`.
+            Err(e) if e.kind() == Kind::Integrity => {
+                tracing::warn!("{e}; prune keeps it and every pack no other index file lists: run `cairn repair index`");
+                damaged_index.push(id);
+            }
+            Err(e) => {
+                return Err(e.with_hint("prune needs every index file; run `cairn check` first"))
+            }
         }
     }
     let on_disk: HashMap<Id, u64> = repo
@@ -217,11 +232,15 @@ pub fn prune(repo: &Repository, dry_run: bool) -> Result<PruneReport> {
             Fate::Repack => repack.push(p.clone()),
         }
     }
-    let unreferenced: Vec<Id> = on_disk
-        .keys()
-        .filter(|p| !packs.contains_key(*p))
-        .copied()
-        .collect();
+    let unreferenced: Vec<Id> = if damaged_index.is_empty() {
+        on_disk
+            .keys()
+            .filter(|p| !packs.contains_key(*p))
+            .copied()
+            .collect()
+    } else {
+        Vec::new()
+    };
     for p in &unreferenced {
         tracing::info!(pack = %p.short(), reason = "not in any index (left by an interrupted snapshot)", "removing pack");
     }
@@ -253,16 +272,18 @@ pub fn prune(repo: &Repository, dry_run: bool) -> Result<PruneReport> {
     //    the used chunks of partly used frames are gathered into new frames.
     let mut builder = PackBuilder::new(repo);
     let mut reframer = Reframer::new(repo)?;
+    let mut repacked: Vec<Id> = Vec::new();
     for p in &repack {
         crate::interrupt::check()?;
         let f = FileRef::new(FileKind::Pack, p.id.to_hex());
         let bytes = repo.backend.read(&f)?;
         if Id::of_bytes(&bytes) != p.id || split_pack(&bytes).is_none() {
-            return Err(Error::integrity(format!(
-                "{f} is damaged; prune stopped before removing anything"
-            ))
-            .with_hint("run `cairn check --read-data` to see what it affects"));
+            // Its damage is its own: kept as it is, and the rest is pruned.
+            tracing::warn!("{f} is damaged; prune keeps it as it is: run `cairn check --read-data` to see what it affects");
+            keep.push(p.clone());
+            continue;
         }
+        repacked.push(p.id);
         for fr in &p.frames {
             let n_used = fr.chunks.iter().filter(|c| used.contains(&c.id)).count();
             let ct = &bytes[fr.offset as usize..fr.offset as usize + fr.length as usize];
@@ -284,6 +305,8 @@ pub fn prune(repo: &Repository, dry_run: bool) -> Result<PruneReport> {
         }
         tracing::info!(pack = %p.id.short(), reason = "more than 10% unused: its used data was copied", "removing pack");
     }
+    report.packs_kept = keep.len();
+    report.packs_repacked = repacked.len();
     reframer.flush(&mut builder)?;
     builder.flush()?;
     let new_packs = builder.stored.packs;
@@ -303,7 +326,7 @@ pub fn prune(repo: &Repository, dry_run: bool) -> Result<PruneReport> {
     // 4. Delete packs nothing refers to any more.
     for p in remove
         .iter()
-        .chain(repack.iter().map(|p| &p.id))
+        .chain(repacked.iter())
         .chain(unreferenced.iter())
     {
         repo.backend

@@ -2,11 +2,13 @@
 //!
 //! Every pack carries its own (encrypted) header listing its frames and
 //! chunks, so a lost index file can be rebuilt from the packs themselves.
+//! A damaged index file is rebuilt the same way and then removed: left in
+//! place it would keep `check` and `prune` failing for good.
 
 use super::{open_repo, print_json};
 use crate::backend::FileRef;
 use crate::cli::GlobalArgs;
-use crate::error::Result;
+use crate::error::{Kind, Result};
 use crate::lock::with_lock;
 use crate::repo::{split_pack, FileKind, Id, IndexFile, PackEntry, PackHeader, FORMAT_VERSION};
 use std::collections::HashSet;
@@ -15,10 +17,15 @@ pub fn index(g: &GlobalArgs) -> Result<()> {
     let repo = open_repo(g)?;
     with_lock(&repo, true, "repair index", || {
         let mut indexed = HashSet::new();
+        let mut damaged_index = Vec::new();
         for (name, _) in repo.backend.list(FileKind::Index)? {
             let Some(id) = Id::parse(&name) else { continue };
             match repo.read_sealed::<IndexFile>(FileKind::Index, &id) {
                 Ok(idx) => indexed.extend(idx.packs.iter().map(|p| p.id)),
+                Err(e) if e.kind() == Kind::Integrity => {
+                    tracing::warn!("{e}: its packs will be indexed again and it will be removed");
+                    damaged_index.push(name);
+                }
                 Err(e) => tracing::warn!("{e}: its packs will be indexed again"),
             }
         }
@@ -57,14 +64,28 @@ pub fn index(g: &GlobalArgs) -> Result<()> {
                     packs,
                 },
             )?;
+        }
+        // Every intact pack is indexed now: a damaged index file only keeps
+        // check and prune failing, so it goes (after the new index is safe).
+        for name in &damaged_index {
+            tracing::info!(index = %name, "removing the damaged index file");
+            repo.backend
+                .remove(&FileRef::new(FileKind::Index, name.as_str()))?;
+        }
+        if n > 0 || !damaged_index.is_empty() {
             repo.cache.sync(repo.backend.as_ref(), &repo.key)?;
         }
         if g.json {
-            print_json(&serde_json::json!({ "indexed_packs": n, "damaged_packs": skipped }))
+            print_json(&serde_json::json!({
+                "indexed_packs": n,
+                "damaged_packs": skipped,
+                "removed_index_files": damaged_index,
+            }))
         } else {
             println!(
-                "indexed {n} pack(s); {} damaged pack(s) skipped",
-                skipped.len()
+                "indexed {n} pack(s); {} damaged pack(s) skipped; {} damaged index file(s) removed",
+                skipped.len(),
+                damaged_index.len()
             );
             Ok(())
         }

@@ -223,6 +223,17 @@ pub struct WalEntry {
     pub host: String,
 }
 
+/// `wal/<wal file name>`: which content a WAL name holds, written once with
+/// a create-if-absent write before the name's entry, so that of two pushes
+/// of different content racing for one name exactly one wins
+/// (spec/postgres.md "One content per WAL name").
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct WalClaim {
+    pub name: String,
+    /// [`WalEntry::digest`] of the content that won the name.
+    pub digest: Id,
+}
+
 /// `proofs/<id>`: the outcome of one restore test of a snapshot
 /// (`check --restore-test`, or the daemon's scheduled test). The newest
 /// proof of a snapshot decides: a failed one marks the snapshot corrupted.

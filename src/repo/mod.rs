@@ -12,7 +12,7 @@ mod pack;
 pub use id::Id;
 pub use manifest::{
     ChunkerParams, Config, IndexFile, KeyFile, KeyKind, KeyMaterial, LockFile, Node, NodeKind,
-    Proof, Snapshot, SourceRecord, SourceStatus, Summary, WalEntry, CHUNKER_DEFAULT,
+    Proof, Snapshot, SourceRecord, SourceStatus, Summary, WalClaim, WalEntry, CHUNKER_DEFAULT,
     FORMAT_VERSION,
 };
 pub use pack::{
