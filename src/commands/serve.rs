@@ -86,7 +86,11 @@ fn raise_nofile_limit() -> u64 {
     };
     match setrlimit(Resource::Nofile, raised) {
         Ok(()) => {
-            tracing::info!(from = soft, to = want, "open-file soft limit raised to the hard limit");
+            tracing::info!(
+                from = soft,
+                to = want,
+                "open-file soft limit raised to the hard limit"
+            );
             want
         }
         Err(e) => {
