@@ -104,9 +104,9 @@ impl Served {
         Served::spawn(env.plan_cmd(), env, plan)
     }
 
-    /// Started under `ulimit -n NOFILE` (soft and hard), as a small host or
-    /// a unit without `LimitNOFILE` would run it.
-    fn start_with_nofile(env: &Env, plan: &Path, nofile: u32) -> Served {
+    /// Started under `ulimit LIMIT` (e.g. `-n 1024`: soft and hard), as a
+    /// small host or a unit without `LimitNOFILE` would run it.
+    fn start_under_ulimit(env: &Env, plan: &Path, limit: &str) -> Served {
         let sh = env.plan_cmd();
         let mut c = Command::new("sh");
         c.env_clear();
@@ -115,11 +115,8 @@ impl Served {
                 c.env(k, v);
             }
         }
-        c.stdin(Stdio::null()).args([
-            "-c",
-            &format!("ulimit -n {nofile} && exec \"$0\" \"$@\""),
-            BIN,
-        ]);
+        c.stdin(Stdio::null())
+            .args(["-c", &format!("ulimit {limit} && exec \"$0\" \"$@\""), BIN]);
         Served::spawn(c, env, plan)
     }
 
@@ -729,7 +726,7 @@ fn a_flood_of_unfinished_requests_stops_neither_health_nor_backups_issue_24() {
     let _serial = serial();
     let env = Env::init();
     let p = quiet_files_plan(&env);
-    let d = Served::start_with_nofile(&env, &p, 1024);
+    let d = Served::start_under_ulimit(&env, &p, "-n 1024");
     let mut idle = Vec::new();
     for i in 0..1100 {
         let mut s = TcpStream::connect(&d.addr)
@@ -784,12 +781,13 @@ fn a_flood_of_unfinished_requests_stops_neither_health_nor_backups_issue_24() {
 }
 
 /// Issue 24 finding 4: no endpoint takes a body; a large one is refused.
+/// Started with a low soft descriptor limit, which the daemon raises.
 #[test]
 fn an_oversized_request_body_gets_413_issue_24() {
     let _serial = serial();
     let env = Env::init();
     let p = quiet_files_plan(&env);
-    let d = Served::start(&env, &p);
+    let d = Served::start_under_ulimit(&env, &p, "-S -n 256");
     // The head announces 1 MiB; the server refuses before reading any of it.
     let r = d.try_request(
         "POST",
@@ -808,6 +806,11 @@ fn an_oversized_request_body_gets_413_issue_24() {
     let (code, log) = d.stop();
     assert_eq!(code, Some(0), "{log}");
     assert!(log.contains("route=/backups status=413"), "{log}");
+    // The soft limit went up to the hard one (whatever this machine's is).
+    assert!(
+        log.contains("open-file soft limit raised to the hard limit from=256"),
+        "{log}"
+    );
 }
 
 /// Issue 24 finding 4: API requests use the repository the daemon opened;
