@@ -32,6 +32,10 @@ pub fn run(g: &GlobalArgs, a: &ServeArgs) -> Result<()> {
     });
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
+        // Repository work of API requests (listing snapshots, a triggered
+        // run) runs here; one run at a time, so a few threads are plenty
+        // and a burst of requests queues instead of starting hundreds.
+        .max_blocking_threads(8)
         .enable_all()
         .build()
         .map_err(|e| Error::io("starting the HTTP runtime", e))?;
