@@ -412,6 +412,14 @@ impl Repository {
         Ok(())
     }
 
+    /// Forget the spooled packs and delete their files: a long-lived
+    /// repository (the daemon's) calls this after each restore.
+    pub fn drop_spool(&self) {
+        if let Ok(mut guard) = self.spool.lock() {
+            *guard = None;
+        }
+    }
+
     /// A whole pack's bytes into `buf`: from the spool when a pre-check
     /// downloaded it, else from the backend. Not checked against its name here.
     pub fn read_pack_into(&self, id: &Id, buf: &mut Vec<u8>) -> Result<()> {

@@ -101,8 +101,27 @@ struct Served {
 
 impl Served {
     fn start(env: &Env, plan: &Path) -> Served {
-        let mut child = env
-            .plan_cmd()
+        Served::spawn(env.plan_cmd(), env, plan)
+    }
+
+    /// Started under `ulimit LIMIT` (e.g. `-n 1024`: soft and hard), as a
+    /// small host or a unit without `LimitNOFILE` would run it.
+    fn start_under_ulimit(env: &Env, plan: &Path, limit: &str) -> Served {
+        let sh = env.plan_cmd();
+        let mut c = Command::new("sh");
+        c.env_clear();
+        for (k, v) in sh.get_envs() {
+            if let Some(v) = v {
+                c.env(k, v);
+            }
+        }
+        c.stdin(Stdio::null())
+            .args(["-c", &format!("ulimit {limit} && exec \"$0\" \"$@\""), BIN]);
+        Served::spawn(c, env, plan)
+    }
+
+    fn spawn(mut cmd: Command, env: &Env, plan: &Path) -> Served {
+        let mut child = cmd
             .args(["serve", "-v", "--plan"])
             .arg(plan)
             .args([
@@ -159,19 +178,31 @@ impl Served {
 
     /// (status code, body)
     fn request(&self, method: &str, path: &str, token: Option<&str>) -> (u16, String) {
-        let mut s = TcpStream::connect(&self.addr).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
+        self.try_request(method, path, token, "Content-Length: 0\r\n", 120)
+            .unwrap_or_else(|e| panic!("{method} {path}: {e}\n{}", self.log()))
+    }
+
+    /// A request with `extra` header lines, given `secs` to answer.
+    fn try_request(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        extra: &str,
+        secs: u64,
+    ) -> std::io::Result<(u16, String)> {
+        let mut s = TcpStream::connect(&self.addr)?;
+        s.set_read_timeout(Some(Duration::from_secs(secs)))?;
         let auth = token
             .map(|t| format!("Authorization: Bearer {t}\r\n"))
             .unwrap_or_default();
         write!(
             s,
-            "{method} {path} HTTP/1.1\r\nHost: {}\r\n{auth}Content-Length: 0\r\nConnection: close\r\n\r\n",
+            "{method} {path} HTTP/1.1\r\nHost: {}\r\n{auth}{extra}Connection: close\r\n\r\n",
             self.addr
-        )
-        .unwrap();
+        )?;
         let mut resp = String::new();
-        s.read_to_string(&mut resp).unwrap();
+        s.read_to_string(&mut resp)?;
         let code = resp
             .split_whitespace()
             .nth(1)
@@ -182,7 +213,13 @@ impl Served {
             .map(|x| x.1)
             .unwrap_or("")
             .to_string();
-        (code, body)
+        Ok((code, body))
+    }
+
+    fn metrics(&self) -> String {
+        let (code, body) = self.request("GET", "/metrics", Some(TOKEN));
+        assert_eq!(code, 200, "{body}");
+        body
     }
 
     /// POST, retrying while another run holds the daemon (409).
@@ -234,6 +271,14 @@ impl Served {
             assert!(Instant::now() < deadline, "serve did not stop on SIGTERM");
             std::thread::sleep(Duration::from_millis(100));
         }
+    }
+}
+
+impl Drop for Served {
+    /// A failed test must not leave its daemon running.
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
@@ -656,6 +701,155 @@ fn object_storage_use_is_measured_against_the_quota() {
     });
     assert_eq!(s["storage"]["measured_by"], "quota", "{s}");
     assert_eq!(s["storage"]["total_bytes"], 1 << 20);
+    let (code, log) = d.stop();
+    assert_eq!(code, Some(0), "{log}");
+}
+
+/// A plan with one files source and a schedule that does not fire during a test.
+fn quiet_files_plan(env: &Env) -> PathBuf {
+    let files = env.path("etc");
+    make_sample_tree(&files);
+    plan(
+        env,
+        &format!(
+            "source \"etc\" kind=\"files\" {{\n    path \"{}\"\n}}\nschedule \"yearly\" {{\n    cron \"0 0 1 1 *\"\n}}\n",
+            files.display()
+        ),
+    )
+}
+
+/// Issue 24 finding 4: 1,100 idle, never-finished requests against a daemon
+/// allowed 1,024 descriptors must not stop `/health` nor a backup, and the
+/// server closes them itself (header-read timeout, connection table).
+#[test]
+fn a_flood_of_unfinished_requests_stops_neither_health_nor_backups_issue_24() {
+    let _serial = serial();
+    let env = Env::init();
+    let p = quiet_files_plan(&env);
+    let d = Served::start_under_ulimit(&env, &p, "-n 1024");
+    let mut idle = Vec::new();
+    for i in 0..1100 {
+        let mut s = TcpStream::connect(&d.addr)
+            .unwrap_or_else(|e| panic!("connection {i}: {e}\n{}", d.log()));
+        // A request line and one header, never the blank line that ends the head.
+        // (A connection the server already closed may refuse the write.)
+        let _ = s.write_all(b"GET /status HTTP/1.1\r\nHost: flood\r\n");
+        idle.push(s);
+    }
+    // Liveness bounds, not timings: a daemon that is out of descriptors
+    // never answers at all.
+    let health = d.try_request("GET", "/health", None, "", 60);
+    assert!(
+        matches!(&health, Ok((200, b)) if b == "ok\n"),
+        "/health during the flood: {health:?}\n{}",
+        d.log()
+    );
+    let backup = d.try_request(
+        "POST",
+        "/backups?wait=true",
+        Some(TOKEN),
+        "Content-Length: 0\r\n",
+        300,
+    );
+    let body = match &backup {
+        Ok((200, b)) => b.clone(),
+        other => panic!("backup during the flood: {other:?}\n{}", d.log()),
+    };
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let id = v["snapshot"].as_str().unwrap();
+    assert!(
+        env.snapshot_ids().iter().any(|s| s.starts_with(id)),
+        "{id} not in the repository"
+    );
+    // Every idle connection is closed by the server: made room for newer
+    // ones, or timed out waiting for its request head.
+    for (i, s) in idle.iter_mut().enumerate() {
+        s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+        let mut sink = Vec::new();
+        match s.read_to_end(&mut sink) {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+            Err(e) => panic!("idle connection {i} still open: {e}\n{}", d.log()),
+        }
+    }
+    drop(idle);
+    assert_eq!(d.request("GET", "/health", None).0, 200);
+    let (code, log) = d.stop();
+    assert_eq!(code, Some(0), "{log}");
+    assert!(log.contains("max_connections=256"), "{log}");
+    assert!(!log.contains("Too many open files"), "{log}");
+}
+
+/// Issue 24 finding 4: no endpoint takes a body; a large one is refused.
+/// Started with a low soft descriptor limit, which the daemon raises.
+#[test]
+fn an_oversized_request_body_gets_413_issue_24() {
+    let _serial = serial();
+    let env = Env::init();
+    let p = quiet_files_plan(&env);
+    let d = Served::start_under_ulimit(&env, &p, "-S -n 256");
+    // The head announces 1 MiB; the server refuses before reading any of it.
+    let r = d.try_request(
+        "POST",
+        "/backups",
+        Some(TOKEN),
+        "Content-Length: 1048576\r\n",
+        60,
+    );
+    assert!(matches!(r, Ok((413, _))), "{r:?}\n{}", d.log());
+    // A body within the limit is no reason to refuse.
+    let (code, body) = d
+        .try_request("GET", "/status", Some(TOKEN), "Content-Length: 0\r\n", 60)
+        .unwrap();
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(d.status()["runs"], 0, "the refused request started no run");
+    let (code, log) = d.stop();
+    assert_eq!(code, Some(0), "{log}");
+    assert!(log.contains("route=/backups status=413"), "{log}");
+    // The soft limit went up to the hard one (whatever this machine's is).
+    assert!(
+        log.contains("open-file soft limit raised to the hard limit from=256"),
+        "{log}"
+    );
+}
+
+/// Issue 24 finding 4: API requests use the repository the daemon opened;
+/// the key (scrypt) is unlocked at start-up and again only on a reload.
+#[test]
+fn api_requests_do_not_unlock_the_key_again_issue_24() {
+    let _serial = serial();
+    let env = Env::init();
+    let p = quiet_files_plan(&env);
+    let d = Served::start(&env, &p);
+    let listed = |d: &Served| {
+        std::thread::scope(|sc| {
+            let all: Vec<_> = (0..8)
+                .map(|_| sc.spawn(|| d.request("GET", "/snapshots", Some(TOKEN))))
+                .collect();
+            for h in all {
+                let (code, body) = h.join().unwrap();
+                assert_eq!(code, 200, "{body}");
+            }
+        })
+    };
+    listed(&d);
+    let (code, body) = d.post_when_free("/backups?wait=true");
+    assert_eq!(code, 200, "{body}");
+    listed(&d);
+    let m = d.metrics();
+    assert!(m.contains("\ncairn_key_unlocks_total 1\n"), "{m}");
+    assert_eq!(d.status()["key_unlocks"], 1);
+
+    // A reload opens the repository again (its password file may have changed).
+    unsafe { libc::kill(d.child.id() as i32, libc::SIGHUP) };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !d.log().contains("plan reloaded") {
+        assert!(Instant::now() < deadline, "no reload: {}", d.log());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    listed(&d);
+    let m = d.metrics();
+    assert!(m.contains("\ncairn_key_unlocks_total 2\n"), "{m}");
     let (code, log) = d.stop();
     assert_eq!(code, Some(0), "{log}");
 }

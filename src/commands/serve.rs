@@ -19,6 +19,7 @@ pub fn run(g: &GlobalArgs, a: &ServeArgs) -> Result<()> {
         check_every: super::parse_duration("--check-every", &a.check_every)?,
         listen: a.listen.clone(),
     };
+    let nofile = raise_nofile_limit();
     let daemon = Daemon::new(opts)?;
     // The repository must open before the daemon claims to be up.
     daemon.open_repo()?;
@@ -31,6 +32,10 @@ pub fn run(g: &GlobalArgs, a: &ServeArgs) -> Result<()> {
     });
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
+        // Repository work of API requests (listing snapshots, a triggered
+        // run) runs here; one run at a time, so a few threads are plenty
+        // and a burst of requests queues instead of starting hundreds.
+        .max_blocking_threads(8)
         .enable_all()
         .build()
         .map_err(|e| Error::io("starting the HTTP runtime", e))?;
@@ -48,11 +53,14 @@ pub fn run(g: &GlobalArgs, a: &ServeArgs) -> Result<()> {
         println!("cairn serve: API listening on http://{local}");
         let _ = std::io::stdout().flush();
         let app = api::router(daemon.clone());
-        runtime.spawn(async move {
-            if let Err(e) = axum::serve(listener, app).await {
-                tracing::error!("the HTTP API stopped: {e}");
-            }
-        });
+        let limits = api::Limits::for_nofile(nofile);
+        tracing::info!(
+            max_connections = limits.max_connections,
+            header_read_timeout_s = limits.header_read_timeout.as_secs(),
+            max_body = api::MAX_BODY,
+            "API limits"
+        );
+        runtime.spawn(api::serve(listener, app, limits));
     } else {
         println!("cairn serve: no api node in the plan; running without the HTTP API");
         let _ = std::io::stdout().flush();
@@ -60,4 +68,38 @@ pub fn run(g: &GlobalArgs, a: &ServeArgs) -> Result<()> {
     let r = daemon.run_scheduler();
     runtime.shutdown_timeout(std::time::Duration::from_secs(2));
     r
+}
+
+/// Raise the soft limit of open descriptors to the hard limit (a unit's
+/// `LimitNOFILE`, or what the shell allowed), log both, and return the soft
+/// limit now in force: the API takes at most a quarter of it.
+fn raise_nofile_limit() -> u64 {
+    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+    let before = getrlimit(Resource::Nofile);
+    // An unlimited hard limit cannot be the soft one for descriptors;
+    // 2^20 is Linux's default ceiling (fs.nr_open).
+    let want = before.maximum.unwrap_or(1 << 20);
+    let soft = before.current.unwrap_or(u64::MAX);
+    if soft >= want {
+        tracing::info!(soft, hard = ?before.maximum, "open-file limit");
+        return soft;
+    }
+    let raised = Rlimit {
+        current: Some(want),
+        maximum: before.maximum,
+    };
+    match setrlimit(Resource::Nofile, raised) {
+        Ok(()) => {
+            tracing::info!(
+                from = soft,
+                to = want,
+                "open-file soft limit raised to the hard limit"
+            );
+            want
+        }
+        Err(e) => {
+            tracing::warn!(soft, want, "cannot raise the open-file soft limit: {e}");
+            soft
+        }
+    }
 }

@@ -6,6 +6,17 @@
 //! configured token checked, so timing tells nothing. A missing or wrong
 //! token gets a bare 401. Every request is logged (target `cairn::access`)
 //! with the token's name, method, route, status and duration.
+//!
+//! The server itself ([`serve`]) is an accept loop over hyper's HTTP/1
+//! connection builder rather than `axum::serve`, because an unauthenticated
+//! client must not be able to take what the backups need: every connection
+//! gets a header-read timeout (which also bounds idle keep-alive), a small
+//! read buffer, and a place in a bounded table of open connections — when
+//! the table is full the oldest connection that is not inside a request is
+//! closed to make room, or, if every one is inside a request, the new one is
+//! closed at once. Request bodies are refused above [`Limits::max_body`]
+//! (no endpoint takes one). The limits are stated in `spec/plan.md`
+//! ("HTTP server limits").
 
 use super::{Daemon, Trigger};
 use axum::extract::{Query, Request, State};
@@ -14,8 +25,11 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use std::sync::Arc;
-use std::time::Instant;
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::Notify;
 
 /// A configured token: its name and the BLAKE3 hash of its secret.
 #[derive(Clone)]
@@ -245,8 +259,165 @@ pub fn router(daemon: Arc<Daemon>) -> Router {
         .route("/snapshots", get(snapshots))
         .route("/backups", post(backups))
         .route("/checks", post(checks))
+        // Inside the access log, so a refused body is logged too.
+        .layer(tower_http::limit::RequestBodyLimitLayer::new(MAX_BODY))
         .layer(middleware::from_fn_with_state(ctx.clone(), access_log))
         .with_state(ctx)
+}
+
+/// Request bodies larger than this get 413 (no endpoint reads a body).
+pub const MAX_BODY: usize = 4096;
+
+/// The HTTP server's limits (`spec/plan.md`, "HTTP server limits").
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Connections open at once, at most.
+    pub max_connections: usize,
+    /// A request head (request line and headers) must arrive within this,
+    /// counted from the connection's start or the end of its previous
+    /// response: it is the idle keep-alive timeout too.
+    pub header_read_timeout: Duration,
+}
+
+impl Limits {
+    /// Limits for a process allowed `soft_nofile` open descriptors: at most
+    /// a quarter of them (and never more than 256) go to API connections,
+    /// the rest stay for backups, the repository and the index cache.
+    pub fn for_nofile(soft_nofile: u64) -> Limits {
+        Limits {
+            max_connections: usize::try_from((soft_nofile / 4).clamp(8, 256)).unwrap_or(8),
+            header_read_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// One open connection in the table.
+struct Conn {
+    /// Requests of this connection being answered now.
+    busy: Arc<AtomicUsize>,
+    /// Notified to close the connection to make room.
+    evict: Arc<Notify>,
+}
+
+/// The open connections, oldest first.
+#[derive(Default)]
+struct Conns {
+    next: u64,
+    open: BTreeMap<u64, Conn>,
+}
+
+impl Conns {
+    /// Make room for a new connection and register it, or `None` when the
+    /// table is full of connections that are all inside a request.
+    fn admit(&mut self, max: usize) -> Option<(u64, Arc<AtomicUsize>, Arc<Notify>)> {
+        if self.open.len() >= max {
+            let idle = self
+                .open
+                .iter()
+                .find(|(_, c)| c.busy.load(Ordering::SeqCst) == 0)
+                .map(|(id, _)| *id)?;
+            if let Some(c) = self.open.remove(&idle) {
+                c.evict.notify_one();
+            }
+        }
+        let id = self.next;
+        self.next += 1;
+        let busy = Arc::new(AtomicUsize::new(0));
+        let evict = Arc::new(Notify::new());
+        self.open.insert(
+            id,
+            Conn {
+                busy: busy.clone(),
+                evict: evict.clone(),
+            },
+        );
+        Some((id, busy, evict))
+    }
+}
+
+/// Counts a request as being answered while it lives.
+struct InRequest(Arc<AtomicUsize>);
+
+impl InRequest {
+    fn enter(busy: &Arc<AtomicUsize>) -> InRequest {
+        busy.fetch_add(1, Ordering::SeqCst);
+        InRequest(busy.clone())
+    }
+}
+
+impl Drop for InRequest {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Serve `app` on `listener` within `limits` until the runtime stops.
+pub async fn serve(listener: tokio::net::TcpListener, app: Router, limits: Limits) {
+    let conns = Arc::new(Mutex::new(Conns::default()));
+    let mut refused: u64 = 0;
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning; the
+                // connections holding descriptors time out meanwhile.
+                tracing::warn!("accepting an API connection: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let admitted = conns
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .admit(limits.max_connections);
+        let Some((id, busy, evict)) = admitted else {
+            refused += 1;
+            // Logged at powers of two: a flood does not flood the log.
+            if refused.is_power_of_two() {
+                tracing::warn!(
+                    %peer,
+                    max = limits.max_connections,
+                    refused,
+                    "API connection closed at once: every connection is inside a request"
+                );
+            }
+            drop(stream);
+            continue;
+        };
+        let app = app.clone();
+        let conns = conns.clone();
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(move |req| {
+                let guard = InRequest::enter(&busy);
+                let call = tower::ServiceExt::oneshot(app.clone(), req);
+                async move {
+                    let resp = call.await;
+                    drop(guard);
+                    resp
+                }
+            });
+            let mut http = hyper::server::conn::http1::Builder::new();
+            http.timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(limits.header_read_timeout)
+                .max_buf_size(16 * 1024);
+            let conn = http.serve_connection(hyper_util::rt::TokioIo::new(stream), svc);
+            tokio::select! {
+                r = conn => {
+                    if let Err(e) = r {
+                        tracing::debug!(%peer, "API connection ended: {e}");
+                    }
+                }
+                _ = evict.notified() => {
+                    tracing::debug!(%peer, "idle API connection closed to make room for a new one");
+                }
+            }
+            conns
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .open
+                .remove(&id);
+        });
+    }
 }
 
 #[cfg(test)]
@@ -269,5 +440,30 @@ mod tests {
         assert_eq!(authenticate(&t, "other").as_deref(), Some("ci"));
         assert_eq!(authenticate(&t, "s3cre"), None);
         assert_eq!(authenticate(&t, ""), None);
+    }
+
+    #[test]
+    fn a_full_table_evicts_the_oldest_idle_connection_or_refuses() {
+        let mut c = Conns::default();
+        let (a, busy_a, _) = c.admit(2).unwrap();
+        let (b, _, evict_b) = c.admit(2).unwrap();
+        busy_a.fetch_add(1, Ordering::SeqCst);
+        // a is inside a request, b is idle: b makes room.
+        let (n, busy_n, _) = c.admit(2).unwrap();
+        assert!(c.open.contains_key(&a) && c.open.contains_key(&n));
+        assert!(!c.open.contains_key(&b));
+        // The eviction was signalled (a stored permit completes at once).
+        assert!(futures::FutureExt::now_or_never(evict_b.notified()).is_some());
+        // Both busy: the newcomer is refused.
+        busy_n.fetch_add(1, Ordering::SeqCst);
+        assert!(c.admit(2).is_none());
+    }
+
+    #[test]
+    fn limits_leave_most_descriptors_to_backups() {
+        assert_eq!(Limits::for_nofile(1024).max_connections, 256);
+        assert_eq!(Limits::for_nofile(256).max_connections, 64);
+        assert_eq!(Limits::for_nofile(65536).max_connections, 256);
+        assert_eq!(Limits::for_nofile(0).max_connections, 8);
     }
 }

@@ -7,6 +7,12 @@
 //! skipped (and logged), an API trigger gets 409. Everything the daemon
 //! knows about the repository it reads from the repository itself, so a
 //! daemon that was down notices a missed backup right after it starts.
+//!
+//! The repository is opened once — its key unlocked once (scrypt takes a
+//! second and much memory) — and shared by runs, checks and API requests;
+//! each use re-syncs the index cache, which costs a listing when nothing
+//! changed. A plan reload (SIGHUP) opens it again, so a changed repository,
+//! password or identity file takes effect.
 
 pub mod alerts;
 pub mod api;
@@ -45,6 +51,8 @@ pub struct Daemon {
     running: Mutex<()>,
     alerter: RwLock<Alerter>,
     reload: Arc<AtomicBool>,
+    /// The open repository, shared; `None` until first used and after a reload.
+    repo: Mutex<Option<Arc<Repository>>>,
 }
 
 /// Why a run was started.
@@ -104,6 +112,7 @@ impl Daemon {
             running: Mutex::new(()),
             alerter: RwLock::new(alerter),
             reload,
+            repo: Mutex::new(None),
         }))
     }
 
@@ -128,8 +137,33 @@ impl Daemon {
         f(&mut self.status.lock().unwrap_or_else(|e| e.into_inner()));
     }
 
-    pub fn open_repo(&self) -> Result<Repository> {
-        crate::commands::plan::open_repo(&self.opts.global, &self.plan())
+    /// The plan's repository, opened (key unlocked) on first use and then
+    /// shared; its index cache is brought up to date on every call. Opened
+    /// again when the config at its location is another repository's.
+    pub fn open_repo(&self) -> Result<Arc<Repository>> {
+        // Held while opening: concurrent callers wait for one unlock
+        // instead of each running scrypt.
+        let mut slot = self.repo.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(repo) = slot.as_ref() {
+            let config = Repository::read_config(repo.backend.as_ref())?;
+            if config.id == repo.config.id {
+                repo.cache.sync(repo.backend.as_ref(), &repo.key)?;
+                return Ok(repo.clone());
+            }
+            tracing::warn!(
+                "the repository at {} is another one now; opening it again",
+                repo.backend.location()
+            );
+        }
+        *slot = None;
+        let repo = Arc::new(crate::commands::plan::open_repo(
+            &self.opts.global,
+            &self.plan(),
+        )?);
+        self.with_status(|s| s.key_unlocks += 1);
+        tracing::debug!(key = %repo.key_id.short(), "repository opened, key unlocked");
+        *slot = Some(repo.clone());
+        Ok(repo)
     }
 
     /// Send an alert through the plan's channels (rate-limited); failures to
@@ -182,7 +216,7 @@ impl Daemon {
         let plan = self.plan();
         let started = std::time::Instant::now();
         tracing::info!(%trigger, "backup run started");
-        let run = || -> Result<(Repository, crate::job::JobReport)> {
+        let run = || -> Result<(Arc<Repository>, crate::job::JobReport)> {
             let repo = self.open_repo()?;
             let sources = crate::plan::job_sources(&plan, names)?;
             let opts = crate::job::JobOptions {
@@ -375,7 +409,10 @@ impl Daemon {
             Some((id, snap)) => {
                 last.snapshot = Some(id.short());
                 tracing::info!(%trigger, snapshot = %id.short(), "restore test started");
-                match crate::prove::prove(&repo, *id, snap, None, &env) {
+                let proved = crate::prove::prove(&repo, *id, snap, None, &env);
+                // The repository outlives this test: no downloaded packs kept.
+                repo.drop_spool();
+                match proved {
                     Ok(r) => r.outcome,
                     Err(e) => crate::prove::Outcome::Failed {
                         detail: e.to_string(),
@@ -702,6 +739,8 @@ impl Daemon {
                         *self.alerter.write().unwrap_or_else(|e| e.into_inner()) =
                             new_alerter(&p, &self.opts);
                         *self.plan.write().unwrap_or_else(|e| e.into_inner()) = p.clone();
+                        // The repository, password or identity may have changed.
+                        *self.repo.lock().unwrap_or_else(|e| e.into_inner()) = None;
                         if changed {
                             let _run = self.running.lock().unwrap_or_else(|e| e.into_inner());
                             let applied = self

@@ -56,6 +56,9 @@ pub struct Status {
     pub snapshots: usize,
     pub next_restore_test: Option<jiff::Timestamp>,
     pub last_restore_test: Option<super::LastProof>,
+    /// Times the repository key was unlocked (scrypt or identity): once at
+    /// start-up and once per plan reload, never per request.
+    pub key_unlocks: u64,
 }
 
 /// Kept across restarts.
@@ -145,6 +148,11 @@ pub fn metrics(s: &Status) -> String {
         "cairn_snapshots",
         "Snapshots of this plan in the repository.",
         vec![(String::new(), s.snapshots as f64)],
+    );
+    gauge(
+        "cairn_key_unlocks_total",
+        "Times the repository key was unlocked (start-up and plan reloads).",
+        vec![(String::new(), s.key_unlocks as f64)],
     );
     if let Some(st) = &s.storage {
         gauge(
