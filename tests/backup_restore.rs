@@ -622,3 +622,71 @@ fn a_stored_path_that_leaves_the_target_is_found_by_check_and_refused_by_restore
     // The good snapshot still restores.
     env.ok(&["restore", &good, "--target", target.to_str().unwrap()]);
 }
+
+/// A file system mounted in the target gets its own staging directory, so
+/// a file is staged on the disk it lands on and renamed, never copied
+/// across (or staged on a small root file system).
+#[test]
+fn files_below_a_mount_point_in_the_target_are_staged_on_that_file_system() {
+    if !rustix::process::geteuid().is_root() {
+        eprintln!("skipped: mounting a tmpfs needs root");
+        return;
+    }
+    let env = Env::init();
+    let src = env.path("src");
+    std::fs::create_dir_all(src.join("mnt/deep")).unwrap();
+    for i in 0..4 {
+        std::fs::write(
+            src.join(format!("mnt/deep/big-{i}")),
+            random_bytes(i + 10, 16 << 20),
+        )
+        .unwrap();
+    }
+    std::fs::write(src.join("small"), "on the target's own file system").unwrap();
+    let id = env.snapshot(&[&src]);
+    let target = env.path("out");
+    let mnt = restored(&target, &src).join("mnt");
+    std::fs::create_dir_all(&mnt).unwrap();
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let st = std::process::Command::new("mount")
+        .args([
+            "-t",
+            "tmpfs",
+            "-o",
+            "size=256m",
+            "cairn-test",
+            mnt.to_str().unwrap(),
+        ])
+        .status()
+        .unwrap();
+    assert!(st.success(), "mount failed");
+    let _unmount = Unmount(mnt.clone());
+
+    let mut child = env
+        .cmd()
+        .args(["restore", &id, "--target", target.to_str().unwrap()])
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut staged_on_mount = false;
+    while child.try_wait().unwrap().is_none() {
+        staged_on_mount |= std::fs::read_dir(&mnt).unwrap().any(|e| {
+            e.unwrap()
+                .file_name()
+                .to_string_lossy()
+                .starts_with(".cairn-restore-")
+        });
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    assert!(child.wait().unwrap().success());
+    assert!(
+        staged_on_mount,
+        "no staging directory appeared on the mounted file system"
+    );
+    assert_same_tree(&src, &restored(&target, &src));
+}

@@ -27,7 +27,7 @@ use crate::repository::{chunk_slice, FrameDecoder, Repository};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use target::TargetDir;
+use target::{StagingDir, TargetDir};
 
 mod target;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -274,7 +274,6 @@ pub fn restore_nodes(
     let nodes = one_tree(nodes)?;
     let locs = locate_chunks(repo, &nodes)?;
     let mut dest = TargetDir::open(target)?;
-    dest.remove_leftovers()?;
     let mut sorted: Vec<&Node> = nodes.iter().collect();
     sorted.sort_by(|a, b| a.path.cmp(&b.path));
     dest.refuse_conflicts(&sorted)?;
@@ -290,12 +289,31 @@ pub fn restore_nodes(
         stats.files += 1;
         stats.bytes += n.size;
     }
-    let staging = dest.staging()?;
+    // One staging directory per file system the files land on.
+    let parents = dest.staging_parents(&files)?;
+    let mut staging: Vec<StagingDir> = Vec::new();
+    let mut staged_in: Vec<usize> = Vec::with_capacity(files.len());
+    let mut by_parent: HashMap<&str, usize> = HashMap::new();
+    dest.remove_leftovers("")?;
+    for p in parents {
+        let s = match by_parent.get(p) {
+            Some(s) => *s,
+            None => {
+                if !p.is_empty() {
+                    dest.remove_leftovers(p)?;
+                }
+                staging.push(dest.staging(p)?);
+                by_parent.insert(p, staging.len() - 1);
+                staging.len() - 1
+            }
+        };
+        staged_in.push(s);
+    }
     let out = Outputs::new(
         files
             .iter()
             .enumerate()
-            .map(|(i, n)| (staging.file(i), n.size))
+            .map(|(i, n)| (staging[staged_in[i]].file(i), n.size))
             .collect(),
     );
     let packs = by_pack(frames);
@@ -317,13 +335,15 @@ pub fn restore_nodes(
         stats.dirs += 1;
     }
     for (i, n) in files.iter().enumerate() {
-        dest.place_file(&staging, &i.to_string(), n)?;
+        dest.place_file(&staging[staged_in[i]], &i.to_string(), n)?;
     }
     for n in sorted.iter().filter(|n| n.kind == NodeKind::Symlink) {
         dest.place_symlink(n)?;
         stats.symlinks += 1;
     }
-    staging.finish()?;
+    for s in staging {
+        s.finish()?;
+    }
     // Directories last, deepest first, so placing what they hold does not
     // disturb their times (and a read-only one was writable until now).
     let mut dirs: Vec<&Node> = sorted

@@ -16,8 +16,9 @@
 //! - a directory where the snapshot has a file or symlink stops the restore
 //!   before anything in the target is changed ([`TargetDir::refuse_conflicts`]).
 //!
-//! File contents are staged in one private directory at the target's top,
-//! `.cairn-restore-XXXXXXXX` (mode 0700, files 0600), named by number so a
+//! File contents are staged in a private directory at the target's top,
+//! `.cairn-restore-PID-XXXXXXXX` (mode 0700, files 0600; one more at the top
+//! of each other file system mounted in the target), named by number so a
 //! staging name always fits in `NAME_MAX`. A file gets its owner, mode and
 //! times while still staged, then is renamed into place. A restore killed
 //! before it ends leaves only that directory, which no other user can read,
@@ -94,13 +95,26 @@ impl TargetDir {
         self.path.join(rel).display().to_string()
     }
 
-    /// Remove what restores killed before they ended left here.
-    pub(super) fn remove_leftovers(&self) -> Result<()> {
-        let entries =
-            std::fs::read_dir(&self.path).ctx(|| format!("listing {}", self.path.display()))?;
+    /// Remove what restores killed before they ended left in directory
+    /// `parent` below the target: staging
+    /// directories whose process (named in the directory's name) is gone.
+    /// A restore still running into the same target keeps its own.
+    pub(super) fn remove_leftovers(&self, parent: &str) -> Result<()> {
+        let dir = self.path.join(parent);
+        let entries = std::fs::read_dir(&dir).ctx(|| format!("listing {}", dir.display()))?;
         for e in entries.flatten() {
             let name = e.file_name();
-            if name.to_string_lossy().starts_with(STAGING_PREFIX) {
+            let name = name.to_string_lossy();
+            let Some(rest) = name.strip_prefix(STAGING_PREFIX) else {
+                continue;
+            };
+            let pid = rest
+                .split_once('-')
+                .and_then(|(pid, _)| pid.parse::<i32>().ok())
+                .and_then(rustix::process::Pid::from_raw);
+            let gone =
+                pid.is_none_or(|pid| rustix::process::test_kill_process(pid) == Err(Errno::SRCH));
+            if gone {
                 let p = e.path();
                 // remove_dir_all never follows symlinks.
                 std::fs::remove_dir_all(&p)
@@ -142,15 +156,59 @@ impl TargetDir {
         Ok(())
     }
 
-    /// Make the private staging directory for this restore.
-    pub(super) fn staging(&self) -> Result<StagingDir> {
-        let name = format!("{STAGING_PREFIX}{:08x}", rand::random::<u32>());
-        let path = self.path.join(&name);
-        rfs::mkdirat(&self.root, &name, Mode::from_raw_mode(0o700))
+    /// Where each of `files` is staged: below the target, the directory to
+    /// hold its staging directory. That is the target itself, unless the
+    /// file lands on another file system (a mount point in the target):
+    /// then the top of that file system in the target, so the final rename
+    /// stays within one file system and the data is never staged on the
+    /// wrong disk. Looks without following symlinks; where the file's
+    /// directories do not exist yet, they will be made on the file system
+    /// of the deepest one that does.
+    pub(super) fn staging_parents<'a>(&self, files: &[&'a Node]) -> Result<Vec<&'a str>> {
+        use std::os::unix::fs::MetadataExt;
+        let root_dev = std::fs::metadata(&self.path)
+            .ctx(|| format!("reading {}", self.path.display()))?
+            .dev();
+        // Per directory below the target: None where it is not (yet) a
+        // real directory, else its device and the top of that device's
+        // stretch of the path.
+        let mut seen: HashMap<&'a str, Option<(u64, &'a str)>> = HashMap::new();
+        let mut out = Vec::with_capacity(files.len());
+        for n in files {
+            let mut at: (u64, &'a str) = (root_dev, "");
+            for (i, _) in n.path.match_indices('/') {
+                let prefix = &n.path[..i];
+                let here = *seen.entry(prefix).or_insert_with(|| {
+                    let m = std::fs::symlink_metadata(self.path.join(prefix)).ok()?;
+                    let dev = m.dev();
+                    m.is_dir()
+                        .then_some((dev, if dev == at.0 { at.1 } else { prefix }))
+                });
+                match here {
+                    Some(h) => at = h,
+                    None => break,
+                }
+            }
+            out.push(at.1);
+        }
+        Ok(out)
+    }
+
+    /// Make a private staging directory for this restore in directory
+    /// `parent` below the target.
+    pub(super) fn staging(&mut self, parent: &str) -> Result<StagingDir> {
+        let name = format!(
+            "{STAGING_PREFIX}{}-{:08x}",
+            std::process::id(),
+            rand::random::<u32>()
+        );
+        let path = self.path.join(parent).join(&name);
+        let dir = self.dir(parent)?;
+        rfs::mkdirat(dir, &name, Mode::from_raw_mode(0o700))
             .map_err(errno)
             .ctx(|| format!("creating {}", path.display()))?;
         let fd = rfs::openat(
-            &self.root,
+            dir,
             &name,
             OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
             Mode::empty(),
