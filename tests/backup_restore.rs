@@ -690,3 +690,30 @@ fn files_below_a_mount_point_in_the_target_are_staged_on_that_file_system() {
     );
     assert_same_tree(&src, &restored(&target, &src));
 }
+
+/// A plan's `path "../data"` (relative to the plan's directory) used to be
+/// stored as `…/plans/../data`, which restore refused.
+#[test]
+fn a_plan_path_with_dotdot_is_stored_where_it_is_and_restores() {
+    let env = Env::init();
+    let data = env.path("data");
+    make_sample_tree(&data);
+    std::fs::create_dir_all(env.path("plans")).unwrap();
+    let plan = env.path("plans/plan.kdl");
+    std::fs::write(
+        &plan,
+        format!(
+            "repository \"{}\" {{\n    password-file \"{}\"\n    cache-dir \"{}\"\n}}\nsource \"cfg\" kind=\"files\" {{\n    path \"../data\"\n}}\n",
+            env.repo.display(),
+            env.password_file.display(),
+            env.cache.display()
+        ),
+    )
+    .unwrap();
+    let out = env.run_plan(&["snapshot", "--plan", plan.to_str().unwrap()]);
+    let (code, err) = code_and_stderr(&out);
+    assert_eq!(code, 0, "{err}");
+    let target = env.path("out");
+    env.ok(&["restore", "latest", "--target", target.to_str().unwrap()]);
+    assert_same_tree(&data, &restored(&target, &data));
+}
