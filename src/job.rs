@@ -270,20 +270,8 @@ pub fn commit(
 
 /// Store an index file for newly written packs (none when empty); returns its size.
 pub fn commit_index(repo: &Repository, packs: Vec<crate::repo::PackEntry>) -> Result<u64> {
-    let mut size = 0;
-    if !packs.is_empty() {
-        let idx = crate::repo::IndexFile {
-            version: FORMAT_VERSION,
-            packs,
-        };
-        let bytes = repo.key.seal(&idx)?;
-        let id = crate::repo::Id::of_bytes(&bytes);
-        repo.backend.write(
-            &crate::backend::FileRef::new(crate::repo::FileKind::Index, id.to_hex()),
-            &bytes,
-        )?;
-        size = bytes.len() as u64;
-        repo.cache.add(&id.to_hex(), &idx)?;
+    if packs.is_empty() {
+        return Ok(0);
     }
-    Ok(size)
+    repo.write_index(packs).map(|(_, size)| size)
 }

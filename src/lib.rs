@@ -17,6 +17,7 @@ pub mod interrupt;
 pub mod job;
 pub mod lock;
 pub mod logging;
+pub mod ops;
 pub mod orchestrate;
 pub mod plan;
 pub mod progress;

@@ -1,8 +1,14 @@
 //! Log lines on stderr through `tracing`: `-v` info, `-vv` debug, `-vvv`
 //! trace; `CAIRN_LOG` (an env-filter directive) overrides; `--log-format json`.
 
-use crate::cli::LogFormat;
 use tracing_subscriber::EnvFilter;
+
+/// Format of log lines on stderr.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
 
 pub fn init(verbose: u8, quiet: bool, format: LogFormat) {
     let level = match (quiet, verbose) {

@@ -273,6 +273,22 @@ impl Repository {
         Ok(id)
     }
 
+    /// Store an index file listing `packs` (written, and their packs, before
+    /// any snapshot that needs them) and add it to the local cache. Returns
+    /// its id and its size in bytes.
+    pub fn write_index(&self, packs: Vec<crate::repo::PackEntry>) -> Result<(Id, u64)> {
+        let idx = crate::repo::IndexFile {
+            version: crate::repo::FORMAT_VERSION,
+            packs,
+        };
+        let bytes = self.key.seal(&idx)?;
+        let id = Id::of_bytes(&bytes);
+        self.backend
+            .write(&FileRef::new(FileKind::Index, id.to_hex()), &bytes)?;
+        self.cache.add(&id.to_hex(), &idx)?;
+        Ok((id, bytes.len() as u64))
+    }
+
     /// Read a sealed file, check its name against its content, and open it.
     pub fn read_sealed<T: DeserializeOwned>(&self, kind: FileKind, id: &Id) -> Result<T> {
         let f = FileRef::new(kind, id.to_hex());

@@ -18,7 +18,7 @@ pub fn run(g: &GlobalArgs, cmd: KeyCommand) -> Result<()> {
 fn add(g: &GlobalArgs, a: &KeyAddArgs) -> Result<()> {
     let new = if let Some(f) = &a.new_password_file {
         NewKey::Password {
-            password: super::read_password_file(f)?,
+            password: crate::ops::access::read_password_file(f)?,
             log_n: a.kdf_work_factor,
         }
     } else if let Some(r) = &a.new_recipient {

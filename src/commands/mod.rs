@@ -18,13 +18,13 @@ pub mod stats;
 pub mod unlock;
 pub mod wal;
 
-use crate::backend;
 use crate::cli::{Command, FilterArgs, GlobalArgs};
-use crate::crypto::{self, Secret};
+use crate::crypto::Secret;
 use crate::error::{Error, Result};
+use crate::ops::access::Access;
+pub use crate::ops::local_time;
 use crate::repo::Snapshot;
 use crate::repository::Repository;
-use std::io::IsTerminal;
 use std::path::PathBuf;
 
 pub fn run(g: &GlobalArgs, command: Command) -> Result<()> {
@@ -52,70 +52,32 @@ pub fn run(g: &GlobalArgs, command: Command) -> Result<()> {
     }
 }
 
-pub fn repo_location(g: &GlobalArgs) -> Result<String> {
-    g.repo.clone().ok_or_else(|| {
-        Error::usage("no repository given").with_hint(
-            "pass -r/--repo PATH or set CAIRN_REPOSITORY (create one with `cairn init -r PATH`)",
-        )
-    })
+/// The repository access the global flags give.
+pub fn access(g: &GlobalArgs) -> Access {
+    Access {
+        location: g.repo.clone(),
+        password_file: g.password_file.clone(),
+        identity: g.identity.clone(),
+        cache_dir: g.cache_dir.clone(),
+        no_cache: g.no_cache,
+    }
 }
 
-fn read_password_file(path: &std::path::Path) -> Result<String> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| Error::io(format!("reading password file {}", path.display()), e))
-        .map_err(|e| e.with_hint("check --password-file / CAIRN_PASSWORD_FILE"))?;
-    let pw = text.lines().next().unwrap_or("").to_string();
-    if pw.is_empty() {
-        return Err(Error::usage(format!(
-            "password file {} is empty",
-            path.display()
-        )));
-    }
-    Ok(pw)
+pub fn repo_location(g: &GlobalArgs) -> Result<String> {
+    access(g).location()
 }
 
 /// The secret the user offers: identity file, password file, environment or prompt.
 pub fn secret(g: &GlobalArgs) -> Result<Secret> {
-    if let Some(id) = &g.identity {
-        return Ok(Secret::Identities(crypto::read_identity_file(id)?));
-    }
-    if let Some(f) = &g.password_file {
-        return Ok(Secret::Password(read_password_file(f)?));
-    }
-    if let Ok(pw) = std::env::var("CAIRN_PASSWORD") {
-        if !pw.is_empty() {
-            return Ok(Secret::Password(pw));
-        }
-    }
-    if std::io::stdin().is_terminal() {
-        let pw = rpassword::prompt_password("repository password: ")
-            .map_err(|e| Error::io("reading the password from the terminal", e))?;
-        return Ok(Secret::Password(pw));
-    }
-    Err(Error::usage("no password or identity given").with_hint(
-        "use --password-file FILE, CAIRN_PASSWORD_FILE, CAIRN_PASSWORD, or --identity FILE",
-    ))
+    access(g).secret()
 }
 
 pub fn cache_dir(g: &GlobalArgs) -> Option<PathBuf> {
-    if g.no_cache {
-        return None;
-    }
-    if let Some(d) = &g.cache_dir {
-        return Some(d.clone());
-    }
-    if let Some(x) = std::env::var_os("XDG_CACHE_HOME").filter(|x| !x.is_empty()) {
-        return Some(PathBuf::from(x).join("cairn"));
-    }
-    std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache").join("cairn"))
+    access(g).cache_dir()
 }
 
 pub fn open_repo(g: &GlobalArgs) -> Result<Repository> {
-    let location = repo_location(g)?;
-    let backend = backend::open(&location)?;
-    // Fail with "no repository" before asking for a password.
-    let config = Repository::read_config(backend.as_ref())?;
-    Repository::open_with_config(backend, config, &secret(g)?, cache_dir(g))
+    access(g).open()
 }
 
 pub fn matches_filter(s: &Snapshot, f: &FilterArgs) -> bool {
@@ -143,12 +105,6 @@ pub fn human_bytes(n: u64) -> String {
     } else {
         format!("{v:.1} {}", UNITS[u])
     }
-}
-
-pub fn local_time(t: jiff::Timestamp) -> String {
-    t.to_zoned_datetime(jiff::tz::TimeZone::system())
-        .strftime("%Y-%m-%d %H:%M:%S")
-        .to_string()
 }
 
 /// Parse `--at`: RFC 3339, or `YYYY-MM-DD HH:MM[:SS]` in local time.

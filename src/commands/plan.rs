@@ -42,25 +42,7 @@ pub fn load(file: &Path) -> Result<Plan> {
 /// The plan's repository, opened with the plan's key (a key given on the
 /// command line wins).
 pub fn open_repo(g: &GlobalArgs, plan: &Plan) -> Result<crate::repository::Repository> {
-    let r = &plan.repository;
-    let mut g = g.clone();
-    if g.repo.as_deref().is_some_and(|x| x != r.location) {
-        return Err(Error::usage(format!(
-            "-r {} differs from the plan's repository {}",
-            g.repo.as_deref().unwrap_or_default(),
-            r.location
-        ))
-        .with_hint("leave out -r/CAIRN_REPOSITORY when using --plan"));
-    }
-    g.repo = Some(r.location.clone());
-    if g.identity.is_none() && g.password_file.is_none() {
-        g.identity = r.identity.clone();
-        g.password_file = r.password_file.clone();
-    }
-    if g.cache_dir.is_none() {
-        g.cache_dir = r.cache_dir.clone();
-    }
-    super::open_repo(&g)
+    super::access(g).with_plan(plan)?.open()
 }
 
 /// `cairn plan test-alert FILE [--kind KIND]`: send one alert through every

@@ -10,7 +10,7 @@ use crate::backend::FileRef;
 use crate::cli::GlobalArgs;
 use crate::error::{Kind, Result};
 use crate::lock::with_lock;
-use crate::repo::{split_pack, FileKind, Id, IndexFile, PackEntry, PackHeader, FORMAT_VERSION};
+use crate::repo::{split_pack, FileKind, Id, IndexFile, PackEntry, PackHeader};
 use std::collections::HashSet;
 
 pub fn index(g: &GlobalArgs) -> Result<()> {
@@ -57,13 +57,7 @@ pub fn index(g: &GlobalArgs) -> Result<()> {
         }
         let n = packs.len();
         if n > 0 {
-            repo.write_sealed(
-                FileKind::Index,
-                &IndexFile {
-                    version: FORMAT_VERSION,
-                    packs,
-                },
-            )?;
+            repo.write_index(packs)?;
         }
         // Every intact pack is indexed now: a damaged index file only keeps
         // check and prune failing, so it goes (after the new index is safe).

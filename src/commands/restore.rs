@@ -1,76 +1,11 @@
 use super::{human_bytes, local_time, open_repo, parse_time, print_json};
 use crate::cli::{GlobalArgs, RestoreArgs};
 use crate::error::{Error, Result};
+use crate::ops::restore_point::snapshot_at;
 use crate::repo::{Id, Snapshot};
 use crate::repository::Repository;
 use crate::restorer;
 use crate::source::postgres as pg;
-
-/// The newest snapshot taken at or before `at` (optionally one that has `source`).
-pub fn snapshot_at(
-    repo: &Repository,
-    at: jiff::Timestamp,
-    sources: &[String],
-    allow_corrupted: bool,
-) -> Result<(Id, Snapshot)> {
-    let mut all = repo.snapshots()?;
-    if !allow_corrupted {
-        drop_corrupted(repo, &mut all, |s| s.time <= at)?;
-    }
-    all.retain(|(_, s)| {
-        sources
-            .iter()
-            .all(|n| s.sources.iter().any(|x| &x.name == n))
-    });
-    newest_at(&all, at, "", "`cairn snapshots` lists the restore points")
-}
-
-/// Remove from `snaps` those a failed restore test marked corrupted, saying
-/// so on stderr for those `mention` selects.
-pub fn drop_corrupted(
-    repo: &Repository,
-    snaps: &mut Vec<(Id, Snapshot)>,
-    mention: impl Fn(&Snapshot) -> bool,
-) -> Result<()> {
-    let proofs = repo.proofs()?;
-    snaps.retain(|(id, s)| match proofs.get(id) {
-        Some(p) if !p.passed => {
-            if mention(s) {
-                eprintln!(
-                    "skipping snapshot {}: marked corrupted by its restore test ({}); --force takes it",
-                    id.short(),
-                    p.detail
-                );
-            }
-            false
-        }
-        _ => true,
-    });
-    Ok(())
-}
-
-/// The newest of `points` (oldest first) taken at or before `at`; `of`
-/// qualifies "snapshot" in the message, `empty_hint` helps when there is none.
-pub fn newest_at(
-    points: &[(Id, Snapshot)],
-    at: jiff::Timestamp,
-    of: &str,
-    empty_hint: &str,
-) -> Result<(Id, Snapshot)> {
-    points
-        .iter()
-        .rev()
-        .find(|(_, s)| s.time <= at)
-        .cloned()
-        .ok_or_else(|| {
-            let msg = format!("no snapshot{of} was taken at or before {}", local_time(at));
-            match points.first() {
-                Some((_, s)) => Error::failure(msg)
-                    .with_hint(format!("the oldest one is from {}", local_time(s.time))),
-                None => Error::failure(msg).with_hint(empty_hint.to_string()),
-            }
-        })
-}
 
 /// `restore_command` for a restored cluster: this binary, this repository, the same key.
 fn fetch_command(g: &GlobalArgs) -> Result<String> {
@@ -157,7 +92,13 @@ pub fn run(g: &GlobalArgs, a: &RestoreArgs) -> Result<()> {
     let repo = open_repo(g)?;
     let (id, snap) = match (&a.snapshot, at) {
         (Some(s), _) => repo.find_snapshot(s)?,
-        (None, Some(t)) => snapshot_at(&repo, t, &a.source, a.force)?,
+        (None, Some(t)) => {
+            let (chosen, skipped) = snapshot_at(&repo, t, &a.source, a.force)?;
+            for s in skipped {
+                eprintln!("{s}");
+            }
+            chosen?
+        }
         (None, None) => unreachable!("checked above"),
     };
     for name in &a.source {

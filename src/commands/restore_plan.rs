@@ -18,7 +18,9 @@ pub fn run(g: &GlobalArgs, a: &RestoreArgs, file: &Path) -> Result<()> {
     let mut points: Vec<(Id, Snapshot)> = repo.snapshots()?;
     points.retain(|(_, s)| orchestrate::made_by(&plan, s));
     if !a.force {
-        super::restore::drop_corrupted(&repo, &mut points, |_| true)?;
+        for skipped in crate::ops::restore_point::drop_corrupted(&repo, &mut points)? {
+            eprintln!("{skipped}");
+        }
     }
     let (id, snap) = match (&a.snapshot, at) {
         (None, None) => {
@@ -33,9 +35,12 @@ pub fn run(g: &GlobalArgs, a: &RestoreArgs, file: &Path) -> Result<()> {
         (Some(s), _) if s == "latest" => points.last().cloned().ok_or_else(|| no_points(&plan))?,
         (Some(s), _) => repo.find_snapshot(s)?,
         (None, Some(_)) if points.is_empty() => return Err(no_points(&plan)),
-        (None, Some(t)) => {
-            super::restore::newest_at(&points, t, &format!(" of plan {}", plan.file.display()), "")?
-        }
+        (None, Some(t)) => crate::ops::restore_point::newest_at(
+            &points,
+            t,
+            &format!(" of plan {}", plan.file.display()),
+            "",
+        )?,
     };
     let target_root = match &a.target_root {
         Some(d) => std::path::absolute(d)

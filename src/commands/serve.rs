@@ -14,13 +14,14 @@ pub fn run(g: &GlobalArgs, a: &ServeArgs) -> Result<()> {
     };
     let opts = Options {
         plan_file: a.plan.clone(),
-        global: g.clone(),
+        access: super::access(g),
         state_dir,
         check_every: super::parse_duration("--check-every", &a.check_every)?,
         listen: a.listen.clone(),
     };
     let nofile = raise_nofile_limit();
-    let daemon = Daemon::new(opts)?;
+    let plan = super::plan::load(&opts.plan_file)?;
+    let daemon = Daemon::new(opts, plan)?;
     // The repository must open before the daemon claims to be up.
     daemon.open_repo()?;
     let listen = a.listen.clone().or_else(|| {

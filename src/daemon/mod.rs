@@ -19,7 +19,6 @@ pub mod api;
 pub mod schedule;
 pub mod status;
 
-use crate::cli::GlobalArgs;
 use crate::error::{Error, Result};
 use crate::plan::Plan;
 use crate::repository::Repository;
@@ -34,8 +33,8 @@ use std::time::Duration;
 #[derive(Clone, Debug)]
 pub struct Options {
     pub plan_file: PathBuf,
-    /// Key and cache flags given on the command line (they win over the plan's).
-    pub global: GlobalArgs,
+    /// Key and cache given on the command line (they win over the plan's).
+    pub access: crate::ops::access::Access,
     /// Where the daemon keeps its small state (retention fingerprint, alert times).
     pub state_dir: PathBuf,
     /// How often missed-backup and storage checks run.
@@ -95,8 +94,8 @@ fn retention_fingerprint(plan: &Plan) -> String {
 }
 
 impl Daemon {
-    pub fn new(opts: Options) -> Result<Arc<Daemon>> {
-        let plan = crate::commands::plan::load(&opts.plan_file)?;
+    /// The daemon of `plan` (loaded from `opts.plan_file`).
+    pub fn new(opts: Options, plan: Plan) -> Result<Arc<Daemon>> {
         let alerter = new_alerter(&plan, &opts);
         let status = Status {
             plan: plan.file.display().to_string(),
@@ -156,10 +155,7 @@ impl Daemon {
             );
         }
         *slot = None;
-        let repo = Arc::new(crate::commands::plan::open_repo(
-            &self.opts.global,
-            &self.plan(),
-        )?);
+        let repo = Arc::new(self.opts.access.with_plan(&self.plan())?.open()?);
         self.with_status(|s| s.key_unlocks += 1);
         tracing::debug!(key = %repo.key_id.short(), "repository opened, key unlocked");
         *slot = Some(repo.clone());
@@ -470,45 +466,11 @@ impl Daemon {
 
     /// Forget what the plan's rules do not keep (its own snapshots only), then prune.
     pub fn apply_retention(&self, repo: &Repository, plan: &Plan, why: &str) -> Result<()> {
-        let file = plan.file.display().to_string();
-        let policy = plan.retention.policy();
-        crate::lock::with_lock(repo, true, "retention", || {
-            let (complete, partial): (Vec<_>, Vec<_>) = repo
-                .snapshots()?
-                .into_iter()
-                .filter(|(_, s)| s.plan.as_deref() == Some(&file))
-                .partition(|(_, s)| s.is_complete());
-            // The rules decide over complete snapshots only: a partial one
-            // must never take the place of a complete one.
-            let groups = crate::retention::forget(
-                repo,
-                &complete,
-                &policy,
-                crate::retention::GroupBy::default(),
-                false,
-            )?;
-            let mut removed = groups.iter().flat_map(|g| g.removed()).count();
-            // Incomplete snapshots go once a newer complete one exists.
-            let newest_complete = complete.iter().map(|(_, s)| s.time).max();
-            for (id, s) in partial {
-                if newest_complete.is_some_and(|t| s.time < t) {
-                    crate::retention::remove_snapshot(
-                        repo,
-                        &id.to_hex(),
-                        s.time,
-                        "incomplete, and a newer complete snapshot exists",
-                        false,
-                    )?;
-                    removed += 1;
-                }
-            }
-            tracing::info!(removed, why, "retention applied");
-            if removed > 0 {
-                let r = crate::commands::prune::prune(repo, false)?;
-                tracing::info!(?r, "pruned");
-            }
-            Ok(())
-        })?;
+        let applied = crate::ops::retention::apply(repo, plan)?;
+        tracing::info!(removed = applied.removed, why, "retention applied");
+        if let Some(r) = &applied.pruned {
+            tracing::info!(?r, "pruned");
+        }
         let mut p = status::load(&self.opts.state_dir);
         p.retention = Some(retention_fingerprint(plan));
         if let Err(e) = status::save(&self.opts.state_dir, &p) {
@@ -663,7 +625,7 @@ impl Daemon {
                     "storage critically low; oldest beyond the minimum",
                     false,
                 )?;
-                crate::commands::prune::prune(repo, false)?;
+                crate::ops::prune::prune(repo, false)?;
                 removed.push(format!("{} ({})", &d.id[..8], d.time));
                 if let Some(u) = storage_use(plan, repo) {
                     now_use = u;

@@ -1,0 +1,119 @@
+//! How to reach and unlock a repository: its location, the key offered and
+//! the index cache, as the command line gives them or a plan declares them.
+
+use crate::backend;
+use crate::crypto::{self, Secret};
+use crate::error::{Error, Result};
+use crate::plan::Plan;
+use crate::repository::Repository;
+use std::io::IsTerminal;
+use std::path::PathBuf;
+
+/// Where a repository is and what opens it.
+#[derive(Clone, Debug, Default)]
+pub struct Access {
+    /// A local directory or `s3://BUCKET/PREFIX`.
+    pub location: Option<String>,
+    pub password_file: Option<PathBuf>,
+    pub identity: Option<PathBuf>,
+    /// The index cache's directory (a default one when `None`).
+    pub cache_dir: Option<PathBuf>,
+    /// A throwaway index cache.
+    pub no_cache: bool,
+}
+
+/// The first line of a password file; an empty one is an error.
+pub fn read_password_file(path: &std::path::Path) -> Result<String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| Error::io(format!("reading password file {}", path.display()), e))
+        .map_err(|e| e.with_hint("check --password-file / CAIRN_PASSWORD_FILE"))?;
+    let pw = text.lines().next().unwrap_or("").to_string();
+    if pw.is_empty() {
+        return Err(Error::usage(format!(
+            "password file {} is empty",
+            path.display()
+        )));
+    }
+    Ok(pw)
+}
+
+impl Access {
+    pub fn location(&self) -> Result<String> {
+        self.location.clone().ok_or_else(|| {
+            Error::usage("no repository given").with_hint(
+                "pass -r/--repo PATH or set CAIRN_REPOSITORY (create one with `cairn init -r PATH`)",
+            )
+        })
+    }
+
+    /// The secret offered: identity file, password file, environment or prompt.
+    pub fn secret(&self) -> Result<Secret> {
+        if let Some(id) = &self.identity {
+            return Ok(Secret::Identities(crypto::read_identity_file(id)?));
+        }
+        if let Some(f) = &self.password_file {
+            return Ok(Secret::Password(read_password_file(f)?));
+        }
+        if let Ok(pw) = std::env::var("CAIRN_PASSWORD") {
+            if !pw.is_empty() {
+                return Ok(Secret::Password(pw));
+            }
+        }
+        if std::io::stdin().is_terminal() {
+            let pw = rpassword::prompt_password("repository password: ")
+                .map_err(|e| Error::io("reading the password from the terminal", e))?;
+            return Ok(Secret::Password(pw));
+        }
+        Err(Error::usage("no password or identity given").with_hint(
+            "use --password-file FILE, CAIRN_PASSWORD_FILE, CAIRN_PASSWORD, or --identity FILE",
+        ))
+    }
+
+    /// The index cache's directory: the one given, else `$XDG_CACHE_HOME/cairn`
+    /// or `~/.cache/cairn`; none with `no_cache`.
+    pub fn cache_dir(&self) -> Option<PathBuf> {
+        if self.no_cache {
+            return None;
+        }
+        if let Some(d) = &self.cache_dir {
+            return Some(d.clone());
+        }
+        if let Some(x) = std::env::var_os("XDG_CACHE_HOME").filter(|x| !x.is_empty()) {
+            return Some(PathBuf::from(x).join("cairn"));
+        }
+        std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache").join("cairn"))
+    }
+
+    /// Open the repository (unlocking its key).
+    pub fn open(&self) -> Result<Repository> {
+        let location = self.location()?;
+        let backend = backend::open(&location)?;
+        // Fail with "no repository" before asking for a password.
+        let config = Repository::read_config(backend.as_ref())?;
+        Repository::open_with_config(backend, config, &self.secret()?, self.cache_dir())
+    }
+
+    /// This access completed by `plan`'s repository node: its location, and
+    /// its key and cache unless given here (what is given here wins).
+    pub fn with_plan(&self, plan: &Plan) -> Result<Access> {
+        let r = &plan.repository;
+        if self.location.as_deref().is_some_and(|x| x != r.location) {
+            return Err(Error::usage(format!(
+                "-r {} differs from the plan's repository {}",
+                self.location.as_deref().unwrap_or_default(),
+                r.location
+            ))
+            .with_hint("leave out -r/CAIRN_REPOSITORY when using --plan"));
+        }
+        let mut a = self.clone();
+        a.location = Some(r.location.clone());
+        if a.identity.is_none() && a.password_file.is_none() {
+            a.identity = r.identity.clone();
+            a.password_file = r.password_file.clone();
+        }
+        if a.cache_dir.is_none() {
+            a.cache_dir = r.cache_dir.clone();
+        }
+        Ok(a)
+    }
+}

@@ -1,0 +1,370 @@
+//! Check: prove the repository is whole, and say exactly what is not.
+
+use crate::backend::FileRef;
+use crate::error::{Error, Result};
+use crate::index::Location;
+use crate::progress::Progress;
+use crate::repo::{split_pack, Compression, FileKind, Id, IndexFile, PackEntry, PackHeader};
+use crate::repository::{chunk_slice, parse_tree, Repository};
+use serde::Serialize;
+use std::collections::{BTreeSet, HashMap, HashSet};
+
+/// A file (or node list) of a snapshot that cannot be restored whole.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Damage {
+    pub snapshot: Id,
+    pub time: jiff::Timestamp,
+    pub source: String,
+    /// The file's path, or `(node list)` when the list itself is unreadable.
+    pub path: String,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct CheckReport {
+    pub snapshots: usize,
+    pub packs: usize,
+    pub packs_read: usize,
+    pub bytes_read: u64,
+    pub errors: Vec<String>,
+    pub damaged: Vec<Damage>,
+    /// Packs no index file lists: leftovers of interrupted snapshots.
+    pub unreferenced_packs: Vec<Id>,
+}
+
+impl CheckReport {
+    pub fn ok(&self) -> bool {
+        self.errors.is_empty() && self.damaged.is_empty()
+    }
+    /// Ids of snapshots with any damage.
+    pub fn damaged_snapshots(&self) -> BTreeSet<Id> {
+        self.damaged.iter().map(|d| d.snapshot).collect()
+    }
+}
+
+/// Which packs `--read-data-subset` selects.
+fn subset(spec: Option<&str>, all: bool, packs: &[Id]) -> Result<Vec<Id>> {
+    let Some(spec) = spec else {
+        return Ok(if all { packs.to_vec() } else { Vec::new() });
+    };
+    let bad = || {
+        Error::usage(format!("--read-data-subset {spec:?} is not N/M or P%"))
+            .with_hint("e.g. 1/5 (the first of five parts) or 10%")
+    };
+    if let Some(p) = spec.strip_suffix('%') {
+        let pct: f64 = p.trim().parse().map_err(|_| bad())?;
+        if !(0.0..=100.0).contains(&pct) || pct == 0.0 {
+            return Err(bad());
+        }
+        let n = ((packs.len() as f64) * pct / 100.0).ceil() as usize;
+        let mut v = packs.to_vec();
+        use rand::seq::SliceRandom;
+        v.shuffle(&mut rand::rng());
+        v.truncate(n.max(1).min(packs.len()));
+        return Ok(v);
+    }
+    let (n, m) = spec.split_once('/').ok_or_else(bad)?;
+    let (n, m): (usize, usize) = (
+        n.trim().parse().map_err(|_| bad())?,
+        m.trim().parse().map_err(|_| bad())?,
+    );
+    if m == 0 || n == 0 || n > m {
+        return Err(bad());
+    }
+    Ok(packs
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| i % m == n - 1)
+        .map(|(_, p)| *p)
+        .collect())
+}
+
+/// Read a whole pack and return the ids of chunks in it that are damaged.
+fn read_pack(repo: &Repository, entry: &PackEntry, report: &mut CheckReport) -> HashSet<Id> {
+    let f = FileRef::new(FileKind::Pack, entry.id.to_hex());
+    let mut damaged = HashSet::new();
+    let bytes = match repo.backend.read(&f) {
+        Ok(b) => b,
+        Err(e) => {
+            report.errors.push(format!("{f}: {e}"));
+            damaged.extend(
+                entry
+                    .frames
+                    .iter()
+                    .flat_map(|fr| fr.chunks.iter().map(|c| c.id)),
+            );
+            return damaged;
+        }
+    };
+    report.packs_read += 1;
+    report.bytes_read += bytes.len() as u64;
+    if Id::of_bytes(&bytes) != entry.id {
+        report.errors.push(format!(
+            "{f} is damaged: its content does not match its name"
+        ));
+    }
+    match split_pack(&bytes).map(|(_, h)| repo.key.unseal::<PackHeader>(h, &f)) {
+        Some(Ok(h)) if h.frames == entry.frames => {}
+        Some(Ok(_)) => report
+            .errors
+            .push(format!("{f}: header differs from the index")),
+        Some(Err(e)) => report.errors.push(format!("{f}: header unreadable: {e}")),
+        None => report
+            .errors
+            .push(format!("{f}: no valid pack trailer (truncated?)")),
+    }
+    for fr in &entry.frames {
+        let end = fr.offset as usize + fr.length as usize;
+        let frame = match bytes.get(fr.offset as usize..end) {
+            Some(ct) => repo.decode_listed(ct, fr, &f),
+            None => Err(Error::integrity(format!(
+                "frame at {} of {f} lies beyond the end of the file",
+                fr.offset
+            ))),
+        };
+        match frame {
+            Ok(plain) => {
+                for c in &fr.chunks {
+                    let loc = Location {
+                        pack: entry.id,
+                        frame_offset: fr.offset,
+                        frame_length: fr.length,
+                        raw_length: fr.raw_length,
+                        compression: fr.compression,
+                        offset: c.offset,
+                        length: c.length,
+                        base: c.base,
+                    };
+                    let ok =
+                        chunk_slice(&plain, &loc).is_some_and(|d| repo.key.chunk_id(d) == c.id);
+                    if !ok {
+                        report
+                            .errors
+                            .push(format!("{f}: chunk {} does not match its id", c.id.short()));
+                        damaged.insert(c.id);
+                    }
+                }
+            }
+            Err(e) => {
+                report.errors.push(e.to_string());
+                damaged.extend(fr.chunks.iter().map(|c| c.id));
+            }
+        }
+    }
+    damaged
+}
+
+/// Check the repository: structure always, stored data when asked.
+pub fn check(
+    repo: &Repository,
+    read_all: bool,
+    read_subset: Option<&str>,
+    quiet: bool,
+) -> Result<CheckReport> {
+    let mut report = CheckReport::default();
+    let on_disk: HashMap<Id, u64> = repo
+        .backend
+        .list(FileKind::Pack)?
+        .into_iter()
+        .filter_map(|(n, s)| Id::parse(&n).map(|i| (i, s)))
+        .collect();
+    report.packs = on_disk.len();
+
+    // 1. Index files.
+    let mut packs: HashMap<Id, PackEntry> = HashMap::new();
+    for (name, _) in repo.backend.list(FileKind::Index)? {
+        let Some(id) = Id::parse(&name) else { continue };
+        match repo.read_sealed::<IndexFile>(FileKind::Index, &id) {
+            Ok(idx) => {
+                for p in idx.packs {
+                    packs.insert(p.id, p);
+                }
+            }
+            Err(e) => report.errors.push(e.to_string()),
+        }
+    }
+    let mut index: HashMap<Id, Id> = HashMap::new(); // chunk -> pack
+    for p in packs.values() {
+        for c in p.frames.iter().flat_map(|f| f.chunks.iter()) {
+            index.insert(c.id, p.id);
+        }
+    }
+
+    // 2. Every indexed pack exists with the right size; unindexed packs are leftovers.
+    let mut damaged: HashSet<Id> = HashSet::new();
+    let mut ids: Vec<Id> = packs.keys().copied().collect();
+    ids.sort();
+    for id in &ids {
+        let p = &packs[id];
+        match on_disk.get(id) {
+            None => {
+                report
+                    .errors
+                    .push(format!("pack {id} is listed in the index but missing"));
+                damaged.extend(p.frames.iter().flat_map(|f| f.chunks.iter().map(|c| c.id)));
+            }
+            Some(size) if *size != p.size => {
+                report.errors.push(format!(
+                    "pack {id} has {size} bytes, the index says {}",
+                    p.size
+                ));
+            }
+            Some(_) => {}
+        }
+    }
+    let mut unreferenced: Vec<Id> = on_disk
+        .keys()
+        .filter(|p| !packs.contains_key(*p))
+        .copied()
+        .collect();
+    unreferenced.sort();
+    report.unreferenced_packs = unreferenced;
+
+    // 3. Read data.
+    let to_read: Vec<Id> = subset(read_subset, read_all, &ids)?
+        .into_iter()
+        .filter(|p| on_disk.contains_key(p))
+        .collect();
+    if !to_read.is_empty() {
+        let total: u64 = to_read.iter().map(|p| packs[p].size).sum();
+        let progress = Progress::bytes(total, quiet, "check");
+        for p in &to_read {
+            crate::interrupt::check()?;
+            damaged.extend(read_pack(repo, &packs[p], &mut report));
+            progress.inc(packs[p].size);
+        }
+        progress.finish();
+    } else {
+        // Without reading data, a pack of the wrong size is presumed damaged.
+        for id in &ids {
+            if on_disk.get(id).is_some_and(|s| *s != packs[id].size) {
+                damaged.extend(
+                    packs[id]
+                        .frames
+                        .iter()
+                        .flat_map(|f| f.chunks.iter().map(|c| c.id)),
+                );
+            }
+        }
+    }
+
+    // 3b. A delta frame is as good as its bases: each must be indexed, have
+    //     a copy in a frame that is not a delta, and be undamaged.
+    let plain: HashSet<Id> = packs
+        .values()
+        .flat_map(|p| p.frames.iter())
+        .filter(|f| f.compression != Compression::ZstdDelta)
+        .flat_map(|f| f.chunks.iter().map(|c| c.id))
+        .collect();
+    let base_problem = |b: &Id| {
+        if !index.contains_key(b) {
+            Some("not in the index")
+        } else if damaged.contains(b) {
+            Some("damaged")
+        } else if !plain.contains(b) {
+            Some("stored only in delta frames")
+        } else {
+            None
+        }
+    };
+    let mut spoiled = Vec::new();
+    for pid in &ids {
+        for fr in &packs[pid].frames {
+            let bases = fr.bases();
+            if let Some((b, why)) = bases.iter().find_map(|b| Some((b, base_problem(b)?))) {
+                report.errors.push(format!(
+                    "pack {}: the delta frame at {} needs chunk {}, which is {why}",
+                    pid.short(),
+                    fr.offset,
+                    b.short(),
+                ));
+                spoiled.extend(fr.chunks.iter().map(|c| c.id));
+            }
+        }
+    }
+    damaged.extend(spoiled);
+
+    // 3c. Archived WAL: damaged files, and names with more than one content.
+    report
+        .errors
+        .extend(crate::source::pg_physical::check_wal(repo)?);
+
+    // 4. Map damage to snapshots and files.
+    let bad = |c: &Id| !index.contains_key(c) || damaged.contains(c);
+    let mut snap_ids: Vec<Id> = Vec::new();
+    for (name, _) in repo.backend.list(FileKind::Snapshot)? {
+        if let Some(id) = Id::parse(&name) {
+            snap_ids.push(id);
+        }
+    }
+    report.snapshots = snap_ids.len();
+    let reader = repo.cache.reader()?;
+    for sid in snap_ids {
+        let snap = match repo.read_sealed::<crate::repo::Snapshot>(FileKind::Snapshot, &sid) {
+            Ok(s) => s,
+            Err(e) => {
+                report.errors.push(e.to_string());
+                report.damaged.push(Damage {
+                    snapshot: sid,
+                    time: jiff::Timestamp::UNIX_EPOCH,
+                    source: String::new(),
+                    path: "(snapshot file)".into(),
+                });
+                continue;
+            }
+        };
+        for src in &snap.sources {
+            let dmg = |path: &str| Damage {
+                snapshot: sid,
+                time: snap.time,
+                source: src.name.clone(),
+                path: path.to_string(),
+            };
+            if src.tree.iter().any(bad) {
+                report.damaged.push(dmg("(node list)"));
+                continue;
+            }
+            let mut tree = Vec::new();
+            let mut ok = true;
+            for c in &src.tree {
+                match reader
+                    .get(c)?
+                    .ok_or_else(|| Error::integrity("not in cache"))
+                    .and_then(|l| repo.read_chunk(c, &l))
+                {
+                    Ok(d) => tree.extend_from_slice(&d),
+                    Err(e) => {
+                        report
+                            .errors
+                            .push(format!("snapshot {}: node list: {e}", sid.short()));
+                        ok = false;
+                        break;
+                    }
+                }
+            }
+            let nodes = if ok {
+                parse_tree(&tree)
+            } else {
+                Err(Error::integrity("unreadable"))
+            };
+            match nodes {
+                Ok(nodes) => {
+                    for n in nodes.iter().filter(|n| n.content.iter().any(bad)) {
+                        report.damaged.push(dmg(&n.path));
+                    }
+                    // A node list that restore would refuse (spec §2.6).
+                    if let Some(p) = crate::repo::node_path::tree_problem(&nodes) {
+                        report.errors.push(format!(
+                            "snapshot {}: source {}: node list cannot be restored: {p}",
+                            sid.short(),
+                            src.name
+                        ));
+                        report.damaged.push(dmg("(node list)"));
+                    }
+                }
+                Err(_) => report.damaged.push(dmg("(node list)")),
+            }
+        }
+    }
+    report.damaged.sort();
+    Ok(report)
+}

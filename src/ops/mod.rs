@@ -1,0 +1,17 @@
+//! The domain layer: what cairn does with a repository, for the commands
+//! and the daemon alike. Nothing here parses arguments or prints; results
+//! come back as values (reports, the snapshots a choice skipped) for the
+//! caller to show or log.
+
+pub mod access;
+pub mod check;
+pub mod prune;
+pub mod restore_point;
+pub mod retention;
+
+/// A time as the user reads it: local time, to the second.
+pub fn local_time(t: jiff::Timestamp) -> String {
+    t.to_zoned_datetime(jiff::tz::TimeZone::system())
+        .strftime("%Y-%m-%d %H:%M:%S")
+        .to_string()
+}
