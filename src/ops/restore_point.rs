@@ -27,6 +27,10 @@ impl std::fmt::Display for Skipped {
     }
 }
 
+/// The snapshot chosen (or why none could be), and the corrupted ones
+/// passed over.
+pub type Choice = (Result<(Id, Snapshot)>, Vec<Skipped>);
+
 /// The newest snapshot taken at or before `at` that has every one of
 /// `sources`, passing over those marked corrupted unless `allow_corrupted`.
 /// The corrupted ones at or before `at` that were passed over come back
@@ -36,7 +40,7 @@ pub fn snapshot_at(
     at: jiff::Timestamp,
     sources: &[String],
     allow_corrupted: bool,
-) -> Result<(Result<(Id, Snapshot)>, Vec<Skipped>)> {
+) -> Result<Choice> {
     let mut all = repo.snapshots()?;
     let mut skipped = Vec::new();
     if !allow_corrupted {
