@@ -12,6 +12,7 @@ pub mod commands;
 pub mod crypto;
 pub mod daemon;
 pub mod error;
+pub mod fsutil;
 pub mod index;
 pub mod interrupt;
 pub mod job;

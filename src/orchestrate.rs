@@ -905,8 +905,9 @@ pub fn run_shell(command: &str, dir: &Path, timeout: Duration) -> Result<ShellOu
             Ok(None) if Instant::now() >= deadline => {
                 timed_out = true;
                 // The whole group: sh and whatever it started in the foreground.
-                unsafe {
-                    libc::kill(-(child.id() as libc::pid_t), libc::SIGKILL);
+                if let Some(group) = rustix::process::Pid::from_raw(child.id() as i32) {
+                    let _ =
+                        rustix::process::kill_process_group(group, rustix::process::Signal::KILL);
                 }
                 let _ = child.kill();
                 break child

@@ -57,7 +57,7 @@ pub fn host_name() -> String {
 pub fn user_name() -> String {
     std::env::var("USER")
         .or_else(|_| std::env::var("LOGNAME"))
-        .unwrap_or_else(|_| format!("uid{}", unsafe { libc::getuid() }))
+        .unwrap_or_else(|_| format!("uid{}", rustix::process::getuid().as_raw()))
 }
 
 /// Build a key file wrapping `material` as `new` says.

@@ -675,23 +675,11 @@ impl RateLimiter {
     }
 }
 
-/// Write JSON to a temporary file next to `path`, sync it and rename it
-/// over `path`.
+/// Write `value` as JSON over `path`, atomically.
 fn write_atomically(path: &Path, value: &impl Serialize) -> std::io::Result<()> {
-    use std::io::Write;
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    std::fs::create_dir_all(dir)?;
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".alert-state-")
-        .tempfile_in(dir)?;
-    serde_json::to_writer_pretty(&mut tmp, value)?;
-    tmp.write_all(b"\n")?;
-    tmp.as_file().sync_all()?;
-    tmp.persist(path).map_err(|e| e.error)?;
-    Ok(())
+    let mut bytes = serde_json::to_vec_pretty(value)?;
+    bytes.push(b'\n');
+    crate::fsutil::write_atomic(path, &bytes)
 }
 
 #[cfg(test)]

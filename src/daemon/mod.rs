@@ -847,14 +847,9 @@ pub fn storage_use(plan: &Plan, repo: &Repository) -> Option<StorageUse> {
     if !repo.backend.is_local() {
         return None;
     }
-    let path = std::ffi::CString::new(plan.repository.location.as_bytes()).ok()?;
-    // SAFETY: statvfs writes into the zeroed struct we own; path is a valid C string.
-    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-    if unsafe { libc::statvfs(path.as_ptr(), &mut st) } != 0 {
-        return None;
-    }
-    let total = st.f_blocks as u64 * st.f_frsize as u64;
-    let avail = st.f_bavail as u64 * st.f_frsize as u64;
+    let st = rustix::fs::statvfs(plan.repository.location.as_str()).ok()?;
+    let total = st.f_blocks * st.f_frsize;
+    let avail = st.f_bavail * st.f_frsize;
     let used = total.saturating_sub(avail);
     Some(StorageUse {
         measured_by: "filesystem".into(),

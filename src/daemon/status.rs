@@ -81,10 +81,7 @@ pub fn load(dir: &Path) -> Persisted {
 }
 
 pub fn save(dir: &Path, p: &Persisted) -> std::io::Result<()> {
-    std::fs::create_dir_all(dir)?;
-    let tmp = dir.join("state.json.tmp");
-    std::fs::write(&tmp, serde_json::to_vec_pretty(p).unwrap_or_default())?;
-    std::fs::rename(tmp, state_file(dir))
+    crate::fsutil::write_atomic(&state_file(dir), &serde_json::to_vec_pretty(p)?)
 }
 
 /// Prometheus text exposition of the status.
