@@ -91,7 +91,42 @@ fn locked_error(holder: String) -> Error {
     )
 }
 
-/// Take a lock, run `f`, release the lock (also when `f` fails).
+/// A lock file this process holds (its name changes on each refresh);
+/// dropping it removes the file — on return, on error, and while a panic
+/// unwinds.
+struct Held<'r> {
+    repo: &'r Repository,
+    name: Mutex<Id>,
+}
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        // A refresher that panicked holding the name poisons it; the name
+        // is still the current one.
+        let id = *self.name.lock().unwrap_or_else(|e| e.into_inner());
+        let _ = self
+            .repo
+            .backend
+            .remove(&FileRef::new(FileKind::Lock, id.to_hex()));
+    }
+}
+
+/// Tells the refresher to stop when dropped, so the scope that joins it
+/// ends on every path out of `f`, a panic included (issue 24: a panic used
+/// to leave the refresher running and the process hanging, lock held).
+struct StopRefresher<'a> {
+    stop: &'a AtomicBool,
+    thread: &'a std::thread::Thread,
+}
+
+impl Drop for StopRefresher<'_> {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        self.thread.unpark();
+    }
+}
+
+/// Take a lock, run `f`, release the lock — also when `f` fails or panics.
 pub fn with_lock<T>(
     repo: &Repository,
     exclusive: bool,
@@ -99,29 +134,22 @@ pub fn with_lock<T>(
     f: impl FnOnce() -> Result<T>,
 ) -> Result<T> {
     let (id, lock) = acquire(repo, exclusive, command)?;
+    let held = Held {
+        repo,
+        name: Mutex::new(id),
+    };
     // The index may have changed between opening the repository and taking
     // the lock (a prune elsewhere): look again now that nobody can delete.
-    if let Err(e) = repo.cache.sync(repo.backend.as_ref(), &repo.key) {
-        let _ = repo
-            .backend
-            .remove(&FileRef::new(FileKind::Lock, id.to_hex()));
-        return Err(e);
-    }
-    let name = Mutex::new(id);
+    repo.cache.sync(repo.backend.as_ref(), &repo.key)?;
     let stop = AtomicBool::new(false);
-    let out = std::thread::scope(|scope| {
-        let refresher = scope.spawn(|| refresh_loop(repo, lock, &name, &stop));
-        let out = f();
-        stop.store(true, Ordering::SeqCst);
-        refresher.thread().unpark();
-        out
-    });
-    if let Ok(id) = name.lock() {
-        let _ = repo
-            .backend
-            .remove(&FileRef::new(FileKind::Lock, id.to_hex()));
-    }
-    out
+    std::thread::scope(|scope| {
+        let refresher = scope.spawn(|| refresh_loop(repo, lock, &held.name, &stop));
+        let _stop = StopRefresher {
+            stop: &stop,
+            thread: refresher.thread(),
+        };
+        f()
+    })
 }
 
 fn acquire(repo: &Repository, exclusive: bool, command: &str) -> Result<(Id, LockFile)> {
@@ -197,4 +225,41 @@ pub fn remove_locks(repo: &Repository, all: bool) -> Result<usize> {
         }
     }
     Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::repository::test_repo;
+
+    /// Issue 24, finding 5: a panic inside a locked command stopped
+    /// nothing — the refresher ran on, the scope waited for it forever and
+    /// the lock stayed. Now the panic comes out of `with_lock` and the lock
+    /// file is gone; so is it after an error.
+    #[test]
+    fn a_panic_or_an_error_inside_the_lock_releases_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let dir_path = dir.path().to_path_buf();
+        std::thread::spawn(move || {
+            let repo = test_repo(&dir_path);
+            let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                with_lock(&repo, true, "test", || -> Result<()> {
+                    assert_eq!(list_locks(&repo).unwrap().len(), 1);
+                    panic!("a bug inside a locked command")
+                })
+            }));
+            let after_panic = list_locks(&repo).unwrap().len();
+            let failed = with_lock(&repo, true, "test", || -> Result<()> {
+                Err(Error::failure("failed"))
+            });
+            let after_error = list_locks(&repo).unwrap().len();
+            let _ = tx.send((panicked.is_err(), after_panic, failed.is_err(), after_error));
+        });
+        // A liveness bound: before the fix this never arrived.
+        let got = rx
+            .recv_timeout(Duration::from_secs(120))
+            .expect("with_lock did not return after the panic");
+        assert_eq!(got, (true, 0, true, 0));
+    }
 }

@@ -147,6 +147,18 @@ impl Repository {
             ))
             .with_hint("upgrade cairn"));
         }
+        // Unauthenticated, and its numbers size buffers and drive FastCDC
+        // and zstd: refuse any outside the ranges cairn writes.
+        config.validate().map_err(|problem| {
+            Error::integrity(format!(
+                "config of {} is not valid: {problem}",
+                backend.location()
+            ))
+            .with_hint(
+                "cairn never changes the config after `init`, so it looks tampered with or damaged; \
+                 put back a copy of the original (spec/repository.md, \"Config validation\")",
+            )
+        })?;
         Ok(config)
     }
 

@@ -744,4 +744,55 @@ fn issue_24_unlock_removes_unreadable_lock_files() {
     assert!(!garbage.exists() && !empty.exists());
     assert!(repo_files(&env.repo, "locks").is_empty());
     env.ok(&["check"]);
+
+/// Set `field` (a JSON pointer) of the repository's plain-JSON `config` to
+/// `value`, as someone with write access to the storage could.
+fn tamper_config(env: &Env, field: &str, value: Value) {
+    let path = env.repo.join("config");
+    let mut config: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    *config.pointer_mut(field).unwrap() = value;
+    let mut perms = std::fs::metadata(&path).unwrap().permissions();
+    #[allow(clippy::permissions_set_readonly_false)]
+    perms.set_readonly(false);
+    std::fs::set_permissions(&path, perms).unwrap();
+    std::fs::write(&path, serde_json::to_vec_pretty(&config).unwrap()).unwrap();
+}
+
+/// Issue 24, finding 5: with the config's chunker maximum set to 1 a
+/// snapshot panicked in the chunker and then hung forever holding its lock,
+/// so every prune, forget and key remove failed with exit 11. Now each
+/// out-of-range config value is refused before any lock is taken: exit 1,
+/// the field named, a hint that the config looks tampered with — and the
+/// repository stays usable once the config is put back.
+#[test]
+fn a_tampered_config_is_refused_promptly_and_leaves_no_lock() {
+    let env = Env::init();
+    let data = env.path("data");
+    std::fs::write(&data, noise(24, 256 << 10)).unwrap();
+    let original = std::fs::read(env.repo.join("config")).unwrap();
+    for (field, value, named) in [
+        ("/chunker/max", serde_json::json!(1), "chunker.max"),
+        ("/chunker/min", serde_json::json!(0), "chunker.min"),
+        ("/chunker/avg", serde_json::json!(8193), "chunker.avg"),
+        ("/chunker/min", serde_json::json!(1 << 20), "chunker.min"),
+        ("/frame_size", serde_json::json!(0), "frame_size"),
+        ("/pack_size", serde_json::json!(u32::MAX), "pack_size"),
+        ("/zstd_level", serde_json::json!(1000), "zstd_level"),
+    ] {
+        tamper_config(&env, field, value.clone());
+        let out = output_within(env.cmd().args(["snapshot", data.to_str().unwrap()]), 120);
+        let (code, err) = code_and_stderr(&out);
+        assert_eq!(code, 1, "{field}={value}: {err}");
+        assert!(err.contains(named), "{field}={value}: {err}");
+        assert!(err.contains("hint:") && err.contains("tampered"), "{err}");
+        assert!(!err.contains("panicked"), "{err}");
+        assert!(
+            repo_files(&env.repo, "locks").is_empty(),
+            "{field}={value}: a lock was left behind"
+        );
+        std::fs::write(env.repo.join("config"), &original).unwrap();
+        // Nothing holds the repository: an exclusive command runs.
+        env.ok(&["prune"]);
+    }
+    env.snapshot(&[&data]);
 }

@@ -189,3 +189,42 @@ fn an_age_identity_opens_the_repository() {
     let (code, _) = code_and_stderr(&env.run(&["snapshots"]));
     assert_eq!(code, 12);
 }
+
+/// Issue 24, finding 9: a password in a `--postgres` or `--to` URL is
+/// visible to every user through `ps`. Like `plan check`, the CLI refuses
+/// it (exit 2, same message and hint) before opening the repository or
+/// connecting anywhere: the listener named in the URL is never contacted.
+#[test]
+fn passwords_in_postgres_urls_on_the_command_line_are_refused() {
+    let env = Env::init();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let with_secret = [
+        format!("postgres://u:secret@127.0.0.1:{port}/x"),
+        format!("postgresql://u@127.0.0.1:{port}/x?password=secret"),
+    ];
+    for url in &with_secret {
+        for args in [
+            vec!["snapshot", "--postgres", url],
+            vec!["restore", "latest", "--to", url],
+        ] {
+            let (code, err) = code_and_stderr(&output_within(env.cmd().args(&args), 60));
+            assert_eq!(code, 2, "{args:?}: {err}");
+            assert!(err.contains("contains a password"), "{args:?}: {err}");
+            assert!(
+                err.contains("hint: remove it from the URL; cairn gives PostgreSQL its password"),
+                "{args:?}: {err}"
+            );
+            assert!(
+                !err.contains("secret"),
+                "the password is not repeated: {err}"
+            );
+        }
+    }
+    listener.set_nonblocking(true).unwrap();
+    assert_eq!(
+        listener.accept().unwrap_err().kind(),
+        std::io::ErrorKind::WouldBlock,
+        "cairn connected to the server"
+    );
+}

@@ -451,3 +451,101 @@ fn plan_token_prints_a_secret_and_only_its_hash_for_the_plan() {
     let (code, err) = code_and_stderr(&env.run(&["plan", "token", "bad name"]));
     assert_eq!(code, 2, "{err}");
 }
+
+/// `cairn plan check FILE`, killed (and the test failed) if it runs for
+/// more than a minute: exit code, stderr with the directory as `[DIR]`.
+fn check_file_within(env: &Env, file: &std::path::Path) -> (i32, String) {
+    let out = common::output_within(
+        env.cmd().args(["plan", "check", file.to_str().unwrap()]),
+        60,
+    );
+    let (code, stderr) = code_and_stderr(&out);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "");
+    (
+        code,
+        stderr.replace(env.dir.path().to_str().unwrap(), "[DIR]"),
+    )
+}
+
+fn write_within_check(env: &Env, text: &str) -> (i32, String) {
+    let file = env.path("plan.kdl");
+    std::fs::write(&file, text).unwrap();
+    check_file_within(env, &file)
+}
+
+/// Issue 24, finding 8: 10,000 nested nodes overflowed the stack of the
+/// KDL parser (SIGABRT). The nesting limit is checked before KDL parses,
+/// and reported at the first brace too deep.
+#[test]
+fn nodes_nested_too_deeply() {
+    let env = Env::new();
+    let text = format!("{VALID}{}{}", "a {\n".repeat(10_000), "}\n".repeat(10_000));
+    let (code, err) = write_within_check(&env, &text);
+    assert_eq!(code, 2, "{err}");
+    insta::assert_snapshot!(err);
+}
+
+/// Issue 24, finding 8: 100,000 nested `/*` comments overflowed the stack.
+#[test]
+fn comments_nested_too_deeply() {
+    let env = Env::new();
+    let text = format!("{VALID}{}{}", "/*".repeat(100_000), "*/".repeat(100_000));
+    let (code, err) = write_within_check(&env, &text);
+    assert_eq!(code, 2, "{err}");
+    insta::assert_snapshot!(err);
+}
+
+/// Issue 24, finding 8: a 50 MB plan took ~45 s to parse and ignored
+/// SIGTERM meanwhile. Plans are limited in size, and the limit is named.
+#[test]
+fn plan_too_large() {
+    let env = Env::new();
+    let mut text = VALID.to_string();
+    while text.len() < 50_000_000 {
+        text.push_str("// padding padding padding padding padding padding padding\n");
+    }
+    let (code, err) = write_within_check(&env, &text);
+    assert_eq!(code, 2, "{err}");
+    insta::assert_snapshot!(err);
+}
+
+/// Issue 24, finding 8: `/dev/zero` as a plan was read until memory ran
+/// out; a FIFO nobody writes to blocked forever. Both are refused at once.
+#[test]
+fn endless_and_blocking_plan_files() {
+    let env = Env::new();
+    let (code, err) = check_file_within(&env, std::path::Path::new("/dev/zero"));
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("/dev/zero: error:"), "{err}");
+    assert!(err.contains("limit of 256 KiB"), "{err}");
+    assert!(err.contains("hint:"), "{err}");
+
+    let fifo = env.path("plan.fifo");
+    let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    // SAFETY: a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    let (code, err) = check_file_within(&env, &fifo);
+    assert_eq!(code, 2, "{err}");
+    insta::assert_snapshot!(err);
+}
+
+/// Issue 24, finding 8: a run of `/-` takes the KDL parser time growing
+/// with its square (2,000 took 20 s) before it reports the syntax error;
+/// and an unclosed `/*` is reported where it starts.
+#[test]
+fn slashdash_runs_and_unclosed_comments() {
+    let env = Env::new();
+    let (code, err) = write_within_check(&env, &format!("{VALID}{}a\n", "/- ".repeat(80_000)));
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("plan.kdl:8:4: error: `/-` follows another `/-`"),
+        "{err}"
+    );
+    assert!(err.contains("hint:"), "{err}");
+    let (code, err) = write_within_check(&env, &format!("{VALID}/* a /* b */\n"));
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("plan.kdl:8:1: error: this `/*` comment is never closed"),
+        "{err}"
+    );
+}

@@ -298,12 +298,14 @@ fn physical_snapshots_authenticate_with_scram_and_can_use_pg_basebackup() {
     )
     .unwrap();
     c.batch_execute("SELECT pg_reload_conf()").unwrap();
-    let url = |pw: &str| format!("postgres://backup:{pw}@127.0.0.1:{}/postgres", cluster.port);
+    // The password comes from PGPASSWORD: a URL holding one is refused.
+    let url = format!("postgres://backup@127.0.0.1:{}/postgres", cluster.port);
     let snapshot = |pw: &str, tool: &str| {
         pg.cmd()
             .env("CAIRN_LOG", "cairn=info")
             .env("CAIRN_PG_BASEBACKUP", tool)
-            .args(["snapshot", "--postgres", &url(pw), "--physical", "--json"])
+            .env("PGPASSWORD", pw)
+            .args(["snapshot", "--postgres", &url, "--physical", "--json"])
             .output()
             .unwrap()
     };

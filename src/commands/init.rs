@@ -21,12 +21,21 @@ pub fn run(g: &GlobalArgs, a: &InitArgs) -> Result<()> {
         }
     };
     let chunker = match a.chunk_size {
-        // FastCDC needs even sizes; min ≥ 64 bytes.
-        Some(avg) => crate::repo::ChunkerParams {
-            min: (avg / 4) & !1,
-            avg: avg & !1,
-            max: (avg * 4) & !1,
-        },
+        // FastCDC needs even sizes, each within its own range.
+        Some(avg) => {
+            let p = crate::repo::ChunkerParams {
+                min: (avg / 4) & !1,
+                avg: avg & !1,
+                max: avg.saturating_mul(4) & !1,
+            };
+            p.validate().map_err(|problem| {
+                Error::usage(format!("--chunk-size {avg}: {problem}")).with_hint(
+                    "give an average chunk size from 256 to 4194304 bytes \
+                     (the minimum is a quarter of it, the maximum four times it)",
+                )
+            })?;
+            p
+        }
         None => crate::repo::CHUNKER_DEFAULT,
     };
     let (config, key_id) = Repository::init_with(backend.as_ref(), &new, chunker)?;

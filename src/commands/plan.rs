@@ -27,8 +27,12 @@ pub fn check(g: &GlobalArgs, file: &Path) -> Result<()> {
 }
 
 /// Load a plan; its problems go to stderr and make a usage error (exit 2).
+/// Ctrl-C or SIGTERM while it is read and parsed (bounded by the plan size
+/// limit) ends the command with exit 130.
 pub fn load(file: &Path) -> Result<Plan> {
-    Plan::load(file).map_err(|problems| {
+    let loaded = Plan::load(file);
+    crate::interrupt::check()?;
+    loaded.map_err(|problems| {
         eprint!("{problems}");
         let n = problems.len();
         Error::usage(format!(

@@ -76,6 +76,7 @@ fn restore_pitr(
 }
 
 pub fn run(g: &GlobalArgs, a: &RestoreArgs) -> Result<()> {
+    a.to.as_deref().map(pg::Target::parse).transpose()?; // before anything is opened
     if let Some(plan) = &a.plan {
         return super::restore_plan::run(g, a, plan);
     }

@@ -14,6 +14,7 @@
 
 mod diagnostic;
 mod graph;
+mod limits;
 mod parse;
 mod reader;
 pub mod values;
@@ -51,14 +52,7 @@ impl Plan {
     /// Read and check the plan at `path`. Relative paths in it are taken
     /// relative to the plan's directory.
     pub fn load(path: &Path) -> Result<Plan, Diagnostics> {
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            Diagnostics(vec![Diagnostic {
-                file: path.to_path_buf(),
-                position: None,
-                message: format!("cannot read the plan: {e}"),
-                hint: "check the path and that the file is readable UTF-8 text".into(),
-            }])
-        })?;
+        let text = limits::read(path).map_err(|d| Diagnostics(vec![d]))?;
         let dir = path.parent().unwrap_or(Path::new(""));
         let dir = std::path::absolute(if dir.as_os_str().is_empty() {
             Path::new(".")

@@ -12,6 +12,7 @@ use std::time::Duration;
 use kdl::{KdlDocument, KdlNode};
 
 use super::diagnostic::{Diagnostics, LineIndex};
+use super::limits::Parsed;
 use super::reader::{
     args, children, entry_at, example, node_at, prop, syntax_problem, Parser, READ_HINT,
 };
@@ -117,9 +118,25 @@ pub(super) fn parse(text: &str, file: &Path, dir: &Path) -> Result<Plan, Diagnos
         lines: LineIndex::new(text),
         diags: Vec::new(),
     };
-    let doc = match KdlDocument::parse(text) {
-        Ok(doc) => doc,
-        Err(err) => {
+    // Offsets in `prepared` are those in `text`: positions stay right.
+    let prepared = match super::limits::prepare(text) {
+        Ok(t) => t,
+        Err((offset, message, hint)) => {
+            p.error(offset, message, hint);
+            return Err(p.finish());
+        }
+    };
+    let doc = match super::limits::parse_kdl(prepared) {
+        Parsed::Done(Ok(doc)) => doc,
+        Parsed::Interrupted => {
+            p.error(0, "interrupted while parsing", "run the command again");
+            return Err(p.finish());
+        }
+        Parsed::Failed(message) => {
+            p.error(0, message, "this is a bug in cairn; please report it");
+            return Err(p.finish());
+        }
+        Parsed::Done(Err(err)) => {
             for d in &err.diagnostics {
                 let (message, hint) = syntax_problem(text, d);
                 p.error(d.span.offset(), message, hint);

@@ -12,7 +12,7 @@ use std::time::Duration;
 use kdl::{KdlEntry, KdlNode, KdlValue};
 
 use super::diagnostic::{Diagnostic, Diagnostics, LineIndex};
-use super::values::{closest, parse_cron, parse_duration};
+use super::values::{closest, parse_cron, parse_duration, url_has_password, URL_PASSWORD_HINT};
 
 /// How each setting is written, for hints. Keyed by node or property name.
 pub(super) const EXAMPLES: &[(&str, &str)] = &[
@@ -606,17 +606,11 @@ impl Parser<'_> {
             );
             return None;
         };
-        let authority = rest.split(['/', '?']).next().unwrap_or("");
-        let userinfo = authority.rsplit_once('@').map(|(u, _)| u);
-        let query_password = rest
-            .split_once('?')
-            .is_some_and(|(_, q)| q.split('&').any(|kv| kv.starts_with("password=")));
-        if userinfo.is_some_and(|u| u.contains(':')) || query_password {
+        if url_has_password(rest) {
             self.error(
                 entry_at(e),
                 format!("`{name}` contains a password"),
-                "remove it from the URL; cairn gives PostgreSQL its password through PGPASSFILE \
-                 (~/.pgpass of the user cairn runs as), never in the plan",
+                URL_PASSWORD_HINT,
             );
             return None;
         }

@@ -5,6 +5,7 @@
 
 mod id;
 pub mod kafka;
+mod limits;
 mod manifest;
 pub mod node_path;
 mod pack;

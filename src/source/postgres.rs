@@ -95,11 +95,29 @@ pub struct Target {
 }
 
 impl Target {
+    /// Parse a URL as given on the command line or in a plan. One holding a
+    /// password is refused (everyone sees argv through `ps`, and plans are
+    /// kept in git): the password comes from `PGPASSWORD` (or, for
+    /// PostgreSQL's own tools, `PGPASSFILE`).
     pub fn parse(url: &str) -> Result<Target> {
-        let config: postgres::Config = url.parse().map_err(|e| {
+        let password_refused = || {
+            Error::usage("the PostgreSQL URL contains a password")
+                .with_hint(crate::plan::values::URL_PASSWORD_HINT)
+        };
+        if crate::plan::values::url_has_password(url) {
+            return Err(password_refused());
+        }
+        let mut config: postgres::Config = url.parse().map_err(|e| {
             Error::usage(format!("cannot read the PostgreSQL URL: {e}"))
                 .with_hint("use postgres://USER@HOST:PORT/DBNAME (put the password in PGPASSFILE or PGPASSWORD)")
         })?;
+        // `host=… password=…` is a URL too, for the parser.
+        if config.get_password().is_some() {
+            return Err(password_refused());
+        }
+        if let Some(pw) = std::env::var_os("PGPASSWORD") {
+            config.password(pw.into_encoded_bytes());
+        }
         let host = match config.get_hosts().first() {
             Some(postgres::config::Host::Tcp(h)) => h.clone(),
             Some(postgres::config::Host::Unix(p)) => p.display().to_string(),

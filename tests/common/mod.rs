@@ -145,6 +145,46 @@ pub fn code_and_stderr(out: &Output) -> (i32, String) {
     )
 }
 
+/// Run `cmd` to its end and return its output, but kill it and fail the
+/// test if it is still running after `secs` seconds. A liveness bound for
+/// commands that used to hang (issue 24), not a timing assertion: pick it
+/// generously.
+pub fn output_within(cmd: &mut Command, secs: u64) -> Output {
+    use std::io::Read;
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let drain = |mut r: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut v = Vec::new();
+            let _ = r.read_to_end(&mut v);
+            v
+        })
+    };
+    let stdout = drain(Box::new(child.stdout.take().unwrap()));
+    let stderr = drain(Box::new(child.stderr.take().unwrap()));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            let err = String::from_utf8_lossy(&stderr.join().unwrap()).into_owned();
+            panic!("still running after {secs} s (killed); stderr:\n{err}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    Output {
+        status,
+        stdout: stdout.join().unwrap(),
+        stderr: stderr.join().unwrap(),
+    }
+}
+
 /// Where a backed-up absolute path ends up below a restore target.
 pub fn restored(target: &Path, original: &Path) -> PathBuf {
     target.join(original.strip_prefix("/").unwrap())
