@@ -3,20 +3,82 @@
 //! in the data, so a changed chunk still shares most of them with the chunk
 //! it replaced, wherever chunk boundaries moved.
 
-use crate::repo::Id;
+use crate::error::Result;
+use crate::index::IndexReader;
+use crate::repo::{Compression, Id};
+use crate::repository::Repository;
 use std::collections::HashMap;
 
 /// The previous version of the stream being stored, whose chunks new
 /// chunks are delta-compressed against (see
 /// [`Packer::set_base_stream`](super::Packer::set_base_stream)).
 pub(super) struct BaseStream {
-    pub(super) ids: Vec<Id>,
+    ids: Vec<Id>,
     /// Where each chunk of `ids` is (its last place).
-    pub(super) pos: HashMap<Id, usize>,
-    pub(super) anchors: AnchorMap,
+    pos: HashMap<Id, usize>,
+    anchors: AnchorMap,
     /// The guess for a new chunk that shares no anchor: one past the base
     /// of the chunk before, or of the last chunk both streams share.
-    pub(super) cursor: usize,
+    cursor: usize,
+}
+
+impl BaseStream {
+    /// The base stream `ids` (not empty), read once for its anchors. A
+    /// chunk that cannot be read stops the reading there, leaving out its
+    /// anchors and those of every chunk after it: the base of a new chunk is
+    /// a guess, and every base is checked against its id when a frame is
+    /// compressed against it.
+    pub(super) fn read(repo: &Repository, ids: Vec<Id>) -> BaseStream {
+        let mut anchor_map = AnchorMap::new(ANCHOR_CAP);
+        let read = repo.for_each_chunk_unchecked(&ids, |j, data| anchor_map.add(j as u32, data));
+        if let Err(e) = read {
+            tracing::warn!(error = %e, "cannot read all of the previous version; delta compression will guess less well");
+        }
+        BaseStream {
+            pos: ids.iter().enumerate().map(|(i, id)| (*id, i)).collect(),
+            ids,
+            anchors: anchor_map,
+            cursor: 0,
+        }
+    }
+
+    /// Chunk `id`, which the repository has, was passed in the stream being
+    /// stored: a new chunk after it that shares no anchor is guessed to
+    /// replace the chunk after `id`'s place in the base stream.
+    pub(super) fn passed(&mut self, id: &Id) {
+        if let Some(p) = self.pos.get(id) {
+            self.cursor = p + 1;
+        }
+    }
+
+    /// The base for the next new chunk `data`: the chunk of the base
+    /// stream it shares the most anchors with (see [`anchors`]) or, with
+    /// none in common, the one after the base chunk of the chunk before;
+    /// when the chosen chunk is a delta itself, its own base (chains stay
+    /// one deep).
+    pub(super) fn next_base(&mut self, data: &[u8], index: &IndexReader) -> Result<Option<Id>> {
+        let best = self.anchors.best(data);
+        let chosen = match best {
+            Some(j) => j,
+            None if self.cursor < self.ids.len() => self.cursor,
+            None => return Ok(None),
+        };
+        self.cursor = chosen + 1;
+        let candidate = self.ids[chosen];
+        let Some(loc) = index.get(&candidate)? else {
+            return Ok(None);
+        };
+        if loc.compression != Compression::ZstdDelta {
+            return Ok(Some(candidate));
+        }
+        let Some(base) = loc.base else {
+            return Ok(None);
+        };
+        Ok(match index.get(&base)? {
+            Some(l) if l.compression != Compression::ZstdDelta => Some(base),
+            _ => None,
+        })
+    }
 }
 
 const AMBIGUOUS: u32 = u32::MAX;
@@ -60,20 +122,20 @@ const ANCHOR_MASK: u64 = 0x7ff << 53;
 
 /// The most anchors a base stream keeps (~40 MB of map): one per ~2 KiB
 /// up to 4 GiB of dump, sparser beyond.
-pub(super) const ANCHOR_CAP: usize = 1 << 21;
+const ANCHOR_CAP: usize = 1 << 21;
 
 /// Anchor → the chunk of the base stream it occurs in (AMBIGUOUS: in
 /// several). Past `cap` entries only anchors with one more leading zero
 /// bit are kept (about half), and so on, so memory stays bounded whatever
 /// the size of the previous version.
-pub(super) struct AnchorMap {
+struct AnchorMap {
     map: HashMap<u64, u32>,
     mask: u64,
     cap: usize,
 }
 
 impl AnchorMap {
-    pub(super) fn new(cap: usize) -> AnchorMap {
+    fn new(cap: usize) -> AnchorMap {
         AnchorMap {
             map: HashMap::new(),
             mask: ANCHOR_MASK,
@@ -82,7 +144,7 @@ impl AnchorMap {
     }
 
     /// Record the anchors of chunk number `chunk`.
-    pub(super) fn add(&mut self, chunk: u32, data: &[u8]) {
+    fn add(&mut self, chunk: u32, data: &[u8]) {
         let map = &mut self.map;
         anchors(data, self.mask, |a| {
             map.entry(a)
@@ -101,7 +163,7 @@ impl AnchorMap {
     }
 
     /// The chunk sharing the most anchors with `data`, if any.
-    pub(super) fn best(&self, data: &[u8]) -> Option<usize> {
+    fn best(&self, data: &[u8]) -> Option<usize> {
         let mut votes: Vec<(u32, u32)> = Vec::new();
         anchors(data, self.mask, |a| {
             if let Some(&j) = self.map.get(&a) {

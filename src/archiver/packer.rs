@@ -3,7 +3,7 @@
 //! each new chunk's delta base and gathers new chunks into frames for the
 //! sealers.
 
-use super::delta::{AnchorMap, BaseStream, ANCHOR_CAP};
+use super::delta::BaseStream;
 use super::sealer::FrameJob;
 use super::stored_chunks::StoredChunks;
 use crate::chunk::{self, ChunkError};
@@ -11,7 +11,7 @@ use crate::error::{Error, Result};
 use crate::index::IndexReader;
 use crate::interrupt;
 use crate::progress::Progress;
-use crate::repo::{ChunkEntry, Compression, Id, SourceStatus};
+use crate::repo::{ChunkEntry, Id, SourceStatus};
 use crate::repository::Repository;
 use crossbeam_channel::Sender;
 use std::collections::{HashMap, HashSet};
@@ -95,16 +95,17 @@ impl<'a> Packer<'a> {
         self.stats.chunks_total += 1;
         if self.seen.contains(&id) || self.index.get(&id)?.is_some() {
             if let Some(b) = self.base_stream.as_mut() {
-                if let Some(p) = b.pos.get(&id) {
-                    b.cursor = p + 1;
-                }
+                b.passed(&id);
             }
             return Ok(id);
         }
         self.seen.insert(id);
         self.stats.chunks_new += 1;
         self.stats.bytes_new_raw += data.len() as u64;
-        let base = self.next_base(data)?;
+        let base = match self.base_stream.as_mut() {
+            Some(b) => b.next_base(data, &self.index)?,
+            None => None,
+        };
         self.frame_chunks.push(ChunkEntry {
             id,
             offset: self.frame_data.len() as u32,
@@ -125,26 +126,9 @@ impl<'a> Packer<'a> {
     /// is then the old chunk it shares most anchors with. A wrong guess
     /// costs compression, never data.
     pub fn set_base_stream(&mut self, ids: Option<Vec<Id>>) {
-        self.base_stream = ids.filter(|i| !i.is_empty()).map(|ids| {
-            // Read the previous version once for its anchors. A chunk that
-            // cannot be read stops the reading there, leaving out its
-            // anchors and those of every chunk after it: the base of a new
-            // chunk is a guess, and every base is checked against its id
-            // when a frame is compressed against it.
-            let mut anchor_map = AnchorMap::new(ANCHOR_CAP);
-            let read = self
-                .repo
-                .for_each_chunk_unchecked(&ids, |j, data| anchor_map.add(j as u32, data));
-            if let Err(e) = read {
-                tracing::warn!(error = %e, "cannot read all of the previous version; delta compression will guess less well");
-            }
-            BaseStream {
-                pos: ids.iter().enumerate().map(|(i, id)| (*id, i)).collect(),
-                ids,
-                anchors: anchor_map,
-                cursor: 0,
-            }
-        });
+        self.base_stream = ids
+            .filter(|i| !i.is_empty())
+            .map(|ids| BaseStream::read(self.repo, ids));
     }
 
     /// Cut the next streams as `chunking` says instead of with the
@@ -190,38 +174,6 @@ impl<'a> Packer<'a> {
         found.unwrap_or_else(|e| {
             tracing::warn!(source = source_name, error = %e, "cannot read the previous snapshot of this source; storing without delta compression");
             HashMap::new()
-        })
-    }
-
-    /// The base for the next new chunk `data`: the chunk of the base
-    /// stream it shares the most anchors with (see [`super::delta`]) or, with
-    /// none in common, the one after the base chunk of the chunk before;
-    /// when the chosen chunk is a delta itself, its own base (chains stay
-    /// one deep).
-    fn next_base(&mut self, data: &[u8]) -> Result<Option<Id>> {
-        let Some(b) = self.base_stream.as_mut() else {
-            return Ok(None);
-        };
-        let best = b.anchors.best(data);
-        let chosen = match best {
-            Some(j) => j,
-            None if b.cursor < b.ids.len() => b.cursor,
-            None => return Ok(None),
-        };
-        b.cursor = chosen + 1;
-        let candidate = b.ids[chosen];
-        let Some(loc) = self.index.get(&candidate)? else {
-            return Ok(None);
-        };
-        if loc.compression != Compression::ZstdDelta {
-            return Ok(Some(candidate));
-        }
-        let Some(base) = loc.base else {
-            return Ok(None);
-        };
-        Ok(match self.index.get(&base)? {
-            Some(l) if l.compression != Compression::ZstdDelta => Some(base),
-            _ => None,
         })
     }
 
