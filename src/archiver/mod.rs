@@ -39,11 +39,10 @@ use crate::progress::Progress;
 use crate::repo::{FileKind, Id, Node};
 use crate::repository::Repository;
 use crossbeam_channel::bounded;
-use failure::record_failure;
+use failure::Failure;
 use pack_builder::{write_packs, SealedFrame, Upload};
 use sealer::{seal_frames, FrameJob};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Mutex;
 
 /// Run `f` with a packer; when it returns, flush and store every pack.
 pub fn with_packer<T>(
@@ -56,7 +55,7 @@ pub fn with_packer<T>(
         .clamp(1, 8);
     let (job_tx, job_rx) = bounded::<FrameJob>(workers * 2);
     let (frame_tx, frame_rx) = bounded::<SealedFrame>(workers * 2);
-    let failed = Mutex::new(None);
+    let failed = Failure::default();
     let abort = AtomicBool::new(false);
     let stored_chunks = StoredChunks::default();
     std::thread::scope(|s| {
@@ -79,7 +78,7 @@ pub fn with_packer<T>(
                         .backend
                         .write(&FileRef::new(FileKind::Pack, pack.id.to_hex()), &bytes)
                     {
-                        record_failure(failed, e);
+                        failed.record(e);
                         break; // the writer's next send fails and the run stops
                     }
                     published.add(&pack);
@@ -106,7 +105,7 @@ pub fn with_packer<T>(
                 .map_err(|_| Error::failure("a pack uploader panicked"))?;
         }
         let value = out?;
-        if let Some(e) = failed.lock().ok().and_then(|mut f| f.take()) {
+        if let Some(e) = failed.take() {
             return Err(e);
         }
         Ok((value, stored, stats))

@@ -2,7 +2,7 @@
 //! closed with its sealed header, handed to the uploaders (or written
 //! directly).
 
-use super::failure::record_failure;
+use super::failure::Failure;
 use crate::backend::FileRef;
 use crate::error::{Error, Result};
 use crate::repo::{
@@ -12,7 +12,6 @@ use crate::repo::{
 use crate::repository::Repository;
 use crossbeam_channel::{Receiver, Sender};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Mutex;
 
 /// What the pipeline stored.
 #[derive(Clone, Debug, Default)]
@@ -39,7 +38,7 @@ pub(super) fn write_packs(
     frames: Receiver<SealedFrame>,
     requests: Receiver<u64>,
     uploads: Sender<Upload>,
-    failed: &Mutex<Option<Error>>,
+    failed: &Failure,
     abort: &AtomicBool,
 ) -> Stored {
     enum Event {
@@ -73,7 +72,7 @@ pub(super) fn write_packs(
                     let added =
                         builder.add_frame(&f.ciphertext, f.raw_length, f.compression, f.chunks);
                     if let Err(e) = added {
-                        record_failure(failed, e);
+                        failed.record(e);
                         ok = false;
                     }
                 }
@@ -82,14 +81,14 @@ pub(super) fn write_packs(
         if ok && flush_at.is_some_and(|n| arrived.all_below(n)) {
             flush_at = None;
             if let Err(e) = builder.flush() {
-                record_failure(failed, e);
+                failed.record(e);
                 ok = false;
             }
         }
     }
     if ok && !abort.load(Ordering::SeqCst) {
         if let Err(e) = builder.flush() {
-            record_failure(failed, e);
+            failed.record(e);
         }
     }
     builder.stored

@@ -4,6 +4,7 @@
 //! sealers.
 
 use super::delta::BaseStream;
+use super::failure::Failure;
 use super::sealer::FrameJob;
 use super::stored_chunks::StoredChunks;
 use crate::chunk::{self, ChunkError};
@@ -16,7 +17,6 @@ use crate::repository::Repository;
 use crossbeam_channel::Sender;
 use std::collections::{HashMap, HashSet};
 use std::io::Read;
-use std::sync::Mutex;
 
 /// Counts kept while chunks flow through the packer.
 #[derive(Clone, Debug, Default)]
@@ -41,7 +41,7 @@ pub struct Packer<'a> {
     frames_sent: u64,
     /// Asks the pack writer to close its pack (see [`Packer::flush_packs`]).
     flushes: Sender<u64>,
-    failed: &'a Mutex<Option<Error>>,
+    failed: &'a Failure,
     stored_chunks: &'a StoredChunks,
     read_buffer: Vec<u8>,
     seed: u64,
@@ -56,7 +56,7 @@ impl<'a> Packer<'a> {
         index: IndexReader,
         jobs: Sender<FrameJob>,
         flushes: Sender<u64>,
-        failed: &'a Mutex<Option<Error>>,
+        failed: &'a Failure,
         stored_chunks: &'a StoredChunks,
     ) -> Self {
         Packer {
@@ -238,14 +238,12 @@ impl<'a> Packer<'a> {
 
     /// Whether storing has failed (the run then stops at the next frame).
     pub fn has_failed(&self) -> bool {
-        self.failed.lock().map(|f| f.is_some()).unwrap_or(true)
+        self.failed.is_set()
     }
 
     fn take_failure(&self) -> Error {
         self.failed
-            .lock()
-            .ok()
-            .and_then(|mut f| f.take())
+            .take()
             .unwrap_or_else(|| Error::failure("the pack writer stopped"))
     }
 }

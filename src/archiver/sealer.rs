@@ -1,13 +1,12 @@
 //! The sealers: worker threads that compress frames (when it pays, at a
 //! level chosen by how the last frame did) and encrypt them.
 
-use super::failure::record_failure;
+use super::failure::Failure;
 use super::pack_builder::SealedFrame;
 use crate::error::{Error, Result};
 use crate::repo::{prefix_bases, ChunkEntry, Compression};
 use crate::repository::Repository;
 use crossbeam_channel::{Receiver, Sender};
-use std::sync::Mutex;
 
 /// Frame data on its way from the packer to a sealer.
 pub(super) struct FrameJob {
@@ -21,11 +20,11 @@ pub(super) fn seal_frames(
     repo: &Repository,
     jobs: Receiver<FrameJob>,
     out: Sender<SealedFrame>,
-    failed: &Mutex<Option<Error>>,
+    failed: &Failure,
 ) {
     let mut sealer = match Sealer::new(repo) {
         Ok(s) => s,
-        Err(e) => return record_failure(failed, e),
+        Err(e) => return failed.record(e),
     };
     let mut warned = false;
     for mut job in jobs {
@@ -47,7 +46,7 @@ pub(super) fn seal_frames(
         };
         let (ciphertext, compression) = match sealed {
             Ok(c) => c,
-            Err(e) => return record_failure(failed, e),
+            Err(e) => return failed.record(e),
         };
         if compression != Compression::ZstdDelta {
             for c in &mut job.chunks {
