@@ -16,6 +16,8 @@
 //!   backend.
 //! - [`stored_chunks`]: where this run's chunks are as their packs are
 //!   written (the Kafka source reads them back during the run).
+//! - [`failure`]: the first error any of these threads hits, which stops
+//!   the run.
 //!
 //! Sources (files, streams, commands, PostgreSQL, Kafka) live in
 //! [`crate::source`]; they hand their streams to a [`Packer`] and their node
