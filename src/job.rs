@@ -7,12 +7,13 @@
 //! An interruption or a failing repository aborts the whole job: nothing is
 //! saved and existing snapshots are untouched.
 
-use crate::archiver::{self, with_packer, Packer, SourceOutcome};
+use crate::archiver::{with_packer, Packer};
 use crate::error::{Error, Kind, Result};
 use crate::lock::with_lock;
 use crate::repo::{Id, Snapshot, SourceRecord, SourceStatus, Summary, FORMAT_VERSION};
 use crate::repository::{host_name, user_name, Repository};
 use crate::source::kafka::{BackupOptions, KafkaOptions};
+use crate::source::{command, files, stream, SourceOutcome};
 use serde::Serialize;
 use std::path::PathBuf;
 use std::process::Command;
@@ -108,8 +109,8 @@ pub struct JobReport {
 
 fn archive(packer: &mut Packer, s: &NamedSource, quiet: bool) -> Result<SourceOutcome> {
     match &s.spec {
-        SourceSpec::Files(paths) => archiver::archive_files(packer, &s.name, paths, quiet),
-        SourceSpec::Stdin { file_name } => archiver::archive_stream(
+        SourceSpec::Files(paths) => files::archive_files(packer, &s.name, paths, quiet),
+        SourceSpec::Stdin { file_name } => stream::archive_stream(
             packer,
             &s.name,
             "stdin",
@@ -120,7 +121,7 @@ fn archive(packer: &mut Packer, s: &NamedSource, quiet: bool) -> Result<SourceOu
         SourceSpec::Command { file_name, argv } => {
             let progress = crate::progress::Progress::bytes(0, quiet, "snapshot");
             let what = format!("command {:?}", argv.join(" "));
-            let out = archiver::store_command_output(
+            let out = command::store_command_output(
                 packer,
                 Command::new(&argv[0]).args(&argv[1..]),
                 &what,
@@ -128,7 +129,7 @@ fn archive(packer: &mut Packer, s: &NamedSource, quiet: bool) -> Result<SourceOu
             )
             .map_err(|e| e.with_hint("check the command, its arguments and PATH"))?;
             progress.finish();
-            archiver::stream_source(packer, &s.name, "command", file_name, out.content, out.size)
+            stream::stream_source(packer, &s.name, "command", file_name, out.content, out.size)
         }
         SourceSpec::Postgres {
             url,

@@ -1,10 +1,13 @@
-//! Where backup data comes from, besides plain files and streams
-//! (those live in `archiver`): PostgreSQL and Kafka.
+//! Where backup data comes from: files, standard input, a command's
+//! output, PostgreSQL and Kafka.
 //!
 //! A source produces nodes (named streams stored like files) plus metadata
 //! recorded in the snapshot, so a restore can be proven equal to what was
-//! backed up.
+//! backed up. It hands its streams to the [`archiver`](crate::archiver),
+//! which stores them; sources read, the archiver writes.
 
+pub mod command;
+pub mod files;
 pub mod kafka;
 pub mod pg_archive;
 pub mod pg_cluster;
@@ -12,6 +15,9 @@ pub mod pg_copy;
 pub mod pg_physical;
 pub mod pg_replication;
 pub mod postgres;
+pub mod stream;
+
+pub use stream::SourceOutcome;
 
 /// Nodes a source read back and checked during the run, by (source name,
 /// node path).

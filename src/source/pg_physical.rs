@@ -9,8 +9,8 @@
 
 use super::pg_cluster::{is_root, pg_command};
 use super::postgres::{pg_tool, Target};
-use crate::archiver::tail_lines;
-use crate::archiver::{Packer, SourceOutcome};
+use super::{command::tail_lines, SourceOutcome};
+use crate::archiver::Packer;
 use crate::backend::FileRef;
 use crate::error::{Error, Kind, Result};
 use crate::progress::Progress;
@@ -93,7 +93,7 @@ pub fn archive_physical(
         ..Node::stream(meta.base.clone(), taken.size, taken.content)
     };
     let meta = serde_json::to_value(&meta).map_err(|e| Error::failure(e.to_string()))?;
-    crate::archiver::source_from_nodes(packer, source_name, "postgres", vec![node], meta)
+    super::stream::source_from_nodes(packer, source_name, "postgres", vec![node], meta)
 }
 
 /// A base backup stored as one tar, and where it starts and stops.
@@ -167,7 +167,7 @@ fn run_pg_basebackup(
             "-v",
         ])
         .arg("--manifest-checksums=CRC32C");
-    let out = crate::archiver::store_command_output(packer, &mut cmd, "pg_basebackup", progress)
+    let out = super::command::store_command_output(packer, &mut cmd, "pg_basebackup", progress)
         .map_err(|e| {
             e.with_hint("set CAIRN_PG_BIN to PostgreSQL's bin directory if it is not found")
         })?;

@@ -8,7 +8,8 @@
 //! them, table by table. Credentials go to the tools through the environment
 //! (`PGPASSWORD`), never on a command line or in a log.
 
-use crate::archiver::{tail_lines, Packer, SourceOutcome};
+use super::{command::tail_lines, SourceOutcome};
+use crate::archiver::Packer;
 use crate::error::{Error, Result};
 use crate::progress::Progress;
 use crate::repo::{Node, SourceRecord};
@@ -531,11 +532,12 @@ fn archive_command(
     progress: &Progress,
     observe: impl FnMut(&[u8]),
 ) -> Result<Node> {
-    let out =
-        crate::archiver::store_command_output_observed(packer, &mut cmd, what, progress, observe)
-            .map_err(|e| {
-            e.with_hint("is PostgreSQL's client installed? set CAIRN_PG_BIN to its bin directory")
-        })?;
+    let out = crate::source::command::store_command_output_observed(
+        packer, &mut cmd, what, progress, observe,
+    )
+    .map_err(|e| {
+        e.with_hint("is PostgreSQL's client installed? set CAIRN_PG_BIN to its bin directory")
+    })?;
     for line in out.stderr.lines().filter(|l| !l.trim().is_empty()) {
         tracing::warn!("{what}: {line}");
     }
@@ -762,7 +764,7 @@ pub fn archive_logical(
     nodes.insert(0, store_globals(packer, globals, &progress)?);
     progress.finish();
     let meta = serde_json::to_value(&meta).map_err(|e| Error::failure(e.to_string()))?;
-    crate::archiver::source_from_nodes(packer, source_name, "postgres", nodes, meta)
+    super::stream::source_from_nodes(packer, source_name, "postgres", nodes, meta)
 }
 
 /// Store the output of `pg_dumpall --globals-only` as `globals.sql`, or fail

@@ -11,7 +11,7 @@
 
 use super::client::KafkaConsumer as BaseConsumer;
 use super::client::{retry, KafkaOptions};
-use crate::archiver::{Packer, SourceOutcome};
+use crate::archiver::Packer;
 use crate::error::{Error, Kind, Result};
 use crate::progress::Progress;
 use crate::repo::kafka::{
@@ -19,6 +19,7 @@ use crate::repo::kafka::{
     TopicMeta,
 };
 use crate::repo::Node;
+use crate::source::SourceOutcome;
 use rdkafka::admin::{AdminClient, AdminOptions, ConfigSource, ResourceSpecifier};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::Consumer;
@@ -212,7 +213,7 @@ pub fn archive_kafka(
     }
     let meta = serde_json::to_value(&meta).map_err(|e| Error::failure(e.to_string()))?;
     let mut outcome =
-        crate::archiver::source_from_nodes(packer, source_name, "kafka", nodes, meta)?;
+        crate::source::stream::source_from_nodes(packer, source_name, "kafka", nodes, meta)?;
     outcome.verified = verified;
     Ok(outcome)
 }

@@ -13,12 +13,13 @@ pub use backup::{archive_kafka, BackupOptions};
 pub use client::{KafkaOptions, RetryPolicy};
 pub use restore::{restore_kafka, ConfigChoice, RestoreOptions, RestoreReport};
 
-use crate::archiver::{Observed, StoredChunks};
+use crate::archiver::StoredChunks;
 use crate::error::{Error, Result};
 use crate::index::Location;
 use crate::repo::kafka::{KafkaMeta, PartitionMeta, RecordReader};
 use crate::repo::{Id, Node, SourceRecord};
 use crate::repository::Repository;
+use crate::source::command::Observed;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
@@ -194,9 +195,10 @@ fn verify_partition(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::archiver::{source_from_nodes, with_packer};
+    use crate::archiver::with_packer;
     use crate::repo::kafka::{encode_record, PartitionMeta, TimestampType, TopicMeta};
     use crate::repo::Node;
+    use crate::source::stream::source_from_nodes;
 
     /// Store one partition of `n` records and a source whose metadata claims
     /// `claimed` records with the true digest.
