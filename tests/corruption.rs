@@ -744,6 +744,7 @@ fn issue_24_unlock_removes_unreadable_lock_files() {
     assert!(!garbage.exists() && !empty.exists());
     assert!(repo_files(&env.repo, "locks").is_empty());
     env.ok(&["check"]);
+}
 
 /// Set `field` (a JSON pointer) of the repository's plain-JSON `config` to
 /// `value`, as someone with write access to the storage could.
