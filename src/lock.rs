@@ -34,9 +34,15 @@ fn describe(l: &LockFile) -> String {
 }
 
 fn pid_alive(pid: u32) -> bool {
-    // kill(pid, 0) checks existence without sending a signal.
-    let r = unsafe { libc::kill(pid as libc::pid_t, 0) };
-    r == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+    // kill(pid, 0) checks existence without sending a signal; EPERM means
+    // it exists but is another user's.
+    let Some(pid) = i32::try_from(pid).ok().and_then(rustix::process::Pid::from_raw) else {
+        return false;
+    };
+    match rustix::process::test_kill_process(pid) {
+        Ok(()) | Err(rustix::io::Errno::PERM) => true,
+        Err(_) => false,
+    }
 }
 
 /// Whether a lock no longer protects anything.
