@@ -6,12 +6,7 @@
 //! backed up.
 
 pub mod kafka;
-pub mod pg_archive;
-pub mod pg_cluster;
-pub mod pg_copy;
-pub mod pg_physical;
-pub mod pg_replication;
-pub mod postgres;
+pub mod pg;
 
 /// Nodes a source read back and checked during the run, by (source name,
 /// node path).

@@ -2,7 +2,7 @@
 //! on a free port with its socket in that directory, stopped and removed on
 //! drop. Used by `check --restore-test` and by the tests.
 
-use super::postgres::pg_tool;
+use super::restore::pg_tool;
 use crate::error::{Error, Result};
 use std::path::{Path, PathBuf};
 use std::process::Command;

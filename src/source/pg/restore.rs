@@ -56,7 +56,7 @@ pub struct DatabaseMeta {
     /// Where the dump's data blocks are (found while it streamed), so a
     /// restore can fill in its TOC without reading it again.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub data_offsets: Option<super::pg_archive::DataOffsets>,
+    pub data_offsets: Option<super::archive::DataOffsets>,
 }
 
 /// Row count and order-independent content checksum of one relation.
@@ -459,7 +459,7 @@ fn copy_sum<C: postgres::GenericClient>(
     columns: Option<&str>,
 ) -> std::result::Result<(i64, String), SumError> {
     let names = columns
-        .and_then(super::pg_archive::split_columns)
+        .and_then(super::archive::split_columns)
         .ok_or_else(|| {
             SumError::Copy(std::io::Error::other(format!(
                 "the column list recorded for {schema}.{name} cannot be read"
@@ -480,7 +480,7 @@ fn copy_sum<C: postgres::GenericClient>(
         "SAVEPOINT cairn_copy; SET LOCAL extra_float_digits = 3; SET LOCAL search_path = ''; \
          SET LOCAL row_security = off",
     )?;
-    let mut rows = super::pg_archive::RowHasher::default();
+    let mut rows = super::archive::RowHasher::default();
     let mut reader = client.copy_out(&format!(
         "COPY {}.{}{columns} TO STDOUT",
         quote_ident(schema),
@@ -500,7 +500,7 @@ fn copy_sum<C: postgres::GenericClient>(
     drop(reader);
     client.batch_execute("ROLLBACK TO SAVEPOINT cairn_copy; RELEASE SAVEPOINT cairn_copy")?;
     let (n, sum) = rows.finish();
-    Ok((n, super::pg_archive::sum_hex(sum)))
+    Ok((n, super::archive::sum_hex(sum)))
 }
 
 /// Stream a command's stdout into the repository as node `path`; a non-zero
@@ -663,7 +663,7 @@ pub fn archive_logical(
                 .map_err(|e| e.shown(&target, db))?;
                 Ok((c, sums))
             });
-            let mut scan = super::pg_archive::StreamScan::start(copy_sums);
+            let mut scan = super::archive::StreamScan::start(copy_sums);
             let what = format!("pg_dump of {db}");
             packer.set_base_stream(previous.get(&path).cloned());
             packer.set_chunking(Some(crate::chunk::Chunking::Cdc(dump_chunker(
@@ -705,7 +705,7 @@ pub fn archive_logical(
                         name: key.1,
                         kind: "table".into(),
                         rows: t.rows,
-                        checksum: super::pg_archive::sum_hex(t.sum),
+                        checksum: super::archive::sum_hex(t.sum),
                         method: COPY_METHOD.into(),
                         columns: Some(t.columns),
                     });
@@ -837,7 +837,7 @@ pub struct DatabaseLoad {
     pub load: Load,
     /// pg_restore jobs (for `streamed-data`: those building indexes and
     /// constraints; the copied table is loaded on as many connections, up
-    /// to [`super::pg_copy::MAX_CONNECTIONS`]).
+    /// to [`super::copy::MAX_CONNECTIONS`]).
     pub jobs: usize,
     /// For `streamed-data`: the table (`schema.name`) whose data cairn
     /// loaded with its own COPY, on `jobs` connections at once.
@@ -1267,12 +1267,12 @@ pub fn restore_logical(
             // Only a speed-up: if the archive cannot be read, pg_restore
             // still restores it (searching), and says so if it is damaged.
             let offsets = match &d.data_offsets {
-                Some(recorded) => super::pg_archive::write_recorded_offsets(&path, recorded)
+                Some(recorded) => super::archive::write_recorded_offsets(&path, recorded)
                     .or_else(|e| {
                         tracing::warn!(database = %d.name, error = %e, "the data offsets recorded at backup do not fit the dump; reading it for them");
-                        super::pg_archive::add_data_offsets(&path)
+                        super::archive::add_data_offsets(&path)
                     }),
-                None => super::pg_archive::add_data_offsets(&path),
+                None => super::archive::add_data_offsets(&path),
             };
             match offsets {
                 Ok(offsets) => tracing::info!(
@@ -1398,7 +1398,7 @@ struct SplitPlan {
     second: std::path::PathBuf,
     /// The dominant table's data, which cairn loads itself (left out of
     /// `first`); `None` when pg_restore loads it.
-    direct: Option<super::pg_copy::DirectCopy>,
+    direct: Option<super::copy::DirectCopy>,
 }
 
 /// Write the table of contents of `dump` (checked against the recorded
@@ -1417,7 +1417,7 @@ fn split_by_sections(
     target: &Target,
     maint: &str,
     dump: &Node,
-    offsets: &super::pg_archive::DataOffsets,
+    offsets: &super::archive::DataOffsets,
     create: bool,
     dir: &std::path::Path,
 ) -> Result<SplitPlan> {
@@ -1429,13 +1429,13 @@ fn split_by_sections(
         .take(start + 32)
         .read_to_end(&mut head)
         .map_err(|e| Error::io(format!("reading the table of contents of {}", dump.path), e))?;
-    let len = super::pg_archive::table_of_contents_len(&head, offsets)?;
-    let toc = super::pg_archive::read_table_of_contents(&head[..len])?;
+    let len = super::archive::table_of_contents_len(&head, offsets)?;
+    let toc = super::archive::read_table_of_contents(&head[..len])?;
     let plan = SplitPlan {
         toc: dir.join("toc"),
         first: dir.join("first.list"),
         second: dir.join("second.list"),
-        direct: super::pg_copy::DirectCopy::of(&toc, offsets, dump.size),
+        direct: super::copy::DirectCopy::of(&toc, offsets, dump.size),
     };
     std::fs::write(&plan.toc, &head[..len])
         .map_err(|e| Error::io(format!("writing {}", plan.toc.display()), e))?;
@@ -1522,7 +1522,7 @@ fn restore_streamed_data(
     if let Some(c) = &plan.direct {
         crate::interrupt::check()?;
         let rows =
-            super::pg_copy::copy_table_data(repo, target, d, dump, c, opts.jobs).map_err(|e| {
+            super::copy::copy_table_data(repo, target, d, dump, c, opts.jobs).map_err(|e| {
                 e.with_hint(format!(
                     "the schema of {} is restored, but the rows of {} may not all be; \
                      restore it again with --clean",
@@ -1608,7 +1608,7 @@ pub fn restore_test(
     let url = match scratch_url {
         Some(u) => u.to_string(),
         None => {
-            cluster = super::pg_cluster::ScratchCluster::start(&[]).map_err(|e| {
+            cluster = super::cluster::ScratchCluster::start(&[]).map_err(|e| {
                 e.context("the scratch PostgreSQL for the restore test is unavailable")
             })?;
             cluster.url()

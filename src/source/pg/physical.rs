@@ -7,8 +7,8 @@
 //! `restore_command = 'cairn wal-fetch %f %p'`. The restored cluster never
 //! archives: it must not write into the production repository.
 
-use super::pg_cluster::{is_root, pg_command};
-use super::postgres::{pg_tool, Target};
+use super::cluster::{is_root, pg_command};
+use super::restore::{pg_tool, Target};
 use crate::archiver::tail_lines;
 use crate::archiver::{Packer, SourceOutcome};
 use crate::backend::FileRef;
@@ -108,7 +108,7 @@ struct Taken {
 }
 
 /// Take the base backup with cairn's own replication client, or with
-/// `pg_basebackup` where that client cannot (see `pg_replication`) or
+/// `pg_basebackup` where that client cannot (see `replication`) or
 /// `CAIRN_PG_BASEBACKUP=pg_basebackup` asks for the tool.
 fn take_base_backup(
     packer: &mut Packer,
@@ -126,9 +126,9 @@ fn take_base_backup(
             )))
         }
     }
-    let mut backup = match super::pg_replication::start(target)? {
-        super::pg_replication::Start::Started(b) => b,
-        super::pg_replication::Start::Unsupported(why) => {
+    let mut backup = match super::replication::start(target)? {
+        super::replication::Start::Started(b) => b,
+        super::replication::Start::Unsupported(why) => {
             tracing::info!(reason = %why, "taking the base backup with pg_basebackup");
             return run_pg_basebackup(packer, target, db, progress);
         }
