@@ -49,9 +49,7 @@ impl SourceSpec {
                 vec![file_name.clone()]
             }
             SourceSpec::Postgres { url, .. } => {
-                vec![crate::source::pg::Target::parse(url)?
-                    .shown()
-                    .to_string()]
+                vec![crate::source::pg::Target::parse(url)?.shown().to_string()]
             }
             SourceSpec::Kafka { options, .. } => vec![format!("kafka://{}", options.brokers)],
         })

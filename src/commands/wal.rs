@@ -9,9 +9,7 @@ use std::path::Path;
 
 pub fn push(g: &GlobalArgs, path: &Path) -> Result<()> {
     let repo = open_repo(g)?;
-    let what = with_lock(&repo, false, "wal-push", || {
-        pg::wal_push(&repo, path)
-    })?;
+    let what = with_lock(&repo, false, "wal-push", || pg::wal_push(&repo, path))?;
     tracing::info!(wal = %path.display(), "{what}");
     Ok(())
 }
