@@ -2,7 +2,7 @@
 //! on a free port with its socket in that directory, stopped and removed on
 //! drop. Used by `check --restore-test` and by the tests.
 
-use super::restore::pg_tool;
+use super::tools::{is_root, pg_command};
 use crate::error::{Error, Result};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -11,23 +11,6 @@ pub struct ScratchCluster {
     dir: tempfile::TempDir,
     pub port: u16,
     running: bool,
-}
-
-pub(crate) fn is_root() -> bool {
-    unsafe { libc::geteuid() == 0 }
-}
-
-/// Run a PostgreSQL program, as the `postgres` user when we are root
-/// (initdb and postgres refuse to run as root).
-pub(crate) fn pg_command(tool: &str) -> Command {
-    let path = pg_tool(tool);
-    if is_root() {
-        let mut c = Command::new("runuser");
-        c.args(["-u", "postgres", "--"]).arg(path);
-        c
-    } else {
-        Command::new(path)
-    }
 }
 
 fn run(mut c: Command, what: &str) -> Result<()> {

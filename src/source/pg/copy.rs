@@ -10,7 +10,8 @@
 //! interrupt or a panic rolls all of them back.
 
 use super::archive::{copy_data_block, Block, DataOffsets, Toc};
-use super::restore::{pg_err, DatabaseMeta, Target};
+use super::conn::{pg_err, Target};
+use super::meta::DatabaseMeta;
 use crate::error::{Error, Result};
 use crate::repo::Node;
 use crate::repository::Repository;

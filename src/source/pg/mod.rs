@@ -5,18 +5,27 @@
 //! The rest of the crate uses what this file re-exports.
 
 pub mod archive;
+pub mod checksum;
 pub mod cluster;
+pub mod conn;
 pub mod copy;
+pub mod dump;
+pub mod early_proof;
+pub mod meta;
 pub mod physical;
 pub mod replication;
 pub mod restore;
+pub mod restore_test;
+pub mod tools;
 
+pub use checksum::Proof;
 pub use cluster::{free_port, ScratchCluster};
+pub use conn::Target;
+pub use dump::archive_logical;
 pub use physical::{
     archive_physical, check_wal, restore_pitr, wal_entries, wal_fetch, wal_push, PhysicalMeta,
     PitrOptions,
 };
-pub use restore::{
-    archive_logical, pg_tool, restore_logical, restore_test, Proof, RestoreOptions, RestoreTest,
-    Target,
-};
+pub use restore::{restore_logical, RestoreOptions};
+pub use restore_test::{restore_test, RestoreTest};
+pub use tools::pg_tool;

@@ -7,8 +7,8 @@
 //! `restore_command = 'cairn wal-fetch %f %p'`. The restored cluster never
 //! archives: it must not write into the production repository.
 
-use super::cluster::{is_root, pg_command};
-use super::restore::{pg_tool, Target};
+use super::conn::Target;
+use super::tools::{is_root, pg_command, pg_tool};
 use crate::archiver::tail_lines;
 use crate::archiver::{Packer, SourceOutcome};
 use crate::backend::FileRef;
