@@ -251,7 +251,7 @@ fn copy_sum<C: postgres::GenericClient>(
     columns: Option<&str>,
 ) -> std::result::Result<(i64, String), SumError> {
     let names = columns
-        .and_then(super::archive::split_columns)
+        .and_then(super::rows::split_columns)
         .ok_or_else(|| {
             SumError::Copy(std::io::Error::other(format!(
                 "the column list recorded for {schema}.{name} cannot be read"
@@ -272,7 +272,7 @@ fn copy_sum<C: postgres::GenericClient>(
         "SAVEPOINT cairn_copy; SET LOCAL extra_float_digits = 3; SET LOCAL search_path = ''; \
          SET LOCAL row_security = off",
     )?;
-    let mut rows = super::archive::RowHasher::default();
+    let mut rows = super::rows::RowHasher::default();
     let mut reader = client.copy_out(&format!(
         "COPY {}.{}{columns} TO STDOUT",
         quote_ident(schema),
@@ -292,5 +292,5 @@ fn copy_sum<C: postgres::GenericClient>(
     drop(reader);
     client.batch_execute("ROLLBACK TO SAVEPOINT cairn_copy; RELEASE SAVEPOINT cairn_copy")?;
     let (n, sum) = rows.finish();
-    Ok((n, super::archive::sum_hex(sum)))
+    Ok((n, super::rows::sum_hex(sum)))
 }

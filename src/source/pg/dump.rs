@@ -193,7 +193,7 @@ pub fn archive_logical(
                 .map_err(|e| e.shown(&target, db))?;
                 Ok((c, sums))
             });
-            let mut scan = super::archive::StreamScan::start(copy_sums);
+            let mut scan = super::stream::StreamScan::start(copy_sums);
             let what = format!("pg_dump of {db}");
             packer.set_base_stream(previous.get(&path).cloned());
             packer.set_chunking(Some(crate::chunk::Chunking::Cdc(dump_chunker(
@@ -235,7 +235,7 @@ pub fn archive_logical(
                         name: key.1,
                         kind: "table".into(),
                         rows: t.rows,
-                        checksum: super::archive::sum_hex(t.sum),
+                        checksum: super::rows::sum_hex(t.sum),
                         method: COPY_METHOD.into(),
                         columns: Some(t.columns),
                     });

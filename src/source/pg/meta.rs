@@ -27,7 +27,7 @@ pub struct DatabaseMeta {
     /// Where the dump's data blocks are (found while it streamed), so a
     /// restore can fill in its TOC without reading it again.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub data_offsets: Option<super::archive::DataOffsets>,
+    pub data_offsets: Option<super::offsets::DataOffsets>,
 }
 
 /// Row count and order-independent content checksum of one relation.

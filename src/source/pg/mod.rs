@@ -12,10 +12,13 @@ pub mod copy;
 pub mod dump;
 pub mod early_proof;
 pub mod meta;
+pub mod offsets;
 pub mod physical;
 pub mod replication;
 pub mod restore;
 pub mod restore_test;
+pub mod rows;
+pub mod stream;
 pub mod tools;
 
 pub use checksum::Proof;

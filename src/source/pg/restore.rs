@@ -282,12 +282,12 @@ pub fn restore_logical(
             // Only a speed-up: if the archive cannot be read, pg_restore
             // still restores it (searching), and says so if it is damaged.
             let offsets = match &d.data_offsets {
-                Some(recorded) => super::archive::write_recorded_offsets(&path, recorded)
+                Some(recorded) => super::offsets::write_recorded_offsets(&path, recorded)
                     .or_else(|e| {
                         tracing::warn!(database = %d.name, error = %e, "the data offsets recorded at backup do not fit the dump; reading it for them");
-                        super::archive::add_data_offsets(&path)
+                        super::offsets::add_data_offsets(&path)
                     }),
-                None => super::archive::add_data_offsets(&path),
+                None => super::offsets::add_data_offsets(&path),
             };
             match offsets {
                 Ok(offsets) => tracing::info!(
@@ -432,7 +432,7 @@ fn split_by_sections(
     target: &Target,
     maint: &str,
     dump: &Node,
-    offsets: &super::archive::DataOffsets,
+    offsets: &super::offsets::DataOffsets,
     create: bool,
     dir: &std::path::Path,
 ) -> Result<SplitPlan> {
@@ -444,7 +444,7 @@ fn split_by_sections(
         .take(start + 32)
         .read_to_end(&mut head)
         .map_err(|e| Error::io(format!("reading the table of contents of {}", dump.path), e))?;
-    let len = super::archive::table_of_contents_len(&head, offsets)?;
+    let len = super::offsets::table_of_contents_len(&head, offsets)?;
     let toc = super::archive::read_table_of_contents(&head[..len])?;
     let plan = SplitPlan {
         toc: dir.join("toc"),
