@@ -1,6 +1,7 @@
-//! What a logical PostgreSQL snapshot records about its source, in the
-//! snapshot's source metadata: the server, each database's dump, and each
-//! relation's row count and checksum, which a restore is compared with.
+//! What a PostgreSQL snapshot records about its source, in the snapshot's
+//! source metadata. A logical one: the server, each database's dump, and
+//! each relation's row count and checksum, which a restore is compared
+//! with. A physical one: where its base backup starts and stops.
 
 use crate::error::{Error, Result};
 use crate::repo::SourceRecord;
@@ -65,4 +66,21 @@ pub fn metadata(source: &SourceRecord) -> Result<PgMeta> {
             source.name
         ))
     })
+}
+
+/// Metadata of a physical snapshot source.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct PhysicalMeta {
+    pub kind: String,
+    pub server_version: String,
+    pub system_identifier: String,
+    pub timeline: u32,
+    pub start_lsn: String,
+    pub stop_lsn: String,
+    /// Server clock before the backup started.
+    pub start_time: jiff::Timestamp,
+    /// Server clock after it ended: the earliest time it can be restored to.
+    pub stop_time: jiff::Timestamp,
+    /// Node holding the tar stream.
+    pub base: String,
 }
