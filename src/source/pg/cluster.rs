@@ -46,6 +46,8 @@ impl ScratchCluster {
             let c = std::ffi::CString::new(dir.path().as_os_str().as_encoded_bytes())
                 .map_err(|_| Error::failure("bad temporary path"))?;
             // uid/gid of postgres, looked up by name.
+            // SAFETY: the name is a NUL-terminated literal; the result is
+            // checked for null before it is read.
             let pw = unsafe { libc::getpwnam(c"postgres".as_ptr()) };
             if pw.is_null() {
                 return Err(
@@ -54,7 +56,11 @@ impl ScratchCluster {
                     ),
                 );
             }
+            // SAFETY: `pw` is not null and points at libc's passwd entry,
+            // valid until the next getpwnam-family call (cairn makes no
+            // other); both fields are copied out here.
             let (uid, gid) = unsafe { ((*pw).pw_uid, (*pw).pw_gid) };
+            // SAFETY: `c` is a NUL-terminated path that outlives the call.
             if unsafe { libc::chown(c.as_ptr(), uid, gid) } != 0 {
                 return Err(Error::io(
                     "chown scratch dir",
