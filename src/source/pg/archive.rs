@@ -429,7 +429,7 @@ pub(super) fn scan<R: BufRead>(inner: &mut R, hash_rows: bool) -> std::io::Resul
 /// that read them.
 #[cfg(test)]
 pub(super) mod testing {
-    use super::*;
+    use crate::source::pg::archive::{ARCH_CUSTOM, BLK_DATA, K_OFFSET_POS_NOT_SET};
 
     /// A minimal custom archive as pg_dump 15 writes it to a pipe.
     struct Writer(Vec<u8>);
@@ -451,10 +451,7 @@ pub(super) mod testing {
         }
     }
 
-    pub(in crate::source::pg) fn archive(
-        entries: &[(i64, bool)],
-        rows: &[&str],
-    ) -> (Vec<u8>, Vec<usize>) {
+    pub(crate) fn archive(entries: &[(i64, bool)], rows: &[&str]) -> (Vec<u8>, Vec<usize>) {
         let mut w = Writer(b"PGDMP".to_vec());
         w.0.extend_from_slice(&[1, 14, 0, 4, 8, ARCH_CUSTOM]);
         w.int(0);
