@@ -50,9 +50,7 @@ impl SourceSpec {
                 vec![file_name.clone()]
             }
             SourceSpec::Postgres { url, .. } => {
-                vec![crate::source::postgres::Target::parse(url)?
-                    .shown()
-                    .to_string()]
+                vec![crate::source::pg::Target::parse(url)?.shown().to_string()]
             }
             SourceSpec::Kafka { options, .. } => vec![format!("kafka://{}", options.brokers)],
         })
@@ -135,9 +133,9 @@ fn archive(packer: &mut Packer, s: &NamedSource, quiet: bool) -> Result<SourceOu
             url,
             physical: true,
             ..
-        } => crate::source::pg_physical::archive_physical(packer, &s.name, url, quiet),
+        } => crate::source::pg::archive_physical(packer, &s.name, url, quiet),
         SourceSpec::Postgres { url, databases, .. } => {
-            crate::source::postgres::archive_logical(packer, &s.name, url, databases, quiet)
+            crate::source::pg::archive_logical(packer, &s.name, url, databases, quiet)
         }
         SourceSpec::Kafka { options, backup } => {
             crate::source::kafka::archive_kafka(packer, &s.name, options, backup, quiet)

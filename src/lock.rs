@@ -36,7 +36,10 @@ fn describe(l: &LockFile) -> String {
 fn pid_alive(pid: u32) -> bool {
     // kill(pid, 0) checks existence without sending a signal; EPERM means
     // it exists but is another user's.
-    let Some(pid) = i32::try_from(pid).ok().and_then(rustix::process::Pid::from_raw) else {
+    let Some(pid) = i32::try_from(pid)
+        .ok()
+        .and_then(rustix::process::Pid::from_raw)
+    else {
         return false;
     };
     match rustix::process::test_kill_process(pid) {

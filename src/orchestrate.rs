@@ -375,7 +375,7 @@ pub fn prepare(plan: &Plan, id: Id, snap: &Snapshot, options: &Options) -> Resul
                         "restore it by hand into a new data directory: `cairn restore --at TIME --source {name} --pgdata DIR`"
                     )));
                 }
-                let shown = crate::source::postgres::Target::parse(&p.url)?
+                let shown = crate::source::pg::Target::parse(&p.url)?
                     .shown()
                     .to_string();
                 Destination::Postgres {
@@ -740,7 +740,7 @@ impl Orchestration {
                 )))
             }
             Destination::Postgres { url, .. } => {
-                use crate::source::postgres as pg;
+                use crate::source::pg;
                 let report = pg::restore_logical(
                     repo,
                     &it.record,

@@ -12,7 +12,7 @@ use crate::repo::{Id, Proof, Snapshot, SourceStatus, FORMAT_VERSION};
 use crate::repository::Repository;
 use crate::source::kafka::prove::KafkaRestoreTest;
 use crate::source::kafka::KafkaOptions;
-use crate::source::postgres::RestoreTest;
+use crate::source::pg::RestoreTest;
 use serde::Serialize;
 
 /// Where sources are restored for the test.
@@ -116,7 +116,7 @@ pub fn prove(
     let pg_url = match (&env.postgres, pg.is_empty()) {
         (_, true) => None,
         (Some(url), false) => {
-            let t = crate::source::postgres::Target::parse(url)?;
+            let t = crate::source::pg::Target::parse(url)?;
             if let Err(e) = t.connect(&t.maintenance_db()) {
                 return Ok(skipped(
                     id,
@@ -126,7 +126,7 @@ pub fn prove(
             }
             Some(url.clone())
         }
-        (None, false) => match crate::source::pg_cluster::ScratchCluster::start(&[]) {
+        (None, false) => match crate::source::pg::ScratchCluster::start(&[]) {
             Ok(c) => {
                 cluster = c;
                 Some(cluster.url())
@@ -163,7 +163,7 @@ pub fn prove(
     };
     let mut failures = Vec::new();
     for s in &pg {
-        match crate::source::postgres::restore_test(repo, s, pg_url.as_deref()) {
+        match crate::source::pg::restore_test(repo, s, pg_url.as_deref()) {
             Ok(t) => {
                 if !t.ok() {
                     failures.push(format!(

@@ -5,7 +5,7 @@ mod common;
 #[path = "common/kafka.rs"]
 mod kafka;
 
-use cairn::source::pg_cluster::ScratchCluster;
+use cairn::source::pg::ScratchCluster;
 use common::*;
 
 #[test]

@@ -5,7 +5,7 @@ use crate::ops::restore_point::snapshot_at;
 use crate::repo::{Id, Snapshot};
 use crate::repository::Repository;
 use crate::restorer;
-use crate::source::postgres as pg;
+use crate::source::pg;
 
 /// `restore_command` for a restored cluster: this binary, this repository, the same key.
 fn fetch_command(g: &GlobalArgs) -> Result<String> {
@@ -44,14 +44,14 @@ fn restore_pitr(
         .ok_or_else(|| Error::usage("--pgdata needs --source NAME"))?;
     let timeout = super::parse_duration("--recovery-timeout", &a.recovery_timeout)?;
     let repo = open_repo(g)?;
-    let opts = crate::source::pg_physical::PitrOptions {
+    let opts = crate::source::pg::PitrOptions {
         pgdata: pgdata.to_path_buf(),
         at,
         fetch_command: fetch_command(g)?,
         start_port: a.start_port,
         timeout,
     };
-    let report = crate::source::pg_physical::restore_pitr(&repo, source, &opts)?;
+    let report = crate::source::pg::restore_pitr(&repo, source, &opts)?;
     if g.json {
         return print_json(&report);
     }

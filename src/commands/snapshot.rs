@@ -32,7 +32,7 @@ fn input(a: &SnapshotArgs) -> Result<Input> {
         ));
     }
     if let Some(url) = &a.postgres {
-        crate::source::postgres::Target::parse(url)?;
+        crate::source::pg::Target::parse(url)?;
         return Ok(Input::Postgres(url.clone()));
     }
     if let Some(brokers) = &a.kafka {

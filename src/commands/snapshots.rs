@@ -1,7 +1,7 @@
 use super::{human_bytes, local_time, matches_filter, open_repo, print_json};
 use crate::cli::{GlobalArgs, SnapshotsArgs};
 use crate::error::Result;
-use crate::source::pg_physical::{self, PhysicalMeta};
+use crate::source::pg::{self, PhysicalMeta};
 
 pub fn run(g: &GlobalArgs, a: &SnapshotsArgs) -> Result<()> {
     let repo = open_repo(g)?;
@@ -19,7 +19,7 @@ pub fn run(g: &GlobalArgs, a: &SnapshotsArgs) -> Result<()> {
             .find(|m| m.kind == "physical")
     };
     let newest_wal = if snaps.iter().any(|(_, s)| physical(s).is_some()) {
-        pg_physical::wal_entries(&repo)?
+        pg::wal_entries(&repo)?
             .into_iter()
             .map(|w| w.archived)
             .max()

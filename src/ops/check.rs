@@ -284,9 +284,7 @@ pub fn check(
     damaged.extend(spoiled);
 
     // 3c. Archived WAL: damaged files, and names with more than one content.
-    report
-        .errors
-        .extend(crate::source::pg_physical::check_wal(repo)?);
+    report.errors.extend(crate::source::pg::check_wal(repo)?);
 
     // 4. Map damage to snapshots and files.
     let bad = |c: &Id| !index.contains_key(c) || damaged.contains(c);

@@ -107,7 +107,7 @@ pub fn used_chunks(repo: &Repository) -> Result<HashSet<Id>> {
         }
     }
     // Archived WAL is data too.
-    for w in crate::source::pg_physical::wal_entries(repo)? {
+    for w in crate::source::pg::wal_entries(repo)? {
         used.extend(w.content);
     }
     Ok(used)

@@ -11,26 +11,7 @@ use std::time::Duration;
 
 use serde::{Serialize, Serializer};
 
-/// Where a PostgreSQL password goes instead of a URL; the hint whenever a
-/// URL holds one (`plan check`, `snapshot --postgres`, `restore --to`).
-pub const URL_PASSWORD_HINT: &str =
-    "remove it from the URL; cairn gives PostgreSQL its password through PGPASSFILE \
-     (~/.pgpass of the user cairn runs as) or PGPASSWORD, never in a plan or on a command line";
-
-/// Whether a PostgreSQL URL holds a password: `user:password@host` or a
-/// `password=` parameter. `url` may start with its scheme or after it.
-pub fn url_has_password(url: &str) -> bool {
-    let rest = url
-        .strip_prefix("postgres://")
-        .or_else(|| url.strip_prefix("postgresql://"))
-        .unwrap_or(url);
-    let authority = rest.split(['/', '?']).next().unwrap_or("");
-    let userinfo = authority.rsplit_once('@').map(|(u, _)| u);
-    let query_password = rest
-        .split_once('?')
-        .is_some_and(|(_, q)| q.split('&').any(|kv| kv.starts_with("password=")));
-    userinfo.is_some_and(|u| u.contains(':')) || query_password
-}
+pub use crate::source::pg::{url_has_password, URL_PASSWORD_HINT};
 
 /// A duration in humantime syntax (`"90s"`, `"25h"`, `"30d"`).
 pub fn parse_duration(s: &str) -> Result<Duration, String> {

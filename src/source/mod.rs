@@ -9,12 +9,7 @@
 pub mod command;
 pub mod files;
 pub mod kafka;
-pub mod pg_archive;
-pub mod pg_cluster;
-pub mod pg_copy;
-pub mod pg_physical;
-pub mod pg_replication;
-pub mod postgres;
+pub mod pg;
 pub mod stream;
 
 pub use stream::SourceOutcome;

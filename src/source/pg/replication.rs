@@ -16,7 +16,7 @@
 //! password, md5 or SCRAM-SHA-256 authentication. Anything else answers
 //! [`Start::Unsupported`] and the caller runs `pg_basebackup` instead.
 
-use super::postgres::Target;
+use super::conn::Target;
 use crate::error::{Error, Result};
 use bytes::BytesMut;
 use fallible_iterator::FallibleIterator;

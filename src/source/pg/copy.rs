@@ -9,8 +9,10 @@
 //! has loaded its share: a row the server refuses, a damaged chunk, an
 //! interrupt or a panic rolls all of them back.
 
-use super::pg_archive::{copy_data_block, Block, DataOffsets, Toc};
-use super::postgres::{pg_err, DatabaseMeta, Target};
+use super::archive::{copy_data_block, Toc};
+use super::conn::{pg_err, Target};
+use super::meta::DatabaseMeta;
+use super::offsets::{Block, DataOffsets};
 use crate::error::{Error, Result};
 use crate::repo::Node;
 use crate::repository::Repository;

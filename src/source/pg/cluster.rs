@@ -2,7 +2,7 @@
 //! on a free port with its socket in that directory, stopped and removed on
 //! drop. Used by `check --restore-test` and by the tests.
 
-use super::postgres::pg_tool;
+use super::tools::{is_root, pg_command};
 use crate::error::{Error, Result};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -11,23 +11,6 @@ pub struct ScratchCluster {
     dir: tempfile::TempDir,
     pub port: u16,
     running: bool,
-}
-
-pub(crate) fn is_root() -> bool {
-    unsafe { libc::geteuid() == 0 }
-}
-
-/// Run a PostgreSQL program, as the `postgres` user when we are root
-/// (initdb and postgres refuse to run as root).
-pub(crate) fn pg_command(tool: &str) -> Command {
-    let path = pg_tool(tool);
-    if is_root() {
-        let mut c = Command::new("runuser");
-        c.args(["-u", "postgres", "--"]).arg(path);
-        c
-    } else {
-        Command::new(path)
-    }
 }
 
 fn run(mut c: Command, what: &str) -> Result<()> {
@@ -63,6 +46,8 @@ impl ScratchCluster {
             let c = std::ffi::CString::new(dir.path().as_os_str().as_encoded_bytes())
                 .map_err(|_| Error::failure("bad temporary path"))?;
             // uid/gid of postgres, looked up by name.
+            // SAFETY: the name is a NUL-terminated literal; the result is
+            // checked for null before it is read.
             let pw = unsafe { libc::getpwnam(c"postgres".as_ptr()) };
             if pw.is_null() {
                 return Err(
@@ -71,7 +56,11 @@ impl ScratchCluster {
                     ),
                 );
             }
+            // SAFETY: `pw` is not null and points at libc's passwd entry,
+            // valid until the next getpwnam-family call (cairn makes no
+            // other); both fields are copied out here.
             let (uid, gid) = unsafe { ((*pw).pw_uid, (*pw).pw_gid) };
+            // SAFETY: `c` is a NUL-terminated path that outlives the call.
             if unsafe { libc::chown(c.as_ptr(), uid, gid) } != 0 {
                 return Err(Error::io(
                     "chown scratch dir",

@@ -1,0 +1,175 @@
+//! PostgreSQL physical snapshots: a base backup streamed into the
+//! repository as one tar with its `backup_manifest`, so that it is
+//! restorable on its own. cairn reads `BASE_BACKUP` over its own
+//! replication connection ([`super::replication`]), or runs
+//! `pg_basebackup -Ft -X fetch` where that cannot. Continuous archiving adds
+//! every WAL file ([`super::wal`]); [`super::pitr`] restores to a time.
+
+use super::conn::Target;
+use super::meta::PhysicalMeta;
+use super::tools::pg_tool;
+use crate::archiver::Packer;
+use crate::error::{Error, Result};
+use crate::progress::Progress;
+use crate::repo::{Id, Node};
+use crate::source::SourceOutcome;
+use std::process::Command;
+
+fn server_now(client: &mut postgres::Client) -> Result<jiff::Timestamp> {
+    let s: String = client
+        .query_one(
+            "SELECT to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')",
+            &[],
+        )
+        .map_err(|e| Error::failure(format!("reading the server clock: {e}")))?
+        .get(0);
+    s.parse()
+        .map_err(|e| Error::failure(format!("server clock {s:?}: {e}")))
+}
+
+/// `pg_basebackup` into the repository as node `base.tar`.
+pub fn archive_physical(
+    packer: &mut Packer,
+    source_name: &str,
+    url: &str,
+    quiet: bool,
+) -> Result<SourceOutcome> {
+    let target = Target::parse(url)?;
+    let db = target.maintenance_db();
+    let mut client = target.connect(&db)?;
+    let row = client
+        .query_one(
+            "SELECT current_setting('server_version'), (SELECT system_identifier::text FROM pg_control_system())",
+            &[],
+        )
+        .map_err(|e| Error::failure(format!("{}: {e}", target.shown())))?;
+    let (server_version, system_identifier): (String, String) = (row.get(0), row.get(1));
+    let start_time = server_now(&mut client)?;
+    let progress = Progress::bytes(0, quiet, "base backup");
+    // Cut by the tar's members, so that an unchanged extent of a relation
+    // file is the same chunk in every base backup (crate::chunk).
+    packer.set_chunking(Some(crate::chunk::Chunking::Tar));
+    let taken = take_base_backup(packer, &target, &db, &progress);
+    packer.set_chunking(None);
+    let taken = taken?;
+    progress.finish();
+    let stop_time = server_now(&mut client)?;
+    let meta = PhysicalMeta {
+        kind: "physical".into(),
+        server_version,
+        system_identifier,
+        timeline: taken.timeline,
+        start_lsn: taken.start_lsn,
+        stop_lsn: taken.stop_lsn,
+        start_time,
+        stop_time,
+        base: "base.tar".into(),
+    };
+    tracing::info!(bytes = taken.size, start = %meta.start_lsn, stop = %meta.stop_lsn, via = taken.via, "base backup stored");
+    let node = Node {
+        mtime_ns: stop_time.as_nanosecond() as i64,
+        ..Node::stream(meta.base.clone(), taken.size, taken.content)
+    };
+    let meta = serde_json::to_value(&meta).map_err(|e| Error::failure(e.to_string()))?;
+    crate::source::stream::source_from_nodes(packer, source_name, "postgres", vec![node], meta)
+}
+
+/// A base backup stored as one tar, and where it starts and stops.
+struct Taken {
+    content: Vec<Id>,
+    size: u64,
+    start_lsn: String,
+    stop_lsn: String,
+    timeline: u32,
+    /// `"replication protocol"` or `"pg_basebackup"`.
+    via: &'static str,
+}
+
+/// Take the base backup with cairn's own replication client, or with
+/// `pg_basebackup` where that client cannot (see `replication`) or
+/// `CAIRN_PG_BASEBACKUP=pg_basebackup` asks for the tool.
+fn take_base_backup(
+    packer: &mut Packer,
+    target: &Target,
+    db: &str,
+    progress: &Progress,
+) -> Result<Taken> {
+    let forced = std::env::var("CAIRN_PG_BASEBACKUP").ok();
+    match forced.as_deref() {
+        None | Some("") | Some("builtin") => {}
+        Some("pg_basebackup") => return run_pg_basebackup(packer, target, db, progress),
+        Some(other) => {
+            return Err(Error::usage(format!(
+                "CAIRN_PG_BASEBACKUP={other:?} is neither builtin nor pg_basebackup"
+            )))
+        }
+    }
+    let mut backup = match super::replication::start(target)? {
+        super::replication::Start::Started(b) => b,
+        super::replication::Start::Unsupported(why) => {
+            tracing::info!(reason = %why, "taking the base backup with pg_basebackup");
+            return run_pg_basebackup(packer, target, db, progress);
+        }
+    };
+    let (content, size) = packer
+        .add_stream(&mut *backup, progress)
+        .map_err(|e| e.into_error("taking the base backup"))?;
+    Ok(Taken {
+        content,
+        size,
+        start_lsn: std::mem::take(&mut backup.start_lsn),
+        stop_lsn: std::mem::take(&mut backup.stop_lsn),
+        timeline: backup.timeline,
+        via: "replication protocol",
+    })
+}
+
+/// `pg_basebackup -D - -Ft -X fetch` into the repository; the positions
+/// come from its `-v` output.
+fn run_pg_basebackup(
+    packer: &mut Packer,
+    target: &Target,
+    db: &str,
+    progress: &Progress,
+) -> Result<Taken> {
+    let mut cmd = Command::new(pg_tool("pg_basebackup"));
+    cmd.envs(target.tool_env(db))
+        .args([
+            "-D",
+            "-",
+            "-Ft",
+            "-X",
+            "fetch",
+            "--checkpoint=fast",
+            "--no-password",
+            "-v",
+        ])
+        .arg("--manifest-checksums=CRC32C");
+    let out =
+        crate::source::command::store_command_output(packer, &mut cmd, "pg_basebackup", progress)
+            .map_err(|e| {
+            e.with_hint("set CAIRN_PG_BIN to PostgreSQL's bin directory if it is not found")
+        })?;
+    let (mut start_lsn, mut stop_lsn, mut timeline) = (String::new(), String::new(), 0u32);
+    for line in out.stderr.lines() {
+        if let Some(rest) = line.split("write-ahead log start point: ").nth(1) {
+            let mut parts = rest.split(" on timeline ");
+            start_lsn = parts.next().unwrap_or("").trim().to_string();
+            timeline = parts
+                .next()
+                .and_then(|t| t.trim().parse().ok())
+                .unwrap_or(0);
+        }
+        if let Some(rest) = line.split("write-ahead log end point: ").nth(1) {
+            stop_lsn = rest.trim().to_string();
+        }
+    }
+    Ok(Taken {
+        content: out.content,
+        size: out.size,
+        start_lsn,
+        stop_lsn,
+        timeline,
+        via: "pg_basebackup",
+    })
+}
