@@ -1,0 +1,443 @@
+//! Running the steps of an [`Orchestration`] (or describing them) and
+//! reporting how each went.
+
+use std::collections::HashMap;
+use std::path::{Component, Path};
+use std::time::{Duration, Instant};
+
+use super::run_shell;
+use super::{
+    Destination, Failure, Item, Orchestration, Report, ServiceReport, ServiceState, SourceReport,
+    SourceState, Step, StepReport, StepStatus, COMMAND_TIMEOUT, POLL_EVERY,
+};
+use crate::error::{Error, Kind, Result};
+use crate::plan::Probe;
+use crate::repo::Node;
+use crate::repository::Repository;
+
+fn safe_relative(path: &str) -> bool {
+    !path.is_empty()
+        && Path::new(path)
+            .components()
+            .all(|c| matches!(c, Component::Normal(_)))
+}
+
+fn probe_text(what: &str, p: &Probe) -> String {
+    format!(
+        "then wait until `{}` succeeds ({what}, at most {})",
+        p.command,
+        humantime::format_duration(p.timeout)
+    )
+}
+
+impl Orchestration {
+    /// One line per step, in order (without numbers).
+    pub fn describe(&self, step: &Step) -> String {
+        match step {
+            Step::Verify { sources } => format!(
+                "verify snapshot {}: every chunk and pack of {}",
+                self.id.short(),
+                sources.join(", ")
+            ),
+            Step::Stop { service } => {
+                let s = &self.services[*service];
+                let mut t = format!("stop service {}: `{}`", s.name, s.stop);
+                if let Some(p) = &s.stopped {
+                    t.push_str(", ");
+                    t.push_str(&probe_text("stopped", p));
+                }
+                t
+            }
+            Step::Start { service } => {
+                let s = &self.services[*service];
+                let mut t = format!("start service {}: `{}`", s.name, s.start);
+                if let Some(p) = &s.ready {
+                    t.push_str(", ");
+                    t.push_str(&probe_text("ready", p));
+                }
+                t
+            }
+            Step::Restore { item } => {
+                let it = &self.items[*item];
+                match &it.to {
+                    Destination::Files(root) if root == Path::new("/") => format!(
+                        "restore source {} (files) to its original paths",
+                        it.name
+                    ),
+                    Destination::Files(root) => {
+                        format!("restore source {} (files) below {}", it.name, root.display())
+                    }
+                    Destination::Postgres { shown, .. } => format!(
+                        "restore source {} (postgres) into {shown}, replacing what the databases hold",
+                        it.name
+                    ),
+                    Destination::Kafka(k) => format!(
+                        "restore source {} (kafka) into {}{}",
+                        it.name,
+                        k.brokers,
+                        if self.options.force {
+                            ", adding to topics that exist"
+                        } else {
+                            ", refusing topics that exist"
+                        }
+                    ),
+                }
+            }
+        }
+    }
+
+    fn step_target(&self, step: &Step) -> (&'static str, String) {
+        match step {
+            Step::Verify { .. } => ("verify", "snapshot".into()),
+            Step::Stop { service } => ("stop", self.services[*service].name.clone()),
+            Step::Start { service } => ("start", self.services[*service].name.clone()),
+            Step::Restore { item } => ("restore", self.items[*item].name.clone()),
+        }
+    }
+
+    /// Sources of the plan left out, with the reason: `(name, kind, why)`.
+    pub fn skipped(&self) -> &[(String, String, String)] {
+        &self.skipped
+    }
+
+    /// Run the steps (or, with `dry_run`, only list them). `on_step` is
+    /// called after each step with its report.
+    pub fn run(&self, repo: &Repository, on_step: &mut dyn FnMut(&StepReport)) -> Report {
+        let started = Instant::now();
+        let mut services: Vec<ServiceReport> = self
+            .services
+            .iter()
+            .map(|s| ServiceReport {
+                name: s.name.clone(),
+                state: ServiceState::Untouched,
+            })
+            .collect();
+        let mut sources: Vec<SourceReport> = self
+            .items
+            .iter()
+            .map(|i| SourceReport {
+                name: i.name.clone(),
+                kind: i.record.kind.clone(),
+                state: SourceState::NotRestored,
+                detail: None,
+            })
+            .collect();
+        sources.extend(self.skipped.iter().map(|(n, k, why)| SourceReport {
+            name: n.clone(),
+            kind: k.clone(),
+            state: SourceState::NotRestored,
+            detail: Some(why.clone()),
+        }));
+        let mut steps: Vec<StepReport> = self
+            .steps
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                let (action, name) = self.step_target(s);
+                StepReport {
+                    number: i + 1,
+                    action,
+                    name,
+                    description: self.describe(s),
+                    status: if self.options.dry_run {
+                        StepStatus::Planned
+                    } else {
+                        StepStatus::NotRun
+                    },
+                    duration_ms: None,
+                    detail: None,
+                }
+            })
+            .collect();
+        let mut failure = None;
+        let mut interrupted = false;
+        if !self.options.dry_run {
+            let mut nodes: HashMap<usize, Vec<Node>> = HashMap::new();
+            for (i, step) in self.steps.iter().enumerate() {
+                let r = &mut steps[i];
+                if let Err(e) = crate::interrupt::check() {
+                    interrupted = true;
+                    failure = Some(Failure {
+                        step: i + 1,
+                        description: r.description.clone(),
+                        error: "interrupted before this step".into(),
+                        hint: e.hint().map(str::to_string),
+                        output: None,
+                    });
+                    break;
+                }
+                let t = Instant::now();
+                let outcome = self.run_step(repo, step, &mut nodes, &mut services, &mut sources);
+                let r = &mut steps[i];
+                r.duration_ms = Some(t.elapsed().as_millis() as u64);
+                match outcome {
+                    Ok(detail) => {
+                        r.status = StepStatus::Done;
+                        r.detail = detail;
+                        on_step(r);
+                    }
+                    Err(StepError { error, output }) => {
+                        interrupted = error.kind() == Kind::Interrupted;
+                        r.status = StepStatus::Failed;
+                        r.detail = Some(error.to_string());
+                        on_step(r);
+                        failure = Some(Failure {
+                            step: i + 1,
+                            description: r.description.clone(),
+                            error: error.to_string(),
+                            hint: error.hint().map(str::to_string),
+                            output,
+                        });
+                        break;
+                    }
+                }
+            }
+        }
+        Report {
+            plan: self.plan_file.clone(),
+            snapshot: self.id,
+            short_id: self.id.short(),
+            time: self.time,
+            dry_run: self.options.dry_run,
+            ok: failure.is_none(),
+            interrupted,
+            steps,
+            services,
+            sources,
+            failure,
+            duration_ms: started.elapsed().as_millis() as u64,
+        }
+    }
+
+    fn run_step(
+        &self,
+        repo: &Repository,
+        step: &Step,
+        nodes: &mut HashMap<usize, Vec<Node>>,
+        services: &mut [ServiceReport],
+        sources: &mut [SourceReport],
+    ) -> Result<Option<String>, StepError> {
+        match step {
+            Step::Verify { .. } => {
+                let mut all = Vec::new();
+                for (i, it) in self.items.iter().enumerate() {
+                    let n = repo.read_tree(&it.record)?;
+                    if matches!(it.to, Destination::Files(_)) {
+                        if let Some(bad) = n.iter().find(|n| !safe_relative(&n.path)) {
+                            return Err(Error::integrity(format!(
+                                "source {} holds an unsafe path {:?}",
+                                it.name, bad.path
+                            ))
+                            .into());
+                        }
+                    }
+                    all.extend(n.iter().cloned());
+                    nodes.insert(i, n);
+                }
+                let (_, packs) = crate::restorer::verify_before_restore(repo, &all)?;
+                Ok(Some(format!(
+                    "{} node(s) in {packs} pack(s) verified",
+                    all.len()
+                )))
+            }
+            Step::Stop { service } => {
+                let s = &self.services[*service];
+                let r = self
+                    .run_command(&s.stop, COMMAND_TIMEOUT, "stop")
+                    .and_then(|_| match &s.stopped {
+                        Some(p) => self.poll(p, "stopped"),
+                        None => Ok(()),
+                    });
+                services[*service].state = if r.is_ok() {
+                    ServiceState::Stopped
+                } else {
+                    ServiceState::Failed
+                };
+                r.map(|_| None)
+            }
+            Step::Start { service } => {
+                let s = &self.services[*service];
+                let r = self.run_command(&s.start, COMMAND_TIMEOUT, "start");
+                if r.is_err() {
+                    services[*service].state = ServiceState::Failed;
+                    return r.map(|_| None);
+                }
+                services[*service].state = ServiceState::Started;
+                if let Some(p) = &s.ready {
+                    let r = self.poll(p, "ready");
+                    services[*service].state = if r.is_ok() {
+                        ServiceState::Ready
+                    } else {
+                        ServiceState::Failed
+                    };
+                    r?;
+                }
+                Ok(None)
+            }
+            Step::Restore { item } => {
+                let it = &self.items[*item];
+                let r = self.restore_item(repo, it, nodes.get(item).map(Vec::as_slice));
+                let rep = &mut sources[*item];
+                match &r {
+                    Ok(d) => {
+                        rep.state = SourceState::Restored;
+                        rep.detail = d.clone();
+                    }
+                    Err(e) => {
+                        rep.state = SourceState::Failed;
+                        rep.detail = Some(e.error.to_string());
+                    }
+                }
+                r
+            }
+        }
+    }
+
+    fn restore_item(
+        &self,
+        repo: &Repository,
+        it: &Item,
+        nodes: Option<&[Node]>,
+    ) -> Result<Option<String>, StepError> {
+        match &it.to {
+            Destination::Files(root) => {
+                let read;
+                let nodes = match nodes {
+                    Some(n) => n,
+                    None => {
+                        read = repo.read_tree(&it.record)?;
+                        &read
+                    }
+                };
+                let st = crate::restorer::restore_nodes(repo, nodes, root, self.options.quiet)?;
+                Ok(Some(format!(
+                    "{} file(s), {} dir(s), {} symlink(s), {} byte(s)",
+                    st.files, st.dirs, st.symlinks, st.bytes
+                )))
+            }
+            Destination::Postgres { url, .. } => {
+                use crate::source::pg;
+                let report = pg::restore_logical(
+                    repo,
+                    &it.record,
+                    url,
+                    &pg::RestoreOptions::everything(true),
+                )?;
+                let bad: Vec<String> = report
+                    .mismatches()
+                    .iter()
+                    .map(|t| format!("{}.{}.{}", t.database, t.schema, t.name))
+                    .collect();
+                if !bad.is_empty() {
+                    return Err(Error::integrity(format!(
+                        "the restored data differs from the backup in: {}",
+                        bad.join(", ")
+                    ))
+                    .into());
+                }
+                Ok(Some(format!(
+                    "{} database(s), {} relation(s) checked",
+                    report.databases.len(),
+                    report.tables.len()
+                )))
+            }
+            Destination::Kafka(target) => {
+                use crate::source::kafka;
+                let opts = kafka::RestoreOptions {
+                    force: self.options.force,
+                    ..Default::default()
+                };
+                let report = kafka::restore_kafka(repo, &it.record, target, &opts)?;
+                for w in &report.warnings {
+                    tracing::warn!(source = %it.name, "{w}");
+                }
+                if let Some(e) = report.refused_groups() {
+                    return Err(e
+                    .with_hint("a consumer still runs: add its service to the plan, or stop it and commit the offsets by hand")
+                    .into());
+                }
+                let records: u64 = report.topics.iter().map(|t| t.records).sum();
+                Ok(Some(format!(
+                    "{} topic(s), {records} record(s)",
+                    report.topics.len()
+                )))
+            }
+        }
+    }
+
+    /// Run a command of the plan; a non-zero exit fails with its output.
+    fn run_command(&self, command: &str, timeout: Duration, what: &str) -> Result<(), StepError> {
+        let out = run_shell(command, &self.plan_dir, timeout)?;
+        if out.timed_out {
+            return Err(StepError {
+                error: Error::failure(format!(
+                    "the {what} command `{command}` did not finish within {}; it was killed",
+                    humantime::format_duration(timeout)
+                )),
+                output: Some(out.output),
+            });
+        }
+        match out.code {
+            Some(0) => Ok(()),
+            code => Err(StepError {
+                error: Error::failure(format!(
+                    "the {what} command `{command}` {}",
+                    exit_text(code)
+                )),
+                output: Some(out.output),
+            }),
+        }
+    }
+
+    /// Run `probe` until it exits 0, for at most its timeout.
+    fn poll(&self, probe: &Probe, what: &str) -> Result<(), StepError> {
+        let deadline = Instant::now() + probe.timeout;
+        loop {
+            crate::interrupt::check()?;
+            let left = deadline.saturating_duration_since(Instant::now());
+            let out = run_shell(&probe.command, &self.plan_dir, left.max(POLL_EVERY))?;
+            if out.code == Some(0) && !out.timed_out {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                let last = if out.timed_out {
+                    "its last run was killed at the deadline".to_string()
+                } else {
+                    format!("its last run {}", exit_text(out.code))
+                };
+                return Err(StepError {
+                    error: Error::failure(format!(
+                        "the {what} check `{}` did not succeed within {}; {last}",
+                        probe.command,
+                        humantime::format_duration(probe.timeout)
+                    )),
+                    output: Some(out.output),
+                });
+            }
+            // One last run at the deadline itself.
+            std::thread::sleep(POLL_EVERY.min(deadline.saturating_duration_since(Instant::now())));
+        }
+    }
+}
+
+fn exit_text(code: Option<i32>) -> String {
+    match code {
+        Some(c) => format!("exited with {c}"),
+        None => "was killed by a signal".into(),
+    }
+}
+
+/// A failed step: the error and, for commands, the end of their output.
+struct StepError {
+    error: Error,
+    output: Option<String>,
+}
+
+impl From<Error> for StepError {
+    fn from(error: Error) -> Self {
+        StepError {
+            error,
+            output: None,
+        }
+    }
+}

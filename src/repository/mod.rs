@@ -1,0 +1,397 @@
+//! An open repository: backend + master key + index cache.
+//!
+//! Every read of a repository file checks that the stored bytes hash to the
+//! file's name before decrypting, and every chunk read is checked against its
+//! keyed id, so damage is reported, never silently restored.
+
+mod frame;
+mod keys;
+mod reader;
+
+use frame::FrameCache;
+pub use frame::{
+    chunk_slice, compress_with_prefix, decode_frame_bytes, decompress_with_prefix, FrameDecoder,
+};
+pub use keys::{
+    host_name, local_key_files, make_key_file, read_key_file, user_name, write_key_file, NewKey,
+    DEFAULT_SCRYPT_LOG_N,
+};
+pub use reader::{FileReader, Lookup};
+
+use crate::backend::{Backend, FileRef};
+use crate::crypto::{MasterKey, Secret};
+use crate::error::{Error, Kind, Result};
+use crate::index::IndexCache;
+use crate::repo::{
+    Config, FileKind, Id, Node, Snapshot, SourceRecord, CHUNKER_DEFAULT, FORMAT_VERSION,
+};
+use serde::{de::DeserializeOwned, Serialize};
+use std::path::PathBuf;
+use std::sync::Mutex;
+
+/// Readable snapshots with their ids, and unreadable ones with the reason.
+pub type SnapshotList = (Vec<(Id, Snapshot)>, Vec<(Id, Error)>);
+
+pub struct Repository {
+    pub backend: Box<dyn Backend>,
+    pub config: Config,
+    pub key: MasterKey,
+    /// The key file that opened the repository.
+    pub key_id: Id,
+    pub cache: IndexCache,
+    frames: Mutex<FrameCache>,
+    spool: Mutex<Option<Spool>>,
+}
+
+/// Packs of a remote repository already downloaded (and verified) by a
+/// restore's pre-check, kept on local disk so the restore reads each pack
+/// once instead of once more per frame.
+struct Spool {
+    dir: tempfile::TempDir,
+    packs: std::collections::HashSet<Id>,
+}
+
+const DEFAULT_FRAME_SIZE: u32 = 512 * 1024;
+const DEFAULT_PACK_SIZE: u32 = 16 << 20;
+
+impl Repository {
+    /// Create a repository with one key. Returns its config and the key id.
+    pub fn init(backend: &dyn Backend, new: &NewKey) -> Result<(Config, Id)> {
+        Self::init_with(backend, new, CHUNKER_DEFAULT)
+    }
+
+    /// [`init`](Self::init) with other chunker sizes.
+    pub fn init_with(
+        backend: &dyn Backend,
+        new: &NewKey,
+        chunker: crate::repo::ChunkerParams,
+    ) -> Result<(Config, Id)> {
+        backend.create()?;
+        let key = MasterKey::generate();
+        let config = Config {
+            version: FORMAT_VERSION,
+            id: Id::random(),
+            created: jiff::Timestamp::now(),
+            chunker,
+            frame_size: DEFAULT_FRAME_SIZE,
+            pack_size: DEFAULT_PACK_SIZE,
+            zstd_level: 3,
+        };
+        // Key first, config last: a repository without a config does not exist yet.
+        let kf = make_key_file(&key, config.id, new)?;
+        let key_id = write_key_file(backend, &kf)?;
+        let bytes =
+            serde_json::to_vec_pretty(&config).map_err(|e| Error::failure(e.to_string()))?;
+        backend.write(&FileRef::config(), &bytes)?;
+        Ok((config, key_id))
+    }
+
+    pub fn read_config(backend: &dyn Backend) -> Result<Config> {
+        let bytes = backend.read(&FileRef::config())?;
+        let config: Config = serde_json::from_slice(&bytes).map_err(|e| {
+            Error::integrity(format!(
+                "config of {} is not valid: {e}",
+                backend.location()
+            ))
+        })?;
+        if config.version > FORMAT_VERSION {
+            return Err(Error::failure(format!(
+                "repository format version {} is newer than this cairn understands ({FORMAT_VERSION})",
+                config.version
+            ))
+            .with_hint("upgrade cairn"));
+        }
+        // Unauthenticated, and its numbers size buffers and drive FastCDC
+        // and zstd: refuse any outside the ranges cairn writes.
+        config.validate().map_err(|problem| {
+            Error::integrity(format!(
+                "config of {} is not valid: {problem}",
+                backend.location()
+            ))
+            .with_hint(
+                "cairn never changes the config after `init`, so it looks tampered with or damaged; \
+                 put back a copy of the original (spec/repository.md, \"Config validation\")",
+            )
+        })?;
+        Ok(config)
+    }
+
+    /// Open with the first key file the secret unlocks.
+    pub fn open(
+        backend: Box<dyn Backend>,
+        secret: &Secret,
+        cache_dir: Option<PathBuf>,
+    ) -> Result<Repository> {
+        let config = Self::read_config(backend.as_ref())?;
+        Self::open_with_config(backend, config, secret, cache_dir)
+    }
+
+    /// [`open`](Self::open) with the config already read.
+    pub fn open_with_config(
+        backend: Box<dyn Backend>,
+        config: Config,
+        secret: &Secret,
+        cache_dir: Option<PathBuf>,
+    ) -> Result<Repository> {
+        let (key, key_id) = Self::unlock(backend.as_ref(), &config, secret)?;
+        let cache = IndexCache::open(cache_dir.as_deref(), config.id)?;
+        cache.sync(backend.as_ref(), &key)?;
+        Ok(Repository {
+            backend,
+            config,
+            key,
+            key_id,
+            cache,
+            frames: Mutex::new(FrameCache::default()),
+            spool: Mutex::new(None),
+        })
+    }
+
+    /// Seal a value and store it under the hash of its stored bytes.
+    pub fn write_sealed<T: Serialize>(&self, kind: FileKind, value: &T) -> Result<Id> {
+        let bytes = self.key.seal(value)?;
+        let id = Id::of_bytes(&bytes);
+        self.backend
+            .write(&FileRef::new(kind, id.to_hex()), &bytes)?;
+        Ok(id)
+    }
+
+    /// Store an index file listing `packs` (written, and their packs, before
+    /// any snapshot that needs them) and add it to the local cache. Returns
+    /// its id and its size in bytes.
+    pub fn write_index(&self, packs: Vec<crate::repo::PackEntry>) -> Result<(Id, u64)> {
+        let idx = crate::repo::IndexFile {
+            version: crate::repo::FORMAT_VERSION,
+            packs,
+        };
+        let bytes = self.key.seal(&idx)?;
+        let id = Id::of_bytes(&bytes);
+        self.backend
+            .write(&FileRef::new(FileKind::Index, id.to_hex()), &bytes)?;
+        self.cache.add(&id.to_hex(), &idx)?;
+        Ok((id, bytes.len() as u64))
+    }
+
+    /// Read a sealed file, check its name against its content, and open it.
+    pub fn read_sealed<T: DeserializeOwned>(&self, kind: FileKind, id: &Id) -> Result<T> {
+        let f = FileRef::new(kind, id.to_hex());
+        let bytes = self.backend.read(&f)?;
+        if Id::of_bytes(&bytes) != *id {
+            return Err(Error::integrity(format!(
+                "{f} is damaged: its content does not match its name"
+            )));
+        }
+        self.key.unseal(&bytes, &f)
+    }
+
+    /// Record the outcome of a restore test of a snapshot.
+    pub fn record_proof(&self, proof: &crate::repo::Proof) -> Result<Id> {
+        self.write_sealed(FileKind::Proof, proof)
+    }
+
+    /// The newest proof of each snapshot that has one. Unreadable proof
+    /// files are skipped with a warning.
+    pub fn proofs(&self) -> Result<std::collections::HashMap<Id, crate::repo::Proof>> {
+        let mut out: std::collections::HashMap<Id, crate::repo::Proof> =
+            std::collections::HashMap::new();
+        for (name, _) in self.backend.list(FileKind::Proof)? {
+            let Some(id) = Id::parse(&name) else { continue };
+            match self.read_sealed::<crate::repo::Proof>(FileKind::Proof, &id) {
+                Ok(p) => {
+                    if out.get(&p.snapshot).is_none_or(|q| q.time < p.time) {
+                        out.insert(p.snapshot, p);
+                    }
+                }
+                Err(e) => tracing::warn!("skipping proof {}: {e}", id.short()),
+            }
+        }
+        Ok(out)
+    }
+
+    /// All readable snapshots, oldest first. A damaged snapshot file is
+    /// skipped with a warning (`check` reports it), so one bad file does not
+    /// hide every other restore point.
+    pub fn snapshots(&self) -> Result<Vec<(Id, Snapshot)>> {
+        Ok(self.snapshots_and_damage()?.0)
+    }
+
+    /// Readable snapshots (oldest first) and the ids of unreadable ones with why.
+    pub fn snapshots_and_damage(&self) -> Result<SnapshotList> {
+        let mut out = Vec::new();
+        let mut bad = Vec::new();
+        for (name, _) in self.backend.list(FileKind::Snapshot)? {
+            let Some(id) = Id::parse(&name) else { continue };
+            match self.read_sealed::<Snapshot>(FileKind::Snapshot, &id) {
+                Ok(s) => out.push((id, s)),
+                Err(e) if e.kind() == Kind::Integrity => {
+                    tracing::warn!("skipping snapshot {}: {e}; run `cairn check`", id.short());
+                    bad.push((id, e));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        out.sort_by(|a, b| a.1.time.cmp(&b.1.time).then(a.0.cmp(&b.0)));
+        Ok((out, bad))
+    }
+
+    /// Resolve `latest`, a full id or a unique id prefix.
+    pub fn find_snapshot(&self, spec: &str) -> Result<(Id, Snapshot)> {
+        let (all, damaged) = self.snapshots_and_damage()?;
+        let lower = spec.to_ascii_lowercase();
+        if let Some((_, e)) = damaged
+            .into_iter()
+            .find(|(id, _)| spec != "latest" && id.to_hex().starts_with(&lower))
+        {
+            return Err(e.with_hint(
+                "this snapshot's file is damaged; restore another one (`cairn snapshots`)",
+            ));
+        }
+        if spec == "latest" {
+            return all.into_iter().next_back().ok_or_else(|| {
+                Error::failure("the repository has no snapshots")
+                    .with_hint("create one with `cairn snapshot`")
+            });
+        }
+        let matches: Vec<_> = all
+            .into_iter()
+            .filter(|(id, _)| id.to_hex().starts_with(&spec.to_ascii_lowercase()))
+            .collect();
+        match matches.len() {
+            1 => Ok(matches.into_iter().next().expect("one match")),
+            0 => Err(Error::failure(format!("no snapshot matches {spec:?}"))
+                .with_hint("`cairn snapshots` lists them")),
+            n => Err(Error::usage(format!("{n} snapshots match {spec:?}"))
+                .with_hint("give more digits of the id")),
+        }
+    }
+
+    /// Keep a verified pack of a remote repository on local disk for this
+    /// process (no-op for local repositories).
+    pub fn spool_pack(&self, id: Id, bytes: &[u8]) -> Result<()> {
+        if self.backend.is_local() {
+            return Ok(());
+        }
+        let mut guard = self
+            .spool
+            .lock()
+            .map_err(|_| Error::failure("spool lock poisoned"))?;
+        if guard.is_none() {
+            let dir = tempfile::Builder::new()
+                .prefix("cairn-spool-")
+                .tempdir()
+                .map_err(|e| Error::io("creating a spool directory for downloaded packs", e))?;
+            *guard = Some(Spool {
+                dir,
+                packs: Default::default(),
+            });
+        }
+        if let Some(sp) = guard.as_mut() {
+            let path = sp.dir.path().join(id.to_hex());
+            std::fs::write(&path, bytes)
+                .map_err(|e| Error::io(format!("spooling to {}", path.display()), e))?;
+            sp.packs.insert(id);
+        }
+        Ok(())
+    }
+
+    /// Forget the spooled packs and delete their files: a long-lived
+    /// repository (the daemon's) calls this after each restore.
+    pub fn drop_spool(&self) {
+        if let Ok(mut guard) = self.spool.lock() {
+            *guard = None;
+        }
+    }
+
+    /// A whole pack's bytes into `buf`: from the spool when a pre-check
+    /// downloaded it, else from the backend. Not checked against its name here.
+    pub fn read_pack_into(&self, id: &Id, buf: &mut Vec<u8>) -> Result<()> {
+        let f = FileRef::new(FileKind::Pack, id.to_hex());
+        match self.spooled_path(id) {
+            Some(path) => crate::backend::read_whole_of(&path, buf)
+                .map_err(|e| Error::io(format!("reading spooled {f}"), e)),
+            None => self.backend.read_into(&f, buf),
+        }
+    }
+
+    /// Pack `id` handed to `piece` as it arrives ([`Backend::read_pieces`]),
+    /// from the spool when a pre-check downloaded it.
+    pub fn read_pack_pieces(
+        &self,
+        id: &Id,
+        piece: &mut dyn FnMut(&[u8]) -> Result<()>,
+    ) -> Result<()> {
+        let f = FileRef::new(FileKind::Pack, id.to_hex());
+        match self.spooled_path(id) {
+            Some(path) => {
+                let mut buf = Vec::new();
+                crate::backend::read_whole_of(&path, &mut buf)
+                    .map_err(|e| Error::io(format!("reading spooled {f}"), e))?;
+                piece(&buf)
+            }
+            None => self.backend.read_pieces(&f, piece),
+        }
+    }
+
+    /// Where pack `id` lies in the spool, when a pre-check downloaded it.
+    fn spooled_path(&self, id: &Id) -> Option<std::path::PathBuf> {
+        let guard = self.spool.lock().ok()?;
+        let sp = guard.as_ref()?;
+        sp.packs
+            .contains(id)
+            .then(|| sp.dir.path().join(id.to_hex()))
+    }
+
+    /// `length` bytes at `offset` of pack `pack` into `buf`: from the spool,
+    /// else the backend (around the page cache when `uncached`).
+    fn read_pack_range(
+        &self,
+        pack: &Id,
+        offset: u64,
+        length: u32,
+        buf: &mut Vec<u8>,
+        uncached: bool,
+    ) -> Result<()> {
+        let f = FileRef::new(FileKind::Pack, pack.to_hex());
+        match self.spooled_path(pack) {
+            Some(path) => crate::backend::read_range_of(&path, offset, length, buf)
+                .map_err(|e| Error::io(format!("reading spooled {f}"), e)),
+            None if uncached => self
+                .backend
+                .read_range_uncached_into(&f, offset, length, buf),
+            None => self.backend.read_range_into(&f, offset, length, buf),
+        }
+    }
+
+    /// The node list of a source.
+    pub fn read_tree(&self, source: &SourceRecord) -> Result<Vec<Node>> {
+        let bytes = self.read_stream(&source.tree)?;
+        parse_tree(&bytes).map_err(|e| e.context(format!("node list of source {}", source.name)))
+    }
+}
+
+pub fn parse_tree(bytes: &[u8]) -> Result<Vec<Node>> {
+    bytes
+        .split(|b| *b == b'\n')
+        .filter(|l| !l.is_empty())
+        .map(|l| {
+            serde_json::from_slice(l).map_err(|e| Error::integrity(format!("invalid node: {e}")))
+        })
+        .collect()
+}
+
+/// A new local repository under `dir` (password `pw`, cheap KDF), for unit tests.
+#[cfg(test)]
+pub fn test_repo(dir: &std::path::Path) -> Repository {
+    let path = dir.join("repo");
+    let new = NewKey::Password {
+        password: "pw".into(),
+        log_n: 10,
+    };
+    Repository::init(&crate::backend::LocalBackend::new(&path), &new).unwrap();
+    Repository::open(
+        Box::new(crate::backend::LocalBackend::new(&path)),
+        &crate::crypto::Secret::Password("pw".into()),
+        Some(dir.join("cache")),
+    )
+    .unwrap()
+}
