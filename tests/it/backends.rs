@@ -1,9 +1,7 @@
 //! One test suite for every storage backend (restic's pattern): the local
 //! directory and an S3-compatible object store (s3s-fs, started here).
 
-mod common;
-#[path = "common/s3.rs"]
-mod s3;
+use crate::common::s3;
 
 use cairn::backend::{Backend, FileRef, LocalBackend, S3Backend, MULTIPART_THRESHOLD};
 use cairn::repo::FileKind;

@@ -1,5 +1,4 @@
 //! A real S3-compatible server (s3s-fs) for tests, on a free port.
-#![allow(dead_code)]
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
