@@ -86,13 +86,6 @@ impl S3Server {
             ("AWS_REGION".into(), "us-east-1".into()),
         ]
     }
-
-    /// Set the environment of this process (for library-level tests).
-    pub fn set_process_env(&self) {
-        for (k, v) in self.env() {
-            std::env::set_var(k, v);
-        }
-    }
 }
 
 impl Drop for S3Server {
