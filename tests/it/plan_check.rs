@@ -7,9 +7,7 @@
 //! directory replaced by `[DIR]`. Check the snapshots for: the right
 //! line:column, a message naming the problem, and a hint saying what to do.
 
-mod common;
-
-use common::{code_and_stderr, Env};
+use crate::common::{code_and_stderr, Env};
 
 /// A minimal valid plan (the repository's password file is the one `Env` writes).
 const VALID: &str = r#"
@@ -455,7 +453,7 @@ fn plan_token_prints_a_secret_and_only_its_hash_for_the_plan() {
 /// `cairn plan check FILE`, killed (and the test failed) if it runs for
 /// more than a minute: exit code, stderr with the directory as `[DIR]`.
 fn check_file_within(env: &Env, file: &std::path::Path) -> (i32, String) {
-    let out = common::output_within(
+    let out = crate::common::output_within(
         env.cmd().args(["plan", "check", file.to_str().unwrap()]),
         60,
     );

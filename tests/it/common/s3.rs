@@ -1,5 +1,4 @@
 //! A real S3-compatible server (s3s-fs) for tests, on a free port.
-#![allow(dead_code)]
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -86,13 +85,6 @@ impl S3Server {
             ("AWS_SECRET_ACCESS_KEY".into(), SECRET_KEY.into()),
             ("AWS_REGION".into(), "us-east-1".into()),
         ]
-    }
-
-    /// Set the environment of this process (for library-level tests).
-    pub fn set_process_env(&self) {
-        for (k, v) in self.env() {
-            std::env::set_var(k, v);
-        }
     }
 }
 

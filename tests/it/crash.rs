@@ -6,8 +6,7 @@
 //! The kill delays come from a seeded RNG; the seed is printed and can be
 //! fixed with `CAIRN_TEST_SEED=<n>` to repeat a run.
 
-mod common;
-use common::*;
+use crate::common::*;
 use rand::{Rng, SeedableRng};
 use std::collections::BTreeSet;
 use std::process::Stdio;

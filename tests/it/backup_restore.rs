@@ -1,7 +1,6 @@
 //! Snapshot and restore through the real binary.
 
-mod common;
-use common::*;
+use crate::common::*;
 use std::io::Write;
 use std::process::Stdio;
 

@@ -1,7 +1,6 @@
 //! Documented exit codes and helpful messages (README "Exit codes").
 
-mod common;
-use common::*;
+use crate::common::*;
 use std::io::Write;
 use std::process::Stdio;
 

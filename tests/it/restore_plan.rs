@@ -4,9 +4,7 @@
 //! The services here are real processes: small `sh` scripts that log their
 //! start, readiness and stop to an events file.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 

@@ -1,11 +1,7 @@
 //! The whole life of a repository on S3-compatible storage (s3s-fs), through
 //! the real binary.
 
-mod common;
-#[path = "common/s3.rs"]
-mod s3;
-
-use common::*;
+use crate::common::*;
 use s3::S3Server;
 use std::process::Stdio;
 

@@ -1,13 +1,7 @@
 //! `cairn serve`: the real daemon on a schedule of seconds, its HTTP API,
 //! retention and alerts arriving at a real SMTP server (aiosmtpd).
 
-mod common;
-#[path = "common/kafka.rs"]
-mod kafka;
-#[path = "common/s3.rs"]
-mod s3;
-
-use common::*;
+use crate::common::*;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};

@@ -2,8 +2,7 @@
 //! `snapshot` takes a shared lock, `prune` an exclusive one, and a prune that
 //! meets a running snapshot exits 11 naming it.
 
-mod common;
-use common::*;
+use crate::common::*;
 use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
 use std::process::{Child, Stdio};

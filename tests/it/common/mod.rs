@@ -1,6 +1,8 @@
 //! Shared helpers for end-to-end tests: a throwaway repository and the real
 //! `cairn` binary with its environment set.
-#![allow(dead_code)]
+
+pub mod kafka;
+pub mod s3;
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};

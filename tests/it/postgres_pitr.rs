@@ -3,9 +3,8 @@
 //! PostgreSQL runs as the `postgres` user, so every cairn command here runs
 //! as that user too (the archive_command must be able to write the repository).
 
-mod common;
+use crate::common::*;
 use cairn::source::pg::{free_port, ScratchCluster};
-use common::*;
 use std::process::{Command, Output};
 
 struct PgEnv {

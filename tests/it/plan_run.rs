@@ -1,12 +1,8 @@
 //! Running a plan: `cairn snapshot --plan` backs up files, PostgreSQL and
 //! Kafka into one snapshot; a failing source is recorded, not hidden.
 
-mod common;
-#[path = "common/kafka.rs"]
-mod kafka;
-
+use crate::common::*;
 use cairn::source::pg::ScratchCluster;
-use common::*;
 
 #[test]
 fn one_snapshot_holds_every_source_of_the_plan() {

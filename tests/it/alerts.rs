@@ -1,15 +1,13 @@
 //! Alerts through real servers: `cairn plan test-alert` against an SMTP
 //! server (Debian's aiosmtpd, with and without AUTH) and a webhook.
 
-mod common;
-
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 
 /// Debian's interpreter, which has aiosmtpd (the `python3` on PATH may not).
 const PYTHON: &str = "/usr/bin/python3";

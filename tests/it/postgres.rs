@@ -1,9 +1,8 @@
 //! PostgreSQL logical backups through the real binary, against real,
 //! throwaway PostgreSQL 15 clusters.
 
-mod common;
+use crate::common::*;
 use cairn::source::pg::ScratchCluster;
-use common::*;
 
 /// A new cluster with a database `app` made by `statements`.
 fn cluster_with_app(statements: &str) -> ScratchCluster {

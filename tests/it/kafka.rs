@@ -1,11 +1,7 @@
 //! Kafka snapshots and restores against a real Kafka-protocol broker (Tansu),
 //! through the real binary.
 
-mod common;
-#[path = "common/kafka.rs"]
-mod kafka;
-
-use common::*;
+use crate::common::*;
 use kafka::{Broker, TestRecord};
 use rdkafka::admin::{AdminOptions, ResourceSpecifier};
 use rdkafka::consumer::Consumer;

@@ -1,6 +1,5 @@
 //! A real Kafka-protocol broker (Tansu, in memory) for tests, on a free port,
 //! plus small rdkafka clients to fill topics and read them back.
-#![allow(dead_code)]
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;

@@ -10,8 +10,7 @@
 //! with A's) are in B's last pack. `setup` checks all this through
 //! `cairn cat index` and `cairn cat snapshot`.
 
-mod common;
-use common::*;
+use crate::common::*;
 use serde_json::Value;
 use std::collections::BTreeSet;
 use std::io::{Seek, SeekFrom, Write};

@@ -1,0 +1,26 @@
+//! The end-to-end tests, one test binary. Each file here was a test binary of
+//! its own, and each linked the whole crate and its dependencies again; one
+//! binary links them once. Run one group with `cargo test --test it serve::`.
+//!
+//! The tests of all groups share this process and run on parallel threads:
+//! nothing here may change process-wide state (environment variables, the
+//! current directory, signal handlers) or listen on a fixed port.
+
+mod common;
+
+mod alerts;
+mod backends;
+mod backup_restore;
+mod concurrency;
+mod corruption;
+mod crash;
+mod exit_codes;
+mod kafka;
+mod plan_check;
+mod plan_run;
+mod postgres;
+mod postgres_pitr;
+mod restore_plan;
+mod retention_decisions;
+mod s3;
+mod serve;
