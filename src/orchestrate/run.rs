@@ -2,7 +2,7 @@
 //! reporting how each went.
 
 use std::collections::HashMap;
-use std::path::{Component, Path};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use super::run_shell;
@@ -14,13 +14,6 @@ use crate::error::{Error, Kind, Result};
 use crate::plan::Probe;
 use crate::repo::Node;
 use crate::repository::Repository;
-
-fn safe_relative(path: &str) -> bool {
-    !path.is_empty()
-        && Path::new(path)
-            .components()
-            .all(|c| matches!(c, Component::Normal(_)))
-}
 
 fn probe_text(what: &str, p: &Probe) -> String {
     format!(
@@ -223,10 +216,12 @@ impl Orchestration {
                 for (i, it) in self.items.iter().enumerate() {
                     let n = repo.read_tree(&it.record)?;
                     if matches!(it.to, Destination::Files(_)) {
-                        if let Some(bad) = n.iter().find(|n| !safe_relative(&n.path)) {
+                        // The same rules a restore applies (spec §2.6),
+                        // checked before any service is stopped.
+                        if let Some(p) = crate::repo::node_path::tree_problem(&n) {
                             return Err(Error::integrity(format!(
-                                "source {} holds an unsafe path {:?}",
-                                it.name, bad.path
+                                "source {} cannot be restored: {p}",
+                                it.name
                             ))
                             .into());
                         }
