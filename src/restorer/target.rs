@@ -287,22 +287,8 @@ impl TargetDir {
 
     /// Owner (as root), mode and times of `n` on the open `fd`.
     fn set_meta(&self, fd: BorrowedFd<'_>, n: &Node, what: &str) -> Result<()> {
-        if self.root_user {
-            // Before the mode: a change of owner clears set-id bits.
-            rfs::fchown(
-                fd,
-                Some(rfs::Uid::from_raw(n.uid)),
-                Some(rfs::Gid::from_raw(n.gid)),
-            )
-            .map_err(errno)
-            .ctx(|| format!("setting the owner of {what}"))?;
-        }
-        rfs::fchmod(fd, Mode::from_raw_mode(n.mode & 0o7777))
-            .map_err(errno)
-            .ctx(|| format!("setting the mode of {what}"))?;
-        rfs::futimens(fd, &timestamps(n))
-            .map_err(errno)
-            .ctx(|| format!("setting the times of {what}"))
+        set_meta(fd, n, self.root_user)
+            .ctx(|| format!("setting the owner, mode and times of {what}"))
     }
 
     /// Move staged file `staged` into place as `n`, with its metadata.
@@ -388,6 +374,21 @@ impl TargetDir {
     }
 }
 
+/// Owner (with `root_user`), mode and times of `n` on the open `fd`; the
+/// owner first, since changing it clears set-id bits.
+fn set_meta(fd: BorrowedFd<'_>, n: &Node, root_user: bool) -> std::io::Result<()> {
+    if root_user {
+        rfs::fchown(
+            fd,
+            Some(rfs::Uid::from_raw(n.uid)),
+            Some(rfs::Gid::from_raw(n.gid)),
+        )?;
+    }
+    rfs::fchmod(fd, Mode::from_raw_mode(n.mode & 0o7777))?;
+    rfs::futimens(fd, &timestamps(n))?;
+    Ok(())
+}
+
 /// Copy staged file `staged` to `name` in `dir` (another file system),
 /// through a temporary name, with `n`'s metadata.
 fn copy_into(
@@ -414,15 +415,7 @@ fn copy_into(
     let (mut from, mut to) = (std::fs::File::from(from), std::fs::File::from(to));
     let copied = (|| -> std::io::Result<()> {
         std::io::copy(&mut from, &mut to)?;
-        if root_user {
-            rfs::fchown(
-                &to,
-                Some(rfs::Uid::from_raw(n.uid)),
-                Some(rfs::Gid::from_raw(n.gid)),
-            )?;
-        }
-        rfs::fchmod(&to, Mode::from_raw_mode(n.mode & 0o7777))?;
-        rfs::futimens(&to, &timestamps(n))?;
+        set_meta(to.as_fd(), n, root_user)?;
         rfs::renameat(dir, &tmp, dir, name)?;
         Ok(())
     })();
