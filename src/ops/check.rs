@@ -161,12 +161,7 @@ pub fn check(
     quiet: bool,
 ) -> Result<CheckReport> {
     let mut report = CheckReport::default();
-    let on_disk: HashMap<Id, u64> = repo
-        .backend
-        .list(FileKind::Pack)?
-        .into_iter()
-        .filter_map(|(n, s)| Id::parse(&n).map(|i| (i, s)))
-        .collect();
+    let on_disk = super::packs_on_disk(repo)?;
     report.packs = on_disk.len();
 
     // 1. Index files.

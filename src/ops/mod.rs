@@ -15,3 +15,16 @@ pub fn local_time(t: jiff::Timestamp) -> String {
         .strftime("%Y-%m-%d %H:%M:%S")
         .to_string()
 }
+
+/// Every pack file in the repository with its size, by id (files whose
+/// names are not pack ids are left out).
+pub fn packs_on_disk(
+    repo: &crate::repository::Repository,
+) -> crate::error::Result<std::collections::HashMap<crate::repo::Id, u64>> {
+    Ok(repo
+        .backend
+        .list(crate::repo::FileKind::Pack)?
+        .into_iter()
+        .filter_map(|(n, s)| crate::repo::Id::parse(&n).map(|i| (i, s)))
+        .collect())
+}

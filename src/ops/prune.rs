@@ -199,12 +199,7 @@ pub fn prune(repo: &Repository, dry_run: bool) -> Result<PruneReport> {
             }
         }
     }
-    let on_disk: HashMap<Id, u64> = repo
-        .backend
-        .list(FileKind::Pack)?
-        .into_iter()
-        .filter_map(|(n, s)| Id::parse(&n).map(|i| (i, s)))
-        .collect();
+    let on_disk = super::packs_on_disk(repo)?;
     report.bytes_before = on_disk.values().sum();
     let used = with_bases(used, packs.values());
 

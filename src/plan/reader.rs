@@ -327,8 +327,9 @@ impl Parser<'_> {
         Some(first)
     }
 
-    /// A leaf node with one or more string values.
-    pub(super) fn string_args(&mut self, node: &KdlNode) -> Vec<String> {
+    /// Check that `node` is a leaf with no properties and at least one
+    /// value, reporting each problem.
+    pub(super) fn leaf_with_values(&mut self, node: &KdlNode) {
         self.check_props(node, &[]);
         self.check_no_children(node);
         let name = node.name().value();
@@ -339,6 +340,12 @@ impl Parser<'_> {
                 format!("write it like {}", example(name)),
             );
         }
+    }
+
+    /// A leaf node with one or more string values.
+    pub(super) fn string_args(&mut self, node: &KdlNode) -> Vec<String> {
+        self.leaf_with_values(node);
+        let name = node.name().value();
         args(node).filter_map(|e| self.string(name, e)).collect()
     }
 

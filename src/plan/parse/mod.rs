@@ -289,16 +289,8 @@ impl Parser<'_> {
         names: &mut Vec<String>,
         refs: &mut Vec<Reference>,
     ) {
-        self.check_props(node, &[]);
-        self.check_no_children(node);
+        self.leaf_with_values(node);
         let name = node.name().value();
-        if args(node).next().is_none() {
-            self.error(
-                node_at(node),
-                format!("`{name}` needs at least one value"),
-                format!("write it like {}", example(name)),
-            );
-        }
         for e in args(node) {
             if let Some(s) = self.string(name, e) {
                 refs.push(Reference {
