@@ -17,21 +17,10 @@
 use super::archive::{scan, starts_block_of, Layout, ARCH_CUSTOM};
 use super::archive::{K_OFFSET_POS_NOT_SET, K_OFFSET_POS_SET};
 use crate::error::{Error, Result};
+pub use crate::repo::postgres::DataOffsets;
 use std::io::{BufReader, Seek, SeekFrom};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
-
-/// Where a dump's data blocks are, found while it streamed into the
-/// repository: enough to fill in its TOC's data offsets at restore without
-/// reading the dump again (stored with the snapshot, see spec/postgres.md).
-#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct DataOffsets {
-    /// Bytes of an offset in this archive.
-    pub size: usize,
-    /// `[position of an entry's offset field, position of its data block,
-    /// the entry's dump id]`.
-    pub entries: Vec<[u64; 3]>,
-}
 
 impl DataOffsets {
     /// Where the first data block starts: the header and the table of
