@@ -10,7 +10,7 @@
 use crate::archiver::{with_packer, Packer};
 use crate::error::{Error, Kind, Result};
 use crate::lock::with_lock;
-use crate::repo::{Id, Snapshot, SourceRecord, SourceStatus, Summary, FORMAT_VERSION};
+use crate::repo::{Id, Snapshot, SourceKind, SourceRecord, SourceStatus, Summary, FORMAT_VERSION};
 use crate::repository::{host_name, user_name, Repository};
 use crate::source::kafka::{BackupOptions, KafkaOptions};
 use crate::source::{command, files, stream, SourceOutcome};
@@ -56,13 +56,13 @@ impl SourceSpec {
         })
     }
 
-    fn kind(&self) -> &'static str {
+    fn kind(&self) -> SourceKind {
         match self {
-            SourceSpec::Files(_) => "files",
-            SourceSpec::Stdin { .. } => "stdin",
-            SourceSpec::Command { .. } => "command",
-            SourceSpec::Postgres { .. } => "postgres",
-            SourceSpec::Kafka { .. } => "kafka",
+            SourceSpec::Files(_) => SourceKind::Files,
+            SourceSpec::Stdin { .. } => SourceKind::Stdin,
+            SourceSpec::Command { .. } => SourceKind::Command,
+            SourceSpec::Postgres { .. } => SourceKind::Postgres,
+            SourceSpec::Kafka { .. } => SourceKind::Kafka,
         }
     }
 }
@@ -86,7 +86,7 @@ pub struct JobOptions {
 #[derive(Clone, Debug, Serialize)]
 pub struct SourceReport {
     pub name: String,
-    pub kind: String,
+    pub kind: SourceKind,
     pub ok: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
@@ -111,7 +111,7 @@ fn archive(packer: &mut Packer, s: &NamedSource, quiet: bool) -> Result<SourceOu
         SourceSpec::Stdin { file_name } => stream::archive_stream(
             packer,
             &s.name,
-            "stdin",
+            SourceKind::Stdin,
             file_name,
             std::io::stdin().lock(),
             quiet,
@@ -127,7 +127,14 @@ fn archive(packer: &mut Packer, s: &NamedSource, quiet: bool) -> Result<SourceOu
             )
             .map_err(|e| e.with_hint("check the command, its arguments and PATH"))?;
             progress.finish();
-            stream::stream_source(packer, &s.name, "command", file_name, out.content, out.size)
+            stream::stream_source(
+                packer,
+                &s.name,
+                SourceKind::Command,
+                file_name,
+                out.content,
+                out.size,
+            )
         }
         SourceSpec::Postgres {
             url,
@@ -160,7 +167,7 @@ pub fn run(repo: &Repository, sources: &[NamedSource], opts: &JobOptions) -> Res
             for s in sources {
                 let t = Instant::now();
                 let new_before = p.stats.bytes_new_raw;
-                tracing::info!(source = %s.name, kind = s.spec.kind(), "backing up source");
+                tracing::info!(source = %s.name, kind = %s.spec.kind(), "backing up source");
                 match archive(p, s, opts.quiet) {
                     Ok(o) => {
                         totals.0 += o.files;
@@ -172,7 +179,7 @@ pub fn run(repo: &Repository, sources: &[NamedSource], opts: &JobOptions) -> Res
                         tracing::info!(source = %s.name, bytes_read = o.bytes_read, bytes_new, duration_ms = ms, "source stored");
                         reports.push(SourceReport {
                             name: s.name.clone(),
-                            kind: s.spec.kind().into(),
+                            kind: s.spec.kind(),
                             ok: o.record.status == SourceStatus::Complete,
                             error: o.record.errors.first().cloned(),
                             bytes_read: o.bytes_read,
@@ -189,7 +196,7 @@ pub fn run(repo: &Repository, sources: &[NamedSource], opts: &JobOptions) -> Res
                         tracing::error!(source = %s.name, "source failed: {msg}");
                         reports.push(SourceReport {
                             name: s.name.clone(),
-                            kind: s.spec.kind().into(),
+                            kind: s.spec.kind(),
                             ok: false,
                             error: Some(msg.clone()),
                             bytes_read: 0,
@@ -198,7 +205,7 @@ pub fn run(repo: &Repository, sources: &[NamedSource], opts: &JobOptions) -> Res
                         });
                         records.push(SourceRecord {
                             name: s.name.clone(),
-                            kind: s.spec.kind().into(),
+                            kind: s.spec.kind(),
                             status: SourceStatus::Failed,
                             errors: vec![msg],
                             tree: Vec::new(),

@@ -13,6 +13,7 @@ use crate::repository::Repository;
 use crate::source::kafka::prove::KafkaRestoreTest;
 use crate::source::kafka::KafkaOptions;
 use crate::source::pg::RestoreTest;
+use crate::source::{handling, Handling};
 use serde::Serialize;
 
 /// Where sources are restored for the test.
@@ -63,47 +64,33 @@ pub fn prove(
     source: Option<&str>,
     env: &ScratchEnv,
 ) -> Result<ProofReport> {
-    let chosen: Vec<_> = snap
-        .sources
-        .iter()
-        .filter(|s| source.is_none_or(|n| s.name == n) && s.status == SourceStatus::Complete)
-        .collect();
-    let mut untested: Vec<String> = snap
+    let mut untested = Vec::new();
+    let (mut pg, mut kafka) = (Vec::new(), Vec::new());
+    for s in snap
         .sources
         .iter()
         .filter(|s| source.is_none_or(|n| s.name == n))
-        .filter(|s| !(s.kind == "postgres" || s.kind == "kafka" && env.kafka.is_some()))
-        .map(|s| {
-            format!(
-                "{} ({}): no restore test for this kind{}",
-                s.name,
-                s.kind,
-                if s.kind == "kafka" {
-                    " without a scratch broker"
-                } else {
-                    ""
-                }
-            )
-        })
-        .collect();
-    let pg: Vec<_> = chosen
-        .iter()
-        .filter(|s| s.kind == "postgres" && !is_physical(s))
-        .collect();
-    for s in chosen
-        .iter()
-        .filter(|s| s.kind == "postgres" && is_physical(s))
     {
-        untested.push(format!(
-            "{}: physical backups are proven by a point-in-time restore, not tested here",
-            s.name
-        ));
+        let complete = s.status == SourceStatus::Complete;
+        match (handling(s), complete) {
+            (Handling::PgLogical, true) => pg.push(s),
+            (Handling::PgLogical, false) => {}
+            (Handling::Kafka, true) if env.kafka.is_some() => kafka.push(s),
+            (Handling::Kafka, false) if env.kafka.is_some() => {}
+            (Handling::Kafka, _) => untested.push(format!(
+                "{} (kafka): no restore test for this kind without a scratch broker",
+                s.name
+            )),
+            (Handling::PgPhysical, _) => untested.push(format!(
+                "{}: physical backups are proven by a point-in-time restore, not tested here",
+                s.name
+            )),
+            (Handling::Nodes | Handling::Unknown, _) => untested.push(format!(
+                "{} ({}): no restore test for this kind",
+                s.name, s.kind
+            )),
+        }
     }
-    let kafka: Vec<_> = if env.kafka.is_some() {
-        chosen.iter().filter(|s| s.kind == "kafka").collect()
-    } else {
-        Vec::new()
-    };
     if pg.is_empty() && kafka.is_empty() {
         return Ok(skipped(
             id,
@@ -221,8 +208,4 @@ pub fn prove(
     repo.record_proof(&proof)?;
     tracing::info!(snapshot = %id.short(), passed = proof.passed, detail = %proof.detail, "restore test recorded");
     Ok(report)
-}
-
-fn is_physical(s: &crate::repo::SourceRecord) -> bool {
-    s.metadata.get("kind").and_then(|k| k.as_str()) == Some("physical")
 }

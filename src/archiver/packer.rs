@@ -12,7 +12,7 @@ use crate::error::{Error, Result};
 use crate::index::IndexReader;
 use crate::interrupt;
 use crate::progress::Progress;
-use crate::repo::{ChunkEntry, Id, SourceStatus};
+use crate::repo::{ChunkEntry, Id, SourceKind, SourceStatus};
 use crate::repository::Repository;
 use crossbeam_channel::Sender;
 use std::collections::{HashMap, HashSet};
@@ -153,7 +153,11 @@ impl<'a> Packer<'a> {
     /// streams about to be stored, for [`set_base_stream`](Self::set_base_stream).
     /// Empty when there is none or it cannot be read (a warning says why:
     /// the backup then simply stores its new chunks without deltas).
-    pub fn previous_version(&self, source_name: &str, kind: &str) -> HashMap<String, Vec<Id>> {
+    pub fn previous_version(
+        &self,
+        source_name: &str,
+        kind: SourceKind,
+    ) -> HashMap<String, Vec<Id>> {
         let found = (|| -> Result<HashMap<String, Vec<Id>>> {
             let snaps = self.repo.snapshots()?;
             let Some(src) = snaps.iter().rev().find_map(|(_, s)| {

@@ -7,6 +7,7 @@ use crate::error::{Error, Result};
 use crate::ops::check::{check, CheckReport};
 use crate::repo::Id;
 use crate::repository::Repository;
+use crate::source::{handling, Handling};
 use std::collections::BTreeSet;
 
 fn restore_test(g: &GlobalArgs, a: &CheckArgs, repo: &Repository) -> Result<()> {
@@ -19,7 +20,7 @@ fn restore_test(g: &GlobalArgs, a: &CheckArgs, repo: &Repository) -> Result<()> 
                     .with_hint(format!("its sources are: {}", names.join(", "))),
             );
         };
-        if s.kind == "kafka" && a.scratch_brokers.is_none() {
+        if handling(s) == Handling::Kafka && a.scratch_brokers.is_none() {
             return Err(
                 Error::usage("testing a Kafka source needs --scratch-brokers HOST:PORT")
                     .with_hint("give a broker whose topics may be created and left for inspection"),
@@ -28,7 +29,11 @@ fn restore_test(g: &GlobalArgs, a: &CheckArgs, repo: &Repository) -> Result<()> 
     }
     let testable = snap.sources.iter().any(|s| {
         a.source.as_ref().is_none_or(|n| &s.name == n)
-            && (s.kind == "postgres" || (s.kind == "kafka" && a.scratch_brokers.is_some()))
+            && match handling(s) {
+                Handling::PgLogical => true,
+                Handling::Kafka => a.scratch_brokers.is_some(),
+                _ => false,
+            }
     });
     if !testable {
         return Err(Error::usage(format!(

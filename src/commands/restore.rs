@@ -5,7 +5,7 @@ use crate::ops::restore_point::snapshot_at;
 use crate::repo::{Id, Snapshot};
 use crate::repository::Repository;
 use crate::restorer;
-use crate::source::pg;
+use crate::source::{handling, pg, Handling};
 
 /// `restore_command` for a restored cluster: this binary, this repository, the same key.
 fn fetch_command(g: &GlobalArgs) -> Result<String> {
@@ -127,6 +127,17 @@ pub fn run(g: &GlobalArgs, a: &RestoreArgs) -> Result<()> {
         .iter()
         .filter(|s| a.source.is_empty() || a.source.contains(&s.name))
     {
+        if handling(s) == Handling::Unknown {
+            return Err(Error::failure(format!(
+                "source {} of snapshot {} is of kind {:?}, which this cairn does not know",
+                s.name,
+                id.short(),
+                s.kind.as_str()
+            ))
+            .with_hint(
+                "restore it with the newer cairn that made it, or leave it out with --source",
+            ));
+        }
         nodes.extend(repo.read_tree(s)?);
     }
     let nodes = restorer::filter_nodes(nodes, &a.include);
@@ -165,29 +176,50 @@ pub fn run(g: &GlobalArgs, a: &RestoreArgs) -> Result<()> {
     }
 }
 
-/// The one source of `kind` the user means (`--source`, or the only one).
+/// The one source restored the way `want` says (`--source`, or the only one).
+/// A snapshot whose sources need another way names that way.
 fn one_source<'a>(
     snap: &'a Snapshot,
     id: Id,
     a: &RestoreArgs,
-    kind: &str,
-    what: &str,
-    flag: &str,
+    want: Handling,
 ) -> Result<&'a crate::repo::SourceRecord> {
-    let found: Vec<_> = snap
+    let asked: Vec<_> = snap
         .sources
         .iter()
-        .filter(|s| s.kind == kind && (a.source.is_empty() || a.source.contains(&s.name)))
+        .filter(|s| a.source.is_empty() || a.source.contains(&s.name))
         .collect();
+    let found: Vec<_> = asked.iter().filter(|s| handling(s) == want).collect();
     match found.as_slice() {
-        [one] => Ok(*one),
-        [] => Err(Error::usage(format!(
-            "snapshot {} has no {what} source to restore with {flag}",
-            id.short()
-        ))
-        .with_hint("`cairn snapshots --json` shows each snapshot's sources")),
+        [one] => Ok(**one),
+        [] => {
+            let others: Vec<String> = asked
+                .iter()
+                .map(|s| {
+                    let h = handling(s);
+                    format!(
+                        "{} is a {} source (restore it with {})",
+                        s.name,
+                        h.label(),
+                        h.restore_with()
+                    )
+                })
+                .collect();
+            Err(Error::usage(format!(
+                "snapshot {} has no {} source to restore with {}",
+                id.short(),
+                want.label(),
+                want.restore_with()
+            ))
+            .with_hint(if others.is_empty() {
+                "`cairn snapshots --json` shows each snapshot's sources".to_string()
+            } else {
+                others.join("; ")
+            }))
+        }
         _ => Err(Error::usage(format!(
-            "several {what} sources: choose one with --source NAME"
+            "several {} sources: choose one with --source NAME",
+            want.label()
         ))),
     }
 }
@@ -201,7 +233,7 @@ fn restore_kafka(
     brokers: &str,
 ) -> Result<()> {
     use crate::source::kafka;
-    let source = one_source(snap, id, a, "kafka", "Kafka", "--to-brokers")?;
+    let source = one_source(snap, id, a, Handling::Kafka)?;
     let target = super::kafka_options(brokers, &a.kafka_conn)?;
     let mut topic_map = Vec::new();
     for m in &a.topic_map {
@@ -287,7 +319,7 @@ fn restore_postgres(
     snap: &Snapshot,
     url: &str,
 ) -> Result<()> {
-    let source = one_source(snap, id, a, "postgres", "PostgreSQL", "--to")?;
+    let source = one_source(snap, id, a, Handling::PgLogical)?;
     let opts = pg::RestoreOptions {
         clean: a.clean,
         databases: a.database.clone(),

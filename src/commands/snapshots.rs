@@ -1,7 +1,7 @@
 use super::{human_bytes, local_time, matches_filter, open_repo, print_json};
 use crate::cli::{GlobalArgs, SnapshotsArgs};
 use crate::error::Result;
-use crate::source::pg::{self, PhysicalMeta};
+use crate::source::{pg, physical_meta};
 
 pub fn run(g: &GlobalArgs, a: &SnapshotsArgs) -> Result<()> {
     let repo = open_repo(g)?;
@@ -12,12 +12,7 @@ pub fn run(g: &GlobalArgs, a: &SnapshotsArgs) -> Result<()> {
         .collect();
     let proofs = repo.proofs()?;
     // Physical PostgreSQL backups can be restored from their end to the newest archived WAL.
-    let physical = |s: &crate::repo::Snapshot| {
-        s.sources
-            .iter()
-            .filter_map(|x| serde_json::from_value::<PhysicalMeta>(x.metadata.clone()).ok())
-            .find(|m| m.kind == "physical")
-    };
+    let physical = |s: &crate::repo::Snapshot| s.sources.iter().find_map(physical_meta);
     let newest_wal = if snaps.iter().any(|(_, s)| physical(s).is_some()) {
         pg::wal_entries(&repo)?
             .into_iter()

@@ -8,6 +8,7 @@ use super::{Destination, Item, Options, Orchestration, Step};
 use crate::error::{Error, Result};
 use crate::plan::{Plan, Service, SourceSettings};
 use crate::repo::{Id, Snapshot, SourceStatus};
+use crate::source::{handling, Handling};
 
 /// Which snapshots were made by `plan` (the plan file they record is this one).
 pub fn made_by(plan: &Plan, snap: &Snapshot) -> bool {
@@ -95,7 +96,7 @@ pub fn prepare(plan: &Plan, id: Id, snap: &Snapshot, options: &Options) -> Resul
             ));
             continue;
         };
-        if record.kind != kind {
+        if record.kind.as_str() != kind {
             return Err(Error::failure(format!(
                 "source {name:?} is a {kind} source in the plan but a {} source in snapshot {}",
                 record.kind,
@@ -118,8 +119,7 @@ pub fn prepare(plan: &Plan, id: Id, snap: &Snapshot, options: &Options) -> Resul
         let to = match &source.settings {
             SourceSettings::Files(_) => Destination::Files(options.target_root.clone()),
             SourceSettings::Postgres(p) => {
-                let physical = p.physical
-                    || record.metadata.get("kind").and_then(|k| k.as_str()) == Some("physical");
+                let physical = p.physical || handling(record) == Handling::PgPhysical;
                 if physical {
                     return Err(Error::failure(format!(
                         "source {name:?} is a physical PostgreSQL backup, which `restore --plan` cannot restore yet; nothing was changed"

@@ -110,7 +110,7 @@ impl Orchestration {
             .iter()
             .map(|i| SourceReport {
                 name: i.name.clone(),
-                kind: i.record.kind.clone(),
+                kind: i.record.kind.to_string(),
                 state: SourceState::NotRestored,
                 detail: None,
             })

@@ -1,9 +1,25 @@
-use super::{Id, PackEntry};
+use super::{Id, PackEntry, SourceKind};
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
-/// Version of the repository format written by this build.
+/// Version of each sealed file (snapshot, index, pack header, key, proof)
+/// this build writes.
 pub const FORMAT_VERSION: u32 = 1;
+
+/// The config version this build writes: format 1 plus the list of format
+/// features in the config. Binaries older than the list refuse it by its
+/// version, later ones by the features they do not know.
+pub const FEATURES_VERSION: u32 = 2;
+
+/// Format features this build reads and writes, all recorded in the config
+/// of a repository it creates (spec/repository.md "6. Versions and
+/// features"). A build that adds a way of storing data an older build
+/// would misread or skip adds a name here.
+pub const KNOWN_FEATURES: &[&str] = &[
+    // Frames compressed as a zstd delta against an earlier stream (`b` in
+    // a chunk entry): a reader without it skips whole index files.
+    "zstd-delta",
+];
 
 /// FastCDC sizes: chosen by benchmark, see spec/repository.md "Chunking".
 pub const CHUNKER_DEFAULT: ChunkerParams = ChunkerParams {
@@ -32,6 +48,41 @@ pub struct Config {
     /// Target size of a pack file.
     pub pack_size: u32,
     pub zstd_level: i32,
+    /// Format features the repository's writers may use beyond format 1;
+    /// every reader must know all of them. Absent in a version-1 config
+    /// (made before the list existed), which may still hold `zstd-delta`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub features: Vec<String>,
+}
+
+impl Config {
+    /// Why this build cannot read a repository with this config, if it cannot.
+    pub fn unreadable(&self) -> Option<String> {
+        if self.version > FEATURES_VERSION {
+            return Some(format!(
+                "repository format version {} is newer than this cairn understands ({FEATURES_VERSION})",
+                self.version
+            ));
+        }
+        if self.version < FEATURES_VERSION && !self.features.is_empty() {
+            return Some(format!(
+                "repository format version {} lists format features, which only version {FEATURES_VERSION} may",
+                self.version
+            ));
+        }
+        let unknown: Vec<&str> = self
+            .features
+            .iter()
+            .map(String::as_str)
+            .filter(|f| !KNOWN_FEATURES.contains(f))
+            .collect();
+        (!unknown.is_empty()).then(|| {
+            format!(
+                "repository uses format feature(s) this cairn does not know: {}",
+                unknown.join(", ")
+            )
+        })
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -102,8 +153,7 @@ pub enum SourceStatus {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct SourceRecord {
     pub name: String,
-    /// files | stdin | command | postgres | kafka
-    pub kind: String,
+    pub kind: SourceKind,
     pub status: SourceStatus,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub errors: Vec<String>,

@@ -3,23 +3,29 @@
 //! These types *are* the on-disk format described in `spec/repository.md`;
 //! change one only together with the spec and the format version.
 
+pub mod encode;
+#[cfg(test)]
+mod golden;
 mod id;
 pub mod kafka;
 mod limits;
 mod manifest;
 pub mod node_path;
 mod pack;
+pub mod postgres;
+mod source_kind;
 
 pub use id::Id;
 pub use manifest::{
     ChunkerParams, Config, IndexFile, KeyFile, KeyKind, KeyMaterial, LockFile, Node, NodeKind,
     Proof, Snapshot, SourceRecord, SourceStatus, Summary, WalClaim, WalEntry, CHUNKER_DEFAULT,
-    FORMAT_VERSION,
+    FEATURES_VERSION, FORMAT_VERSION, KNOWN_FEATURES,
 };
 pub use pack::{
     prefix_bases, split_pack, ChunkEntry, Compression, FrameEntry, PackEntry, PackHeader,
     PACK_MAGIC, PACK_TRAILER_LEN,
 };
+pub use source_kind::SourceKind;
 
 /// The kinds of files in a repository, each in its own directory.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

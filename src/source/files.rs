@@ -5,7 +5,7 @@ use crate::archiver::{store_nodes, Packer};
 use crate::chunk::ChunkError;
 use crate::error::Result;
 use crate::progress::Progress;
-use crate::repo::{Node, NodeKind, SourceRecord, SourceStatus};
+use crate::repo::{Node, NodeKind, SourceKind, SourceRecord, SourceStatus};
 use crate::source::SourceOutcome;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -195,7 +195,7 @@ pub fn archive_files(
     Ok(SourceOutcome {
         record: SourceRecord {
             name: name.to_string(),
-            kind: "files".into(),
+            kind: SourceKind::Files,
             status: if errors.is_empty() {
                 SourceStatus::Complete
             } else {

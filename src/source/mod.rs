@@ -8,10 +8,12 @@
 
 pub mod command;
 pub mod files;
+mod handling;
 pub mod kafka;
 pub mod pg;
 pub mod stream;
 
+pub use handling::{handling, physical_meta, Handling};
 pub use stream::SourceOutcome;
 
 /// Nodes a source read back and checked during the run, by (source name,
@@ -26,10 +28,9 @@ pub fn verify_stored(
     sources: &[crate::repo::SourceRecord],
     verified: &Verified,
 ) -> crate::error::Result<()> {
-    for s in sources
-        .iter()
-        .filter(|s| s.kind == "kafka" && s.status == crate::repo::SourceStatus::Complete)
-    {
+    for s in sources.iter().filter(|s| {
+        s.kind == crate::repo::SourceKind::Kafka && s.status == crate::repo::SourceStatus::Complete
+    }) {
         kafka::verify_stored(repo, s, |path| {
             verified.contains(&(s.name.clone(), path.to_string()))
         })?;

@@ -5,7 +5,7 @@
 use crate::archiver::{store_nodes, Packer};
 use crate::error::Result;
 use crate::progress::Progress;
-use crate::repo::{Id, Node, NodeKind, SourceRecord, SourceStatus};
+use crate::repo::{Id, Node, NodeKind, SourceKind, SourceRecord, SourceStatus};
 use std::io::Read;
 
 /// What archiving one source produced.
@@ -25,7 +25,7 @@ pub struct SourceOutcome {
 pub fn stream_source(
     packer: &mut Packer,
     source_name: &str,
-    kind: &str,
+    kind: SourceKind,
     file_name: &str,
     content: Vec<Id>,
     size: u64,
@@ -54,7 +54,7 @@ pub fn stream_source(
 pub fn source_from_nodes(
     packer: &mut Packer,
     source_name: &str,
-    kind: &str,
+    kind: SourceKind,
     nodes: Vec<Node>,
     metadata: serde_json::Value,
 ) -> Result<SourceOutcome> {
@@ -63,7 +63,7 @@ pub fn source_from_nodes(
     Ok(SourceOutcome {
         record: SourceRecord {
             name: source_name.to_string(),
-            kind: kind.to_string(),
+            kind,
             status: SourceStatus::Complete,
             errors: Vec::new(),
             tree,
@@ -82,7 +82,7 @@ pub fn source_from_nodes(
 pub fn archive_stream<R: Read>(
     packer: &mut Packer,
     source_name: &str,
-    kind: &str,
+    kind: SourceKind,
     file_name: &str,
     reader: R,
     quiet: bool,
@@ -90,7 +90,7 @@ pub fn archive_stream<R: Read>(
     let progress = Progress::bytes(0, quiet, "snapshot");
     let (ids, n) = packer
         .add_stream(reader, &progress)
-        .map_err(|e| e.into_error(format!("reading {kind} for {file_name:?}")))?;
+        .map_err(|e| e.into_error(format!("reading {} for {file_name:?}", kind.label())))?;
     progress.finish();
     stream_source(packer, source_name, kind, file_name, ids, n)
 }

@@ -18,7 +18,7 @@ use crate::repo::kafka::{
     encode_record, ConfigEntry, GroupMeta, GroupOffset, KafkaMeta, PartitionMeta, TimestampType,
     TopicMeta,
 };
-use crate::repo::Node;
+use crate::repo::{Node, SourceKind};
 use crate::source::SourceOutcome;
 use rdkafka::admin::{AdminClient, AdminOptions, ConfigSource, ResourceSpecifier};
 use rdkafka::client::DefaultClientContext;
@@ -212,8 +212,13 @@ pub fn archive_kafka(
         progress.finish();
     }
     let meta = serde_json::to_value(&meta).map_err(|e| Error::failure(e.to_string()))?;
-    let mut outcome =
-        crate::source::stream::source_from_nodes(packer, source_name, "kafka", nodes, meta)?;
+    let mut outcome = crate::source::stream::source_from_nodes(
+        packer,
+        source_name,
+        SourceKind::Kafka,
+        nodes,
+        meta,
+    )?;
     outcome.verified = verified;
     Ok(outcome)
 }

@@ -239,7 +239,7 @@ mod tests {
             source_from_nodes(
                 p,
                 "kafka",
-                "kafka",
+                crate::repo::SourceKind::Kafka,
                 vec![Node::stream("kafka/t/0", size, ids)],
                 serde_json::to_value(&meta).unwrap(),
             )

@@ -15,7 +15,8 @@ use super::tools::tool;
 use crate::archiver::Packer;
 use crate::error::{Error, Result};
 use crate::progress::Progress;
-use crate::repo::Node;
+use crate::repo::postgres::PgBackupKind;
+use crate::repo::{Node, SourceKind};
 use crate::source::{command::tail_lines, SourceOutcome};
 use std::collections::{HashMap, HashSet};
 use std::process::Command;
@@ -108,10 +109,10 @@ pub fn archive_logical(
     let progress = Progress::bytes(0, quiet, "pg_dump");
     // Each dump's new chunks are stored as deltas against the same
     // database's dump in the previous snapshot (spec/repository.md §2.3).
-    let previous = packer.previous_version(source_name, "postgres");
+    let previous = packer.previous_version(source_name, SourceKind::Postgres);
     let mut nodes = Vec::new();
     let mut meta = PgMeta {
-        kind: "logical".into(),
+        kind: PgBackupKind::Logical,
         globals: "globals.sql".into(),
         ..Default::default()
     };
@@ -276,7 +277,7 @@ pub fn archive_logical(
     nodes.insert(0, store_globals(packer, globals, &progress)?);
     progress.finish();
     let meta = serde_json::to_value(&meta).map_err(|e| Error::failure(e.to_string()))?;
-    crate::source::stream::source_from_nodes(packer, source_name, "postgres", nodes, meta)
+    crate::source::stream::source_from_nodes(packer, source_name, SourceKind::Postgres, nodes, meta)
 }
 
 /// Store the output of `pg_dumpall --globals-only` as `globals.sql`, or fail

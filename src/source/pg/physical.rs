@@ -11,7 +11,8 @@ use super::tools::pg_tool;
 use crate::archiver::Packer;
 use crate::error::{Error, Result};
 use crate::progress::Progress;
-use crate::repo::{Id, Node};
+use crate::repo::postgres::PgBackupKind;
+use crate::repo::{Id, Node, SourceKind};
 use crate::source::SourceOutcome;
 use std::process::Command;
 
@@ -55,7 +56,7 @@ pub fn archive_physical(
     progress.finish();
     let stop_time = server_now(&mut client)?;
     let meta = PhysicalMeta {
-        kind: "physical".into(),
+        kind: PgBackupKind::Physical,
         server_version,
         system_identifier,
         timeline: taken.timeline,
@@ -71,7 +72,13 @@ pub fn archive_physical(
         ..Node::stream(meta.base.clone(), taken.size, taken.content)
     };
     let meta = serde_json::to_value(&meta).map_err(|e| Error::failure(e.to_string()))?;
-    crate::source::stream::source_from_nodes(packer, source_name, "postgres", vec![node], meta)
+    crate::source::stream::source_from_nodes(
+        packer,
+        source_name,
+        SourceKind::Postgres,
+        vec![node],
+        meta,
+    )
 }
 
 /// A base backup stored as one tar, and where it starts and stops.

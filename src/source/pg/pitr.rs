@@ -24,17 +24,10 @@ pub fn choose_base(
     let mut best: Option<(Id, Snapshot, PhysicalMeta)> = None;
     let mut earliest: Option<jiff::Timestamp> = None;
     for (id, snap) in repo.snapshots()? {
-        for s in snap
-            .sources
-            .iter()
-            .filter(|s| s.name == source && s.kind == "postgres")
-        {
-            let Ok(meta) = serde_json::from_value::<PhysicalMeta>(s.metadata.clone()) else {
+        for s in snap.sources.iter().filter(|s| s.name == source) {
+            let Some(meta) = crate::source::physical_meta(s) else {
                 continue;
             };
-            if meta.kind != "physical" {
-                continue;
-            }
             earliest =
                 Some(earliest.map_or(meta.stop_time, |e: jiff::Timestamp| e.min(meta.stop_time)));
             if meta.stop_time <= at && best.as_ref().is_none_or(|b| b.2.stop_time < meta.stop_time)
