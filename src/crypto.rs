@@ -114,8 +114,8 @@ impl MasterKey {
 
     /// Serialize as JSON, compress with zstd, encrypt: index, snapshot, lock, pack header.
     pub fn seal<T: Serialize>(&self, value: &T) -> Result<Vec<u8>> {
-        let json =
-            serde_json::to_vec(value).map_err(|e| Error::failure(format!("serializing: {e}")))?;
+        let json = crate::repo::encode::plaintext_json(value)
+            .map_err(|e| Error::failure(format!("serializing: {e}")))?;
         let compressed = zstd::bulk::compress(&json, 3)
             .map_err(|e| Error::failure(format!("compressing: {e}")))?;
         self.encrypt(&compressed)
@@ -136,7 +136,8 @@ impl MasterKey {
 
 /// Wrap key material with a passphrase (age scrypt recipient).
 pub fn wrap_with_password(material: &KeyMaterial, password: &str, log_n: u8) -> Result<Vec<u8>> {
-    let json = serde_json::to_vec(material).map_err(|e| Error::failure(e.to_string()))?;
+    let json =
+        crate::repo::encode::plaintext_json(material).map_err(|e| Error::failure(e.to_string()))?;
     let mut r = age::scrypt::Recipient::new(SecretString::from(password.to_string()));
     r.set_work_factor(log_n);
     age::encrypt(&r, &json).map_err(|e| Error::failure(format!("encrypting key: {e}")))
@@ -148,7 +149,8 @@ pub fn wrap_to_recipient(material: &KeyMaterial, recipient: &str) -> Result<Vec<
         Error::usage(format!("{recipient:?} is not an age X25519 recipient: {e}"))
             .with_hint("recipients look like age1…; see `age-keygen -y IDENTITY_FILE`")
     })?;
-    let json = serde_json::to_vec(material).map_err(|e| Error::failure(e.to_string()))?;
+    let json =
+        crate::repo::encode::plaintext_json(material).map_err(|e| Error::failure(e.to_string()))?;
     age::encrypt(&r, &json).map_err(|e| Error::failure(format!("encrypting key: {e}")))
 }
 

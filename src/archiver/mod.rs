@@ -122,11 +122,7 @@ pub fn store_nodes(packer: &mut Packer, nodes: &[Node]) -> Result<Vec<Id>> {
         return Err(Error::usage(format!("cannot store this source safely: {p}"))
             .with_hint("name files and streams with plain relative names (no `..`, `.`, empty or over-long parts); nothing was stored for it"));
     }
-    let mut tree = Vec::new();
-    for n in nodes {
-        serde_json::to_writer(&mut tree, n).map_err(|e| Error::failure(e.to_string()))?;
-        tree.push(b'\n');
-    }
+    let tree = crate::repo::encode::node_list(nodes);
     packer
         .add_stream(&tree[..], &Progress::hidden())
         .map(|(ids, _)| ids)

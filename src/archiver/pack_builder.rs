@@ -7,7 +7,6 @@ use crate::backend::FileRef;
 use crate::error::{Error, Result};
 use crate::repo::{
     ChunkEntry, Compression, FileKind, FrameEntry, Id, PackEntry, PackHeader, FORMAT_VERSION,
-    PACK_MAGIC,
 };
 use crate::repository::Repository;
 use crossbeam_channel::{Receiver, Sender};
@@ -179,8 +178,7 @@ impl<'a> PackBuilder<'a> {
         let sealed = self.repo.key.seal(&header)?;
         self.buf.extend_from_slice(&sealed);
         self.buf
-            .extend_from_slice(&(sealed.len() as u32).to_le_bytes());
-        self.buf.extend_from_slice(PACK_MAGIC);
+            .extend_from_slice(&crate::repo::encode::pack_trailer(sealed.len()));
         let id = Id::of_bytes(&self.buf);
         let size = self.buf.len() as u64;
         match &self.uploads {

@@ -53,7 +53,7 @@ pub fn make_key_file(key: &MasterKey, repo_id: Id, new: &NewKey) -> Result<KeyFi
 
 /// Store a key file under the hash of its bytes.
 pub fn write_key_file(backend: &dyn Backend, kf: &KeyFile) -> Result<Id> {
-    let bytes = serde_json::to_vec_pretty(kf).map_err(|e| Error::failure(e.to_string()))?;
+    let bytes = crate::repo::encode::key_file_json(kf);
     let id = Id::of_bytes(&bytes);
     backend.write(&FileRef::new(FileKind::Key, id.to_hex()), &bytes)?;
     Ok(id)

@@ -22,9 +22,7 @@ use crate::backend::{Backend, FileRef};
 use crate::crypto::{MasterKey, Secret};
 use crate::error::{Error, Kind, Result};
 use crate::index::IndexCache;
-use crate::repo::{
-    Config, FileKind, Id, Node, Snapshot, SourceRecord, CHUNKER_DEFAULT, FORMAT_VERSION,
-};
+use crate::repo::{Config, FileKind, Id, Node, Snapshot, SourceRecord, CHUNKER_DEFAULT};
 use serde::{de::DeserializeOwned, Serialize};
 use std::path::PathBuf;
 use std::sync::Mutex;
@@ -69,20 +67,25 @@ impl Repository {
         backend.create()?;
         let key = MasterKey::generate();
         let config = Config {
-            version: FORMAT_VERSION,
+            version: crate::repo::FEATURES_VERSION,
             id: Id::random(),
             created: jiff::Timestamp::now(),
             chunker,
             frame_size: DEFAULT_FRAME_SIZE,
             pack_size: DEFAULT_PACK_SIZE,
             zstd_level: 3,
+            features: crate::repo::KNOWN_FEATURES
+                .iter()
+                .map(|f| f.to_string())
+                .collect(),
         };
         // Key first, config last: a repository without a config does not exist yet.
         let kf = make_key_file(&key, config.id, new)?;
         let key_id = write_key_file(backend, &kf)?;
-        let bytes =
-            serde_json::to_vec_pretty(&config).map_err(|e| Error::failure(e.to_string()))?;
-        backend.write(&FileRef::config(), &bytes)?;
+        backend.write(
+            &FileRef::config(),
+            &crate::repo::encode::config_json(&config),
+        )?;
         Ok((config, key_id))
     }
 
@@ -94,12 +97,12 @@ impl Repository {
                 backend.location()
             ))
         })?;
-        if config.version > FORMAT_VERSION {
-            return Err(Error::failure(format!(
-                "repository format version {} is newer than this cairn understands ({FORMAT_VERSION})",
-                config.version
-            ))
-            .with_hint("upgrade cairn"));
+        if let Some(why) = config.unreadable() {
+            return Err(
+                Error::failure(format!("{why}: {}", backend.location())).with_hint(
+                    "upgrade cairn to a release that reads it; nothing was read or changed",
+                ),
+            );
         }
         // Unauthenticated, and its numbers size buffers and drive FastCDC
         // and zstd: refuse any outside the ranges cairn writes.
@@ -370,13 +373,7 @@ impl Repository {
 }
 
 pub fn parse_tree(bytes: &[u8]) -> Result<Vec<Node>> {
-    bytes
-        .split(|b| *b == b'\n')
-        .filter(|l| !l.is_empty())
-        .map(|l| {
-            serde_json::from_slice(l).map_err(|e| Error::integrity(format!("invalid node: {e}")))
-        })
-        .collect()
+    crate::repo::encode::parse_node_list(bytes).map_err(Error::integrity)
 }
 
 /// A new local repository under `dir` (password `pw`, cheap KDF), for unit tests.

@@ -227,3 +227,55 @@ fn passwords_in_postgres_urls_on_the_command_line_are_refused() {
         "cairn connected to the server"
     );
 }
+
+/// A repository that uses a format feature this build does not know is
+/// refused before anything is read (spec/repository.md "Versions and
+/// features"), rather than listed or restored with parts missing.
+#[test]
+fn a_repository_with_an_unknown_format_feature_is_refused_with_a_hint() {
+    let env = Env::init();
+    let data = env.path("data");
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::write(data.join("f"), b"kept").unwrap();
+    env.snapshot(&[&data]);
+    let config_path = env.repo.join("config");
+    let original = std::fs::read(&config_path).unwrap();
+    let mut config: serde_json::Value = serde_json::from_slice(&original).unwrap();
+    assert_eq!(config["version"], 2, "{config}");
+    assert_eq!(
+        config["features"],
+        serde_json::json!(["zstd-delta"]),
+        "{config}"
+    );
+
+    config["features"] = serde_json::json!(["zstd-delta", "sparse-files"]);
+    std::fs::write(&config_path, serde_json::to_vec(&config).unwrap()).unwrap();
+    let target = env.path("t");
+    let target = target.to_str().unwrap();
+    for args in [
+        &["snapshots"][..],
+        &["check"],
+        &["restore", "latest", "--target", target],
+    ] {
+        let (code, err) = code_and_stderr(&env.run(args));
+        assert_eq!(code, 1, "{args:?}: {err}");
+        assert!(
+            err.contains("format feature(s) this cairn does not know: sparse-files"),
+            "{err}"
+        );
+        assert!(err.contains("hint: upgrade cairn"), "{err}");
+    }
+    assert!(!env.path("t").exists(), "nothing was restored");
+
+    config["version"] = 3.into();
+    std::fs::write(&config_path, serde_json::to_vec(&config).unwrap()).unwrap();
+    let (code, err) = code_and_stderr(&env.run(&["snapshots"]));
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("format version 3 is newer"), "{err}");
+
+    // A version-1 config (made before the list existed) still reads.
+    config["version"] = 1.into();
+    config.as_object_mut().unwrap().remove("features");
+    std::fs::write(&config_path, serde_json::to_vec(&config).unwrap()).unwrap();
+    env.ok(&["snapshots"]);
+}

@@ -1,0 +1,52 @@
+//! The bytes of the plaintext files cairn stores: one writer and one reader
+//! per encoding, so the golden tests in `golden.rs` see exactly what is
+//! written. Sealing (zstd, then age) is in `crypto`; this is what it seals.
+
+use super::{Config, KeyFile, Node, PACK_MAGIC, PACK_TRAILER_LEN};
+use serde::Serialize;
+
+/// `config`: pretty JSON (the one plaintext file; people read it).
+pub fn config_json(config: &Config) -> Vec<u8> {
+    serde_json::to_vec_pretty(config).expect("a config always serializes")
+}
+
+/// Compact JSON: the plaintext of a sealed file (snapshot, index, lock,
+/// proof, WAL entry, pack header) and of the key material in a key file.
+pub fn plaintext_json<T: Serialize>(value: &T) -> Result<Vec<u8>, serde_json::Error> {
+    serde_json::to_vec(value)
+}
+
+/// A key file: pretty JSON, like the config.
+pub fn key_file_json(key: &KeyFile) -> Vec<u8> {
+    serde_json::to_vec_pretty(key).expect("a key file always serializes")
+}
+
+/// A node list: one compact JSON [`Node`] per line, each ending in `\n`.
+pub fn node_list(nodes: &[Node]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for n in nodes {
+        serde_json::to_writer(&mut out, n).expect("a node always serializes");
+        out.push(b'\n');
+    }
+    out
+}
+
+/// Reads a node list (empty lines are allowed); the problem names the line.
+pub fn parse_node_list(bytes: &[u8]) -> Result<Vec<Node>, String> {
+    bytes
+        .split(|b| *b == b'\n')
+        .enumerate()
+        .filter(|(_, l)| !l.is_empty())
+        .map(|(i, l)| {
+            serde_json::from_slice(l).map_err(|e| format!("invalid node on line {}: {e}", i + 1))
+        })
+        .collect()
+}
+
+/// The last bytes of a pack: the sealed header's length (u32 LE) and the magic.
+pub fn pack_trailer(sealed_header_len: usize) -> [u8; PACK_TRAILER_LEN] {
+    let mut t = [0u8; PACK_TRAILER_LEN];
+    t[..4].copy_from_slice(&(sealed_header_len as u32).to_le_bytes());
+    t[4..].copy_from_slice(PACK_MAGIC);
+    t
+}
