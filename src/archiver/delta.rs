@@ -105,8 +105,9 @@ const GEAR: [u64; 256] = {
 /// ~2 KiB, decided by content like chunk boundaries. A changed chunk keeps
 /// most anchors of the chunk it replaced, so anchors find that chunk even
 /// where chunk boundaries moved, which counting chunks cannot: on the
-/// pgbench day of spec/postgres.md, counting put the median delta frame
-/// at 2.2 KB and left 144 of 827 frames without a usable base.
+/// pgbench day of benches/README.md ("PostgreSQL: second-day bytes"),
+/// counting put the median delta frame at 2.2 KB and left 144 of 827
+/// frames without a usable base.
 fn anchors(data: &[u8], mask: u64, mut f: impl FnMut(u64)) {
     let mut h: u64 = 0;
     for &byte in data {

@@ -97,3 +97,65 @@ pub fn newest_at(
             }
         })
 }
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::job::{self, JobOptions, NamedSource, SourceSpec};
+    use std::path::Path;
+
+    /// Another handle on the repository `test_repo` made under `dir`, with
+    /// an index cache of its own (`cache-NAME`), as another process has.
+    pub(crate) fn another_handle(dir: &Path, name: &str) -> Repository {
+        Repository::open(
+            Box::new(crate::backend::LocalBackend::new(dir.join("repo"))),
+            &crate::crypto::Secret::Password("pw".into()),
+            Some(dir.join(format!("cache-{name}"))),
+        )
+        .unwrap()
+    }
+
+    /// A snapshot of a small file tree under `dir`, taken through `repo`.
+    pub(crate) fn snapshot_files(repo: &Repository, dir: &Path) -> Id {
+        let data = dir.join("data");
+        std::fs::create_dir_all(&data).unwrap();
+        std::fs::write(data.join("a.txt"), b"read order\n".repeat(1000)).unwrap();
+        let sources = [NamedSource {
+            name: "files".into(),
+            spec: SourceSpec::Files(vec![data]),
+        }];
+        let opts = JobOptions {
+            quiet: true,
+            ..Default::default()
+        };
+        job::run(repo, &sources, &opts).unwrap().id
+    }
+
+    /// Read order (spec/repository.md §3): a snapshot that another process
+    /// finished after this one opened the repository, and so after it had
+    /// loaded the index, is restorable, chosen by id or by time: choosing
+    /// it brings the index up to date after the snapshot was read.
+    #[test]
+    fn a_snapshot_finished_after_open_restores() {
+        let dir = tempfile::tempdir().unwrap();
+        let by_id = crate::repository::test_repo(dir.path());
+        let by_time = another_handle(dir.path(), "by-time");
+        let writer = another_handle(dir.path(), "writer");
+        let id = snapshot_files(&writer, dir.path());
+
+        let chosen_by_id = by_id.find_snapshot("latest").unwrap();
+        let (chosen_by_time, skipped) =
+            snapshot_at(&by_time, jiff::Timestamp::now(), &[], false).unwrap();
+        assert!(skipped.is_empty());
+        for (repo, (found, snap), name) in [
+            (&by_id, chosen_by_id, "by-id"),
+            (&by_time, chosen_by_time.unwrap(), "by-time"),
+        ] {
+            assert_eq!(found, id);
+            let nodes = repo.read_tree(&snap.sources[0]).unwrap();
+            let target = dir.path().join(format!("target-{name}"));
+            let stats = crate::restorer::restore_nodes(repo, &nodes, &target, true).unwrap();
+            assert_eq!(stats.files, 1, "{name}");
+        }
+    }
+}

@@ -211,14 +211,28 @@ impl Repository {
         Ok(out)
     }
 
+    /// Bring the index cache up to date with the repository's index files:
+    /// new ones are added, and it is rebuilt when one it holds is gone.
+    /// Returns how many index files were read.
+    pub fn sync_index(&self) -> Result<usize> {
+        self.cache.sync(self.backend.as_ref(), &self.key)
+    }
+
     /// All readable snapshots, oldest first. A damaged snapshot file is
     /// skipped with a warning (`check` reports it), so one bad file does not
-    /// hide every other restore point.
+    /// hide every other restore point. The index cache is brought up to
+    /// date afterwards, as [`snapshots_and_damage`](Self::snapshots_and_damage) says.
     pub fn snapshots(&self) -> Result<Vec<(Id, Snapshot)>> {
         Ok(self.snapshots_and_damage()?.0)
     }
 
     /// Readable snapshots (oldest first) and the ids of unreadable ones with why.
+    ///
+    /// Read order (spec/repository.md §3): the snapshot files are listed
+    /// and read first, and only then is the index cache brought up to date.
+    /// A snapshot file is written only after the index files that list its
+    /// chunks, so every snapshot returned finds its chunks in the cache, even
+    /// one a backup finished after the repository was opened.
     pub fn snapshots_and_damage(&self) -> Result<SnapshotList> {
         let mut out = Vec::new();
         let mut bad = Vec::new();
@@ -234,6 +248,7 @@ impl Repository {
             }
         }
         out.sort_by(|a, b| a.1.time.cmp(&b.1.time).then(a.0.cmp(&b.0)));
+        self.sync_index()?;
         Ok((out, bad))
     }
 
