@@ -7,7 +7,7 @@ use kdl::{KdlEntry, KdlNode, KdlValue};
 use crate::plan::reader::{args, children, entry_at, example, Parser};
 use crate::plan::values::Percent;
 use crate::plan::Retention;
-use crate::retention::{CalendarDuration, Count, ParseError, TagGroup, COUNT_HINT};
+use crate::retention::{CalendarDuration, Count, ParseError, TagGroup};
 
 const RETENTION: &[&str] = &[
     "keep-last",
@@ -91,7 +91,7 @@ impl Parser<'_> {
                 self.error(
                     entry_at(e),
                     format!("`{name}` takes a count of at least 1, or -1 or \"unlimited\", not {what}"),
-                    format!("write it like {}; {COUNT_HINT}", example(name)),
+                    format!("write it like {} or `{name} \"unlimited\"`", example(name)),
                 );
                 None
             }
