@@ -27,6 +27,9 @@ impl std::fmt::Display for Skipped {
     }
 }
 
+/// Snapshots, oldest first.
+type Points = Vec<(Id, Snapshot)>;
+
 /// The snapshot chosen (or why none could be), and the corrupted ones
 /// passed over.
 pub type Choice = (Result<(Id, Snapshot)>, Vec<Skipped>);
@@ -60,10 +63,10 @@ pub fn latest(repo: &Repository, sources: &[String], allow_corrupted: bool) -> R
             skipped.retain(|s| s.time > newest.1.time);
             Ok(newest.clone())
         }
-        None if skipped.is_empty() && sources.is_empty() => Err(Error::failure(
-            "the repository has no snapshots",
-        )
-        .with_hint("create one with `cairn snapshot`")),
+        None if skipped.is_empty() && sources.is_empty() => {
+            Err(Error::failure("the repository has no snapshots")
+                .with_hint("create one with `cairn snapshot`"))
+        }
         None if skipped.is_empty() => Err(Error::failure(format!(
             "no snapshot has the source(s) {}",
             sources.join(", ")
@@ -81,7 +84,9 @@ pub fn latest(repo: &Repository, sources: &[String], allow_corrupted: bool) -> R
                 format!(" (of those with the source(s) {})", sources.join(", "))
             }
         ))
-        .with_hint("--force restores a corrupted snapshot anyway; `cairn snapshots` shows the proofs")),
+        .with_hint(
+            "--force restores a corrupted snapshot anyway; `cairn snapshots` shows the proofs",
+        )),
     };
     Ok((chosen, skipped))
 }
@@ -93,7 +98,7 @@ fn candidates(
     repo: &Repository,
     sources: &[String],
     allow_corrupted: bool,
-) -> Result<(Vec<(Id, Snapshot)>, Vec<Skipped>)> {
+) -> Result<(Points, Vec<Skipped>)> {
     let mut all = repo.snapshots()?;
     all.retain(|(_, s)| {
         sources

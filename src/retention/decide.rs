@@ -219,7 +219,12 @@ struct CountRule {
 impl CountRule {
     /// The next (older) snapshot: kept when the rule has a count left and
     /// the snapshot opens a period — or is the group's oldest.
-    fn offer(&mut self, local: &ZonedDateTime, index: usize, oldest: bool) -> Result<Match, String> {
+    fn offer(
+        &mut self,
+        local: &ZonedDateTime,
+        index: usize,
+        oldest: bool,
+    ) -> Result<Match, String> {
         let name = self.period.name();
         if self.remaining == Some(0) {
             return Err(format!("{name} {0}/{0} used", self.count));
@@ -256,7 +261,13 @@ struct WithinRule {
 }
 
 impl WithinRule {
-    fn offer(&mut self, time: Timestamp, local: &ZonedDateTime, oldest: bool, tz: &TimeZone) -> Result<Match, String> {
+    fn offer(
+        &mut self,
+        time: Timestamp,
+        local: &ZonedDateTime,
+        oldest: bool,
+        tz: &TimeZone,
+    ) -> Result<Match, String> {
         let name = self.period.name();
         if time <= self.cutoff {
             return Err(format!(
@@ -268,7 +279,10 @@ impl WithinRule {
         let bucket = bucket(self.period, local, 0);
         let same = self.last.as_ref() == Some(&bucket);
         if same && !oldest {
-            return Err(format!("{name} within {}: {bucket} already kept", self.within));
+            return Err(format!(
+                "{name} within {}: {bucket} already kept",
+                self.within
+            ));
         }
         let period = Some(bucket.to_string());
         self.last = Some(bucket);
@@ -293,7 +307,12 @@ fn local_time(t: Timestamp, tz: &TimeZone) -> String {
 /// Applies the policy to one group, `members` sorted newest first:
 /// corrupted snapshots are set aside and kept, the rest is decided by
 /// [`evaluate`].
-fn decide_group(policy: &Policy, members: &[&Candidate], tz: &TimeZone, now: Timestamp) -> Vec<Decision> {
+fn decide_group(
+    policy: &Policy,
+    members: &[&Candidate],
+    tz: &TimeZone,
+    now: Timestamp,
+) -> Vec<Decision> {
     let no_policy = policy.is_empty();
     let good: Vec<&Candidate> = members
         .iter()

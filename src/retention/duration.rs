@@ -62,7 +62,10 @@ impl CalendarDuration {
         let first = civil::Date::new(year, month, 1).ok()?;
         let offset = i64::from(local.day()) - 1 - i64::from(self.days);
         let day = first.checked_add(offset.days()).ok()?;
-        let zoned = day.to_datetime(local.time()).to_zoned_datetime(tz.clone()).ok()?;
+        let zoned = day
+            .to_datetime(local.time())
+            .to_zoned_datetime(tz.clone())
+            .ok()?;
         zoned
             .timestamp()
             .checked_sub(i64::from(self.hours).hours())
@@ -160,7 +163,10 @@ impl FromStr for CalendarDuration {
                          months come before days and hours"
                             .to_string()
                     } else {
-                        format!("`{unit}` after `{}`: write y, m, w, d, h in that order, each once", UNITS[p])
+                        format!(
+                            "`{unit}` after `{}`: write y, m, w, d, h in that order, each once",
+                            UNITS[p]
+                        )
                     };
                     return Err(refuse(why));
                 }

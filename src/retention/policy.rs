@@ -15,7 +15,8 @@ pub enum Count {
 }
 
 /// The hint every refused count gets.
-pub const COUNT_HINT: &str = "give a whole number of periods, e.g. 7, or `unlimited` (also -1) to keep \
+pub const COUNT_HINT: &str =
+    "give a whole number of periods, e.g. 7, or `unlimited` (also -1) to keep \
 one snapshot of every period";
 
 impl Count {

@@ -76,7 +76,12 @@ fn period_key(period: Period, t: Timestamp, tz: &TimeZone, index: usize) -> Stri
 
 /// The ids the spec keeps in one group (`all` newest first): corrupted
 /// snapshots always; of the others, what each rule keeps.
-fn spec_kept(policy: &Policy, all: &[&Candidate], tz: &TimeZone, now: Timestamp) -> BTreeSet<String> {
+fn spec_kept(
+    policy: &Policy,
+    all: &[&Candidate],
+    tz: &TimeZone,
+    now: Timestamp,
+) -> BTreeSet<String> {
     if policy.is_empty() {
         return all.iter().map(|c| c.id.clone()).collect();
     }
@@ -224,7 +229,14 @@ fn tag_group() -> impl Strategy<Value = TagGroup> {
 fn policy() -> impl Strategy<Value = Policy> {
     (
         (count(), count(), count(), count(), count(), count()),
-        (duration(), duration(), duration(), duration(), duration(), duration()),
+        (
+            duration(),
+            duration(),
+            duration(),
+            duration(),
+            duration(),
+            duration(),
+        ),
         proptest::collection::vec(tag_group(), 0..3),
     )
         .prop_map(
@@ -583,10 +595,7 @@ fn reasons_name_the_rule_counter_and_period() {
     assert_eq!(d[1].reasons, ["within 1h of newest"]);
     assert_eq!(
         d[2].reasons,
-        [
-            "hourly 2/2 (2026-03-13 09h)",
-            "daily 2/2 (2026-03-13)",
-        ]
+        ["hourly 2/2 (2026-03-13 09h)", "daily 2/2 (2026-03-13)",]
     );
     assert!(!d[3].keep);
     assert_eq!(

@@ -96,7 +96,10 @@ fn days(from: jiff::civil::Date, to: jiff::civil::Date) -> Vec<String> {
 #[test]
 fn keep_within_1m_keeps_a_month() {
     let env = Env::init();
-    let times = days(jiff::civil::date(2026, 2, 1), jiff::civil::date(2026, 3, 15));
+    let times = days(
+        jiff::civil::date(2026, 2, 1),
+        jiff::civil::date(2026, 3, 15),
+    );
     let snaps: Vec<(&str, &[&str])> = times.iter().map(|t| (t.as_str(), &[][..])).collect();
     let ids = history(&env, &snaps);
     let d = decisions(&env, &["--keep-within", "1m"]);
@@ -106,7 +109,10 @@ fn keep_within_1m_keeps_a_month() {
     assert_eq!(d[0]["reasons"][0], "within 1m of newest");
     assert_eq!(d[0]["matches"][0]["rule"], "within");
     assert_eq!(d[0]["matches"][0]["within"], "1m");
-    assert_eq!(d[28]["reasons"][0], "within 1m: not after 2026-02-15 02:00:00");
+    assert_eq!(
+        d[28]["reasons"][0],
+        "within 1m: not after 2026-02-15 02:00:00"
+    );
 
     env.ok(&["forget", "--keep-within", "1m"]);
     assert_eq!(env.snapshot_ids().len(), 28);
@@ -147,7 +153,9 @@ fn minute_forms_are_refused() {
     assert_eq!(code, 2, "{err}");
     assert!(
         err.contains("`keep-within`: \"90min\" is not a retention duration")
-            && err.contains("`keep-within-weekly`: \"2h1m\" is not a retention duration: `m` after `h`"),
+            && err.contains(
+                "`keep-within-weekly`: \"2h1m\" is not a retention duration: `m` after `h`"
+            ),
         "{err}"
     );
 }
@@ -195,19 +203,43 @@ fn tag_groups_unlimited_counts_and_counters() {
     let d = decisions(&env, &["--keep-daily", "unlimited"]);
     assert_eq!(
         kept(&d),
-        [ids[4].clone(), ids[2].clone(), ids[1].clone(), ids[0].clone()]
+        [
+            ids[4].clone(),
+            ids[2].clone(),
+            ids[1].clone(),
+            ids[0].clone()
+        ]
     );
     assert_eq!(d[0]["reasons"][0], "daily 1/unlimited (2026-03-03)");
     assert_eq!(d[0]["matches"][0]["of"], "unlimited");
     assert_eq!(d[4]["reasons"][0], "oldest daily 4/unlimited (2026-03-01)");
 
-    let out = env.ok(&["forget", "--dry-run", "--keep-daily", "7", "--keep-last", "1"]);
+    let out = env.ok(&[
+        "forget",
+        "--dry-run",
+        "--keep-daily",
+        "7",
+        "--keep-last",
+        "1",
+    ]);
     assert!(out.contains("policy: keep-last 1, keep-daily 7"), "{out}");
     for line in [
-        format!("keep   {} 2026-03-03 03:00:00  last 1/1; daily 1/7 (2026-03-03)", &ids[4][..8]),
-        format!("remove {} 2026-03-03 02:00:00  last 1/1 used; daily: 2026-03-03 already kept", &ids[3][..8]),
-        format!("keep   {} 2026-03-01 03:00:00  daily 3/7 (2026-03-01)", &ids[1][..8]),
-        format!("keep   {} 2026-03-01 02:00:00  oldest daily 4/7 (2026-03-01)", &ids[0][..8]),
+        format!(
+            "keep   {} 2026-03-03 03:00:00  last 1/1; daily 1/7 (2026-03-03)",
+            &ids[4][..8]
+        ),
+        format!(
+            "remove {} 2026-03-03 02:00:00  last 1/1 used; daily: 2026-03-03 already kept",
+            &ids[3][..8]
+        ),
+        format!(
+            "keep   {} 2026-03-01 03:00:00  daily 3/7 (2026-03-01)",
+            &ids[1][..8]
+        ),
+        format!(
+            "keep   {} 2026-03-01 02:00:00  oldest daily 4/7 (2026-03-01)",
+            &ids[0][..8]
+        ),
     ] {
         assert!(out.contains(&line), "missing {line:?} in\n{out}");
     }
@@ -241,7 +273,10 @@ fn corrupted_snapshot_is_not_kept_for_its_day() {
         "{d:#?}"
     );
     assert_eq!(d[1]["id"], ids[1].as_str());
-    assert_eq!(d[1]["reasons"], serde_json::json!(["daily 1/1 (2026-03-14)"]));
+    assert_eq!(
+        d[1]["reasons"],
+        serde_json::json!(["daily 1/1 (2026-03-14)"])
+    );
     assert_eq!(d[2]["keep"], false);
 
     env.ok(&["forget", "--keep-daily", "1"]);
@@ -282,7 +317,13 @@ fn restore_latest_skips_a_corrupted_snapshot() {
     assert_eq!(restored(&target), "good");
 
     let target = env.path("t2");
-    let out = env.run(&["restore", "latest", "--force", "--target", target.to_str().unwrap()]);
+    let out = env.run(&[
+        "restore",
+        "latest",
+        "--force",
+        "--target",
+        target.to_str().unwrap(),
+    ]);
     let (code, err) = code_and_stderr(&out);
     assert_eq!(code, 0, "{err}");
     assert!(!err.contains("skipping"), "{err}");
@@ -294,7 +335,8 @@ fn restore_latest_skips_a_corrupted_snapshot() {
     let (code, err) = code_and_stderr(&out);
     assert_eq!(code, 1, "{err}");
     assert!(
-        err.contains("no snapshot to restore: all 2 are marked corrupted") && err.contains("hint: --force"),
+        err.contains("no snapshot to restore: all 2 are marked corrupted")
+            && err.contains("hint: --force"),
         "{err}"
     );
 }
@@ -312,7 +354,11 @@ fn plan_retention_takes_the_new_rules() {
         .args(["plan", "check", plan.to_str().unwrap(), "--json"])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let p: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let r = &p["retention"];
     assert_eq!(r["keep-daily"], "unlimited");

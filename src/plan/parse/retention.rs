@@ -90,7 +90,9 @@ impl Parser<'_> {
                 };
                 self.error(
                     entry_at(e),
-                    format!("`{name}` takes a count of at least 1, or -1 or \"unlimited\", not {what}"),
+                    format!(
+                        "`{name}` takes a count of at least 1, or -1 or \"unlimited\", not {what}"
+                    ),
                     format!("write it like {} or `{name} \"unlimited\"`", example(name)),
                 );
                 None
