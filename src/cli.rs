@@ -354,29 +354,46 @@ pub struct ForgetArgs {
     /// instead of applying keep rules
     #[arg(value_name = "SNAPSHOT")]
     pub snapshots: Vec<String>,
-    /// Keep the N newest snapshots
-    #[arg(long, value_name = "N")]
-    pub keep_last: Option<u32>,
-    /// Keep the newest snapshot of each of the last N hours that have one
-    #[arg(long, value_name = "N")]
-    pub keep_hourly: Option<u32>,
-    /// Keep the newest snapshot of each of the last N days that have one
-    #[arg(long, value_name = "N")]
-    pub keep_daily: Option<u32>,
-    /// Keep the newest snapshot of each of the last N weeks that have one
-    #[arg(long, value_name = "N")]
-    pub keep_weekly: Option<u32>,
-    /// Keep the newest snapshot of each of the last N months that have one
-    #[arg(long, value_name = "N")]
-    pub keep_monthly: Option<u32>,
-    /// Keep the newest snapshot of each of the last N years that have one
-    #[arg(long, value_name = "N")]
-    pub keep_yearly: Option<u32>,
-    /// Keep every snapshot newer than this duration before the newest one (e.g. 30d, 2w)
+    /// Keep the N newest snapshots (`unlimited` or -1: all)
+    #[arg(long, value_name = "N", allow_negative_numbers = true)]
+    pub keep_last: Option<String>,
+    /// Keep the newest snapshot of each of the last N hours that have one (`unlimited`: every hour)
+    #[arg(long, value_name = "N", allow_negative_numbers = true)]
+    pub keep_hourly: Option<String>,
+    /// Keep the newest snapshot of each of the last N days that have one (`unlimited`: every day)
+    #[arg(long, value_name = "N", allow_negative_numbers = true)]
+    pub keep_daily: Option<String>,
+    /// Keep the newest snapshot of each of the last N ISO weeks that have one (`unlimited`: every week)
+    #[arg(long, value_name = "N", allow_negative_numbers = true)]
+    pub keep_weekly: Option<String>,
+    /// Keep the newest snapshot of each of the last N months that have one (`unlimited`: every month)
+    #[arg(long, value_name = "N", allow_negative_numbers = true)]
+    pub keep_monthly: Option<String>,
+    /// Keep the newest snapshot of each of the last N years that have one (`unlimited`: every year)
+    #[arg(long, value_name = "N", allow_negative_numbers = true)]
+    pub keep_yearly: Option<String>,
+    /// Keep every snapshot taken within this of the newest one: restic's
+    /// y, m (calendar months), w, d, h, e.g. 1y6m, 1m, 30d, 36h
     #[arg(long, value_name = "DURATION")]
     pub keep_within: Option<String>,
-    /// Keep snapshots with this tag (repeatable)
-    #[arg(long, value_name = "TAG", value_delimiter = ',')]
+    /// Keep the newest snapshot of each hour within this of the newest one
+    #[arg(long, value_name = "DURATION")]
+    pub keep_within_hourly: Option<String>,
+    /// Keep the newest snapshot of each day within this of the newest one
+    #[arg(long, value_name = "DURATION")]
+    pub keep_within_daily: Option<String>,
+    /// Keep the newest snapshot of each ISO week within this of the newest one
+    #[arg(long, value_name = "DURATION")]
+    pub keep_within_weekly: Option<String>,
+    /// Keep the newest snapshot of each month within this of the newest one
+    #[arg(long, value_name = "DURATION")]
+    pub keep_within_monthly: Option<String>,
+    /// Keep the newest snapshot of each year within this of the newest one
+    #[arg(long, value_name = "DURATION")]
+    pub keep_within_yearly: Option<String>,
+    /// Keep snapshots that have all these tags (repeat the flag: any of the
+    /// groups; '' = snapshots without tags)
+    #[arg(long, value_name = "TAG[,TAG...]")]
     pub keep_tag: Vec<String>,
     /// Group snapshots by these fields before applying the policy
     #[arg(long, default_value = "host,paths", value_name = "FIELDS")]

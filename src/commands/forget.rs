@@ -10,23 +10,46 @@ use crate::error::{Error, Result};
 use crate::lock::with_lock;
 use crate::repo::{Id, Snapshot};
 use crate::repository::Repository;
-use crate::retention::{self, GroupBy, Policy};
+use crate::retention::{self, CalendarDuration, Count, GroupBy, Policy, TagGroup};
+
+/// A rule's value refused: exit 2 with the rule's flag, the reason and how
+/// to write it.
+fn usage(flag: &str, e: retention::ParseError) -> Error {
+    Error::usage(format!("{flag}: {}", e.message)).with_hint(e.hint)
+}
+
+fn count(flag: &str, v: &Option<String>) -> Result<Option<Count>> {
+    v.as_deref()
+        .map(|s| Count::parse(s).map_err(|e| usage(flag, e)))
+        .transpose()
+        .map(Option::flatten)
+}
+
+fn duration(flag: &str, v: &Option<String>) -> Result<Option<CalendarDuration>> {
+    v.as_deref()
+        .map(|s| s.parse().map_err(|e| usage(flag, e)))
+        .transpose()
+}
 
 fn policy(a: &ForgetArgs) -> Result<Policy> {
-    let keep_within = a
-        .keep_within
-        .as_deref()
-        .map(|s| super::parse_duration("--keep-within", s))
-        .transpose()?;
     Ok(Policy {
-        keep_last: a.keep_last,
-        keep_hourly: a.keep_hourly,
-        keep_daily: a.keep_daily,
-        keep_weekly: a.keep_weekly,
-        keep_monthly: a.keep_monthly,
-        keep_yearly: a.keep_yearly,
-        keep_within,
-        keep_tags: a.keep_tag.clone(),
+        keep_last: count("--keep-last", &a.keep_last)?,
+        keep_hourly: count("--keep-hourly", &a.keep_hourly)?,
+        keep_daily: count("--keep-daily", &a.keep_daily)?,
+        keep_weekly: count("--keep-weekly", &a.keep_weekly)?,
+        keep_monthly: count("--keep-monthly", &a.keep_monthly)?,
+        keep_yearly: count("--keep-yearly", &a.keep_yearly)?,
+        keep_within: duration("--keep-within", &a.keep_within)?,
+        keep_within_hourly: duration("--keep-within-hourly", &a.keep_within_hourly)?,
+        keep_within_daily: duration("--keep-within-daily", &a.keep_within_daily)?,
+        keep_within_weekly: duration("--keep-within-weekly", &a.keep_within_weekly)?,
+        keep_within_monthly: duration("--keep-within-monthly", &a.keep_within_monthly)?,
+        keep_within_yearly: duration("--keep-within-yearly", &a.keep_within_yearly)?,
+        keep_tags: a
+            .keep_tag
+            .iter()
+            .map(|t| TagGroup::parse(t).map_err(|e| usage("--keep-tag", e)))
+            .collect::<Result<_>>()?,
     })
 }
 
@@ -140,7 +163,7 @@ pub fn run(g: &GlobalArgs, a: &ForgetArgs) -> Result<()> {
     }
     if policy.is_empty() {
         return Err(Error::usage("no keep rule given: refusing to forget every snapshot").with_hint(
-            "give at least one of --keep-last/-hourly/-daily/-weekly/-monthly/-yearly/-within/-tag, or the ids of the snapshots to forget",
+            "give at least one of --keep-last/-hourly/-daily/-weekly/-monthly/-yearly, --keep-within[-hourly/-daily/-weekly/-monthly/-yearly], --keep-tag, or the ids of the snapshots to forget",
         ));
     }
     let group_by: GroupBy = a
@@ -152,13 +175,18 @@ pub fn run(g: &GlobalArgs, a: &ForgetArgs) -> Result<()> {
         let mut snaps = repo.snapshots()?;
         snaps.retain(|(_, s)| matches_filter(s, &a.filter));
         let groups = retention::forget(&repo, &snaps, &policy, group_by, a.dry_run)?;
-        let mut removed = 0;
-        for grp in &groups {
-            if !g.json {
+        let removed: usize = groups.iter().map(|grp| grp.removed().count()).sum();
+        if g.json {
+            print_json(&serde_json::json!({
+                "dry_run": a.dry_run,
+                "policy": policy,
+                "groups": groups,
+            }))?;
+        } else {
+            println!("policy: {policy}");
+            for grp in &groups {
                 println!("group {}:", grp.key);
-            }
-            for d in &grp.decisions {
-                if !g.json {
+                for d in &grp.decisions {
                     println!(
                         "  {} {} {}  {}",
                         if d.keep { "keep  " } else { "remove" },
@@ -167,12 +195,7 @@ pub fn run(g: &GlobalArgs, a: &ForgetArgs) -> Result<()> {
                         d.reasons.join("; ")
                     );
                 }
-                removed += usize::from(!d.keep);
             }
-        }
-        if g.json {
-            print_json(&serde_json::json!({ "dry_run": a.dry_run, "groups": groups }))?;
-        } else {
             println!(
                 "{} {removed} snapshot(s)",
                 if a.dry_run { "would remove" } else { "removed" }

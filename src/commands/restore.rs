@@ -1,7 +1,7 @@
 use super::{human_bytes, local_time, open_repo, parse_time, print_json};
 use crate::cli::{GlobalArgs, RestoreArgs};
 use crate::error::{Error, Result};
-use crate::ops::restore_point::snapshot_at;
+use crate::ops::restore_point::{latest, snapshot_at};
 use crate::repo::{Id, Snapshot};
 use crate::repository::Repository;
 use crate::restorer;
@@ -92,6 +92,13 @@ pub fn run(g: &GlobalArgs, a: &RestoreArgs) -> Result<()> {
     }
     let repo = open_repo(g)?;
     let (id, snap) = match (&a.snapshot, at) {
+        (Some(s), _) if s == "latest" => {
+            let (chosen, skipped) = latest(&repo, &a.source, a.force)?;
+            for s in skipped {
+                eprintln!("{s}");
+            }
+            chosen?
+        }
         (Some(s), _) => repo.find_snapshot(s)?,
         (None, Some(t)) => {
             let (chosen, skipped) = snapshot_at(&repo, t, &a.source, a.force)?;

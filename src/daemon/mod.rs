@@ -587,18 +587,7 @@ impl Daemon {
             return Some(before);
         };
         let critical = 100.0 - plan.retention.critical_free.0;
-        let p = plan.retention.policy();
-        let one = |x: Option<u32>| x.map(|_| 1);
-        let minimum = crate::retention::Policy {
-            keep_last: one(p.keep_last).or(Some(1)),
-            keep_hourly: one(p.keep_hourly),
-            keep_daily: one(p.keep_daily),
-            keep_weekly: one(p.keep_weekly),
-            keep_monthly: one(p.keep_monthly),
-            keep_yearly: one(p.keep_yearly),
-            keep_within: None,
-            keep_tags: p.keep_tags.clone(),
-        };
+        let minimum = plan.retention.policy().minimum();
         let file = plan.file.display().to_string();
         let mut removed = Vec::new();
         let mut now_use = before.clone();

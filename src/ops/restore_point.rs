@@ -27,33 +27,89 @@ impl std::fmt::Display for Skipped {
     }
 }
 
+/// Snapshots, oldest first.
+type Points = Vec<(Id, Snapshot)>;
+
 /// The snapshot chosen (or why none could be), and the corrupted ones
 /// passed over.
 pub type Choice = (Result<(Id, Snapshot)>, Vec<Skipped>);
 
 /// The newest snapshot taken at or before `at` that has every one of
 /// `sources`, passing over those marked corrupted unless `allow_corrupted`.
-/// The corrupted ones at or before `at` that were passed over come back
-/// whether or not a snapshot was found, so the caller can say why.
+/// The corrupted ones passed over come back whether or not a snapshot was
+/// found (when one was, only those newer than it), so the caller can say why.
 pub fn snapshot_at(
     repo: &Repository,
     at: jiff::Timestamp,
     sources: &[String],
     allow_corrupted: bool,
 ) -> Result<Choice> {
-    let mut all = repo.snapshots()?;
-    let mut skipped = Vec::new();
-    if !allow_corrupted {
-        skipped = drop_corrupted(repo, &mut all)?;
-        skipped.retain(|s| s.time <= at);
+    let (all, mut skipped) = candidates(repo, sources, allow_corrupted)?;
+    skipped.retain(|s| s.time <= at);
+    let chosen = newest_at(&all, at, "", "`cairn snapshots` lists the restore points");
+    if let Ok((_, snap)) = &chosen {
+        skipped.retain(|s| s.time > snap.time);
     }
+    Ok((chosen, skipped))
+}
+
+/// `latest`: the newest snapshot that has every one of `sources`, passing
+/// over those marked corrupted unless `allow_corrupted`; the ones passed
+/// over come back as in [`snapshot_at`].
+pub fn latest(repo: &Repository, sources: &[String], allow_corrupted: bool) -> Result<Choice> {
+    let (all, mut skipped) = candidates(repo, sources, allow_corrupted)?;
+    let chosen = match all.last() {
+        Some(newest) => {
+            skipped.retain(|s| s.time > newest.1.time);
+            Ok(newest.clone())
+        }
+        None if skipped.is_empty() && sources.is_empty() => {
+            Err(Error::failure("the repository has no snapshots")
+                .with_hint("create one with `cairn snapshot`"))
+        }
+        None if skipped.is_empty() => Err(Error::failure(format!(
+            "no snapshot has the source(s) {}",
+            sources.join(", ")
+        ))
+        .with_hint("`cairn snapshots` lists the snapshots and their sources")),
+        None => Err(Error::failure(format!(
+            "no snapshot to restore: {} marked corrupted by a failed restore test{}",
+            match skipped.len() {
+                1 => "the only one is".to_string(),
+                n => format!("all {n} are"),
+            },
+            if sources.is_empty() {
+                String::new()
+            } else {
+                format!(" (of those with the source(s) {})", sources.join(", "))
+            }
+        ))
+        .with_hint(
+            "--force restores a corrupted snapshot anyway; `cairn snapshots` shows the proofs",
+        )),
+    };
+    Ok((chosen, skipped))
+}
+
+/// The snapshots (oldest first) that have every one of `sources`, without
+/// the corrupted ones unless `allow_corrupted`; and the corrupted ones
+/// left out (those with the sources).
+fn candidates(
+    repo: &Repository,
+    sources: &[String],
+    allow_corrupted: bool,
+) -> Result<(Points, Vec<Skipped>)> {
+    let mut all = repo.snapshots()?;
     all.retain(|(_, s)| {
         sources
             .iter()
             .all(|n| s.sources.iter().any(|x| &x.name == n))
     });
-    let chosen = newest_at(&all, at, "", "`cairn snapshots` lists the restore points");
-    Ok((chosen, skipped))
+    let mut skipped = Vec::new();
+    if !allow_corrupted {
+        skipped = drop_corrupted(repo, &mut all)?;
+    }
+    Ok((all, skipped))
 }
 
 /// Remove from `snaps` those a failed restore test marked corrupted, and

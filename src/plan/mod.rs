@@ -203,19 +203,13 @@ impl Schedule {
     }
 }
 
-/// Which snapshots to keep (see `retention.rs` for the rules).
+/// Which snapshots to keep (the rules: `spec/retention.md`).
 #[derive(Clone, Debug, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub struct Retention {
-    pub keep_last: Option<u32>,
-    pub keep_hourly: Option<u32>,
-    pub keep_daily: Option<u32>,
-    pub keep_weekly: Option<u32>,
-    pub keep_monthly: Option<u32>,
-    pub keep_yearly: Option<u32>,
-    #[serde(serialize_with = "serialize_opt_duration")]
-    pub keep_within: Option<Duration>,
-    pub keep_tags: Vec<String>,
+    /// The keep rules (`keep-*` nodes).
+    #[serde(flatten)]
+    pub rules: crate::retention::Policy,
     /// Below this much free space, the oldest snapshots are removed first.
     pub critical_free: Percent,
 }
@@ -224,14 +218,10 @@ impl Default for Retention {
     /// A month of dailies: what a plan without keep rules gets.
     fn default() -> Self {
         Retention {
-            keep_last: None,
-            keep_hourly: None,
-            keep_daily: Some(30),
-            keep_weekly: None,
-            keep_monthly: None,
-            keep_yearly: None,
-            keep_within: None,
-            keep_tags: Vec::new(),
+            rules: crate::retention::Policy {
+                keep_daily: Some(crate::retention::Count::Limit(30)),
+                ..crate::retention::Policy::default()
+            },
             critical_free: Percent(5.0),
         }
     }
@@ -240,16 +230,7 @@ impl Default for Retention {
 impl Retention {
     /// The keep rules as a retention policy for `forget`.
     pub fn policy(&self) -> crate::retention::Policy {
-        crate::retention::Policy {
-            keep_last: self.keep_last,
-            keep_hourly: self.keep_hourly,
-            keep_daily: self.keep_daily,
-            keep_weekly: self.keep_weekly,
-            keep_monthly: self.keep_monthly,
-            keep_yearly: self.keep_yearly,
-            keep_within: self.keep_within,
-            keep_tags: self.keep_tags.clone(),
-        }
+        self.rules.clone()
     }
 }
 

@@ -50,7 +50,12 @@ pub(super) const EXAMPLES: &[(&str, &str)] = &[
     ("keep-weekly", "keep-weekly 8"),
     ("keep-monthly", "keep-monthly 12"),
     ("keep-yearly", "keep-yearly 5"),
-    ("keep-within", "keep-within \"14d\""),
+    ("keep-within", "keep-within \"1m\""),
+    ("keep-within-hourly", "keep-within-hourly \"2d\""),
+    ("keep-within-daily", "keep-within-daily \"7d\""),
+    ("keep-within-weekly", "keep-within-weekly \"1m\""),
+    ("keep-within-monthly", "keep-within-monthly \"1y\""),
+    ("keep-within-yearly", "keep-within-yearly \"10y\""),
     ("keep-tag", "keep-tag \"release\""),
     ("critical-free", "critical-free \"5%\""),
     (

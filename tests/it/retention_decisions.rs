@@ -4,9 +4,7 @@
 //! The tables were checked by hand; see the comments on each test for what
 //! to look for.
 
-use std::time::Duration;
-
-use cairn::retention::{plan, Candidate, GroupBy, GroupDecision, Policy};
+use cairn::retention::{self, Candidate, Count, GroupBy, GroupDecision, Policy, TagGroup};
 use jiff::civil::{date, Date, DateTime};
 use jiff::tz::TimeZone;
 use jiff::{Timestamp, ToSpan};
@@ -19,6 +17,11 @@ fn utc(s: &str) -> Timestamp {
     s.parse().expect("valid RFC 3339 timestamp")
 }
 
+/// `retention::plan` seen from far enough ahead that no snapshot is in the future.
+fn plan(policy: &Policy, gb: GroupBy, cands: &[Candidate], tz: &TimeZone) -> Vec<GroupDecision> {
+    retention::plan(policy, gb, cands, tz, utc("2200-01-01T00:00:00Z"))
+}
+
 /// A candidate on host `h`, path `/`, no tags.
 fn cand(id: impl Into<String>, time: Timestamp) -> Candidate {
     Candidate {
@@ -27,6 +30,7 @@ fn cand(id: impl Into<String>, time: Timestamp) -> Candidate {
         host: "h".to_string(),
         tags: vec![],
         paths: vec!["/".to_string()],
+        corrupted: None,
     }
 }
 
@@ -100,9 +104,9 @@ fn at_utc(day: Date, hour: i8, minute: i8) -> Timestamp {
 
 fn daily7_weekly4_monthly12() -> Policy {
     Policy {
-        keep_daily: Some(7),
-        keep_weekly: Some(4),
-        keep_monthly: Some(12),
+        keep_daily: Some(Count::Limit(7)),
+        keep_weekly: Some(Count::Limit(4)),
+        keep_monthly: Some(Count::Limit(12)),
         ..Policy::default()
     }
 }
@@ -124,7 +128,9 @@ fn year_with_gaps_daily_weekly_monthly() {
 
 /// Same history seen on 2026-03-20, right after the missing week W11:
 /// the missing days and the missing week do not use up counts, so daily
-/// reaches back to Mar 7 and weekly keeps W12, W10, W09, W08.
+/// reaches back to Mar 7 and weekly keeps W12, W10, W09, W08; monthly has
+/// only three months, so (restic ≥ 0.17) it keeps the oldest snapshot
+/// (Jan 1) as well.
 #[test]
 fn year_with_gaps_cut_after_march_gap() {
     let end = utc("2026-03-20T23:59:59Z");
@@ -140,7 +146,8 @@ fn year_with_gaps_cut_after_march_gap() {
 
 /// Same history seen on 2026-08-25, after the ten missing days in August:
 /// daily keeps Aug 25..20 and Aug 9; weekly keeps W35, W34, W32, W31
-/// (W33 = Aug 10..16 has no backups).
+/// (W33 = Aug 10..16 has no backups); monthly has eight months of its
+/// twelve, so it keeps the oldest snapshot (Jan 1) as well.
 #[test]
 fn year_with_gaps_cut_after_august_gap() {
     let end = utc("2026-08-25T23:59:59Z");
@@ -168,8 +175,8 @@ fn every_6h(from: &str, to: &str) -> Vec<Timestamp> {
 
 fn daily5_hourly6() -> Policy {
     Policy {
-        keep_daily: Some(5),
-        keep_hourly: Some(6),
+        keep_daily: Some(Count::Limit(5)),
+        keep_hourly: Some(Count::Limit(6)),
         ..Policy::default()
     }
 }
@@ -219,7 +226,7 @@ fn new_york_hourly_across_spring_gap() {
     let start = utc("2026-03-08T02:00:00Z"); // 21:00 EST on Mar 7
     let cands = numbered((0..14).map(|i| start + (30 * i as i64).minutes()));
     let policy = Policy {
-        keep_hourly: Some(6),
+        keep_hourly: Some(Count::Limit(6)),
         ..Policy::default()
     };
     let groups = plan(&policy, GroupBy::default(), &cands, &ny);
@@ -245,6 +252,7 @@ fn two_hosts_two_path_sets() -> Vec<Candidate> {
                     host: host.to_string(),
                     tags: vec![],
                     paths,
+                    corrupted: None,
                 });
             }
         }
@@ -254,8 +262,8 @@ fn two_hosts_two_path_sets() -> Vec<Candidate> {
 
 fn last2_daily4() -> Policy {
     Policy {
-        keep_last: Some(2),
-        keep_daily: Some(4),
+        keep_last: Some(Count::Limit(2)),
+        keep_daily: Some(Count::Limit(4)),
         ..Policy::default()
     }
 }
@@ -289,8 +297,9 @@ fn group_by_host_only() {
 }
 
 /// Daily backups for 30 days, some tagged. keep_within 10 days of the
-/// newest (2026-06-30 12:00) keeps everything from 2026-06-20 12:00:00 on,
-/// inclusive (a backup one second earlier is removed); older ones survive
+/// newest (2026-06-30 12:00) keeps everything after 2026-06-20 12:00:00 —
+/// the backup at exactly that time is not after it and goes, as in restic
+/// (and so does one a second earlier); older ones survive
 /// only with the tag `keep` (Jun 3, 5, 11); Jun 25 is kept for both reasons;
 /// the tag `manual` alone keeps nothing.
 #[test]
@@ -310,8 +319,8 @@ fn keep_within_and_tags() {
     // One second before the keep_within boundary.
     cands.push(cand("edge-1s", utc("2026-06-20T11:59:59Z")));
     let policy = Policy {
-        keep_within: Some(Duration::from_secs(10 * 86_400)),
-        keep_tags: vec!["keep".to_string()],
+        keep_within: Some("10d".parse().expect("valid duration")),
+        keep_tags: vec![TagGroup(vec!["keep".to_string()])],
         ..Policy::default()
     };
     let groups = plan(&policy, GroupBy::default(), &cands, &TimeZone::UTC);
@@ -321,7 +330,8 @@ fn keep_within_and_tags() {
 /// Monthly backups on the 15th at 09:00 New York time, 2024-01 .. 2026-06,
 /// plus one on New Year's Eve 2024: keep_last 3 keeps Jun/May/Apr 2026,
 /// keep_yearly 5 keeps the newest of each of the three years that exist
-/// (Jun 15 2026, Dec 15 2025, Dec 31 2024 22:00) and has two counts left.
+/// (Jun 15 2026, Dec 15 2025, Dec 31 2024 22:00) and, with two counts
+/// left, the oldest snapshot (Jan 15 2024) as "oldest yearly 4/5".
 #[test]
 fn keep_last_and_yearly_over_three_years() {
     let ny = tz("America/New_York");
@@ -345,8 +355,8 @@ fn keep_last_and_yearly_over_three_years() {
     times.push(utc("2025-01-01T03:00:00Z"));
     let cands = numbered(times);
     let policy = Policy {
-        keep_last: Some(3),
-        keep_yearly: Some(5),
+        keep_last: Some(Count::Limit(3)),
+        keep_yearly: Some(Count::Limit(5)),
         ..Policy::default()
     };
     let groups = plan(&policy, GroupBy::default(), &cands, &ny);
