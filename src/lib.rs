@@ -3,31 +3,41 @@
 //! Data flows source → [`chunk`] → [`archiver`] (frames, packs) →
 //! [`backend`]; [`restorer`] runs it backwards. Everything stored is defined
 //! in [`repo`] and specified in `spec/repository.md`.
+//!
+//! The public modules are the library: the on-disk format, opening and
+//! reading a repository, writing to it, retention and the operations the
+//! daemon and commands share ([`ops`]). The command line, the daemon, the
+//! sources and the backup job are the binary's ([`run`] is its entry point).
 
 pub mod archiver;
 pub mod backend;
 pub mod chunk;
-pub mod cli;
-pub mod commands;
 pub mod crypto;
-pub mod daemon;
 pub mod error;
-pub mod fsutil;
 pub mod index;
-pub mod interrupt;
-pub mod job;
-pub mod lock;
-pub mod logging;
 pub mod ops;
-pub mod orchestrate;
 pub mod plan;
 pub mod progress;
-pub mod prove;
 pub mod repo;
 pub mod repository;
 pub mod restorer;
 pub mod retention;
-pub mod source;
 
+mod app;
+pub(crate) mod cli;
+pub(crate) mod commands;
+pub(crate) mod daemon;
+pub(crate) mod fsutil;
+pub(crate) mod interrupt;
+pub(crate) mod job;
+pub(crate) mod lock;
+pub(crate) mod logging;
+pub(crate) mod orchestrate;
+pub(crate) mod prove;
+pub(crate) mod source;
+#[cfg(feature = "testing")]
+pub mod testing;
+
+pub use app::run;
 pub use error::{Error, Kind, Result};
 pub use repository::Repository;

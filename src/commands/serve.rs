@@ -17,7 +17,6 @@ pub fn run(g: &GlobalArgs, a: &ServeArgs) -> Result<()> {
         access: super::access(g),
         state_dir,
         check_every: super::parse_duration("--check-every", &a.check_every)?,
-        listen: a.listen.clone(),
     };
     let nofile = raise_nofile_limit();
     let plan = super::plan::load(&opts.plan_file)?;

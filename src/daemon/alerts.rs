@@ -54,6 +54,7 @@ pub enum AlertKind {
 }
 
 impl AlertKind {
+    #[cfg(test)]
     pub const ALL: [AlertKind; 8] = [
         AlertKind::BackupFailed,
         AlertKind::StorageHigh,
@@ -232,6 +233,7 @@ pub enum Delivery {
 }
 
 impl Delivery {
+    #[cfg(test)]
     pub fn is_sent(&self) -> bool {
         matches!(self, Delivery::Sent { .. })
     }
@@ -263,6 +265,7 @@ impl Alerter {
         self.alerts.email.is_some() || self.alerts.webhook.is_some()
     }
 
+    #[cfg(test)]
     pub fn limiter(&self) -> &RateLimiter {
         &self.limiter
     }
@@ -601,11 +604,8 @@ impl RateLimiter {
         }
     }
 
-    pub fn repeat_every(&self) -> Duration {
-        self.repeat_every
-    }
-
     /// When an alert of this kind and key was last sent (or is being sent).
+    #[cfg(test)]
     pub fn last_sent(&self, kind: AlertKind, key: &str) -> Option<Timestamp> {
         self.lock().get(&(kind, key.to_string())).copied()
     }

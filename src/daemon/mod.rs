@@ -39,8 +39,6 @@ pub struct Options {
     pub state_dir: PathBuf,
     /// How often missed-backup and storage checks run.
     pub check_every: Duration,
-    /// Listen address overriding the plan's `api { listen }` (e.g. port 0 in tests).
-    pub listen: Option<String>,
 }
 
 pub struct Daemon {

@@ -35,8 +35,8 @@ mod prepare;
 mod run;
 mod shell;
 
-pub use prepare::{made_by, prepare, start_order};
-pub use shell::{run_shell, ShellOutcome};
+pub use prepare::{made_by, prepare};
+pub use shell::run_shell;
 
 use std::path::PathBuf;
 use std::time::Duration;

@@ -88,11 +88,6 @@ impl Orchestration {
         }
     }
 
-    /// Sources of the plan left out, with the reason: `(name, kind, why)`.
-    pub fn skipped(&self) -> &[(String, String, String)] {
-        &self.skipped
-    }
-
     /// Run the steps (or, with `dry_run`, only list them). `on_step` is
     /// called after each step with its report.
     pub fn run(&self, repo: &Repository, on_step: &mut dyn FnMut(&StepReport)) -> Report {

@@ -583,7 +583,7 @@ fn a_stored_path_that_leaves_the_target_is_found_by_check_and_refused_by_restore
         )
     })
     .unwrap();
-    cairn::job::commit_index(&repo, stored.packs).unwrap();
+    repo.write_index(stored.packs).unwrap();
     snap.sources[0].tree = tree;
     snap.time += jiff::SignedDuration::from_secs(1);
     let hostile = repo.write_sealed(FileKind::Snapshot, &snap).unwrap();

@@ -2,7 +2,7 @@
 //! Kafka into one snapshot; a failing source is recorded, not hidden.
 
 use crate::common::*;
-use cairn::source::pg::ScratchCluster;
+use cairn::testing::ScratchCluster;
 
 #[test]
 fn one_snapshot_holds_every_source_of_the_plan() {

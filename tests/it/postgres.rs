@@ -2,7 +2,7 @@
 //! throwaway PostgreSQL 15 clusters.
 
 use crate::common::*;
-use cairn::source::pg::ScratchCluster;
+use cairn::testing::ScratchCluster;
 
 /// A new cluster with a database `app` made by `statements`.
 fn cluster_with_app(statements: &str) -> ScratchCluster {
@@ -38,7 +38,7 @@ fn populate(cluster: &ScratchCluster) {
     sql(&url, "postgres", "CREATE DATABASE app");
     sql(&url, "postgres", "CREATE DATABASE other");
     sql(&url, "postgres", "CREATE ROLE reporter LOGIN");
-    let pgbench = cairn::source::pg::pg_tool("pgbench");
+    let pgbench = cairn::testing::pg_tool("pgbench");
     let out = std::process::Command::new(pgbench)
         .args([
             "-i",
@@ -131,7 +131,7 @@ fn populate(cluster: &ScratchCluster) {
 }
 
 fn pg_dump_text(cluster: &ScratchCluster, db: &str) -> String {
-    let out = std::process::Command::new(cairn::source::pg::pg_tool("pg_dump"))
+    let out = std::process::Command::new(cairn::testing::pg_tool("pg_dump"))
         .args([
             "-h",
             "127.0.0.1",
@@ -424,7 +424,7 @@ fn restore_test_passes_on_a_good_snapshot_while_pgbench_writes() {
     populate(&source);
     // Writes during the backup must not break the consistency of the dump
     // and the checksums: both come from the same exported snapshot.
-    let mut bench = std::process::Command::new(cairn::source::pg::pg_tool("pgbench"))
+    let mut bench = std::process::Command::new(cairn::testing::pg_tool("pgbench"))
         .args([
             "-h",
             "127.0.0.1",

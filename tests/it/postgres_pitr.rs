@@ -4,7 +4,7 @@
 //! as that user too (the archive_command must be able to write the repository).
 
 use crate::common::*;
-use cairn::source::pg::{free_port, ScratchCluster};
+use cairn::testing::{free_port, ScratchCluster};
 use std::process::{Command, Output};
 
 struct PgEnv {
@@ -189,7 +189,7 @@ fn point_in_time_restore_replays_exactly_to_the_target() {
     drop(r);
     let st = Command::new("runuser")
         .args(["-u", "postgres", "--"])
-        .arg(cairn::source::pg::pg_tool("pg_ctl"))
+        .arg(cairn::testing::pg_tool("pg_ctl"))
         .arg("-D")
         .arg(&pgdata)
         .args(["-m", "immediate", "-w", "stop"])

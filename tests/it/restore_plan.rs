@@ -379,7 +379,7 @@ fn postgres_is_restored_in_place_while_its_service_is_stopped() {
     let env = Env::init();
     let svc = Services::new(&env);
     let d = svc.d();
-    let pg = cairn::source::pg::ScratchCluster::start(&[]).unwrap();
+    let pg = cairn::testing::ScratchCluster::start(&[]).unwrap();
     let url = pg.url();
     sql(&url, "postgres", "CREATE DATABASE shop");
     sql(

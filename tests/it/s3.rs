@@ -180,7 +180,7 @@ fn two_writers_back_up_into_one_bucket_concurrently() {
 /// `check --read-data` and a restore decode the delta frames with them.
 #[test]
 fn delta_encoded_dumps_restore_from_s3_after_the_day_before_is_pruned() {
-    use cairn::source::pg::ScratchCluster;
+    use cairn::testing::ScratchCluster;
     let server = S3Server::start();
     let env = s3_env(&server, "pg");
     let source = ScratchCluster::start(&[]).unwrap();

@@ -456,7 +456,7 @@ fn restore_tests_prove_mark_corrupted_snapshots_and_skip_without_an_environment(
     let _serial = serial();
     let env = Env::init();
     let smtp = Smtp::start(&env.path("mail"));
-    let pg = cairn::source::pg::ScratchCluster::start(&[]).unwrap();
+    let pg = cairn::testing::ScratchCluster::start(&[]).unwrap();
     let mut cfg: postgres::Config = pg.url().parse().unwrap();
     cfg.dbname("postgres");
     cfg.connect(postgres::NoTls)
@@ -551,7 +551,7 @@ fn a_scheduled_run_backs_up_files_postgres_and_kafka_into_one_snapshot() {
     let env = Env::init();
     let files = env.path("etc");
     make_sample_tree(&files);
-    let pg = cairn::source::pg::ScratchCluster::start(&[]).unwrap();
+    let pg = cairn::testing::ScratchCluster::start(&[]).unwrap();
     let broker = kafka::Broker::start();
     broker.create_topic("events", 2, &[]);
     let p = broker.producer();

@@ -11,7 +11,7 @@ pub mod restore;
 
 pub use backup::{archive_kafka, BackupOptions};
 pub use client::{KafkaOptions, RetryPolicy};
-pub use restore::{restore_kafka, ConfigChoice, RestoreOptions, RestoreReport};
+pub use restore::{restore_kafka, ConfigChoice, RestoreOptions};
 
 use crate::archiver::StoredChunks;
 use crate::error::{Error, Result};

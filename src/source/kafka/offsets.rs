@@ -21,14 +21,6 @@ impl OffsetMap {
         OffsetMap { pairs }
     }
 
-    pub fn len(&self) -> usize {
-        self.pairs.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.pairs.is_empty()
-    }
-
     /// Target offset after the last restored record, if any.
     pub fn next_target(&self) -> Option<i64> {
         self.pairs.last().map(|p| p.1 + 1)

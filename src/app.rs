@@ -1,0 +1,55 @@
+//! The binary's body, kept in the library so the modules it drives stay
+//! private (`main.rs` only calls [`run`]).
+
+use clap::Parser;
+
+/// The `cairn` binary: parse the command line, run one command, exit with
+/// the documented code (README "Exit codes").
+pub fn run() {
+    crate::lock::mark_process_start();
+    let cli = crate::cli::Cli::parse();
+    crate::logging::init(cli.global.verbose, cli.global.quiet, cli.global.log_format);
+    crate::interrupt::install();
+    report_panics();
+    // A panic unwinds through every guard (the repository lock is removed),
+    // is reported by the hook, and ends here as a failure (exit 1).
+    let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        crate::commands::run(&cli.global, cli.command)
+    }));
+    match run {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            eprintln!("error: {e}");
+            if let Some(h) = e.hint() {
+                eprintln!("hint: {h}");
+            }
+            std::process::exit(e.kind().exit_code());
+        }
+        Err(_) => std::process::exit(crate::error::Kind::Failure.exit_code()),
+    }
+}
+
+/// A panic is a bug in cairn: report it like any other error, on an
+/// `error:` line with a `hint:`, instead of Rust's default message.
+fn report_panics() {
+    std::panic::set_hook(Box::new(|info| {
+        let payload = info.payload();
+        let what = payload
+            .downcast_ref::<&str>()
+            .copied()
+            .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+            .unwrap_or("(no message)");
+        let at = info
+            .location()
+            .map(|l| format!(" at {}:{}", l.file(), l.line()))
+            .unwrap_or_default();
+        eprintln!("error: internal error: cairn panicked{at}: {what}");
+        eprintln!(
+            "hint: this is a bug in cairn; please report it with the command that was run \
+             (RUST_BACKTRACE=1 shows where it happened)"
+        );
+        if std::env::var_os("RUST_BACKTRACE").is_some_and(|v| v != "0") {
+            eprintln!("{}", std::backtrace::Backtrace::force_capture());
+        }
+    }));
+}
