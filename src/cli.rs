@@ -346,6 +346,10 @@ pub struct CheckArgs {
     /// (under new topic names `cairn-test-<snapshot>-<time>.<topic>`)
     #[arg(long, value_name = "BROKERS", requires = "restore_test")]
     pub scratch_brokers: Option<String>,
+    /// With --restore-test: restore file sources into a fresh directory inside this one
+    /// (removed afterwards; default: the system's temporary directory)
+    #[arg(long, value_name = "DIR", requires = "restore_test")]
+    pub scratch_dir: Option<std::path::PathBuf>,
 }
 
 #[derive(Args, Debug)]

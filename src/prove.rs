@@ -1,5 +1,5 @@
-//! Proven restores: restore a snapshot's PostgreSQL and Kafka sources into a
-//! scratch environment, compare them with what was recorded at backup time,
+//! Proven restores: restore a snapshot's PostgreSQL, Kafka and file sources
+//! (files, stdin, command output) into a scratch environment, compare them with what was recorded at backup time,
 //! and record the outcome in the repository (`proofs/`), where a failure
 //! marks the snapshot corrupted. Used by `check --restore-test` and by the
 //! daemon's scheduled test.
@@ -23,6 +23,17 @@ pub struct ScratchEnv {
     pub postgres: Option<String>,
     /// A broker whose topics may be created; `None`: Kafka sources are not tested.
     pub kafka: Option<KafkaOptions>,
+    /// Where file sources are restored (a fresh directory inside it, removed
+    /// afterwards); `None`: the system's temporary directory.
+    pub files_dir: Option<std::path::PathBuf>,
+}
+
+/// The restore test of one file, stdin or command source.
+#[derive(Debug, Serialize)]
+pub struct FilesRestoreTest {
+    pub source: String,
+    #[serde(flatten)]
+    pub check: crate::restorer::compare::TreeCheck,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -40,6 +51,7 @@ pub struct ProofReport {
     pub outcome: Outcome,
     pub postgres: Vec<RestoreTest>,
     pub kafka: Vec<KafkaRestoreTest>,
+    pub files: Vec<FilesRestoreTest>,
     /// Sources of the snapshot not tested, with why.
     pub untested: Vec<String>,
 }
@@ -51,6 +63,7 @@ fn skipped(snapshot: Id, reason: String, untested: Vec<String>) -> ProofReport {
         outcome: Outcome::Skipped { reason },
         postgres: Vec::new(),
         kafka: Vec::new(),
+        files: Vec::new(),
         untested,
     }
 }
@@ -65,7 +78,7 @@ pub fn prove(
     env: &ScratchEnv,
 ) -> Result<ProofReport> {
     let mut untested = Vec::new();
-    let (mut pg, mut kafka) = (Vec::new(), Vec::new());
+    let (mut pg, mut kafka, mut nodes) = (Vec::new(), Vec::new(), Vec::new());
     for s in snap
         .sources
         .iter()
@@ -85,13 +98,15 @@ pub fn prove(
                 "{}: physical backups are proven by a point-in-time restore, not tested here",
                 s.name
             )),
-            (Handling::Nodes | Handling::Unknown, _) => untested.push(format!(
+            (Handling::Nodes, true) => nodes.push(s),
+            (Handling::Nodes, false) => {}
+            (Handling::Unknown, _) => untested.push(format!(
                 "{} ({}): no restore test for this kind",
                 s.name, s.kind
             )),
         }
     }
-    if pg.is_empty() && kafka.is_empty() {
+    if pg.is_empty() && kafka.is_empty() && nodes.is_empty() {
         return Ok(skipped(
             id,
             "the snapshot has no source that can be restore-tested here".into(),
@@ -146,9 +161,44 @@ pub fn prove(
         outcome: Outcome::Passed,
         postgres: Vec::new(),
         kafka: Vec::new(),
+        files: Vec::new(),
         untested,
     };
     let mut failures = Vec::new();
+    for s in &nodes {
+        let parent = env.files_dir.clone().unwrap_or_else(std::env::temp_dir);
+        let scratch = match tempfile::Builder::new()
+            .prefix("cairn-restore-test-")
+            .tempdir_in(&parent)
+        {
+            Ok(d) => d,
+            Err(e) => {
+                return Ok(skipped(
+                    id,
+                    format!(
+                        "no scratch directory could be made in {}: {e}",
+                        parent.display()
+                    ),
+                    report.untested,
+                ))
+            }
+        };
+        match files_test(repo, s, scratch.path()) {
+            Ok(t) => {
+                if !t.check.ok() {
+                    failures.push(format!(
+                        "{}: {} difference(s): {}",
+                        s.name,
+                        t.check.different,
+                        t.check.differences.join("; ")
+                    ));
+                }
+                report.files.push(t);
+            }
+            Err(e) if e.kind() == Kind::Interrupted => return Err(e),
+            Err(e) => failures.push(format!("{}: {e}", s.name)),
+        }
+    }
     for s in &pg {
         match crate::source::pg::restore_test(repo, s, pg_url.as_deref()) {
             Ok(t) => {
@@ -200,6 +250,7 @@ pub fn prove(
         sources: pg
             .iter()
             .chain(kafka.iter())
+            .chain(nodes.iter())
             .map(|s| s.name.clone())
             .collect(),
         detail: failures.join("; "),
@@ -208,4 +259,21 @@ pub fn prove(
     repo.record_proof(&proof)?;
     tracing::info!(snapshot = %id.short(), passed = proof.passed, detail = %proof.detail, "restore test recorded");
     Ok(report)
+}
+
+/// Restore file source `s` into the empty directory `scratch` and compare
+/// it with its node list.
+fn files_test(
+    repo: &Repository,
+    s: &crate::repo::SourceRecord,
+    scratch: &std::path::Path,
+) -> Result<FilesRestoreTest> {
+    let nodes = repo.read_tree(s)?;
+    crate::restorer::restore_nodes(repo, &nodes, scratch, true)?;
+    let check = crate::restorer::compare::compare_tree(repo, &nodes, scratch)?;
+    tracing::info!(source = %s.name, files = check.files, bytes = check.bytes, differences = check.different, "file source restore-tested");
+    Ok(FilesRestoreTest {
+        source: s.name.clone(),
+        check,
+    })
 }

@@ -1,4 +1,5 @@
 //! Helpers for cairn's own integration tests (feature `testing`): not part
 //! of the library's API, and not built into the `cairn` binary.
 
-pub use crate::source::pg::{free_port, pg_tool, ScratchCluster};
+pub use crate::source::pg::cluster::{free_port, ScratchCluster};
+pub use crate::source::pg::tools::pg_tool;

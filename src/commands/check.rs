@@ -30,14 +30,14 @@ fn restore_test(g: &GlobalArgs, a: &CheckArgs, repo: &Repository) -> Result<()> 
     let testable = snap.sources.iter().any(|s| {
         a.source.as_ref().is_none_or(|n| &s.name == n)
             && match handling(s) {
-                Handling::PgLogical => true,
+                Handling::PgLogical | Handling::Nodes => true,
                 Handling::Kafka => a.scratch_brokers.is_some(),
                 _ => false,
             }
     });
     if !testable {
         return Err(Error::usage(format!(
-            "snapshot {} has no PostgreSQL source to test{}",
+            "snapshot {} has no file or PostgreSQL source to test{}",
             id.short(),
             if a.scratch_brokers.is_some() { " and no Kafka source" } else { "" }
         ))
@@ -50,6 +50,7 @@ fn restore_test(g: &GlobalArgs, a: &CheckArgs, repo: &Repository) -> Result<()> 
             .as_deref()
             .map(crate::source::kafka::KafkaOptions::new)
             .transpose()?,
+        files_dir: a.scratch_dir.clone(),
     };
     let report = crate::prove::prove(repo, id, &snap, a.source.as_deref(), &env)?;
     if g.json {
@@ -105,6 +106,26 @@ fn restore_test(g: &GlobalArgs, a: &CheckArgs, repo: &Repository) -> Result<()> 
                 t.source,
                 if t.ok() { "passed" } else { "FAILED" },
                 t.prefix
+            );
+        }
+        for t in &report.files {
+            for d in &t.check.differences {
+                println!("DIFFERS  {d}");
+            }
+            println!(
+                "restore test of snapshot {} source {}: {} ({} files, {} dirs, {} symlinks, {} compared){}",
+                id.short(),
+                t.source,
+                if t.check.ok() { "passed" } else { "FAILED" },
+                t.check.files,
+                t.check.dirs,
+                t.check.symlinks,
+                super::human_bytes(t.check.bytes),
+                match t.check.different as usize {
+                    0 => String::new(),
+                    n if n > t.check.differences.len() => format!("; {n} differences, the first {} shown", t.check.differences.len()),
+                    n => format!("; {n} difference(s)"),
+                }
             );
         }
         for u in &report.untested {

@@ -393,6 +393,7 @@ impl Daemon {
                 .as_deref()
                 .map(crate::source::kafka::KafkaOptions::new)
                 .transpose()?,
+            ..Default::default()
         };
         let mut last = self.status().last_restore_test.unwrap_or_default();
         last.time = Some(jiff::Timestamp::now());

@@ -29,6 +29,7 @@ use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use target::{StagingDir, TargetDir};
 
+pub mod compare;
 mod target;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;

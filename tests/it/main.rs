@@ -21,6 +21,7 @@ mod plan_run;
 mod postgres;
 mod postgres_pitr;
 mod restore_plan;
+mod restore_test_files;
 mod retention_cli;
 mod retention_decisions;
 mod s3;

@@ -4,7 +4,7 @@
 
 use super::tools::{is_root, pg_command};
 use crate::error::{Error, Result};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 
 pub struct ScratchCluster {
@@ -108,7 +108,8 @@ impl ScratchCluster {
         format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
     }
 
-    pub fn dir(&self) -> &Path {
+    #[cfg(any(test, feature = "testing"))]
+    pub fn dir(&self) -> &std::path::Path {
         self.dir.path()
     }
 
@@ -129,6 +130,7 @@ impl ScratchCluster {
     }
 
     /// Start it again after [`stop`](Self::stop).
+    #[cfg(any(test, feature = "testing"))]
     pub fn restart(&mut self) -> Result<()> {
         let opts = format!(
             "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off",

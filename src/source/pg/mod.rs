@@ -47,12 +47,11 @@ pub(crate) mod tools;
 pub(crate) mod wal;
 
 pub use checksum::Proof;
-pub use cluster::{free_port, ScratchCluster};
+pub use cluster::ScratchCluster;
 pub use conn::{url_has_password, Target, URL_PASSWORD_HINT};
 pub use dump::archive_logical;
 pub use physical::archive_physical;
 pub use pitr::{restore_pitr, PitrOptions};
 pub use restore::{restore_logical, RestoreOptions};
 pub use restore_test::{restore_test, RestoreTest};
-pub use tools::pg_tool;
 pub use wal::{check_wal, wal_entries, wal_fetch, wal_push};
