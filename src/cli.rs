@@ -165,6 +165,15 @@ pub struct SnapshotArgs {
     /// With --postgres: a physical base backup (BASE_BACKUP over a replication connection, as pg_basebackup takes it) instead of dumps
     #[arg(long, requires = "postgres", conflicts_with = "database")]
     pub physical: bool,
+    /// With --physical: fail when the server has waited this long for the backup's WAL to be
+    /// archived (archive_command failing), naming pg_stat_archiver's last failure
+    #[arg(
+        long,
+        value_name = "DURATION",
+        default_value = "60s",
+        requires = "physical"
+    )]
+    pub archive_timeout: String,
     /// With --postgres: only this database (repeatable; default all)
     #[arg(long, value_name = "NAME", requires = "postgres")]
     pub database: Vec<String>,

@@ -34,6 +34,8 @@ pub enum SourceSpec {
         url: String,
         databases: Vec<String>,
         physical: bool,
+        /// How long a physical backup waits for its WAL to be archived.
+        archive_timeout: std::time::Duration,
     },
     Kafka {
         options: KafkaOptions,
@@ -139,8 +141,9 @@ fn archive(packer: &mut Packer, s: &NamedSource, quiet: bool) -> Result<SourceOu
         SourceSpec::Postgres {
             url,
             physical: true,
+            archive_timeout,
             ..
-        } => crate::source::pg::archive_physical(packer, &s.name, url, quiet),
+        } => crate::source::pg::archive_physical(packer, &s.name, url, *archive_timeout, quiet),
         SourceSpec::Postgres { url, databases, .. } => {
             crate::source::pg::archive_logical(packer, &s.name, url, databases, quiet)
         }

@@ -92,6 +92,7 @@ fn sources(a: &SnapshotArgs) -> Result<(Vec<NamedSource>, Option<crate::plan::Pl
                 url,
                 databases: a.database.clone(),
                 physical: a.physical,
+                archive_timeout: super::parse_duration("--archive-timeout", &a.archive_timeout)?,
             },
             Input::Kafka(options) => SourceSpec::Kafka {
                 options,

@@ -133,6 +133,9 @@ pub struct PostgresSource {
     pub databases: Vec<String>,
     /// `pg_basebackup` instead of logical dumps.
     pub physical: bool,
+    /// How long a physical backup waits for its WAL to be archived.
+    #[serde(serialize_with = "serialize_duration")]
+    pub archive_timeout: Duration,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -459,6 +462,7 @@ pub fn job_sources(
                 url: p.url.clone(),
                 databases: p.databases.clone(),
                 physical: p.physical,
+                archive_timeout: p.archive_timeout,
             },
             SourceSettings::Kafka(k) => {
                 let mut options = crate::source::kafka::KafkaOptions::new(&k.brokers)?;

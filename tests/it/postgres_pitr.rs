@@ -339,3 +339,38 @@ fn physical_snapshots_authenticate_with_scram_and_can_use_pg_basebackup() {
         assert!(meta["stop_lsn"].as_str().unwrap().contains('/'), "{shown}");
     }
 }
+
+/// When archiving fails, `snapshot --physical` fails once the server has
+/// waited `--archive-timeout` for the backup's WAL, naming archive_command
+/// and pg_stat_archiver's last failure, instead of waiting for ever; no
+/// snapshot is saved.
+#[test]
+fn a_physical_snapshot_gives_up_when_archiving_fails() {
+    let pg = PgEnv::new();
+    let cluster =
+        ScratchCluster::start(&[("archive_mode", "on"), ("archive_command", "'false'")]).unwrap();
+    let mut cmd = pg.cmd();
+    cmd.args([
+        "snapshot",
+        "--postgres",
+        &cluster.url(),
+        "--physical",
+        "--archive-timeout",
+        "3s",
+    ]);
+    // A liveness bound, generous: the command used to wait for ever.
+    let out = output_within(&mut cmd, 120);
+    let (code, err) = code_and_stderr(&out);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("waited 3s for the base backup's WAL to be archived"),
+        "{err}"
+    );
+    assert!(
+        err.contains("archive_command \"false\" last failed on"),
+        "{err}"
+    );
+    assert!(err.contains("hint: fix archive_command"), "{err}");
+    let snaps: serde_json::Value = serde_json::from_str(&pg.ok(&["snapshots", "--json"])).unwrap();
+    assert_eq!(snaps.as_array().unwrap().len(), 0, "{snaps}");
+}

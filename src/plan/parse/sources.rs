@@ -15,7 +15,10 @@ use crate::plan::{
 
 const SOURCE_KINDS: &[(&str, &[&str])] = &[
     ("files", &["path"]),
-    ("postgres", &["url", "database", "physical"]),
+    (
+        "postgres",
+        &["url", "database", "physical", "archive-timeout"],
+    ),
     (
         "kafka",
         &[
@@ -166,10 +169,15 @@ impl Parser<'_> {
                 "a physical backup copies the whole cluster; remove `database` or `physical`",
             );
         }
+        let archive_timeout = s.get("archive-timeout").and_then(|c| {
+            let e = self.one_arg(c, &[])?;
+            self.parsed("archive-timeout", e, parse_duration)
+        });
         Some(SourceSettings::Postgres(PostgresSource {
             url: url?,
             databases,
             physical,
+            archive_timeout: archive_timeout.unwrap_or(crate::source::pg::ARCHIVE_TIMEOUT),
         }))
     }
 

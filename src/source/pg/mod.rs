@@ -50,7 +50,7 @@ pub use checksum::Proof;
 pub use cluster::ScratchCluster;
 pub use conn::{url_has_password, Target, URL_PASSWORD_HINT};
 pub use dump::archive_logical;
-pub use physical::archive_physical;
+pub use physical::{archive_physical, ARCHIVE_TIMEOUT};
 pub use pitr::{restore_pitr, PitrOptions};
 pub use restore::{restore_logical, RestoreOptions};
 pub use restore_test::{restore_test, RestoreTest};

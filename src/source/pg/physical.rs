@@ -15,6 +15,96 @@ use crate::repo::postgres::PgBackupKind;
 use crate::repo::{Id, Node, SourceKind};
 use crate::source::SourceOutcome;
 use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Watches a base backup from a second connection: once the server has
+/// waited `timeout` for the backup's WAL to be archived (wait event
+/// `BackupWaitWalArchive`, as when `archive_command` keeps failing), it
+/// ends the backup's walsender and keeps the reason, with
+/// `pg_stat_archiver`'s last failure, so the snapshot fails instead of
+/// waiting for ever.
+struct ArchiveWatch {
+    done: Arc<AtomicBool>,
+    gave_up: Arc<Mutex<Option<String>>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl ArchiveWatch {
+    fn start(target: &Target, db: &str, timeout: Duration) -> Result<ArchiveWatch> {
+        let mut client = target.connect(db)?;
+        let done = Arc::new(AtomicBool::new(false));
+        let gave_up = Arc::new(Mutex::new(None));
+        let (d, g) = (done.clone(), gave_up.clone());
+        let thread = std::thread::spawn(move || {
+            let mut waiting_since: Option<Instant> = None;
+            while !d.load(Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(250));
+                // The backup's walsender (cairn's, or pg_basebackup's) of this user.
+                let waiting = client.query_opt(
+                    "SELECT pid FROM pg_stat_activity WHERE backend_type = 'walsender' \
+                     AND application_name IN ('cairn', 'pg_basebackup') \
+                     AND usename = current_user AND wait_event = 'BackupWaitWalArchive' LIMIT 1",
+                    &[],
+                );
+                let pid: Option<i32> = match waiting {
+                    Ok(row) => row.map(|r| r.get(0)),
+                    Err(e) => {
+                        tracing::warn!("watching the base backup's WAL archiving: {e}");
+                        return;
+                    }
+                };
+                let Some(pid) = pid else {
+                    waiting_since = None;
+                    continue;
+                };
+                let since = *waiting_since.get_or_insert_with(Instant::now);
+                if since.elapsed() < timeout {
+                    continue;
+                }
+                let archiver = client
+                    .query_one(
+                        "SELECT coalesce(last_failed_wal, ''), coalesce(last_failed_time::text, ''), \
+                         failed_count, coalesce(last_archived_wal, ''), current_setting('archive_command') \
+                         FROM pg_stat_archiver",
+                        &[],
+                    )
+                    .map(|r| {
+                        let (failed, at, count, archived, command): (String, String, i64, String, String) =
+                            (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4));
+                        match failed.is_empty() {
+                            true => format!("pg_stat_archiver shows no failure (last archived: {archived:?}); archive_command is {command:?}"),
+                            false => format!(
+                                "archive_command {command:?} last failed on {failed} at {at} ({count} failure(s)); last archived: {archived:?}"
+                            ),
+                        }
+                    })
+                    .unwrap_or_else(|e| format!("pg_stat_archiver could not be read: {e}"));
+                *g.lock().unwrap() = Some(format!(
+                    "the server waited {}s for the base backup's WAL to be archived, so the backup was given up: {archiver}",
+                    timeout.as_secs()
+                ));
+                let _ = client.execute("SELECT pg_terminate_backend($1)", &[&pid]);
+                return;
+            }
+        });
+        Ok(ArchiveWatch {
+            done,
+            gave_up,
+            thread: Some(thread),
+        })
+    }
+
+    /// Stop watching; why the backup was given up, if it was.
+    fn stop(mut self) -> Option<String> {
+        self.done.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        self.gave_up.lock().unwrap().take()
+    }
+}
 
 fn server_now(client: &mut postgres::Client) -> Result<jiff::Timestamp> {
     let s: String = client
@@ -28,11 +118,16 @@ fn server_now(client: &mut postgres::Client) -> Result<jiff::Timestamp> {
         .map_err(|e| Error::failure(format!("server clock {s:?}: {e}")))
 }
 
-/// `pg_basebackup` into the repository as node `base.tar`.
+/// How long a physical backup waits, by default, for its WAL to be archived.
+pub const ARCHIVE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// `pg_basebackup` into the repository as node `base.tar`; fails once the
+/// server has waited `archive_timeout` for the backup's WAL to be archived.
 pub fn archive_physical(
     packer: &mut Packer,
     source_name: &str,
     url: &str,
+    archive_timeout: Duration,
     quiet: bool,
 ) -> Result<SourceOutcome> {
     let target = Target::parse(url)?;
@@ -50,8 +145,16 @@ pub fn archive_physical(
     // Cut by the tar's members, so that an unchanged extent of a relation
     // file is the same chunk in every base backup (crate::chunk).
     packer.set_chunking(Some(crate::chunk::Chunking::Tar));
+    let watch = ArchiveWatch::start(&target, &db, archive_timeout)?;
     let taken = take_base_backup(packer, &target, &db, &progress);
+    let gave_up = watch.stop();
     packer.set_chunking(None);
+    if let Some(why) = gave_up {
+        return Err(Error::failure(why).with_hint(
+            "fix archive_command (the server's log says why it fails; `SELECT * FROM pg_stat_archiver` shows the last failure), \
+             or raise --archive-timeout / `archive-timeout` if archiving is only slow",
+        ));
+    }
     let taken = taken?;
     progress.finish();
     let stop_time = server_now(&mut client)?;
