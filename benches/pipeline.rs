@@ -12,7 +12,8 @@ use cairn::crypto::{MasterKey, Secret};
 use cairn::index::IndexCache;
 use cairn::progress::Progress;
 use cairn::repo::{
-    ChunkEntry, Compression, FrameEntry, Id, IndexFile, PackEntry, CHUNKER_DEFAULT, FORMAT_VERSION,
+    ChunkEntry, ChunkId, Compression, FrameEntry, Id, IndexFile, IndexId, PackEntry, PackId,
+    RepoId, CHUNKER_DEFAULT, FORMAT_VERSION,
 };
 use cairn::repository::{NewKey, Repository};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
@@ -362,7 +363,7 @@ fn index_lookup(c: &mut Criterion) {
     let mut ids = Vec::with_capacity(INDEX_ENTRIES);
     let packs: Vec<PackEntry> = (0..INDEX_ENTRIES / 1000)
         .map(|_| PackEntry {
-            id: rng.id(),
+            id: PackId::from_raw(rng.id()),
             size: 16 << 20,
             frames: (0..10u64)
                 .map(|f| FrameEntry {
@@ -372,7 +373,7 @@ fn index_lookup(c: &mut Criterion) {
                     compression: Compression::Zstd,
                     chunks: (0..100u32)
                         .map(|k| {
-                            let id = rng.id();
+                            let id = ChunkId::from_raw(rng.id());
                             ids.push(id);
                             ChunkEntry {
                                 id,
@@ -402,9 +403,9 @@ fn index_lookup(c: &mut Criterion) {
         b.iter_custom(|iters| {
             let mut total = Duration::ZERO;
             for _ in 0..iters {
-                let cache = IndexCache::open(None, Id::random()).expect("temp cache");
+                let cache = IndexCache::open(None, RepoId::random()).expect("temp cache");
                 let t = Instant::now();
-                cache.add("bench", &idx).expect("add");
+                cache.add(&IndexId::of_bytes(b"bench"), &idx).expect("add");
                 total += t.elapsed();
             }
             total
@@ -412,12 +413,12 @@ fn index_lookup(c: &mut Criterion) {
     });
 
     repo.cache
-        .add(&Id::of_bytes(b"bench index").to_hex(), &idx)
+        .add(&IndexId::of_bytes(b"bench index"), &idx)
         .expect("add index");
     let reader = repo.cache.reader().expect("reader");
     assert_eq!(reader.len().expect("len"), INDEX_ENTRIES as u64);
-    let hits: Vec<Id> = (0..LOOKUPS).map(|_| ids[rng.below(ids.len())]).collect();
-    let misses: Vec<Id> = (0..LOOKUPS).map(|_| rng.id()).collect();
+    let hits: Vec<ChunkId> = (0..LOOKUPS).map(|_| ids[rng.below(ids.len())]).collect();
+    let misses: Vec<ChunkId> = (0..LOOKUPS).map(|_| ChunkId::from_raw(rng.id())).collect();
     assert!(hits.iter().all(|id| matches!(reader.get(id), Ok(Some(_)))));
     assert!(misses.iter().all(|id| matches!(reader.get(id), Ok(None))));
 

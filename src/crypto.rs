@@ -6,7 +6,7 @@
 //! and a chunk read back is verified against its id before it is used.
 
 use crate::error::{Error, Kind, Result};
-use crate::repo::{Id, KeyMaterial};
+use crate::repo::{ChunkId, Id, KeyMaterial, RepoId};
 use age::secrecy::{ExposeSecret, SecretString};
 use serde::{de::DeserializeOwned, Serialize};
 use std::io::{Read, Write};
@@ -52,7 +52,7 @@ impl MasterKey {
         })
     }
 
-    pub fn material(&self, repo_id: Id) -> KeyMaterial {
+    pub fn material(&self, repo_id: RepoId) -> KeyMaterial {
         KeyMaterial {
             repo_id,
             identity: self.identity.to_string().expose_secret().to_string(),
@@ -61,7 +61,13 @@ impl MasterKey {
     }
 
     /// The id of a chunk: keyed BLAKE3 of its plaintext.
-    pub fn chunk_id(&self, data: &[u8]) -> Id {
+    pub fn chunk_id(&self, data: &[u8]) -> ChunkId {
+        ChunkId::from_raw(self.digest(data))
+    }
+
+    /// Keyed BLAKE3 of some content: a chunk's id, or a digest that tells
+    /// two contents apart without revealing them (a WAL file's).
+    pub fn digest(&self, data: &[u8]) -> Id {
         Id(*blake3::keyed_hash(&self.hash_key, data).as_bytes())
     }
 
@@ -262,7 +268,7 @@ mod tests {
     #[test]
     fn material_round_trip_via_password() {
         let k = MasterKey::generate();
-        let m = k.material(Id::random());
+        let m = k.material(RepoId::random());
         let wrapped = wrap_with_password(&m, "pw", 10).unwrap();
         assert!(unwrap_key(&wrapped, &Secret::Password("nope".into()))
             .unwrap()

@@ -9,7 +9,9 @@
 use crate::backend::{Backend, FileRef};
 use crate::crypto::MasterKey;
 use crate::error::{Error, Result};
-use crate::repo::{Compression, FileKind, Id, IndexFile, PackEntry};
+use crate::repo::{
+    ChunkId, Compression, FileKind, Id, IndexFile, IndexId, PackEntry, PackId, RepoId,
+};
 use redb::{ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -23,7 +25,7 @@ const FRAME_BASES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("frame_b
 /// Where one chunk is stored.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Location {
-    pub pack: Id,
+    pub pack: PackId,
     pub frame_offset: u64,
     pub frame_length: u32,
     pub raw_length: u32,
@@ -31,7 +33,7 @@ pub struct Location {
     pub offset: u32,
     pub length: u32,
     /// The chunk's base, in a `zstd-delta` frame.
-    pub base: Option<Id>,
+    pub base: Option<ChunkId>,
 }
 
 const LOCATION_LEN: usize = 32 + 8 + 4 + 4 + 1 + 4 + 4;
@@ -61,12 +63,12 @@ impl Location {
     pub fn decode(b: &[u8]) -> Option<Location> {
         let base = match b.len() {
             LOCATION_LEN => None,
-            n if n == LOCATION_LEN + 32 => Some(Id(b[LOCATION_LEN..].try_into().ok()?)),
+            n if n == LOCATION_LEN + 32 => Some(ChunkId(b[LOCATION_LEN..].try_into().ok()?)),
             _ => return None,
         };
         let u32_at = |i: usize| u32::from_le_bytes(b[i..i + 4].try_into().unwrap_or([0; 4]));
         Some(Location {
-            pack: Id(b[..32].try_into().ok()?),
+            pack: PackId(b[..32].try_into().ok()?),
             frame_offset: u64::from_le_bytes(b[32..40].try_into().ok()?),
             frame_length: u32_at(40),
             raw_length: u32_at(44),
@@ -83,18 +85,18 @@ impl Location {
     }
 
     /// The frame this chunk is in, as a key for caches and grouping.
-    pub fn frame_key(&self) -> (Id, u64) {
+    pub fn frame_key(&self) -> (PackId, u64) {
         (self.pack, self.frame_offset)
     }
 }
 
 /// All chunk locations of an index file, in file order.
-pub fn locations(file: &IndexFile) -> impl Iterator<Item = (Id, Location)> + '_ {
+pub fn locations(file: &IndexFile) -> impl Iterator<Item = (ChunkId, Location)> + '_ {
     file.packs.iter().flat_map(pack_locations)
 }
 
 /// The locations of the chunks of one pack, in pack order.
-pub fn pack_locations(p: &PackEntry) -> impl Iterator<Item = (Id, Location)> + '_ {
+pub fn pack_locations(p: &PackEntry) -> impl Iterator<Item = (ChunkId, Location)> + '_ {
     p.frames.iter().flat_map(move |f| {
         f.chunks.iter().map(move |c| {
             (
@@ -129,7 +131,7 @@ fn db_err(what: &str, path: &Path, e: impl std::fmt::Display) -> Error {
 impl IndexCache {
     /// Open (or create) the cache at `dir/<repo id>/index.redb`; with no
     /// `dir`, or when the cache cannot be opened, use a throwaway one.
-    pub fn open(dir: Option<&Path>, repo_id: Id) -> Result<IndexCache> {
+    pub fn open(dir: Option<&Path>, repo_id: RepoId) -> Result<IndexCache> {
         if let Some(dir) = dir {
             let d = dir.join(repo_id.to_hex());
             let path = d.join("index.redb");
@@ -231,13 +233,13 @@ impl IndexCache {
     }
 
     /// Record an index file this process has just written.
-    pub fn add(&self, name: &str, idx: &IndexFile) -> Result<()> {
+    pub fn add(&self, id: &IndexId, idx: &IndexFile) -> Result<()> {
         let path = &self.path;
         let txn = self
             .db
             .begin_write()
             .map_err(|e| db_err("writing", path, e))?;
-        insert_index(&txn, path, name, idx)?;
+        insert_index(&txn, path, &id.to_hex(), idx)?;
         txn.commit().map_err(|e| db_err("committing", path, e))
     }
 
@@ -338,7 +340,7 @@ fn insert_index(
     Ok(())
 }
 
-fn frame_key_bytes(pack: &Id, offset: u64) -> [u8; 40] {
+fn frame_key_bytes(pack: &PackId, offset: u64) -> [u8; 40] {
     let mut k = [0u8; 40];
     k[..32].copy_from_slice(&pack.0);
     k[32..].copy_from_slice(&offset.to_le_bytes());
@@ -354,7 +356,7 @@ pub struct IndexReader {
 impl IndexReader {
     /// The bases of the `zstd-delta` frame at `loc`, in prefix order
     /// (see [`crate::repo::FrameEntry::bases`]).
-    pub fn frame_bases(&self, loc: &Location) -> Result<Vec<Id>> {
+    pub fn frame_bases(&self, loc: &Location) -> Result<Vec<ChunkId>> {
         let missing = || {
             Error::integrity(format!(
                 "the index cache has no bases for the delta frame at {} of pack {}",
@@ -369,11 +371,11 @@ impl IndexReader {
             .ok_or_else(missing)?;
         Ok(v.value()
             .chunks_exact(32)
-            .filter_map(|c| c.try_into().ok().map(Id))
+            .filter_map(|c| c.try_into().ok().map(ChunkId))
             .collect())
     }
 
-    pub fn get(&self, id: &Id) -> Result<Option<Location>> {
+    pub fn get(&self, id: &ChunkId) -> Result<Option<Location>> {
         let Some(t) = &self.table else {
             return Ok(None);
         };
@@ -416,7 +418,7 @@ mod tests {
             any::<Option<[u8; 32]>>(),
         )
             .prop_map(|(p, fo, fl, rl, z, o, l, b)| Location {
-                pack: Id(p),
+                pack: PackId(p),
                 frame_offset: fo,
                 frame_length: fl,
                 raw_length: rl,
@@ -427,7 +429,7 @@ mod tests {
                 },
                 offset: o,
                 length: l,
-                base: b.map(Id),
+                base: b.map(ChunkId),
             })
     }
 
@@ -437,10 +439,10 @@ mod tests {
     #[test]
     fn delta_frames_keep_their_bases_and_plain_copies_win() {
         let c = |id: u8, base: Option<u8>| ChunkEntry {
-            id: Id([id; 32]),
+            id: ChunkId([id; 32]),
             offset: 0,
             length: 10,
-            base: base.map(|b| Id([b; 32])),
+            base: base.map(|b| ChunkId([b; 32])),
         };
         let frame = |compression, chunks| FrameEntry {
             offset: 0,
@@ -452,7 +454,7 @@ mod tests {
         let delta = IndexFile {
             version: 1,
             packs: vec![PackEntry {
-                id: Id([1; 32]),
+                id: PackId([1; 32]),
                 size: 200,
                 frames: vec![frame(
                     Compression::ZstdDelta,
@@ -463,21 +465,27 @@ mod tests {
         let plain = IndexFile {
             version: 1,
             packs: vec![PackEntry {
-                id: Id([2; 32]),
+                id: PackId([2; 32]),
                 size: 200,
                 frames: vec![frame(Compression::Zstd, vec![c(5, None)])],
             }],
         };
         for order in [[&delta, &plain], [&plain, &delta]] {
-            let cache = IndexCache::open(None, Id::random()).unwrap();
-            cache.add("a", order[0]).unwrap();
-            cache.add("b", order[1]).unwrap();
+            let cache = IndexCache::open(None, RepoId::random()).unwrap();
+            cache.add(&IndexId([0xa; 32]), order[0]).unwrap();
+            cache.add(&IndexId([0xb; 32]), order[1]).unwrap();
             let r = cache.reader().unwrap();
-            assert_eq!(r.get(&Id([5; 32])).unwrap().unwrap().pack, Id([2; 32]));
-            let six = r.get(&Id([6; 32])).unwrap().unwrap();
+            assert_eq!(
+                r.get(&ChunkId([5; 32])).unwrap().unwrap().pack,
+                PackId([2; 32])
+            );
+            let six = r.get(&ChunkId([6; 32])).unwrap().unwrap();
             assert_eq!(six.compression, Compression::ZstdDelta);
-            assert_eq!(six.base, Some(Id([7; 32])));
-            assert_eq!(r.frame_bases(&six).unwrap(), vec![Id([8; 32]), Id([7; 32])]);
+            assert_eq!(six.base, Some(ChunkId([7; 32])));
+            assert_eq!(
+                r.frame_bases(&six).unwrap(),
+                vec![ChunkId([8; 32]), ChunkId([7; 32])]
+            );
         }
     }
 
@@ -489,18 +497,18 @@ mod tests {
 
         #[test]
         fn insert_then_lookup(ids in proptest::collection::hash_set(any::<[u8; 32]>(), 1..200), absent in any::<[u8; 32]>()) {
-            let cache = IndexCache::open(None, Id::random()).unwrap();
-            let chunks: Vec<ChunkEntry> = ids.iter().enumerate().map(|(i, id)| ChunkEntry { id: Id(*id), offset: i as u32 * 10, length: 10, base: None }).collect();
-            let idx = IndexFile { version: 1, packs: vec![PackEntry { id: Id([7; 32]), size: 1000, frames: vec![FrameEntry { offset: 0, length: 500, raw_length: chunks.len() as u32 * 10, compression: Compression::Zstd, chunks: chunks.clone() }] }] };
-            cache.add("x", &idx).unwrap();
+            let cache = IndexCache::open(None, RepoId::random()).unwrap();
+            let chunks: Vec<ChunkEntry> = ids.iter().enumerate().map(|(i, id)| ChunkEntry { id: ChunkId(*id), offset: i as u32 * 10, length: 10, base: None }).collect();
+            let idx = IndexFile { version: 1, packs: vec![PackEntry { id: PackId([7; 32]), size: 1000, frames: vec![FrameEntry { offset: 0, length: 500, raw_length: chunks.len() as u32 * 10, compression: Compression::Zstd, chunks: chunks.clone() }] }] };
+            cache.add(&IndexId([0xc; 32]), &idx).unwrap();
             let r = cache.reader().unwrap();
             for c in &chunks {
                 let loc = r.get(&c.id).unwrap().unwrap();
                 prop_assert_eq!(loc.offset, c.offset);
-                prop_assert_eq!(loc.pack, Id([7; 32]));
+                prop_assert_eq!(loc.pack, PackId([7; 32]));
             }
             if !ids.contains(&absent) {
-                prop_assert!(r.get(&Id(absent)).unwrap().is_none());
+                prop_assert!(r.get(&ChunkId(absent)).unwrap().is_none());
             }
         }
     }

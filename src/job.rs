@@ -10,7 +10,9 @@
 use crate::archiver::{with_packer, Packer};
 use crate::error::{Error, Kind, Result};
 use crate::lock::with_lock;
-use crate::repo::{Id, Snapshot, SourceKind, SourceRecord, SourceStatus, Summary, FORMAT_VERSION};
+use crate::repo::{
+    Snapshot, SnapshotId, SourceKind, SourceRecord, SourceStatus, Summary, FORMAT_VERSION,
+};
 use crate::repository::{host_name, user_name, Repository};
 use crate::source::kafka::{BackupOptions, KafkaOptions};
 use crate::source::{command, files, stream, SourceOutcome};
@@ -102,7 +104,7 @@ pub struct SourceReport {
 /// The outcome of a job whose snapshot was saved.
 #[derive(Clone, Debug)]
 pub struct JobReport {
-    pub id: Id,
+    pub id: SnapshotId,
     pub snapshot: Snapshot,
     pub sources: Vec<SourceReport>,
 }
@@ -270,11 +272,11 @@ pub fn commit(
     packs: Vec<crate::repo::PackEntry>,
     snapshot: &mut Snapshot,
     verified: &crate::source::Verified,
-) -> Result<crate::repo::Id> {
+) -> Result<SnapshotId> {
     snapshot.summary.bytes_added += commit_index(repo, packs)?;
     crate::source::verify_stored(repo, &snapshot.sources, verified)
         .map_err(|e| e.context("checking the stored data failed; no snapshot was saved"))?;
-    repo.write_sealed(crate::repo::FileKind::Snapshot, snapshot)
+    repo.write_sealed::<SnapshotId>(snapshot)
 }
 
 /// Store an index file for newly written packs (none when empty); returns its size.

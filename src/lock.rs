@@ -8,7 +8,7 @@
 
 use crate::backend::FileRef;
 use crate::error::{Error, Kind, Result};
-use crate::repo::{FileKind, Id, LockFile};
+use crate::repo::{FileKind, LockFile, LockId};
 use crate::repository::{host_name, user_name, Repository};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
@@ -73,11 +73,13 @@ pub fn mark_process_start() {
 }
 
 /// All current locks with their file ids (unreadable ones are skipped).
-pub fn list_locks(repo: &Repository) -> Result<Vec<(Id, LockFile)>> {
+pub fn list_locks(repo: &Repository) -> Result<Vec<(LockId, LockFile)>> {
     let mut out = Vec::new();
     for (name, _) in repo.backend.list(FileKind::Lock)? {
-        let Some(id) = Id::parse(&name) else { continue };
-        match repo.read_sealed::<LockFile>(FileKind::Lock, &id) {
+        let Some(id) = LockId::parse(&name) else {
+            continue;
+        };
+        match repo.read_sealed::<LockFile>(id) {
             Ok(l) => out.push((id, l)),
             Err(e) => tracing::debug!(lock = %name, error = %e, "skipping unreadable lock"),
         }
@@ -85,7 +87,7 @@ pub fn list_locks(repo: &Repository) -> Result<Vec<(Id, LockFile)>> {
     Ok(out)
 }
 
-fn conflicts(exclusive: bool, own: Option<Id>, locks: &[(Id, LockFile)]) -> Option<String> {
+fn conflicts(exclusive: bool, own: Option<LockId>, locks: &[(LockId, LockFile)]) -> Option<String> {
     locks
         .iter()
         .filter(|(id, _)| Some(*id) != own)
@@ -105,7 +107,7 @@ fn locked_error(holder: String) -> Error {
 /// unwinds.
 struct Held<'r> {
     repo: &'r Repository,
-    name: Mutex<Id>,
+    name: Mutex<LockId>,
 }
 
 impl Drop for Held<'_> {
@@ -113,10 +115,7 @@ impl Drop for Held<'_> {
         // A refresher that panicked holding the name poisons it; the name
         // is still the current one.
         let id = *self.name.lock().unwrap_or_else(|e| e.into_inner());
-        let _ = self
-            .repo
-            .backend
-            .remove(&FileRef::new(FileKind::Lock, id.to_hex()));
+        let _ = self.repo.backend.remove(&FileRef::of(id));
     }
 }
 
@@ -161,7 +160,7 @@ pub fn with_lock<T>(
     })
 }
 
-fn acquire(repo: &Repository, exclusive: bool, command: &str) -> Result<(Id, LockFile)> {
+fn acquire(repo: &Repository, exclusive: bool, command: &str) -> Result<(LockId, LockFile)> {
     if let Some(h) = conflicts(exclusive, None, &list_locks(repo)?) {
         return Err(locked_error(h));
     }
@@ -173,18 +172,16 @@ fn acquire(repo: &Repository, exclusive: bool, command: &str) -> Result<(Id, Loc
         exclusive,
         command: command.to_string(),
     };
-    let id = repo.write_sealed(FileKind::Lock, &lock)?;
+    let id = repo.write_sealed::<LockId>(&lock)?;
     // Someone may have locked at the same moment: look again.
     if let Some(h) = conflicts(exclusive, Some(id), &list_locks(repo)?) {
-        let _ = repo
-            .backend
-            .remove(&FileRef::new(FileKind::Lock, id.to_hex()));
+        let _ = repo.backend.remove(&FileRef::of(id));
         return Err(locked_error(h));
     }
     Ok((id, lock))
 }
 
-fn refresh_loop(repo: &Repository, mut lock: LockFile, name: &Mutex<Id>, stop: &AtomicBool) {
+fn refresh_loop(repo: &Repository, mut lock: LockFile, name: &Mutex<LockId>, stop: &AtomicBool) {
     let mut last = std::time::Instant::now();
     while !stop.load(Ordering::SeqCst) {
         std::thread::park_timeout(Duration::from_millis(500));
@@ -193,13 +190,11 @@ fn refresh_loop(repo: &Repository, mut lock: LockFile, name: &Mutex<Id>, stop: &
         }
         last = std::time::Instant::now();
         lock.time = jiff::Timestamp::now();
-        match repo.write_sealed(FileKind::Lock, &lock) {
+        match repo.write_sealed::<LockId>(&lock) {
             Ok(new) => {
                 if let Ok(mut cur) = name.lock() {
                     let old = std::mem::replace(&mut *cur, new);
-                    let _ = repo
-                        .backend
-                        .remove(&FileRef::new(FileKind::Lock, old.to_hex()));
+                    let _ = repo.backend.remove(&FileRef::of(old));
                 }
             }
             Err(e) => tracing::warn!(error = %e, "could not refresh the repository lock"),
@@ -214,8 +209,10 @@ fn refresh_loop(repo: &Repository, mut lock: LockFile, name: &Mutex<Id>, stop: &
 pub fn remove_locks(repo: &Repository, all: bool) -> Result<usize> {
     let mut n = 0;
     for (name, _) in repo.backend.list(FileKind::Lock)? {
-        let Some(id) = Id::parse(&name) else { continue };
-        let remove = match repo.read_sealed::<LockFile>(FileKind::Lock, &id) {
+        let Some(id) = LockId::parse(&name) else {
+            continue;
+        };
+        let remove = match repo.read_sealed::<LockFile>(id) {
             Ok(l) => all || is_stale(&l),
             Err(e) if e.kind() == Kind::Integrity => {
                 tracing::info!(lock = %name, error = %e, "removing an unreadable lock file");

@@ -8,7 +8,7 @@
 //! *skipped* (with the reason), not failed: the snapshot is not to blame.
 
 use crate::error::{Kind, Result};
-use crate::repo::{Id, Proof, Snapshot, SourceStatus, FORMAT_VERSION};
+use crate::repo::{Proof, Snapshot, SnapshotId, SourceStatus, FORMAT_VERSION};
 use crate::repository::Repository;
 use crate::source::kafka::prove::KafkaRestoreTest;
 use crate::source::kafka::KafkaOptions;
@@ -46,7 +46,7 @@ pub enum Outcome {
 
 #[derive(Debug, Serialize)]
 pub struct ProofReport {
-    pub snapshot: Id,
+    pub snapshot: SnapshotId,
     #[serde(flatten)]
     pub outcome: Outcome,
     pub postgres: Vec<RestoreTest>,
@@ -56,7 +56,7 @@ pub struct ProofReport {
     pub untested: Vec<String>,
 }
 
-fn skipped(snapshot: Id, reason: String, untested: Vec<String>) -> ProofReport {
+fn skipped(snapshot: SnapshotId, reason: String, untested: Vec<String>) -> ProofReport {
     tracing::warn!(snapshot = %snapshot.short(), "restore test skipped: {reason}");
     ProofReport {
         snapshot,
@@ -72,7 +72,7 @@ fn skipped(snapshot: Id, reason: String, untested: Vec<String>) -> ProofReport {
 /// when given); records the outcome unless skipped.
 pub fn prove(
     repo: &Repository,
-    id: Id,
+    id: SnapshotId,
     snap: &Snapshot,
     source: Option<&str>,
     env: &ScratchEnv,

@@ -5,7 +5,7 @@
 
 use crate::error::Result;
 use crate::index::IndexReader;
-use crate::repo::{Compression, Id};
+use crate::repo::{ChunkId, Compression};
 use crate::repository::Repository;
 use std::collections::HashMap;
 
@@ -13,9 +13,9 @@ use std::collections::HashMap;
 /// chunks are delta-compressed against (see
 /// [`Packer::set_base_stream`](super::Packer::set_base_stream)).
 pub(super) struct BaseStream {
-    ids: Vec<Id>,
+    ids: Vec<ChunkId>,
     /// Where each chunk of `ids` is (its last place).
-    pos: HashMap<Id, usize>,
+    pos: HashMap<ChunkId, usize>,
     anchors: AnchorMap,
     /// The guess for a new chunk that shares no anchor: one past the base
     /// of the chunk before, or of the last chunk both streams share.
@@ -28,7 +28,7 @@ impl BaseStream {
     /// anchors and those of every chunk after it: the base of a new chunk is
     /// a guess, and every base is checked against its id when a frame is
     /// compressed against it.
-    pub(super) fn read(repo: &Repository, ids: Vec<Id>) -> BaseStream {
+    pub(super) fn read(repo: &Repository, ids: Vec<ChunkId>) -> BaseStream {
         let mut anchor_map = AnchorMap::new(ANCHOR_CAP);
         let read = repo.for_each_chunk_unchecked(&ids, |j, data| anchor_map.add(j as u32, data));
         if let Err(e) = read {
@@ -45,7 +45,7 @@ impl BaseStream {
     /// Chunk `id`, which the repository has, was passed in the stream being
     /// stored: a new chunk after it that shares no anchor is guessed to
     /// replace the chunk after `id`'s place in the base stream.
-    pub(super) fn passed(&mut self, id: &Id) {
+    pub(super) fn passed(&mut self, id: &ChunkId) {
         if let Some(p) = self.pos.get(id) {
             self.cursor = p + 1;
         }
@@ -56,7 +56,11 @@ impl BaseStream {
     /// none in common, the one after the base chunk of the chunk before;
     /// when the chosen chunk is a delta itself, its own base (chains stay
     /// one deep).
-    pub(super) fn next_base(&mut self, data: &[u8], index: &IndexReader) -> Result<Option<Id>> {
+    pub(super) fn next_base(
+        &mut self,
+        data: &[u8],
+        index: &IndexReader,
+    ) -> Result<Option<ChunkId>> {
         let best = self.anchors.best(data);
         let chosen = match best {
             Some(j) => j,
@@ -197,7 +201,11 @@ mod tests {
 
     /// Store `data` with `base` as its previous version; returns the ids
     /// and what was stored (also added to the index cache).
-    fn store_with_base(repo: &Repository, data: &[u8], base: Option<Vec<Id>>) -> (Vec<Id>, Stored) {
+    fn store_with_base(
+        repo: &Repository,
+        data: &[u8],
+        base: Option<Vec<ChunkId>>,
+    ) -> (Vec<ChunkId>, Stored) {
         let (ids, stored, _) = with_packer(repo, |p| {
             p.set_base_stream(base);
             match p.add_stream(data, &Progress::hidden()) {
@@ -211,7 +219,9 @@ mod tests {
             version: FORMAT_VERSION,
             packs: stored.packs.clone(),
         };
-        repo.cache.add(&Id::random().to_hex(), &idx).unwrap();
+        repo.cache
+            .add(&crate::repo::IndexId(rand::random()), &idx)
+            .unwrap();
         (ids, stored)
     }
 
@@ -270,14 +280,14 @@ mod tests {
         assert_eq!(repo.read_stream(&ids2).unwrap(), v2);
 
         let (ids3, s3) = store_with_base(&repo, &v3, Some(ids2.clone()));
-        let bases3: Vec<Id> = s3
+        let bases3: Vec<ChunkId> = s3
             .packs
             .iter()
             .flat_map(|p| &p.frames)
             .flat_map(|f| f.bases())
             .collect();
         assert!(!bases3.is_empty());
-        let first: HashSet<Id> = ids1.iter().copied().collect();
+        let first: HashSet<ChunkId> = ids1.iter().copied().collect();
         assert!(
             bases3.iter().any(|b| first.contains(b)),
             "day 3 is based on day 1 where day 2 is a delta"

@@ -38,7 +38,7 @@ pub use stored_chunks::StoredChunks;
 use crate::backend::FileRef;
 use crate::error::{Error, Result};
 use crate::progress::Progress;
-use crate::repo::{FileKind, Id, Node};
+use crate::repo::{ChunkId, Node};
 use crate::repository::Repository;
 use crossbeam_channel::bounded;
 use failure::Failure;
@@ -76,10 +76,7 @@ pub fn with_packer<T>(
             let (rx, failed, published) = (upload_rx.clone(), &failed, &stored_chunks);
             uploaders.push(s.spawn(move || {
                 for (pack, bytes) in rx {
-                    if let Err(e) = repo
-                        .backend
-                        .write(&FileRef::new(FileKind::Pack, pack.id.to_hex()), &bytes)
-                    {
+                    if let Err(e) = repo.backend.write(&FileRef::of(pack.id), &bytes) {
                         failed.record(e);
                         break; // the writer's next send fails and the run stops
                     }
@@ -115,7 +112,7 @@ pub fn with_packer<T>(
 }
 
 /// Store a node list; returns the chunk ids of the stored list.
-pub fn store_nodes(packer: &mut Packer, nodes: &[Node]) -> Result<Vec<Id>> {
+pub fn store_nodes(packer: &mut Packer, nodes: &[Node]) -> Result<Vec<ChunkId>> {
     // A snapshot that reports success must restore: a node list that could
     // not be restored safely is never stored.
     if let Some(p) = crate::repo::node_path::tree_problem(nodes) {
@@ -185,7 +182,7 @@ mod tests {
             }).unwrap();
             prop_assert_eq!(stats.bytes_new_raw <= inputs.iter().map(|d| d.len() as u64).sum::<u64>(), true);
             let idx = crate::repo::IndexFile { version: FORMAT_VERSION, packs: stored.packs };
-            repo.cache.add("test", &idx).unwrap();
+            repo.cache.add(&crate::repo::IndexId::of_bytes(b"test"), &idx).unwrap();
             for (d, ids) in inputs.iter().zip(&ids) {
                 prop_assert_eq!(&repo.read_stream(ids).unwrap(), d);
             }

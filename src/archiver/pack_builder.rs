@@ -6,7 +6,7 @@ use super::failure::Failure;
 use crate::backend::FileRef;
 use crate::error::{Error, Result};
 use crate::repo::{
-    ChunkEntry, Compression, FileKind, FrameEntry, Id, PackEntry, PackHeader, FORMAT_VERSION,
+    ChunkEntry, Compression, FrameEntry, PackEntry, PackHeader, PackId, FORMAT_VERSION,
 };
 use crate::repository::Repository;
 use crossbeam_channel::{Receiver, Sender};
@@ -179,7 +179,7 @@ impl<'a> PackBuilder<'a> {
         self.buf.extend_from_slice(&sealed);
         self.buf
             .extend_from_slice(&crate::repo::encode::pack_trailer(sealed.len()));
-        let id = Id::of_bytes(&self.buf);
+        let id = PackId::of_bytes(&self.buf);
         let size = self.buf.len() as u64;
         match &self.uploads {
             Some(tx) => {
@@ -194,9 +194,7 @@ impl<'a> PackBuilder<'a> {
                     .map_err(|_| Error::failure("the pack uploaders stopped"))?;
             }
             None => {
-                self.repo
-                    .backend
-                    .write(&FileRef::new(FileKind::Pack, id.to_hex()), &self.buf)?;
+                self.repo.backend.write(&FileRef::of(id), &self.buf)?;
                 self.buf.clear();
             }
         }

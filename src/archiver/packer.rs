@@ -12,7 +12,7 @@ use crate::error::{Error, Result};
 use crate::index::IndexReader;
 use crate::interrupt;
 use crate::progress::Progress;
-use crate::repo::{ChunkEntry, Id, SourceKind, SourceStatus};
+use crate::repo::{ChunkEntry, ChunkId, SourceKind, SourceStatus};
 use crate::repository::Repository;
 use crossbeam_channel::Sender;
 use std::collections::{HashMap, HashSet};
@@ -33,7 +33,7 @@ pub struct Packer<'a> {
     base_stream: Option<BaseStream>,
     /// Chunk sizes for the next streams, when not the repository's.
     chunking: Option<chunk::Chunking>,
-    seen: HashSet<Id>,
+    seen: HashSet<ChunkId>,
     frame_data: Vec<u8>,
     frame_chunks: Vec<ChunkEntry>,
     jobs: Option<Sender<FrameJob>>,
@@ -89,7 +89,7 @@ impl<'a> Packer<'a> {
     }
 
     /// Store a chunk unless the repository (or this run) already has it.
-    pub fn add_chunk(&mut self, data: &[u8]) -> Result<Id> {
+    pub fn add_chunk(&mut self, data: &[u8]) -> Result<ChunkId> {
         interrupt::check()?;
         let id = self.repo.key.chunk_id(data);
         self.stats.chunks_total += 1;
@@ -125,7 +125,7 @@ impl<'a> Packer<'a> {
     /// version is read once, here, for its anchors; each new chunk's base
     /// is then the old chunk it shares most anchors with. A wrong guess
     /// costs compression, never data.
-    pub fn set_base_stream(&mut self, ids: Option<Vec<Id>>) {
+    pub fn set_base_stream(&mut self, ids: Option<Vec<ChunkId>>) {
         self.base_stream = ids
             .filter(|i| !i.is_empty())
             .map(|ids| BaseStream::read(self.repo, ids));
@@ -157,8 +157,8 @@ impl<'a> Packer<'a> {
         &self,
         source_name: &str,
         kind: SourceKind,
-    ) -> HashMap<String, Vec<Id>> {
-        let found = (|| -> Result<HashMap<String, Vec<Id>>> {
+    ) -> HashMap<String, Vec<ChunkId>> {
+        let found = (|| -> Result<HashMap<String, Vec<ChunkId>>> {
             let snaps = self.repo.snapshots()?;
             let Some(src) = snaps.iter().rev().find_map(|(_, s)| {
                 s.sources.iter().find(|r| {
@@ -188,7 +188,7 @@ impl<'a> Packer<'a> {
         &mut self,
         source: R,
         progress: &Progress,
-    ) -> std::result::Result<(Vec<Id>, u64), ChunkError<Error>> {
+    ) -> std::result::Result<(Vec<ChunkId>, u64), ChunkError<Error>> {
         let mut ids = Vec::new();
         let (chunking, seed) = (self.chunking(), self.seed);
         let mut buf = std::mem::take(&mut self.read_buffer);

@@ -4,7 +4,7 @@
 
 use crate::error::{Error, Result};
 use crate::index::{IndexReader, Location};
-use crate::repo::{Id, PackEntry};
+use crate::repo::{ChunkId, PackEntry};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Condvar, Mutex};
@@ -26,7 +26,7 @@ pub struct StoredChunks {
 #[derive(Default)]
 struct WatchedChunks {
     watching: bool,
-    at: HashMap<Id, Location>,
+    at: HashMap<ChunkId, Location>,
 }
 
 impl StoredChunks {
@@ -61,7 +61,7 @@ impl StoredChunks {
     }
 
     /// Drop the locations of `ids`.
-    pub fn forget(&self, ids: &[Id]) {
+    pub fn forget(&self, ids: &[ChunkId]) {
         if let Ok(mut s) = self.state.lock() {
             for id in ids {
                 s.at.remove(id);
@@ -74,7 +74,7 @@ impl StoredChunks {
     /// once `stop` is set while it is not written yet.
     pub fn locate(
         &self,
-        id: &Id,
+        id: &ChunkId,
         index: &IndexReader,
         stop: &AtomicBool,
     ) -> Result<Option<Location>> {

@@ -13,7 +13,7 @@ pub(crate) use local::{read_range_of, read_whole_of};
 pub use s3::{S3Backend, MULTIPART_THRESHOLD};
 
 use crate::error::{Error, Kind, Result};
-use crate::repo::{FileKind, Id};
+use crate::repo::{FileId, FileKind, Id};
 
 /// One stored file: its kind and name (64 hex digits, or `config`).
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -28,6 +28,11 @@ impl FileRef {
             kind,
             name: name.into(),
         }
+    }
+    /// The file a typed id names: the repository boundary between typed
+    /// ids and the backend's file names.
+    pub fn of<I: FileId>(id: I) -> Self {
+        FileRef::new(I::KIND, id.raw().to_hex())
     }
     pub fn config() -> Self {
         FileRef::new(FileKind::Config, "config")

@@ -5,7 +5,7 @@ use super::{local_time, open_repo, print_json};
 use crate::cli::{CheckArgs, GlobalArgs};
 use crate::error::{Error, Result};
 use crate::ops::check::{check, CheckReport};
-use crate::repo::Id;
+use crate::repo::SnapshotId;
 use crate::repository::Repository;
 use crate::source::{handling, Handling};
 use std::collections::BTreeSet;
@@ -153,7 +153,7 @@ fn restore_test(g: &GlobalArgs, a: &CheckArgs, repo: &Repository) -> Result<()> 
 /// "Recovering from damaged files").
 fn recovery_hint(report: &CheckReport) -> String {
     let mut steps = Vec::new();
-    let damaged_files: BTreeSet<Id> = report
+    let damaged_files: BTreeSet<SnapshotId> = report
         .damaged
         .iter()
         .filter(|d| d.path == "(snapshot file)")

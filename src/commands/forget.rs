@@ -8,7 +8,7 @@ use super::{local_time, matches_filter, open_repo, print_json};
 use crate::cli::{ForgetArgs, GlobalArgs};
 use crate::error::{Error, Result};
 use crate::lock::with_lock;
-use crate::repo::{Id, Snapshot};
+use crate::repo::{Snapshot, SnapshotId};
 use crate::repository::Repository;
 use crate::retention::{self, CalendarDuration, Count, GroupBy, Policy, TagGroup};
 
@@ -56,7 +56,7 @@ fn policy(a: &ForgetArgs) -> Result<Policy> {
 /// One snapshot named on the command line, to be forgotten.
 #[derive(Debug, serde::Serialize)]
 struct Named {
-    id: Id,
+    id: SnapshotId,
     /// `None` when the snapshot file is unreadable.
     time: Option<jiff::Timestamp>,
     damaged: bool,
@@ -64,7 +64,11 @@ struct Named {
 
 /// The snapshot `spec` (an id or unique prefix) names, readable or not:
 /// an unreadable snapshot file can only be removed by its name.
-fn resolve(spec: &str, readable: &[(Id, Snapshot)], damaged: &[Id]) -> Result<Named> {
+fn resolve(
+    spec: &str,
+    readable: &[(SnapshotId, Snapshot)],
+    damaged: &[SnapshotId],
+) -> Result<Named> {
     let lower = spec.to_ascii_lowercase();
     if lower.is_empty() || !lower.bytes().all(|b| b.is_ascii_hexdigit()) {
         return Err(
@@ -108,7 +112,7 @@ fn resolve(spec: &str, readable: &[(Id, Snapshot)], damaged: &[Id]) -> Result<Na
 /// files too damaged to read (which keep rules never see).
 fn forget_named(g: &GlobalArgs, a: &ForgetArgs, repo: &Repository) -> Result<()> {
     let (readable, damaged) = repo.snapshots_and_damage()?;
-    let damaged: Vec<Id> = damaged.into_iter().map(|(id, _)| id).collect();
+    let damaged: Vec<SnapshotId> = damaged.into_iter().map(|(id, _)| id).collect();
     let mut named: Vec<Named> = Vec::new();
     for spec in &a.snapshots {
         let n = resolve(spec, &readable, &damaged)?;

@@ -4,7 +4,7 @@ use crate::cli::{GlobalArgs, KeyAddArgs, KeyCommand};
 use crate::crypto;
 use crate::error::{Error, Result};
 use crate::lock::with_lock;
-use crate::repo::{FileKind, Id, KeyKind};
+use crate::repo::{FileKind, KeyId, KeyKind};
 use crate::repository::{local_key_files, make_key_file, write_key_file, NewKey};
 
 pub fn run(g: &GlobalArgs, cmd: KeyCommand) -> Result<()> {
@@ -85,11 +85,11 @@ fn remove(g: &GlobalArgs, spec: &str) -> Result<()> {
         let keys = local_key_files(repo.backend.as_ref())?;
         let lower = spec.to_ascii_lowercase();
         // A key file that cannot be read opens nothing: it can always go.
-        let damaged: Vec<Id> = repo
+        let damaged: Vec<KeyId> = repo
             .backend
             .list(FileKind::Key)?
             .into_iter()
-            .filter_map(|(n, _)| Id::parse(&n))
+            .filter_map(|(n, _)| KeyId::parse(&n))
             .filter(|id| id.to_hex().starts_with(&lower) && !keys.iter().any(|(k, _)| k == id))
             .collect();
         let matches: Vec<_> = keys
@@ -97,8 +97,7 @@ fn remove(g: &GlobalArgs, spec: &str) -> Result<()> {
             .filter(|(id, _)| id.to_hex().starts_with(&lower))
             .collect();
         if let ([], [id]) = (matches.as_slice(), damaged.as_slice()) {
-            repo.backend
-                .remove(&FileRef::new(FileKind::Key, id.to_hex()))?;
+            repo.backend.remove(&FileRef::of(*id))?;
             println!("removed damaged key file {}", id.short());
             return Ok(());
         }
@@ -130,8 +129,7 @@ fn remove(g: &GlobalArgs, spec: &str) -> Result<()> {
                     .with_hint("open the repository with another key to remove this one"),
             );
         }
-        repo.backend
-            .remove(&FileRef::new(FileKind::Key, id.to_hex()))?;
+        repo.backend.remove(&FileRef::of(*id))?;
         println!("removed key {}", id.short());
         Ok(())
     })

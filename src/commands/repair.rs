@@ -10,7 +10,7 @@ use crate::backend::FileRef;
 use crate::cli::GlobalArgs;
 use crate::error::{Kind, Result};
 use crate::lock::with_lock;
-use crate::repo::{split_pack, FileKind, Id, IndexFile, PackEntry, PackHeader};
+use crate::repo::{split_pack, FileKind, IndexFile, IndexId, PackEntry, PackHeader, PackId};
 use std::collections::HashSet;
 
 pub fn index(g: &GlobalArgs) -> Result<()> {
@@ -19,8 +19,10 @@ pub fn index(g: &GlobalArgs) -> Result<()> {
         let mut indexed = HashSet::new();
         let mut damaged_index = Vec::new();
         for (name, _) in repo.backend.list(FileKind::Index)? {
-            let Some(id) = Id::parse(&name) else { continue };
-            match repo.read_sealed::<IndexFile>(FileKind::Index, &id) {
+            let Some(id) = IndexId::parse(&name) else {
+                continue;
+            };
+            match repo.read_sealed::<IndexFile>(id) {
                 Ok(idx) => indexed.extend(idx.packs.iter().map(|p| p.id)),
                 Err(e) if e.kind() == Kind::Integrity => {
                     tracing::warn!("{e}: its packs will be indexed again and it will be removed");
@@ -32,13 +34,15 @@ pub fn index(g: &GlobalArgs) -> Result<()> {
         let mut packs = Vec::new();
         let mut skipped = Vec::new();
         for (name, size) in repo.backend.list(FileKind::Pack)? {
-            let Some(id) = Id::parse(&name) else { continue };
+            let Some(id) = PackId::parse(&name) else {
+                continue;
+            };
             if indexed.contains(&id) {
                 continue;
             }
             let f = FileRef::new(FileKind::Pack, name.clone());
             let bytes = repo.backend.read(&f)?;
-            let header = if Id::of_bytes(&bytes) != id {
+            let header = if PackId::of_bytes(&bytes) != id {
                 None
             } else {
                 split_pack(&bytes).and_then(|(_, h)| repo.key.unseal::<PackHeader>(h, &f).ok())

@@ -2,7 +2,7 @@ use super::{human_bytes, local_time, open_repo, parse_time, print_json};
 use crate::cli::{GlobalArgs, RestoreArgs};
 use crate::error::{Error, Result};
 use crate::ops::restore_point::{latest, snapshot_at};
-use crate::repo::{Id, Snapshot};
+use crate::repo::{Snapshot, SnapshotId};
 use crate::repository::Repository;
 use crate::restorer;
 use crate::source::{handling, pg, Handling};
@@ -187,7 +187,7 @@ pub fn run(g: &GlobalArgs, a: &RestoreArgs) -> Result<()> {
 /// A snapshot whose sources need another way names that way.
 fn one_source<'a>(
     snap: &'a Snapshot,
-    id: Id,
+    id: SnapshotId,
     a: &RestoreArgs,
     want: Handling,
 ) -> Result<&'a crate::repo::SourceRecord> {
@@ -235,7 +235,7 @@ fn restore_kafka(
     g: &GlobalArgs,
     a: &RestoreArgs,
     repo: &Repository,
-    id: Id,
+    id: SnapshotId,
     snap: &Snapshot,
     brokers: &str,
 ) -> Result<()> {
@@ -322,7 +322,7 @@ fn restore_postgres(
     g: &GlobalArgs,
     a: &RestoreArgs,
     repo: &Repository,
-    id: Id,
+    id: SnapshotId,
     snap: &Snapshot,
     url: &str,
 ) -> Result<()> {

@@ -9,13 +9,13 @@ use crate::cli::{GlobalArgs, RestoreArgs};
 use crate::error::{Error, Result};
 use crate::orchestrate::{self, Options, Report, StepReport, StepStatus};
 use crate::plan::Plan;
-use crate::repo::{Id, Snapshot};
+use crate::repo::{Snapshot, SnapshotId};
 
 pub fn run(g: &GlobalArgs, a: &RestoreArgs, file: &Path) -> Result<()> {
     let plan = super::plan::load(file)?;
     let at = a.at.as_deref().map(parse_time).transpose()?;
     let repo = super::plan::open_repo(g, &plan)?;
-    let mut points: Vec<(Id, Snapshot)> = repo.snapshots()?;
+    let mut points: Vec<(SnapshotId, Snapshot)> = repo.snapshots()?;
     points.retain(|(_, s)| orchestrate::made_by(&plan, s));
     if !a.force {
         for skipped in crate::ops::restore_point::drop_corrupted(&repo, &mut points)? {
@@ -123,7 +123,7 @@ fn no_points(plan: &Plan) -> Error {
 }
 
 /// The snapshots made with this plan: time, id, sources, complete or not.
-fn print_points(g: &GlobalArgs, plan: &Plan, points: &[(Id, Snapshot)]) -> Result<()> {
+fn print_points(g: &GlobalArgs, plan: &Plan, points: &[(SnapshotId, Snapshot)]) -> Result<()> {
     if g.json {
         let v: Vec<_> = points
             .iter()

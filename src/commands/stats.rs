@@ -1,7 +1,7 @@
 use super::{human_bytes, open_repo, print_json};
 use crate::cli::GlobalArgs;
 use crate::error::Result;
-use crate::repo::{FileKind, Id, IndexFile};
+use crate::repo::{FileKind, IndexFile, IndexId};
 
 pub fn run(g: &GlobalArgs) -> Result<()> {
     let repo = open_repo(g)?;
@@ -13,8 +13,10 @@ pub fn run(g: &GlobalArgs) -> Result<()> {
     let mut raw = 0u64;
     let index_files = repo.backend.list(FileKind::Index)?;
     for (name, _) in &index_files {
-        let Some(id) = Id::parse(name) else { continue };
-        let idx: IndexFile = repo.read_sealed(FileKind::Index, &id)?;
+        let Some(id) = IndexId::parse(name) else {
+            continue;
+        };
+        let idx: IndexFile = repo.read_sealed(id)?;
         for c in idx
             .packs
             .iter()

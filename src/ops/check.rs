@@ -4,7 +4,10 @@ use crate::backend::FileRef;
 use crate::error::{Error, Result};
 use crate::index::Location;
 use crate::progress::Progress;
-use crate::repo::{split_pack, Compression, FileKind, Id, IndexFile, PackEntry, PackHeader};
+use crate::repo::{
+    split_pack, ChunkId, Compression, FileKind, IndexFile, IndexId, PackEntry, PackHeader, PackId,
+    SnapshotId,
+};
 use crate::repository::{chunk_slice, parse_tree, Repository};
 use serde::Serialize;
 use std::collections::{BTreeSet, HashMap, HashSet};
@@ -12,7 +15,7 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 /// A file (or node list) of a snapshot that cannot be restored whole.
 #[derive(Clone, Debug, Serialize, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Damage {
-    pub snapshot: Id,
+    pub snapshot: SnapshotId,
     pub time: jiff::Timestamp,
     pub source: String,
     /// The file's path, or `(node list)` when the list itself is unreadable.
@@ -28,7 +31,7 @@ pub struct CheckReport {
     pub errors: Vec<String>,
     pub damaged: Vec<Damage>,
     /// Packs no index file lists: leftovers of interrupted snapshots.
-    pub unreferenced_packs: Vec<Id>,
+    pub unreferenced_packs: Vec<PackId>,
 }
 
 impl CheckReport {
@@ -36,13 +39,13 @@ impl CheckReport {
         self.errors.is_empty() && self.damaged.is_empty()
     }
     /// Ids of snapshots with any damage.
-    pub fn damaged_snapshots(&self) -> BTreeSet<Id> {
+    pub fn damaged_snapshots(&self) -> BTreeSet<SnapshotId> {
         self.damaged.iter().map(|d| d.snapshot).collect()
     }
 }
 
 /// Which packs `--read-data-subset` selects.
-fn subset(spec: Option<&str>, all: bool, packs: &[Id]) -> Result<Vec<Id>> {
+fn subset(spec: Option<&str>, all: bool, packs: &[PackId]) -> Result<Vec<PackId>> {
     let Some(spec) = spec else {
         return Ok(if all { packs.to_vec() } else { Vec::new() });
     };
@@ -79,8 +82,8 @@ fn subset(spec: Option<&str>, all: bool, packs: &[Id]) -> Result<Vec<Id>> {
 }
 
 /// Read a whole pack and return the ids of chunks in it that are damaged.
-fn read_pack(repo: &Repository, entry: &PackEntry, report: &mut CheckReport) -> HashSet<Id> {
-    let f = FileRef::new(FileKind::Pack, entry.id.to_hex());
+fn read_pack(repo: &Repository, entry: &PackEntry, report: &mut CheckReport) -> HashSet<ChunkId> {
+    let f = FileRef::of(entry.id);
     let mut damaged = HashSet::new();
     let bytes = match repo.backend.read(&f) {
         Ok(b) => b,
@@ -97,7 +100,7 @@ fn read_pack(repo: &Repository, entry: &PackEntry, report: &mut CheckReport) -> 
     };
     report.packs_read += 1;
     report.bytes_read += bytes.len() as u64;
-    if Id::of_bytes(&bytes) != entry.id {
+    if PackId::of_bytes(&bytes) != entry.id {
         report.errors.push(format!(
             "{f} is damaged: its content does not match its name"
         ));
@@ -173,18 +176,20 @@ pub fn check(
     //    read through.
     let mut snapshots = Vec::new();
     for (name, _) in repo.backend.list(FileKind::Snapshot)? {
-        if let Some(id) = Id::parse(&name) {
-            let snap = repo.read_sealed::<crate::repo::Snapshot>(FileKind::Snapshot, &id);
+        if let Some(id) = SnapshotId::parse(&name) {
+            let snap = repo.read_sealed::<crate::repo::Snapshot>(id);
             snapshots.push((id, snap));
         }
     }
     repo.sync_index()?;
 
     // 1. Index files.
-    let mut packs: HashMap<Id, PackEntry> = HashMap::new();
+    let mut packs: HashMap<PackId, PackEntry> = HashMap::new();
     for (name, _) in repo.backend.list(FileKind::Index)? {
-        let Some(id) = Id::parse(&name) else { continue };
-        match repo.read_sealed::<IndexFile>(FileKind::Index, &id) {
+        let Some(id) = IndexId::parse(&name) else {
+            continue;
+        };
+        match repo.read_sealed::<IndexFile>(id) {
             Ok(idx) => {
                 for p in idx.packs {
                     packs.insert(p.id, p);
@@ -193,7 +198,7 @@ pub fn check(
             Err(e) => report.errors.push(e.to_string()),
         }
     }
-    let mut index: HashMap<Id, Id> = HashMap::new(); // chunk -> pack
+    let mut index: HashMap<ChunkId, PackId> = HashMap::new();
     for p in packs.values() {
         for c in p.frames.iter().flat_map(|f| f.chunks.iter()) {
             index.insert(c.id, p.id);
@@ -203,8 +208,8 @@ pub fn check(
     // 2. Every indexed pack exists with the right size; unindexed packs are leftovers.
     let on_disk = super::packs_on_disk(repo)?;
     report.packs = on_disk.len();
-    let mut damaged: HashSet<Id> = HashSet::new();
-    let mut ids: Vec<Id> = packs.keys().copied().collect();
+    let mut damaged: HashSet<ChunkId> = HashSet::new();
+    let mut ids: Vec<PackId> = packs.keys().copied().collect();
     ids.sort();
     for id in &ids {
         let p = &packs[id];
@@ -224,7 +229,7 @@ pub fn check(
             Some(_) => {}
         }
     }
-    let mut unreferenced: Vec<Id> = on_disk
+    let mut unreferenced: Vec<PackId> = on_disk
         .keys()
         .filter(|p| !packs.contains_key(*p))
         .copied()
@@ -233,7 +238,7 @@ pub fn check(
     report.unreferenced_packs = unreferenced;
 
     // 3. Read data.
-    let to_read: Vec<Id> = subset(read_subset, read_all, &ids)?
+    let to_read: Vec<PackId> = subset(read_subset, read_all, &ids)?
         .into_iter()
         .filter(|p| on_disk.contains_key(p))
         .collect();
@@ -262,13 +267,13 @@ pub fn check(
 
     // 3b. A delta frame is as good as its bases: each must be indexed, have
     //     a copy in a frame that is not a delta, and be undamaged.
-    let plain: HashSet<Id> = packs
+    let plain: HashSet<ChunkId> = packs
         .values()
         .flat_map(|p| p.frames.iter())
         .filter(|f| f.compression != Compression::ZstdDelta)
         .flat_map(|f| f.chunks.iter().map(|c| c.id))
         .collect();
-    let base_problem = |b: &Id| {
+    let base_problem = |b: &ChunkId| {
         if !index.contains_key(b) {
             Some("not in the index")
         } else if damaged.contains(b) {
@@ -300,7 +305,7 @@ pub fn check(
     report.errors.extend(crate::source::pg::check_wal(repo)?);
 
     // 4. Map damage to snapshots and files.
-    let bad = |c: &Id| !index.contains_key(c) || damaged.contains(c);
+    let bad = |c: &ChunkId| !index.contains_key(c) || damaged.contains(c);
     report.snapshots = snapshots.len();
     let reader = repo.cache.reader()?;
     for (sid, snap) in snapshots {

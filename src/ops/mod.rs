@@ -20,11 +20,11 @@ pub fn local_time(t: jiff::Timestamp) -> String {
 /// names are not pack ids are left out).
 pub fn packs_on_disk(
     repo: &crate::repository::Repository,
-) -> crate::error::Result<std::collections::HashMap<crate::repo::Id, u64>> {
+) -> crate::error::Result<std::collections::HashMap<crate::repo::PackId, u64>> {
     Ok(repo
         .backend
         .list(crate::repo::FileKind::Pack)?
         .into_iter()
-        .filter_map(|(n, s)| crate::repo::Id::parse(&n).map(|i| (i, s)))
+        .filter_map(|(n, s)| crate::repo::PackId::parse(&n).map(|i| (i, s)))
         .collect())
 }

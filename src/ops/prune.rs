@@ -8,7 +8,8 @@ use crate::archiver::{PackBuilder, Sealer};
 use crate::backend::FileRef;
 use crate::error::{Error, Kind, Result};
 use crate::repo::{
-    split_pack, ChunkEntry, Compression, FileKind, FrameEntry, Id, IndexFile, PackEntry, Snapshot,
+    split_pack, ChunkEntry, ChunkId, Compression, FileKind, FrameEntry, IndexFile, IndexId,
+    PackEntry, PackId, ProofId, Snapshot, SnapshotId,
 };
 use crate::repository::Repository;
 use serde::Serialize;
@@ -52,7 +53,7 @@ impl<'a> Reframer<'a> {
         })
     }
 
-    fn add(&mut self, builder: &mut PackBuilder, id: Id, data: &[u8]) -> Result<()> {
+    fn add(&mut self, builder: &mut PackBuilder, id: ChunkId, data: &[u8]) -> Result<()> {
         self.chunks.push(ChunkEntry {
             id,
             offset: self.data.len() as u32,
@@ -83,11 +84,13 @@ impl<'a> Reframer<'a> {
 }
 
 /// Every chunk any snapshot needs (node lists and file contents).
-pub fn used_chunks(repo: &Repository) -> Result<HashSet<Id>> {
+pub fn used_chunks(repo: &Repository) -> Result<HashSet<ChunkId>> {
     let mut used = HashSet::new();
     for (name, _) in repo.backend.list(FileKind::Snapshot)? {
-        let Some(id) = Id::parse(&name) else { continue };
-        let snap: Snapshot = repo.read_sealed(FileKind::Snapshot, &id).map_err(|e| {
+        let Some(id) = SnapshotId::parse(&name) else {
+            continue;
+        };
+        let snap: Snapshot = repo.read_sealed(id).map_err(|e| {
             e.with_hint(format!(
                 "prune cannot tell what this snapshot uses; `cairn forget {}` removes its file (restore from another snapshot), then run prune again",
                 id.short()
@@ -117,9 +120,9 @@ pub fn used_chunks(repo: &Repository) -> Result<HashSet<Id>> {
 /// delta frame is decoded whole, so it needs all of its bases while any of
 /// its chunks is used. Bases are never in delta frames, so one pass does.
 fn with_bases<'a>(
-    mut used: HashSet<Id>,
+    mut used: HashSet<ChunkId>,
     packs: impl Iterator<Item = &'a PackEntry>,
-) -> HashSet<Id> {
+) -> HashSet<ChunkId> {
     let mut bases = Vec::new();
     for f in packs.flat_map(|p| p.frames.iter()) {
         if f.compression == Compression::ZstdDelta && any_used(f, &used) {
@@ -131,7 +134,7 @@ fn with_bases<'a>(
 }
 
 /// Whether any chunk of frame `f` is `used`.
-fn any_used(f: &FrameEntry, used: &HashSet<Id>) -> bool {
+fn any_used(f: &FrameEntry, used: &HashSet<ChunkId>) -> bool {
     f.chunks.iter().any(|c| used.contains(&c.id))
 }
 
@@ -143,7 +146,7 @@ enum Fate {
 }
 
 /// What prune does with pack `p`, given the `used` chunks (bases included).
-fn fate(p: &PackEntry, used: &HashSet<Id>) -> Fate {
+fn fate(p: &PackEntry, used: &HashSet<ChunkId>) -> Fate {
     let raw_total: u64 = p.frames.iter().map(|f| f.raw_length as u64).sum();
     let raw_used: u64 = p
         .frames
@@ -176,12 +179,14 @@ pub fn prune(repo: &Repository, dry_run: bool) -> Result<PruneReport> {
         ..Default::default()
     };
     let used = used_chunks(repo)?;
-    let mut packs: HashMap<Id, PackEntry> = HashMap::new();
+    let mut packs: HashMap<PackId, PackEntry> = HashMap::new();
     let mut index_files = Vec::new();
     let mut damaged_index = Vec::new();
     for (name, _) in repo.backend.list(FileKind::Index)? {
-        let Some(id) = Id::parse(&name) else { continue };
-        match repo.read_sealed::<IndexFile>(FileKind::Index, &id) {
+        let Some(id) = IndexId::parse(&name) else {
+            continue;
+        };
+        match repo.read_sealed::<IndexFile>(id) {
             Ok(idx) => {
                 index_files.push(id);
                 for p in idx.packs {
@@ -205,8 +210,8 @@ pub fn prune(repo: &Repository, dry_run: bool) -> Result<PruneReport> {
 
     let mut keep: Vec<PackEntry> = Vec::new();
     let mut repack: Vec<PackEntry> = Vec::new();
-    let mut remove: Vec<Id> = Vec::new();
-    let mut ids: Vec<&Id> = packs.keys().collect();
+    let mut remove: Vec<PackId> = Vec::new();
+    let mut ids: Vec<&PackId> = packs.keys().collect();
     ids.sort();
     for id in ids {
         let p = &packs[id];
@@ -223,7 +228,7 @@ pub fn prune(repo: &Repository, dry_run: bool) -> Result<PruneReport> {
             Fate::Repack => repack.push(p.clone()),
         }
     }
-    let unreferenced: Vec<Id> = if damaged_index.is_empty() {
+    let unreferenced: Vec<PackId> = if damaged_index.is_empty() {
         on_disk
             .keys()
             .filter(|p| !packs.contains_key(*p))
@@ -263,12 +268,12 @@ pub fn prune(repo: &Repository, dry_run: bool) -> Result<PruneReport> {
     //    the used chunks of partly used frames are gathered into new frames.
     let mut builder = PackBuilder::new(repo);
     let mut reframer = Reframer::new(repo)?;
-    let mut repacked: Vec<Id> = Vec::new();
+    let mut repacked: Vec<PackId> = Vec::new();
     for p in &repack {
         crate::interrupt::check()?;
-        let f = FileRef::new(FileKind::Pack, p.id.to_hex());
+        let f = FileRef::of(p.id);
         let bytes = repo.backend.read(&f)?;
-        if Id::of_bytes(&bytes) != p.id || split_pack(&bytes).is_none() {
+        if PackId::of_bytes(&bytes) != p.id || split_pack(&bytes).is_none() {
             // Its damage is its own: kept as it is, and the rest is pruned.
             tracing::warn!("{f} is damaged; prune keeps it as it is: run `cairn check --read-data` to see what it affects");
             keep.push(p.clone());
@@ -308,8 +313,7 @@ pub fn prune(repo: &Repository, dry_run: bool) -> Result<PruneReport> {
     let bytes_after = all.iter().map(|p| p.size).sum();
     let (new_index, _) = repo.write_index(all)?;
     for old in index_files.iter().filter(|i| **i != new_index) {
-        repo.backend
-            .remove(&FileRef::new(FileKind::Index, old.to_hex()))?;
+        repo.backend.remove(&FileRef::of(*old))?;
     }
     // 4. Delete packs nothing refers to any more.
     for p in remove
@@ -317,8 +321,7 @@ pub fn prune(repo: &Repository, dry_run: bool) -> Result<PruneReport> {
         .chain(repacked.iter())
         .chain(unreferenced.iter())
     {
-        repo.backend
-            .remove(&FileRef::new(FileKind::Pack, p.to_hex()))?;
+        repo.backend.remove(&FileRef::of(*p))?;
     }
     repo.backend.remove_temporary()?;
     repo.cache.sync(repo.backend.as_ref(), &repo.key)?;
@@ -331,10 +334,12 @@ pub fn prune(repo: &Repository, dry_run: bool) -> Result<PruneReport> {
 /// nothing any more. Returns how many there were.
 fn remove_stale_proofs(repo: &Repository, dry_run: bool) -> Result<usize> {
     let mut removed = 0;
-    let live: HashSet<Id> = repo.snapshots()?.into_iter().map(|(id, _)| id).collect();
+    let live: HashSet<SnapshotId> = repo.snapshots()?.into_iter().map(|(id, _)| id).collect();
     for (name, _) in repo.backend.list(FileKind::Proof)? {
-        let Some(id) = Id::parse(&name) else { continue };
-        let Ok(p) = repo.read_sealed::<crate::repo::Proof>(FileKind::Proof, &id) else {
+        let Some(id) = ProofId::parse(&name) else {
+            continue;
+        };
+        let Ok(p) = repo.read_sealed::<crate::repo::Proof>(id) else {
             continue;
         };
         if !live.contains(&p.snapshot) {
@@ -361,10 +366,10 @@ mod tests {
             chunks: chunks
                 .iter()
                 .map(|&(id, length, base)| ChunkEntry {
-                    id: Id([id; 32]),
+                    id: ChunkId([id; 32]),
                     offset: 0,
                     length,
-                    base: base.map(|b| Id([b; 32])),
+                    base: base.map(|b| ChunkId([b; 32])),
                 })
                 .collect(),
         }
@@ -380,11 +385,11 @@ mod tests {
         let dead_delta = frame(Compression::ZstdDelta, &[(2, 50, Some(9))]);
         let dead_plain = frame(Compression::Zstd, &[(3, 50, None)]);
         let pack = |frames: Vec<FrameEntry>| PackEntry {
-            id: Id([0; 32]),
+            id: PackId([0; 32]),
             size: 1,
             frames,
         };
-        let used: HashSet<Id> = [Id([1; 32])].into();
+        let used: HashSet<ChunkId> = [ChunkId([1; 32])].into();
         assert_eq!(
             fate(&pack(vec![live.clone(), dead_plain]), &used),
             Fate::Keep
@@ -400,10 +405,10 @@ mod tests {
             &[(4, 10, Some(7)), (5, 10, Some(8))],
         );
         let p = pack(vec![used_delta, dead_delta]);
-        let used = with_bases([Id([4; 32])].into(), std::iter::once(&p));
-        assert!(used.contains(&Id([7; 32])) && used.contains(&Id([8; 32])));
+        let used = with_bases([ChunkId([4; 32])].into(), std::iter::once(&p));
+        assert!(used.contains(&ChunkId([7; 32])) && used.contains(&ChunkId([8; 32])));
         assert!(
-            !used.contains(&Id([9; 32])),
+            !used.contains(&ChunkId([9; 32])),
             "a dead delta frame keeps no base"
         );
     }

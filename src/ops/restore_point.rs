@@ -4,13 +4,13 @@
 
 use super::local_time;
 use crate::error::{Error, Result};
-use crate::repo::{Id, Snapshot};
+use crate::repo::{Snapshot, SnapshotId};
 use crate::repository::Repository;
 
 /// A snapshot left out because a failed restore test marked it corrupted.
 #[derive(Clone, Debug)]
 pub struct Skipped {
-    pub id: Id,
+    pub id: SnapshotId,
     pub time: jiff::Timestamp,
     /// What the failed restore test found.
     pub detail: String,
@@ -28,11 +28,11 @@ impl std::fmt::Display for Skipped {
 }
 
 /// Snapshots, oldest first.
-type Points = Vec<(Id, Snapshot)>;
+type Points = Vec<(SnapshotId, Snapshot)>;
 
 /// The snapshot chosen (or why none could be), and the corrupted ones
 /// passed over.
-pub type Choice = (Result<(Id, Snapshot)>, Vec<Skipped>);
+pub type Choice = (Result<(SnapshotId, Snapshot)>, Vec<Skipped>);
 
 /// The newest snapshot taken at or before `at` that has every one of
 /// `sources`, passing over those marked corrupted unless `allow_corrupted`.
@@ -114,7 +114,10 @@ fn candidates(
 
 /// Remove from `snaps` those a failed restore test marked corrupted, and
 /// return them.
-pub fn drop_corrupted(repo: &Repository, snaps: &mut Vec<(Id, Snapshot)>) -> Result<Vec<Skipped>> {
+pub fn drop_corrupted(
+    repo: &Repository,
+    snaps: &mut Vec<(SnapshotId, Snapshot)>,
+) -> Result<Vec<Skipped>> {
     let proofs = repo.proofs()?;
     let mut skipped = Vec::new();
     snaps.retain(|(id, s)| match proofs.get(id) {
@@ -134,11 +137,11 @@ pub fn drop_corrupted(repo: &Repository, snaps: &mut Vec<(Id, Snapshot)>) -> Res
 /// The newest of `points` (oldest first) taken at or before `at`; `of`
 /// qualifies "snapshot" in the message, `empty_hint` helps when there is none.
 pub fn newest_at(
-    points: &[(Id, Snapshot)],
+    points: &[(SnapshotId, Snapshot)],
     at: jiff::Timestamp,
     of: &str,
     empty_hint: &str,
-) -> Result<(Id, Snapshot)> {
+) -> Result<(SnapshotId, Snapshot)> {
     points
         .iter()
         .rev()
@@ -172,7 +175,7 @@ pub(crate) mod tests {
     }
 
     /// A snapshot of a small file tree under `dir`, taken through `repo`.
-    pub(crate) fn snapshot_files(repo: &Repository, dir: &Path) -> Id {
+    pub(crate) fn snapshot_files(repo: &Repository, dir: &Path) -> SnapshotId {
         let data = dir.join("data");
         std::fs::create_dir_all(&data).unwrap();
         std::fs::write(data.join("a.txt"), b"read order\n".repeat(1000)).unwrap();

@@ -45,7 +45,7 @@ use serde::Serialize;
 
 use crate::error::{Error, Kind};
 use crate::plan::Service;
-use crate::repo::{Id, SourceRecord};
+use crate::repo::{SnapshotId, SourceRecord};
 
 /// How long a `stop` or `start` command may run before it is killed and the
 /// step fails (probes have their own timeouts, from the plan).
@@ -106,7 +106,7 @@ enum Destination {
 pub struct Orchestration {
     pub plan_file: PathBuf,
     pub plan_dir: PathBuf,
-    pub id: Id,
+    pub id: SnapshotId,
     pub time: jiff::Timestamp,
     pub steps: Vec<Step>,
     services: Vec<Service>,
@@ -196,7 +196,7 @@ pub struct Failure {
 #[derive(Clone, Debug, Serialize)]
 pub struct Report {
     pub plan: PathBuf,
-    pub snapshot: Id,
+    pub snapshot: SnapshotId,
     pub short_id: String,
     pub time: jiff::Timestamp,
     pub dry_run: bool,

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use super::{Destination, Item, Options, Orchestration, Step};
 use crate::error::{Error, Result};
 use crate::plan::{Plan, Service, SourceSettings};
-use crate::repo::{Id, Snapshot, SourceStatus};
+use crate::repo::{Snapshot, SnapshotId, SourceStatus};
 use crate::source::{handling, Handling};
 
 /// Which snapshots were made by `plan` (the plan file they record is this one).
@@ -65,7 +65,12 @@ pub fn start_order(services: &[Service]) -> Result<Vec<usize>> {
 
 /// Work out the steps of restoring snapshot `id` with `plan`. Refuses, before
 /// anything runs, what orchestration cannot restore.
-pub fn prepare(plan: &Plan, id: Id, snap: &Snapshot, options: &Options) -> Result<Orchestration> {
+pub fn prepare(
+    plan: &Plan,
+    id: SnapshotId,
+    snap: &Snapshot,
+    options: &Options,
+) -> Result<Orchestration> {
     let order = start_order(&plan.services)?;
     let mut items = Vec::new();
     let mut skipped = Vec::new();

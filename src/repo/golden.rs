@@ -12,8 +12,9 @@ use super::*;
 use insta::assert_snapshot;
 use jiff::Timestamp;
 
-fn id(byte: u8) -> Id {
-    Id([byte; 32])
+/// The 32 bytes of a fixed id.
+fn id(byte: u8) -> [u8; 32] {
+    [byte; 32]
 }
 
 fn at(s: &str) -> Timestamp {
@@ -44,13 +45,13 @@ fn frames() -> Vec<FrameEntry> {
             compression: Compression::Zstd,
             chunks: vec![
                 ChunkEntry {
-                    id: id(0x11),
+                    id: ChunkId(id(0x11)),
                     offset: 0,
                     length: 8_192,
                     base: None,
                 },
                 ChunkEntry {
-                    id: id(0x12),
+                    id: ChunkId(id(0x12)),
                     offset: 8_192,
                     length: 8_192,
                     base: None,
@@ -63,10 +64,10 @@ fn frames() -> Vec<FrameEntry> {
             raw_length: 8_000,
             compression: Compression::ZstdDelta,
             chunks: vec![ChunkEntry {
-                id: id(0x13),
+                id: ChunkId(id(0x13)),
                 offset: 0,
                 length: 8_000,
-                base: Some(id(0x11)),
+                base: Some(ChunkId(id(0x11))),
             }],
         },
         FrameEntry {
@@ -75,7 +76,7 @@ fn frames() -> Vec<FrameEntry> {
             raw_length: 2_000,
             compression: Compression::None,
             chunks: vec![ChunkEntry {
-                id: id(0x14),
+                id: ChunkId(id(0x14)),
                 offset: 0,
                 length: 2_000,
                 base: None,
@@ -88,7 +89,7 @@ fn frames() -> Vec<FrameEntry> {
 fn config() {
     let c = Config {
         version: FEATURES_VERSION,
-        id: id(0xc0),
+        id: RepoId(id(0xc0)),
         created: at("2026-01-02T03:04:05.123456789Z"),
         chunker: CHUNKER_DEFAULT,
         frame_size: 512 * 1024,
@@ -122,7 +123,7 @@ fn key_files_and_key_material() {
     assert_snapshot!("key_file_password", text(key_file_json(&password)));
     assert_snapshot!("key_file_identity", text(key_file_json(&identity)));
     let material = KeyMaterial {
-        repo_id: id(0xc0),
+        repo_id: RepoId(id(0xc0)),
         identity: "AGE-SECRET-KEY-1QQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQ"
             .into(),
         hash_key: "ab".repeat(32),
@@ -135,7 +136,7 @@ fn index_file() {
     let idx = IndexFile {
         version: FORMAT_VERSION,
         packs: vec![PackEntry {
-            id: id(0xa1),
+            id: PackId(id(0xa1)),
             size: 6_476,
             frames: frames(),
         }],
@@ -258,7 +259,7 @@ fn snapshot() {
         kind,
         status: SourceStatus::Complete,
         errors: Vec::new(),
-        tree: vec![id(0x21)],
+        tree: vec![ChunkId(id(0x21))],
         size: 10,
         metadata,
     };
@@ -324,7 +325,7 @@ fn node_list_lines() {
             uid: 0,
             gid: 998,
             size: 16_000,
-            content: vec![id(0x31), id(0x32)],
+            content: vec![ChunkId(id(0x31)), ChunkId(id(0x32))],
             target: None,
         },
         Node {
@@ -349,8 +350,8 @@ fn wal_entry_claim_proof_and_lock() {
     let wal = WalEntry {
         name: "000000010000000000000003".into(),
         size: 16 << 20,
-        digest: id(0x41),
-        content: vec![id(0x42)],
+        digest: Id(id(0x41)),
+        content: vec![ChunkId(id(0x42))],
         archived: at("2026-01-02T02:00:04Z"),
         host: "db1".into(),
     };
@@ -360,7 +361,7 @@ fn wal_entry_claim_proof_and_lock() {
     };
     let proof = Proof {
         version: FORMAT_VERSION,
-        snapshot: id(0x51),
+        snapshot: SnapshotId(id(0x51)),
         time: at("2026-01-04T03:00:00Z"),
         passed: false,
         sources: vec!["db".into()],

@@ -1,4 +1,4 @@
-use super::{Id, PackEntry, SourceKind};
+use super::{ChunkId, Id, PackEntry, RepoId, SnapshotId, SourceKind};
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
@@ -40,7 +40,7 @@ pub struct ChunkerParams {
 pub struct Config {
     pub version: u32,
     /// Random repository id; also names the local index cache.
-    pub id: Id,
+    pub id: RepoId,
     pub created: Timestamp,
     pub chunker: ChunkerParams,
     /// Target plaintext size of a frame (several chunks compressed together).
@@ -112,7 +112,7 @@ pub struct KeyFile {
 /// The secret every key file wraps.
 #[derive(Clone, Serialize, Deserialize)]
 pub struct KeyMaterial {
-    pub repo_id: Id,
+    pub repo_id: RepoId,
     /// The repository's age X25519 identity (`AGE-SECRET-KEY-1...`).
     pub identity: String,
     /// 32-byte key for keyed BLAKE3 chunk ids and the chunker seed (hex).
@@ -158,7 +158,7 @@ pub struct SourceRecord {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub errors: Vec<String>,
     /// Chunks of the source's node list (JSON lines of [`Node`]).
-    pub tree: Vec<Id>,
+    pub tree: Vec<ChunkId>,
     /// Logical size of all file contents in bytes.
     pub size: u64,
     #[serde(default, skip_serializing_if = "serde_json::Value::is_null")]
@@ -230,7 +230,7 @@ pub struct Node {
     #[serde(default, skip_serializing_if = "is_zero")]
     pub size: u64,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub content: Vec<Id>,
+    pub content: Vec<ChunkId>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target: Option<String>,
 }
@@ -238,7 +238,7 @@ pub struct Node {
 impl Node {
     /// A regular file holding one stored stream (a dump, a base backup, a
     /// partition's records): mode 0600, owned by root, modified now.
-    pub fn stream(path: impl Into<String>, size: u64, content: Vec<Id>) -> Node {
+    pub fn stream(path: impl Into<String>, size: u64, content: Vec<ChunkId>) -> Node {
         Node {
             path: path.into(),
             kind: NodeKind::File,
@@ -267,7 +267,7 @@ pub struct WalEntry {
     pub size: u64,
     /// Keyed BLAKE3 of the whole content: tells an identical re-push from a conflict.
     pub digest: Id,
-    pub content: Vec<Id>,
+    pub content: Vec<ChunkId>,
     /// When cairn stored it (the WAL in it is older).
     pub archived: Timestamp,
     pub host: String,
@@ -290,7 +290,7 @@ pub struct WalClaim {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Proof {
     pub version: u32,
-    pub snapshot: Id,
+    pub snapshot: SnapshotId,
     pub time: Timestamp,
     pub passed: bool,
     /// The sources that were restored and compared.

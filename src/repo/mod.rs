@@ -4,6 +4,7 @@
 //! change one only together with the spec and the format version.
 
 pub mod encode;
+mod file_kind;
 #[cfg(test)]
 mod golden;
 mod id;
@@ -15,7 +16,8 @@ mod pack;
 pub mod postgres;
 mod source_kind;
 
-pub use id::Id;
+pub use file_kind::FileKind;
+pub use id::{ChunkId, FileId, Id, IndexId, KeyId, LockId, PackId, ProofId, RepoId, SnapshotId};
 pub use manifest::{
     ChunkerParams, Config, IndexFile, KeyFile, KeyKind, KeyMaterial, LockFile, Node, NodeKind,
     Proof, Snapshot, SourceRecord, SourceStatus, Summary, WalClaim, WalEntry, CHUNKER_DEFAULT,
@@ -26,45 +28,3 @@ pub use pack::{
     PACK_MAGIC, PACK_TRAILER_LEN,
 };
 pub use source_kind::SourceKind;
-
-/// The kinds of files in a repository, each in its own directory.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum FileKind {
-    Config,
-    Key,
-    Pack,
-    Index,
-    Snapshot,
-    Lock,
-    /// Archived PostgreSQL WAL files: `wal/<wal file name>.<file id>`.
-    Wal,
-    /// Restore-test outcomes ([`Proof`]).
-    Proof,
-}
-
-impl FileKind {
-    pub fn dir(self) -> &'static str {
-        match self {
-            FileKind::Config => "",
-            FileKind::Key => "keys",
-            FileKind::Pack => "data",
-            FileKind::Index => "index",
-            FileKind::Snapshot => "snapshots",
-            FileKind::Lock => "locks",
-            FileKind::Wal => "wal",
-            FileKind::Proof => "proofs",
-        }
-    }
-    pub fn name(self) -> &'static str {
-        match self {
-            FileKind::Config => "config",
-            FileKind::Key => "key",
-            FileKind::Pack => "pack",
-            FileKind::Index => "index",
-            FileKind::Snapshot => "snapshot",
-            FileKind::Lock => "lock",
-            FileKind::Wal => "wal file",
-            FileKind::Proof => "proof",
-        }
-    }
-}

@@ -1,4 +1,4 @@
-use super::Id;
+use super::{ChunkId, PackId};
 use serde::{Deserialize, Serialize};
 
 /// Bytes at the very end of a pack: header length (u32 LE) and magic `CRNP`.
@@ -23,7 +23,7 @@ pub enum Compression {
 /// One chunk inside a frame's plaintext.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChunkEntry {
-    pub id: Id,
+    pub id: ChunkId,
     /// Byte offset of the chunk in the frame's decompressed plaintext.
     #[serde(rename = "o")]
     pub offset: u32,
@@ -33,7 +33,7 @@ pub struct ChunkEntry {
     /// against (the chunk it replaces in the previous version of its
     /// stream). A base is never itself in a `zstd-delta` frame.
     #[serde(rename = "b", default, skip_serializing_if = "Option::is_none")]
-    pub base: Option<Id>,
+    pub base: Option<ChunkId>,
 }
 
 /// A frame: several chunks compressed together and encrypted as one age file.
@@ -56,7 +56,7 @@ impl FrameEntry {
     /// The chunks whose plaintexts, concatenated in this order, are the
     /// zstd prefix of a `zstd-delta` frame: each distinct `base` of its
     /// chunks, in the order of first use. Empty for other frames.
-    pub fn bases(&self) -> Vec<Id> {
+    pub fn bases(&self) -> Vec<ChunkId> {
         if self.compression != Compression::ZstdDelta {
             return Vec::new();
         }
@@ -66,8 +66,8 @@ impl FrameEntry {
 
 /// The distinct bases of `chunks` in order of first use: the chunks whose
 /// plaintexts make the prefix of a delta frame holding `chunks`.
-pub fn prefix_bases(chunks: &[ChunkEntry]) -> Vec<Id> {
-    let mut out: Vec<Id> = Vec::new();
+pub fn prefix_bases(chunks: &[ChunkEntry]) -> Vec<ChunkId> {
+    let mut out: Vec<ChunkId> = Vec::new();
     for b in chunks.iter().filter_map(|c| c.base) {
         if !out.contains(&b) {
             out.push(b);
@@ -86,7 +86,7 @@ pub struct PackHeader {
 /// A pack as listed in an index file.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PackEntry {
-    pub id: Id,
+    pub id: PackId,
     /// Total size of the pack file in bytes.
     pub size: u64,
     pub frames: Vec<FrameEntry>,

@@ -7,7 +7,7 @@ use crate::backend::FileRef;
 use crate::crypto::MasterKey;
 use crate::error::{Error, Result};
 use crate::index::Location;
-use crate::repo::{Compression, FileKind, FrameEntry, Id};
+use crate::repo::{ChunkId, Compression, FrameEntry, PackId};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -77,7 +77,7 @@ impl Repository {
                 let start = first.frame_offset;
                 let length = last.frame_offset + u64::from(last.frame_length) - start;
                 self.read_pack_range(&first.pack, start, length as u32, &mut buf, false)?;
-                let file = FileRef::new(FileKind::Pack, first.pack.to_hex());
+                let file = FileRef::of(first.pack);
                 for l in span {
                     let at = (l.frame_offset - start) as usize;
                     let ct = buf.get(at..at + l.frame_length as usize).ok_or_else(|| {
@@ -165,7 +165,7 @@ impl Repository {
     /// The plaintexts of `bases`, concatenated, each checked against its id.
     /// A base must lie in a frame that is not itself a delta (chains are one
     /// deep), so this never recurses further.
-    pub fn bases_plaintext(&self, bases: &[Id]) -> Result<Vec<u8>> {
+    pub fn bases_plaintext(&self, bases: &[ChunkId]) -> Result<Vec<u8>> {
         if bases.is_empty() {
             return Ok(Vec::new());
         }
@@ -173,7 +173,7 @@ impl Repository {
     }
 
     /// [`bases_plaintext`](Self::bases_plaintext), located with `reader`.
-    fn bases_in(&self, reader: &crate::index::IndexReader, bases: &[Id]) -> Result<Vec<u8>> {
+    fn bases_in(&self, reader: &crate::index::IndexReader, bases: &[ChunkId]) -> Result<Vec<u8>> {
         let mut out = Vec::new();
         for b in bases {
             let loc = reader.get(b)?.ok_or_else(|| {
@@ -193,13 +193,13 @@ impl Repository {
     }
 
     /// A chunk's plaintext, checked against its id.
-    pub fn read_chunk(&self, id: &Id, loc: &Location) -> Result<Vec<u8>> {
+    pub fn read_chunk(&self, id: &ChunkId, loc: &Location) -> Result<Vec<u8>> {
         let frame = self.read_frame(loc)?;
         Ok(self.checked_chunk(id, loc, &frame)?.to_vec())
     }
 
     /// Chunk `id` cut from its decoded `frame`, checked against its id.
-    fn checked_chunk<'f>(&self, id: &Id, loc: &Location, frame: &'f [u8]) -> Result<&'f [u8]> {
+    fn checked_chunk<'f>(&self, id: &ChunkId, loc: &Location, frame: &'f [u8]) -> Result<&'f [u8]> {
         let data = chunk_slice(frame, loc).ok_or_else(|| {
             Error::integrity(format!(
                 "chunk {} lies outside its frame in pack {}",
@@ -219,7 +219,7 @@ impl Repository {
 
     /// Concatenate the chunks of a stream (a node list: held in memory
     /// whole), each checked against its id.
-    pub fn read_stream(&self, ids: &[Id]) -> Result<Vec<u8>> {
+    pub fn read_stream(&self, ids: &[ChunkId]) -> Result<Vec<u8>> {
         let reader = self.cache.reader()?;
         let mut locs = Vec::with_capacity(ids.len());
         for id in ids {
@@ -323,7 +323,7 @@ impl FrameDecoder {
     /// Decode `ct`, the ciphertext of the frame at `loc`, into `self.frame`
     /// (a delta frame with its bases).
     fn decode_at(&mut self, repo: &Repository, ct: &[u8], loc: &Location) -> Result<()> {
-        let file = FileRef::new(FileKind::Pack, loc.pack.to_hex());
+        let file = FileRef::of(loc.pack);
         let what = frame_name(&file, loc.frame_offset);
         let prefix = repo.delta_prefix(loc)?;
         self.decode(
@@ -419,7 +419,7 @@ pub fn compress_with_prefix(
     Ok(out)
 }
 
-type FrameKey = (Id, u64);
+type FrameKey = (PackId, u64);
 
 /// A few recently decoded frames.
 #[derive(Default)]

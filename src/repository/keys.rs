@@ -5,7 +5,7 @@ use super::Repository;
 use crate::backend::{Backend, FileRef};
 use crate::crypto::{self, MasterKey, Secret};
 use crate::error::{Error, Kind, Result};
-use crate::repo::{Config, FileKind, Id, KeyFile, KeyKind, FORMAT_VERSION};
+use crate::repo::{Config, FileKind, KeyFile, KeyId, KeyKind, RepoId, FORMAT_VERSION};
 
 /// How a new key file protects the master key.
 pub enum NewKey {
@@ -26,7 +26,7 @@ pub fn user_name() -> String {
 }
 
 /// Build a key file wrapping `material` as `new` says.
-pub fn make_key_file(key: &MasterKey, repo_id: Id, new: &NewKey) -> Result<KeyFile> {
+pub fn make_key_file(key: &MasterKey, repo_id: RepoId, new: &NewKey) -> Result<KeyFile> {
     let material = key.material(repo_id);
     let (kind, data, recipient) = match new {
         NewKey::Password { password, log_n } => (
@@ -52,10 +52,10 @@ pub fn make_key_file(key: &MasterKey, repo_id: Id, new: &NewKey) -> Result<KeyFi
 }
 
 /// Store a key file under the hash of its bytes.
-pub fn write_key_file(backend: &dyn Backend, kf: &KeyFile) -> Result<Id> {
+pub fn write_key_file(backend: &dyn Backend, kf: &KeyFile) -> Result<KeyId> {
     let bytes = crate::repo::encode::key_file_json(kf);
-    let id = Id::of_bytes(&bytes);
-    backend.write(&FileRef::new(FileKind::Key, id.to_hex()), &bytes)?;
+    let id = KeyId::of_bytes(&bytes);
+    backend.write(&FileRef::of(id), &bytes)?;
     Ok(id)
 }
 
@@ -66,10 +66,10 @@ pub fn read_key_file(backend: &dyn Backend, name: &str) -> Result<KeyFile> {
 }
 
 /// All key files with their ids.
-pub fn local_key_files(backend: &dyn Backend) -> Result<Vec<(Id, KeyFile)>> {
+pub fn local_key_files(backend: &dyn Backend) -> Result<Vec<(KeyId, KeyFile)>> {
     let mut out = Vec::new();
     for (name, _) in backend.list(FileKind::Key)? {
-        if let Some(id) = Id::parse(&name) {
+        if let Some(id) = KeyId::parse(&name) {
             match read_key_file(backend, &name) {
                 Ok(kf) => out.push((id, kf)),
                 Err(e) if e.kind() == Kind::Integrity => {
@@ -92,7 +92,7 @@ impl Repository {
         backend: &dyn Backend,
         config: &Config,
         secret: &Secret,
-    ) -> Result<(MasterKey, Id)> {
+    ) -> Result<(MasterKey, KeyId)> {
         let keys = backend.list(FileKind::Key)?;
         let mut damaged = Vec::new();
         let mut skip = |name: &str, e: Error| {
@@ -142,7 +142,7 @@ impl Repository {
                         material.repo_id.short()
                     )));
                 }
-                let id = Id::parse(name).unwrap_or_default();
+                let id = KeyId::parse(name).unwrap_or_default();
                 return Ok((MasterKey::from_material(&material)?, id));
             }
         }

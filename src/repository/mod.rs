@@ -22,20 +22,23 @@ use crate::backend::{Backend, FileRef};
 use crate::crypto::{MasterKey, Secret};
 use crate::error::{Error, Kind, Result};
 use crate::index::IndexCache;
-use crate::repo::{Config, FileKind, Id, Node, Snapshot, SourceRecord, CHUNKER_DEFAULT};
+use crate::repo::{
+    Config, FileId, FileKind, Id, IndexId, KeyId, Node, PackId, ProofId, RepoId, Snapshot,
+    SnapshotId, SourceRecord, CHUNKER_DEFAULT,
+};
 use serde::{de::DeserializeOwned, Serialize};
 use std::path::PathBuf;
 use std::sync::Mutex;
 
 /// Readable snapshots with their ids, and unreadable ones with the reason.
-pub type SnapshotList = (Vec<(Id, Snapshot)>, Vec<(Id, Error)>);
+pub type SnapshotList = (Vec<(SnapshotId, Snapshot)>, Vec<(SnapshotId, Error)>);
 
 pub struct Repository {
     pub backend: Box<dyn Backend>,
     pub config: Config,
     pub key: MasterKey,
     /// The key file that opened the repository.
-    pub key_id: Id,
+    pub key_id: KeyId,
     pub cache: IndexCache,
     frames: Mutex<FrameCache>,
     spool: Mutex<Option<Spool>>,
@@ -46,7 +49,7 @@ pub struct Repository {
 /// once instead of once more per frame.
 struct Spool {
     dir: tempfile::TempDir,
-    packs: std::collections::HashSet<Id>,
+    packs: std::collections::HashSet<PackId>,
 }
 
 const DEFAULT_FRAME_SIZE: u32 = 512 * 1024;
@@ -54,7 +57,7 @@ const DEFAULT_PACK_SIZE: u32 = 16 << 20;
 
 impl Repository {
     /// Create a repository with one key. Returns its config and the key id.
-    pub fn init(backend: &dyn Backend, new: &NewKey) -> Result<(Config, Id)> {
+    pub fn init(backend: &dyn Backend, new: &NewKey) -> Result<(Config, KeyId)> {
         Self::init_with(backend, new, CHUNKER_DEFAULT)
     }
 
@@ -63,12 +66,12 @@ impl Repository {
         backend: &dyn Backend,
         new: &NewKey,
         chunker: crate::repo::ChunkerParams,
-    ) -> Result<(Config, Id)> {
+    ) -> Result<(Config, KeyId)> {
         backend.create()?;
         let key = MasterKey::generate();
         let config = Config {
             version: crate::repo::FEATURES_VERSION,
-            id: Id::random(),
+            id: RepoId::random(),
             created: jiff::Timestamp::now(),
             chunker,
             frame_size: DEFAULT_FRAME_SIZE,
@@ -150,36 +153,35 @@ impl Repository {
         })
     }
 
-    /// Seal a value and store it under the hash of its stored bytes.
-    pub fn write_sealed<T: Serialize>(&self, kind: FileKind, value: &T) -> Result<Id> {
+    /// Seal a value and store it under the hash of its stored bytes, as a
+    /// file of the kind of `I`.
+    pub fn write_sealed<I: FileId>(&self, value: &impl Serialize) -> Result<I> {
         let bytes = self.key.seal(value)?;
-        let id = Id::of_bytes(&bytes);
-        self.backend
-            .write(&FileRef::new(kind, id.to_hex()), &bytes)?;
+        let id = I::from_raw(Id::of_bytes(&bytes));
+        self.backend.write(&FileRef::of(id), &bytes)?;
         Ok(id)
     }
 
     /// Store an index file listing `packs` (written, and their packs, before
     /// any snapshot that needs them) and add it to the local cache. Returns
     /// its id and its size in bytes.
-    pub fn write_index(&self, packs: Vec<crate::repo::PackEntry>) -> Result<(Id, u64)> {
+    pub fn write_index(&self, packs: Vec<crate::repo::PackEntry>) -> Result<(IndexId, u64)> {
         let idx = crate::repo::IndexFile {
             version: crate::repo::FORMAT_VERSION,
             packs,
         };
         let bytes = self.key.seal(&idx)?;
-        let id = Id::of_bytes(&bytes);
-        self.backend
-            .write(&FileRef::new(FileKind::Index, id.to_hex()), &bytes)?;
-        self.cache.add(&id.to_hex(), &idx)?;
+        let id = IndexId::of_bytes(&bytes);
+        self.backend.write(&FileRef::of(id), &bytes)?;
+        self.cache.add(&id, &idx)?;
         Ok((id, bytes.len() as u64))
     }
 
     /// Read a sealed file, check its name against its content, and open it.
-    pub fn read_sealed<T: DeserializeOwned>(&self, kind: FileKind, id: &Id) -> Result<T> {
-        let f = FileRef::new(kind, id.to_hex());
+    pub fn read_sealed<T: DeserializeOwned>(&self, id: impl FileId) -> Result<T> {
+        let f = FileRef::of(id);
         let bytes = self.backend.read(&f)?;
-        if Id::of_bytes(&bytes) != *id {
+        if Id::of_bytes(&bytes) != id.raw() {
             return Err(Error::integrity(format!(
                 "{f} is damaged: its content does not match its name"
             )));
@@ -188,18 +190,20 @@ impl Repository {
     }
 
     /// Record the outcome of a restore test of a snapshot.
-    pub fn record_proof(&self, proof: &crate::repo::Proof) -> Result<Id> {
-        self.write_sealed(FileKind::Proof, proof)
+    pub fn record_proof(&self, proof: &crate::repo::Proof) -> Result<ProofId> {
+        self.write_sealed(proof)
     }
 
     /// The newest proof of each snapshot that has one. Unreadable proof
     /// files are skipped with a warning.
-    pub fn proofs(&self) -> Result<std::collections::HashMap<Id, crate::repo::Proof>> {
-        let mut out: std::collections::HashMap<Id, crate::repo::Proof> =
+    pub fn proofs(&self) -> Result<std::collections::HashMap<SnapshotId, crate::repo::Proof>> {
+        let mut out: std::collections::HashMap<SnapshotId, crate::repo::Proof> =
             std::collections::HashMap::new();
         for (name, _) in self.backend.list(FileKind::Proof)? {
-            let Some(id) = Id::parse(&name) else { continue };
-            match self.read_sealed::<crate::repo::Proof>(FileKind::Proof, &id) {
+            let Some(id) = ProofId::parse(&name) else {
+                continue;
+            };
+            match self.read_sealed::<crate::repo::Proof>(id) {
                 Ok(p) => {
                     if out.get(&p.snapshot).is_none_or(|q| q.time < p.time) {
                         out.insert(p.snapshot, p);
@@ -222,7 +226,7 @@ impl Repository {
     /// skipped with a warning (`check` reports it), so one bad file does not
     /// hide every other restore point. The index cache is brought up to
     /// date afterwards, as [`snapshots_and_damage`](Self::snapshots_and_damage) says.
-    pub fn snapshots(&self) -> Result<Vec<(Id, Snapshot)>> {
+    pub fn snapshots(&self) -> Result<Vec<(SnapshotId, Snapshot)>> {
         Ok(self.snapshots_and_damage()?.0)
     }
 
@@ -237,8 +241,10 @@ impl Repository {
         let mut out = Vec::new();
         let mut bad = Vec::new();
         for (name, _) in self.backend.list(FileKind::Snapshot)? {
-            let Some(id) = Id::parse(&name) else { continue };
-            match self.read_sealed::<Snapshot>(FileKind::Snapshot, &id) {
+            let Some(id) = SnapshotId::parse(&name) else {
+                continue;
+            };
+            match self.read_sealed::<Snapshot>(id) {
                 Ok(s) => out.push((id, s)),
                 Err(e) if e.kind() == Kind::Integrity => {
                     tracing::warn!("skipping snapshot {}: {e}; run `cairn check`", id.short());
@@ -253,7 +259,7 @@ impl Repository {
     }
 
     /// Resolve `latest`, a full id or a unique id prefix.
-    pub fn find_snapshot(&self, spec: &str) -> Result<(Id, Snapshot)> {
+    pub fn find_snapshot(&self, spec: &str) -> Result<(SnapshotId, Snapshot)> {
         let (all, damaged) = self.snapshots_and_damage()?;
         let lower = spec.to_ascii_lowercase();
         if let Some((_, e)) = damaged
@@ -285,7 +291,7 @@ impl Repository {
 
     /// Keep a verified pack of a remote repository on local disk for this
     /// process (no-op for local repositories).
-    pub fn spool_pack(&self, id: Id, bytes: &[u8]) -> Result<()> {
+    pub fn spool_pack(&self, id: PackId, bytes: &[u8]) -> Result<()> {
         if self.backend.is_local() {
             return Ok(());
         }
@@ -322,8 +328,8 @@ impl Repository {
 
     /// A whole pack's bytes into `buf`: from the spool when a pre-check
     /// downloaded it, else from the backend. Not checked against its name here.
-    pub fn read_pack_into(&self, id: &Id, buf: &mut Vec<u8>) -> Result<()> {
-        let f = FileRef::new(FileKind::Pack, id.to_hex());
+    pub fn read_pack_into(&self, id: &PackId, buf: &mut Vec<u8>) -> Result<()> {
+        let f = FileRef::of(*id);
         match self.spooled_path(id) {
             Some(path) => crate::backend::read_whole_of(&path, buf)
                 .map_err(|e| Error::io(format!("reading spooled {f}"), e)),
@@ -335,10 +341,10 @@ impl Repository {
     /// from the spool when a pre-check downloaded it.
     pub fn read_pack_pieces(
         &self,
-        id: &Id,
+        id: &PackId,
         piece: &mut dyn FnMut(&[u8]) -> Result<()>,
     ) -> Result<()> {
-        let f = FileRef::new(FileKind::Pack, id.to_hex());
+        let f = FileRef::of(*id);
         match self.spooled_path(id) {
             Some(path) => {
                 let mut buf = Vec::new();
@@ -351,7 +357,7 @@ impl Repository {
     }
 
     /// Where pack `id` lies in the spool, when a pre-check downloaded it.
-    fn spooled_path(&self, id: &Id) -> Option<std::path::PathBuf> {
+    fn spooled_path(&self, id: &PackId) -> Option<std::path::PathBuf> {
         let guard = self.spool.lock().ok()?;
         let sp = guard.as_ref()?;
         sp.packs
@@ -363,13 +369,13 @@ impl Repository {
     /// else the backend (around the page cache when `uncached`).
     fn read_pack_range(
         &self,
-        pack: &Id,
+        pack: &PackId,
         offset: u64,
         length: u32,
         buf: &mut Vec<u8>,
         uncached: bool,
     ) -> Result<()> {
-        let f = FileRef::new(FileKind::Pack, pack.to_hex());
+        let f = FileRef::of(*pack);
         match self.spooled_path(pack) {
             Some(path) => crate::backend::read_range_of(&path, offset, length, buf)
                 .map_err(|e| Error::io(format!("reading spooled {f}"), e)),

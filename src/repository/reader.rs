@@ -4,7 +4,7 @@
 use super::{chunk_slice, FrameDecoder, Repository};
 use crate::error::{Error, Result};
 use crate::index::Location;
-use crate::repo::{Id, Node};
+use crate::repo::{ChunkId, Node};
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -41,7 +41,7 @@ impl Repository {
     pub fn open_file_located<'a>(
         &'a self,
         node: &Node,
-        located: Arc<HashMap<Id, Location>>,
+        located: Arc<HashMap<ChunkId, Location>>,
     ) -> Result<FileReader<'a>> {
         self.file_reader(node, Locations::Known(located))
     }
@@ -72,7 +72,7 @@ impl Repository {
     /// [`crate::archiver::Packer::set_base_stream`]).
     pub fn for_each_chunk_unchecked(
         &self,
-        ids: &[Id],
+        ids: &[ChunkId],
         mut f: impl FnMut(usize, &[u8]),
     ) -> Result<()> {
         let node = Node::stream("", 0, ids.to_vec());
@@ -88,7 +88,7 @@ impl Repository {
 }
 
 /// Where a chunk is, for [`Repository::open_file_with`].
-pub type Lookup<'a> = &'a dyn Fn(&Id) -> Result<Location>;
+pub type Lookup<'a> = &'a dyn Fn(&ChunkId) -> Result<Location>;
 
 /// Sequential reader over a stored file; see [`Repository::open_file`].
 ///
@@ -102,7 +102,7 @@ pub struct FileReader<'a> {
     locations: Locations<'a>,
     /// Check every chunk against its id (see [`FileReader::digest_checked_by_caller`]).
     check_ids: bool,
-    ids: Vec<Id>,
+    ids: Vec<ChunkId>,
     next: usize,
     decoder: FrameDecoder,
     /// The unread part of the current chunk within the decoder's frame.
@@ -114,7 +114,7 @@ pub struct FileReader<'a> {
 enum Locations<'a> {
     Index(Box<crate::index::IndexReader>),
     /// Looked up already (by [`crate::restorer::verify_before_restore`]).
-    Known(Arc<HashMap<Id, Location>>),
+    Known(Arc<HashMap<ChunkId, Location>>),
     /// Looked up by the caller, chunk by chunk.
     Lookup(Lookup<'a>),
 }
@@ -139,7 +139,7 @@ impl FileReader<'_> {
     }
 
     /// Where chunk `id` is stored.
-    fn locate(&self, id: &Id) -> Result<Location> {
+    fn locate(&self, id: &ChunkId) -> Result<Location> {
         match &self.locations {
             Locations::Known(m) => m.get(id).cloned().ok_or_else(|| {
                 Error::integrity(format!(

@@ -22,7 +22,7 @@ use crate::error::{Error, Kind, Result, ResultExt};
 use crate::index::Location;
 use crate::interrupt;
 use crate::progress::Progress;
-use crate::repo::{node_path, Compression, FileKind, Id, Node, NodeKind};
+use crate::repo::{node_path, ChunkId, Compression, Node, NodeKind, PackId};
 use crate::repository::{chunk_slice, FrameDecoder, Repository};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
@@ -46,7 +46,7 @@ pub struct RestoreStats {
 struct Target {
     file: usize,
     file_offset: u64,
-    chunk: Id,
+    chunk: ChunkId,
     offset: u32,
     length: u32,
 }
@@ -79,7 +79,7 @@ pub fn filter_nodes(nodes: Vec<Node>, include: &[String]) -> Vec<Node> {
 
 /// Where every chunk of `nodes` is stored; an error naming the files when
 /// any chunk is missing from the index.
-fn locate_chunks(repo: &Repository, nodes: &[Node]) -> Result<HashMap<Id, Location>> {
+fn locate_chunks(repo: &Repository, nodes: &[Node]) -> Result<HashMap<ChunkId, Location>> {
     let reader = repo.cache.reader()?;
     let mut locs = HashMap::new();
     let mut missing: BTreeMap<String, usize> = BTreeMap::new();
@@ -98,8 +98,8 @@ fn locate_chunks(repo: &Repository, nodes: &[Node]) -> Result<HashMap<Id, Locati
     }
     // Delta frames need their bases: they are chunks this restore reads,
     // so their packs are checked with the rest before anything is written.
-    let mut delta_frames: HashSet<(Id, u64)> = HashSet::new();
-    let mut bases: Vec<Id> = Vec::new();
+    let mut delta_frames: HashSet<(PackId, u64)> = HashSet::new();
+    let mut bases: Vec<ChunkId> = Vec::new();
     for l in locs.values() {
         if l.compression == Compression::ZstdDelta && delta_frames.insert(l.frame_key()) {
             bases.extend(reader.frame_bases(l)?);
@@ -137,9 +137,9 @@ fn locate_chunks(repo: &Repository, nodes: &[Node]) -> Result<HashMap<Id, Locati
 pub fn verify_before_restore(
     repo: &Repository,
     nodes: &[Node],
-) -> Result<(HashMap<Id, Location>, u64)> {
+) -> Result<(HashMap<ChunkId, Location>, u64)> {
     let locs = locate_chunks(repo, nodes)?;
-    let packs: Vec<Id> = locs
+    let packs: Vec<PackId> = locs
         .values()
         .map(|l| l.pack)
         .collect::<HashSet<_>>()
@@ -153,16 +153,16 @@ pub fn verify_before_restore(
             s.spawn(|| loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
                 let Some(pack) = packs.get(i) else { break };
-                let f = FileRef::new(FileKind::Pack, pack.to_hex());
+                let f = FileRef::of(*pack);
                 // A local pack is hashed where it lies; only a damaged one is
                 // read whole, to see whether the frames needed are intact.
                 if repo.backend.is_local()
-                    && repo.backend.content_id(&f).is_ok_and(|id| id == *pack)
+                    && repo.backend.content_id(&f).is_ok_and(|id| id == pack.raw())
                 {
                     continue;
                 }
                 let verdict = match repo.backend.read(&f) {
-                    Ok(bytes) if Id::of_bytes(&bytes) == *pack => {
+                    Ok(bytes) if PackId::of_bytes(&bytes) == *pack => {
                         repo.spool_pack(*pack, &bytes).err().map(|e| e.to_string())
                     }
                     Ok(bytes) => needed_frames_intact(repo, *pack, &bytes, &locs)
@@ -200,8 +200,12 @@ fn pack_threads(repo: &Repository) -> usize {
 
 /// The error for a restore stopped by damaged packs: which packs, why, and
 /// which files they would have spoiled.
-fn damaged_packs(nodes: &[Node], locs: &HashMap<Id, Location>, bad: Vec<(Id, String)>) -> Error {
-    let bad_packs: HashSet<Id> = bad.iter().map(|(p, _)| *p).collect();
+fn damaged_packs(
+    nodes: &[Node],
+    locs: &HashMap<ChunkId, Location>,
+    bad: Vec<(PackId, String)>,
+) -> Error {
+    let bad_packs: HashSet<PackId> = bad.iter().map(|(p, _)| *p).collect();
     let files: Vec<&str> = nodes
         .iter()
         .filter(|n| {
@@ -226,11 +230,11 @@ fn damaged_packs(nodes: &[Node], locs: &HashMap<Id, Location>, bad: Vec<(Id, Str
 /// (damage elsewhere in it): decode and verify exactly the chunks needed.
 fn needed_frames_intact(
     repo: &Repository,
-    pack: Id,
+    pack: PackId,
     bytes: &[u8],
-    locs: &HashMap<Id, Location>,
+    locs: &HashMap<ChunkId, Location>,
 ) -> Result<()> {
-    let mut frames: HashMap<u64, Vec<(&Id, &Location)>> = HashMap::new();
+    let mut frames: HashMap<u64, Vec<(&ChunkId, &Location)>> = HashMap::new();
     for (id, l) in locs.iter().filter(|(_, l)| l.pack == pack) {
         frames.entry(l.frame_offset).or_default().push((id, l));
     }
@@ -284,7 +288,7 @@ pub fn restore_nodes(
         .copied()
         .filter(|n| n.kind == NodeKind::File)
         .collect();
-    let mut frames: HashMap<(Id, u64), FrameWork> = HashMap::new();
+    let mut frames: HashMap<(PackId, u64), FrameWork> = HashMap::new();
     for (i, n) in files.iter().enumerate() {
         queue_file(&mut frames, i, &n.content, |id| Ok(locs[id].clone()))?;
         stats.files += 1;
@@ -440,7 +444,7 @@ impl Outputs {
 /// One frame to decode and write: its ciphertext, cut from its pack as the
 /// pack's bytes arrived.
 struct FrameJob<'a> {
-    pack: Id,
+    pack: PackId,
     ciphertext: Vec<u8>,
     work: &'a FrameWork,
 }
@@ -457,14 +461,14 @@ struct FrameJob<'a> {
 /// threads and is returned as the error.
 fn write_packs(
     repo: &Repository,
-    packs: &[(Id, Vec<FrameWork>)],
+    packs: &[(PackId, Vec<FrameWork>)],
     out: &Outputs,
     progress: &Progress,
-) -> Result<Vec<(Id, String)>> {
+) -> Result<Vec<(PackId, String)>> {
     let next = AtomicUsize::new(0);
-    let bad: Mutex<Vec<(Id, String)>> = Mutex::new(Vec::new());
+    let bad: Mutex<Vec<(PackId, String)>> = Mutex::new(Vec::new());
     // Packs whose bytes do not hash to their name.
-    let mismatched: Mutex<HashSet<Id>> = Mutex::new(HashSet::new());
+    let mismatched: Mutex<HashSet<PackId>> = Mutex::new(HashSet::new());
     let failure: Mutex<Option<Error>> = Mutex::new(None);
     let stopped = || failure.lock().map(|f| f.is_some()).unwrap_or(true);
     let fail = |e: Error| {
@@ -472,14 +476,14 @@ fn write_packs(
             f.get_or_insert(e);
         }
     };
-    let mark_bad = |pack: Id, why: String| {
+    let mark_bad = |pack: PackId, why: String| {
         if let Ok(mut b) = bad.lock() {
             if !b.iter().any(|(p, _)| *p == pack) {
                 b.push((pack, why));
             }
         }
     };
-    let is_bad = |pack: Id| {
+    let is_bad = |pack: PackId| {
         bad.lock()
             .map(|b| b.iter().any(|(p, _)| *p == pack))
             .unwrap_or(true)
@@ -575,7 +579,7 @@ fn write_packs(
         .unwrap_or_default()
         .into_iter()
         .map(|(pack, why)| {
-            let f = FileRef::new(FileKind::Pack, pack.to_hex());
+            let f = FileRef::of(pack);
             match mismatched.contains(&pack) {
                 true => (pack, format!("{f}: content does not match its name, and a frame this restore needs is damaged: {why}")),
                 false => (pack, format!("{f}: {why}")),
@@ -646,18 +650,18 @@ impl<'a> FrameCutter<'a> {
     }
 
     /// The BLAKE3 of the bytes taken: the pack's name when it is intact.
-    fn id(&self) -> Id {
-        Id(*self.hasher.finalize().as_bytes())
+    fn id(&self) -> PackId {
+        PackId(*self.hasher.finalize().as_bytes())
     }
 }
 
 /// Frames grouped by their pack, each pack's in offset order.
-fn by_pack(frames: HashMap<(Id, u64), FrameWork>) -> Vec<(Id, Vec<FrameWork>)> {
-    let mut packs: HashMap<Id, Vec<FrameWork>> = HashMap::new();
+fn by_pack(frames: HashMap<(PackId, u64), FrameWork>) -> Vec<(PackId, Vec<FrameWork>)> {
+    let mut packs: HashMap<PackId, Vec<FrameWork>> = HashMap::new();
     for w in frames.into_values() {
         packs.entry(w.loc.pack).or_default().push(w);
     }
-    let mut packs: Vec<(Id, Vec<FrameWork>)> = packs.into_iter().collect();
+    let mut packs: Vec<(PackId, Vec<FrameWork>)> = packs.into_iter().collect();
     for (_, work) in &mut packs {
         work.sort_by_key(|w| w.loc.frame_offset);
     }
@@ -666,10 +670,10 @@ fn by_pack(frames: HashMap<(Id, u64), FrameWork>) -> Vec<(Id, Vec<FrameWork>)> {
 
 /// Queue the chunks of file number `file` under the frames that hold them.
 fn queue_file(
-    frames: &mut HashMap<(Id, u64), FrameWork>,
+    frames: &mut HashMap<(PackId, u64), FrameWork>,
     file: usize,
-    content: &[Id],
-    mut location: impl FnMut(&Id) -> Result<Location>,
+    content: &[ChunkId],
+    mut location: impl FnMut(&ChunkId) -> Result<Location>,
 ) -> Result<()> {
     let mut off = 0u64;
     for id in content {
@@ -706,7 +710,7 @@ pub fn write_file(repo: &Repository, node: &Node, path: &Path) -> Result<()> {
         }
         _ => {}
     }
-    let mut frames: HashMap<(Id, u64), FrameWork> = HashMap::new();
+    let mut frames: HashMap<(PackId, u64), FrameWork> = HashMap::new();
     queue_file(&mut frames, 0, &node.content, |id| Ok(locs[id].clone()))?;
     let out = Outputs::new(vec![(path.to_path_buf(), node.size)]);
     let bad = write_packs(repo, &by_pack(frames), &out, &Progress::hidden())?;
@@ -817,7 +821,7 @@ mod tests {
     fn frame(offset: u64, length: u32) -> FrameWork {
         FrameWork {
             loc: Location {
-                pack: Id::default(),
+                pack: PackId::default(),
                 frame_offset: offset,
                 frame_length: length,
                 raw_length: 0,
@@ -831,7 +835,11 @@ mod tests {
     }
 
     /// The frames a cutter hands over when `pack` arrives in pieces of `sizes`.
-    fn cut(work: &[FrameWork], pack: &[u8], sizes: &[usize]) -> (Vec<(u64, Vec<u8>)>, bool, Id) {
+    fn cut(
+        work: &[FrameWork],
+        pack: &[u8],
+        sizes: &[usize],
+    ) -> (Vec<(u64, Vec<u8>)>, bool, PackId) {
         let mut cutter = FrameCutter::new(work);
         let mut got = Vec::new();
         let mut rest = pack;
@@ -867,12 +875,12 @@ mod tests {
             let (got, missing, id) = cut(&work, &pack, sizes);
             assert_eq!(got, want, "pieces of {sizes:?}");
             assert!(!missing);
-            assert_eq!(id, Id::of_bytes(&pack));
+            assert_eq!(id, PackId::of_bytes(&pack));
         }
         // A pack cut short leaves its last frame missing, and is not its name.
         let (got, missing, id) = cut(&work, &pack[..9500], &[4096]);
         assert_eq!(got.len(), 2);
         assert!(missing);
-        assert_ne!(id, Id::of_bytes(&pack));
+        assert_ne!(id, PackId::of_bytes(&pack));
     }
 }

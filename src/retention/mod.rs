@@ -45,12 +45,15 @@ use jiff::tz::TimeZone;
 use jiff::Timestamp;
 
 use crate::error::{Error, Result};
-use crate::repo::{Id, Snapshot};
+use crate::repo::{Snapshot, SnapshotId};
 use crate::repository::Repository;
 
 /// The candidates for `snapshots`, each marked corrupted when its newest
 /// proof failed.
-pub fn candidates(repo: &Repository, snapshots: &[(Id, Snapshot)]) -> Result<Vec<Candidate>> {
+pub fn candidates(
+    repo: &Repository,
+    snapshots: &[(SnapshotId, Snapshot)],
+) -> Result<Vec<Candidate>> {
     let proofs = repo.proofs()?;
     Ok(snapshots
         .iter()
@@ -76,7 +79,7 @@ pub fn candidates(repo: &Repository, snapshots: &[(Id, Snapshot)]) -> Result<Vec
 /// exclusive lock. Returns the decisions.
 pub fn forget(
     repo: &Repository,
-    snapshots: &[(Id, Snapshot)],
+    snapshots: &[(SnapshotId, Snapshot)],
     policy: &Policy,
     group_by: GroupBy,
     dry_run: bool,

@@ -4,12 +4,12 @@
 use crate::archiver::Packer;
 use crate::error::{Error, Result};
 use crate::progress::Progress;
-use crate::repo::Id;
+use crate::repo::ChunkId;
 use std::io::Read;
 
 /// What a child process wrote to its standard output, stored as chunks.
 pub struct CommandOutput {
-    pub content: Vec<Id>,
+    pub content: Vec<ChunkId>,
     pub size: u64,
     pub stderr: String,
 }

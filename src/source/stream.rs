@@ -5,7 +5,7 @@
 use crate::archiver::{store_nodes, Packer};
 use crate::error::Result;
 use crate::progress::Progress;
-use crate::repo::{Id, Node, NodeKind, SourceKind, SourceRecord, SourceStatus};
+use crate::repo::{ChunkId, Node, NodeKind, SourceKind, SourceRecord, SourceStatus};
 use std::io::Read;
 
 /// What archiving one source produced.
@@ -27,7 +27,7 @@ pub fn stream_source(
     source_name: &str,
     kind: SourceKind,
     file_name: &str,
-    content: Vec<Id>,
+    content: Vec<ChunkId>,
     size: u64,
 ) -> Result<SourceOutcome> {
     let node = Node {

@@ -543,7 +543,7 @@ fn a_restore_killed_mid_way_exposes_nothing_and_the_next_one_cleans_up() {
 /// leaves the target: `check` names it, `restore` refuses it untouched.
 #[test]
 fn a_stored_path_that_leaves_the_target_is_found_by_check_and_refused_by_restore() {
-    use cairn::repo::{FileKind, Id, Node, Snapshot};
+    use cairn::repo::{Node, Snapshot, SnapshotId};
     let env = Env::init();
     let src = env.path("src");
     std::fs::create_dir_all(&src).unwrap();
@@ -557,9 +557,9 @@ fn a_stored_path_that_leaves_the_target_is_found_by_check_and_refused_by_restore
         Some(env.cache.clone()),
     )
     .unwrap();
-    let (id, mut snap): (Id, Snapshot) = {
-        let id = Id::parse(&good).unwrap();
-        (id, repo.read_sealed(FileKind::Snapshot, &id).unwrap())
+    let (id, mut snap): (SnapshotId, Snapshot) = {
+        let id = SnapshotId::parse(&good).unwrap();
+        (id, repo.read_sealed(id).unwrap())
     };
     let mut nodes = repo.read_tree(&snap.sources[0]).unwrap();
     nodes.push(Node {
@@ -586,7 +586,7 @@ fn a_stored_path_that_leaves_the_target_is_found_by_check_and_refused_by_restore
     repo.write_index(stored.packs).unwrap();
     snap.sources[0].tree = tree;
     snap.time += jiff::SignedDuration::from_secs(1);
-    let hostile = repo.write_sealed(FileKind::Snapshot, &snap).unwrap();
+    let hostile = repo.write_sealed::<SnapshotId>(&snap).unwrap();
     assert_ne!(hostile, id);
     drop(repo);
 

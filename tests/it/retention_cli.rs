@@ -10,7 +10,7 @@
 //! restore test records it.
 
 use crate::common::{code_and_stderr, Env};
-use cairn::repo::{FileKind, Id, Proof, Snapshot, FORMAT_VERSION};
+use cairn::repo::{Proof, Snapshot, SnapshotId, FORMAT_VERSION};
 
 fn open(env: &Env) -> cairn::Repository {
     cairn::Repository::open(
@@ -30,7 +30,7 @@ fn history(env: &Env, snaps: &[(&str, &[&str])]) -> Vec<String> {
     let original = env.snapshot(&[&src]);
     let repo = open(env);
     let base: Snapshot = repo
-        .read_sealed(FileKind::Snapshot, &Id::parse(&original).unwrap())
+        .read_sealed(SnapshotId::parse(&original).unwrap())
         .unwrap();
     let ids = snaps
         .iter()
@@ -38,7 +38,7 @@ fn history(env: &Env, snaps: &[(&str, &[&str])]) -> Vec<String> {
             let mut s = base.clone();
             s.time = time.parse().unwrap();
             s.tags = tags.iter().map(|t| t.to_string()).collect();
-            repo.write_sealed(FileKind::Snapshot, &s).unwrap().to_hex()
+            repo.write_sealed::<SnapshotId>(&s).unwrap().to_hex()
         })
         .collect();
     drop(repo);
@@ -51,7 +51,7 @@ fn mark_corrupted(env: &Env, id: &str, detail: &str) {
     let repo = open(env);
     repo.record_proof(&Proof {
         version: FORMAT_VERSION,
-        snapshot: Id::parse(id).unwrap(),
+        snapshot: SnapshotId::parse(id).unwrap(),
         time: jiff::Timestamp::now(),
         passed: false,
         sources: vec!["files".into()],

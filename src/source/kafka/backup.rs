@@ -505,7 +505,7 @@ const MAX_CHUNK: usize = 1 << 20;
 struct RecordChunks {
     buf: Vec<u8>,
     block: Option<i64>,
-    ids: Vec<crate::repo::Id>,
+    ids: Vec<crate::repo::ChunkId>,
     /// BLAKE3 of the whole stream, as stored (its `count()` is the length).
     hasher: blake3::Hasher,
 }
@@ -659,7 +659,7 @@ impl PartitionReader<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::repo::Id;
+    use crate::repo::ChunkId;
 
     /// The chunk ids, length and digest of records `offsets` (value length
     /// `len(offset)`), cut by [`RecordChunks`].
@@ -667,7 +667,7 @@ mod tests {
         repo: &crate::repository::Repository,
         offsets: impl Iterator<Item = i64>,
         len: impl Fn(i64) -> usize,
-    ) -> (Vec<Id>, u64, String, Vec<u8>) {
+    ) -> (Vec<ChunkId>, u64, String, Vec<u8>) {
         let (mut stream, progress) = (Vec::new(), Progress::hidden());
         let (chunks, stored, _) = crate::archiver::with_packer(repo, |p| {
             let mut c = RecordChunks::default();
@@ -703,7 +703,7 @@ mod tests {
         // The log start moved past offset 100 and records were appended:
         // every chunk of a whole block both days hold is the same.
         let (day2, ..) = cut(&repo, 100..1500, len);
-        let whole = |ids: &[Id]| {
+        let whole = |ids: &[ChunkId]| {
             ids.iter()
                 .copied()
                 .collect::<std::collections::HashSet<_>>()

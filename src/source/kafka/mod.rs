@@ -17,7 +17,7 @@ use crate::archiver::StoredChunks;
 use crate::error::{Error, Result};
 use crate::index::Location;
 use crate::repo::kafka::{KafkaMeta, PartitionMeta, RecordReader};
-use crate::repo::{Id, Node, SourceRecord};
+use crate::repo::{ChunkId, Node, SourceRecord};
 use crate::repository::Repository;
 use crate::source::command::Observed;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -115,7 +115,7 @@ pub fn verify_while_reading(
     let mut checked = Vec::new();
     for s in partitions {
         let gave_up = std::cell::Cell::new(false);
-        let lookup = |id: &Id| -> Result<Location> {
+        let lookup = |id: &ChunkId| -> Result<Location> {
             match stored.locate(id, &index, stop)? {
                 // A delta frame's base would need locating too; Kafka
                 // streams have none, and verify_stored can read one.

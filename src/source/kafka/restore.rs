@@ -99,7 +99,7 @@ impl RestoreReport {
 }
 
 /// Where every stored chunk of the restore is, found while verifying its packs.
-type Located = Arc<HashMap<crate::repo::Id, crate::index::Location>>;
+type Located = Arc<HashMap<crate::repo::ChunkId, crate::index::Location>>;
 
 /// topic → partition → (source offset, target offset) of delivered records.
 type Delivered = HashMap<String, HashMap<i32, Vec<(i64, i64)>>>;

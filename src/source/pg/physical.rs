@@ -12,7 +12,7 @@ use crate::archiver::Packer;
 use crate::error::{Error, Result};
 use crate::progress::Progress;
 use crate::repo::postgres::PgBackupKind;
-use crate::repo::{Id, Node, SourceKind};
+use crate::repo::{ChunkId, Node, SourceKind};
 use crate::source::SourceOutcome;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -186,7 +186,7 @@ pub fn archive_physical(
 
 /// A base backup stored as one tar, and where it starts and stops.
 struct Taken {
-    content: Vec<Id>,
+    content: Vec<ChunkId>,
     size: u64,
     start_lsn: String,
     stop_lsn: String,

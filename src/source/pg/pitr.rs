@@ -8,7 +8,7 @@ use super::meta::PhysicalMeta;
 use super::tools::{is_root, pg_command, pg_tool};
 use super::wal::wal_entries;
 use crate::error::{Error, Result};
-use crate::repo::{Id, Snapshot};
+use crate::repo::{Snapshot, SnapshotId};
 use crate::repository::Repository;
 use crate::source::command::tail_lines;
 use serde::Serialize;
@@ -20,8 +20,8 @@ pub fn choose_base(
     repo: &Repository,
     source: &str,
     at: jiff::Timestamp,
-) -> Result<(Id, Snapshot, PhysicalMeta)> {
-    let mut best: Option<(Id, Snapshot, PhysicalMeta)> = None;
+) -> Result<(SnapshotId, Snapshot, PhysicalMeta)> {
+    let mut best: Option<(SnapshotId, Snapshot, PhysicalMeta)> = None;
     let mut earliest: Option<jiff::Timestamp> = None;
     for (id, snap) in repo.snapshots()? {
         for s in snap.sources.iter().filter(|s| s.name == source) {
@@ -59,7 +59,7 @@ pub struct PitrOptions {
 
 #[derive(Debug, Serialize)]
 pub struct PitrReport {
-    pub snapshot: Id,
+    pub snapshot: SnapshotId,
     pub base_stop_time: jiff::Timestamp,
     pub target: jiff::Timestamp,
     pub pgdata: std::path::PathBuf,

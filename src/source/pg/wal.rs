@@ -136,7 +136,7 @@ pub fn wal_push(repo: &Repository, path: &Path) -> Result<&'static str> {
         .to_string();
     let data =
         std::fs::read(path).map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
-    let digest = repo.key.chunk_id(&data);
+    let digest = repo.key.digest(&data);
     if let Some(done) = settled(repo, &name, digest)? {
         tracing::info!(wal = %name, "already archived with the same content");
         return Ok(done);
