@@ -6,6 +6,7 @@
 pub mod access;
 pub mod check;
 pub mod prune;
+pub mod repair;
 pub mod restore_point;
 pub mod retention;
 
