@@ -347,7 +347,12 @@ impl Daemon {
     pub fn apply_retention(&self, repo: &Repository, plan: &Plan, why: &str) -> Result<()> {
         let span = tracing::info_span!("retention", why);
         let applied = span.in_scope(|| crate::ops::retention::apply(repo, plan))?;
-        tracing::info!(removed = applied.removed, why, "retention applied");
+        tracing::info!(
+            removed = applied.removed,
+            why,
+            rules = plan.retention.policy().to_string().as_str(),
+            "retention applied"
+        );
         if let Some(r) = &applied.pruned {
             log_prune(r, why);
         }

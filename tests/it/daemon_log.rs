@@ -127,14 +127,22 @@ fn serve_logs_runs_removals_requests_and_alerts_at_its_default_level() {
             " duration_ms=",
         ],
     );
-    // The removal: snapshot, its time, the reason, why retention ran.
+    // The removal: snapshot, its time, the rule that no longer keeps it,
+    // why retention ran; then the rules applied.
     line(
         log,
         &[
             "forgetting snapshot ",
             &format!("snapshot=\"{}\" time=", seen.first),
-            "reason=\"no rule keeps it\"",
+            "reason=\"last 1/1 used\"",
             "why=\"after a backup run\"",
+        ],
+    );
+    line(
+        log,
+        &[
+            "retention applied removed=1 why=\"after a backup run\"",
+            "rules=\"keep-last 1\"",
         ],
     );
     // Every request: token name, method, route, status, duration, peer.
@@ -214,7 +222,7 @@ fn serve_logs_json_fields_with_log_format_json() {
     let removed = find("forgetting snapshot", &|e| {
         e["snapshot"] == seen.first.as_str()
     });
-    assert_eq!(removed["reason"], "no rule keeps it", "{removed}");
+    assert_eq!(removed["reason"], "last 1/1 used", "{removed}");
     assert!(removed["time"]
         .as_str()
         .unwrap()
