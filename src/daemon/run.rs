@@ -8,13 +8,13 @@ use super::{Daemon, Trigger};
 use crate::error::{Error, Result};
 use crate::job::{JobReport, SourceReport};
 use crate::plan::Plan;
-use crate::repo::{Id, Snapshot, SourceStatus};
+use crate::repo::{Snapshot, SnapshotId, SourceStatus};
 use crate::repository::Repository;
 use std::sync::Arc;
 use std::time::Instant;
 
 /// The plan's snapshots, oldest first (those whose `plan` is this plan file).
-pub fn plan_snapshots(repo: &Repository, plan: &Plan) -> Vec<(Id, Snapshot)> {
+pub fn plan_snapshots(repo: &Repository, plan: &Plan) -> Vec<(SnapshotId, Snapshot)> {
     let file = plan.file.display().to_string();
     let mut all = repo.snapshots().unwrap_or_default();
     all.retain(|(_, s)| s.plan.as_deref() == Some(&file));
@@ -24,7 +24,7 @@ pub fn plan_snapshots(repo: &Repository, plan: &Plan) -> Vec<(Id, Snapshot)> {
 /// The newest snapshot in which source `name` is complete, and the oldest
 /// later one in which it failed (when it has been failing since).
 pub fn source_history(
-    snaps: &[(Id, Snapshot)],
+    snaps: &[(SnapshotId, Snapshot)],
     name: &str,
 ) -> (Option<jiff::Timestamp>, Option<jiff::Timestamp>) {
     let status = |s: &Snapshot| {
@@ -48,7 +48,7 @@ pub fn source_history(
 
 /// Median duration (seconds, as the snapshots record it) of the plan's
 /// complete snapshots before `this` run's, up to ten; `None` below three.
-pub fn recent_median(snaps: &[(Id, Snapshot)], this: &Id) -> Option<f64> {
+pub fn recent_median(snaps: &[(SnapshotId, Snapshot)], this: &SnapshotId) -> Option<f64> {
     let mut d: Vec<f64> = snaps
         .iter()
         .rev()
@@ -316,7 +316,7 @@ impl Daemon {
         plan: &Plan,
         report: &JobReport,
         r: &SourceReport,
-        snaps: &[(Id, Snapshot)],
+        snaps: &[(SnapshotId, Snapshot)],
     ) {
         let now = jiff::Timestamp::now();
         let (last_ok, failing_since) = source_history(snaps, &r.name);
@@ -358,7 +358,7 @@ impl Daemon {
         trigger: &Trigger,
         names: &[String],
         report: &JobReport,
-        snaps: &[(Id, Snapshot)],
+        snaps: &[(SnapshotId, Snapshot)],
     ) {
         // A triggered run is held to the schedules that cover the same sources.
         let expected = match trigger {
@@ -445,8 +445,8 @@ mod tests {
         .unwrap()
     }
 
-    fn id(n: u8) -> Id {
-        Id([n; 32])
+    fn id(n: u8) -> SnapshotId {
+        SnapshotId([n; 32])
     }
 
     #[test]
