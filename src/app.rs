@@ -8,7 +8,14 @@ use clap::Parser;
 pub fn run() {
     crate::lock::mark_process_start();
     let cli = crate::cli::Cli::parse();
-    crate::logging::init(cli.global.verbose, cli.global.quiet, cli.global.log_format);
+    // `serve` logs at info by default: its log is the operator's record.
+    let daemon = matches!(cli.command, crate::cli::Command::Serve(_));
+    crate::logging::init(
+        cli.global.verbose,
+        cli.global.quiet,
+        cli.global.log_format,
+        daemon,
+    );
     crate::interrupt::install();
     report_panics();
     // A panic unwinds through every guard (the repository lock is removed),
@@ -19,11 +26,9 @@ pub fn run() {
     match run {
         Ok(Ok(())) => {}
         Ok(Err(e)) => {
-            eprintln!("error: {e}");
-            if let Some(h) = e.hint() {
-                eprintln!("hint: {h}");
-            }
-            std::process::exit(e.kind().exit_code());
+            let code = e.kind().exit_code();
+            crate::logging::report_error(&e.to_string(), e.hint(), code);
+            std::process::exit(code);
         }
         Err(_) => std::process::exit(crate::error::Kind::Failure.exit_code()),
     }
@@ -43,10 +48,13 @@ fn report_panics() {
             .location()
             .map(|l| format!(" at {}:{}", l.file(), l.line()))
             .unwrap_or_default();
-        eprintln!("error: internal error: cairn panicked{at}: {what}");
-        eprintln!(
-            "hint: this is a bug in cairn; please report it with the command that was run \
-             (RUST_BACKTRACE=1 shows where it happened)"
+        crate::logging::report_error(
+            &format!("internal error: cairn panicked{at}: {what}"),
+            Some(
+                "this is a bug in cairn; please report it with the command that was run \
+                 (RUST_BACKTRACE=1 shows where it happened)",
+            ),
+            crate::error::Kind::Failure.exit_code(),
         );
         if std::env::var_os("RUST_BACKTRACE").is_some_and(|v| v != "0") {
             eprintln!("{}", std::backtrace::Backtrace::force_capture());

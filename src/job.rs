@@ -181,7 +181,8 @@ pub fn run(repo: &Repository, sources: &[NamedSource], opts: &JobOptions) -> Res
                         totals.3 += o.bytes_read;
                         let ms = t.elapsed().as_millis() as u64;
                         let bytes_new = p.stats.bytes_new_raw - new_before;
-                        tracing::info!(source = %s.name, bytes_read = o.bytes_read, bytes_new, duration_ms = ms, "source stored");
+                        // At debug: `cairn serve` logs each source once the snapshot is saved.
+                        tracing::debug!(source = %s.name, bytes_read = o.bytes_read, bytes_new, duration_ms = ms, "source stored");
                         reports.push(SourceReport {
                             name: s.name.clone(),
                             kind: s.spec.kind(),
@@ -198,7 +199,7 @@ pub fn run(repo: &Repository, sources: &[NamedSource], opts: &JobOptions) -> Res
                     Err(e) if sources.len() == 1 => return Err(e.context("no snapshot was saved")),
                     Err(e) => {
                         let msg = e.to_string();
-                        tracing::error!(source = %s.name, "source failed: {msg}");
+                        tracing::error!(source = %s.name, error = msg.as_str(), "source failed");
                         reports.push(SourceReport {
                             name: s.name.clone(),
                             kind: s.spec.kind(),

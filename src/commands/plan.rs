@@ -33,13 +33,18 @@ pub fn load(file: &Path) -> Result<Plan> {
     let loaded = Plan::load(file);
     crate::interrupt::check()?;
     loaded.map_err(|problems| {
-        eprint!("{problems}");
         let n = problems.len();
-        Error::usage(format!(
+        let what = format!(
             "plan {} has {n} problem{}",
             file.display(),
             if n == 1 { "" } else { "s" }
-        ))
+        );
+        // With --log-format json the problems go in the error's one line.
+        if crate::logging::format() == crate::logging::LogFormat::Json {
+            return Error::usage(format!("{what}:\n{}", problems.to_string().trim_end()));
+        }
+        eprint!("{problems}");
+        Error::usage(what)
     })
 }
 

@@ -81,7 +81,8 @@ fn raise_nofile_limit() -> u64 {
     let want = before.maximum.unwrap_or(1 << 20);
     let soft = before.current.unwrap_or(u64::MAX);
     if soft >= want {
-        tracing::info!(soft, hard = ?before.maximum, "open-file limit");
+        // No `hard` field: the hard limit is unlimited.
+        tracing::info!(soft, hard = before.maximum, "open-file limit");
         return soft;
     }
     let raised = Rlimit {
@@ -98,7 +99,12 @@ fn raise_nofile_limit() -> u64 {
             want
         }
         Err(e) => {
-            tracing::warn!(soft, want, "cannot raise the open-file soft limit: {e}");
+            tracing::warn!(
+                soft,
+                want,
+                error = e.to_string().as_str(),
+                "cannot raise the open-file soft limit"
+            );
             soft
         }
     }

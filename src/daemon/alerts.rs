@@ -20,6 +20,7 @@ use std::time::Duration;
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
+use super::notice::Details;
 use crate::error::{Error, Result};
 use crate::plan::{Alerts, Email, SmtpSecurity};
 
@@ -91,6 +92,45 @@ impl AlertKind {
             AlertKind::RestoreTestFailed => "restore test failed",
             AlertKind::RestoreTestSkipped => "restore test skipped",
             AlertKind::Test => "test alert",
+        }
+    }
+}
+
+impl AlertKind {
+    /// What to try, for any alert of this kind (the daemon adds more
+    /// specific advice before it).
+    pub fn hint(self) -> &'static str {
+        match self {
+            AlertKind::BackupFailed => {
+                "fix what the error names (a server down, credentials, permissions, disk \
+                 space); the next scheduled run tries again"
+            }
+            AlertKind::StorageHigh => {
+                "give the repository more space, or keep fewer snapshots (the plan's \
+                 `retention` node; `cairn forget --dry-run` shows what rules would keep)"
+            }
+            AlertKind::StorageCritical => {
+                "give the repository more space now: below `critical-free` cairn removes \
+                 the oldest snapshots by itself"
+            }
+            AlertKind::MissedBackup => {
+                "check that `cairn serve` runs and read its log (`journalctl -u cairn`) for \
+                 failed or skipped runs; `POST /backups` makes a backup now"
+            }
+            AlertKind::SlowBackup => {
+                "compare each source's `duration_ms` in the daemon's log (`source backed up` \
+                 lines) with earlier runs; if the data grew, raise the schedule's \
+                 `expected-duration` or `alerts { slow-factor }`"
+            }
+            AlertKind::RestoreTestFailed => {
+                "run `cairn check --read-data` to find damaged data, and restore from \
+                 another snapshot (`cairn snapshots`) until the cause is fixed"
+            }
+            AlertKind::RestoreTestSkipped => {
+                "check the plan's `verify` node: its scratch PostgreSQL and Kafka must be \
+                 reachable from this host"
+            }
+            AlertKind::Test => "nothing: this is a test",
         }
     }
 }
@@ -171,7 +211,11 @@ impl Alert {
             ),
             AlertKind::Test => ("", "The alert channels of this plan work."),
         };
-        Alert::new(kind, "test-alert", what, format!("{text}\n\n{note}\n"))
+        let mut d = Details::new(format!("{text}\n\n{note}"));
+        if kind != AlertKind::Test {
+            d.hints.push(kind.hint().to_string());
+        }
+        Alert::new(kind, "test-alert", what, d.body())
     }
 }
 
@@ -183,12 +227,19 @@ pub enum Channel {
     Webhook,
 }
 
-impl fmt::Display for Channel {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
+impl Channel {
+    /// `e-mail` or `webhook`.
+    pub fn name(self) -> &'static str {
+        match self {
             Channel::Email => "e-mail",
             Channel::Webhook => "webhook",
-        })
+        }
+    }
+}
+
+impl fmt::Display for Channel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
     }
 }
 
@@ -286,7 +337,11 @@ impl Alerter {
     /// and the webhook body).
     pub fn send_at(&self, alert: &Alert, now: Timestamp) -> Result<Delivery> {
         if !self.has_channels() {
-            tracing::debug!(kind = %alert.kind, key = %alert.key, "no alert channel configured");
+            tracing::debug!(
+                kind = alert.kind.name(),
+                key = alert.key.as_str(),
+                "no alert channel configured"
+            );
             return Ok(Delivery::NoChannels);
         }
         let limited = alert.kind != AlertKind::Test;
@@ -295,9 +350,10 @@ impl Alerter {
                 Ok(previous) => previous,
                 Err(last_sent) => {
                     let next_allowed = add(last_sent, self.limiter.repeat_every);
+                    // An identical one was sent less than repeat-every ago.
                     tracing::info!(
-                        kind = %alert.kind, key = %alert.key, %last_sent,
-                        "alert suppressed: an identical one was sent less than repeat-every ago"
+                        kind = alert.kind.name(), key = alert.key.as_str(), %last_sent,
+                        subject = alert.subject.as_str(), "alert suppressed"
                     );
                     return Ok(Delivery::Suppressed {
                         last_sent,
@@ -334,15 +390,34 @@ impl Alerter {
                 error,
             });
         }
+        let recipients = self.alerts.email.as_ref().map_or(0, |e| e.to.len());
         for c in &channels {
+            // E-mail names how many it went to; a webhook is one receiver.
+            let recipients = if c.channel == Channel::Email {
+                recipients
+            } else {
+                1
+            };
+            let (kind, key, channel) = (alert.kind.name(), alert.key.as_str(), c.channel.name());
             match &c.error {
                 None => tracing::info!(
-                    kind = %alert.kind, key = %alert.key, channel = %c.channel, target = %c.target,
+                    kind,
+                    key,
+                    channel,
+                    target = c.target.as_str(),
+                    recipients,
+                    subject = subject.as_str(),
                     "alert sent"
                 ),
                 Some(e) => tracing::error!(
-                    kind = %alert.kind, key = %alert.key, channel = %c.channel, target = %c.target,
-                    "sending the alert failed: {e}"
+                    kind,
+                    key,
+                    channel,
+                    target = c.target.as_str(),
+                    recipients,
+                    subject = subject.as_str(),
+                    error = e.as_str(),
+                    "alert not sent"
                 ),
             }
         }

@@ -4,8 +4,14 @@
 //! needs `Authorization: Bearer TOKEN`; tokens are configured as BLAKE3
 //! hashes and compared with `blake3::Hash`'s constant-time equality, every
 //! configured token checked, so timing tells nothing. A missing or wrong
-//! token gets a bare 401. Every request is logged (target `cairn::access`)
-//! with the token's name, method, route, status and duration.
+//! token gets a bare 401. Every request is logged (target `cairn::access`,
+//! event `request`) with the token's name — never the token —, method,
+//! route, query, status, duration and the peer's address.
+//!
+//! The caller's mistakes get 4xx with a JSON body `{"error", "hint"}` and
+//! start nothing: an unknown source in `POST /backups?source=…` is 400 (the
+//! body lists the plan's sources in `sources`), an unreadable query string
+//! 400, an unknown route 404. 5xx is left for what failed on this side.
 //!
 //! The server itself ([`serve`]) is an accept loop over hyper's HTTP/1
 //! connection builder rather than `axum::serve`, because an unauthenticated
@@ -19,7 +25,8 @@
 //! ("HTTP server limits").
 
 use super::{Daemon, Trigger};
-use axum::extract::{Query, Request, State};
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{ConnectInfo, Query, Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -83,6 +90,11 @@ async fn access_log(State(ctx): State<Ctx>, req: Request, next: Next) -> Respons
     let started = Instant::now();
     let method = req.method().clone();
     let route = req.uri().path().to_string();
+    let query = req.uri().query().map(str::to_string);
+    let peer = req
+        .extensions()
+        .get::<ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| c.0);
     let presented = req
         .headers()
         .get(header::AUTHORIZATION)
@@ -110,8 +122,10 @@ async fn access_log(State(ctx): State<Ctx>, req: Request, next: Next) -> Respons
         token = who.as_deref().unwrap_or(if presented.is_some() { "invalid" } else { "none" }),
         method = %method,
         route = %route,
+        query = query.as_deref(),
         status = resp.status().as_u16(),
         duration_ms = started.elapsed().as_millis() as u64,
+        peer = peer.map(tracing::field::display),
         "request"
     );
     resp
@@ -171,6 +185,30 @@ fn json_error(status: StatusCode, msg: impl std::fmt::Display) -> Response {
     (status, Json(serde_json::json!({"error": msg.to_string()}))).into_response()
 }
 
+/// 400 for a query string that does not parse (`?wait=maybe`).
+fn bad_query(e: QueryRejection) -> Response {
+    (
+        StatusCode::BAD_REQUEST,
+        Json(serde_json::json!({
+            "error": e.body_text(),
+            "hint": "the query parameters are wait=true|false and, for /backups, source=NAME[,NAME…]",
+        })),
+    )
+        .into_response()
+}
+
+/// 404 for a route the API does not have.
+async fn no_route(req: Request) -> Response {
+    (
+        StatusCode::NOT_FOUND,
+        Json(serde_json::json!({
+            "error": format!("no route {} {}", req.method(), req.uri().path()),
+            "hint": "the routes are GET /health, /status, /metrics, /snapshots and POST /backups, /checks",
+        })),
+    )
+        .into_response()
+}
+
 /// Start `run` (a backup or a restore test) unless one is going on: 202 at
 /// once, or with `wait` its outcome via `done` (200), 409 when busy, 500 on
 /// failure. `what` names the job in the log.
@@ -192,7 +230,12 @@ where
     if !wait {
         std::thread::spawn(move || {
             if let Err(e) = run() {
-                tracing::error!("{what} (api) failed: {e}");
+                tracing::error!(
+                    trigger = "api",
+                    job = what,
+                    error = e.to_string().as_str(),
+                    "triggered job failed"
+                );
             }
         });
         return (
@@ -209,11 +252,31 @@ where
     }
 }
 
-async fn backups(State(ctx): State<Ctx>, Query(q): Query<BackupQuery>) -> Response {
+async fn backups(
+    State(ctx): State<Ctx>,
+    q: Result<Query<BackupQuery>, QueryRejection>,
+) -> Response {
+    let q = match q {
+        Ok(Query(q)) => q,
+        Err(e) => return bad_query(e),
+    };
     let sources: Vec<String> = q
         .source
         .map(|s| s.split(',').map(str::to_string).collect())
         .unwrap_or_default();
+    // The caller's mistake: answered here, before any run starts, so it is
+    // neither counted as a failed run nor alerted.
+    if let Err(e) = ctx.daemon.check_source_names(&sources) {
+        return (
+            StatusCode::BAD_REQUEST,
+            Json(serde_json::json!({
+                "error": e.to_string(),
+                "hint": e.hint(),
+                "sources": ctx.daemon.source_names(),
+            })),
+        )
+            .into_response();
+    }
     let d = ctx.daemon.clone();
     let run = move || d.run_backup(Trigger::Api, &sources, &[]);
     let done = |id: String| Json(serde_json::json!({"snapshot": id})).into_response();
@@ -235,7 +298,11 @@ struct CheckQuery {
 }
 
 /// Trigger a restore test of a random snapshot (as the `verify` schedule does).
-async fn checks(State(ctx): State<Ctx>, Query(q): Query<CheckQuery>) -> Response {
+async fn checks(State(ctx): State<Ctx>, q: Result<Query<CheckQuery>, QueryRejection>) -> Response {
+    let q = match q {
+        Ok(Query(q)) => q,
+        Err(e) => return bad_query(e),
+    };
     let d = ctx.daemon.clone();
     let run = move || d.run_restore_test(Trigger::Api);
     let done = |p: super::LastProof| Json(p).into_response();
@@ -259,6 +326,7 @@ pub fn router(daemon: Arc<Daemon>) -> Router {
         .route("/snapshots", get(snapshots))
         .route("/backups", post(backups))
         .route("/checks", post(checks))
+        .fallback(no_route)
         // Inside the access log, so a refused body is logged too.
         .layer(tower_http::limit::RequestBodyLimitLayer::new(MAX_BODY))
         .layer(middleware::from_fn_with_state(ctx.clone(), access_log))
@@ -387,7 +455,9 @@ pub async fn serve(listener: tokio::net::TcpListener, app: Router, limits: Limit
         let app = app.clone();
         let conns = conns.clone();
         tokio::spawn(async move {
-            let svc = hyper::service::service_fn(move |req| {
+            let svc = hyper::service::service_fn(move |mut req: hyper::Request<_>| {
+                // For the access log's `peer`.
+                req.extensions_mut().insert(ConnectInfo(peer));
                 let guard = InRequest::enter(&busy);
                 let call = tower::ServiceExt::oneshot(app.clone(), req);
                 async move {

@@ -16,13 +16,16 @@
 
 pub mod alerts;
 pub mod api;
+pub mod notice;
+pub mod run;
 pub mod schedule;
 pub mod status;
 
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::plan::Plan;
 use crate::repository::Repository;
 use alerts::{Alert, AlertKind, Alerter};
+use notice::{when, Details};
 use status::{Persisted, ScheduleState, SourceState, Status, StorageUse};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -50,6 +53,9 @@ pub struct Daemon {
     reload: Arc<AtomicBool>,
     /// The open repository, shared; `None` until first used and after a reload.
     repo: Mutex<Option<Arc<Repository>>>,
+    /// When the runs started failing without saving a snapshot (since the
+    /// daemon started); cleared by a run that saves one.
+    failing_since: Mutex<Option<jiff::Timestamp>>,
 }
 
 /// Why a run was started.
@@ -110,6 +116,7 @@ impl Daemon {
             alerter: RwLock::new(alerter),
             reload,
             repo: Mutex::new(None),
+            failing_since: Mutex::new(None),
         }))
     }
 
@@ -148,217 +155,57 @@ impl Daemon {
                 return Ok(repo.clone());
             }
             tracing::warn!(
-                "the repository at {} is another one now; opening it again",
-                repo.backend.location()
+                repository = notice::redact_location(&repo.backend.location()).as_str(),
+                "the repository is another one now; opening it again"
             );
         }
         *slot = None;
         let repo = Arc::new(self.opts.access.with_plan(&self.plan())?.open()?);
         self.with_status(|s| s.key_unlocks += 1);
-        tracing::debug!(key = %repo.key_id.short(), "repository opened, key unlocked");
+        tracing::info!(
+            repository = notice::redact_location(&repo.backend.location()).as_str(),
+            key = repo.key_id.short().as_str(),
+            "repository opened"
+        );
         *slot = Some(repo.clone());
         Ok(repo)
     }
 
-    /// Send an alert through the plan's channels (rate-limited); failures to
-    /// deliver are logged, never fatal.
-    pub fn alert(&self, kind: AlertKind, key: &str, subject: String, body: String) {
-        tracing::warn!(kind = ?kind, key, "{subject}");
-        let a = self.alerter.read().unwrap_or_else(|e| e.into_inner());
-        let alert = Alert {
-            kind,
-            subject,
-            body,
-            key: key.to_string(),
-        };
-        match a.send(&alert) {
-            Ok(d) => tracing::info!(kind = ?kind, key, delivery = ?d, "alert handled"),
-            Err(e) => tracing::error!("alert not delivered: {e}"),
+    /// The repository as last opened, without opening it.
+    fn opened_repo(&self) -> Option<Arc<Repository>> {
+        self.repo.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// An alert body saying `what`, with the plan and the repository.
+    fn details(&self, plan: &Plan, what: impl Into<String>) -> Details {
+        let file = std::fs::canonicalize(&plan.file).unwrap_or_else(|_| plan.file.clone());
+        Details {
+            plan: Some(file.display().to_string()),
+            repository: Some(notice::redact_location(&plan.repository.location)),
+            ..Details::new(what)
         }
     }
 
-    /// Run the backup of `sources` (all when empty) now, unless a run is
-    /// going on (then `Ok(None)`).
-    pub fn run_backup(
-        &self,
-        trigger: Trigger,
-        sources: &[String],
-        tags: &[String],
-    ) -> Result<Option<String>> {
-        let Ok(_guard) = self.running.try_lock() else {
-            tracing::warn!(%trigger, "a backup run is already going on; this one is skipped");
-            return Ok(None);
-        };
-        self.with_status(|s| s.running = Some(trigger.to_string()));
-        let result = self.backup_locked(&trigger, sources, tags);
-        self.with_status(|s| {
-            s.running = None;
-            s.runs += 1;
-            if result.is_err() {
-                s.failed_runs += 1;
-            }
-        });
-        result.map(Some)
-    }
-
-    fn backup_locked(
-        &self,
-        trigger: &Trigger,
-        names: &[String],
-        tags: &[String],
-    ) -> Result<String> {
-        let plan = self.plan();
-        let started = std::time::Instant::now();
-        tracing::info!(%trigger, "backup run started");
-        let run = || -> Result<(Arc<Repository>, crate::job::JobReport)> {
-            let repo = self.open_repo()?;
-            let sources = crate::plan::job_sources(&plan, names)?;
-            let opts = crate::job::JobOptions {
-                tags: tags.to_vec(),
-                host: None,
-                plan: Some(plan.file.display().to_string()),
-                quiet: true,
-            };
-            let report = crate::job::run(&repo, &sources, &opts)?;
-            Ok((repo, report))
-        };
-        let (repo, report) = match run() {
-            Ok(r) => r,
-            Err(e) => {
-                let msg = e.to_string();
-                let now = jiff::Timestamp::now();
-                self.with_status(|s| {
-                    for n in plan
-                        .sources
-                        .iter()
-                        .filter(|x| names.is_empty() || names.contains(&x.name))
-                    {
-                        let st = s.sources.entry(n.name.clone()).or_default();
-                        st.last_result = "failed".into();
-                        st.last_run = Some(now);
-                        st.last_error = Some(msg.clone());
-                    }
-                });
-                self.alert(
-                    AlertKind::BackupFailed,
-                    "run",
-                    format!("backup failed ({trigger})"),
-                    format!(
-                        "The backup run ({trigger}) of plan {} failed:\n\n{msg}\n",
-                        plan.file.display()
-                    ),
-                );
-                return Err(e);
-            }
-        };
-        let secs = started.elapsed().as_secs_f64();
-        let s = &report.snapshot.summary;
-        tracing::info!(
-            %trigger,
-            snapshot = %report.id.short(),
-            bytes_read = s.bytes_read,
-            bytes_added = s.bytes_added,
-            duration_ms = s.duration_ms,
-            complete = report.snapshot.is_complete(),
-            "backup run finished"
+    /// Send an alert through the plan's channels (rate-limited): subject
+    /// `KIND TITLE: what`, body from `details`; failures to deliver are
+    /// logged, never fatal.
+    pub fn alert(&self, kind: AlertKind, key: &str, what: &str, details: Details) {
+        let alert = Alert::new(kind, key, what, details.body());
+        tracing::warn!(
+            kind = kind.name(),
+            key,
+            subject = alert.subject.as_str(),
+            "alert"
         );
-        let now = jiff::Timestamp::now();
-        self.with_status(|st| {
-            st.last_snapshot = Some(report.id.short());
-            st.last_snapshot_time = Some(report.snapshot.time);
-            for r in &report.sources {
-                let e = st.sources.entry(r.name.clone()).or_default();
-                e.last_result = if r.ok { "ok" } else { "failed" }.into();
-                e.last_run = Some(now);
-                e.last_error = r.error.clone();
-                e.bytes_read = r.bytes_read;
-                e.bytes_new = r.bytes_new;
-                e.duration_ms = r.duration_ms;
-                if r.ok {
-                    e.last_success = Some(now);
-                }
-            }
-        });
-        for r in report.sources.iter().filter(|r| !r.ok) {
-            self.alert(
-                AlertKind::BackupFailed,
-                &r.name,
-                format!("backup of source {} failed", r.name),
-                format!(
-                    "Snapshot {} was saved without source {} ({}):\n\n{}\n",
-                    report.id.short(),
-                    r.name,
-                    r.kind,
-                    r.error.as_deref().unwrap_or("unknown error")
-                ),
+        let a = self.alerter.read().unwrap_or_else(|e| e.into_inner());
+        // Each channel's delivery is logged by the alerter (`alert sent`).
+        if let Err(e) = a.send(&alert) {
+            tracing::error!(
+                kind = kind.name(),
+                key,
+                error = e.to_string().as_str(),
+                "alert not delivered"
             );
-        }
-        self.check_slow(&repo, &plan, trigger, names, secs);
-        if let Err(e) = self.apply_retention(&repo, &plan, "after a backup run") {
-            tracing::error!("retention failed: {e}");
-            self.alert(
-                AlertKind::BackupFailed,
-                "retention",
-                "retention could not be applied".into(),
-                format!("Applying the retention rules failed:\n\n{e}\n"),
-            );
-        }
-        if !report.snapshot.is_complete() {
-            return Err(Error::new(
-                crate::error::Kind::SourceUnreadable,
-                format!("snapshot {} is incomplete", report.id.short()),
-            ));
-        }
-        Ok(report.id.short())
-    }
-
-    /// A run slower than the schedule's expected duration, or than
-    /// `slow-factor` × the median of the plan's recent runs, is reported.
-    fn check_slow(
-        &self,
-        repo: &Repository,
-        plan: &Plan,
-        trigger: &Trigger,
-        names: &[String],
-        secs: f64,
-    ) {
-        // A triggered run is held to the schedules that cover the same sources.
-        let expected = match trigger {
-            Trigger::Schedule(n) => plan
-                .schedules
-                .iter()
-                .find(|s| &s.name == n)
-                .and_then(|s| s.expected_duration),
-            Trigger::Api => plan
-                .schedules
-                .iter()
-                .filter(|s| {
-                    let covers = |n: &String| s.sources.is_empty() || s.sources.contains(n);
-                    if names.is_empty() {
-                        plan.sources.iter().all(|x| covers(&x.name))
-                    } else {
-                        names.iter().all(covers)
-                    }
-                })
-                .filter_map(|s| s.expected_duration)
-                .min(),
-        };
-        let limit = match expected {
-            Some(d) => Some(d.as_secs_f64()),
-            None => recent_median(repo, plan).map(|m| m * plan.alerts.slow_factor),
-        };
-        if let Some(limit) = limit {
-            if secs > limit && limit > 0.0 {
-                self.alert(
-                    AlertKind::SlowBackup,
-                    &trigger.to_string(),
-                    format!("backup run took {secs:.1}s, more than the expected {limit:.1}s"),
-                    format!(
-                        "The backup run ({trigger}) of plan {} took {secs:.1} s; expected at most {limit:.1} s.\n",
-                        plan.file.display()
-                    ),
-                );
-            }
         }
     }
 
@@ -366,7 +213,10 @@ impl Daemon {
     /// environment (`verify` node). `Ok(None)` when a run is going on.
     pub fn run_restore_test(&self, trigger: Trigger) -> Result<Option<LastProof>> {
         let Ok(_guard) = self.running.try_lock() else {
-            tracing::warn!(%trigger, "a run is going on; the restore test is skipped this time");
+            tracing::warn!(
+                trigger = trigger.to_string().as_str(),
+                "restore test skipped this time: another run is going on"
+            );
             return Ok(None);
         };
         self.with_status(|s| s.running = Some(format!("restore test ({trigger})")));
@@ -403,7 +253,11 @@ impl Daemon {
             },
             Some((id, snap)) => {
                 last.snapshot = Some(id.short());
-                tracing::info!(%trigger, snapshot = %id.short(), "restore test started");
+                tracing::info!(
+                    trigger = trigger.to_string().as_str(),
+                    snapshot = id.short().as_str(),
+                    "restore test started"
+                );
                 let proved = crate::prove::prove(&repo, *id, snap, None, &env);
                 // The repository outlives this test: no downloaded packs kept.
                 repo.drop_spool();
@@ -416,9 +270,17 @@ impl Daemon {
             }
         };
         let snap = last.snapshot.clone().unwrap_or_default();
+        let snap_time = snaps
+            .iter()
+            .find(|(id, _)| id.short() == snap)
+            .map(|(_, s)| s.time);
         match &outcome {
             crate::prove::Outcome::Passed => {
-                tracing::info!(snapshot = %snap, "restore test passed");
+                tracing::info!(
+                    snapshot = snap.as_str(),
+                    outcome = "passed",
+                    "restore test finished"
+                );
                 last.outcome = "passed".into();
                 last.detail.clear();
                 last.skipped_in_a_row = 0;
@@ -427,34 +289,50 @@ impl Daemon {
                 last.outcome = "failed".into();
                 last.detail = detail.clone();
                 last.skipped_in_a_row = 0;
-                self.alert(
-                    AlertKind::RestoreTestFailed,
-                    &snap,
-                    format!("restore test of snapshot {snap} failed"),
+                tracing::error!(
+                    snapshot = snap.as_str(),
+                    outcome = "failed",
+                    error = detail.as_str(),
+                    "restore test finished"
+                );
+                let mut d = self.details(
+                    &plan,
                     format!(
-                        "The restore test of snapshot {snap} (plan {}) failed:\n\n{detail}\n\nThe snapshot is marked corrupted: `cairn snapshots` shows it and `restore --at` skips it.\n",
-                        plan.file.display()
+                        "The restore test of snapshot {snap} failed. The snapshot is marked \
+                         corrupted: `cairn snapshots` shows it and `restore --at` skips it."
                     ),
                 );
+                d.error = Some(detail.clone());
+                d.snapshot = Some(match snap_time {
+                    Some(t) => format!("{snap} (taken {t})"),
+                    None => snap.clone(),
+                });
+                d.hints.push(AlertKind::RestoreTestFailed.hint().into());
+                self.alert(AlertKind::RestoreTestFailed, &snap, &snap, d);
             }
             crate::prove::Outcome::Skipped { reason } => {
                 last.outcome = "skipped".into();
                 last.detail = reason.clone();
                 last.skipped_in_a_row += 1;
                 tracing::warn!(
+                    outcome = "skipped",
                     in_a_row = last.skipped_in_a_row,
-                    "restore test skipped: {reason}"
+                    reason = reason.as_str(),
+                    "restore test skipped"
                 );
                 if last.skipped_in_a_row >= plan.verify.skip_alert_after {
+                    let n = last.skipped_in_a_row;
+                    let mut d = self.details(
+                        &plan,
+                        format!("The restore test was skipped {n} time(s) in a row."),
+                    );
+                    d.error = Some(reason.clone());
+                    d.hints.push(AlertKind::RestoreTestSkipped.hint().into());
                     self.alert(
                         AlertKind::RestoreTestSkipped,
                         "skipped",
-                        format!("restore test skipped {} time(s) in a row", last.skipped_in_a_row),
-                        format!(
-                            "The restore test of plan {} was skipped {} time(s) in a row; the last reason:\n\n{reason}\n",
-                            plan.file.display(),
-                            last.skipped_in_a_row
-                        ),
+                        &format!("{n} in a row"),
+                        d,
                     );
                 }
             }
@@ -463,19 +341,28 @@ impl Daemon {
         Ok(last)
     }
 
-    /// Forget what the plan's rules do not keep (its own snapshots only), then prune.
+    /// Forget what the plan's rules do not keep (its own snapshots only), then
+    /// prune. Each removal is logged (`forgetting snapshot`, with its reason)
+    /// inside a `retention` span that says `why` retention ran.
     pub fn apply_retention(&self, repo: &Repository, plan: &Plan, why: &str) -> Result<()> {
-        let applied = crate::ops::retention::apply(repo, plan)?;
-        tracing::info!(removed = applied.removed, why, "retention applied");
+        let span = tracing::info_span!("retention", why);
+        let applied = span.in_scope(|| crate::ops::retention::apply(repo, plan))?;
+        tracing::info!(
+            removed = applied.removed,
+            why,
+            rules = plan.retention.policy().to_string().as_str(),
+            "retention applied"
+        );
         if let Some(r) = &applied.pruned {
-            tracing::info!(?r, "pruned");
+            log_prune(r, why);
         }
         let mut p = status::load(&self.opts.state_dir);
         p.retention = Some(retention_fingerprint(plan));
         if let Err(e) = status::save(&self.opts.state_dir, &p) {
             tracing::warn!(
-                "cannot save the daemon state in {}: {e}",
-                self.opts.state_dir.display()
+                dir = self.opts.state_dir.display().to_string().as_str(),
+                error = e.to_string().as_str(),
+                "cannot save the daemon state"
             );
         }
         Ok(())
@@ -487,14 +374,23 @@ impl Daemon {
         let repo = match self.open_repo() {
             Ok(r) => r,
             Err(e) => {
+                tracing::error!(
+                    error = e.to_string().as_str(),
+                    "repository cannot be opened"
+                );
+                let mut d = self.details(&plan, "cairn cannot open the repository.");
+                d.error = Some(e.to_string());
+                d.hints.extend(e.hint().map(str::to_string));
+                d.hints.push(
+                    "check that the repository's storage is mounted or reachable and that \
+                     the plan's password-file or identity opens it"
+                        .into(),
+                );
                 self.alert(
                     AlertKind::BackupFailed,
                     "repository",
-                    "the repository cannot be opened".into(),
-                    format!(
-                        "cairn cannot open the repository {}:\n\n{e}\n",
-                        plan.repository.location
-                    ),
+                    "repository cannot be opened",
+                    d,
                 );
                 return;
             }
@@ -516,40 +412,57 @@ impl Daemon {
         let since = last_ok.or(started).unwrap_or(now);
         let age = (now - since).as_secs().max(0) as u64;
         if age > limit.as_secs() {
-            let what = match last_ok {
-                Some(t) => format!("the last complete backup is from {t}"),
-                None => "there is no complete backup of this plan".into(),
-            };
+            let age = humantime::format_duration(Duration::from_secs(age));
+            let mut d = self.details(
+                &plan,
+                format!(
+                    "There has been no successful backup for {age} (the limit is \
+                     missed-backup {}).",
+                    humantime::format_duration(limit)
+                ),
+            );
+            d.since = vec![("Last complete backup".into(), when(last_ok, now))];
+            if last_ok.is_none() {
+                d.since.push(("Daemon started".into(), when(started, now)));
+            }
+            let status = self.status();
+            let failed: Vec<String> = status
+                .sources
+                .iter()
+                .filter_map(|(n, st)| Some(format!("{n}: {}", st.last_error.as_deref()?)))
+                .collect();
+            if !failed.is_empty() {
+                d.error = Some(failed.join("\n"));
+            }
+            d.hints.push(AlertKind::MissedBackup.hint().into());
             self.alert(
                 AlertKind::MissedBackup,
                 "missed",
-                format!(
-                    "no successful backup for {}",
-                    humantime::format_duration(Duration::from_secs(age))
-                ),
-                format!(
-                    "Plan {}: {what}, more than {} ago.\n",
-                    plan.file.display(),
-                    humantime::format_duration(limit)
-                ),
+                &format!("none for {age}"),
+                d,
             );
         }
         let storage = storage_use(&plan, &repo);
         if let Some(st) = &storage {
             if st.percent >= plan.alerts.storage_warning.0 {
-                self.alert(
-                    AlertKind::StorageHigh,
-                    "storage",
-                    format!("repository storage {:.0}% full", st.percent),
+                let mut d = self.details(
+                    &plan,
                     format!(
-                        "The repository {} uses {} of {} bytes ({:.1}%, measured by {}); the warning threshold is {}%.\n",
-                        plan.repository.location,
+                        "The repository's storage is {:.1}% full: {} of {} bytes, measured by \
+                         {}; the warning threshold (storage-warning) is {}%.",
+                        st.percent,
                         st.used_bytes,
                         st.total_bytes,
-                        st.percent,
                         st.measured_by,
                         plan.alerts.storage_warning.0
                     ),
+                );
+                d.hints.push(AlertKind::StorageHigh.hint().into());
+                self.alert(
+                    AlertKind::StorageHigh,
+                    "storage",
+                    &format!("{:.0}% full", st.percent),
+                    d,
                 );
             }
         }
@@ -590,6 +503,8 @@ impl Daemon {
         let file = plan.file.display().to_string();
         let mut removed = Vec::new();
         let mut now_use = before.clone();
+        let span = tracing::info_span!("retention", why = "storage critically low");
+        let _in_span = span.enter();
         let result = crate::lock::with_lock(repo, true, "retention (storage critical)", || {
             let mut mine = repo.snapshots()?;
             mine.retain(|(_, s)| s.plan.as_deref() == Some(&file));
@@ -621,28 +536,37 @@ impl Daemon {
             }
             Ok(())
         });
+        drop(_in_span);
         if let Err(e) = &result {
-            tracing::error!("relieving storage failed: {e}");
+            tracing::error!(error = e.to_string().as_str(), "relieving storage failed");
         }
-        self.alert(
-            AlertKind::StorageCritical,
-            if removed.is_empty() { "critical-minimum" } else { "critical-removed" },
-            format!("repository storage critically low ({:.0}% used)", before.percent),
+        let mut d = self.details(
+            plan,
             format!(
-                "The repository {} was {:.1}% full (critical above {critical:.0}%).\n\n{}\nNow {:.1}% full.{}\n",
-                plan.repository.location,
+                "The repository's storage was critically low: {:.1}% full (critical above \
+                 {critical:.0}%, critical-free {}%). {} Now {:.1}% full.",
                 before.percent,
+                plan.retention.critical_free.0,
                 if removed.is_empty() {
-                    "Nothing could be removed: only the minimum the retention rules keep is left.".to_string()
+                    "Nothing could be removed: only the minimum the retention rules keep is left."
+                        .to_string()
                 } else {
-                    format!("Removed (oldest first): {}", removed.join(", "))
+                    format!("Removed, oldest first: {}.", removed.join(", "))
                 },
                 now_use.percent,
-                match &result {
-                    Err(e) => format!("\n\nError: {e}"),
-                    Ok(()) => String::new(),
-                }
             ),
+        );
+        d.error = result.as_ref().err().map(ToString::to_string);
+        d.hints.push(AlertKind::StorageCritical.hint().into());
+        self.alert(
+            AlertKind::StorageCritical,
+            if removed.is_empty() {
+                "critical-minimum"
+            } else {
+                "critical-removed"
+            },
+            &format!("{:.0}% used", before.percent),
+            d,
         );
         Some(now_use)
     }
@@ -658,7 +582,7 @@ impl Daemon {
                 .open_repo()
                 .and_then(|r| self.apply_retention(&r, &plan, "the rules changed"));
             if let Err(e) = applied {
-                tracing::error!("retention failed: {e}");
+                tracing::error!(error = e.to_string().as_str(), "retention failed");
             }
         }
         self.run_checks();
@@ -669,7 +593,7 @@ impl Daemon {
                 &jiff::tz::TimeZone::system(),
                 jiff::Timestamp::now(),
             )
-            .map_err(|e| tracing::error!("verify schedule: {e}"))
+            .map_err(|e| tracing::error!(error = e.to_string().as_str(), "verify schedule"))
             .ok()
         };
         let mut next_verify = verify_next(&plan);
@@ -697,14 +621,15 @@ impl Daemon {
                                 .open_repo()
                                 .and_then(|r| self.apply_retention(&r, &p, "the rules changed"));
                             if let Err(e) = applied {
-                                tracing::error!("retention failed: {e}");
+                                tracing::error!(error = e.to_string().as_str(), "retention failed");
                             }
                         }
                         next = self.next_runs(jiff::Timestamp::now());
                     }
-                    Err(d) => {
-                        tracing::error!("the changed plan has problems; keeping the old one:\n{d}")
-                    }
+                    Err(d) => tracing::error!(
+                        problems = d.to_string().as_str(),
+                        "the changed plan has problems; keeping the old one"
+                    ),
                 }
             }
             let now = jiff::Timestamp::now();
@@ -712,11 +637,8 @@ impl Daemon {
             for (i, at) in next.clone().into_iter().enumerate() {
                 if at.is_some_and(|t| t <= now) {
                     let s = &plan.schedules[i];
-                    if let Err(e) =
-                        self.run_backup(Trigger::Schedule(s.name.clone()), &s.sources, &s.tags)
-                    {
-                        tracing::error!(schedule = %s.name, "backup run failed: {e}");
-                    }
+                    // A failed run is logged (`backup run failed`) and alerted by run_backup.
+                    let _ = self.run_backup(Trigger::Schedule(s.name.clone()), &s.sources, &s.tags);
                     next[i] =
                         schedule::next_after(&s.cron, &s.time_zone(), jiff::Timestamp::now()).ok();
                     self.publish_next(&next);
@@ -724,7 +646,7 @@ impl Daemon {
             }
             if next_verify.is_some_and(|t| t <= now) {
                 if let Err(e) = self.run_restore_test(Trigger::Schedule("verify".into())) {
-                    tracing::error!("restore test could not run: {e}");
+                    tracing::error!(error = e.to_string().as_str(), "restore test could not run");
                 }
                 next_verify = verify_next(&plan);
                 self.with_status(|s| s.next_restore_test = next_verify);
@@ -746,7 +668,11 @@ impl Daemon {
                 |s| match schedule::next_after(&s.cron, &s.time_zone(), after) {
                     Ok(t) => Some(t),
                     Err(e) => {
-                        tracing::error!(schedule = %s.name, "{e}");
+                        tracing::error!(
+                            schedule = s.name.as_str(),
+                            error = e.to_string().as_str(),
+                            "schedule has no next run"
+                        );
                         None
                     }
                 },
@@ -786,24 +712,18 @@ impl Daemon {
     }
 }
 
-/// Median duration (seconds) of the plan's previous complete snapshots (up to 10).
-fn recent_median(repo: &Repository, plan: &Plan) -> Option<f64> {
-    let file = plan.file.display().to_string();
-    let mut d: Vec<f64> = repo
-        .snapshots()
-        .ok()?
-        .into_iter()
-        .rev()
-        .filter(|(_, s)| s.plan.as_deref() == Some(&file) && s.is_complete())
-        .skip(1) // the run just made
-        .take(10)
-        .map(|(_, s)| s.summary.duration_ms as f64 / 1000.0)
-        .collect();
-    if d.len() < 3 {
-        return None;
-    }
-    d.sort_by(|a, b| a.total_cmp(b));
-    Some(d[d.len() / 2])
+/// The `pruned` line after retention removed snapshots.
+fn log_prune(r: &crate::ops::prune::PruneReport, why: &str) {
+    tracing::info!(
+        why,
+        packs_removed = r.packs_removed,
+        packs_repacked = r.packs_repacked,
+        unreferenced_packs_removed = r.unreferenced_packs_removed,
+        packs_kept = r.packs_kept,
+        bytes_before = r.bytes_before,
+        bytes_after = r.bytes_after,
+        "pruned"
+    );
 }
 
 /// Storage use: the filesystem of a local repository, or the plan's quota

@@ -14,6 +14,7 @@ mod backup_restore;
 mod concurrency;
 mod corruption;
 mod crash;
+mod daemon_log;
 mod exit_codes;
 mod kafka;
 mod plan_check;

@@ -1,294 +1,12 @@
 //! `cairn serve`: the real daemon on a schedule of seconds, its HTTP API,
 //! retention and alerts arriving at a real SMTP server (aiosmtpd).
 
+use crate::common::daemon::*;
 use crate::common::*;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
-
-const TOKEN: &str = "test-token-1234";
-
-/// The daemon tests run one at a time: each starts a daemon, an SMTP server
-/// and often PostgreSQL and Kafka; run together on two cores their
-/// second-scale schedules and thresholds would measure the machine's load.
-static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-struct Smtp {
-    child: Child,
-    port: u16,
-    dir: PathBuf,
-}
-
-impl Smtp {
-    fn start(dir: &Path) -> Smtp {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let child = Command::new("/usr/bin/python3")
-            .args(["-m", "aiosmtpd", "-n", "-l", &format!("127.0.0.1:{port}")])
-            .args(["-c", "aiosmtpd.handlers.Mailbox"])
-            .arg(dir)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("python3-aiosmtpd (scripts/setup installs it)");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "aiosmtpd did not start");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Smtp {
-            child,
-            port,
-            dir: dir.to_path_buf(),
-        }
-    }
-
-    /// Every message received so far (raw text).
-    fn messages(&self) -> Vec<String> {
-        let Ok(rd) = std::fs::read_dir(self.dir.join("new")) else {
-            return Vec::new();
-        };
-        rd.flatten()
-            .filter_map(|e| std::fs::read_to_string(e.path()).ok())
-            // Undo quoted-printable soft line breaks, so words are whole.
-            .map(|m| m.replace("=\r\n", "").replace("=\n", ""))
-            .collect()
-    }
-
-    fn wait_for(&self, needle: &str, secs: u64) -> String {
-        let deadline = Instant::now() + Duration::from_secs(secs);
-        loop {
-            if let Some(m) = self.messages().into_iter().find(|m| m.contains(needle)) {
-                return m;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no e-mail containing {needle:?}; got:\n{}",
-                self.messages().join("\n-----\n")
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    }
-}
-
-impl Drop for Smtp {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-struct Served {
-    child: Child,
-    addr: String,
-    stderr: std::sync::Arc<std::sync::Mutex<String>>,
-}
-
-impl Served {
-    fn start(env: &Env, plan: &Path) -> Served {
-        Served::spawn(env.plan_cmd(), env, plan)
-    }
-
-    /// Started under `ulimit LIMIT` (e.g. `-n 1024`: soft and hard), as a
-    /// small host or a unit without `LimitNOFILE` would run it.
-    fn start_under_ulimit(env: &Env, plan: &Path, limit: &str) -> Served {
-        let sh = env.plan_cmd();
-        let mut c = Command::new("sh");
-        c.env_clear();
-        for (k, v) in sh.get_envs() {
-            if let Some(v) = v {
-                c.env(k, v);
-            }
-        }
-        c.stdin(Stdio::null())
-            .args(["-c", &format!("ulimit {limit} && exec \"$0\" \"$@\""), BIN]);
-        Served::spawn(c, env, plan)
-    }
-
-    fn spawn(mut cmd: Command, env: &Env, plan: &Path) -> Served {
-        let mut child = cmd
-            .args(["serve", "-v", "--plan"])
-            .arg(plan)
-            .args([
-                "--listen",
-                "127.0.0.1:0",
-                "--check-every",
-                "1s",
-                "--state-dir",
-            ])
-            .arg(env.path("state"))
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stderr = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
-        let sink = stderr.clone();
-        let mut err = child.stderr.take().unwrap();
-        std::thread::spawn(move || {
-            let mut buf = [0u8; 4096];
-            while let Ok(n) = err.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                sink.lock()
-                    .unwrap()
-                    .push_str(&String::from_utf8_lossy(&buf[..n]));
-            }
-        });
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let addr = line
-            .trim()
-            .rsplit("http://")
-            .next()
-            .unwrap_or_default()
-            .to_string();
-        assert!(
-            addr.contains(':'),
-            "no listen address in {line:?}; stderr: {}",
-            stderr.lock().unwrap()
-        );
-        Served {
-            child,
-            addr,
-            stderr,
-        }
-    }
-
-    fn log(&self) -> String {
-        self.stderr.lock().unwrap().clone()
-    }
-
-    /// (status code, body)
-    fn request(&self, method: &str, path: &str, token: Option<&str>) -> (u16, String) {
-        self.try_request(method, path, token, "Content-Length: 0\r\n", 120)
-            .unwrap_or_else(|e| panic!("{method} {path}: {e}\n{}", self.log()))
-    }
-
-    /// A request with `extra` header lines, given `secs` to answer.
-    fn try_request(
-        &self,
-        method: &str,
-        path: &str,
-        token: Option<&str>,
-        extra: &str,
-        secs: u64,
-    ) -> std::io::Result<(u16, String)> {
-        let mut s = TcpStream::connect(&self.addr)?;
-        s.set_read_timeout(Some(Duration::from_secs(secs)))?;
-        let auth = token
-            .map(|t| format!("Authorization: Bearer {t}\r\n"))
-            .unwrap_or_default();
-        write!(
-            s,
-            "{method} {path} HTTP/1.1\r\nHost: {}\r\n{auth}{extra}Connection: close\r\n\r\n",
-            self.addr
-        )?;
-        let mut resp = String::new();
-        s.read_to_string(&mut resp)?;
-        let code = resp
-            .split_whitespace()
-            .nth(1)
-            .and_then(|c| c.parse().ok())
-            .unwrap_or(0);
-        let body = resp
-            .split_once("\r\n\r\n")
-            .map(|x| x.1)
-            .unwrap_or("")
-            .to_string();
-        Ok((code, body))
-    }
-
-    fn metrics(&self) -> String {
-        let (code, body) = self.request("GET", "/metrics", Some(TOKEN));
-        assert_eq!(code, 200, "{body}");
-        body
-    }
-
-    /// POST, retrying while another run holds the daemon (409).
-    fn post_when_free(&self, path: &str) -> (u16, String) {
-        for _ in 0..100 {
-            let (code, body) = self.request("POST", path, Some(TOKEN));
-            if code != 409 {
-                return (code, body);
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        }
-        panic!("{path}: the daemon stayed busy");
-    }
-
-    fn status(&self) -> serde_json::Value {
-        let (code, body) = self.request("GET", "/status", Some(TOKEN));
-        assert_eq!(code, 200, "{body}");
-        serde_json::from_str(&body).unwrap()
-    }
-
-    fn wait_until(
-        &self,
-        what: &str,
-        secs: u64,
-        f: impl Fn(&serde_json::Value) -> bool,
-    ) -> serde_json::Value {
-        let deadline = Instant::now() + Duration::from_secs(secs);
-        loop {
-            let s = self.status();
-            if f(&s) {
-                return s;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "timed out waiting for {what}: {s}\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(250));
-        }
-    }
-
-    fn stop(mut self) -> (Option<i32>, String) {
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(st) = self.child.try_wait().unwrap() {
-                return (st.code(), self.log());
-            }
-            assert!(Instant::now() < deadline, "serve did not stop on SIGTERM");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-}
-
-impl Drop for Served {
-    /// A failed test must not leave its daemon running.
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn plan(env: &Env, body: &str) -> PathBuf {
-    let hash = blake3::hash(TOKEN.as_bytes()).to_hex();
-    env.write_plan(&format!(
-        "api {{\n    listen \"127.0.0.1:8420\"\n    token \"tests\" hash=\"blake3:{hash}\"\n}}\n{body}"
-    ))
-}
-
-fn email(smtp: &Smtp, extra: &str) -> String {
-    format!(
-        "alerts {{\n    email {{\n        smtp \"127.0.0.1\" port={} security=\"plain\"\n        from \"cairn@example.test\"\n        to \"oncall@example.test\" \"dba@example.test\"\n    }}\n    repeat-every \"1h\"\n{extra}}}\n",
-        smtp.port
-    )
-}
 
 #[test]
 fn the_daemon_backs_up_on_schedule_applies_retention_and_serves_its_api() {
@@ -376,7 +94,8 @@ fn the_daemon_backs_up_on_schedule_applies_retention_and_serves_its_api() {
     // Every request is in the access log, with the token's name.
     assert!(log.contains("route=/status status=401"), "{log}");
     assert!(
-        log.contains("token=\"tests\"") && log.contains("route=/backups status=200"),
+        log.contains("token=\"tests\"")
+            && log.contains("route=/backups query=\"wait=true\" status=200"),
         "{log}"
     );
     assert!(log.contains("token=\"invalid\""), "{log}");
@@ -413,7 +132,7 @@ fn failures_missed_backups_storage_and_slow_runs_are_mailed() {
     // storage check measures the repository against the 1 KiB quota.
     let (code, body) = d.post_when_free("/backups?wait=true");
     assert_eq!(code, 500, "an incomplete run is an error: {body}");
-    let failed = smtp.wait_for("broken", 30);
+    let failed = smtp.wait_for("backup failed: broken", 30);
     assert!(
         failed.contains("exit status: 7") || failed.contains("oops"),
         "{failed}"
@@ -595,7 +314,7 @@ fn a_scheduled_run_backs_up_files_postgres_and_kafka_into_one_snapshot() {
     assert_eq!(first["complete"], true);
     // The per-source size and duration of each run are logged.
     assert!(
-        log.contains("source stored source=queue") && log.contains("duration_ms"),
+        log.contains("source backed up") && log.contains("source=\"queue\" kind=\"kafka\""),
         "{log}"
     );
 }

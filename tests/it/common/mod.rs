@@ -1,6 +1,7 @@
 //! Shared helpers for end-to-end tests: a throwaway repository and the real
 //! `cairn` binary with its environment set.
 
+pub mod daemon;
 pub mod kafka;
 pub mod s3;
 
