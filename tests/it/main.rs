@@ -16,6 +16,7 @@ mod corruption;
 mod crash;
 mod exit_codes;
 mod kafka;
+mod kafka_recreate;
 mod plan_check;
 mod plan_run;
 mod postgres;
