@@ -225,7 +225,7 @@ pub fn restore_kafka(
     // nothing on the target, and it took 0.3 s of the restore when it
     // waited for the verification.
     let admin = admin(target)?;
-    let mut producer = with_messages.then(|| producer(target)).transpose()?;
+    let producer = with_messages.then(|| producer(target)).transpose()?;
     // Verify every blob this restore needs before touching the target.
     let (nodes, located): (HashMap<String, Node>, Located) = if with_messages {
         let nodes = repo.read_tree(source)?;
@@ -297,10 +297,8 @@ pub fn restore_kafka(
         .filter(|(name, _)| !report.deleted.iter().any(|d| &d.name == name))
         .collect();
     create_topics(&admin, target, &meta, opts, brokers, &existing, &mut report)?;
-    if !report.deleted.is_empty() && producer.is_some() {
-        // The producer may hold the deleted topics' metadata (fewer
-        // partitions: "Local: Unknown partition"); a new one asks afresh.
-        producer = Some(self::producer(target)?);
+    if let Some(p) = producer.as_ref() {
+        refresh_recreated(p, target, &report)?;
     }
     if let Some(producer) = producer {
         let maps = produce(
@@ -443,6 +441,51 @@ fn create_topics(
         }
     }
     tracing::info!(topics = new.len(), "topics created");
+    Ok(())
+}
+
+/// Make the producer learn the partitions of the topics it saw before they
+/// were deleted and created again: it kept their old metadata and failed
+/// with "Local: Unknown partition". (A new producer would request its
+/// idempotent producer id again: producing 35 records took 1.1 s instead
+/// of 0.11 s on Tansu.)
+fn refresh_recreated(
+    producer: &BaseProducer<Deliveries>,
+    target: &KafkaOptions,
+    report: &RestoreReport,
+) -> Result<()> {
+    let deadline = std::time::Instant::now() + target.timeout.max(Duration::from_secs(30));
+    for t in report.topics.iter().filter(|t| t.recreated) {
+        loop {
+            let md = retry(target, "fetching topic metadata", || {
+                producer
+                    .client()
+                    .fetch_metadata(Some(&t.target), target.timeout)
+            })?;
+            let seen = md.topics().first().map_or(0, |m| {
+                let ready = m.error().is_none() && m.partitions().iter().all(|p| p.leader() >= 0);
+                if ready {
+                    m.partitions().len()
+                } else {
+                    0
+                }
+            });
+            if seen == t.partitions {
+                break;
+            }
+            if std::time::Instant::now() > deadline {
+                return Err(Error::new(
+                    Kind::Unavailable,
+                    format!(
+                        "topic {:?} was created again with {} partition(s), but the producer's metadata from {} still shows {seen} with a leader after {}",
+                        t.target, t.partitions, target.brokers,
+                        humantime::format_duration(target.timeout.max(Duration::from_secs(30)))
+                    ),
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
     Ok(())
 }
 
