@@ -242,6 +242,7 @@ pub struct SnapshotsArgs {
 }
 
 #[derive(Args, Debug)]
+#[command(group(clap::ArgGroup::new("kafka_restore").args(["to_brokers", "plan"])))]
 pub struct RestoreArgs {
     /// Snapshot id (or unique prefix), or `latest`
     #[arg(value_name = "SNAPSHOT", conflicts_with = "at")]
@@ -313,11 +314,18 @@ pub struct RestoreArgs {
     pub no_messages: bool,
     /// Also take snapshots marked corrupted by a failed restore test (with --at, `latest`);
     /// with --to-brokers or --plan: add records to topics that already exist
+    /// (unless --recreate-topics)
     #[arg(long)]
     pub force: bool,
-    /// With --to-brokers: apply every recorded topic setting, not only those set on the topic
-    /// (for brokers that report no config sources)
-    #[arg(long, requires = "to_brokers")]
+    /// With --to-brokers or --plan: delete the snapshot's topics that exist on the brokers
+    /// (their target names) and create them again with the snapshot's partitions, settings,
+    /// records and group offsets; refused, before anything is deleted, while a consumer group
+    /// with live members has committed offsets on them
+    #[arg(long, requires = "kafka_restore")]
+    pub recreate_topics: bool,
+    /// With --to-brokers or --plan: apply every recorded topic setting, not only those set on
+    /// the topic (for brokers that report no config sources)
+    #[arg(long, requires = "kafka_restore")]
     pub all_configs: bool,
     #[command(flatten)]
     pub kafka_conn: KafkaConnArgs,

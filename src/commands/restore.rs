@@ -257,7 +257,15 @@ fn restore_kafka(
     let opts = kafka::RestoreOptions {
         topic_map,
         no_messages: a.no_messages,
-        force: a.force,
+        // --force also chooses corrupted snapshots; replacing topics wins
+        // over adding to them.
+        existing: if a.recreate_topics {
+            kafka::ExistingTopics::Recreate
+        } else if a.force {
+            kafka::ExistingTopics::Append
+        } else {
+            kafka::ExistingTopics::Refuse
+        },
         configs: if a.all_configs {
             kafka::ConfigChoice::All
         } else {
@@ -278,6 +286,9 @@ fn restore_kafka(
         for w in &report.warnings {
             eprintln!("warning: {w}");
         }
+        for d in &report.deleted {
+            println!("deleted topic {} ({} partition(s))", d.name, d.partitions);
+        }
         for t in &report.topics {
             println!(
                 "topic {} -> {}: {} partition(s), {} record(s){}{}",
@@ -285,7 +296,11 @@ fn restore_kafka(
                 t.target,
                 t.partitions,
                 t.records,
-                if t.created { ", created" } else { ", existing" },
+                match (t.recreated, t.created) {
+                    (true, _) => ", recreated",
+                    (false, true) => ", created",
+                    (false, false) => ", existing",
+                },
                 if t.configs_applied.is_empty() {
                     String::new()
                 } else {

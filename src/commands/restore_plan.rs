@@ -50,6 +50,8 @@ pub fn run(g: &GlobalArgs, a: &RestoreArgs, file: &Path) -> Result<()> {
     let opts = Options {
         dry_run: a.dry_run,
         force: a.force,
+        recreate_topics: a.recreate_topics,
+        all_configs: a.all_configs,
         target_root,
         quiet: g.quiet || g.json,
     };

@@ -57,8 +57,16 @@ const POLL_EVERY: Duration = Duration::from_millis(200);
 pub struct Options {
     /// Only work out the steps; run nothing.
     pub dry_run: bool,
-    /// Kafka: write into topics that already exist on the target.
+    /// Kafka: write into topics that already exist on the target (at least
+    /// [`ExistingTopics::Append`] for every Kafka source).
+    ///
+    /// [`ExistingTopics::Append`]: crate::source::kafka::ExistingTopics::Append
     pub force: bool,
+    /// Kafka: delete and recreate topics that exist on the target, whatever
+    /// the plan says.
+    pub recreate_topics: bool,
+    /// Kafka: apply every recorded topic setting, whatever the plan says.
+    pub all_configs: bool,
     /// Files are restored below this directory: `/` puts them back where
     /// they were (node paths are stored without the leading `/`).
     pub target_root: PathBuf,
@@ -71,6 +79,8 @@ impl Default for Options {
         Options {
             dry_run: false,
             force: false,
+            recreate_topics: false,
+            all_configs: false,
             target_root: PathBuf::from("/"),
             quiet: false,
         }
@@ -97,8 +107,17 @@ struct Item {
 #[derive(Clone, Debug)]
 enum Destination {
     Files(PathBuf),
-    Postgres { url: String, shown: String },
-    Kafka(Box<crate::source::kafka::KafkaOptions>),
+    Postgres {
+        url: String,
+        shown: String,
+    },
+    Kafka {
+        target: Box<crate::source::kafka::KafkaOptions>,
+        /// The plan's `restore-existing-topics`, raised by the command line.
+        existing: crate::source::kafka::ExistingTopics,
+        /// The plan's `restore-all-configs` or `--all-configs`.
+        configs: crate::source::kafka::ConfigChoice,
+    },
 }
 
 /// The worked-out restore: what runs, in which order, and what is left out.

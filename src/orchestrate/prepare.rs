@@ -141,12 +141,28 @@ pub fn prepare(
                     shown,
                 }
             }
-            SourceSettings::Kafka(_) => {
+            SourceSettings::Kafka(k) => {
+                use crate::source::kafka::{ConfigChoice, ExistingTopics};
                 let spec = crate::plan::job_sources(plan, &[name.to_string()])?;
+                let asked = if options.recreate_topics {
+                    ExistingTopics::Recreate
+                } else if options.force {
+                    ExistingTopics::Append
+                } else {
+                    ExistingTopics::Refuse
+                };
                 match spec.into_iter().next().map(|s| s.spec) {
-                    Some(crate::job::SourceSpec::Kafka { options, .. }) => {
-                        Destination::Kafka(Box::new(options))
-                    }
+                    Some(crate::job::SourceSpec::Kafka {
+                        options: target, ..
+                    }) => Destination::Kafka {
+                        target: Box::new(target),
+                        existing: k.restore_existing_topics.max(asked),
+                        configs: if k.restore_all_configs || options.all_configs {
+                            ConfigChoice::All
+                        } else {
+                            ConfigChoice::Explicit
+                        },
+                    },
                     _ => return Err(Error::failure(format!("source {name:?} is not Kafka"))),
                 }
             }

@@ -14,6 +14,7 @@ use crate::error::{Error, Kind, Result};
 use crate::plan::Probe;
 use crate::repo::Node;
 use crate::repository::Repository;
+use crate::source::kafka::{ConfigChoice, ExistingTopics};
 
 fn probe_text(what: &str, p: &Probe) -> String {
     format!(
@@ -64,14 +65,22 @@ impl Orchestration {
                         "restore source {} (postgres) into {shown}, replacing what the databases hold",
                         it.name
                     ),
-                    Destination::Kafka(k) => format!(
-                        "restore source {} (kafka) into {}{}",
+                    Destination::Kafka {
+                        target,
+                        existing,
+                        configs,
+                    } => format!(
+                        "restore source {} (kafka) into {}{}{}",
                         it.name,
-                        k.brokers,
-                        if self.options.force {
-                            ", adding to topics that exist"
-                        } else {
-                            ", refusing topics that exist"
+                        target.brokers,
+                        match existing {
+                            ExistingTopics::Refuse => ", refusing topics that exist",
+                            ExistingTopics::Append => ", adding to topics that exist",
+                            ExistingTopics::Recreate => ", deleting and recreating topics that exist (refused while a consumer group with live members uses them)",
+                        },
+                        match configs {
+                            ConfigChoice::All => ", with every recorded topic setting",
+                            ConfigChoice::Explicit => "",
                         }
                     ),
                 }
@@ -331,10 +340,15 @@ impl Orchestration {
                     report.tables.len()
                 )))
             }
-            Destination::Kafka(target) => {
+            Destination::Kafka {
+                target,
+                existing,
+                configs,
+            } => {
                 use crate::source::kafka;
                 let opts = kafka::RestoreOptions {
-                    force: self.options.force,
+                    existing: *existing,
+                    configs: *configs,
                     ..Default::default()
                 };
                 let report = kafka::restore_kafka(repo, &it.record, target, &opts)?;
@@ -347,10 +361,12 @@ impl Orchestration {
                     .into());
                 }
                 let records: u64 = report.topics.iter().map(|t| t.records).sum();
-                Ok(Some(format!(
-                    "{} topic(s), {records} record(s)",
-                    report.topics.len()
-                )))
+                let mut detail = format!("{} topic(s), {records} record(s)", report.topics.len());
+                if !report.deleted.is_empty() {
+                    let names: Vec<&str> = report.deleted.iter().map(|d| d.name.as_str()).collect();
+                    detail.push_str(&format!("; recreated {}", names.join(", ")));
+                }
+                Ok(Some(detail))
             }
         }
     }

@@ -152,6 +152,12 @@ pub struct KafkaSource {
     pub retries: u32,
     #[serde(serialize_with = "serialize_duration")]
     pub retry_delay: Duration,
+    /// `restore --plan`: what to do with the snapshot's topics that exist
+    /// on the brokers (`--force`, `--recreate-topics` raise it).
+    pub restore_existing_topics: crate::source::kafka::ExistingTopics,
+    /// `restore --plan`: apply every recorded topic setting, not only those
+    /// set on the topic (`--all-configs` turns it on too).
+    pub restore_all_configs: bool,
 }
 
 #[derive(Clone, Debug, Serialize)]

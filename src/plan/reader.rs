@@ -36,6 +36,11 @@ pub(super) const EXAMPLES: &[(&str, &str)] = &[
     ("kafka-config", "kafka-config \"kafka.properties\""),
     ("retries", "retries 3"),
     ("retry-delay", "retry-delay \"1s\""),
+    (
+        "restore-existing-topics",
+        "restore-existing-topics \"recreate\" (or refuse, append)",
+    ),
+    ("restore-all-configs", "restore-all-configs #true"),
     ("command", "command \"pg_dump\" \"-Fc\" \"app\""),
     ("file-name", "file-name \"app.dump\""),
     ("schedule", "schedule \"nightly\" { cron \"0 2 * * *\" }"),

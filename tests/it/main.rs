@@ -17,6 +17,7 @@ mod crash;
 mod daemon_log;
 mod exit_codes;
 mod kafka;
+mod kafka_recreate;
 mod plan_check;
 mod plan_run;
 mod postgres;

@@ -12,6 +12,7 @@ use crate::plan::values::{closest, parse_duration};
 use crate::plan::{
     CommandSource, FilesSource, KafkaSource, PostgresSource, Source, SourceSettings,
 };
+use crate::source::kafka::ExistingTopics;
 
 const SOURCE_KINDS: &[(&str, &[&str])] = &[
     ("files", &["path"]),
@@ -29,6 +30,8 @@ const SOURCE_KINDS: &[(&str, &[&str])] = &[
             "kafka-config",
             "retries",
             "retry-delay",
+            "restore-existing-topics",
+            "restore-all-configs",
         ],
     ),
     ("command", &["command", "file-name"]),
@@ -214,6 +217,20 @@ impl Parser<'_> {
             let e = self.one_arg(c, &[])?;
             self.parsed("retry-delay", e, parse_duration)
         });
+        let existing = s.get("restore-existing-topics").and_then(|c| {
+            let e = self.one_arg(c, &[])?;
+            let v = self.string("restore-existing-topics", e)?;
+            let found = ExistingTopics::NAMES.iter().find(|(n, _)| *n == v);
+            if found.is_none() {
+                self.error(
+                    entry_at(e),
+                    format!("unknown `restore-existing-topics` value {v:?}"),
+                    "use \"refuse\" (the default), \"append\" or \"recreate\"",
+                );
+            }
+            found.map(|(_, x)| *x)
+        });
+        let all_configs = s.get("restore-all-configs").and_then(|c| self.bool_arg(c));
         Some(SourceSettings::Kafka(KafkaSource {
             brokers: brokers?,
             topics,
@@ -222,6 +239,8 @@ impl Parser<'_> {
             kafka_config,
             retries: retries.unwrap_or(3),
             retry_delay: retry_delay.unwrap_or(Duration::from_secs(1)),
+            restore_existing_topics: existing.unwrap_or_default(),
+            restore_all_configs: all_configs.unwrap_or(false),
         }))
     }
 

@@ -7,11 +7,12 @@ pub mod backup;
 pub mod client;
 pub mod offsets;
 pub mod prove;
+pub mod recreate;
 pub mod restore;
 
 pub use backup::{archive_kafka, BackupOptions};
 pub use client::{KafkaOptions, RetryPolicy};
-pub use restore::{restore_kafka, ConfigChoice, RestoreOptions};
+pub use restore::{restore_kafka, ConfigChoice, ExistingTopics, RestoreOptions};
 
 use crate::archiver::StoredChunks;
 use crate::error::{Error, Result};

@@ -6,6 +6,7 @@
 use super::backup::{admin, consumer};
 use super::client::{block_on, retry, KafkaOptions};
 use super::offsets::OffsetMap;
+use super::recreate::{self, DeletedTopic};
 use crate::error::{Error, Kind, Result};
 use crate::repo::kafka::{KafkaMeta, RecordReader, TimestampType, TopicMeta};
 use crate::repo::{Node, SourceRecord};
@@ -32,14 +33,41 @@ pub enum ConfigChoice {
     All,
 }
 
+/// What a restore does with a snapshot's topic that already exists on the
+/// target (under its target name).
+///
+/// Ordered from the mildest to the strongest: where two settings meet (a
+/// plan's and the command line's), the stronger applies.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ExistingTopics {
+    /// Refuse the restore, listing every such topic, before changing anything.
+    #[default]
+    Refuse,
+    /// Add the records to it (`--force`).
+    Append,
+    /// Delete it and create it again from the snapshot
+    /// (`--recreate-topics`), unless a consumer group with live members uses it.
+    Recreate,
+}
+
+impl ExistingTopics {
+    /// The plan's spelling of each choice.
+    pub const NAMES: [(&'static str, ExistingTopics); 3] = [
+        ("refuse", ExistingTopics::Refuse),
+        ("append", ExistingTopics::Append),
+        ("recreate", ExistingTopics::Recreate),
+    ];
+}
+
 #[derive(Clone, Debug, Default)]
 pub struct RestoreOptions {
     /// Rename topics: `(source name, target name)`.
     pub topic_map: Vec<(String, String)>,
     /// Create topics and nothing else (no records, no group offsets).
     pub no_messages: bool,
-    /// Write into topics that already exist on the target.
-    pub force: bool,
+    /// What to do with topics that already exist on the target.
+    pub existing: ExistingTopics,
     pub configs: ConfigChoice,
 }
 
@@ -49,6 +77,8 @@ pub struct TopicReport {
     pub target: String,
     pub partitions: usize,
     pub created: bool,
+    /// It existed on the target and was deleted, then created (`created` too).
+    pub recreated: bool,
     pub configs_applied: Vec<String>,
     pub records: u64,
 }
@@ -74,6 +104,8 @@ pub struct GroupReport {
 
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct RestoreReport {
+    /// Topics deleted on the target to be created again (`--recreate-topics`).
+    pub deleted: Vec<DeletedTopic>,
     pub topics: Vec<TopicReport>,
     pub groups: Vec<GroupReport>,
     pub warnings: Vec<String>,
@@ -219,16 +251,23 @@ pub fn restore_kafka(
     let mut conflicts = Vec::new();
     for t in &meta.topics {
         let name = target_name(opts, &t.name);
-        if let Some(n) = existing.get(name) {
-            if !opts.force {
-                conflicts.push(name.to_string());
-            } else if *n < t.partitions.len() {
+        let Some(&n) = existing.get(name) else {
+            continue;
+        };
+        match opts.existing {
+            ExistingTopics::Refuse => conflicts.push(name.to_string()),
+            ExistingTopics::Append if n < t.partitions.len() => {
                 return Err(Error::failure(format!(
                     "topic {name:?} exists on the target with {n} partition(s), the snapshot has {}",
                     t.partitions.len()
                 ))
-                .with_hint("restore into a new topic with --topic-map old=new"));
+                .with_hint("restore into a new topic with --topic-map old=new, or replace it with --recreate-topics"))
             }
+            ExistingTopics::Append => {}
+            ExistingTopics::Recreate => report.deleted.push(DeletedTopic {
+                name: name.to_string(),
+                partitions: n,
+            }),
         }
     }
     if !conflicts.is_empty() {
@@ -237,9 +276,30 @@ pub fn restore_kafka(
             target.brokers,
             conflicts.join(", ")
         ))
-        .with_hint("give --force to add the records to the existing topics, or rename with --topic-map old=new"));
+        .with_hint("give --force to add the records to the existing topics, --recreate-topics to delete and create them again, or rename with --topic-map old=new"));
     }
+    if !report.deleted.is_empty() {
+        // Groups whose offsets the restore commits count too: their commit
+        // would be refused after the topics were replaced.
+        let to_commit: Vec<&str> = if with_messages {
+            meta.groups.iter().map(|g| g.name.as_str()).collect()
+        } else {
+            Vec::new()
+        };
+        let live = recreate::live_groups(target, &report.deleted, &to_commit)?;
+        if !live.is_empty() {
+            return Err(recreate::refusal(target, &live));
+        }
+        recreate::delete_topics(&admin, target, &report.deleted)?;
+    }
+    let existing: HashMap<String, usize> = existing
+        .into_iter()
+        .filter(|(name, _)| !report.deleted.iter().any(|d| &d.name == name))
+        .collect();
     create_topics(&admin, target, &meta, opts, brokers, &existing, &mut report)?;
+    if let Some(p) = producer.as_ref() {
+        refresh_recreated(p, target, &report)?;
+    }
     if let Some(producer) = producer {
         let maps = produce(
             repo,
@@ -279,6 +339,7 @@ fn create_topics(
             target: name.to_string(),
             partitions: t.partitions.len(),
             created: !existing.contains_key(name),
+            recreated: report.deleted.iter().any(|d| d.name == name),
             configs_applied: cfg.iter().map(|(k, v)| format!("{k}={v}")).collect(),
             records: 0,
         });
@@ -312,20 +373,48 @@ fn create_topics(
         return Ok(());
     }
     let aopts = AdminOptions::new().operation_timeout(Some(target.timeout));
-    let results = retry(target, "creating topics", || {
-        block_on(admin.create_topics(&new, &aopts))
-    })?;
-    let failed: Vec<String> = results
-        .into_iter()
-        .filter_map(|r| r.err())
-        .map(|(t, code)| format!("{t}: {code}"))
-        .collect();
-    if !failed.is_empty() {
-        return Err(Error::failure(format!(
-            "could not create topic(s) on {}: {}",
-            target.brokers,
-            failed.join("; ")
-        )));
+    // Kafka deletes topics asynchronously: a topic just deleted can be
+    // refused as existing for a while after the brokers stopped listing it.
+    let wait = recreate::DELETE_WAIT.max(target.timeout);
+    let deadline = std::time::Instant::now() + wait;
+    let mut pending: Vec<&NewTopic<'_>> = new.iter().collect();
+    while !pending.is_empty() {
+        let results = retry(target, "creating topics", || {
+            block_on(admin.create_topics(pending.iter().copied(), &aopts))
+        })?;
+        let mut again = Vec::new();
+        let mut failed = Vec::new();
+        for (t, code) in results.into_iter().filter_map(|r| r.err()) {
+            let deleted = report.deleted.iter().any(|d| d.name == t);
+            if deleted
+                && code == RDKafkaErrorCode::TopicAlreadyExists
+                && std::time::Instant::now() < deadline
+            {
+                again.push(t);
+            } else {
+                failed.push(format!("{t}: {code}"));
+            }
+        }
+        if !failed.is_empty() {
+            let gone: Vec<&str> = report.deleted.iter().map(|d| d.name.as_str()).collect();
+            let mut e = Error::failure(format!(
+                "could not create topic(s) on {}: {}",
+                target.brokers,
+                failed.join("; ")
+            ));
+            if !gone.is_empty() {
+                e = e.with_hint(format!(
+                    "deleted before: {}; running the same restore again creates them",
+                    gone.join(", ")
+                ));
+            }
+            return Err(e);
+        }
+        pending.retain(|nt| again.iter().any(|t| t == nt.name));
+        if !pending.is_empty() {
+            crate::interrupt::check()?;
+            std::thread::sleep(Duration::from_millis(500));
+        }
     }
     // Wait until every partition of the new topics has a leader.
     let deadline = std::time::Instant::now() + target.timeout.max(Duration::from_secs(30));
@@ -352,6 +441,51 @@ fn create_topics(
         }
     }
     tracing::info!(topics = new.len(), "topics created");
+    Ok(())
+}
+
+/// Make the producer learn the partitions of the topics it saw before they
+/// were deleted and created again: it kept their old metadata and failed
+/// with "Local: Unknown partition". (A new producer would request its
+/// idempotent producer id again: producing 35 records took 1.1 s instead
+/// of 0.11 s on Tansu.)
+fn refresh_recreated(
+    producer: &BaseProducer<Deliveries>,
+    target: &KafkaOptions,
+    report: &RestoreReport,
+) -> Result<()> {
+    let deadline = std::time::Instant::now() + target.timeout.max(Duration::from_secs(30));
+    for t in report.topics.iter().filter(|t| t.recreated) {
+        loop {
+            let md = retry(target, "fetching topic metadata", || {
+                producer
+                    .client()
+                    .fetch_metadata(Some(&t.target), target.timeout)
+            })?;
+            let seen = md.topics().first().map_or(0, |m| {
+                let ready = m.error().is_none() && m.partitions().iter().all(|p| p.leader() >= 0);
+                if ready {
+                    m.partitions().len()
+                } else {
+                    0
+                }
+            });
+            if seen == t.partitions {
+                break;
+            }
+            if std::time::Instant::now() > deadline {
+                return Err(Error::new(
+                    Kind::Unavailable,
+                    format!(
+                        "topic {:?} was created again with {} partition(s), but the producer's metadata from {} still shows {seen} with a leader after {}",
+                        t.target, t.partitions, target.brokers,
+                        humantime::format_duration(target.timeout.max(Duration::from_secs(30)))
+                    ),
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
     Ok(())
 }
 
