@@ -375,6 +375,15 @@ pub struct ForgetArgs {
     /// instead of applying keep rules
     #[arg(value_name = "SNAPSHOT")]
     pub snapshots: Vec<String>,
+    /// Apply this plan's `retention` to the snapshots it made, per source,
+    /// as `cairn serve` does (the repository and key come from the plan)
+    #[arg(long, value_name = "FILE", conflicts_with_all = [
+        "snapshots", "keep_last", "keep_hourly", "keep_daily", "keep_weekly", "keep_monthly",
+        "keep_yearly", "keep_within", "keep_within_hourly", "keep_within_daily",
+        "keep_within_weekly", "keep_within_monthly", "keep_within_yearly", "keep_tag",
+        "group_by", "tag", "host",
+    ])]
+    pub plan: Option<PathBuf>,
     /// Keep the N newest snapshots (`unlimited` or -1: all)
     #[arg(long, value_name = "N", allow_negative_numbers = true)]
     pub keep_last: Option<String>,

@@ -154,6 +154,9 @@ fn forget_named(g: &GlobalArgs, a: &ForgetArgs, repo: &Repository) -> Result<()>
 }
 
 pub fn run(g: &GlobalArgs, a: &ForgetArgs) -> Result<()> {
+    if let Some(file) = &a.plan {
+        return super::forget_plan::run(g, a, file);
+    }
     let policy = policy(a)?;
     if !a.snapshots.is_empty() {
         if !policy.is_empty() || !a.filter.host.is_empty() || !a.filter.tag.is_empty() {

@@ -4,6 +4,7 @@
 pub mod cat;
 pub mod check;
 pub mod forget;
+pub mod forget_plan;
 pub mod init;
 pub mod key;
 pub mod plan;

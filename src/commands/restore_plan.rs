@@ -16,7 +16,7 @@ pub fn run(g: &GlobalArgs, a: &RestoreArgs, file: &Path) -> Result<()> {
     let at = a.at.as_deref().map(parse_time).transpose()?;
     let repo = super::plan::open_repo(g, &plan)?;
     let mut points: Vec<(SnapshotId, Snapshot)> = repo.snapshots()?;
-    points.retain(|(_, s)| orchestrate::made_by(&plan, s));
+    points.retain(|(_, s)| plan.made(s));
     if !a.force {
         for skipped in crate::ops::restore_point::drop_corrupted(&repo, &mut points)? {
             eprintln!("{skipped}");

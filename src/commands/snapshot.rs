@@ -137,7 +137,7 @@ pub fn run(g: &GlobalArgs, a: &SnapshotArgs) -> Result<()> {
     let opts = JobOptions {
         tags,
         host: a.host.clone(),
-        plan: plan.as_ref().map(|p| p.file.display().to_string()),
+        plan: plan.as_ref().map(crate::plan::Plan::identity),
         quiet: g.quiet,
     };
     let report = crate::job::run(&repo, &sources, &opts)?;

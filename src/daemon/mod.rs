@@ -23,6 +23,7 @@ pub mod status;
 
 use crate::error::Result;
 use crate::plan::Plan;
+use crate::repo::{Snapshot, SnapshotId, SourceStatus::Complete};
 use crate::repository::Repository;
 use alerts::{Alert, AlertKind, Alerter};
 use notice::{when, Details};
@@ -229,11 +230,11 @@ impl Daemon {
         use rand::seq::IndexedRandom;
         let plan = self.plan();
         let repo = self.open_repo()?;
-        let file = plan.file.display().to_string();
-        let snaps: Vec<_> = repo
-            .snapshots()?
+        // A snapshot is worth testing when one of its sources is complete;
+        // only complete sources are tested (`prove`).
+        let snaps: Vec<_> = run::plan_snapshots(&repo, &plan)
             .into_iter()
-            .filter(|(_, s)| s.plan.as_deref() == Some(&file) && s.is_complete())
+            .filter(|(_, s)| s.sources.iter().any(|x| x.status == Complete))
             .collect();
         let env = crate::prove::ScratchEnv {
             postgres: plan.verify.postgres_scratch.clone(),
@@ -249,7 +250,7 @@ impl Daemon {
         last.time = Some(jiff::Timestamp::now());
         let outcome = match snaps.choose(&mut rand::rng()) {
             None => crate::prove::Outcome::Skipped {
-                reason: "the plan has no complete snapshot yet".into(),
+                reason: "the plan has no snapshot with a complete source yet".into(),
             },
             Some((id, snap)) => {
                 last.snapshot = Some(id.short());
@@ -395,53 +396,8 @@ impl Daemon {
                 return;
             }
         };
-        let file = plan.file.display().to_string();
-        let snaps = repo.snapshots().unwrap_or_default();
-        let mine: Vec<_> = snaps
-            .iter()
-            .filter(|(_, s)| s.plan.as_deref() == Some(&file))
-            .collect();
-        let last_ok = mine
-            .iter()
-            .rev()
-            .find(|(_, s)| s.is_complete())
-            .map(|(_, s)| s.time);
-        let started = self.status.lock().map(|s| s.started).ok().flatten();
-        let now = jiff::Timestamp::now();
-        let limit = plan.alerts.missed_backup;
-        let since = last_ok.or(started).unwrap_or(now);
-        let age = (now - since).as_secs().max(0) as u64;
-        if age > limit.as_secs() {
-            let age = humantime::format_duration(Duration::from_secs(age));
-            let mut d = self.details(
-                &plan,
-                format!(
-                    "There has been no successful backup for {age} (the limit is \
-                     missed-backup {}).",
-                    humantime::format_duration(limit)
-                ),
-            );
-            d.since = vec![("Last complete backup".into(), when(last_ok, now))];
-            if last_ok.is_none() {
-                d.since.push(("Daemon started".into(), when(started, now)));
-            }
-            let status = self.status();
-            let failed: Vec<String> = status
-                .sources
-                .iter()
-                .filter_map(|(n, st)| Some(format!("{n}: {}", st.last_error.as_deref()?)))
-                .collect();
-            if !failed.is_empty() {
-                d.error = Some(failed.join("\n"));
-            }
-            d.hints.push(AlertKind::MissedBackup.hint().into());
-            self.alert(
-                AlertKind::MissedBackup,
-                "missed",
-                &format!("none for {age}"),
-                d,
-            );
-        }
+        let mine = run::plan_snapshots(&repo, &plan);
+        self.check_missed(&plan, &mine);
         let storage = storage_use(&plan, &repo);
         if let Some(st) = &storage {
             if st.percent >= plan.alerts.storage_warning.0 {
@@ -485,6 +441,55 @@ impl Daemon {
         });
     }
 
+    /// Each source a schedule backs up whose last complete copy (or, with
+    /// none, the daemon's start) is older than `missed-backup` is alerted
+    /// (key: the source), however the plan's other sources fare.
+    fn check_missed(&self, plan: &Plan, mine: &[(SnapshotId, Snapshot)]) {
+        let started = self.status.lock().map(|s| s.started).ok().flatten();
+        let now = jiff::Timestamp::now();
+        let limit = plan.alerts.missed_backup;
+        let scheduled = |name: &String| {
+            plan.schedules
+                .iter()
+                .any(|s| s.sources.is_empty() || s.sources.contains(name))
+        };
+        let status = self.status();
+        for src in plan.sources.iter().filter(|s| scheduled(&s.name)) {
+            let (last_ok, _) = run::source_history(mine, &src.name);
+            let since = last_ok.or(started).unwrap_or(now);
+            let age = (now - since).as_secs().max(0) as u64;
+            if age <= limit.as_secs() {
+                continue;
+            }
+            let age = humantime::format_duration(Duration::from_secs(age));
+            let mut d = self.details(
+                plan,
+                format!(
+                    "There has been no successful backup of source {} for {age} (the limit \
+                     is missed-backup {}).",
+                    src.name,
+                    humantime::format_duration(limit)
+                ),
+            );
+            d.source = Some(format!("{} ({})", src.name, src.settings.kind()));
+            d.since = vec![("Last complete copy".into(), when(last_ok, now))];
+            if last_ok.is_none() {
+                d.since.push(("Daemon started".into(), when(started, now)));
+            }
+            d.error = status
+                .sources
+                .get(&src.name)
+                .and_then(|st| st.last_error.clone());
+            d.hints.push(AlertKind::MissedBackup.hint().into());
+            self.alert(
+                AlertKind::MissedBackup,
+                &src.name,
+                &format!("{}, none for {age}", src.name),
+                d,
+            );
+        }
+    }
+
     /// Storage is critically low: remove the plan's oldest snapshots, one at
     /// a time (pruning after each), until use is below the threshold — but
     /// never the minimum the retention rules guarantee (the newest snapshot
@@ -500,22 +505,14 @@ impl Daemon {
         };
         let critical = 100.0 - plan.retention.critical_free.0;
         let minimum = plan.retention.policy().minimum();
-        let file = plan.file.display().to_string();
         let mut removed = Vec::new();
         let mut now_use = before.clone();
         let span = tracing::info_span!("retention", why = "storage critically low");
         let _in_span = span.enter();
         let result = crate::lock::with_lock(repo, true, "retention (storage critical)", || {
-            let mut mine = repo.snapshots()?;
-            mine.retain(|(_, s)| s.plan.as_deref() == Some(&file));
-            let groups = crate::retention::forget(
-                repo,
-                &mine,
-                &minimum,
-                crate::retention::GroupBy::default(),
-                true,
-            )?;
-            let mut victims: Vec<_> = groups.iter().flat_map(|g| g.removed()).cloned().collect();
+            let mine = crate::ops::retention::snapshots_of(repo, plan)?;
+            let decision = crate::ops::retention::decide(repo, &mine, &minimum)?;
+            let mut victims: Vec<_> = decision.removed().cloned().collect();
             victims.sort_by_key(|d| d.time); // oldest first
             for d in victims {
                 if now_use.percent <= critical {

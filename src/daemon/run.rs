@@ -13,11 +13,10 @@ use crate::repository::Repository;
 use std::sync::Arc;
 use std::time::Instant;
 
-/// The plan's snapshots, oldest first (those whose `plan` is this plan file).
+/// The plan's snapshots, oldest first ([`Plan::made`]).
 pub fn plan_snapshots(repo: &Repository, plan: &Plan) -> Vec<(SnapshotId, Snapshot)> {
-    let file = plan.file.display().to_string();
     let mut all = repo.snapshots().unwrap_or_default();
-    all.retain(|(_, s)| s.plan.as_deref() == Some(&file));
+    all.retain(|(_, s)| plan.made(s));
     all
 }
 
@@ -172,7 +171,7 @@ impl Daemon {
             let opts = crate::job::JobOptions {
                 tags: tags.to_vec(),
                 host: None,
-                plan: Some(plan.file.display().to_string()),
+                plan: Some(plan.identity()),
                 quiet: true,
             };
             let report = crate::job::run(&repo, &sources, &opts)?;

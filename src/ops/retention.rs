@@ -1,9 +1,16 @@
-//! Applying a plan's retention rules to the snapshots the plan made.
+//! Applying a plan's retention rules to the snapshots the plan made, per
+//! source (`spec/retention.md`, "Snapshots with failed or incomplete
+//! sources"): `forget --plan` and the daemon.
 
-use crate::error::Result;
+use jiff::tz::TimeZone;
+use jiff::Timestamp;
+
+use crate::error::{Error, Result};
 use crate::ops::prune::{prune, PruneReport};
 use crate::plan::Plan;
+use crate::repo::{Snapshot, SnapshotId};
 use crate::repository::Repository;
+use crate::retention::{PlanDecision, PlanSnapshot, Policy};
 
 /// What applying the rules did.
 #[derive(Debug, Default)]
@@ -14,41 +21,69 @@ pub struct Applied {
     pub pruned: Option<PruneReport>,
 }
 
-/// Forget what `plan`'s rules do not keep among its own snapshots, then
-/// prune if anything went; under an exclusive lock. The rules decide over
-/// complete snapshots only (a partial one must never take the place of a
-/// complete one); an incomplete snapshot goes once a newer complete one
-/// exists.
-pub fn apply(repo: &Repository, plan: &Plan) -> Result<Applied> {
-    let file = plan.file.display().to_string();
+/// The repository's snapshots made with `plan` ([`Plan::made`]).
+pub fn snapshots_of(repo: &Repository, plan: &Plan) -> Result<Vec<(SnapshotId, Snapshot)>> {
+    let mut snaps = repo.snapshots()?;
+    snaps.retain(|(_, s)| plan.made(s));
+    Ok(snaps)
+}
+
+/// Decide, per source, which of `snapshots` (a plan's) `policy` keeps, in
+/// the system's time zone; corrupted snapshots are marked from the
+/// repository's proofs.
+pub fn decide(
+    repo: &Repository,
+    snapshots: &[(SnapshotId, Snapshot)],
+    policy: &Policy,
+) -> Result<PlanDecision> {
+    let candidates = crate::retention::candidates(repo, snapshots)?;
+    let snaps: Vec<PlanSnapshot> = candidates
+        .into_iter()
+        .zip(snapshots)
+        .map(|(candidate, (_, s))| PlanSnapshot {
+            candidate,
+            sources: s
+                .sources
+                .iter()
+                .map(|r| (r.name.clone(), r.status))
+                .collect(),
+        })
+        .collect();
+    Ok(crate::retention::plan_by_source(
+        policy,
+        &snaps,
+        &TimeZone::system(),
+        Timestamp::now(),
+    ))
+}
+
+/// Forget what `plan`'s rules keep for no source among its snapshots
+/// (unless `dry_run`), each removal logged with its reasons. Refuses,
+/// removing nothing, when the rules would keep no good copy of a source.
+/// The caller holds the exclusive lock.
+pub fn forget(repo: &Repository, plan: &Plan, dry_run: bool) -> Result<PlanDecision> {
     let policy = plan.retention.policy();
+    let snaps = snapshots_of(repo, plan)?;
+    let decision = decide(repo, &snaps, &policy)?;
+    if !decision.keeps_nothing.is_empty() {
+        return Err(Error::failure(format!(
+            "refusing to apply the retention of plan {}: the rules ({policy}) keep no copy of source {}",
+            plan.identity(),
+            decision.keeps_nothing.join(", ")
+        ))
+        .with_hint("add a rule that keeps something to the plan's `retention` (e.g. keep-last 1)"));
+    }
+    for v in decision.removed() {
+        crate::retention::remove_snapshot(repo, &v.id, v.time, &v.reasons.join("; "), dry_run)?;
+    }
+    Ok(decision)
+}
+
+/// Forget what `plan`'s rules do not keep among its own snapshots
+/// ([`forget`]), then prune if anything went; under an exclusive lock.
+pub fn apply(repo: &Repository, plan: &Plan) -> Result<Applied> {
     crate::lock::with_lock(repo, true, "retention", || {
-        let (complete, partial): (Vec<_>, Vec<_>) = repo
-            .snapshots()?
-            .into_iter()
-            .filter(|(_, s)| s.plan.as_deref() == Some(&file))
-            .partition(|(_, s)| s.is_complete());
-        let groups = crate::retention::forget(
-            repo,
-            &complete,
-            &policy,
-            crate::retention::GroupBy::default(),
-            false,
-        )?;
-        let mut removed = groups.iter().flat_map(|g| g.removed()).count();
-        let newest_complete = complete.iter().map(|(_, s)| s.time).max();
-        for (id, s) in partial {
-            if newest_complete.is_some_and(|t| s.time < t) {
-                crate::retention::remove_snapshot(
-                    repo,
-                    &id.to_hex(),
-                    s.time,
-                    "incomplete, and a newer complete snapshot exists",
-                    false,
-                )?;
-                removed += 1;
-            }
-        }
+        let removed = forget(repo, plan, false)?.removed().count();
         let pruned = match removed {
             0 => None,
             _ => Some(prune(repo, false)?),

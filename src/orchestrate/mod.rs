@@ -35,7 +35,7 @@ mod prepare;
 mod run;
 mod shell;
 
-pub use prepare::{made_by, prepare};
+pub use prepare::prepare;
 pub use shell::run_shell;
 
 use std::path::PathBuf;

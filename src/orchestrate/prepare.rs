@@ -10,23 +10,6 @@ use crate::plan::{Plan, Service, SourceSettings};
 use crate::repo::{Snapshot, SnapshotId, SourceStatus};
 use crate::source::{handling, Handling};
 
-/// Which snapshots were made by `plan` (the plan file they record is this one).
-pub fn made_by(plan: &Plan, snap: &Snapshot) -> bool {
-    let Some(recorded) = &snap.plan else {
-        return false;
-    };
-    if Path::new(recorded) == plan.file {
-        return true;
-    }
-    match (
-        std::fs::canonicalize(recorded),
-        std::fs::canonicalize(&plan.file),
-    ) {
-        (Ok(a), Ok(b)) => a == b,
-        _ => false,
-    }
-}
-
 /// Services in the order they start: every service after those it depends
 /// on, otherwise in declaration order.
 pub fn start_order(services: &[Service]) -> Result<Vec<usize>> {

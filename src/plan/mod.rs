@@ -36,6 +36,13 @@ use values::{serialize_duration, serialize_opt_duration};
 pub struct Plan {
     /// The plan file it was read from.
     pub file: PathBuf,
+    /// The top-level `name`: what the plan's snapshots record as their plan
+    /// (without it, the canonical path of the plan file).
+    pub name: Option<String>,
+    /// The plan file's canonical path (absolute, symlinks resolved), taken
+    /// when the plan was read; its absolute path when it cannot be resolved.
+    #[serde(skip)]
+    pub canonical_file: PathBuf,
     pub repository: Repository,
     pub sources: Vec<Source>,
     /// Never empty: without `schedule` nodes there is one, "nightly".
@@ -72,6 +79,39 @@ impl Plan {
     pub fn source(&self, name: &str) -> Option<&Source> {
         self.sources.iter().find(|s| s.name == name)
     }
+
+    /// What the snapshots of this plan record as their plan: the declared
+    /// `name`, else the plan file's canonical path — the same from any
+    /// directory (`spec/plan.md`, "Which snapshots a plan made").
+    pub fn identity(&self) -> String {
+        match &self.name {
+            Some(n) => n.clone(),
+            None => self.canonical_file.display().to_string(),
+        }
+    }
+
+    /// Whether `snap` was made with this plan: it records this plan's name
+    /// or the canonical path of its file, or a path that resolves to the
+    /// plan file (snapshots of an older cairn record the path as typed,
+    /// which is resolved from the current directory). Every place that
+    /// matches snapshots to a plan asks this.
+    pub fn made(&self, snap: &crate::repo::Snapshot) -> bool {
+        let Some(recorded) = snap.plan.as_deref() else {
+            return false;
+        };
+        if self.name.as_deref() == Some(recorded) || Path::new(recorded) == self.canonical_file {
+            return true;
+        }
+        std::fs::canonicalize(recorded).is_ok_and(|p| p == self.canonical_file)
+    }
+}
+
+/// `file` made absolute with symlinks resolved, or only absolute when it
+/// cannot be resolved (it does not exist).
+pub(crate) fn canonical(file: &Path) -> PathBuf {
+    std::fs::canonicalize(file)
+        .or_else(|_| std::path::absolute(file))
+        .unwrap_or_else(|_| file.to_path_buf())
 }
 
 /// Where backups go and how to open the repository.

@@ -63,6 +63,7 @@ pub(super) const EXAMPLES: &[(&str, &str)] = &[
     ("keep-within-yearly", "keep-within-yearly \"10y\""),
     ("keep-tag", "keep-tag \"release\""),
     ("critical-free", "critical-free \"5%\""),
+    ("name", "name \"billing\""),
     (
         "email",
         "email { smtp \"mail.example.com\"; from \"cairn@example.com\"; to \"ops@example.com\" }",

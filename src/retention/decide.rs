@@ -156,7 +156,7 @@ pub fn plan(
 
 /// Total order: newest first, then by id, then by the remaining fields so
 /// that even exact duplicates sort deterministically.
-fn newest_first(a: &Candidate, b: &Candidate) -> std::cmp::Ordering {
+pub(super) fn newest_first(a: &Candidate, b: &Candidate) -> std::cmp::Ordering {
     b.time
         .cmp(&a.time)
         .then_with(|| a.id.cmp(&b.id))
@@ -164,6 +164,7 @@ fn newest_first(a: &Candidate, b: &Candidate) -> std::cmp::Ordering {
         .then_with(|| a.paths.cmp(&b.paths))
         .then_with(|| a.tags.cmp(&b.tags))
         .then_with(|| a.corrupted.cmp(&b.corrupted))
+        .then_with(|| a.incomplete.cmp(&b.incomplete))
 }
 
 /// Which period a snapshot falls into, for one rule.
@@ -193,6 +194,38 @@ fn bucket(period: Period, local: &ZonedDateTime, index: usize) -> Bucket {
     }
 }
 
+/// For each of `good` (newest first), whether it stands for its period of
+/// `period` among those `eligible` (for `keep-within-<period>`: after the
+/// cutoff): the period's newest complete eligible snapshot, or its newest
+/// eligible one when none is complete. A period's snapshots are next to
+/// each other in `good` (local time never goes back to an earlier period).
+fn representatives(
+    period: Period,
+    good: &[&Candidate],
+    locals: &[ZonedDateTime],
+    eligible: impl Fn(&Candidate) -> bool,
+) -> Vec<bool> {
+    let buckets: Vec<Bucket> = locals
+        .iter()
+        .enumerate()
+        .map(|(i, l)| bucket(period, l, i))
+        .collect();
+    let mut out = vec![false; good.len()];
+    let mut start = 0;
+    while start < good.len() {
+        let end = (start..good.len())
+            .find(|&i| buckets[i] != buckets[start])
+            .unwrap_or(good.len());
+        let mut candidates = (start..end).filter(|&i| eligible(good[i]));
+        let first = candidates.clone().next();
+        if let Some(pick) = candidates.find(|&i| !good[i].incomplete).or(first) {
+            out[pick] = true;
+        }
+        start = end;
+    }
+    out
+}
+
 impl fmt::Display for Bucket {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -219,11 +252,14 @@ struct CountRule {
 impl CountRule {
     /// The next (older) snapshot: kept when the rule has a count left and
     /// the snapshot opens a period — or is the group's oldest.
+    /// A period is opened by its representative only (its newest complete
+    /// snapshot, else its newest: [`representatives`]).
     fn offer(
         &mut self,
         local: &ZonedDateTime,
         index: usize,
         oldest: bool,
+        representative: bool,
     ) -> Result<Match, String> {
         let name = self.period.name();
         if self.remaining == Some(0) {
@@ -233,6 +269,9 @@ impl CountRule {
         let same = self.last.as_ref() == Some(&bucket);
         if same && !oldest {
             return Err(format!("{name}: {bucket} already kept"));
+        }
+        if !same && !representative {
+            return Err(format!("{name}: {bucket} keeps a complete snapshot"));
         }
         self.kept += 1;
         if let Some(r) = &mut self.remaining {
@@ -266,6 +305,7 @@ impl WithinRule {
         time: Timestamp,
         local: &ZonedDateTime,
         oldest: bool,
+        representative: bool,
         tz: &TimeZone,
     ) -> Result<Match, String> {
         let name = self.period.name();
@@ -281,6 +321,12 @@ impl WithinRule {
         if same && !oldest {
             return Err(format!(
                 "{name} within {}: {bucket} already kept",
+                self.within
+            ));
+        }
+        if !same && !representative {
+            return Err(format!(
+                "{name} within {}: {bucket} keeps a complete snapshot",
                 self.within
             ));
         }
@@ -383,11 +429,23 @@ fn evaluate(policy: &Policy, good: &[&Candidate], tz: &TimeZone, now: Timestamp)
         }
     }
 
+    let locals: Vec<ZonedDateTime> = good
+        .iter()
+        .map(|c| c.time.to_zoned_datetime(tz.clone()))
+        .collect();
+    let count_reps: Vec<Vec<bool>> = counts
+        .iter()
+        .map(|r| representatives(r.period, good, &locals, |_| true))
+        .collect();
+    let within_reps: Vec<Vec<bool>> = withins
+        .iter()
+        .map(|r| representatives(r.period, good, &locals, |c| c.time > r.cutoff))
+        .collect();
     let oldest_index = good.len().saturating_sub(1);
     good.iter()
         .enumerate()
         .map(|(index, c)| {
-            let local = c.time.to_zoned_datetime(tz.clone());
+            let local = &locals[index];
             let oldest = index == oldest_index;
             let mut matches = Vec::new();
             let mut why_not = Vec::new();
@@ -395,8 +453,8 @@ fn evaluate(policy: &Policy, good: &[&Candidate], tz: &TimeZone, now: Timestamp)
                 Ok(m) => matches.push(m),
                 Err(e) => why_not.push(e),
             };
-            for rule in &mut counts {
-                sort(rule.offer(&local, index, oldest));
+            for (rule, reps) in counts.iter_mut().zip(&count_reps) {
+                sort(rule.offer(local, index, oldest, reps[index]));
             }
             if let Some((d, cut)) = within {
                 sort(if c.time > cut {
@@ -413,8 +471,8 @@ fn evaluate(policy: &Policy, good: &[&Candidate], tz: &TimeZone, now: Timestamp)
                     Err(format!("within {d}: not after {}", local_time(cut, tz)))
                 });
             }
-            for rule in &mut withins {
-                sort(rule.offer(c.time, &local, oldest, tz));
+            for (rule, reps) in withins.iter_mut().zip(&within_reps) {
+                sort(rule.offer(c.time, local, oldest, reps[index], tz));
             }
             let mut any_tag = false;
             for g in &tag_groups {

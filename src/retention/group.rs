@@ -23,6 +23,11 @@ pub struct Candidate {
     /// found): the rules pass over it and it is kept (`spec/retention.md`).
     #[serde(default)]
     pub corrupted: Option<String>,
+    /// Set when some of what the snapshot was to hold is missing (a source
+    /// failed or could not read everything): within a period, the rules
+    /// prefer a complete snapshot (`spec/retention.md`).
+    #[serde(default)]
+    pub incomplete: bool,
 }
 
 /// Which snapshot fields split snapshots into independently evaluated
@@ -169,6 +174,7 @@ mod tests {
             tags: vec!["b".into(), "a".into()],
             paths: vec!["/var".into(), "/etc".into(), "/var".into()],
             corrupted: None,
+            incomplete: false,
         };
         let all = GroupBy {
             host: true,

@@ -24,15 +24,22 @@
 //! * `keep-within D` keeps every snapshot taken after the newest one minus
 //!   D (calendar arithmetic: `1m` is a month); `keep-within-<period> D`
 //!   keeps the newest of each period among those, plus the oldest;
+//! * within a period, a complete snapshot stands for it before an
+//!   incomplete one;
 //! * `keep-tag a,b` keeps snapshots having both tags; several groups: any;
 //! * a snapshot whose newest restore test failed (corrupted) is set aside:
 //!   no rule counts it, so a period keeps its newest *good* snapshot, and
-//!   the corrupted one is kept and reported — only `forget ID` removes it.
+//!   the corrupted one is kept and reported — only `forget ID` removes it;
+//! * a plan's snapshots are decided per source ([`plan_by_source`]): the
+//!   rules run over the snapshots that stored each source, a snapshot is
+//!   kept when any source keeps it, and each source's newest complete copy
+//!   is always kept — so a source that fails every night holds nothing up.
 
 mod decide;
 mod duration;
 mod group;
 mod policy;
+mod sources;
 #[cfg(test)]
 mod tests;
 
@@ -40,6 +47,10 @@ pub use decide::{plan, Decision, GroupDecision, Match, REASON_NO_POLICY};
 pub use duration::{CalendarDuration, ParseError, DURATION_HINT};
 pub use group::{Candidate, GroupBy, GroupKey, GROUP_BY_WORDS};
 pub use policy::{Count, Period, Policy, TagGroup, COUNT_HINT};
+pub use sources::{
+    plan_by_source, PlanDecision, PlanSnapshot, SourceVerdict, Verdict, NEWEST_COMPLETE,
+    NEWEST_COMPLETE_REASON,
+};
 
 use jiff::tz::TimeZone;
 use jiff::Timestamp;
@@ -67,6 +78,7 @@ pub fn candidates(
                 .get(id)
                 .filter(|p| !p.passed)
                 .map(|p| p.detail.clone()),
+            incomplete: !s.is_complete(),
         })
         .collect())
 }

@@ -36,6 +36,7 @@ fn cand(id: &str, time: &str) -> Candidate {
         tags: vec![],
         paths: vec!["/".to_string()],
         corrupted: None,
+        incomplete: false,
     }
 }
 
@@ -98,17 +99,14 @@ fn spec_kept(
     let Some(oldest) = good.last() else {
         return kept;
     };
-    // Count rules: the newest snapshot of each of the N newest periods
-    // that have snapshots; the oldest snapshot too when fewer than N
-    // periods have snapshots (or N is unlimited).
+    // Count rules: the newest complete snapshot (else the newest) of each
+    // of the N newest periods that have snapshots; the oldest snapshot too
+    // when fewer than N periods have snapshots (or N is unlimited).
     for (period, count) in policy.bucket_rules() {
         let limit = count.limit().map_or(usize::MAX, |n| n as usize);
         let mut periods: Vec<(String, &Candidate)> = Vec::new();
         for (i, c) in good.iter().enumerate() {
-            let key = period_key(period, c.time, tz, i);
-            if !periods.iter().any(|(k, _)| *k == key) {
-                periods.push((key, c));
-            }
+            prefer_complete(&mut periods, period_key(period, c.time, tz, i), c);
         }
         kept.extend(periods.iter().take(limit).map(|(_, c)| c.id.clone()));
         if periods.len() < limit {
@@ -125,16 +123,16 @@ fn spec_kept(
         let cut = cutoff(d);
         kept.extend(good.iter().filter(|c| c.time > cut).map(|c| c.id.clone()));
     }
-    // keep-within-<period>: the newest of each period among the snapshots
-    // after the cutoff, and the oldest snapshot if it is after the cutoff.
+    // keep-within-<period>: the newest complete (else the newest) of each
+    // period among the snapshots after the cutoff, and the oldest snapshot
+    // if it is after the cutoff.
     for (period, d) in policy.within_rules() {
         let cut = cutoff(d);
-        let mut seen = BTreeSet::new();
+        let mut periods: Vec<(String, &Candidate)> = Vec::new();
         for (i, c) in good.iter().enumerate().filter(|(_, c)| c.time > cut) {
-            if seen.insert(period_key(period, c.time, tz, i)) {
-                kept.insert(c.id.clone());
-            }
+            prefer_complete(&mut periods, period_key(period, c.time, tz, i), c);
         }
+        kept.extend(periods.iter().map(|(_, c)| c.id.clone()));
         if oldest.time > cut {
             kept.insert(oldest.id.clone());
         }
@@ -145,6 +143,20 @@ fn spec_kept(
         }
     }
     kept
+}
+
+/// Add `c` (walking newest first) to the period `key` of `periods`: the
+/// first snapshot of a period stands for it until a complete one comes
+/// when it is incomplete.
+fn prefer_complete<'c>(periods: &mut Vec<(String, &'c Candidate)>, key: String, c: &'c Candidate) {
+    match periods.iter_mut().find(|(k, _)| *k == key) {
+        None => periods.push((key, c)),
+        Some((_, standing)) => {
+            if standing.incomplete && !c.incomplete {
+                *standing = c;
+            }
+        }
+    }
 }
 
 // ----- generators ---------------------------------------------------------
@@ -164,12 +176,13 @@ fn candidates() -> impl Strategy<Value = Vec<Candidate>> {
         0usize..3,
         proptest::collection::vec(0usize..3, 0..3),
         0u8..6,
+        0u8..4,
     );
     proptest::collection::vec(one, 0..60).prop_map(move |items| {
         items
             .into_iter()
             .enumerate()
-            .map(|(i, (offset, host, paths, tags, bad))| Candidate {
+            .map(|(i, (offset, host, paths, tags, bad, partial))| Candidate {
                 id: format!("s{i:03}"),
                 time: Timestamp::from_second(start + offset).expect("in range"),
                 host: ["alpha", "beta"][host].to_string(),
@@ -184,6 +197,7 @@ fn candidates() -> impl Strategy<Value = Vec<Candidate>> {
                     .map(|t| ["keep", "daily", "manual"][t].to_string())
                     .collect(),
                 corrupted: (bad == 0).then(|| "checksum mismatch".to_string()),
+                incomplete: partial == 0,
             })
             .collect()
     })
@@ -348,15 +362,23 @@ proptest! {
         }
     }
 
-    /// Any count rule keeps the newest good snapshot of every group.
+    /// Any count rule keeps the newest good snapshot of every group — or,
+    /// when that one is incomplete, a complete one of its period.
     #[test]
     fn newest_good_snapshot_of_each_group_is_kept(
         cands in candidates(), policy in policy(), gb in group_by(), tz in tz(), now in now(),
     ) {
-        prop_assume!(policy.bucket_rules().next().is_some());
+        let Some((period, _)) = policy.bucket_rules().next() else {
+            return Ok(());
+        };
+        let incomplete = |id: &str| cands.iter().any(|c| c.id == id && c.incomplete);
+        let key = |d: &Decision| period_key(period, d.time, &tz, 0);
         for group in plan(&policy, gb, &cands, &tz, now) {
             if let Some(newest) = group.decisions.iter().find(|d| d.corrupted.is_none()) {
-                prop_assert!(newest.keep, "group {} newest {:?}", group.key, newest);
+                let stand_in = period != Period::Last && incomplete(&newest.id) && group.decisions.iter().any(|d| {
+                    d.keep && d.corrupted.is_none() && !incomplete(&d.id) && key(d) == key(newest)
+                });
+                prop_assert!(newest.keep || stand_in, "group {} newest {:?}", group.key, newest);
             }
             for pair in group.decisions.windows(2) {
                 prop_assert!(pair[0].time >= pair[1].time);
@@ -405,6 +427,89 @@ proptest! {
             serde_json::to_string(&a).expect("serialize"),
             serde_json::to_string(&b).expect("serialize")
         );
+    }
+}
+
+/// Each candidate with what it stored of sources `a`, `b` and `c`
+/// (complete, incomplete, failed or absent); the candidate's own
+/// `incomplete` is ignored by per-source retention.
+fn plan_snapshots() -> impl Strategy<Value = Vec<PlanSnapshot>> {
+    use crate::repo::SourceStatus::{Complete, Failed, Incomplete};
+    candidates().prop_flat_map(|cands| {
+        let n = cands.len();
+        (
+            Just(cands),
+            proptest::collection::vec(proptest::collection::vec(0u8..5, 3), n),
+        )
+            .prop_map(|(cands, statuses)| {
+                cands
+                    .into_iter()
+                    .zip(statuses)
+                    .map(|(candidate, st)| PlanSnapshot {
+                        candidate,
+                        sources: ["a", "b", "c"]
+                            .iter()
+                            .zip(st)
+                            .filter_map(|(name, s)| {
+                                let status = match s {
+                                    0 | 1 => Complete,
+                                    2 => Incomplete,
+                                    3 => Failed,
+                                    _ => return None,
+                                };
+                                Some((name.to_string(), status))
+                            })
+                            .collect(),
+                    })
+                    .collect()
+            })
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    /// Per-source retention is the spec's: for every source, the rules
+    /// over the snapshots that stored it (a complete copy standing for its
+    /// period) plus its newest good complete copy; a snapshot is kept when
+    /// it is corrupted or any source keeps it.
+    #[test]
+    fn plan_by_source_keeps_what_the_spec_says(
+        snaps in plan_snapshots(), policy in policy(), tz in tz(), now in now(),
+    ) {
+        use crate::repo::SourceStatus;
+        prop_assume!(!policy.is_empty());
+        let mut expected: BTreeSet<String> = snaps
+            .iter()
+            .filter(|s| s.candidate.corrupted.is_some())
+            .map(|s| s.candidate.id.clone())
+            .collect();
+        for name in ["a", "b", "c"] {
+            let mut of_source: Vec<Candidate> = snaps
+                .iter()
+                .filter_map(|s| {
+                    let st = s.sources.iter().find(|(n, _)| n == name)?.1;
+                    (st != SourceStatus::Failed).then(|| Candidate {
+                        incomplete: st == SourceStatus::Incomplete,
+                        ..s.candidate.clone()
+                    })
+                })
+                .collect();
+            of_source.sort_by(|a, b| b.time.cmp(&a.time).then_with(|| a.id.cmp(&b.id)));
+            let all: Vec<&Candidate> = of_source.iter().collect();
+            expected.extend(spec_kept(&policy, &all, &tz, now));
+            if let Some(c) = all.iter().find(|c| c.corrupted.is_none() && !c.incomplete) {
+                expected.insert(c.id.clone());
+            }
+        }
+        let d = plan_by_source(&policy, &snaps, &tz, now);
+        prop_assert_eq!(d.snapshots.len(), snaps.len());
+        let got: BTreeSet<String> = d.snapshots.iter().filter(|v| v.keep).map(|v| v.id.clone()).collect();
+        prop_assert_eq!(got, expected);
+        for v in &d.snapshots {
+            prop_assert!(!v.reasons.is_empty(), "{:?}", v);
+            prop_assert!(v.sources.iter().all(|s| s.status != SourceStatus::Failed));
+        }
     }
 }
 

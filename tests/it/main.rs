@@ -26,5 +26,6 @@ mod restore_plan;
 mod restore_test_files;
 mod retention_cli;
 mod retention_decisions;
+mod retention_sources;
 mod s3;
 mod serve;

@@ -31,6 +31,7 @@ fn cand(id: impl Into<String>, time: Timestamp) -> Candidate {
         tags: vec![],
         paths: vec!["/".to_string()],
         corrupted: None,
+        incomplete: false,
     }
 }
 
@@ -253,6 +254,7 @@ fn two_hosts_two_path_sets() -> Vec<Candidate> {
                     tags: vec![],
                     paths,
                     corrupted: None,
+                    incomplete: false,
                 });
             }
         }

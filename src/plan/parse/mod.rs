@@ -26,6 +26,7 @@ use super::values::closest;
 use super::{graph, Plan, Repository, Schedule, Service, Source};
 
 const TOP_LEVEL: &[&str] = &[
+    "name",
     "repository",
     "source",
     "schedule",
@@ -35,6 +36,15 @@ const TOP_LEVEL: &[&str] = &[
     "verify",
     "api",
 ];
+
+/// Names (of plans, sources, schedules, services): letters, digits, `_`,
+/// `.`, `-`, not empty.
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+}
 
 /// A source, schedule or service name as written, for cross-checks.
 struct Named {
@@ -104,8 +114,14 @@ impl Parser<'_> {
         let mut alerts = None;
         let mut verify = None;
         let mut api = None;
+        let mut name = None;
         for node in doc.nodes() {
             match node.name().value() {
+                "name" => {
+                    if self.first(&mut seen, node, "in a plan") {
+                        name = self.plan_name(node);
+                    }
+                }
                 "repository" => {
                     if self.first(&mut seen, node, "in a plan") {
                         repository = self.repository(node);
@@ -171,6 +187,8 @@ impl Parser<'_> {
         }
         Plan {
             file: self.file.to_path_buf(),
+            name,
+            canonical_file: super::canonical(self.file),
             repository: repository.unwrap_or_else(|| Repository {
                 location: String::new(),
                 password_file: None,
@@ -250,6 +268,22 @@ impl Parser<'_> {
         }
     }
 
+    /// The top-level `name "…"`: what the plan's snapshots record, so it
+    /// uses the characters of other names and can never be read as a path.
+    fn plan_name(&mut self, node: &KdlNode) -> Option<String> {
+        let e = self.one_arg(node, &[])?;
+        let name = self.string("name", e)?;
+        if !valid_name(&name) {
+            self.error(
+                entry_at(e),
+                format!("plan name {name:?} is not allowed"),
+                "names use only letters, digits, `_`, `.` and `-`; the name must be unique among the plans sharing a repository",
+            );
+            return None;
+        }
+        Some(name)
+    }
+
     /// The name argument of `source`, `schedule` and `service` nodes.
     fn name_arg(&mut self, node: &KdlNode) -> Option<Named> {
         let what = node.name().value();
@@ -262,11 +296,7 @@ impl Parser<'_> {
             return None;
         };
         let name = self.string(what, e)?;
-        let valid = !name.is_empty()
-            && name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
-        if !valid {
+        if !valid_name(&name) {
             self.error(
                 entry_at(e),
                 format!("{what} name {name:?} is not allowed"),

@@ -1,0 +1,50 @@
+//! `cairn forget --plan FILE [--dry-run] [--prune]`: apply a plan's
+//! retention to the snapshots it made, per source, as the daemon does (the
+//! work is in [`crate::ops::retention`]).
+
+use std::path::Path;
+
+use super::{local_time, print_json};
+use crate::cli::{ForgetArgs, GlobalArgs};
+use crate::error::Result;
+use crate::lock::with_lock;
+
+pub fn run(g: &GlobalArgs, a: &ForgetArgs, file: &Path) -> Result<()> {
+    let plan = super::plan::load(file)?;
+    let repo = super::plan::open_repo(g, &plan)?;
+    let policy = plan.retention.policy();
+    with_lock(&repo, true, "forget --plan", || {
+        let decision = crate::ops::retention::forget(&repo, &plan, a.dry_run)?;
+        let removed = decision.removed().count();
+        if g.json {
+            print_json(&serde_json::json!({
+                "dry_run": a.dry_run,
+                "plan": plan.identity(),
+                "policy": policy,
+                "snapshots": decision.snapshots,
+            }))?;
+        } else {
+            println!("plan {}, policy: {policy}", plan.identity());
+            if decision.snapshots.is_empty() {
+                println!("no snapshot was made with this plan yet");
+            }
+            for v in &decision.snapshots {
+                println!(
+                    "  {} {} {}  {}",
+                    if v.keep { "keep  " } else { "remove" },
+                    &v.id[..8],
+                    local_time(v.time),
+                    v.reasons.join("; ")
+                );
+            }
+            println!(
+                "{} {removed} snapshot(s)",
+                if a.dry_run { "would remove" } else { "removed" }
+            );
+        }
+        if a.prune && !a.dry_run {
+            super::prune::run_locked(g, &repo, false)?;
+        }
+        Ok(())
+    })
+}
