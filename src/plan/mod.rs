@@ -540,3 +540,68 @@ pub fn job_sources(
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A plan file in a new directory, and that directory.
+    fn plan_file(body: &str) -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().expect("temp dir");
+        std::fs::write(dir.path().join("password"), "pw\n").expect("write");
+        let file = dir.path().join("plan.kdl");
+        std::fs::write(
+            &file,
+            format!("repository \"/tmp/repo\" {{\n    password-file \"password\"\n}}\n{body}"),
+        )
+        .expect("write");
+        (dir, file)
+    }
+
+    fn recorded(plan: Option<&str>) -> crate::repo::Snapshot {
+        crate::repo::Snapshot {
+            version: 1,
+            time: jiff::Timestamp::UNIX_EPOCH,
+            host: "h".into(),
+            username: "u".into(),
+            tags: vec![],
+            paths: vec![],
+            plan: plan.map(str::to_string),
+            sources: vec![],
+            summary: Default::default(),
+            program: "cairn".into(),
+        }
+    }
+
+    #[test]
+    fn a_plan_is_known_by_its_canonical_path_or_its_name() {
+        let (dir, file) = plan_file("");
+        let plan = Plan::load(&file).expect("valid plan");
+        let canonical = std::fs::canonicalize(&file).expect("exists");
+        assert_eq!(plan.identity(), canonical.display().to_string());
+        assert!(plan.made(&recorded(Some(&plan.identity()))));
+        // The same file by another path: through a symlinked directory,
+        // and relative to the current directory (an older cairn's record).
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(dir.path(), &link).expect("symlink");
+        assert!(plan.made(&recorded(link.join("plan.kdl").to_str())));
+        let cwd = std::env::current_dir().expect("cwd");
+        let up = "../".repeat(cwd.components().count() - 1);
+        let relative = format!(
+            "{up}{}",
+            canonical.display().to_string().trim_start_matches('/')
+        );
+        assert!(plan.made(&recorded(Some(&relative))), "{relative}");
+        assert!(!plan.made(&recorded(Some("/elsewhere/plan.kdl"))));
+        assert!(!plan.made(&recorded(None)));
+
+        let (_dir, file) = plan_file("name \"billing\"\n");
+        let named = Plan::load(&file).expect("valid plan");
+        assert_eq!(named.identity(), "billing");
+        assert!(named.made(&recorded(Some("billing"))));
+        assert!(!plan.made(&recorded(Some("billing"))));
+        // Recorded by path before the plan had a name: still its own.
+        let canonical = std::fs::canonicalize(&file).expect("exists");
+        assert!(named.made(&recorded(canonical.to_str())));
+    }
+}

@@ -134,7 +134,7 @@ fn serve_logs_runs_removals_requests_and_alerts_at_its_default_level() {
         &[
             "forgetting snapshot ",
             &format!("snapshot=\"{}\" time=", seen.first),
-            "reason=\"last 1/1 used\"",
+            "reason=\"last 1/1 used for etc; last 1/1 used for flaky\"",
             "why=\"after a backup run\"",
         ],
     );
@@ -222,7 +222,10 @@ fn serve_logs_json_fields_with_log_format_json() {
     let removed = find("forgetting snapshot", &|e| {
         e["snapshot"] == seen.first.as_str()
     });
-    assert_eq!(removed["reason"], "last 1/1 used", "{removed}");
+    assert_eq!(
+        removed["reason"], "last 1/1 used for etc; last 1/1 used for flaky",
+        "{removed}"
+    );
     assert!(removed["time"]
         .as_str()
         .unwrap()

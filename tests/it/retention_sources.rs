@@ -337,7 +337,7 @@ fn restore_tests_take_snapshots_with_a_complete_source() {
     let out = env.run_plan(&["snapshot", "--plan", plan.to_str().unwrap()]);
     assert_eq!(code_and_stderr(&out).0, 3, "{}", code_and_stderr(&out).1);
     let d = Daemon::start(&env, &plan);
-    d.wait_for("restore test passed", 120);
+    d.wait_for("outcome=\"passed\"", 120);
     let log = d.stop();
     let snaps = env.json(&["snapshots"]);
     assert_eq!(snaps[0]["complete"], false, "{snaps}");
@@ -367,8 +367,6 @@ fn snapshots_of_a_plan_are_found_from_another_directory() {
     let out = run_in(&env, &a, &["snapshot", "--plan", "plan.kdl"]);
     assert!(out.status.success(), "{}", code_and_stderr(&out).1);
     let canonical = std::fs::canonicalize(&plan).unwrap();
-    let recorded = only_snapshot(&env).1.plan;
-    assert_eq!(recorded.as_deref(), canonical.to_str());
 
     let points = |dir: &Path, file: &str| -> Vec<serde_json::Value> {
         let out = run_in(&env, dir, &["restore", "--plan", file, "--json"]);
@@ -380,6 +378,8 @@ fn snapshots_of_a_plan_are_found_from_another_directory() {
             .clone()
     };
     assert_eq!(points(&b, "../a/plan.kdl").len(), 1);
+    let recorded = only_snapshot(&env).1.plan;
+    assert_eq!(recorded.as_deref(), canonical.to_str());
     let out = run_in(&env, &b, &["restore", "--plan", "../a/plan.kdl"]);
     let text = String::from_utf8_lossy(&out.stdout).to_string();
     assert!(!text.contains("no snapshot was made"), "{text}");

@@ -375,7 +375,7 @@ fn a_partial_run_never_displaces_a_complete_snapshot() {
     assert!(last[0].1);
     let (code, log) = d.stop();
     assert_eq!(code, Some(0), "{log}");
-    assert!(log.contains("already kept for etc"), "{log}");
+    assert!(log.contains("daily 1/1 used for etc"), "{log}");
 }
 
 #[test]
