@@ -194,8 +194,8 @@ impl Alert {
                 "The repository's storage is 97% full; the oldest snapshots are being removed.",
             ),
             AlertKind::MissedBackup => (
-                "example-schedule",
-                "Schedule \"example-schedule\" has not produced a snapshot for 25h.",
+                "example-source, none for 25h",
+                "There has been no successful backup of source example-source for 25h.",
             ),
             AlertKind::SlowBackup => (
                 "example-schedule",

@@ -374,7 +374,8 @@ fn webhook_receives_the_alert_as_json() {
     assert_eq!(body["kind"], "missed-backup");
     let subject = body["subject"].as_str().unwrap();
     assert!(
-        subject.starts_with("[cairn ") && subject.ends_with("] missed backup: example-schedule"),
+        subject.starts_with("[cairn ")
+            && subject.ends_with("] missed backup: example-source, none for 25h"),
         "{body}"
     );
     assert!(body["body"].as_str().unwrap().contains("25h"), "{body}");
