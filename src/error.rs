@@ -83,7 +83,16 @@ impl Error {
     }
     /// An I/O error with the operation and the path or object it was applied to.
     pub fn io(what: impl fmt::Display, err: std::io::Error) -> Self {
-        Self::failure(what.to_string()).with_source(err)
+        let denied = err.kind() == std::io::ErrorKind::PermissionDenied;
+        let e = Self::failure(what.to_string()).with_source(err);
+        if denied {
+            return e.with_hint(format!(
+                "cairn runs as uid {}; a repository shared by two users (the daemon and \
+                 PostgreSQL's archive_command) needs a common group: README \"One repository, two users\"",
+                rustix::process::geteuid().as_raw()
+            ));
+        }
+        e
     }
     pub fn with_hint(mut self, hint: impl Into<String>) -> Self {
         self.hint = Some(hint.into());

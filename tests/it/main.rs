@@ -28,3 +28,4 @@ mod retention_cli;
 mod retention_decisions;
 mod s3;
 mod serve;
+mod shared_repo;
