@@ -9,8 +9,7 @@ use std::path::PathBuf;
     name = "cairn",
     version,
     about = "Deduplicating, encrypted backups of files, streams, PostgreSQL and Kafka",
-    after_help = "Exit codes: 0 ok, 1 failure, 2 usage, 3 some source data unreadable, \
-10 no repository, 11 repository locked, 12 wrong password or identity, 130 interrupted."
+    after_help = crate::error::exit_codes_help()
 )]
 pub struct Cli {
     #[command(flatten)]

@@ -95,7 +95,7 @@ fn resolve(spec: &str, readable: &[(Id, Snapshot)], damaged: &[Id]) -> Result<Na
     match found.len() {
         1 => Ok(found.remove(0)),
         0 => Err(
-            Error::failure(format!("no snapshot matches {spec:?}")).with_hint(
+            Error::usage(format!("no snapshot matches {spec:?}")).with_hint(
                 "`cairn snapshots` lists the snapshots; `cairn check` names unreadable ones",
             ),
         ),

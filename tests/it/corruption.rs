@@ -579,8 +579,9 @@ fn issue_24_forget_by_id_refuses_unknown_ids_and_mixed_rules() {
     let x = env.path("x");
     make_sample_tree(&x);
     let a = env.snapshot(&[&x]);
+    // An id that matches nothing is a usage mistake (issue 27, item 9).
     let (code, err) = code_and_stderr(&env.run(&["forget", "0123456789abcdef"]));
-    assert_eq!(code, 1, "{err}");
+    assert_eq!(code, 2, "{err}");
     assert!(
         err.contains("0123456789abcdef") && err.contains("hint:"),
         "{err}"
