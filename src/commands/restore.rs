@@ -147,15 +147,28 @@ pub fn run(g: &GlobalArgs, a: &RestoreArgs) -> Result<()> {
         }
         nodes.extend(repo.read_tree(s)?);
     }
-    let nodes = restorer::filter_nodes(nodes, &a.include);
-    if nodes.is_empty() && !a.include.is_empty() {
+    let unmatched = restorer::unmatched_includes(&nodes, &a.include);
+    if let Some(p) = unmatched.first() {
+        let near = restorer::near_paths(&nodes, p, 5);
+        let patterns: Vec<String> = unmatched.iter().map(|p| format!("--include {p}")).collect();
         return Err(Error::usage(format!(
-            "nothing in snapshot {} matches --include {}",
-            id.short(),
-            a.include.join(", ")
+            "{} {} nothing in snapshot {}; nothing was restored",
+            patterns.join(", "),
+            if unmatched.len() == 1 { "matches" } else { "match" },
+            id.short()
         ))
-        .with_hint("paths are stored without the leading /, e.g. home/user/file"));
+        .with_hint(if near.is_empty() {
+            "a pattern is a whole stored path or a directory above it (a leading / is optional); \
+             `cairn snapshots --json` shows the paths each snapshot was made of"
+                .to_string()
+        } else {
+            format!(
+                "a pattern is a whole stored path or a directory above it; stored paths near {p}: {}",
+                near.join(", ")
+            )
+        }));
     }
+    let nodes = restorer::filter_nodes(nodes, &a.include);
     let started = std::time::Instant::now();
     let stats = restorer::restore_nodes(&repo, &nodes, target, g.quiet)?;
     let secs = started.elapsed().as_secs_f64();
@@ -204,8 +217,17 @@ fn one_source<'a>(
                 .iter()
                 .map(|s| {
                     let h = handling(s);
+                    // A point-in-time restore picks its base backup by
+                    // time and needs the source named.
+                    let extra = match h {
+                        Handling::PgPhysical => format!(
+                            " --source {}, and no snapshot id: the base backup is chosen by the time",
+                            s.name
+                        ),
+                        _ => String::new(),
+                    };
                     format!(
-                        "{} is a {} source (restore it with {})",
+                        "{} is a {} source (restore it with {}{extra})",
                         s.name,
                         h.label(),
                         h.restore_with()

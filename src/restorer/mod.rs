@@ -29,7 +29,9 @@ use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use target::{StagingDir, TargetDir};
 
+mod include;
 mod target;
+pub use include::{filter_nodes, near_paths, unmatched_includes};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
@@ -53,27 +55,6 @@ struct Target {
 struct FrameWork {
     loc: Location,
     targets: Vec<Target>,
-}
-
-/// Keep nodes equal to or below one of `include` (no filter when empty).
-pub fn filter_nodes(nodes: Vec<Node>, include: &[String]) -> Vec<Node> {
-    if include.is_empty() {
-        return nodes;
-    }
-    let inc: Vec<String> = include
-        .iter()
-        .map(|p| p.trim_start_matches('/').trim_end_matches('/').to_string())
-        .collect();
-    nodes
-        .into_iter()
-        .filter(|n| {
-            inc.iter().any(|p| {
-                n.path == *p
-                    || n.path.starts_with(&format!("{p}/"))
-                    || p.starts_with(&format!("{}/", n.path))
-            })
-        })
-        .collect()
 }
 
 /// Where every chunk of `nodes` is stored; an error naming the files when

@@ -215,6 +215,53 @@ fn restore_include_restores_only_that_subtree() {
     assert!(!r.join("data.bin").exists());
 }
 
+/// Issue 27, item 9: an `--include` that matches nothing is an error
+/// (exit 2) naming the pattern, with the stored paths near it — also when
+/// it is a prefix of a stored name (`etc/secret.ke`), which used to
+/// restore the directory above it alone and exit 0, and when another
+/// pattern matches.
+#[test]
+fn an_include_that_matches_nothing_is_an_error_naming_it() {
+    let env = Env::init();
+    let src = env.path("src");
+    make_sample_tree(&src);
+    env.snapshot(&[&src]);
+    let target = env.path("out");
+    let t = target.to_str().unwrap();
+    let etc = src.join("etc").display().to_string();
+    let near = format!("{etc}/secret.ke");
+    for includes in [vec![near.as_str()], vec![etc.as_str(), near.as_str()]] {
+        let mut args = vec!["restore", "latest", "--target", t];
+        for i in &includes {
+            args.extend(["--include", i]);
+        }
+        let (code, err) = code_and_stderr(&env.run(&args));
+        assert_eq!(code, 2, "{includes:?}: {err}");
+        assert!(
+            err.contains(&format!("--include {near} matches nothing")),
+            "{err}"
+        );
+        assert!(err.contains("nothing was restored"), "{err}");
+        assert!(
+            err.contains(&format!("{}/secret.key", etc.trim_start_matches('/'))),
+            "the hint names the stored path it may have meant: {err}"
+        );
+        assert!(!target.exists(), "nothing was restored");
+    }
+    // A whole name below matches; a leading or trailing / is optional.
+    env.ok(&[
+        "restore",
+        "latest",
+        "--target",
+        t,
+        "--include",
+        &format!("{}/secret.key/", etc.trim_start_matches('/')),
+    ]);
+    let r = restored(&target, &src);
+    assert_eq!(std::fs::read(r.join("etc/secret.key")).unwrap(), b"k3y");
+    assert!(!r.join("etc/app").exists());
+}
+
 #[test]
 fn a_file_over_2_gib_round_trips() {
     let env = Env::init();
