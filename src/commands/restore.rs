@@ -170,7 +170,7 @@ pub fn run(g: &GlobalArgs, a: &RestoreArgs) -> Result<()> {
     }
     let nodes = restorer::filter_nodes(nodes, &a.include);
     let started = std::time::Instant::now();
-    let stats = restorer::restore_nodes(&repo, &nodes, target, g.quiet)?;
+    let stats = restorer::restore_nodes(&repo, &nodes, target, a.overwrite, g.quiet)?;
     let secs = started.elapsed().as_secs_f64();
     tracing::info!(snapshot = %id.short(), bytes = stats.bytes, seconds = secs, "restore finished");
     if g.json {
@@ -181,7 +181,7 @@ pub fn run(g: &GlobalArgs, a: &RestoreArgs) -> Result<()> {
     } else {
         if !g.quiet {
             println!(
-                "restored snapshot {} of {} to {}: {} files, {} dirs, {} symlinks, {} in {:.1}s",
+                "restored snapshot {} of {} to {}: {} files, {} dirs, {} symlinks, {} in {:.1}s{}",
                 id.short(),
                 local_time(snap.time),
                 target.display(),
@@ -189,8 +189,18 @@ pub fn run(g: &GlobalArgs, a: &RestoreArgs) -> Result<()> {
                 stats.dirs,
                 stats.symlinks,
                 human_bytes(stats.bytes),
-                secs
+                secs,
+                restorer::existing_summary(&stats)
+                    .map(|s| format!("; {s}"))
+                    .unwrap_or_default()
             );
+            if stats.kept > 0 {
+                eprintln!(
+                    "note: {} path(s) already in the target were kept as they are (--overwrite {}); \
+                     -v lists them, --overwrite if-changed replaces those that differ",
+                    stats.kept, stats.overwrite
+                );
+            }
         }
         Ok(())
     }

@@ -51,6 +51,7 @@ pub fn run(g: &GlobalArgs, a: &RestoreArgs, file: &Path) -> Result<()> {
         dry_run: a.dry_run,
         force: a.force,
         target_root,
+        overwrite: a.overwrite,
         quiet: g.quiet || g.json,
     };
     let orch = orchestrate::prepare(&plan, id, &snap, &opts)?;

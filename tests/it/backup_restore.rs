@@ -352,7 +352,14 @@ fn restore_never_writes_through_a_symlink_planted_in_the_target() {
     std::fs::create_dir_all(planted.parent().unwrap()).unwrap();
     std::os::unix::fs::symlink(&o, &planted).unwrap();
 
-    env.ok(&["restore", &id, "--target", target.to_str().unwrap()]);
+    env.ok(&[
+        "restore",
+        &id,
+        "--target",
+        target.to_str().unwrap(),
+        "--overwrite",
+        "always",
+    ]);
     assert_untouched(&o);
     assert!(
         std::fs::symlink_metadata(&planted).unwrap().is_dir(),
@@ -378,11 +385,18 @@ fn restoring_a_symlink_and_then_a_directory_of_that_name_stays_in_the_target() {
     let target = env.path("out");
     let t = target.to_str().unwrap();
     env.ok(&["restore", &with_link, "--target", t]);
-    env.ok(&["restore", &with_dir, "--target", t]);
+    env.ok(&["restore", &with_dir, "--target", t, "--overwrite", "always"]);
     assert_untouched(&o);
     assert_same_tree(&src, &restored(&target, &src));
     // And back: the directory's place taken by the symlink again.
-    let out = env.run(&["restore", &with_link, "--target", t]);
+    let out = env.run(&[
+        "restore",
+        &with_link,
+        "--target",
+        t,
+        "--overwrite",
+        "always",
+    ]);
     let (code, err) = code_and_stderr(&out);
     assert_eq!(
         code, 2,
@@ -408,7 +422,14 @@ fn a_directory_where_a_file_goes_stops_the_restore_before_anything_changes() {
     std::fs::create_dir_all(r.join("b")).unwrap();
     std::fs::write(r.join("a"), "old a").unwrap();
 
-    let out = env.run(&["restore", &id, "--target", target.to_str().unwrap()]);
+    let out = env.run(&[
+        "restore",
+        &id,
+        "--target",
+        target.to_str().unwrap(),
+        "--overwrite",
+        "if-changed",
+    ]);
     let (code, err) = code_and_stderr(&out);
     assert_eq!(code, 2, "{err}");
     assert!(

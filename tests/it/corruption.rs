@@ -499,9 +499,16 @@ fn a_failed_restore_leaves_the_files_already_in_the_target_as_they_were() {
     staged(&target, &mut found);
     assert!(found.is_empty(), "temporary files left behind: {found:?}");
 
-    // Restored again from the intact snapshot A, the edits are undone.
-    s.env
-        .ok(&["restore", &s.a, "--target", target.to_str().unwrap()]);
+    // Restored again from the intact snapshot A, replacing what differs,
+    // the edits are undone.
+    s.env.ok(&[
+        "restore",
+        &s.a,
+        "--target",
+        target.to_str().unwrap(),
+        "--overwrite",
+        "if-changed",
+    ]);
     assert_same_tree(&s.x, &x);
 }
 

@@ -20,6 +20,7 @@ mod plan_check;
 mod plan_run;
 mod postgres;
 mod postgres_pitr;
+mod restore_overwrite;
 mod restore_plan;
 mod retention_cli;
 mod retention_decisions;
