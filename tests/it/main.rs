@@ -22,6 +22,7 @@ mod plan_check;
 mod plan_run;
 mod postgres;
 mod postgres_pitr;
+mod restore_overwrite;
 mod restore_plan;
 mod restore_test_files;
 mod retention_cli;
