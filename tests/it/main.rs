@@ -17,6 +17,7 @@ mod crash;
 mod daemon_log;
 mod exit_codes;
 mod kafka;
+mod metrics;
 mod plan_check;
 mod plan_run;
 mod postgres;
