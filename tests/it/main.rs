@@ -18,6 +18,7 @@ mod daemon_log;
 mod exit_codes;
 mod kafka;
 mod kafka_recreate;
+mod metrics;
 mod plan_check;
 mod plan_run;
 mod postgres;
