@@ -9,8 +9,7 @@ use std::path::PathBuf;
     name = "cairn",
     version,
     about = "Deduplicating, encrypted backups of files, streams, PostgreSQL and Kafka",
-    after_help = "Exit codes: 0 ok, 1 failure, 2 usage, 3 some source data unreadable, \
-10 no repository, 11 repository locked, 12 wrong password or identity, 130 interrupted."
+    after_help = crate::error::exit_codes_help()
 )]
 pub struct Cli {
     #[command(flatten)]
@@ -329,9 +328,17 @@ pub struct RestoreArgs {
     pub all_configs: bool,
     #[command(flatten)]
     pub kafka_conn: KafkaConnArgs,
-    /// Only restore this path and what is below it (repeatable)
+    /// Only restore this path and what is below it (repeatable); a path that
+    /// matches nothing stops the restore (exit 2)
     #[arg(long, value_name = "PATH")]
     pub include: Vec<String>,
+    /// Files: what to do with a file or symlink already in the target. never: keep it
+    /// (nothing in the target is lost; the default); if-changed: replace it if it differs
+    /// (same size and time count as unchanged); always: replace it if its content
+    /// differs; if-newer: replace it if the snapshot's is newer
+    #[arg(long, value_enum, value_name = "WHEN", default_value_t = crate::restorer::Overwrite::Never,
+          conflicts_with_all = ["to", "to_brokers", "pgdata"])]
+    pub overwrite: crate::restorer::Overwrite,
     /// Only restore this source of the snapshot (repeatable)
     #[arg(long, value_name = "NAME")]
     pub source: Vec<String>,

@@ -18,8 +18,9 @@ pub enum Kind {
     SourceUnreadable,
     /// Stored data is damaged or missing (exit 1, reported distinctly).
     Integrity,
-    /// A server the job needs (a Kafka broker) could not be reached, even
-    /// after the retries (exit 4).
+    /// A server the job needs (PostgreSQL, a Kafka broker, the object
+    /// store) could not be reached: refused, not found, or no answer within
+    /// its timeout, after the retries (exit 4).
     Unavailable,
     /// There is no repository at the given location (exit 10).
     NoRepository,
@@ -45,6 +46,30 @@ impl Kind {
             Kind::Interrupted => 130,
         }
     }
+}
+
+/// Every exit code cairn uses, with its meaning in a few words: the list
+/// `cairn --help` prints ([`exit_codes_help`]). The README's table says
+/// the same at length; a test keeps the two in step.
+pub const EXIT_CODES: &[(i32, &str)] = &[
+    (0, "ok"),
+    (1, "failure"),
+    (2, "usage"),
+    (3, "some source data unreadable"),
+    (4, "a server could not be reached"),
+    (10, "no repository"),
+    (11, "repository locked"),
+    (12, "wrong password or identity"),
+    (130, "interrupted"),
+];
+
+/// `Exit codes: 0 ok, 1 failure, …` for the command line's help.
+pub fn exit_codes_help() -> String {
+    let codes: Vec<String> = EXIT_CODES
+        .iter()
+        .map(|(c, what)| format!("{c} {what}"))
+        .collect();
+    format!("Exit codes: {}.", codes.join(", "))
 }
 
 type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
@@ -83,10 +108,25 @@ impl Error {
     }
     /// An I/O error with the operation and the path or object it was applied to.
     pub fn io(what: impl fmt::Display, err: std::io::Error) -> Self {
-        Self::failure(what.to_string()).with_source(err)
+        let denied = err.kind() == std::io::ErrorKind::PermissionDenied;
+        let e = Self::failure(what.to_string()).with_source(err);
+        if denied {
+            return e.with_hint(format!(
+                "cairn runs as uid {}; a repository shared by two users (the daemon and \
+                 PostgreSQL's archive_command) needs a common group: README \"One repository, two users\"",
+                rustix::process::geteuid().as_raw()
+            ));
+        }
+        e
     }
     pub fn with_hint(mut self, hint: impl Into<String>) -> Self {
         self.hint = Some(hint.into());
+        self
+    }
+    /// The same error, of another kind (e.g. a tool's failure found to be
+    /// an unreachable server).
+    pub fn with_kind(mut self, kind: Kind) -> Self {
+        self.kind = kind;
         self
     }
     pub fn with_source(mut self, source: impl Into<BoxError>) -> Self {
@@ -152,5 +192,33 @@ impl<T> ResultExt<T> for std::result::Result<T, std::io::Error> {
 impl<T> ResultExt<T> for Result<T> {
     fn ctx(self, what: impl FnOnce() -> String) -> Result<T> {
         self.map_err(|e| e.context(what()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_kind_has_its_code_in_the_help_list() {
+        let kinds = [
+            Kind::Failure,
+            Kind::Usage,
+            Kind::SourceUnreadable,
+            Kind::Integrity,
+            Kind::Unavailable,
+            Kind::NoRepository,
+            Kind::Locked,
+            Kind::WrongKey,
+            Kind::Interrupted,
+        ];
+        for k in kinds {
+            assert!(
+                EXIT_CODES.iter().any(|(c, _)| *c == k.exit_code()),
+                "{k:?} exits {} which `cairn --help` does not list",
+                k.exit_code()
+            );
+        }
+        assert!(exit_codes_help().contains("4 a server could not be reached"));
     }
 }

@@ -164,6 +164,7 @@ pub fn run(repo: &Repository, sources: &[NamedSource], opts: &JobOptions) -> Res
         paths.extend(s.spec.shown()?);
     }
     with_lock(repo, false, "snapshot", || {
+        let mut failed_kinds = Vec::new();
         let ((records, reports, totals, verified), stored, stats) = with_packer(repo, |p| {
             let mut records = Vec::new();
             let mut verified = crate::source::Verified::new();
@@ -198,6 +199,7 @@ pub fn run(repo: &Repository, sources: &[NamedSource], opts: &JobOptions) -> Res
                     Err(e) if e.kind() == Kind::Interrupted => return Err(e),
                     Err(e) if sources.len() == 1 => return Err(e.context("no snapshot was saved")),
                     Err(e) => {
+                        failed_kinds.push(e.kind());
                         let msg = e.to_string();
                         tracing::error!(source = %s.name, error = msg.as_str(), "source failed");
                         reports.push(SourceReport {
@@ -228,9 +230,16 @@ pub fn run(repo: &Repository, sources: &[NamedSource], opts: &JobOptions) -> Res
                 .iter()
                 .find_map(|r| r.error.clone())
                 .unwrap_or_default();
-            return Err(Error::failure(format!(
-                "every source failed, no snapshot was saved; the first: {first}"
-            )));
+            // Failing the same way (every server unreachable, say) keeps
+            // that way's exit code.
+            let kind = match failed_kinds.split_first() {
+                Some((k, rest)) if rest.iter().all(|r| r == k) => *k,
+                _ => Kind::Failure,
+            };
+            return Err(Error::new(
+                kind,
+                format!("every source failed, no snapshot was saved; the first: {first}"),
+            ));
         }
         let mut snapshot = Snapshot {
             version: FORMAT_VERSION,

@@ -269,7 +269,13 @@ fn files_test(
     scratch: &std::path::Path,
 ) -> Result<FilesRestoreTest> {
     let nodes = repo.read_tree(s)?;
-    crate::restorer::restore_nodes(repo, &nodes, scratch, true)?;
+    crate::restorer::restore_nodes(
+        repo,
+        &nodes,
+        scratch,
+        crate::restorer::Overwrite::Never,
+        true,
+    )?;
     let check = crate::restorer::compare::compare_tree(repo, &nodes, scratch)?;
     tracing::info!(source = %s.name, files = check.files, bytes = check.bytes, differences = check.different, "file source restore-tested");
     Ok(FilesRestoreTest {

@@ -12,7 +12,15 @@ use std::path::{Path, PathBuf};
 /// final name. Leftovers in `tmp/` are removed by `prune`.
 pub struct LocalBackend {
     root: PathBuf,
+    /// Whether the repository is shared with its group: decided once, by
+    /// the config's group-read bit, as restic does (README "One
+    /// repository, two users").
+    group: std::sync::OnceLock<bool>,
 }
+
+/// Permission bits of a new file in a repository shared with its group;
+/// private repositories keep tempfile's 0600.
+const GROUP_FILE_MODE: u32 = 0o640;
 
 const DIRS: [FileKind; 7] = [
     FileKind::Key,
@@ -26,7 +34,38 @@ const DIRS: [FileKind; 7] = [
 
 impl LocalBackend {
     pub fn new(root: impl Into<PathBuf>) -> Self {
-        LocalBackend { root: root.into() }
+        LocalBackend {
+            root: root.into(),
+            group: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// Whether new files and directories are made for the group too.
+    fn shared(&self) -> bool {
+        use std::os::unix::fs::PermissionsExt;
+        *self.group.get_or_init(|| {
+            fs::metadata(self.root.join("config"))
+                .is_ok_and(|m| m.permissions().mode() & 0o040 != 0)
+        })
+    }
+
+    /// `create_dir_all`, then, in a shared repository, group read, write and
+    /// search on the new directory (its set-group-ID bit, inherited from a
+    /// parent that has it, is kept).
+    fn make_dir(&self, dir: &Path) -> Result<()> {
+        use std::os::unix::fs::PermissionsExt;
+        fs::create_dir_all(dir).ctx(|| format!("creating {}", dir.display()))?;
+        if self.shared() {
+            let mode = fs::metadata(dir)
+                .ctx(|| format!("reading {}", dir.display()))?
+                .permissions()
+                .mode();
+            if mode & 0o070 != 0o070 {
+                fs::set_permissions(dir, fs::Permissions::from_mode((mode | 0o070) & 0o7777))
+                    .ctx(|| format!("giving the group access to {}", dir.display()))?;
+            }
+        }
+        Ok(())
     }
 
     fn path(&self, file: &FileRef) -> PathBuf {
@@ -49,15 +88,21 @@ impl LocalBackend {
     fn write_file(&self, file: &FileRef, data: &[u8], exclusive: bool) -> Result<bool> {
         let path = self.path(file);
         let tmp_dir = self.root.join("tmp");
-        fs::create_dir_all(&tmp_dir).ctx(|| format!("creating {}", tmp_dir.display()))?;
+        self.make_dir(&tmp_dir)?;
         let tmp = tempfile::NamedTempFile::new_in(&tmp_dir)
             .ctx(|| format!("creating a temporary file in {}", tmp_dir.display()))?;
+        if self.shared() {
+            use std::os::unix::fs::PermissionsExt;
+            tmp.as_file()
+                .set_permissions(fs::Permissions::from_mode(GROUP_FILE_MODE))
+                .ctx(|| format!("giving the group read access to {}", tmp.path().display()))?;
+        }
         fill_file(tmp.path(), tmp.as_file(), data)
             .ctx(|| format!("writing {file} to {}", tmp_dir.display()))?;
         let parent = path.parent().unwrap_or(&self.root).to_path_buf();
         if !parent.exists() {
             // e.g. wal/ in a repository created before it existed
-            fs::create_dir_all(&parent).ctx(|| format!("creating {}", parent.display()))?;
+            self.make_dir(&parent)?;
         }
         if exclusive {
             match tmp.persist_noclobber(&path) {

@@ -100,6 +100,25 @@ impl S3Backend {
 
     fn err(&self, what: String, e: object_store::Error) -> Error {
         let text = e.to_string();
+        if unreachable(&e) {
+            // The innermost cause says why (object_store's chain repeats
+            // the request at every level).
+            let mut why: &dyn std::error::Error = &e;
+            while let Some(c) = why.source() {
+                why = c;
+            }
+            return Error::new(
+                Kind::Unavailable,
+                format!(
+                    "cannot reach the object store: {what} at {}: {why}",
+                    self.location
+                ),
+            )
+            .with_hint(
+                "check AWS_ENDPOINT_URL and that the object store runs; \
+                 each request was tried 6 times over up to 2 minutes",
+            );
+        }
         let mut err = Error::failure(format!("{what} at {}", self.location)).with_source(e);
         if text.contains("403")
             || text.contains("AccessDenied")
@@ -114,6 +133,20 @@ impl S3Backend {
         }
         err
     }
+}
+
+/// Whether the request never reached the object store, even after the
+/// retries: the connection failed (refused, unknown host) or timed out.
+fn unreachable(e: &object_store::Error) -> bool {
+    use object_store::client::{HttpError, HttpErrorKind};
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(c) = cause {
+        if let Some(h) = c.downcast_ref::<HttpError>() {
+            return matches!(h.kind(), HttpErrorKind::Connect | HttpErrorKind::Timeout);
+        }
+        cause = c.source();
+    }
+    false
 }
 
 impl Backend for S3Backend {

@@ -99,7 +99,7 @@ fn resolve(
     match found.len() {
         1 => Ok(found.remove(0)),
         0 => Err(
-            Error::failure(format!("no snapshot matches {spec:?}")).with_hint(
+            Error::usage(format!("no snapshot matches {spec:?}")).with_hint(
                 "`cairn snapshots` lists the snapshots; `cairn check` names unreadable ones",
             ),
         ),

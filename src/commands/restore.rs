@@ -147,17 +147,30 @@ pub fn run(g: &GlobalArgs, a: &RestoreArgs) -> Result<()> {
         }
         nodes.extend(repo.read_tree(s)?);
     }
-    let nodes = restorer::filter_nodes(nodes, &a.include);
-    if nodes.is_empty() && !a.include.is_empty() {
+    let unmatched = restorer::unmatched_includes(&nodes, &a.include);
+    if let Some(p) = unmatched.first() {
+        let near = restorer::near_paths(&nodes, p, 5);
+        let patterns: Vec<String> = unmatched.iter().map(|p| format!("--include {p}")).collect();
         return Err(Error::usage(format!(
-            "nothing in snapshot {} matches --include {}",
-            id.short(),
-            a.include.join(", ")
+            "{} {} nothing in snapshot {}; nothing was restored",
+            patterns.join(", "),
+            if unmatched.len() == 1 { "matches" } else { "match" },
+            id.short()
         ))
-        .with_hint("paths are stored without the leading /, e.g. home/user/file"));
+        .with_hint(if near.is_empty() {
+            "a pattern is a whole stored path or a directory above it (a leading / is optional); \
+             `cairn snapshots --json` shows the paths each snapshot was made of"
+                .to_string()
+        } else {
+            format!(
+                "a pattern is a whole stored path or a directory above it; stored paths near {p}: {}",
+                near.join(", ")
+            )
+        }));
     }
+    let nodes = restorer::filter_nodes(nodes, &a.include);
     let started = std::time::Instant::now();
-    let stats = restorer::restore_nodes(&repo, &nodes, target, g.quiet)?;
+    let stats = restorer::restore_nodes(&repo, &nodes, target, a.overwrite, g.quiet)?;
     let secs = started.elapsed().as_secs_f64();
     tracing::info!(snapshot = %id.short(), bytes = stats.bytes, seconds = secs, "restore finished");
     if g.json {
@@ -168,7 +181,7 @@ pub fn run(g: &GlobalArgs, a: &RestoreArgs) -> Result<()> {
     } else {
         if !g.quiet {
             println!(
-                "restored snapshot {} of {} to {}: {} files, {} dirs, {} symlinks, {} in {:.1}s",
+                "restored snapshot {} of {} to {}: {} files, {} dirs, {} symlinks, {} in {:.1}s{}",
                 id.short(),
                 local_time(snap.time),
                 target.display(),
@@ -176,8 +189,18 @@ pub fn run(g: &GlobalArgs, a: &RestoreArgs) -> Result<()> {
                 stats.dirs,
                 stats.symlinks,
                 human_bytes(stats.bytes),
-                secs
+                secs,
+                restorer::existing_summary(&stats)
+                    .map(|s| format!("; {s}"))
+                    .unwrap_or_default()
             );
+            if stats.kept > 0 {
+                eprintln!(
+                    "note: {} path(s) already in the target were kept as they are (--overwrite {}); \
+                     -v lists them, --overwrite if-changed replaces those that differ",
+                    stats.kept, stats.overwrite
+                );
+            }
         }
         Ok(())
     }
@@ -204,8 +227,17 @@ fn one_source<'a>(
                 .iter()
                 .map(|s| {
                     let h = handling(s);
+                    // A point-in-time restore picks its base backup by
+                    // time and needs the source named.
+                    let extra = match h {
+                        Handling::PgPhysical => format!(
+                            " --source {}, and no snapshot id: the base backup is chosen by the time",
+                            s.name
+                        ),
+                        _ => String::new(),
+                    };
                     format!(
-                        "{} is a {} source (restore it with {})",
+                        "{} is a {} source (restore it with {}{extra})",
                         s.name,
                         h.label(),
                         h.restore_with()

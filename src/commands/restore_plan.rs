@@ -53,6 +53,7 @@ pub fn run(g: &GlobalArgs, a: &RestoreArgs, file: &Path) -> Result<()> {
         recreate_topics: a.recreate_topics,
         all_configs: a.all_configs,
         target_root,
+        overwrite: a.overwrite,
         quiet: g.quiet || g.json,
     };
     let orch = orchestrate::prepare(&plan, id, &snap, &opts)?;

@@ -23,6 +23,8 @@ pub fn run(g: &GlobalArgs, a: &ServeArgs) -> Result<()> {
     let daemon = Daemon::new(opts, plan)?;
     // The repository must open before the daemon claims to be up.
     daemon.open_repo()?;
+    // What /status and /metrics show from the first request on.
+    daemon.observe_at_start();
     let listen = a.listen.clone().or_else(|| {
         daemon
             .plan

@@ -140,7 +140,8 @@ async fn status(State(ctx): State<Ctx>) -> Response {
 }
 
 async fn metrics(State(ctx): State<Ctx>) -> Response {
-    let body = super::status::metrics(&ctx.daemon.status());
+    // Rendered from the status: a scrape reads nothing from the repository.
+    let body = super::metrics::metrics(&ctx.daemon.status());
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
 }
 

@@ -16,7 +16,9 @@
 
 pub mod alerts;
 pub mod api;
+pub mod metrics;
 pub mod notice;
+pub mod observe;
 pub mod run;
 pub mod schedule;
 pub mod status;
@@ -57,6 +59,8 @@ pub struct Daemon {
     /// When the runs started failing without saving a snapshot (since the
     /// daemon started); cleared by a run that saves one.
     failing_since: Mutex<Option<jiff::Timestamp>>,
+    /// The repository's size and proofs as last read (`observe.rs`).
+    seen: Mutex<observe::Seen>,
 }
 
 /// Why a run was started.
@@ -66,8 +70,9 @@ pub enum Trigger {
     Api,
 }
 
-/// The last scheduled or triggered restore test.
-#[derive(Clone, Debug, Default, serde::Serialize)]
+/// The last scheduled or triggered restore test (kept across restarts).
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct LastProof {
     pub time: Option<jiff::Timestamp>,
     pub snapshot: Option<String>,
@@ -102,11 +107,13 @@ impl Daemon {
     /// The daemon of `plan` (loaded from `opts.plan_file`).
     pub fn new(opts: Options, plan: Plan) -> Result<Arc<Daemon>> {
         let alerter = new_alerter(&plan, &opts);
-        let status = Status {
+        let mut status = Status {
             plan: plan.file.display().to_string(),
             started: Some(jiff::Timestamp::now()),
             ..Default::default()
         };
+        let names: Vec<String> = plan.sources.iter().map(|s| s.name.clone()).collect();
+        status::load(&opts.state_dir).restore_into(&mut status, &names);
         let reload = Arc::new(AtomicBool::new(false));
         let _ = signal_hook::flag::register(signal_hook::consts::SIGHUP, reload.clone());
         Ok(Arc::new(Daemon {
@@ -118,6 +125,7 @@ impl Daemon {
             reload,
             repo: Mutex::new(None),
             failing_since: Mutex::new(None),
+            seen: Mutex::new(observe::Seen::default()),
         }))
     }
 
@@ -338,7 +346,7 @@ impl Daemon {
                 }
             }
         }
-        self.with_status(|s| s.last_restore_test = Some(last.clone()));
+        self.restore_test_done(&plan, &repo, &mut last);
         Ok(last)
     }
 
@@ -356,10 +364,10 @@ impl Daemon {
         );
         if let Some(r) = &applied.pruned {
             log_prune(r, why);
+            self.storage_changed();
         }
-        let mut p = status::load(&self.opts.state_dir);
-        p.retention = Some(retention_fingerprint(plan));
-        if let Err(e) = status::save(&self.opts.state_dir, &p) {
+        let rules = retention_fingerprint(plan);
+        if let Err(e) = status::update(&self.opts.state_dir, |p| p.retention = Some(rules)) {
             tracing::warn!(
                 dir = self.opts.state_dir.display().to_string().as_str(),
                 error = e.to_string().as_str(),
@@ -396,20 +404,23 @@ impl Daemon {
                 return;
             }
         };
-        let mine = run::plan_snapshots(&repo, &plan);
+        let snaps = repo.snapshots().unwrap_or_default();
+        let mine: Vec<_> = snaps
+            .iter()
+            .filter(|(_, s)| plan.made(s))
+            .cloned()
+            .collect();
         self.check_missed(&plan, &mine);
-        let storage = storage_use(&plan, &repo);
-        if let Some(st) = &storage {
-            if st.percent >= plan.alerts.storage_warning.0 {
+        let storage = self.storage_use(&plan, &repo, false);
+        let percent = storage.as_ref().and_then(|st| st.percent);
+        if let (Some(st), Some(percent)) = (&storage, percent) {
+            if percent >= plan.alerts.storage_warning.0 {
                 let mut d = self.details(
                     &plan,
                     format!(
-                        "The repository's storage is {:.1}% full: {} of {} bytes, measured by \
-                         {}; the warning threshold (storage-warning) is {}%.",
-                        st.percent,
-                        st.used_bytes,
-                        st.total_bytes,
-                        st.measured_by,
+                        "The repository's storage is {}; the warning threshold \
+                         (storage-warning) is {}%.",
+                        st.describe(),
                         plan.alerts.storage_warning.0
                     ),
                 );
@@ -417,28 +428,22 @@ impl Daemon {
                 self.alert(
                     AlertKind::StorageHigh,
                     "storage",
-                    &format!("{:.0}% full", st.percent),
+                    &format!("{percent:.0}% full"),
                     d,
                 );
             }
         }
         let critical = 100.0 - plan.retention.critical_free.0;
         let storage = match storage {
-            Some(st) if st.percent > critical && plan.retention.critical_free.0 > 0.0 => {
+            Some(st)
+                if percent.is_some_and(|p| p > critical)
+                    && plan.retention.critical_free.0 > 0.0 =>
+            {
                 self.relieve_storage(&repo, &plan, st)
             }
             other => other,
         };
-        self.with_status(|s| {
-            s.storage = storage;
-            s.snapshots = mine.len();
-            if s.last_snapshot_time.is_none() {
-                if let Some((id, sn)) = mine.last() {
-                    s.last_snapshot = Some(id.short());
-                    s.last_snapshot_time = Some(sn.time);
-                }
-            }
-        });
+        self.observe(&plan, &repo, &snaps, storage);
     }
 
     /// Each source a schedule backs up whose last complete copy (or, with
@@ -515,7 +520,7 @@ impl Daemon {
             let mut victims: Vec<_> = decision.removed().cloned().collect();
             victims.sort_by_key(|d| d.time); // oldest first
             for d in victims {
-                if now_use.percent <= critical {
+                if now_use.percent.is_none_or(|p| p <= critical) {
                     break;
                 }
                 crate::retention::remove_snapshot(
@@ -527,7 +532,7 @@ impl Daemon {
                 )?;
                 crate::ops::prune::prune(repo, false)?;
                 removed.push(format!("{} ({})", &d.id[..8], d.time));
-                if let Some(u) = storage_use(plan, repo) {
+                if let Some(u) = self.storage_use(plan, repo, true) {
                     now_use = u;
                 }
             }
@@ -542,7 +547,7 @@ impl Daemon {
             format!(
                 "The repository's storage was critically low: {:.1}% full (critical above \
                  {critical:.0}%, critical-free {}%). {} Now {:.1}% full.",
-                before.percent,
+                before.percent.unwrap_or_default(),
                 plan.retention.critical_free.0,
                 if removed.is_empty() {
                     "Nothing could be removed: only the minimum the retention rules keep is left."
@@ -550,7 +555,7 @@ impl Daemon {
                 } else {
                     format!("Removed, oldest first: {}.", removed.join(", "))
                 },
-                now_use.percent,
+                now_use.percent.unwrap_or_default(),
             ),
         );
         d.error = result.as_ref().err().map(ToString::to_string);
@@ -562,7 +567,7 @@ impl Daemon {
             } else {
                 "critical-removed"
             },
-            &format!("{:.0}% used", before.percent),
+            &format!("{:.0}% used", before.percent.unwrap_or_default()),
             d,
         );
         Some(now_use)
@@ -721,45 +726,4 @@ fn log_prune(r: &crate::ops::prune::PruneReport, why: &str) {
         bytes_after = r.bytes_after,
         "pruned"
     );
-}
-
-/// Storage use: the filesystem of a local repository, or the plan's quota
-/// for object storage (the sum of the repository's files).
-pub fn storage_use(plan: &Plan, repo: &Repository) -> Option<StorageUse> {
-    if let Some(q) = plan.alerts.quota {
-        let mut used = 0u64;
-        for k in [
-            crate::repo::FileKind::Pack,
-            crate::repo::FileKind::Index,
-            crate::repo::FileKind::Snapshot,
-            crate::repo::FileKind::Wal,
-        ] {
-            used += repo
-                .backend
-                .list(k)
-                .ok()?
-                .iter()
-                .map(|(_, s)| *s)
-                .sum::<u64>();
-        }
-        return Some(StorageUse {
-            measured_by: "quota".into(),
-            used_bytes: used,
-            total_bytes: q.0,
-            percent: 100.0 * used as f64 / q.0.max(1) as f64,
-        });
-    }
-    if !repo.backend.is_local() {
-        return None;
-    }
-    let st = rustix::fs::statvfs(plan.repository.location.as_str()).ok()?;
-    let total = st.f_blocks * st.f_frsize;
-    let avail = st.f_bavail * st.f_frsize;
-    let used = total.saturating_sub(avail);
-    Some(StorageUse {
-        measured_by: "filesystem".into(),
-        used_bytes: used,
-        total_bytes: total,
-        percent: 100.0 * used as f64 / total.max(1) as f64,
-    })
 }

@@ -13,10 +13,17 @@ use crate::repository::Repository;
 use std::sync::Arc;
 use std::time::Instant;
 
-/// The plan's snapshots, oldest first ([`Plan::made`]).
+/// Whether snapshot `s` was made by `plan` ([`Plan::made`]: its name or
+/// its file, from any directory): the one test of which plan a snapshot
+/// belongs to for the daemon's status and metrics.
+pub fn of_plan(plan: &Plan, s: &Snapshot) -> bool {
+    plan.made(s)
+}
+
+/// The plan's snapshots, oldest first (those [`of_plan`] accepts).
 pub fn plan_snapshots(repo: &Repository, plan: &Plan) -> Vec<(SnapshotId, Snapshot)> {
     let mut all = repo.snapshots().unwrap_or_default();
-    all.retain(|(_, s)| plan.made(s));
+    all.retain(|(_, s)| of_plan(plan, s));
     all
 }
 
@@ -142,6 +149,7 @@ impl Daemon {
                 s.failed_runs += 1;
             }
         });
+        self.save_status();
         result.map(Some)
     }
 
@@ -202,20 +210,22 @@ impl Daemon {
             elapsed_ms = started.elapsed().as_millis() as u64,
             "backup run finished"
         );
-        let now = jiff::Timestamp::now();
+        let time = report.snapshot.time;
         self.with_status(|st| {
             st.last_snapshot = Some(id.clone());
-            st.last_snapshot_time = Some(report.snapshot.time);
+            st.last_snapshot_time = Some(time);
             for r in &report.sources {
                 let e = st.sources.entry(r.name.clone()).or_default();
                 e.last_result = if r.ok { "ok" } else { "failed" }.into();
-                e.last_run = Some(now);
+                e.last_run = Some(time);
                 e.last_error = r.error.clone();
-                e.bytes_read = r.bytes_read;
-                e.bytes_new = r.bytes_new;
-                e.duration_ms = r.duration_ms;
+                e.bytes_read = Some(r.bytes_read);
+                e.bytes_new = Some(r.bytes_new);
+                e.duration_ms = Some(r.duration_ms);
                 if r.ok {
-                    e.last_success = Some(now);
+                    // The snapshot's time, as the repository will tell it after a restart.
+                    e.last_success = Some(time);
+                    e.last_success_snapshot = Some(id.clone());
                 }
             }
         });
@@ -241,6 +251,7 @@ impl Daemon {
             );
             self.alert(AlertKind::BackupFailed, "retention", "retention", d);
         }
+        self.after_run(&plan, &repo);
         if !complete {
             return Err(Error::new(
                 crate::error::Kind::SourceUnreadable,
@@ -273,6 +284,7 @@ impl Daemon {
                 st.last_result = "failed".into();
                 st.last_run = Some(now);
                 st.last_error = Some(msg.clone());
+                (st.bytes_read, st.bytes_new, st.duration_ms) = (None, None, None);
             }
         });
         let since = *self

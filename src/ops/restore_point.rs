@@ -213,7 +213,14 @@ pub(crate) mod tests {
             assert_eq!(found, id);
             let nodes = repo.read_tree(&snap.sources[0]).unwrap();
             let target = dir.path().join(format!("target-{name}"));
-            let stats = crate::restorer::restore_nodes(repo, &nodes, &target, true).unwrap();
+            let stats = crate::restorer::restore_nodes(
+                repo,
+                &nodes,
+                &target,
+                crate::restorer::Overwrite::Never,
+                true,
+            )
+            .unwrap();
             assert_eq!(stats.files, 1, "{name}");
         }
     }

@@ -70,6 +70,8 @@ pub struct Options {
     /// Files are restored below this directory: `/` puts them back where
     /// they were (node paths are stored without the leading `/`).
     pub target_root: PathBuf,
+    /// Files: what to do with what already stands where they go.
+    pub overwrite: crate::restorer::Overwrite,
     /// No progress bars.
     pub quiet: bool,
 }
@@ -82,6 +84,7 @@ impl Default for Options {
             recreate_topics: false,
             all_configs: false,
             target_root: PathBuf::from("/"),
+            overwrite: crate::restorer::Overwrite::default(),
             quiet: false,
         }
     }

@@ -24,6 +24,17 @@ fn probe_text(what: &str, p: &Probe) -> String {
     )
 }
 
+/// How a file restore step treats what already stands in its place.
+fn overwrite_text(o: crate::restorer::Overwrite) -> &'static str {
+    use crate::restorer::Overwrite;
+    match o {
+        Overwrite::Never => "keeping files that exist (--overwrite never)",
+        Overwrite::IfChanged => "replacing files that differ (--overwrite if-changed)",
+        Overwrite::Always => "replacing files whose content differs (--overwrite always)",
+        Overwrite::IfNewer => "replacing files older than the snapshot's (--overwrite if-newer)",
+    }
+}
+
 impl Orchestration {
     /// One line per step, in order (without numbers).
     pub fn describe(&self, step: &Step) -> String {
@@ -54,13 +65,16 @@ impl Orchestration {
             Step::Restore { item } => {
                 let it = &self.items[*item];
                 match &it.to {
-                    Destination::Files(root) if root == Path::new("/") => format!(
-                        "restore source {} (files) to its original paths",
-                        it.name
+                    Destination::Files(root) => format!(
+                        "restore source {} (files) {}, {}",
+                        it.name,
+                        if root == Path::new("/") {
+                            "to its original paths".to_string()
+                        } else {
+                            format!("below {}", root.display())
+                        },
+                        overwrite_text(self.options.overwrite)
                     ),
-                    Destination::Files(root) => {
-                        format!("restore source {} (files) below {}", it.name, root.display())
-                    }
                     Destination::Postgres { shown, .. } => format!(
                         "restore source {} (postgres) into {shown}, replacing what the databases hold",
                         it.name
@@ -308,10 +322,22 @@ impl Orchestration {
                         &read
                     }
                 };
-                let st = crate::restorer::restore_nodes(repo, nodes, root, self.options.quiet)?;
+                let st = crate::restorer::restore_nodes(
+                    repo,
+                    nodes,
+                    root,
+                    self.options.overwrite,
+                    self.options.quiet,
+                )?;
                 Ok(Some(format!(
-                    "{} file(s), {} dir(s), {} symlink(s), {} byte(s)",
-                    st.files, st.dirs, st.symlinks, st.bytes
+                    "{} file(s), {} dir(s), {} symlink(s), {} byte(s){}",
+                    st.files,
+                    st.dirs,
+                    st.symlinks,
+                    st.bytes,
+                    crate::restorer::existing_summary(&st)
+                        .map(|s| format!("; {s}"))
+                        .unwrap_or_default()
                 )))
             }
             Destination::Postgres { url, .. } => {

@@ -282,7 +282,7 @@ impl Repository {
             .collect();
         match matches.len() {
             1 => Ok(matches.into_iter().next().expect("one match")),
-            0 => Err(Error::failure(format!("no snapshot matches {spec:?}"))
+            0 => Err(Error::usage(format!("no snapshot matches {spec:?}"))
                 .with_hint("`cairn snapshots` lists them")),
             n => Err(Error::usage(format!("{n} snapshots match {spec:?}"))
                 .with_hint("give more digits of the id")),

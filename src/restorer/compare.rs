@@ -183,7 +183,14 @@ mod tests {
         repo.write_index(stored.packs).unwrap();
         let nodes = repo.read_tree(&outcome.record).unwrap();
         let restored = dir.path().join("restored");
-        crate::restorer::restore_nodes(&repo, &nodes, &restored, true).unwrap();
+        crate::restorer::restore_nodes(
+            &repo,
+            &nodes,
+            &restored,
+            crate::restorer::Overwrite::Never,
+            true,
+        )
+        .unwrap();
 
         let check = compare_tree(&repo, &nodes, &restored).unwrap();
         assert!(check.ok(), "{:?}", check.differences);

@@ -30,10 +30,18 @@ use std::path::{Path, PathBuf};
 use target::{StagingDir, TargetDir};
 
 pub mod compare;
+mod existing;
+mod include;
 mod target;
+use existing::Action;
+pub use existing::Overwrite;
+pub use include::{filter_nodes, near_paths, unmatched_includes};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
+/// What a file restore did. `files`, `dirs` and `symlinks` count what is
+/// now in the target as the snapshot has it (written, or found equal);
+/// `bytes` what was written.
 #[derive(Clone, Debug, Default, serde::Serialize)]
 pub struct RestoreStats {
     pub files: u64,
@@ -41,6 +49,29 @@ pub struct RestoreStats {
     pub symlinks: u64,
     pub bytes: u64,
     pub packs_verified: u64,
+    /// The rule for what already stood in the target.
+    pub overwrite: Overwrite,
+    /// Entries that replaced something else standing in the target.
+    pub replaced: u64,
+    /// Files already in the target with the snapshot's content (only their
+    /// owner, mode and times were set), and symlinks to the same target.
+    pub unchanged: u64,
+    /// Snapshot entries not restored because something already stood
+    /// there (or above them) and the rule keeps it.
+    pub kept: u64,
+}
+
+/// What the restore did with what already stood in the target, for a
+/// summary line: `in the target already: 2 replaced, 5 unchanged, 1 kept
+/// (--overwrite never)`; `None` when nothing stood there.
+pub fn existing_summary(s: &RestoreStats) -> Option<String> {
+    if s.replaced + s.unchanged + s.kept == 0 {
+        return None;
+    }
+    Some(format!(
+        "in the target already: {} replaced, {} unchanged, {} kept (--overwrite {})",
+        s.replaced, s.unchanged, s.kept, s.overwrite
+    ))
 }
 
 struct Target {
@@ -54,27 +85,6 @@ struct Target {
 struct FrameWork {
     loc: Location,
     targets: Vec<Target>,
-}
-
-/// Keep nodes equal to or below one of `include` (no filter when empty).
-pub fn filter_nodes(nodes: Vec<Node>, include: &[String]) -> Vec<Node> {
-    if include.is_empty() {
-        return nodes;
-    }
-    let inc: Vec<String> = include
-        .iter()
-        .map(|p| p.trim_start_matches('/').trim_end_matches('/').to_string())
-        .collect();
-    nodes
-        .into_iter()
-        .filter(|n| {
-            inc.iter().any(|p| {
-                n.path == *p
-                    || n.path.starts_with(&format!("{p}/"))
-                    || p.starts_with(&format!("{}/", n.path))
-            })
-        })
-        .collect()
 }
 
 /// Where every chunk of `nodes` is stored; an error naming the files when
@@ -259,7 +269,8 @@ fn needed_frames_intact(
     Ok(())
 }
 
-/// Restore `nodes` below `target`.
+/// Restore `nodes` below `target`, treating what already stands there by
+/// `overwrite` (see [`existing`]).
 ///
 /// Every pack the restore needs is read once, whole: its bytes are checked
 /// against its name and, while it is in memory, the frames needed from it are
@@ -274,6 +285,7 @@ pub fn restore_nodes(
     repo: &Repository,
     nodes: &[Node],
     target: &Path,
+    overwrite: Overwrite,
     quiet: bool,
 ) -> Result<RestoreStats> {
     let nodes = one_tree(nodes)?;
@@ -281,17 +293,34 @@ pub fn restore_nodes(
     let mut dest = TargetDir::open(target)?;
     let mut sorted: Vec<&Node> = nodes.iter().collect();
     sorted.sort_by(|a, b| a.path.cmp(&b.path));
-    dest.refuse_conflicts(&sorted)?;
-    let mut stats = RestoreStats::default();
-    let files: Vec<&Node> = sorted
+    let actions = {
+        let shown = |rel: &str| target.join(rel).display().to_string();
+        existing::survey(repo, &locs, &mut dest.probe(), &sorted, overwrite, shown)?
+    };
+    let mut stats = RestoreStats {
+        overwrite,
+        ..RestoreStats::default()
+    };
+    let plan: Vec<(&Node, Action)> = sorted.iter().copied().zip(actions).collect();
+    for (n, a) in &plan {
+        match a {
+            Action::Keep => {
+                stats.kept += 1;
+                tracing::info!(path = %target.join(&n.path).display(), overwrite = %overwrite, "kept what stands in the target");
+            }
+            Action::Refresh => stats.unchanged += 1,
+            _ => {}
+        }
+    }
+    let writes = |a: &Action| matches!(a, Action::Write | Action::Replace);
+    let files: Vec<&Node> = plan
         .iter()
-        .copied()
-        .filter(|n| n.kind == NodeKind::File)
+        .filter(|(n, a)| n.kind == NodeKind::File && writes(a))
+        .map(|(n, _)| *n)
         .collect();
     let mut frames: HashMap<(PackId, u64), FrameWork> = HashMap::new();
     for (i, n) in files.iter().enumerate() {
         queue_file(&mut frames, i, &n.content, |id| Ok(locs[id].clone()))?;
-        stats.files += 1;
         stats.bytes += n.size;
     }
     // One staging directory per file system the files land on.
@@ -335,26 +364,55 @@ pub fn restore_nodes(
 
     // Every chunk is written and verified: only now is the target changed,
     // parents before what they hold.
-    for n in sorted.iter().filter(|n| n.kind == NodeKind::Dir) {
+    let replaced = |stats: &mut RestoreStats, n: &Node| {
+        stats.replaced += 1;
+        tracing::info!(path = %target.join(&n.path).display(), "replaced what stood in the target");
+    };
+    for (n, a) in plan.iter().filter(|(n, _)| n.kind == NodeKind::Dir) {
+        if *a == Action::Keep {
+            continue;
+        }
         dest.dir(&n.path)?;
         stats.dirs += 1;
+        if *a == Action::Replace {
+            replaced(&mut stats, n);
+        }
     }
-    for (i, n) in files.iter().enumerate() {
-        dest.place_file(&staging[staged_in[i]], &i.to_string(), n)?;
+    let mut placed = 0;
+    for (n, a) in plan.iter().filter(|(n, _)| n.kind == NodeKind::File) {
+        match a {
+            Action::Write | Action::Replace => {
+                let i = placed;
+                placed += 1;
+                dest.place_file(&staging[staged_in[i]], &i.to_string(), n)?;
+                if *a == Action::Replace {
+                    replaced(&mut stats, n);
+                }
+            }
+            Action::Refresh => dest.refresh_file(n)?,
+            Action::Keep => continue,
+        }
+        stats.files += 1;
     }
-    for n in sorted.iter().filter(|n| n.kind == NodeKind::Symlink) {
+    for (n, a) in plan.iter().filter(|(n, _)| n.kind == NodeKind::Symlink) {
+        if *a == Action::Keep {
+            continue;
+        }
         dest.place_symlink(n)?;
         stats.symlinks += 1;
+        if *a == Action::Replace {
+            replaced(&mut stats, n);
+        }
     }
     for s in staging {
         s.finish()?;
     }
     // Directories last, deepest first, so placing what they hold does not
     // disturb their times (and a read-only one was writable until now).
-    let mut dirs: Vec<&Node> = sorted
+    let mut dirs: Vec<&Node> = plan
         .iter()
-        .copied()
-        .filter(|n| n.kind == NodeKind::Dir)
+        .filter(|(n, a)| n.kind == NodeKind::Dir && *a != Action::Keep)
+        .map(|(n, _)| *n)
         .collect();
     dirs.sort_by_key(|n| std::cmp::Reverse(n.path.matches('/').count()));
     for n in dirs {

@@ -7,14 +7,18 @@
 //! directory below the target is entered with `openat(O_NOFOLLOW |
 //! O_DIRECTORY)` relative to its parent's handle, never by a path, and
 //! every file, symlink and mode is placed or set relative to such a handle.
-//! The rule for what already stands in the target (spec/repository.md,
-//! "Restoring into a directory that is not empty"):
+//! What already stands in the target is looked at first, through the same
+//! handles and changing nothing ([`TargetDir::probe`]); the `--overwrite`
+//! rule decides what happens to it (`super::existing`, spec/repository.md
+//! §3 "A restore never writes outside its target"). When the restore
+//! changes the target:
 //!
 //! - a symlink or file where the snapshot has a directory is removed (the
 //!   link itself, never what it points to) and the directory made;
-//! - a file or symlink where the snapshot has a file or symlink is replaced;
-//! - a directory where the snapshot has a file or symlink stops the restore
-//!   before anything in the target is changed ([`TargetDir::refuse_conflicts`]).
+//! - a file or symlink being replaced is renamed over;
+//! - a directory is never removed: where the snapshot has a file or
+//!   symlink, the rule keeps it or the restore stops before changing
+//!   anything.
 //!
 //! File contents are staged in a private directory at the target's top,
 //! `.cairn-restore-PID-XXXXXXXX` (mode 0700, files 0600; one more at the top
@@ -25,11 +29,10 @@
 //! and the next restore into the same target removes it.
 
 use crate::error::{Error, Result, ResultExt};
-use crate::repo::{Node, NodeKind};
+use crate::repo::Node;
 use rustix::fs::{self as rfs, AtFlags, Mode, OFlags, Timespec, Timestamps};
 use rustix::io::Errno;
 use std::collections::HashMap;
-use std::fs::FileType;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
@@ -125,35 +128,12 @@ impl TargetDir {
         Ok(())
     }
 
-    /// Stop before anything is changed if a directory stands in the target
-    /// where `nodes` has a file or a symlink. Looks through the target
-    /// without following symlinks: below a symlink or file, everything is
-    /// new, since the restore replaces it.
-    pub(super) fn refuse_conflicts(&self, nodes: &[&Node]) -> Result<()> {
-        let mut seen: HashMap<&str, Option<FileType>> = HashMap::new();
-        let kind = |rel: &'_ str| -> Option<FileType> {
-            std::fs::symlink_metadata(self.path.join(rel))
-                .ok()
-                .map(|m| m.file_type())
-        };
-        'nodes: for n in nodes {
-            for (i, _) in n.path.match_indices('/') {
-                let prefix = &n.path[..i];
-                let t = *seen.entry(prefix).or_insert_with(|| kind(prefix));
-                if !t.is_some_and(|t| t.is_dir()) {
-                    continue 'nodes; // missing, or replaced by a directory
-                }
-            }
-            if n.kind != NodeKind::Dir && kind(&n.path).is_some_and(|t| t.is_dir()) {
-                return Err(Error::usage(format!(
-                    "{} is a directory in the target, where the snapshot has a {}; nothing was restored",
-                    self.show(&n.path),
-                    if n.kind == NodeKind::Symlink { "symlink" } else { "file" },
-                ))
-                .with_hint("move that directory away, or restore into an empty directory"));
-            }
+    /// A look at what already stands in the target, changing nothing.
+    pub(super) fn probe(&self) -> Probe<'_> {
+        Probe {
+            target: self,
+            last: None,
         }
-        Ok(())
     }
 
     /// Where each of `files` is staged: below the target, the directory to
@@ -326,6 +306,25 @@ impl TargetDir {
         }
     }
 
+    /// Give file `n`, already in the target with the snapshot's content,
+    /// the snapshot's owner, mode and times (never through a symlink).
+    pub(super) fn refresh_file(&mut self, n: &Node) -> Result<()> {
+        let shown = self.show(&n.path);
+        let (parent, name) = split(&n.path);
+        let root_user = self.root_user;
+        let dir = self.dir(parent)?;
+        let fd = rfs::openat(
+            dir,
+            name,
+            OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(errno)
+        .ctx(|| format!("opening {shown}"))?;
+        set_meta(fd.as_fd(), n, root_user)
+            .ctx(|| format!("setting the owner, mode and times of {shown}"))
+    }
+
     /// Create symlink `n` (made beside its place, then renamed over it).
     pub(super) fn place_symlink(&mut self, n: &Node) -> Result<()> {
         let shown = self.show(&n.path);
@@ -425,6 +424,143 @@ fn copy_into(
     copied?;
     let _ = rfs::unlinkat(staging, staged, AtFlags::empty());
     Ok(())
+}
+
+/// What stands in the target at a path, looked at without following a
+/// symlink anywhere on the way.
+#[derive(Debug)]
+pub(super) enum Standing {
+    /// Nothing (or a directory on the way is missing).
+    Missing,
+    /// A directory on the way is not one: a symlink, file or other thing
+    /// stands there instead.
+    Below,
+    Dir,
+    File {
+        size: u64,
+        mtime_ns: i64,
+    },
+    Symlink {
+        target: Vec<u8>,
+        mtime_ns: i64,
+    },
+    /// A device, FIFO or socket.
+    Other {
+        mtime_ns: i64,
+    },
+}
+
+/// A directory below the target, for [`Probe`]: open, missing, or not a
+/// directory.
+enum Entered {
+    Dir(OwnedFd),
+    Missing,
+    NotDir,
+}
+
+/// Looks at what stands in the target (see [`TargetDir::probe`]),
+/// entering directories by handle as the restore itself does.
+pub(super) struct Probe<'a> {
+    target: &'a TargetDir,
+    /// The directory looked into last: paths come in order, so most share it.
+    last: Option<(String, Entered)>,
+}
+
+impl Probe<'_> {
+    fn enter(&mut self, rel: &str) -> Result<&Entered> {
+        if self.last.as_ref().is_none_or(|(p, _)| p != rel) {
+            let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+            let mut cur: Option<OwnedFd> = None;
+            let mut entered = None;
+            let mut at = 0;
+            if !rel.is_empty() {
+                for name in rel.split('/') {
+                    at += name.len();
+                    let parent = cur.as_ref().map_or(self.target.root.as_fd(), |f| f.as_fd());
+                    match rfs::openat(parent, name, flags, Mode::empty()) {
+                        Ok(fd) => cur = Some(fd),
+                        Err(Errno::NOENT) => {
+                            entered = Some(Entered::Missing);
+                            break;
+                        }
+                        Err(Errno::LOOP) | Err(Errno::NOTDIR) => {
+                            entered = Some(Entered::NotDir);
+                            break;
+                        }
+                        Err(e) => {
+                            return Err(errno(e))
+                                .ctx(|| format!("opening {}", self.target.show(&rel[..at])))
+                        }
+                    }
+                    at += 1;
+                }
+            }
+            let entered = match (entered, cur) {
+                (Some(e), _) => e,
+                (None, Some(fd)) => Entered::Dir(fd),
+                (None, None) => Entered::Dir(
+                    self.target
+                        .root
+                        .try_clone()
+                        .ctx(|| format!("opening {}", self.target.path.display()))?,
+                ),
+            };
+            self.last = Some((rel.to_string(), entered));
+        }
+        match &self.last {
+            Some((_, e)) => Ok(e),
+            None => Err(Error::failure("no directory looked into")),
+        }
+    }
+
+    /// What stands at `rel` below the target.
+    pub(super) fn standing(&mut self, rel: &str) -> Result<Standing> {
+        let (parent, name) = split(rel);
+        let shown = self.target.show(rel);
+        let dir = match self.enter(parent)? {
+            Entered::Dir(fd) => fd,
+            Entered::Missing => return Ok(Standing::Missing),
+            Entered::NotDir => return Ok(Standing::Below),
+        };
+        let st = match rfs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(st) => st,
+            Err(Errno::NOENT) => return Ok(Standing::Missing),
+            Err(e) => return Err(errno(e)).ctx(|| format!("looking at {shown}")),
+        };
+        let mtime_ns = st.st_mtime as i64 * 1_000_000_000 + st.st_mtime_nsec as i64;
+        Ok(match rfs::FileType::from_raw_mode(st.st_mode as _) {
+            rfs::FileType::Directory => Standing::Dir,
+            rfs::FileType::RegularFile => Standing::File {
+                size: st.st_size as u64,
+                mtime_ns,
+            },
+            rfs::FileType::Symlink => Standing::Symlink {
+                target: rfs::readlinkat(dir, name, Vec::new())
+                    .map_err(errno)
+                    .ctx(|| format!("reading symlink {shown}"))?
+                    .into_bytes(),
+                mtime_ns,
+            },
+            _ => Standing::Other { mtime_ns },
+        })
+    }
+
+    /// The regular file at `rel`, open for reading (never through a
+    /// symlink); `None` when something else stands there now.
+    pub(super) fn open_file(&mut self, rel: &str) -> Result<Option<std::fs::File>> {
+        let (parent, name) = split(rel);
+        let Entered::Dir(dir) = self.enter(parent)? else {
+            return Ok(None);
+        };
+        let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
+        let fd = match rfs::openat(dir, name, flags, Mode::empty()) {
+            Ok(fd) => fd,
+            Err(_) => return Ok(None),
+        };
+        let f = std::fs::File::from(fd);
+        let regular = f.metadata().map(|m| m.is_file()).unwrap_or(false);
+        Ok(regular.then_some(f))
+    }
 }
 
 /// The private directory a restore stages file contents in; removed with

@@ -215,6 +215,53 @@ fn restore_include_restores_only_that_subtree() {
     assert!(!r.join("data.bin").exists());
 }
 
+/// Issue 27, item 9: an `--include` that matches nothing is an error
+/// (exit 2) naming the pattern, with the stored paths near it — also when
+/// it is a prefix of a stored name (`etc/secret.ke`), which used to
+/// restore the directory above it alone and exit 0, and when another
+/// pattern matches.
+#[test]
+fn an_include_that_matches_nothing_is_an_error_naming_it() {
+    let env = Env::init();
+    let src = env.path("src");
+    make_sample_tree(&src);
+    env.snapshot(&[&src]);
+    let target = env.path("out");
+    let t = target.to_str().unwrap();
+    let etc = src.join("etc").display().to_string();
+    let near = format!("{etc}/secret.ke");
+    for includes in [vec![near.as_str()], vec![etc.as_str(), near.as_str()]] {
+        let mut args = vec!["restore", "latest", "--target", t];
+        for i in &includes {
+            args.extend(["--include", i]);
+        }
+        let (code, err) = code_and_stderr(&env.run(&args));
+        assert_eq!(code, 2, "{includes:?}: {err}");
+        assert!(
+            err.contains(&format!("--include {near} matches nothing")),
+            "{err}"
+        );
+        assert!(err.contains("nothing was restored"), "{err}");
+        assert!(
+            err.contains(&format!("{}/secret.key", etc.trim_start_matches('/'))),
+            "the hint names the stored path it may have meant: {err}"
+        );
+        assert!(!target.exists(), "nothing was restored");
+    }
+    // A whole name below matches; a leading or trailing / is optional.
+    env.ok(&[
+        "restore",
+        "latest",
+        "--target",
+        t,
+        "--include",
+        &format!("{}/secret.key/", etc.trim_start_matches('/')),
+    ]);
+    let r = restored(&target, &src);
+    assert_eq!(std::fs::read(r.join("etc/secret.key")).unwrap(), b"k3y");
+    assert!(!r.join("etc/app").exists());
+}
+
 #[test]
 fn a_file_over_2_gib_round_trips() {
     let env = Env::init();
@@ -305,7 +352,14 @@ fn restore_never_writes_through_a_symlink_planted_in_the_target() {
     std::fs::create_dir_all(planted.parent().unwrap()).unwrap();
     std::os::unix::fs::symlink(&o, &planted).unwrap();
 
-    env.ok(&["restore", &id, "--target", target.to_str().unwrap()]);
+    env.ok(&[
+        "restore",
+        &id,
+        "--target",
+        target.to_str().unwrap(),
+        "--overwrite",
+        "always",
+    ]);
     assert_untouched(&o);
     assert!(
         std::fs::symlink_metadata(&planted).unwrap().is_dir(),
@@ -331,11 +385,18 @@ fn restoring_a_symlink_and_then_a_directory_of_that_name_stays_in_the_target() {
     let target = env.path("out");
     let t = target.to_str().unwrap();
     env.ok(&["restore", &with_link, "--target", t]);
-    env.ok(&["restore", &with_dir, "--target", t]);
+    env.ok(&["restore", &with_dir, "--target", t, "--overwrite", "always"]);
     assert_untouched(&o);
     assert_same_tree(&src, &restored(&target, &src));
     // And back: the directory's place taken by the symlink again.
-    let out = env.run(&["restore", &with_link, "--target", t]);
+    let out = env.run(&[
+        "restore",
+        &with_link,
+        "--target",
+        t,
+        "--overwrite",
+        "always",
+    ]);
     let (code, err) = code_and_stderr(&out);
     assert_eq!(
         code, 2,
@@ -361,7 +422,14 @@ fn a_directory_where_a_file_goes_stops_the_restore_before_anything_changes() {
     std::fs::create_dir_all(r.join("b")).unwrap();
     std::fs::write(r.join("a"), "old a").unwrap();
 
-    let out = env.run(&["restore", &id, "--target", target.to_str().unwrap()]);
+    let out = env.run(&[
+        "restore",
+        &id,
+        "--target",
+        target.to_str().unwrap(),
+        "--overwrite",
+        "if-changed",
+    ]);
     let (code, err) = code_and_stderr(&out);
     assert_eq!(code, 2, "{err}");
     assert!(

@@ -499,9 +499,16 @@ fn a_failed_restore_leaves_the_files_already_in_the_target_as_they_were() {
     staged(&target, &mut found);
     assert!(found.is_empty(), "temporary files left behind: {found:?}");
 
-    // Restored again from the intact snapshot A, the edits are undone.
-    s.env
-        .ok(&["restore", &s.a, "--target", target.to_str().unwrap()]);
+    // Restored again from the intact snapshot A, replacing what differs,
+    // the edits are undone.
+    s.env.ok(&[
+        "restore",
+        &s.a,
+        "--target",
+        target.to_str().unwrap(),
+        "--overwrite",
+        "if-changed",
+    ]);
     assert_same_tree(&s.x, &x);
 }
 
@@ -579,8 +586,9 @@ fn issue_24_forget_by_id_refuses_unknown_ids_and_mixed_rules() {
     let x = env.path("x");
     make_sample_tree(&x);
     let a = env.snapshot(&[&x]);
+    // An id that matches nothing is a usage mistake (issue 27, item 9).
     let (code, err) = code_and_stderr(&env.run(&["forget", "0123456789abcdef"]));
-    assert_eq!(code, 1, "{err}");
+    assert_eq!(code, 2, "{err}");
     assert!(
         err.contains("0123456789abcdef") && err.contains("hint:"),
         "{err}"

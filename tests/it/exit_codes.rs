@@ -279,3 +279,174 @@ fn a_repository_with_an_unknown_format_feature_is_refused_with_a_hint() {
     std::fs::write(&config_path, serde_json::to_vec(&config).unwrap()).unwrap();
     env.ok(&["snapshots"]);
 }
+
+/// The exit codes of README's table, in order.
+fn readme_exit_codes() -> Vec<i32> {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let table = readme
+        .split("## Exit codes")
+        .nth(1)
+        .expect("README has an Exit codes section");
+    table
+        .lines()
+        .skip_while(|l| !l.starts_with('|'))
+        .take_while(|l| l.starts_with('|'))
+        .filter_map(|l| l.trim_matches('|').split('|').next()?.trim().parse().ok())
+        .collect()
+}
+
+/// Issue 27, item 9: `cairn --help` lists every code of README's table
+/// (it left out 4), and nothing else.
+#[test]
+fn help_lists_every_exit_code_of_the_readme() {
+    let env = Env::new();
+    let out = env.run(&["--help"]);
+    assert!(out.status.success());
+    let help = String::from_utf8_lossy(&out.stdout);
+    let list = help
+        .split("Exit codes:")
+        .nth(1)
+        .expect("--help has an exit code list");
+    let list = list.split_whitespace().collect::<Vec<_>>().join(" ");
+    let list = list.split('.').next().unwrap();
+    let in_help: Vec<i32> = list
+        .split(", ")
+        .map(|item| item.split(' ').next().unwrap().parse().unwrap())
+        .collect();
+    let in_readme = readme_exit_codes();
+    assert!(in_readme.contains(&4), "{in_readme:?}");
+    assert_eq!(in_help, in_readme, "help: {list}");
+}
+
+/// Issue 27, item 9: a password or identity file that is not there is a
+/// usage mistake (exit 2, the file named, a hint), not a failure.
+#[test]
+fn a_missing_password_or_identity_file_is_2() {
+    let env = Env::init();
+    let missing = env.path("no-such-password");
+    let mut c = env.cmd();
+    c.env("CAIRN_PASSWORD_FILE", &missing).arg("snapshots");
+    let (code, err) = code_and_stderr(&c.output().unwrap());
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains(&format!("cannot read password file {}", missing.display())),
+        "{err}"
+    );
+    assert!(err.contains("hint:"), "{err}");
+    let (code, err) =
+        code_and_stderr(&env.run(&["--password-file", missing.to_str().unwrap(), "snapshots"]));
+    assert_eq!(code, 2, "{err}");
+    let mut c = env.cmd();
+    c.env("CAIRN_IDENTITY_FILE", env.path("no-such-identity"))
+        .arg("snapshots");
+    let (code, err) = code_and_stderr(&c.output().unwrap());
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("cannot read identity file"), "{err}");
+    // An id that matches no snapshot is a mistake too.
+    let (code, err) = code_and_stderr(&env.run(&["restore", "abcdef12", "--target", "/tmp/x"]));
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("no snapshot matches"), "{err}");
+}
+
+/// A TCP port on 127.0.0.1 that nothing listens on.
+fn closed_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
+/// Issue 27, item 9: any server that cannot be reached is exit 4, as a
+/// Kafka broker is: PostgreSQL refusing the connection or a host name that
+/// does not resolve, for a snapshot and for a restore's target.
+#[test]
+fn an_unreachable_postgres_server_is_4() {
+    let env = Env::init();
+    let refused = format!("postgres://postgres@127.0.0.1:{}/postgres", closed_port());
+    let unknown = "postgres://postgres@cairn-no-such-host.invalid/postgres".to_string();
+    for url in [&refused, &unknown] {
+        let (code, err) = code_and_stderr(&output_within(
+            env.cmd().args(["snapshot", "--postgres", url]),
+            120,
+        ));
+        assert_eq!(code, 4, "{url}: {err}");
+        assert!(
+            err.contains("cannot connect to postgres://postgres@"),
+            "{err}"
+        );
+        assert!(err.contains("hint: check that the server runs"), "{err}");
+    }
+    assert!(env.snapshot_ids().is_empty());
+    // Two PostgreSQL sources of a plan, both unreachable: still 4.
+    let plan = env.write_plan(&format!(
+        "source \"a\" kind=\"postgres\" {{\n    url \"{refused}\"\n}}\n\
+         source \"b\" kind=\"postgres\" {{\n    url \"{refused}\"\n}}\n"
+    ));
+    let (code, err) = code_and_stderr(&output_within(
+        env.plan_cmd()
+            .args(["snapshot", "--plan", plan.to_str().unwrap()]),
+        120,
+    ));
+    assert_eq!(code, 4, "{err}");
+    assert!(err.contains("every source failed"), "{err}");
+}
+
+/// Issue 27, item 9: a host that never answers (here: a listener whose
+/// queue is full, so the kernel drops the connection attempt, as a
+/// firewall would) no longer hangs: cairn gives up after its connect
+/// timeout (10 s by default) and exits 4. The bound below only stops a
+/// hang; it is not a timing assertion.
+#[test]
+fn a_postgres_server_that_never_answers_is_4_after_the_connect_timeout() {
+    use std::os::fd::AsRawFd;
+    let env = Env::init();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    // SAFETY: listen(2) on a socket this test owns; it only changes the backlog.
+    assert_eq!(unsafe { libc::listen(listener.as_raw_fd(), 0) }, 0);
+    let port = listener.local_addr().unwrap().port();
+    // Fill the queue: from now on, connection attempts are dropped.
+    let mut queued = Vec::new();
+    loop {
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+        match std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(1)) {
+            Ok(s) => queued.push(s),
+            Err(_) => break,
+        }
+        assert!(queued.len() < 16, "the listen queue never filled");
+    }
+    let url = format!("postgres://postgres@127.0.0.1:{port}/postgres");
+    let (code, err) = code_and_stderr(&output_within(
+        env.cmd().args(["snapshot", "--postgres", &url]),
+        90,
+    ));
+    assert_eq!(code, 4, "{err}");
+    assert!(err.contains("timeout"), "{err}");
+    assert!(err.contains("connect_timeout"), "{err}");
+    // A URL's connect_timeout is used instead.
+    let url = format!("{url}?connect_timeout=1");
+    let (code, err) = code_and_stderr(&output_within(
+        env.cmd().args(["snapshot", "--postgres", &url]),
+        90,
+    ));
+    assert_eq!(code, 4, "{err}");
+    assert!(err.contains("waits 1s"), "{err}");
+    drop(queued);
+}
+
+/// Issue 27, item 9: an object store that cannot be reached is exit 4.
+#[test]
+fn an_unreachable_object_store_is_4() {
+    let mut env = Env::new();
+    env.location = Some("s3://bucket/repo".into());
+    env.extra_env = vec![
+        (
+            "AWS_ENDPOINT_URL".into(),
+            format!("http://127.0.0.1:{}", closed_port()),
+        ),
+        ("AWS_ACCESS_KEY_ID".into(), "cairn-test".into()),
+        ("AWS_SECRET_ACCESS_KEY".into(), "cairn-test-secret".into()),
+    ];
+    let (code, err) = code_and_stderr(&output_within(env.cmd().arg("snapshots"), 300));
+    assert_eq!(code, 4, "{err}");
+    assert!(err.contains("cannot reach the object store"), "{err}");
+    assert!(err.contains("hint: check AWS_ENDPOINT_URL"), "{err}");
+}

@@ -408,13 +408,23 @@ fn a_dump_failure_fails_the_snapshot_and_records_nothing() {
     let (code, err) = code_and_stderr(&out);
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("database \"nope\" does not exist"), "{err}");
-    let url = source.url();
-    source.stop().unwrap();
-    let out = env.run(&["snapshot", "--postgres", &url]);
-    let (code, err) = code_and_stderr(&out);
-    assert_eq!(code, 1, "{err}");
-    assert!(err.contains("cannot connect"), "{err}");
     assert!(env.snapshot_ids().is_empty());
+    let url = source.url();
+    env.ok(&["snapshot", "--postgres", &url, "--database", "postgres"]);
+    let saved = env.snapshot_ids();
+    source.stop().unwrap();
+    // A stopped server cannot be reached: exit 4, as for Kafka (issue 27),
+    // to back up from and to restore into.
+    for args in [
+        vec!["snapshot", "--postgres", &url],
+        vec!["restore", "latest", "--to", &url],
+    ] {
+        let (code, err) = code_and_stderr(&env.run(&args));
+        assert_eq!(code, 4, "{args:?}: {err}");
+        assert!(err.contains("cannot connect"), "{err}");
+        assert!(err.contains("hint: check that the server runs"), "{err}");
+    }
+    assert_eq!(env.snapshot_ids(), saved);
 }
 
 #[test]

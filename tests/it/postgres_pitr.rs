@@ -374,3 +374,27 @@ fn a_physical_snapshot_gives_up_when_archiving_fails() {
     let snaps: serde_json::Value = serde_json::from_str(&pg.ok(&["snapshots", "--json"])).unwrap();
     assert_eq!(snaps.as_array().unwrap().len(), 0, "{snaps}");
 }
+
+/// Issue 27, item 9: restoring a physical snapshot the logical way
+/// (`restore latest --to URL`) is a usage mistake that names the way to
+/// restore it (it said "missing field `globals`"), before any server is
+/// contacted: the URL's port is closed.
+#[test]
+fn restore_to_a_url_of_a_physical_snapshot_names_pgdata_and_at() {
+    let pg = PgEnv::new();
+    let cluster = ScratchCluster::start(&[]).unwrap();
+    pg.ok(&["snapshot", "--postgres", &cluster.url(), "--physical"]);
+    let port = free_port().unwrap();
+    let url = format!("postgres://postgres@127.0.0.1:{port}/postgres");
+    let (code, err) = code_and_stderr(&pg.run(&["restore", "latest", "--to", &url]));
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("has no logical PostgreSQL source to restore with --to URL"),
+        "{err}"
+    );
+    assert!(
+        err.contains("postgres is a physical PostgreSQL source (restore it with --pgdata DIR --at TIME --source postgres"),
+        "{err}"
+    );
+    assert!(!err.contains("globals"), "{err}");
+}

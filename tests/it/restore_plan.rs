@@ -186,7 +186,7 @@ fn services_stop_dependents_first_and_start_dependencies_first() {
             "stop service web",
             "stop service app",
             "stop service db",
-            "restore source conf (files) below {root}",
+            "restore source conf (files) below {root}, keeping files that exist (--overwrite never)",
             "start service db",
             "start service app",
             "start service web",

@@ -7,11 +7,10 @@
 //! a real snapshot of the plan, written through the library (the CLI cannot
 //! back up in the past, and as root no file is unreadable).
 
+use crate::common::daemon::{Served, TOKEN};
 use crate::common::{code_and_stderr, make_sample_tree, Env};
 use cairn::repo::{Snapshot, SnapshotId, SourceStatus};
-use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 fn open(env: &Env) -> cairn::Repository {
@@ -179,82 +178,19 @@ fn a_failing_source_does_not_freeze_retention() {
     assert_eq!(left, want);
 }
 
-/// `cairn serve` in the foreground, its log collected.
-struct Daemon {
-    child: Child,
-    log: std::sync::Arc<std::sync::Mutex<String>>,
-}
-
-impl Daemon {
-    fn start(env: &Env, plan: &Path) -> Daemon {
-        let mut child = env
-            .plan_cmd()
-            .args(["serve", "-v", "--plan"])
-            .arg(plan)
-            .args(["--check-every", "1s", "--state-dir"])
-            .arg(env.path("state"))
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
-        let sink = log.clone();
-        let mut err = child.stderr.take().unwrap();
-        std::thread::spawn(move || {
-            let mut buf = [0u8; 4096];
-            while let Ok(n) = err.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                sink.lock()
-                    .unwrap()
-                    .push_str(&String::from_utf8_lossy(&buf[..n]));
-            }
-        });
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        assert!(line.contains("cairn serve"), "{line:?}");
-        Daemon { child, log }
-    }
-
-    fn log(&self) -> String {
-        self.log.lock().unwrap().clone()
-    }
-
-    /// Wait (at most `secs`) for `needle` in the log.
-    fn wait_for(&self, needle: &str, secs: u64) -> String {
-        let deadline = Instant::now() + Duration::from_secs(secs);
-        loop {
-            let log = self.log();
-            if log.contains(needle) {
-                return log;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no {needle:?} in the log:\n{log}"
-            );
-            std::thread::sleep(Duration::from_millis(200));
+/// Wait (at most `secs`) for `needle` in the daemon's log.
+fn wait_log(d: &Served, needle: &str, secs: u64) -> String {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        let log = d.log();
+        if log.contains(needle) {
+            return log;
         }
-    }
-
-    fn stop(mut self) -> String {
-        // SAFETY: kill(2) on our own child's pid.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while self.child.try_wait().unwrap().is_none() {
-            assert!(Instant::now() < deadline, "serve did not stop on SIGTERM");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        self.log()
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        assert!(
+            Instant::now() < deadline,
+            "no {needle:?} in the log:\n{log}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
     }
 }
 
@@ -274,9 +210,9 @@ fn the_daemon_applies_retention_per_source() {
         ),
     );
     let ids = ten_bad_days(&env, &plan);
-    let d = Daemon::start(&env, &plan);
-    d.wait_for("retention applied", 60);
-    let log = d.stop();
+    let d = Served::start(&env, &plan);
+    wait_log(&d, "retention applied", 60);
+    let (_, log) = d.stop();
     assert!(log.contains("daily 3/3 used for etc"), "{log}");
     let mut left = env.snapshot_ids();
     left.sort();
@@ -310,11 +246,11 @@ fn a_missed_backup_is_checked_per_source() {
     let out = env.run_plan(&["snapshot", "--plan", p]);
     assert_eq!(code_and_stderr(&out).0, 3, "flaky fails: incomplete");
 
-    let d = Daemon::start(&env, &plan);
-    d.wait_for("missed backup: flaky, none for 2h", 60);
+    let d = Served::start(&env, &plan);
+    wait_log(&d, "missed backup: flaky, none for 2h", 60);
     // A second round of checks, to be sure etc is not alerted either.
     std::thread::sleep(Duration::from_millis(2500));
-    let log = d.stop();
+    let (_, log) = d.stop();
     assert!(!log.contains("missed backup: etc"), "{log}");
 }
 
@@ -336,9 +272,9 @@ fn restore_tests_take_snapshots_with_a_complete_source() {
     );
     let out = env.run_plan(&["snapshot", "--plan", plan.to_str().unwrap()]);
     assert_eq!(code_and_stderr(&out).0, 3, "{}", code_and_stderr(&out).1);
-    let d = Daemon::start(&env, &plan);
-    d.wait_for("outcome=\"passed\"", 120);
-    let log = d.stop();
+    let d = Served::start(&env, &plan);
+    wait_log(&d, "outcome=\"passed\"", 120);
+    let (_, log) = d.stop();
     let snaps = env.json(&["snapshots"]);
     assert_eq!(snaps[0]["complete"], false, "{snaps}");
     assert_eq!(snaps[0]["proof"]["passed"], true, "{snaps}\n{log}");
@@ -360,8 +296,9 @@ fn snapshots_of_a_plan_are_found_from_another_directory() {
         &env,
         &a.join("plan.kdl"),
         &format!(
-            "source \"etc\" kind=\"files\" {{\n    path \"{}\"\n}}\n",
-            etc.display()
+            "source \"etc\" kind=\"files\" {{\n    path \"{}\"\n}}\napi {{\n    listen \"127.0.0.1:8420\"\n    token \"tests\" hash=\"blake3:{}\"\n}}\n",
+            etc.display(),
+            blake3::hash(TOKEN.as_bytes()).to_hex()
         ),
     );
     let out = run_in(&env, &a, &["snapshot", "--plan", "plan.kdl"]);
@@ -393,6 +330,12 @@ fn snapshots_of_a_plan_are_found_from_another_directory() {
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["snapshots"].as_array().unwrap().len(), 1, "{v}");
     assert_eq!(v["plan"], canonical.to_str().unwrap());
+
+    // The daemon, started in B with the plan's path from there, counts it.
+    let d = Served::start_from(&env, Path::new("../a/plan.kdl"), &b, &env.path("state"));
+    let status = d.status();
+    assert_eq!(status["snapshots"], 1, "{status}");
+    d.stop();
 
     // Recorded by an older cairn: `plan.kdl` as typed in directory A.
     let (_, base) = only_snapshot(&env);

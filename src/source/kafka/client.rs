@@ -68,8 +68,13 @@ impl KafkaOptions {
 
     /// Read librdkafka properties (`key=value` lines, `#` comments) from a file.
     pub fn load_properties(&mut self, path: &Path) -> Result<()> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| Error::io(format!("reading Kafka properties {}", path.display()), e))?;
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            Error::usage(format!(
+                "cannot read Kafka properties {}: {e}",
+                path.display()
+            ))
+            .with_hint("check the path given by --kafka-config (or kafka-config in the plan)")
+        })?;
         for (i, line) in text.lines().enumerate() {
             let line = line.trim();
             if line.is_empty() || line.starts_with('#') {

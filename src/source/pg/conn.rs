@@ -2,7 +2,13 @@
 //! password stays out of every log and command line; the settings every
 //! cairn session runs with; server errors in the server's own words.
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Kind, Result};
+use std::time::Duration;
+
+/// How long cairn and PostgreSQL's tools wait for a server to accept a
+/// connection when the URL sets no `connect_timeout`: a host that drops
+/// packets fails (exit 4) instead of hanging.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Settings every cairn session uses, so row text (and so checksums) does not
 /// depend on the server's or the client's defaults.
@@ -59,6 +65,9 @@ impl Target {
         if let Some(pw) = std::env::var_os("PGPASSWORD") {
             config.password(pw.into_encoded_bytes());
         }
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(DEFAULT_CONNECT_TIMEOUT);
+        }
         let host = match config.get_hosts().first() {
             Some(postgres::config::Host::Tcp(h)) => h.clone(),
             Some(postgres::config::Host::Unix(p)) => p.display().to_string(),
@@ -91,14 +100,45 @@ impl Target {
         self.config.get_dbname().unwrap_or("postgres").to_string()
     }
 
+    /// How long to wait for the server to accept a connection: the URL's
+    /// `connect_timeout`, else [`DEFAULT_CONNECT_TIMEOUT`].
+    pub fn connect_timeout(&self) -> Duration {
+        self.config
+            .get_connect_timeout()
+            .copied()
+            .unwrap_or(DEFAULT_CONNECT_TIMEOUT)
+    }
+
+    /// The hint for a server that could not be reached.
+    pub(crate) fn unreachable_hint(&self) -> String {
+        format!(
+            "check that the server runs and that host and port are right; cairn waits {} for it \
+             to accept a connection (set connect_timeout=SECONDS in the URL to change that)",
+            humantime::format_duration(self.connect_timeout())
+        )
+    }
+
+    /// The error for this server not being reachable (exit 4).
+    pub(crate) fn unreachable(&self, message: String) -> Error {
+        Error::new(Kind::Unavailable, message).with_hint(self.unreachable_hint())
+    }
+
+    /// A connection to database `db`. A server that cannot be reached
+    /// (refused, unknown host, no answer within the connect timeout, or
+    /// not accepting connections yet) is [`Kind::Unavailable`] (exit 4);
+    /// one that refuses us is a failure.
     pub fn connect(&self, db: &str) -> Result<postgres::Client> {
-        let mut client = self
-            .with_db(db)
-            .connect(postgres::NoTls)
-            .map_err(|e| {
-                Error::failure(format!("cannot connect to {}/{db}: {}", self.shown, describe(&e)))
-                    .with_hint("check that the server runs and accepts the user; the password comes from PGPASSWORD or PGPASSFILE")
-            })?;
+        let mut client = self.with_db(db).connect(postgres::NoTls).map_err(|e| {
+            let message = format!("cannot connect to {}/{db}: {}", self.shown, describe(&e));
+            if is_unreachable(&e) {
+                self.unreachable(message)
+            } else {
+                Error::failure(message).with_hint(
+                    "check that the server accepts the user and the database exists; \
+                     the password comes from PGPASSWORD or PGPASSFILE",
+                )
+            }
+        })?;
         client
             .batch_execute(SESSION_SETUP)
             .map_err(|e| pg_err(self, db, e))?;
@@ -123,13 +163,62 @@ impl Target {
             env.push(("PGPASSWORD", String::from_utf8_lossy(pw).into_owned()));
         }
         env.push(("PGDATABASE", db.to_string()));
-        env.push(("PGCONNECT_TIMEOUT", "10".into()));
+        // libpq takes whole seconds, and at least 2.
+        let secs = self.connect_timeout().as_secs().max(2);
+        env.push(("PGCONNECT_TIMEOUT", secs.to_string()));
         env
     }
 }
 
 pub(super) fn pg_err(t: &Target, db: &str, e: postgres::Error) -> Error {
     Error::failure(format!("{}/{db}: {}", t.shown, describe(&e)))
+}
+
+/// Whether a failed connection means the server could not be reached —
+/// refused, unknown host, no answer in time (tokio-postgres's `Connect`
+/// and `Timeout` errors: an I/O error, or none at all, never a server's
+/// message), or a server starting up or shutting down — rather than that
+/// it answered and refused us (authentication, a missing database).
+fn is_unreachable(e: &postgres::Error) -> bool {
+    if let Some(db) = e.as_db_error() {
+        return *db.code() == postgres::error::SqlState::CANNOT_CONNECT_NOW;
+    }
+    let mut cause = std::error::Error::source(e);
+    while let Some(c) = cause {
+        if c.is::<std::io::Error>() {
+            return true;
+        }
+        cause = c.source();
+    }
+    // The timeout carries no cause; its words are tokio-postgres's.
+    e.to_string().starts_with("timeout waiting for server")
+}
+
+/// Whether a PostgreSQL tool's standard error says the server could not be
+/// reached, in libpq's words (`pg_dump`, `pg_basebackup`, `psql`, …).
+pub(crate) fn says_unreachable(stderr: &str) -> bool {
+    const WORDS: [&str; 8] = [
+        "Connection refused",
+        "could not translate host name",
+        "timeout expired",
+        "No route to host",
+        "Network is unreachable",
+        "Is the server running",
+        "the database system is starting up",
+        "the database system is shutting down",
+    ];
+    WORDS.iter().any(|w| stderr.contains(w))
+}
+
+/// A PostgreSQL tool's failure: [`Kind::Unavailable`], with the hint to
+/// match, when its error says the server could not be reached.
+pub(crate) fn tool_failure(target: &Target, e: Error) -> Error {
+    if e.kind() == Kind::Failure && says_unreachable(e.message()) {
+        let hint = target.unreachable_hint();
+        e.with_kind(Kind::Unavailable).with_hint(hint)
+    } else {
+        e
+    }
 }
 
 /// postgres::Error's Display says only "db error"; show the server's words.
@@ -142,6 +231,73 @@ pub(super) fn describe(e: &postgres::Error) -> String {
             }
             s
         }
-        None => e.to_string(),
+        // "error connecting to server", and why.
+        None => {
+            let mut s = e.to_string();
+            let mut cause = std::error::Error::source(e);
+            while let Some(c) = cause {
+                s.push_str(&format!(": {c}"));
+                cause = c.source();
+            }
+            s
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// libpq's own words, from the real `pg_dump`, for a port nothing
+    /// listens on and a host that does not resolve, are read as an
+    /// unreachable server; a server's refusal is not.
+    #[test]
+    fn libpq_words_for_an_unreachable_server_are_recognised() {
+        let pg_dump = super::super::tools::pg_tool("pg_dump");
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        for url in [
+            format!("postgres://postgres@127.0.0.1:{port}/postgres"),
+            "postgres://postgres@cairn-no-such-host.invalid/postgres".into(),
+        ] {
+            let t = Target::parse(&url).unwrap();
+            let out = match std::process::Command::new(&pg_dump)
+                .envs(t.tool_env("postgres"))
+                .arg("--schema-only")
+                .output()
+            {
+                Ok(out) => out,
+                Err(e) => {
+                    eprintln!("skipped: pg_dump cannot run ({e})");
+                    return;
+                }
+            };
+            assert!(!out.status.success());
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(says_unreachable(&err), "{url}: {err}");
+            let e = tool_failure(&t, Error::failure(format!("pg_dump failed: {err}")));
+            assert_eq!(e.kind(), Kind::Unavailable, "{err}");
+        }
+        assert!(!says_unreachable(
+            "pg_dump: error: connection to server at \"127.0.0.1\", port 5432 failed: \
+             FATAL:  password authentication failed for user \"backup\""
+        ));
+    }
+
+    #[test]
+    fn the_connect_timeout_is_the_urls_or_ten_seconds() {
+        let t = Target::parse("postgres://u@h/db").unwrap();
+        assert_eq!(t.connect_timeout(), DEFAULT_CONNECT_TIMEOUT);
+        assert!(t
+            .tool_env("db")
+            .contains(&("PGCONNECT_TIMEOUT", "10".into())));
+        let t = Target::parse("postgres://u@h/db?connect_timeout=3").unwrap();
+        assert_eq!(t.connect_timeout(), Duration::from_secs(3));
+        assert!(t
+            .tool_env("db")
+            .contains(&("PGCONNECT_TIMEOUT", "3".into())));
     }
 }

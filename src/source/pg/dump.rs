@@ -9,11 +9,11 @@
 //! (`PGPASSWORD`), never on a command line or in a log.
 
 use super::checksum::{large_objects_sum, relation_sum, relations, Proof, SumError};
-use super::conn::{pg_err, Target};
+use super::conn::{pg_err, tool_failure, Target};
 use super::meta::{DatabaseMeta, PgMeta, TableSum, COPY_METHOD};
 use super::tools::tool;
 use crate::archiver::Packer;
-use crate::error::{Error, Result};
+use crate::error::{Error, Kind, Result};
 use crate::progress::Progress;
 use crate::repo::postgres::PgBackupKind;
 use crate::repo::{Node, SourceKind};
@@ -38,6 +38,7 @@ fn dump_settings(cmd: &mut Command) {
 /// exit fails with the tail of its stderr. `observe` sees every piece.
 fn archive_command(
     packer: &mut Packer,
+    target: &Target,
     mut cmd: Command,
     what: &str,
     path: &str,
@@ -47,8 +48,11 @@ fn archive_command(
     let out = crate::source::command::store_command_output_observed(
         packer, &mut cmd, what, progress, observe,
     )
-    .map_err(|e| {
-        e.with_hint("is PostgreSQL's client installed? set CAIRN_PG_BIN to its bin directory")
+    .map_err(|e| match tool_failure(target, e) {
+        e if e.kind() == Kind::Failure => {
+            e.with_hint("is PostgreSQL's client installed? set CAIRN_PG_BIN to its bin directory")
+        }
+        e => e,
     })?;
     for line in out.stderr.lines().filter(|l| !l.trim().is_empty()) {
         tracing::warn!("{what}: {line}");
@@ -202,7 +206,9 @@ pub fn archive_logical(
             packer.set_chunking(Some(crate::chunk::Chunking::Cdc(dump_chunker(
                 packer.repo_chunker(),
             ))));
-            let node = archive_command(packer, cmd, &what, &path, &progress, |b| scan.feed(b));
+            let node = archive_command(packer, &target, cmd, &what, &path, &progress, |b| {
+                scan.feed(b)
+            });
             packer.set_base_stream(None);
             packer.set_chunking(None);
             let from_dump = scan.finish();
@@ -274,7 +280,7 @@ pub fn archive_logical(
     let globals = globals
         .join()
         .map_err(|_| Error::failure("the pg_dumpall thread panicked"))?;
-    nodes.insert(0, store_globals(packer, globals, &progress)?);
+    nodes.insert(0, store_globals(packer, &target, globals, &progress)?);
     progress.finish();
     let meta = serde_json::to_value(&meta).map_err(|e| Error::failure(e.to_string()))?;
     crate::source::stream::source_from_nodes(packer, source_name, SourceKind::Postgres, nodes, meta)
@@ -284,6 +290,7 @@ pub fn archive_logical(
 /// as a dump does when the tool could not start or failed.
 fn store_globals(
     packer: &mut Packer,
+    target: &Target,
     out: std::io::Result<std::process::Output>,
     progress: &Progress,
 ) -> Result<Node> {
@@ -294,11 +301,14 @@ fn store_globals(
     })?;
     let stderr = String::from_utf8_lossy(&out.stderr);
     if !out.status.success() {
-        return Err(Error::failure(format!(
-            "{what} failed ({}): {}",
-            out.status,
-            tail_lines(&stderr, 5)
-        )));
+        return Err(tool_failure(
+            target,
+            Error::failure(format!(
+                "{what} failed ({}): {}",
+                out.status,
+                tail_lines(&stderr, 5)
+            )),
+        ));
     }
     for line in stderr.lines().filter(|l| !l.trim().is_empty()) {
         tracing::warn!("{what}: {line}");

@@ -257,8 +257,11 @@ fn run_pg_basebackup(
         .arg("--manifest-checksums=CRC32C");
     let out =
         crate::source::command::store_command_output(packer, &mut cmd, "pg_basebackup", progress)
-            .map_err(|e| {
-            e.with_hint("set CAIRN_PG_BIN to PostgreSQL's bin directory if it is not found")
+            .map_err(|e| match super::conn::tool_failure(target, e) {
+            e if e.kind() == crate::error::Kind::Failure => {
+                e.with_hint("set CAIRN_PG_BIN to PostgreSQL's bin directory if it is not found")
+            }
+            e => e,
         })?;
     let (mut start_lsn, mut stop_lsn, mut timeline) = (String::new(), String::new(), 0u32);
     for line in out.stderr.lines() {

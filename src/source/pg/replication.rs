@@ -110,11 +110,11 @@ pub struct BaseBackup {
 pub fn start(target: &Target) -> Result<Start> {
     let config = target.config();
     let port = config.get_ports().first().copied().unwrap_or(5432);
-    let timeout = Duration::from_secs(10);
+    let timeout = target.connect_timeout();
     let stream = match config.get_hosts().first() {
         Some(postgres::config::Host::Tcp(h)) => {
             let addrs = std::net::ToSocketAddrs::to_socket_addrs(&(h.as_str(), port))
-                .map_err(|e| Error::failure(format!("cannot resolve {h}: {e}")))?;
+                .map_err(|e| target.unreachable(format!("cannot resolve {h}: {e}")))?;
             let mut last = None;
             let mut found = None;
             for a in addrs {
@@ -137,7 +137,7 @@ pub fn start(target: &Target) -> Result<Start> {
                     Stream::Tcp(s)
                 }
                 None => {
-                    return Err(Error::failure(format!(
+                    return Err(target.unreachable(format!(
                         "cannot connect to {}: {}",
                         target.shown(),
                         last.map(|e| e.to_string()).unwrap_or_default()
@@ -148,7 +148,7 @@ pub fn start(target: &Target) -> Result<Start> {
         Some(postgres::config::Host::Unix(dir)) => {
             let path = dir.join(format!(".s.PGSQL.{port}"));
             Stream::Unix(std::os::unix::net::UnixStream::connect(&path).map_err(|e| {
-                Error::failure(format!("cannot connect to {}: {e}", path.display()))
+                target.unreachable(format!("cannot connect to {}: {e}", path.display()))
             })?)
         }
         None => return Ok(Start::Unsupported("the URL names no host".into())),

@@ -4,8 +4,8 @@
 //! command line), as the `postgres` user where they refuse root, with
 //! their input or output piped.
 
-use super::conn::Target;
-use crate::error::{Error, Result};
+use super::conn::{says_unreachable, Target};
+use crate::error::{Error, Kind, Result};
 use crate::source::command::tail_lines;
 use std::io::Read;
 use std::path::PathBuf;
@@ -104,13 +104,24 @@ pub(super) fn feed_with(
     let _ = out_reader.join();
     let err = err_reader.join().unwrap_or_default();
     if !status.success() {
-        return Err(Error::failure(format!(
-            "{what} failed ({status}): {}",
-            tail_lines(&err, 5)
-        )));
+        return Err(failed(what, status, &err));
     }
     fed?;
     Ok(err)
+}
+
+/// A tool that exited non-zero, with the end of its standard error; a
+/// server it could not reach is [`Kind::Unavailable`] (exit 4).
+fn failed(what: &str, status: std::process::ExitStatus, stderr: &str) -> Error {
+    let message = format!("{what} failed ({status}): {}", tail_lines(stderr, 5));
+    if says_unreachable(stderr) {
+        Error::new(Kind::Unavailable, message).with_hint(
+            "check that the server runs and that host and port are right \
+             (connect_timeout=SECONDS in the URL sets how long to wait)",
+        )
+    } else {
+        Error::failure(message)
+    }
 }
 
 pub(super) fn run_tool_stdout(mut cmd: Command, what: &str) -> Result<String> {
@@ -119,11 +130,11 @@ pub(super) fn run_tool_stdout(mut cmd: Command, what: &str) -> Result<String> {
         .output()
         .map_err(|e| Error::io(format!("starting {what}"), e))?;
     if !out.status.success() {
-        return Err(Error::failure(format!(
-            "{what} failed ({}): {}",
+        return Err(failed(
+            what,
             out.status,
-            tail_lines(&String::from_utf8_lossy(&out.stderr), 5)
-        )));
+            &String::from_utf8_lossy(&out.stderr),
+        ));
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }

@@ -96,13 +96,22 @@ pub struct Served {
 impl Served {
     /// `cairn serve` as deployed: no `-v`, default log format.
     pub fn start(env: &Env, plan: &Path) -> Served {
-        Served::spawn(env.plan_cmd(), env, plan, &[])
+        Served::spawn(env.plan_cmd(), &env.path("state"), plan, &[])
+    }
+
+    /// Started in directory `cwd` with state directory `state` (a restart
+    /// elsewhere, as a unit or another shell would start it).
+    pub fn start_from(env: &Env, plan: &Path, cwd: &Path, state: &Path) -> Served {
+        std::fs::create_dir_all(cwd).unwrap();
+        let mut cmd = env.plan_cmd();
+        cmd.current_dir(cwd);
+        Served::spawn(cmd, state, plan, &[])
     }
 
     /// With more arguments (`--log-format json`, another `--check-every`:
     /// the last one given wins).
     pub fn start_with(env: &Env, plan: &Path, args: &[&str]) -> Served {
-        Served::spawn(env.plan_cmd(), env, plan, args)
+        Served::spawn(env.plan_cmd(), &env.path("state"), plan, args)
     }
 
     /// Started under `ulimit LIMIT` (e.g. `-n 1024`: soft and hard), as a
@@ -118,10 +127,10 @@ impl Served {
         }
         c.stdin(Stdio::null())
             .args(["-c", &format!("ulimit {limit} && exec \"$0\" \"$@\""), BIN]);
-        Served::spawn(c, env, plan, &[])
+        Served::spawn(c, &env.path("state"), plan, &[])
     }
 
-    fn spawn(mut cmd: Command, env: &Env, plan: &Path, args: &[&str]) -> Served {
+    fn spawn(mut cmd: Command, state: &Path, plan: &Path, args: &[&str]) -> Served {
         let mut child = cmd
             .args(["serve", "--plan"])
             .arg(plan)
@@ -132,7 +141,7 @@ impl Served {
                 "1s",
                 "--state-dir",
             ])
-            .arg(env.path("state"))
+            .arg(state)
             .args(args)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -224,6 +233,11 @@ impl Served {
         body
     }
 
+    /// `/metrics`, checked by [`check_metrics`].
+    pub fn checked_metrics(&self) -> Metrics {
+        check_metrics(&self.metrics())
+    }
+
     /// POST, retrying while another run holds the daemon (409).
     pub fn post_when_free(&self, path: &str) -> (u16, String) {
         for _ in 0..100 {
@@ -296,4 +310,84 @@ pub fn email(smtp: &Smtp, extra: &str) -> String {
         "alerts {{\n    email {{\n        smtp \"127.0.0.1\" port={} security=\"plain\"\n        from \"cairn@example.test\"\n        to \"oncall@example.test\" \"dba@example.test\"\n    }}\n    repeat-every \"1h\"\n{extra}}}\n",
         smtp.port
     )
+}
+
+/// The samples of a `/metrics` text: `name{labels}` (as written) → value.
+pub struct Metrics {
+    pub text: String,
+    samples: std::collections::BTreeMap<String, f64>,
+}
+
+impl Metrics {
+    /// The value of series `series` (`name` or `name{label="v"}`, as written).
+    pub fn get(&self, series: &str) -> f64 {
+        *self
+            .samples
+            .get(series)
+            .unwrap_or_else(|| panic!("no series {series} in:\n{}", self.text))
+    }
+
+    pub fn has(&self, series: &str) -> bool {
+        self.samples.contains_key(series)
+    }
+}
+
+/// Check a `/metrics` text with Prometheus's own parser and linter
+/// (`promtool check metrics`, installed by `scripts/setup`; skipped with a
+/// message without it), then here: every sample's family has a TYPE line
+/// before it, counters and only counters end in `_total`, every value is a
+/// number. Returns the samples.
+pub fn check_metrics(text: &str) -> Metrics {
+    match Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+    {
+        Err(e) => {
+            eprintln!("promtool not found ({e}): skipping its check; scripts/setup installs it")
+        }
+        Ok(mut child) => {
+            child
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(text.as_bytes())
+                .unwrap();
+            let out = child.wait_with_output().unwrap();
+            assert!(
+                out.status.success(),
+                "promtool check metrics: {:?}\n{}{}\n--- the metrics:\n{text}",
+                out.status.code(),
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+    let mut types = std::collections::HashMap::new();
+    let mut samples = std::collections::BTreeMap::new();
+    for line in text.lines().filter(|l| !l.is_empty()) {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').unwrap();
+            assert_eq!(
+                kind == "counter",
+                name.ends_with("_total"),
+                "counters, and only counters, end in _total: {line}"
+            );
+            types.insert(name.to_string(), kind.to_string());
+        } else if !line.starts_with('#') {
+            let (series, value) = line.rsplit_once(' ').unwrap();
+            let name = series.split('{').next().unwrap();
+            assert!(types.contains_key(name), "no TYPE line before {line:?}");
+            let v: f64 = value
+                .parse()
+                .unwrap_or_else(|_| panic!("not a number: {line:?}"));
+            samples.insert(series.to_string(), v);
+        }
+    }
+    Metrics {
+        text: text.to_string(),
+        samples,
+    }
 }
