@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use super::{local_time, print_json};
+use super::print_json;
 use crate::cli::{ForgetArgs, GlobalArgs};
 use crate::error::Result;
 use crate::lock::with_lock;
@@ -29,18 +29,9 @@ pub fn run(g: &GlobalArgs, a: &ForgetArgs, file: &Path) -> Result<()> {
                 println!("no snapshot was made with this plan yet");
             }
             for v in &decision.snapshots {
-                println!(
-                    "  {} {} {}  {}",
-                    if v.keep { "keep  " } else { "remove" },
-                    &v.id[..8],
-                    local_time(v.time),
-                    v.reasons.join("; ")
-                );
+                super::forget::print_verdict(v.keep, &v.id, v.time, &v.reasons);
             }
-            println!(
-                "{} {removed} snapshot(s)",
-                if a.dry_run { "would remove" } else { "removed" }
-            );
+            super::forget::print_removed(a.dry_run, removed);
         }
         if a.prune && !a.dry_run {
             super::prune::run_locked(g, &repo, false)?;
