@@ -194,33 +194,14 @@ pub fn run(g: &GlobalArgs, a: &ForgetArgs) -> Result<()> {
             for grp in &groups {
                 println!("group {}:", grp.key);
                 for d in &grp.decisions {
-                    print_verdict(d.keep, &d.id, d.time, &d.reasons);
+                    super::print_verdict(d.keep, &d.id, d.time, &d.reasons);
                 }
             }
-            print_removed(a.dry_run, removed);
+            super::print_removed(a.dry_run, removed);
         }
         if a.prune && !a.dry_run {
             super::prune::run_locked(g, &repo, false)?;
         }
         Ok(())
     })
-}
-
-/// One snapshot's line in `forget`'s text output: keep or remove, id, time, reasons.
-pub(super) fn print_verdict(keep: bool, id: &str, time: jiff::Timestamp, reasons: &[String]) {
-    println!(
-        "  {} {} {}  {}",
-        if keep { "keep  " } else { "remove" },
-        &id[..8],
-        local_time(time),
-        reasons.join("; ")
-    );
-}
-
-/// The last line of `forget`'s text output.
-pub(super) fn print_removed(dry_run: bool, removed: usize) {
-    println!(
-        "{} {removed} snapshot(s)",
-        if dry_run { "would remove" } else { "removed" }
-    );
 }

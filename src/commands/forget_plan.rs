@@ -29,9 +29,9 @@ pub fn run(g: &GlobalArgs, a: &ForgetArgs, file: &Path) -> Result<()> {
                 println!("no snapshot was made with this plan yet");
             }
             for v in &decision.snapshots {
-                super::forget::print_verdict(v.keep, &v.id, v.time, &v.reasons);
+                super::print_verdict(v.keep, &v.id, v.time, &v.reasons);
             }
-            super::forget::print_removed(a.dry_run, removed);
+            super::print_removed(a.dry_run, removed);
         }
         if a.prune && !a.dry_run {
             super::prune::run_locked(g, &repo, false)?;

@@ -153,3 +153,22 @@ pub fn kafka_options(
     }
     Ok(o)
 }
+
+/// One snapshot's line in `forget`'s text output: keep or remove, id, time, reasons.
+pub(crate) fn print_verdict(keep: bool, id: &str, time: jiff::Timestamp, reasons: &[String]) {
+    println!(
+        "  {} {} {}  {}",
+        if keep { "keep  " } else { "remove" },
+        &id[..8],
+        local_time(time),
+        reasons.join("; ")
+    );
+}
+
+/// The last line of `forget`'s text output.
+pub(crate) fn print_removed(dry_run: bool, removed: usize) {
+    println!(
+        "{} {removed} snapshot(s)",
+        if dry_run { "would remove" } else { "removed" }
+    );
+}
