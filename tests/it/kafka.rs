@@ -3,7 +3,6 @@
 
 use crate::common::*;
 use kafka::{Broker, TestRecord};
-use rdkafka::admin::{AdminOptions, ResourceSpecifier};
 use rdkafka::consumer::Consumer;
 use std::collections::BTreeMap;
 
@@ -60,22 +59,6 @@ fn fill(b: &Broker) -> BTreeMap<(String, i32), Vec<TestRecord>> {
     }
     b.flush(&p);
     sent
-}
-
-fn configs(b: &Broker, topic: &str) -> BTreeMap<String, String> {
-    let r = futures::executor::block_on(
-        b.admin()
-            .describe_configs([&ResourceSpecifier::Topic(topic)], &AdminOptions::new()),
-    )
-    .unwrap();
-    r.into_iter()
-        .next()
-        .unwrap()
-        .unwrap()
-        .entries
-        .into_iter()
-        .filter_map(|e| Some((e.name, e.value?)))
-        .collect()
 }
 
 #[test]
@@ -161,7 +144,7 @@ fn snapshot_and_restore_into_a_fresh_broker() {
         }
     }
     // Configurations applied.
-    let c = configs(&dst, "orders");
+    let c = dst.configs("orders");
     assert_eq!(c.get("retention.ms").map(String::as_str), Some("86400000"));
     assert_eq!(c.get("cleanup.policy").map(String::as_str), Some("compact"));
     assert_eq!(

@@ -6,7 +6,7 @@
 
 use crate::common::*;
 use kafka::{Broker, TestRecord};
-use rdkafka::admin::{AdminOptions, ResourceSpecifier};
+use rdkafka::admin::AdminOptions;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::{Offset, TopicPartitionList};
 use std::collections::BTreeMap;
@@ -78,22 +78,6 @@ fn partitions(b: &Broker, topic: &str) -> usize {
     md.topics()[0].partitions().len()
 }
 
-fn configs(b: &Broker, topic: &str) -> BTreeMap<String, String> {
-    let r = futures::executor::block_on(
-        b.admin()
-            .describe_configs([&ResourceSpecifier::Topic(topic)], &AdminOptions::new()),
-    )
-    .unwrap();
-    r.into_iter()
-        .next()
-        .unwrap()
-        .unwrap()
-        .entries
-        .into_iter()
-        .filter_map(|e| Some((e.name, e.value?)))
-        .collect()
-}
-
 fn expected(c: &[(&str, &str)]) -> BTreeMap<String, String> {
     c.iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -114,7 +98,7 @@ fn assert_is_snapshot(b: &Broker, sent: &BTreeMap<i32, Vec<TestRecord>>) {
     for (p, want) in sent {
         assert_eq!(&values(&got, *p), want, "orders/{p}");
     }
-    assert_eq!(configs(b, "orders"), expected(&SNAPSHOT_CONFIGS));
+    assert_eq!(b.configs("orders"), expected(&SNAPSHOT_CONFIGS));
     assert_eq!(
         b.committed("billing", "orders", 3),
         [Some(10), Some(15), None]
@@ -127,7 +111,7 @@ fn assert_is_snapshot(b: &Broker, sent: &BTreeMap<i32, Vec<TestRecord>>) {
 fn assert_untouched(b: &Broker, other: &[TestRecord]) {
     assert_eq!(partitions(b, "orders"), 1);
     assert_eq!(values(&b.read_all("orders", 1), 0), other);
-    assert_eq!(configs(b, "orders"), expected(&OTHER_CONFIGS));
+    assert_eq!(b.configs("orders"), expected(&OTHER_CONFIGS));
     assert_eq!(b.committed("stale", "orders", 1), [Some(7)]);
 }
 

@@ -100,6 +100,23 @@ impl Broker {
         self.config().create().unwrap()
     }
 
+    /// The topic's configuration entries that have a value, by name.
+    pub fn configs(&self, topic: &str) -> BTreeMap<String, String> {
+        let r = futures::executor::block_on(self.admin().describe_configs(
+            [&rdkafka::admin::ResourceSpecifier::Topic(topic)],
+            &AdminOptions::new(),
+        ))
+        .unwrap();
+        r.into_iter()
+            .next()
+            .unwrap()
+            .unwrap()
+            .entries
+            .into_iter()
+            .filter_map(|e| Some((e.name, e.value?)))
+            .collect()
+    }
+
     pub fn create_topic(&self, name: &str, partitions: i32, configs: &[(&str, &str)]) {
         let mut t = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
         for (k, v) in configs {
