@@ -39,9 +39,13 @@ pub struct GlobalArgs {
     /// Directory for the local index cache [default: $XDG_CACHE_HOME/cairn or ~/.cache/cairn]
     #[arg(long, env = "CAIRN_CACHE_DIR", global = true, value_name = "DIR")]
     pub cache_dir: Option<PathBuf>,
-    /// Use a throwaway index cache
+    /// Use a throwaway index cache (and no key cache)
     #[arg(long, global = true)]
     pub no_cache: bool,
+    /// Run the password's key derivation every time: do not read or write the
+    /// unlocked-key cache (see `cairn key forget-cache`)
+    #[arg(long, env = "CAIRN_NO_KEY_CACHE", global = true)]
+    pub no_key_cache: bool,
     /// More log output (-v info, -vv debug, -vvv trace)
     #[arg(short, long, action = ArgAction::Count, global = true)]
     pub verbose: u8,
@@ -102,6 +106,19 @@ pub enum Command {
         name: String,
         /// Where to write it (%p)
         destination: PathBuf,
+        /// Read this many following segments ahead, in the background, into
+        /// the cache directory's `wal-prefetch/` while PostgreSQL replays (0: off)
+        #[arg(long, value_name = "N", default_value_t = 8, value_parser = clap::value_parser!(u32).range(0..=64))]
+        prefetch: u32,
+    },
+    /// The background half of `wal-fetch --prefetch` (started by wal-fetch itself)
+    #[command(hide = true)]
+    WalPrefetch {
+        /// The segment PostgreSQL asked for last
+        #[arg(long)]
+        after: String,
+        #[arg(long)]
+        count: u32,
     },
 }
 
@@ -125,6 +142,13 @@ pub enum KeyCommand {
     Remove {
         /// Key id or unique prefix
         id: String,
+    },
+    /// Remove this user's cached unlocked key of the repository, so that the
+    /// next command derives it from the password again
+    ForgetCache {
+        /// Of every repository, not only the one given
+        #[arg(long)]
+        all: bool,
     },
 }
 

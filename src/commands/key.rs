@@ -4,6 +4,7 @@ use crate::cli::{GlobalArgs, KeyAddArgs, KeyCommand};
 use crate::crypto;
 use crate::error::{Error, Result};
 use crate::lock::with_lock;
+use crate::ops::key_cache;
 use crate::repo::{FileKind, KeyId, KeyKind};
 use crate::repository::{local_key_files, make_key_file, write_key_file, NewKey};
 
@@ -12,7 +13,37 @@ pub fn run(g: &GlobalArgs, cmd: KeyCommand) -> Result<()> {
         KeyCommand::Add(a) => add(g, &a),
         KeyCommand::List => list(g),
         KeyCommand::Remove { id } => remove(g, &id),
+        KeyCommand::ForgetCache { all } => forget_cache(g, all),
     }
+}
+
+/// `key forget-cache`: needs no key, only the repository's id (its config).
+fn forget_cache(g: &GlobalArgs, all: bool) -> Result<()> {
+    let a = super::access(g);
+    let Some(dir) = a.cache_dir() else {
+        return Err(Error::usage("no cache directory")
+            .with_hint("give --cache-dir DIR (or CAIRN_CACHE_DIR), or set HOME"));
+    };
+    let repo = if all {
+        None
+    } else {
+        let backend = crate::backend::open(&a.location()?)?;
+        Some(crate::repository::Repository::read_config(backend.as_ref())?.id)
+    };
+    let removed = key_cache::forget(&dir, repo)?;
+    if g.json {
+        return print_json(&serde_json::json!({ "removed": removed }));
+    }
+    match removed.len() {
+        0 => println!("no cached key to forget in {}", dir.display()),
+        n => {
+            for f in &removed {
+                println!("removed {}", f.display());
+            }
+            println!("forgot {n} cached key(s)");
+        }
+    }
+    Ok(())
 }
 
 fn add(g: &GlobalArgs, a: &KeyAddArgs) -> Result<()> {

@@ -49,7 +49,12 @@ pub fn run(g: &GlobalArgs, command: Command) -> Result<()> {
             plan::test_alert(g, &file, kind)
         }
         Command::WalPush { path } => wal::push(g, &path),
-        Command::WalFetch { name, destination } => wal::fetch(g, &name, &destination),
+        Command::WalFetch {
+            name,
+            destination,
+            prefetch,
+        } => wal::fetch(g, &name, &destination, prefetch),
+        Command::WalPrefetch { after, count } => wal::prefetch(g, &after, count),
     }
 }
 
@@ -61,6 +66,7 @@ pub fn access(g: &GlobalArgs) -> Access {
         identity: g.identity.clone(),
         cache_dir: g.cache_dir.clone(),
         no_cache: g.no_cache,
+        no_key_cache: g.no_key_cache,
     }
 }
 

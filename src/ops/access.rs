@@ -1,13 +1,14 @@
 //! How to reach and unlock a repository: its location, the key offered and
 //! the index cache, as the command line gives them or a plan declares them.
 
+use super::key_cache;
 use crate::backend;
 use crate::crypto::{self, Secret};
 use crate::error::{Error, Result};
 use crate::plan::Plan;
 use crate::repository::Repository;
 use std::io::IsTerminal;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// Where a repository is and what opens it.
 #[derive(Clone, Debug, Default)]
@@ -20,6 +21,8 @@ pub struct Access {
     pub cache_dir: Option<PathBuf>,
     /// A throwaway index cache.
     pub no_cache: bool,
+    /// Never read or write the unlocked-key cache.
+    pub no_key_cache: bool,
 }
 
 /// The first line of a password file; an empty one is an error.
@@ -95,7 +98,41 @@ impl Access {
         let backend = backend::open(&location)?;
         // Fail with "no repository" before asking for a password.
         let config = Repository::read_config(backend.as_ref())?;
-        Repository::open_with_config(backend, config, &self.secret()?, self.cache_dir())
+        let cache_dir = self.cache_dir();
+        // A password from a file may be cached (spec/repository.md §9).
+        let cached = match (&self.key_cache_dir(), &self.password_file) {
+            (Some(dir), Some(f)) if self.identity.is_none() => {
+                key_cache::stamp(f).map(|st| (dir.clone(), st))
+            }
+            _ => None,
+        };
+        if let Some((dir, st)) = &cached {
+            if let Some((key, key_id)) = key_cache::load(dir, config.id, st, backend.as_ref())? {
+                tracing::debug!("key {} unlocked from the key cache", key_id.short());
+                return Repository::open_unlocked(backend, config, key, key_id, cache_dir);
+            }
+        }
+        let secret = self.secret()?;
+        let repo_id = config.id;
+        let repo = Repository::open_with_config(backend, config, &secret, cache_dir)?;
+        if let Some((dir, st)) = cached {
+            // The file read for the password must be the one stamped.
+            if key_cache::stamp(self.password_file.as_deref().unwrap_or(Path::new("")))
+                .is_some_and(|now| now == st)
+            {
+                key_cache::store(&dir, repo_id, repo.key_id, &repo.key, st);
+            }
+        }
+        Ok(repo)
+    }
+
+    /// Where the unlocked-key cache lives: beside the index cache, unless
+    /// either is turned off.
+    pub fn key_cache_dir(&self) -> Option<PathBuf> {
+        if self.no_key_cache {
+            return None;
+        }
+        self.cache_dir()
     }
 
     /// This access completed by `plan`'s repository node: its location, and

@@ -5,6 +5,7 @@
 
 pub mod access;
 pub mod check;
+pub mod key_cache;
 pub mod prune;
 pub mod repair;
 pub mod restore_point;

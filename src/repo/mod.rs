@@ -10,6 +10,7 @@ mod golden;
 mod id;
 pub mod kafka;
 mod limits;
+pub mod local;
 mod manifest;
 pub mod node_path;
 mod pack;

@@ -126,6 +126,9 @@ impl Repository {
                     continue;
                 }
             };
+            if kf.kind == KeyKind::Password {
+                tracing::debug!("deriving the key of key file {name} from the password (scrypt)");
+            }
             let material = match crypto::unwrap_key(&data, secret) {
                 Ok(m) => m,
                 // Not age data any more, or its content is not key material.

@@ -140,6 +140,18 @@ impl Repository {
         cache_dir: Option<PathBuf>,
     ) -> Result<Repository> {
         let (key, key_id) = Self::unlock(backend.as_ref(), &config, secret)?;
+        Self::open_unlocked(backend, config, key, key_id, cache_dir)
+    }
+
+    /// [`open`](Self::open) with the master key already at hand (from the
+    /// key cache, spec/repository.md §9).
+    pub fn open_unlocked(
+        backend: Box<dyn Backend>,
+        config: Config,
+        key: MasterKey,
+        key_id: KeyId,
+        cache_dir: Option<PathBuf>,
+    ) -> Result<Repository> {
         let cache = IndexCache::open(cache_dir.as_deref(), config.id)?;
         cache.sync(backend.as_ref(), &key)?;
         Ok(Repository {

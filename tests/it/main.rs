@@ -9,6 +9,7 @@
 mod common;
 
 mod alerts;
+mod archive_watch;
 mod backends;
 mod backup_restore;
 mod concurrency;
@@ -18,6 +19,7 @@ mod daemon_log;
 mod exit_codes;
 mod kafka;
 mod kafka_recreate;
+mod key_cache;
 mod metrics;
 mod plan_check;
 mod plan_run;
@@ -32,3 +34,4 @@ mod retention_sources;
 mod s3;
 mod serve;
 mod shared_repo;
+mod wal_prefetch;

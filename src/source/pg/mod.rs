@@ -6,6 +6,7 @@
 //!
 //! ```text
 //! pitr          point-in-time restore: base backup + WAL replay
+//! prefetch      wal-fetch reading the next segments ahead into a spool
 //! wal           wal-push, wal-fetch, claims, check of the WAL archive
 //! physical      base backups into the repository
 //! replication   BASE_BACKUP over cairn's own replication connection
@@ -38,6 +39,7 @@ pub(crate) mod meta;
 pub(crate) mod offsets;
 pub(crate) mod physical;
 pub(crate) mod pitr;
+pub(crate) mod prefetch;
 pub(crate) mod replication;
 pub(crate) mod restore;
 pub(crate) mod restore_test;
