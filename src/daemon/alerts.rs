@@ -50,13 +50,15 @@ pub enum AlertKind {
     SlowBackup,
     RestoreTestFailed,
     RestoreTestSkipped,
+    /// PostgreSQL's archive_command fails, or WAL waits longer than `archive-lag`.
+    WalArchive,
     /// Sent on request (`cairn plan test-alert`); never rate-limited.
     Test,
 }
 
 impl AlertKind {
     #[cfg(test)]
-    pub const ALL: [AlertKind; 8] = [
+    pub const ALL: [AlertKind; 9] = [
         AlertKind::BackupFailed,
         AlertKind::StorageHigh,
         AlertKind::StorageCritical,
@@ -64,6 +66,7 @@ impl AlertKind {
         AlertKind::SlowBackup,
         AlertKind::RestoreTestFailed,
         AlertKind::RestoreTestSkipped,
+        AlertKind::WalArchive,
         AlertKind::Test,
     ];
 
@@ -77,6 +80,7 @@ impl AlertKind {
             AlertKind::SlowBackup => "slow-backup",
             AlertKind::RestoreTestFailed => "restore-test-failed",
             AlertKind::RestoreTestSkipped => "restore-test-skipped",
+            AlertKind::WalArchive => "wal-archive",
             AlertKind::Test => "test",
         }
     }
@@ -91,6 +95,7 @@ impl AlertKind {
             AlertKind::SlowBackup => "slow backup",
             AlertKind::RestoreTestFailed => "restore test failed",
             AlertKind::RestoreTestSkipped => "restore test skipped",
+            AlertKind::WalArchive => "WAL archive",
             AlertKind::Test => "test alert",
         }
     }
@@ -129,6 +134,11 @@ impl AlertKind {
             AlertKind::RestoreTestSkipped => {
                 "check the plan's `verify` node: its scratch PostgreSQL and Kafka must be \
                  reachable from this host"
+            }
+            AlertKind::WalArchive => {
+                "read the PostgreSQL server's log for the archive_command's error \
+                 (`SELECT * FROM pg_stat_archiver` shows the last failure); run the command \
+                 by hand as the server's user; `cairn check` shows gaps in the archive"
             }
             AlertKind::Test => "nothing: this is a test",
         }
@@ -208,6 +218,11 @@ impl Alert {
             AlertKind::RestoreTestSkipped => (
                 "example-source",
                 "The restore test of source \"example-source\" was skipped 3 times in a row.",
+            ),
+            AlertKind::WalArchive => (
+                "example-source, archiving fails at 000000010000000000000042",
+                "PostgreSQL's archive_command fails: the last attempt failed on WAL file \
+                 000000010000000000000042.",
             ),
             AlertKind::Test => ("", "The alert channels of this plan work."),
         };

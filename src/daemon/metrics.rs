@@ -177,7 +177,43 @@ pub fn metrics(s: &Status) -> String {
     );
     storage(&mut out, s);
     restore_tests(&mut out, s);
+    wal_archives(&mut out, s);
     out.0
+}
+
+/// Each physical source's WAL archive as its server reports it.
+fn wal_archives(out: &mut Out, s: &Status) {
+    let per = |f: &dyn Fn(&super::archive::ArchiveState) -> Option<f64>| -> Rows {
+        s.archives
+            .iter()
+            .filter_map(|(n, a)| f(a).map(|v| (vec![("source", n.clone())], v)))
+            .collect()
+    };
+    out.gauge(
+        "cairn_wal_archive_lag_seconds",
+        "How long the oldest WAL file waiting for archive_command has waited (0: none waits).",
+        per(&|a| a.lag_seconds.map(|l| l as f64)),
+    );
+    out.gauge(
+        "cairn_wal_archive_ready_files",
+        "WAL files waiting for archive_command (.ready files).",
+        per(&|a| a.server.as_ref()?.ready_segments.map(|n| n as f64)),
+    );
+    out.gauge(
+        "cairn_wal_archive_failing",
+        "1 while the server's last archive_command attempt failed.",
+        per(&|a| a.server.as_ref().map(|_| f64::from(u8::from(a.failing)))),
+    );
+    out.gauge(
+        "cairn_wal_last_archived_timestamp_seconds",
+        "Unix time the server last archived a WAL file (pg_stat_archiver).",
+        per(&|a| a.server.as_ref()?.last_archived_time.map(seconds)),
+    );
+    out.counter(
+        "cairn_wal_archive_failures_total",
+        "Failed archive_command runs since the server's statistics were reset (pg_stat_archiver).",
+        per(&|a| a.server.as_ref().map(|x| x.failed_count as f64)),
+    );
 }
 
 fn storage(out: &mut Out, s: &Status) {

@@ -16,6 +16,7 @@
 
 pub mod alerts;
 pub mod api;
+pub mod archive;
 pub mod metrics;
 pub mod notice;
 pub mod observe;
@@ -411,6 +412,7 @@ impl Daemon {
             .cloned()
             .collect();
         self.check_missed(&plan, &mine);
+        self.check_archives(&plan, &repo);
         let storage = self.storage_use(&plan, &repo, false);
         let percent = storage.as_ref().and_then(|st| st.percent);
         if let (Some(st), Some(percent)) = (&storage, percent) {
@@ -493,6 +495,54 @@ impl Daemon {
                 d,
             );
         }
+    }
+
+    /// Each physical source's WAL archive: failing or lagging archiving is
+    /// alerted (`wal-archive`, key: the source), and the status shows it.
+    fn check_archives(&self, plan: &Plan, repo: &Repository) {
+        let sources = archive::physical_sources(plan);
+        if sources.is_empty() {
+            return;
+        }
+        let newest = archive::repository_newest_wal(repo);
+        let mut states = std::collections::BTreeMap::new();
+        for (name, url) in sources {
+            let now = jiff::Timestamp::now();
+            let (st, alert) = archive::judge(
+                archive::server_archive(&url),
+                newest.clone(),
+                plan.alerts.archive_lag,
+                now,
+            );
+            if let Some(e) = &st.error {
+                tracing::warn!(
+                    source = name.as_str(),
+                    error = e.as_str(),
+                    "cannot check the WAL archive"
+                );
+            }
+            if let Some((what, sentence)) = alert {
+                let mut d = self.details(plan, sentence);
+                d.source = Some(format!("{name} (postgres, physical)"));
+                if let Some(s) = &st.server {
+                    d.since = vec![
+                        (
+                            "Last archived".into(),
+                            format!(
+                                "{} at {}",
+                                s.last_archived_wal.as_deref().unwrap_or("none"),
+                                when(s.last_archived_time, now)
+                            ),
+                        ),
+                        ("archive_command".into(), s.archive_command.clone()),
+                    ];
+                }
+                d.hints.push(AlertKind::WalArchive.hint().into());
+                self.alert(AlertKind::WalArchive, &name, &format!("{name}, {what}"), d);
+            }
+            states.insert(name, st);
+        }
+        self.with_status(|s| s.archives = states);
     }
 
     /// Storage is critically low: remove the plan's oldest snapshots, one at

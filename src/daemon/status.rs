@@ -182,6 +182,8 @@ pub struct Status {
     /// Times the repository key was unlocked (scrypt or identity): once at
     /// start-up and once per plan reload, never per request.
     pub key_unlocks: u64,
+    /// The WAL archive of each physical PostgreSQL source (`archive.rs`).
+    pub archives: BTreeMap<String, super::archive::ArchiveState>,
 }
 
 /// Kept across restarts.

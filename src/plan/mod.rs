@@ -303,6 +303,9 @@ pub struct Alerts {
     /// Identical alerts are sent at most this often.
     #[serde(serialize_with = "serialize_duration")]
     pub repeat_every: Duration,
+    /// Alert when a WAL file of a physical source has waited this long to be archived.
+    #[serde(serialize_with = "serialize_duration")]
+    pub archive_lag: Duration,
 }
 
 impl Default for Alerts {
@@ -315,6 +318,7 @@ impl Default for Alerts {
             quota: None,
             slow_factor: 2.0,
             repeat_every: Duration::from_secs(6 * 3600),
+            archive_lag: Duration::from_secs(5 * 60),
         }
     }
 }

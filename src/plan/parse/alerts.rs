@@ -16,6 +16,7 @@ const ALERTS: &[&str] = &[
     "quota",
     "slow-factor",
     "repeat-every",
+    "archive-lag",
 ];
 const EMAIL: &[&str] = &["smtp", "username", "password-file", "from", "to"];
 
@@ -66,6 +67,7 @@ impl Parser<'_> {
                         }
                     }
                 }
+                "archive-lag" => a.archive_lag = self.duration_arg(c).unwrap_or(a.archive_lag),
                 _ => a.repeat_every = self.duration_arg(c).unwrap_or(a.repeat_every),
             }
         }
