@@ -229,6 +229,14 @@ pub struct SnapshotArgs {
     /// Host name recorded in the snapshot
     #[arg(long)]
     pub host: Option<String>,
+    /// Compare files with this snapshot (id or prefix) instead of the newest
+    /// one of this host over the same paths
+    #[arg(long, value_name = "ID", conflicts_with = "force")]
+    pub parent: Option<String>,
+    /// Read every file, even those whose size, mtime, ctime and inode say
+    /// they are unchanged since the parent snapshot
+    #[arg(long)]
+    pub force: bool,
 }
 
 /// How to reach Kafka brokers (snapshot --kafka, restore --to-brokers).

@@ -84,6 +84,8 @@ pub struct JobOptions {
     /// The plan file the job comes from, recorded in the snapshot.
     pub plan: Option<String>,
     pub quiet: bool,
+    /// Which snapshot tells files sources which files are unchanged.
+    pub parent: files::Parent,
 }
 
 /// How one source went.
@@ -109,9 +111,20 @@ pub struct JobReport {
     pub sources: Vec<SourceReport>,
 }
 
-fn archive(packer: &mut Packer, s: &NamedSource, quiet: bool) -> Result<SourceOutcome> {
+fn archive(packer: &mut Packer, s: &NamedSource, opts: &JobOptions) -> Result<SourceOutcome> {
+    let quiet = opts.quiet;
     match &s.spec {
-        SourceSpec::Files(paths) => files::archive_files(packer, &s.name, paths, quiet),
+        SourceSpec::Files(paths) => {
+            let host = opts.host.clone().unwrap_or_else(host_name);
+            let job = files::FilesJob {
+                name: &s.name,
+                paths,
+                host: &host,
+                parent: opts.parent,
+                quiet,
+            };
+            files::archive_files(packer, &job)
+        }
         SourceSpec::Stdin { file_name } => stream::archive_stream(
             packer,
             &s.name,
@@ -169,17 +182,19 @@ pub fn run(repo: &Repository, sources: &[NamedSource], opts: &JobOptions) -> Res
             let mut records = Vec::new();
             let mut verified = crate::source::Verified::new();
             let mut reports = Vec::new();
-            let mut totals = (0u64, 0u64, 0u64, 0u64); // files, dirs, symlinks, bytes read
+            // files, dirs, symlinks, bytes read, files unchanged
+            let mut totals = (0u64, 0u64, 0u64, 0u64, 0u64);
             for s in sources {
                 let t = Instant::now();
                 let new_before = p.stats.bytes_new_raw;
                 tracing::info!(source = %s.name, kind = %s.spec.kind(), "backing up source");
-                match archive(p, s, opts.quiet) {
+                match archive(p, s, opts) {
                     Ok(o) => {
                         totals.0 += o.files;
                         totals.1 += o.dirs;
                         totals.2 += o.symlinks;
                         totals.3 += o.bytes_read;
+                        totals.4 += o.files_unchanged;
                         let ms = t.elapsed().as_millis() as u64;
                         let bytes_new = p.stats.bytes_new_raw - new_before;
                         // At debug: `cairn serve` logs each source once the snapshot is saved.
@@ -258,6 +273,7 @@ pub fn run(repo: &Repository, sources: &[NamedSource], opts: &JobOptions) -> Res
                 chunks_total: stats.chunks_total,
                 chunks_new: stats.chunks_new,
                 duration_ms: 0,
+                files_unchanged: totals.4,
             },
             sources: records,
             program: format!("cairn {}", env!("CARGO_PKG_VERSION")),

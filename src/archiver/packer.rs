@@ -88,12 +88,17 @@ impl<'a> Packer<'a> {
         self.stored_chunks
     }
 
+    /// Whether the repository (or this run) holds chunk `id` already.
+    pub fn has_chunk(&self, id: &ChunkId) -> Result<bool> {
+        Ok(self.seen.contains(id) || self.index.get(id)?.is_some())
+    }
+
     /// Store a chunk unless the repository (or this run) already has it.
     pub fn add_chunk(&mut self, data: &[u8]) -> Result<ChunkId> {
         interrupt::check()?;
         let id = self.repo.key.chunk_id(data);
         self.stats.chunks_total += 1;
-        if self.seen.contains(&id) || self.index.get(&id)?.is_some() {
+        if self.has_chunk(&id)? {
             if let Some(b) = self.base_stream.as_mut() {
                 b.passed(&id);
             }

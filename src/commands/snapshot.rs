@@ -2,6 +2,7 @@ use super::{human_bytes, open_repo, print_json};
 use crate::cli::{GlobalArgs, SnapshotArgs};
 use crate::error::{Error, Kind, Result};
 use crate::job::{JobOptions, NamedSource, SourceSpec};
+use crate::source::files::Parent;
 use std::path::PathBuf;
 
 enum Input {
@@ -134,11 +135,17 @@ pub fn run(g: &GlobalArgs, a: &SnapshotArgs) -> Result<()> {
         tags.sort();
         tags.dedup();
     }
+    let parent = match (&a.parent, a.force) {
+        (_, true) => Parent::Nothing,
+        (Some(spec), _) => Parent::Snapshot(repo.find_snapshot(spec)?.0),
+        (None, false) => Parent::Newest,
+    };
     let opts = JobOptions {
         tags,
         host: a.host.clone(),
         plan: plan.as_ref().map(crate::plan::Plan::identity),
         quiet: g.quiet,
+        parent,
     };
     let report = crate::job::run(&repo, &sources, &opts)?;
     let (id, snap) = (report.id, report.snapshot);
@@ -151,6 +158,7 @@ pub fn run(g: &GlobalArgs, a: &SnapshotArgs) -> Result<()> {
             "complete": snap.is_complete(), "errors": errors,
             "files": s.files, "dirs": s.dirs, "symlinks": s.symlinks,
             "bytes_read": s.bytes_read, "bytes_added": s.bytes_added,
+            "files_unchanged": s.files_unchanged,
             "chunks_total": s.chunks_total, "chunks_new": s.chunks_new,
             "duration_ms": s.duration_ms, "sources": report.sources,
         }))?;
@@ -170,8 +178,12 @@ pub fn run(g: &GlobalArgs, a: &SnapshotArgs) -> Result<()> {
                 }
             }
         }
+        let unchanged = match s.files_unchanged {
+            0 => String::new(),
+            n => format!(" ({n} unchanged, not read)"),
+        };
         println!(
-            "snapshot {} saved: {} files, {} dirs, {} symlinks; read {}, added {} in {:.1}s",
+            "snapshot {} saved: {} files{unchanged}, {} dirs, {} symlinks; read {}, added {} in {:.1}s",
             id.short(),
             s.files,
             s.dirs,

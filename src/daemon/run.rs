@@ -181,6 +181,7 @@ impl Daemon {
                 host: None,
                 plan: Some(plan.identity()),
                 quiet: true,
+                parent: Default::default(),
             };
             let report = crate::job::run(&repo, &sources, &opts)?;
             Ok((repo, report))

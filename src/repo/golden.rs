@@ -293,6 +293,7 @@ fn snapshot() {
             chunks_total: 4,
             chunks_new: 2,
             duration_ms: 1_234,
+            files_unchanged: 0,
         },
         program: "cairn 0.1.0".into(),
     };
@@ -316,6 +317,8 @@ fn node_list_lines() {
             size: 0,
             content: Vec::new(),
             target: None,
+            inode: 0,
+            ctime_ns: 0,
         },
         Node {
             path: "etc/collector/app.toml".into(),
@@ -327,6 +330,8 @@ fn node_list_lines() {
             size: 16_000,
             content: vec![ChunkId(id(0x31)), ChunkId(id(0x32))],
             target: None,
+            inode: 131_075,
+            ctime_ns: 1_700_000_001_000_000_000,
         },
         Node {
             path: "etc/collector/current".into(),
@@ -338,6 +343,8 @@ fn node_list_lines() {
             size: 0,
             content: Vec::new(),
             target: Some("app.toml".into()),
+            inode: 0,
+            ctime_ns: 0,
         },
     ];
     let bytes = node_list(&nodes);

@@ -177,6 +177,10 @@ pub struct Summary {
     pub chunks_total: u64,
     pub chunks_new: u64,
     pub duration_ms: u64,
+    /// Files taken from the parent snapshot without reading them (their
+    /// size, mtime, ctime and inode had not changed).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub files_unchanged: u64,
 }
 
 /// `snapshots/<id>`: one restore point.
@@ -233,6 +237,14 @@ pub struct Node {
     pub content: Vec<ChunkId>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target: Option<String>,
+    /// Files read from a file system: the inode number and the status
+    /// change time (nanoseconds), which tell a later snapshot that the file
+    /// is unchanged (spec/repository.md §2.6, "Unchanged files"). Zero
+    /// (left out) for streams and for nodes written before they existed.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub inode: u64,
+    #[serde(default, skip_serializing_if = "is_zero_i64")]
+    pub ctime_ns: i64,
 }
 
 impl Node {
@@ -249,11 +261,17 @@ impl Node {
             size,
             content,
             target: None,
+            inode: 0,
+            ctime_ns: 0,
         }
     }
 }
 
 fn is_zero(v: &u64) -> bool {
+    *v == 0
+}
+
+fn is_zero_i64(v: &i64) -> bool {
     *v == 0
 }
 

@@ -177,7 +177,14 @@ mod tests {
         std::fs::write(src.join("big"), vec![7u8; 100_000]).unwrap();
         std::os::unix::fs::symlink("etc/app.conf", src.join("link")).unwrap();
         let (outcome, stored, _) = crate::archiver::with_packer(&repo, |p| {
-            crate::source::files::archive_files(p, "files", std::slice::from_ref(&src), true)
+            let job = crate::source::files::FilesJob {
+                name: "files",
+                paths: std::slice::from_ref(&src),
+                host: "test",
+                parent: crate::source::files::Parent::Nothing,
+                quiet: true,
+            };
+            crate::source::files::archive_files(p, &job)
         })
         .unwrap();
         repo.write_index(stored.packs).unwrap();

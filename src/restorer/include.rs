@@ -98,6 +98,8 @@ mod tests {
             size: 0,
             content: Vec::new(),
             target: None,
+            inode: 0,
+            ctime_ns: 0,
         }
     }
 

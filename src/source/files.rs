@@ -1,12 +1,17 @@
 //! The files source: a walk of the trees below the given paths, storing
 //! each file's content, directories and symlinks with their metadata.
+//!
+//! A file whose size, mtime, ctime and inode are those recorded for its
+//! path in the parent snapshot is not read: its content is the parent's
+//! (spec/repository.md §2.6, "Unchanged files").
 
 use crate::archiver::{store_nodes, Packer};
 use crate::chunk::ChunkError;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::progress::Progress;
-use crate::repo::{Node, NodeKind, SourceKind, SourceRecord, SourceStatus};
+use crate::repo::{Node, NodeKind, SnapshotId, SourceKind, SourceRecord, SourceStatus};
 use crate::source::SourceOutcome;
+use std::collections::HashMap;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
@@ -14,6 +19,132 @@ fn mtime_ns(meta: &std::fs::Metadata) -> i64 {
     meta.mtime()
         .saturating_mul(1_000_000_000)
         .saturating_add(meta.mtime_nsec())
+}
+
+fn ctime_ns(meta: &std::fs::Metadata) -> i64 {
+    meta.ctime()
+        .saturating_mul(1_000_000_000)
+        .saturating_add(meta.ctime_nsec())
+}
+
+/// A change this recent (before the file was looked at) may be followed by
+/// another within the file system's timestamp granularity that leaves
+/// ctime as it was; such a file's ctime is not recorded, so the next
+/// snapshot reads it again.
+const RACY_NS: i64 = 2_000_000_000;
+
+/// Which earlier snapshot tells which files are unchanged.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Parent {
+    /// The newest snapshot of this host that holds this source, complete
+    /// or incomplete, over (at least) the same paths.
+    #[default]
+    Newest,
+    /// This snapshot (`--parent ID`).
+    Snapshot(SnapshotId),
+    /// None: read every file (`--force`).
+    Nothing,
+}
+
+/// The parent's regular files that can be taken over, by path.
+type ParentFiles = HashMap<String, Node>;
+
+/// The parent's files for source `name` over `paths` on `host`. A parent
+/// that cannot be read is a warning (everything is read); a named one that
+/// does not hold the source is an error.
+fn parent_files(
+    packer: &Packer,
+    name: &str,
+    paths: &[PathBuf],
+    host: &str,
+    choice: Parent,
+) -> Result<Option<(SnapshotId, ParentFiles)>> {
+    if choice == Parent::Nothing {
+        return Ok(None);
+    }
+    let repo = packer.repo();
+    let shown: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
+    fn holds<'s>(s: &'s crate::repo::Snapshot, name: &str) -> Option<&'s SourceRecord> {
+        s.sources.iter().find(|r| {
+            r.name == name && r.kind == SourceKind::Files && r.status != SourceStatus::Failed
+        })
+    }
+    let found = match choice {
+        Parent::Snapshot(id) => {
+            let snap: crate::repo::Snapshot = repo.read_sealed(id)?;
+            let Some(rec) = holds(&snap, name).cloned() else {
+                return Err(Error::usage(format!(
+                    "snapshot {} holds no files source {name:?} to compare with",
+                    id.short()
+                ))
+                .with_hint(
+                    "give a snapshot of the same paths (`cairn snapshots`), or leave out --parent",
+                ));
+            };
+            Some((id, rec))
+        }
+        _ => {
+            let snaps = match repo.snapshots() {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot list snapshots to find a parent; reading every file");
+                    return Ok(None);
+                }
+            };
+            snaps.into_iter().rev().find_map(|(id, s)| {
+                let same = s.host == host && shown.iter().all(|p| s.paths.contains(p));
+                same.then(|| holds(&s, name).cloned())
+                    .flatten()
+                    .map(|r| (id, r))
+            })
+        }
+    };
+    let Some((id, rec)) = found else {
+        return Ok(None);
+    };
+    match repo.read_tree(&rec) {
+        Ok(nodes) => {
+            let files = nodes
+                .into_iter()
+                .filter(|n| n.kind == NodeKind::File && n.inode != 0 && n.ctime_ns != 0)
+                .map(|n| (n.path.clone(), n))
+                .collect();
+            Ok(Some((id, files)))
+        }
+        Err(e) if choice == Parent::Newest => {
+            tracing::warn!(parent = %id.short(), error = %e, "cannot read the parent snapshot's files; reading every file");
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// The parent's node of the file at `rel` when the file is unchanged:
+/// same size, mtime, ctime and inode, and every chunk of it still in the
+/// repository.
+fn unchanged<'p>(
+    packer: &Packer,
+    parent: &'p ParentFiles,
+    rel: &str,
+    m: &std::fs::Metadata,
+) -> Result<Option<&'p Node>> {
+    let Some(p) = parent.get(rel) else {
+        return Ok(None);
+    };
+    let same = m.is_file()
+        && p.size == m.len()
+        && p.mtime_ns == mtime_ns(m)
+        && p.ctime_ns == ctime_ns(m)
+        && p.inode == m.ino();
+    if !same {
+        return Ok(None);
+    }
+    for id in &p.content {
+        if !packer.has_chunk(id)? {
+            return Ok(None);
+        }
+    }
+    Ok(Some(p))
 }
 
 struct Entry {
@@ -104,30 +235,46 @@ fn roots(paths: &[PathBuf]) -> Vec<PathBuf> {
     kept
 }
 
+/// Where the files of a source are, and what to compare them with.
+pub struct FilesJob<'a> {
+    pub name: &'a str,
+    /// Absolute.
+    pub paths: &'a [PathBuf],
+    /// The host the snapshot is recorded for (its parent is of that host).
+    pub host: &'a str,
+    pub parent: Parent,
+    pub quiet: bool,
+}
+
 /// Back up files, directories and symlinks below `paths` (absolute).
-pub fn archive_files(
-    packer: &mut Packer,
-    name: &str,
-    paths: &[PathBuf],
-    quiet: bool,
-) -> Result<SourceOutcome> {
+pub fn archive_files(packer: &mut Packer, job: &FilesJob) -> Result<SourceOutcome> {
+    let name = job.name;
     let mut entries = Vec::new();
     let mut errors = Vec::new();
-    for p in roots(paths) {
+    for p in roots(job.paths) {
         walk(&p, &mut entries, &mut errors);
     }
-    let total: u64 = entries
-        .iter()
-        .filter(|e| e.meta.is_file())
-        .map(|e| e.meta.len())
-        .sum();
-    let progress = Progress::bytes(total, quiet, "snapshot");
+    let parent = parent_files(packer, name, job.paths, job.host, job.parent)?;
+    let empty = ParentFiles::new();
+    let parent_files = parent.as_ref().map_or(&empty, |(_, f)| f);
+    if let Some((id, f)) = &parent {
+        tracing::debug!(source = name, parent = %id.short(), files = f.len(), "comparing with the parent snapshot");
+    }
+    let mut total = 0u64;
+    for e in entries.iter().filter(|e| e.meta.is_file()) {
+        if unchanged(packer, parent_files, &e.rel, &e.meta)?.is_none() {
+            total += e.meta.len();
+        }
+    }
+    let progress = Progress::bytes(total, job.quiet, "snapshot");
     let mut nodes = Vec::with_capacity(entries.len());
     let (mut files, mut dirs, mut symlinks, mut bytes) = (0u64, 0u64, 0u64, 0u64);
+    let (mut read, mut files_unchanged) = (0u64, 0u64);
+    let walked_at = jiff::Timestamp::now().as_nanosecond() as i64;
     for e in entries {
         let m = &e.meta;
+        let ctime = ctime_ns(m);
         let mut node = Node {
-            path: e.rel,
             kind: NodeKind::File,
             mode: m.mode() & 0o7777,
             mtime_ns: mtime_ns(m),
@@ -136,6 +283,9 @@ pub fn archive_files(
             size: 0,
             content: Vec::new(),
             target: None,
+            inode: 0,
+            ctime_ns: 0,
+            path: e.rel,
         };
         let ft = m.file_type();
         if ft.is_dir() {
@@ -158,6 +308,21 @@ pub fn archive_files(
             node.kind = NodeKind::Symlink;
             symlinks += 1;
         } else if ft.is_file() {
+            node.inode = m.ino();
+            node.ctime_ns = if walked_at - ctime < RACY_NS {
+                0
+            } else {
+                ctime
+            };
+            if let Some(p) = unchanged(packer, parent_files, &node.path, m)? {
+                node.content = p.content.clone();
+                node.size = p.size;
+                bytes += p.size;
+                files += 1;
+                files_unchanged += 1;
+                nodes.push(node);
+                continue;
+            }
             let file = match std::fs::File::open(&e.abs) {
                 Ok(f) => f,
                 Err(err) => {
@@ -170,6 +335,7 @@ pub fn archive_files(
                     node.content = ids;
                     node.size = n;
                     bytes += n;
+                    read += n;
                     files += 1;
                 }
                 Err(ChunkError::Read(err)) => {
@@ -209,7 +375,8 @@ pub fn archive_files(
         files,
         dirs,
         symlinks,
-        bytes_read: bytes,
+        bytes_read: read,
+        files_unchanged,
         verified: Vec::new(),
     })
 }

@@ -15,6 +15,8 @@ pub struct SourceOutcome {
     pub dirs: u64,
     pub symlinks: u64,
     pub bytes_read: u64,
+    /// Files taken from the parent snapshot without reading them.
+    pub files_unchanged: u64,
     /// Nodes the source has already read back from the repository and
     /// checked during the run (Kafka partitions), which the check before
     /// the snapshot is saved need not read again.
@@ -40,6 +42,8 @@ pub fn stream_source(
         size,
         content,
         target: None,
+        inode: 0,
+        ctime_ns: 0,
     };
     source_from_nodes(
         packer,
@@ -74,6 +78,7 @@ pub fn source_from_nodes(
         dirs: 0,
         symlinks: 0,
         bytes_read: size,
+        files_unchanged: 0,
         verified: Vec::new(),
     })
 }

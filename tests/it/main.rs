@@ -34,4 +34,5 @@ mod retention_sources;
 mod s3;
 mod serve;
 mod shared_repo;
+mod unchanged_files;
 mod wal_prefetch;
