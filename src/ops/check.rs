@@ -301,8 +301,16 @@ pub fn check(
     }
     damaged.extend(spoiled);
 
-    // 3c. Archived WAL: damaged files, and names with more than one content.
+    // 3c. Archived WAL: damaged files, names with more than one content,
+    //     and segments missing from what a physical snapshot replays.
     report.errors.extend(crate::source::pg::check_wal(repo)?);
+    let readable: Vec<(SnapshotId, &crate::repo::Snapshot)> = snapshots
+        .iter()
+        .filter_map(|(id, s)| Some((*id, s.as_ref().ok()?)))
+        .collect();
+    report
+        .errors
+        .extend(crate::source::pg::continuity_problems(repo, &readable)?);
 
     // 4. Map damage to snapshots and files.
     let bad = |c: &ChunkId| !index.contains_key(c) || damaged.contains(c);
