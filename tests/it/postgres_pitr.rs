@@ -827,3 +827,64 @@ fn prune_removes_wal_no_kept_base_backup_replays() {
     );
     stop_restored(&pgdata);
 }
+
+/// Issue 26: a base backup holds the WAL from its start through its end
+/// segment (the server switches to a new segment to end it), so with those
+/// segments lost from the archive it still restores, and on past its end:
+/// `check` reports the gap and says no restore needs it.
+#[test]
+fn a_base_backup_restores_without_its_own_segments_in_the_archive() {
+    let pg = PgEnv::new();
+    let cluster = archiving(&pg.archive_command());
+    let mut c = client(&cluster.url());
+    c.batch_execute("CREATE TABLE markers (n int PRIMARY KEY); INSERT INTO markers VALUES (1)")
+        .unwrap();
+    pg.ok(&["snapshot", "--postgres", &cluster.url(), "--physical"]);
+    c.batch_execute("INSERT INTO markers VALUES (2)").unwrap();
+    let t2 = commit_time(&mut c, 2);
+    switch_and_wait(&mut c);
+    let snaps = json(&pg.ok(&["snapshots", "--json"]));
+    let short = snaps[0]["short_id"].as_str().unwrap().to_string();
+    let shown = json(&pg.ok(&["cat", "snapshot", snaps[0]["id"].as_str().unwrap()]));
+    let meta = &shown["sources"][0]["metadata"];
+    let mut name_of = |lsn: &serde_json::Value| -> String {
+        c.query_one(
+            "SELECT pg_walfile_name($1::text::pg_lsn)",
+            &[&lsn.as_str().unwrap()],
+        )
+        .unwrap()
+        .get(0)
+    };
+    let (start, stop) = (name_of(&meta["start_lsn"]), name_of(&meta["stop_lsn"]));
+    for e in std::fs::read_dir(pg.env.repo.join("wal"))
+        .unwrap()
+        .flatten()
+    {
+        let n = e.file_name().to_string_lossy().to_string();
+        if n.len() >= 24 && n[..24] >= *start && n[..24] <= *stop {
+            std::fs::remove_file(e.path()).unwrap();
+        }
+    }
+    let out = pg.run(&["check"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(stdout.contains(&format!("WAL segment {start}")), "{stdout}");
+    assert!(
+        stdout.contains(&format!(
+            "snapshot {short}'s base backup holds them itself, so its restores do not need them"
+        )),
+        "{stdout}"
+    );
+    let snaps = json(&pg.ok(&["snapshots", "--json"]));
+    assert_eq!(time_of(&snaps[0]["restorable"]["to"]), t2, "{snaps}");
+
+    let pgdata = pg.env.path("restored");
+    let port = free_port().unwrap().to_string();
+    let report = json(&pg.ok(&restore_args("latest", pgdata.to_str().unwrap(), &port)));
+    assert_eq!(time_of(&report["reached"]), t2, "{report}");
+    assert_eq!(
+        markers(&format!("postgres://postgres@127.0.0.1:{port}/postgres")),
+        [1, 2]
+    );
+    stop_restored(&pgdata);
+}

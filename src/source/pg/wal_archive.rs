@@ -160,9 +160,9 @@ pub fn continuity_problems(
                             ", the end of its base backup"
                         }
                     ));
-                } else if base.start.number <= last && first < base.stop.number {
+                } else if base.start.number <= last && first <= base.stop.number {
                     effects.push(format!(
-                        "snapshot {}'s base backup holds them itself",
+                        "snapshot {}'s base backup holds them itself, so its restores do not need them",
                         id.short()
                     ));
                 }

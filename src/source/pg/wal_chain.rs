@@ -156,9 +156,11 @@ pub fn parse_lsn(s: &str) -> Option<u64> {
 pub struct BaseWal {
     /// The segment of its start (the checkpoint it replays from).
     pub start: Segment,
-    /// The segment of its end: the base backup holds the WAL from `start`
-    /// up to here (this one up to the end position only), so recovery
-    /// needs the archive from this segment on to go past the end.
+    /// The segment of its end. The base backup holds the WAL from `start`
+    /// through this segment: the server ends a backup by switching to a
+    /// new segment, and sends the ended one whole (a backup taken on a
+    /// standby, which cannot switch, holds it only up to the end). So
+    /// recovery needs the archive from the next segment on.
     pub stop: Segment,
 }
 
@@ -197,9 +199,9 @@ pub struct Reach {
     /// The records of the segment that decided `time` could not be read:
     /// `time` is when it was archived (later than its last transaction).
     pub approximate: bool,
-    /// The last segment of the unbroken run (`None`: not even the base
-    /// backup's end segment is archived).
-    pub last_segment: Option<Segment>,
+    /// The last segment recovery replays: the end of the unbroken run of
+    /// archived segments after the base backup's end segment, or that one.
+    pub last_segment: Segment,
     /// The first missing segment after the run, when newer WAL of the
     /// timeline is archived: the gap that cuts the range.
     pub gap: Option<Segment>,
@@ -291,8 +293,9 @@ impl WalArchive {
         gaps
     }
 
-    /// How far recovery from a base backup reaches: along the unbroken run
-    /// of segments from its end segment, to the last transaction in it.
+    /// How far recovery from a base backup reaches: through the segments it
+    /// holds, then along the unbroken run of archived segments after them,
+    /// to the last transaction in that run.
     /// `time_of` reads a segment whose entry does not say (an entry of an
     /// older cairn): its records, fetched from the repository.
     pub fn reach(
@@ -301,8 +304,13 @@ impl WalArchive {
         base: BaseWal,
         mut time_of: impl FnMut(&Archived) -> SegmentTime,
     ) -> Reach {
-        let mut run = Vec::new();
-        let mut next = base.stop;
+        // The end segment's archived copy, if any, for its transactions;
+        // then the unbroken run after it.
+        let mut run: Vec<&Archived> = self.segments.get(&base.stop).into_iter().collect();
+        let mut next = Segment {
+            number: base.stop.number + 1,
+            ..base.stop
+        };
         while let Some(a) = self.segments.get(&next) {
             run.push(a);
             next.number += 1;
@@ -312,10 +320,10 @@ impl WalArchive {
             .next_back()
             .map(|(s, _)| *s);
         let gap = newer.filter(|n| *n >= next).map(|_| next);
-        let last_segment = (!run.is_empty()).then(|| Segment {
+        let last_segment = Segment {
             number: next.number - 1,
             ..next
-        });
+        };
         let mut reach = Reach {
             time: meta.stop_time,
             last_xact: None,
@@ -539,7 +547,7 @@ mod tests {
         let r = archive.reach(&m, base, |_| unreachable!("every entry says"));
         assert_eq!(r.time, at("2026-01-01T10:04:00Z"));
         assert_eq!(r.last_xact, Some(at("2026-01-01T10:04:00Z")));
-        assert_eq!(r.last_segment.map(|s| s.number), Some(4));
+        assert_eq!(r.last_segment.number, 4);
         assert_eq!(r.gap.map(|s| s.number), Some(5));
         assert!(!r.approximate);
 
@@ -550,16 +558,23 @@ mod tests {
         });
         assert_eq!((r.time, r.gap), (at("2026-01-01T10:29:00Z"), None));
 
-        // The end segment missing: the base backup still reaches its own end.
+        // The base backup holds its own segments: with its end segment (5)
+        // missing, recovery goes on from 6, which is missing too.
         let m = meta(1, "0/5000028", "0/5000100", "2026-01-01T10:12:00Z");
         let r = archive.reach(&m, BaseWal::of(&m, archive.size).unwrap(), |_| {
             SegmentTime::NoXact
         });
+        assert_eq!((r.time, r.last_xact), (m.stop_time, None));
         assert_eq!(
-            (r.time, r.last_xact, r.last_segment),
-            (m.stop_time, None, None)
+            (r.last_segment.number, r.gap.map(|s| s.number)),
+            (5, Some(6))
         );
-        assert_eq!(r.gap.map(|s| s.number), Some(5));
+        // Ending in 6, it needs the archive from 7 on.
+        let m = meta(1, "0/5000028", "0/6000100", "2026-01-01T10:12:00Z");
+        let r = archive.reach(&m, BaseWal::of(&m, archive.size).unwrap(), |_| {
+            SegmentTime::NoXact
+        });
+        assert_eq!((r.time, r.gap), (at("2026-01-01T10:29:00Z"), None));
     }
 
     #[test]
