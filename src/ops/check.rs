@@ -32,6 +32,9 @@ pub struct CheckReport {
     pub damaged: Vec<Damage>,
     /// Packs no index file lists: leftovers of interrupted snapshots.
     pub unreferenced_packs: Vec<PackId>,
+    /// Runs of WAL segments missing from what physical snapshots replay
+    /// (each also one of `errors`).
+    pub wal_gaps: usize,
 }
 
 impl CheckReport {
@@ -308,9 +311,9 @@ pub fn check(
         .iter()
         .filter_map(|(id, s)| Some((*id, s.as_ref().ok()?)))
         .collect();
-    report
-        .errors
-        .extend(crate::source::pg::continuity_problems(repo, &readable)?);
+    let gaps = crate::source::pg::continuity_problems(repo, &readable)?;
+    report.wal_gaps = gaps.len();
+    report.errors.extend(gaps);
 
     // 4. Map damage to snapshots and files.
     let bad = |c: &ChunkId| !index.contains_key(c) || damaged.contains(c);

@@ -652,6 +652,7 @@ fn a_gap_in_the_wal_archive_cuts_the_range_and_a_failed_recovery_leaves_nothing(
     let (code, err) = code_and_stderr(&out);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(code, 1, "{stdout}{err}");
+    assert!(err.contains("take a physical snapshot now"), "{err}");
     let line = stdout
         .lines()
         .find(|l| l.contains(&seg3))
