@@ -278,7 +278,8 @@ pub struct RestoreArgs {
     /// Snapshot id (or unique prefix), or `latest`
     #[arg(value_name = "SNAPSHOT", conflicts_with = "at")]
     pub snapshot: Option<String>,
-    /// Restore the newest snapshot taken at or before this time (RFC 3339 or `YYYY-MM-DD HH:MM`, local time)
+    /// Restore the newest snapshot taken at or before this time (RFC 3339 or `YYYY-MM-DD HH:MM`, local time);
+    /// with --pgdata, the state at that time, or `latest`: the end of the archived WAL
     #[arg(long, value_name = "TIME")]
     pub at: Option<String>,
     /// Restore everything this plan backs up, stopping and starting its services around it

@@ -3,3 +3,4 @@
 
 pub use crate::source::pg::cluster::{free_port, ScratchCluster};
 pub use crate::source::pg::tools::pg_tool;
+pub use crate::source::pg::wal_records::{scan_segment, SegmentScan};

@@ -169,7 +169,12 @@ fn recovery_hint(report: &CheckReport) -> String {
             ids.join(" ")
         ));
     }
-    steps.push("restore from an undamaged snapshot; `cairn forget ID` the damaged ones and run `cairn prune`".to_string());
+    if report.wal_gaps > 0 {
+        steps.push("WAL missing from the archive cannot be made again: if the server's pg_wal still holds it, `cairn wal-push` each file; take a physical snapshot now, so that times after the gap can be restored".to_string());
+    }
+    if report.wal_gaps < report.errors.len() || !report.damaged.is_empty() {
+        steps.push("restore from an undamaged snapshot; `cairn forget ID` the damaged ones and run `cairn prune`".to_string());
+    }
     steps.join("; ")
 }
 

@@ -13,13 +13,19 @@ pub fn run_locked(g: &GlobalArgs, repo: &Repository, dry_run: bool) -> Result<()
     if g.json {
         return print_json(&r);
     }
+    if dry_run {
+        for w in &r.wal_removed {
+            println!("would remove archived WAL {}: {}", w.name, w.reason);
+        }
+    }
     println!(
-        "{}{} pack(s) kept, {} removed, {} repacked, {} unreferenced removed; {} -> {}",
+        "{}{} pack(s) kept, {} removed, {} repacked, {} unreferenced removed, {} archived WAL file(s) removed; {} -> {}",
         if dry_run { "would prune: " } else { "pruned: " },
         r.packs_kept,
         r.packs_removed,
         r.packs_repacked,
         r.unreferenced_packs_removed,
+        r.wal_files_removed,
         human_bytes(r.bytes_before),
         human_bytes(r.bytes_after)
     );

@@ -32,12 +32,12 @@ fn fetch_command(g: &GlobalArgs) -> Result<String> {
     Ok(cmd)
 }
 
-fn restore_pitr(
-    g: &GlobalArgs,
-    a: &RestoreArgs,
-    pgdata: &std::path::Path,
-    at: jiff::Timestamp,
-) -> Result<()> {
+fn restore_pitr(g: &GlobalArgs, a: &RestoreArgs, pgdata: &std::path::Path, at: &str) -> Result<()> {
+    use crate::source::pg::RecoveryTarget;
+    let at = match at {
+        "latest" => RecoveryTarget::Latest,
+        t => RecoveryTarget::Time(parse_time(t)?),
+    };
     let source = a
         .source
         .first()
@@ -55,12 +55,28 @@ fn restore_pitr(
     if g.json {
         return print_json(&report);
     }
+    let approx = if report.reachable_end_approximate {
+        " (approximately)"
+    } else {
+        ""
+    };
+    let target = match (report.target, report.to_end) {
+        (Some(t), false) => format!("recovery target {}", local_time(t)),
+        (Some(t), true) => format!(
+            "recovery to the end of the archived WAL ({}{approx}): no transaction after {} is archived",
+            local_time(report.reachable_end),
+            local_time(t)
+        ),
+        (None, _) => format!(
+            "recovery to the end of the archived WAL ({}{approx})",
+            local_time(report.reachable_end)
+        ),
+    };
     println!(
-        "restored base backup {} (ended {}) into {}; recovery target {}",
+        "restored base backup {} (ended {}) into {}; {target}",
         report.snapshot.short(),
         local_time(report.base_stop_time),
         pgdata.display(),
-        local_time(at)
     );
     match &report.reached {
         Some(r) if !r.is_empty() => {
@@ -80,10 +96,10 @@ pub fn run(g: &GlobalArgs, a: &RestoreArgs) -> Result<()> {
     if let Some(plan) = &a.plan {
         return super::restore_plan::run(g, a, plan);
     }
-    let at = a.at.as_deref().map(parse_time).transpose()?;
-    if let (Some(pgdata), Some(at)) = (&a.pgdata, at) {
+    if let (Some(pgdata), Some(at)) = (&a.pgdata, &a.at) {
         return restore_pitr(g, a, pgdata, at);
     }
+    let at = a.at.as_deref().map(parse_time).transpose()?;
     if a.snapshot.is_none() && at.is_none() {
         return Err(
             Error::usage("which snapshot? give an id, `latest`, or --at TIME")

@@ -11,25 +11,41 @@ pub fn run(g: &GlobalArgs, a: &SnapshotsArgs) -> Result<()> {
         .filter(|(_, s)| matches_filter(s, &a.filter))
         .collect();
     let proofs = repo.proofs()?;
-    // Physical PostgreSQL backups can be restored from their end to the newest archived WAL.
+    // Physical PostgreSQL backups can be restored from their end to the
+    // last transaction of the unbroken run of archived WAL after it.
     let physical = |s: &crate::repo::Snapshot| s.sources.iter().find_map(physical_meta);
-    let newest_wal = if snaps.iter().any(|(_, s)| physical(s).is_some()) {
-        pg::wal_entries(&repo)?
-            .into_iter()
-            .map(|w| w.archived)
-            .max()
+    let archive = if snaps.iter().any(|(_, s)| physical(s).is_some()) {
+        pg::wal_archive(&repo)?
     } else {
-        None
+        pg::WalArchive::default()
     };
-    let range = |s: &crate::repo::Snapshot| {
-        physical(s).map(|m| {
-            (
-                m.stop_time,
-                newest_wal
-                    .filter(|w| *w > m.stop_time)
-                    .unwrap_or(m.stop_time),
-            )
+    let ranges: std::collections::HashMap<_, _> = snaps
+        .iter()
+        .filter_map(|(id, s)| {
+            let m = physical(s)?;
+            let r = pg::reach(&repo, &archive, &m)?;
+            Some((*id, (m, r)))
         })
+        .collect();
+    let range_json = |id: &crate::repo::SnapshotId| {
+        ranges.get(id).map(|(m, r)| {
+            serde_json::json!({
+                "from": m.stop_time, "to": r.time, "approximate": r.approximate,
+                "gap": r.gap.map(|g| archive.size.name(g)),
+            })
+        })
+    };
+    let window = |timeline: u32| {
+        archive
+            .window(timeline)
+            .map(|(first, last, n)| (archive.size.name(first), archive.size.name(last), n))
+    };
+    let wal_json = |id: &crate::repo::SnapshotId| {
+        let (m, _) = ranges.get(id)?;
+        let (oldest, newest, segments) = window(m.timeline)?;
+        Some(serde_json::json!({
+            "timeline": m.timeline, "oldest": oldest, "newest": newest, "segments": segments,
+        }))
     };
     if g.json {
         let v: Vec<_> = snaps
@@ -43,7 +59,8 @@ pub fn run(g: &GlobalArgs, a: &SnapshotsArgs) -> Result<()> {
                     })).collect::<Vec<_>>(),
                     "size": s.size(), "bytes_added": s.summary.bytes_added,
                     "complete": s.is_complete(), "duration_ms": s.summary.duration_ms,
-                    "restorable": range(s).map(|(a, b)| serde_json::json!({"from": a, "to": b})),
+                    "restorable": range_json(id),
+                    "wal": wal_json(id),
                     "corrupted": proofs.get(id).is_some_and(|p| !p.passed),
                     "proof": proofs.get(id).map(|p| serde_json::json!({
                         "time": p.time, "passed": p.passed, "sources": p.sources, "detail": p.detail,
@@ -79,14 +96,32 @@ pub fn run(g: &GlobalArgs, a: &SnapshotsArgs) -> Result<()> {
             s.paths.join(" ")
         );
     }
-    for (id, s) in &snaps {
-        if let Some((a, b)) = range(s) {
+    for (id, _) in &snaps {
+        if let Some((m, r)) = ranges.get(id) {
             println!(
-                "{}: point-in-time restore possible from {} to {}",
+                "{}: point-in-time restore possible from {} to {}{}{}",
                 id.short(),
-                local_time(a),
-                local_time(b)
+                local_time(m.stop_time),
+                local_time(r.time),
+                if r.approximate {
+                    " (approximately: a WAL segment's records could not be read)"
+                } else {
+                    ""
+                },
+                r.gap
+                    .map(|g| format!(
+                        "; WAL segment {} is missing, so not beyond",
+                        archive.size.name(g)
+                    ))
+                    .unwrap_or_default()
             );
+        }
+    }
+    if !ranges.is_empty() {
+        for t in archive.timelines() {
+            if let Some((oldest, newest, n)) = window(t) {
+                println!("archived WAL, timeline {t}: {oldest} to {newest} ({n} segment(s))");
+            }
         }
     }
     for (id, _) in &snaps {

@@ -159,7 +159,7 @@ pub fn repository_newest_wal(repo: &Repository) -> Option<String> {
     names
         .into_iter()
         .map(|(n, _)| n.split('.').next().unwrap_or_default().to_string())
-        .filter(|n| n.len() == 24 && n.bytes().all(|b| b.is_ascii_hexdigit()))
+        .filter(|n| crate::source::pg::prefetch::is_segment(n))
         .max()
 }
 

@@ -32,6 +32,9 @@ pub struct CheckReport {
     pub damaged: Vec<Damage>,
     /// Packs no index file lists: leftovers of interrupted snapshots.
     pub unreferenced_packs: Vec<PackId>,
+    /// Runs of WAL segments missing from what physical snapshots replay
+    /// (each also one of `errors`).
+    pub wal_gaps: usize,
 }
 
 impl CheckReport {
@@ -301,8 +304,16 @@ pub fn check(
     }
     damaged.extend(spoiled);
 
-    // 3c. Archived WAL: damaged files, and names with more than one content.
+    // 3c. Archived WAL: damaged files, names with more than one content,
+    //     and segments missing from what a physical snapshot replays.
     report.errors.extend(crate::source::pg::check_wal(repo)?);
+    let readable: Vec<(SnapshotId, &crate::repo::Snapshot)> = snapshots
+        .iter()
+        .filter_map(|(id, s)| Some((*id, s.as_ref().ok()?)))
+        .collect();
+    let gaps = crate::source::pg::continuity_problems(repo, &readable)?;
+    report.wal_gaps = gaps.len();
+    report.errors.extend(gaps);
 
     // 4. Map damage to snapshots and files.
     let bad = |c: &ChunkId| !index.contains_key(c) || damaged.contains(c);

@@ -23,6 +23,11 @@ pub struct PruneReport {
     pub unreferenced_packs_removed: usize,
     /// Restore-test proofs of snapshots that no longer exist.
     pub proofs_removed: usize,
+    /// Archived WAL files older than every kept base backup's start
+    /// (spec/postgres.md "WAL retention"), removed or, with --dry-run, to remove.
+    pub wal_files_removed: usize,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub wal_removed: Vec<crate::source::pg::ExpiredWal>,
     pub bytes_before: u64,
     pub bytes_after: u64,
     /// With --dry-run: plaintext bytes that repacking would copy.
@@ -83,8 +88,9 @@ impl<'a> Reframer<'a> {
     }
 }
 
-/// Every chunk any snapshot needs (node lists and file contents).
-pub fn used_chunks(repo: &Repository) -> Result<HashSet<ChunkId>> {
+/// Every chunk any snapshot needs (node lists and file contents), and
+/// every chunk of archived WAL except the WAL files named in `expiring`.
+pub fn used_chunks(repo: &Repository, expiring: &HashSet<&str>) -> Result<HashSet<ChunkId>> {
     let mut used = HashSet::new();
     for (name, _) in repo.backend.list(FileKind::Snapshot)? {
         let Some(id) = SnapshotId::parse(&name) else {
@@ -111,7 +117,9 @@ pub fn used_chunks(repo: &Repository) -> Result<HashSet<ChunkId>> {
     }
     // Archived WAL is data too.
     for w in crate::source::pg::wal_entries(repo)? {
-        used.extend(w.content);
+        if !expiring.contains(w.name.as_str()) {
+            used.extend(w.content);
+        }
     }
     Ok(used)
 }
@@ -178,7 +186,19 @@ pub fn prune(repo: &Repository, dry_run: bool) -> Result<PruneReport> {
         dry_run,
         ..Default::default()
     };
-    let used = used_chunks(repo)?;
+    let expired = crate::source::pg::expired_wal(repo)?;
+    let expiring: HashSet<&str> = expired.iter().map(|e| e.name.as_str()).collect();
+    let used = used_chunks(repo, &expiring)?;
+    report.wal_files_removed = expired.len();
+    if dry_run {
+        for e in &expired {
+            tracing::info!(wal = %e.name, reason = %e.reason, "would remove archived WAL");
+        }
+    } else {
+        // Before any pack goes: an entry never outlives its data.
+        crate::source::pg::remove_expired_wal(repo, &expired)?;
+    }
+    report.wal_removed = expired;
     let mut packs: HashMap<PackId, PackEntry> = HashMap::new();
     let mut index_files = Vec::new();
     let mut damaged_index = Vec::new();

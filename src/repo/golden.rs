@@ -361,6 +361,8 @@ fn wal_entry_claim_proof_and_lock() {
         content: vec![ChunkId(id(0x42))],
         archived: at("2026-01-02T02:00:04Z"),
         host: "db1".into(),
+        records: Some(51_234),
+        last_xact_time: Some(at("2026-01-02T01:59:58.123456Z")),
     };
     let claim = WalClaim {
         name: wal.name.clone(),
@@ -384,6 +386,12 @@ fn wal_entry_claim_proof_and_lock() {
         command: "snapshot".into(),
     };
     assert_snapshot!("wal_entry", pretty(&wal));
+    // An entry of a cairn that did not read the records still reads.
+    let old: WalEntry = serde_json::from_str(
+        r#"{"name":"000000010000000000000003","size":16777216,"digest":"4141414141414141414141414141414141414141414141414141414141414141","content":[],"archived":"2026-01-02T02:00:04Z","host":"db1"}"#,
+    )
+    .unwrap();
+    assert_eq!((old.records, old.last_xact_time), (None, None));
     assert_snapshot!("wal_claim", pretty(&claim));
     assert_snapshot!("proof", pretty(&proof));
     assert_snapshot!("lock", pretty(&lock));

@@ -289,6 +289,17 @@ pub struct WalEntry {
     /// When cairn stored it (the WAL in it is older).
     pub archived: Timestamp,
     pub host: String,
+    /// How many whole records cairn read in the segment when it stored it;
+    /// absent when it did not read them (not a segment, not WAL it could
+    /// read, or an entry of a cairn before 2026-12): `last_xact_time` then
+    /// says nothing, and readers that need it read the segment.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub records: Option<u64>,
+    /// The time in the segment's last transaction commit or abort record
+    /// (spec/postgres.md "The WAL archive"): how far recovery can go with
+    /// it. Absent when it holds none, or when `records` is absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_xact_time: Option<Timestamp>,
 }
 
 /// `wal/<wal file name>`: which content a WAL name holds, written once with

@@ -222,8 +222,13 @@ fn point_in_time_restore_replays_exactly_to_the_target() {
         pg.env.path("late").to_str().unwrap(),
     ]);
     let (code, err) = code_and_stderr(&late);
-    assert_eq!(code, 1, "{err}");
-    assert!(err.contains("after the last archived WAL"), "{err}");
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("is after the end of what can be restored"),
+        "{err}"
+    );
+    assert!(err.contains("--at latest"), "{err}");
+    assert!(!pg.env.path("late").exists());
 }
 
 #[test]
@@ -397,4 +402,490 @@ fn restore_to_a_url_of_a_physical_snapshot_names_pgdata_and_at() {
         "{err}"
     );
     assert!(!err.contains("globals"), "{err}");
+}
+
+/// The commit time of the transaction that wrote marker `n`, exactly as
+/// its commit record holds it (needs `track_commit_timestamp = on`).
+fn commit_time(c: &mut postgres::Client, n: i32) -> jiff::Timestamp {
+    let t: String = c
+        .query_one(
+            "SELECT to_char(pg_xact_commit_timestamp(xmin) AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"') FROM markers WHERE n = $1",
+            &[&n],
+        )
+        .unwrap()
+        .get(0);
+    t.parse().unwrap()
+}
+
+/// The WAL file being written now.
+fn current_wal_file(c: &mut postgres::Client) -> String {
+    c.query_one("SELECT pg_walfile_name(pg_current_wal_lsn())", &[])
+        .unwrap()
+        .get(0)
+}
+
+/// Settings of a cluster archiving into `pg`'s repository, quiet enough
+/// that the markers' commits are the only transactions.
+fn archiving(archive: &str) -> ScratchCluster {
+    ScratchCluster::start(&[
+        ("archive_mode", "on"),
+        ("archive_command", archive),
+        ("track_commit_timestamp", "on"),
+        ("autovacuum", "off"),
+    ])
+    .unwrap()
+}
+
+fn markers(url: &str) -> Vec<i32> {
+    client(url)
+        .query("SELECT n FROM markers ORDER BY n", &[])
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect()
+}
+
+fn stop_restored(pgdata: &std::path::Path) {
+    let st = Command::new("runuser")
+        .args(["-u", "postgres", "--"])
+        .arg(cairn::testing::pg_tool("pg_ctl"))
+        .arg("-D")
+        .arg(pgdata)
+        .args(["-m", "immediate", "-w", "stop"])
+        .status()
+        .unwrap();
+    assert!(st.success());
+}
+
+/// Files under a directory of the repository, recursively.
+fn files_under(dir: &std::path::Path) -> std::collections::BTreeSet<std::path::PathBuf> {
+    let mut out = std::collections::BTreeSet::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            if e.file_type().unwrap().is_dir() {
+                todo.push(e.path());
+            } else {
+                out.insert(e.path());
+            }
+        }
+    }
+    out
+}
+
+/// Names of the archived WAL files (entries and claims as one name).
+fn archived_names(pg: &PgEnv) -> std::collections::BTreeSet<String> {
+    std::fs::read_dir(pg.env.repo.join("wal"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy()[..24.min(e.file_name().len())].to_string())
+        .collect()
+}
+
+fn json(s: &str) -> serde_json::Value {
+    serde_json::from_str(s).unwrap()
+}
+
+fn time_of(v: &serde_json::Value) -> jiff::Timestamp {
+    v.as_str().unwrap().parse().unwrap()
+}
+
+fn restore_args<'a>(at: &'a str, pgdata: &'a str, port: &'a str) -> Vec<&'a str> {
+    vec![
+        "restore",
+        "--at",
+        at,
+        "--source",
+        "postgres",
+        "--pgdata",
+        pgdata,
+        "--start-port",
+        port,
+        "--json",
+    ]
+}
+
+/// Issue 26: the parser cairn runs at `wal-push` finds, in real segments,
+/// the same last transaction end as `pg_waldump --rmgr=Transaction` (commits,
+/// aborts, prepared ones, a transaction spread over segments), and reads
+/// as many records.
+#[test]
+fn the_last_transaction_of_each_segment_is_the_one_pg_waldump_shows() {
+    let dir = tempfile::Builder::new()
+        .prefix("cairn-wal-")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let archived = dir.path().join("archive");
+    std::fs::create_dir(&archived).unwrap();
+    Command::new("chown")
+        .args(["-R", "postgres:postgres"])
+        .arg(dir.path())
+        .status()
+        .unwrap();
+    let cluster = ScratchCluster::start(&[
+        ("archive_mode", "on"),
+        (
+            "archive_command",
+            &format!("'cp %p {}/%f'", archived.display()),
+        ),
+        ("max_prepared_transactions", "2"),
+    ])
+    .unwrap();
+    let mut c = client(&cluster.url());
+    c.batch_execute("CREATE TABLE t (n int, pad text)").unwrap();
+    for i in 0..4 {
+        // About 10 MB of WAL each: records cross pages and segments.
+        c.batch_execute(&format!(
+            "INSERT INTO t SELECT g, repeat('x', 100) FROM generate_series({}, {}) g",
+            i * 60_000,
+            i * 60_000 + 59_999
+        ))
+        .unwrap();
+    }
+    c.batch_execute("BEGIN; INSERT INTO t VALUES (-1, 'gone'); ROLLBACK")
+        .unwrap();
+    c.batch_execute("BEGIN; INSERT INTO t VALUES (-2, 'p'); PREPARE TRANSACTION 'a'")
+        .unwrap();
+    c.batch_execute("COMMIT PREPARED 'a'").unwrap();
+    c.batch_execute("BEGIN; INSERT INTO t VALUES (-3, 'q'); PREPARE TRANSACTION 'b'")
+        .unwrap();
+    c.batch_execute("ROLLBACK PREPARED 'b'").unwrap();
+    switch_and_wait(&mut c);
+
+    let end = regex::Regex::new(
+        r"desc: (COMMIT|ABORT|COMMIT_PREPARED|ABORT_PREPARED) (?:\d+: )?(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{6}) UTC",
+    )
+    .unwrap();
+    let mut segments: Vec<_> = std::fs::read_dir(&archived)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.file_name().unwrap().len() == 24)
+        .collect();
+    segments.sort();
+    assert!(segments.len() >= 3, "{segments:?}");
+    let mut kinds = std::collections::BTreeSet::new();
+    for seg in &segments {
+        let out = Command::new(cairn::testing::pg_tool("pg_waldump"))
+            .arg(seg)
+            .env("TZ", "UTC")
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        let waldump_records = text.lines().filter(|l| l.starts_with("rmgr:")).count();
+        let last = text
+            .lines()
+            .filter_map(|l| end.captures(l))
+            .map(|m| {
+                kinds.insert(m[1].to_string());
+                let civil: jiff::civil::DateTime = m[2].parse().unwrap();
+                civil
+                    .to_zoned_datetime(jiff::tz::TimeZone::UTC)
+                    .unwrap()
+                    .timestamp()
+            })
+            .last();
+        let scan = cairn::testing::scan_segment(&std::fs::read(seg).unwrap()).unwrap();
+        assert_eq!(scan.last_xact_time, last, "{}", seg.display());
+        // pg_waldump also reads a record that runs on into the next segment.
+        assert!(
+            scan.records == waldump_records || scan.records + 1 == waldump_records,
+            "{}: {} records, pg_waldump {waldump_records}",
+            seg.display(),
+            scan.records
+        );
+    }
+    let all: std::collections::BTreeSet<String> =
+        ["COMMIT", "ABORT", "COMMIT_PREPARED", "ABORT_PREPARED"]
+            .into_iter()
+            .map(String::from)
+            .collect();
+    assert_eq!(kinds, all);
+}
+
+/// Issue 26: a segment lost from the archive is a `check` error naming it
+/// and the snapshot whose range it cuts; `snapshots` ends the range at the
+/// last transaction before it; `restore --at` past that end is refused
+/// before anything is written; `--at latest` recovers to it; and a
+/// recovery that fails after unpacking (a segment's data lost) leaves the
+/// target directory as it was and names the end it could have reached.
+#[test]
+fn a_gap_in_the_wal_archive_cuts_the_range_and_a_failed_recovery_leaves_nothing() {
+    let pg = PgEnv::new();
+    let cluster = archiving(&pg.archive_command());
+    let mut c = client(&cluster.url());
+    c.batch_execute("CREATE TABLE markers (n int PRIMARY KEY); INSERT INTO markers VALUES (1)")
+        .unwrap();
+    pg.ok(&["snapshot", "--postgres", &cluster.url(), "--physical"]);
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let between = server_now(&mut c);
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    c.batch_execute("INSERT INTO markers VALUES (2)").unwrap();
+    let t2 = commit_time(&mut c, 2);
+    let before = files_under(&pg.env.repo.join("data"));
+    switch_and_wait(&mut c);
+    let seg2_packs: Vec<_> = files_under(&pg.env.repo.join("data"))
+        .difference(&before)
+        .cloned()
+        .collect();
+    c.batch_execute("INSERT INTO markers VALUES (3)").unwrap();
+    let seg3 = current_wal_file(&mut c);
+    let t3 = commit_time(&mut c, 3);
+    switch_and_wait(&mut c);
+    c.batch_execute("INSERT INTO markers VALUES (4)").unwrap();
+    switch_and_wait(&mut c);
+    pg.ok(&["check"]);
+    let snaps = json(&pg.ok(&["snapshots", "--json"]));
+    let short = snaps[0]["short_id"].as_str().unwrap().to_string();
+    assert!(time_of(&snaps[0]["restorable"]["to"]) > t3, "{snaps}");
+
+    // Lose the segment holding marker 3.
+    for e in std::fs::read_dir(pg.env.repo.join("wal"))
+        .unwrap()
+        .flatten()
+    {
+        if e.file_name().to_string_lossy().starts_with(&seg3) {
+            std::fs::remove_file(e.path()).unwrap();
+        }
+    }
+    let out = pg.run(&["check"]);
+    let (code, err) = code_and_stderr(&out);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(code, 1, "{stdout}{err}");
+    assert!(err.contains("take a physical snapshot now"), "{err}");
+    let line = stdout
+        .lines()
+        .find(|l| l.contains(&seg3))
+        .unwrap_or_else(|| panic!("check names {seg3}: {stdout}"));
+    assert!(line.contains("missing from the WAL archive"), "{line}");
+    let cut = line
+        .split(&format!("snapshot {short} reaches only "))
+        .nth(1)
+        .and_then(|rest| rest.split(',').next())
+        .unwrap_or_else(|| panic!("check names the snapshot and its new end: {line}"));
+    assert_eq!(cut.parse::<jiff::Timestamp>().unwrap(), t2, "{line}");
+
+    let snaps = json(&pg.ok(&["snapshots", "--json"]));
+    assert_eq!(time_of(&snaps[0]["restorable"]["to"]), t2, "{snaps}");
+    assert_eq!(snaps[0]["restorable"]["gap"], seg3.as_str(), "{snaps}");
+    let table = pg.ok(&["snapshots"]);
+    assert!(
+        table.contains(&format!("WAL segment {seg3} is missing")),
+        "{table}"
+    );
+
+    // Past the end: refused, nothing written.
+    let port = free_port().unwrap().to_string();
+    let late = pg.env.path("late");
+    let t3s = t3.to_string();
+    let out = pg.run(&restore_args(&t3s, late.to_str().unwrap(), &port));
+    let (code, err) = code_and_stderr(&out);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("the newest time the WAL archive reaches"),
+        "{err}"
+    );
+    assert!(err.contains(&seg3) && err.contains("--at latest"), "{err}");
+    assert!(!late.exists());
+
+    // To the end of what is archived: marker 2.
+    let latest = pg.env.path("latest");
+    let report = json(&pg.ok(&restore_args("latest", latest.to_str().unwrap(), &port)));
+    assert_eq!(report["to_end"], true, "{report}");
+    assert_eq!(time_of(&report["reached"]), t2, "{report}");
+    assert_eq!(
+        markers(&format!("postgres://postgres@127.0.0.1:{port}/postgres")),
+        [1, 2]
+    );
+    stop_restored(&latest);
+
+    // Marker 2's segment unreadable: recovery to a time before it cannot
+    // reach its target, and the (empty) directory is emptied again.
+    assert!(!seg2_packs.is_empty());
+    for p in &seg2_packs {
+        std::fs::remove_file(p).unwrap();
+    }
+    let failed = pg.env.path("failed");
+    std::fs::create_dir(&failed).unwrap();
+    Command::new("chown")
+        .args(["postgres:postgres"])
+        .arg(&failed)
+        .status()
+        .unwrap();
+    let out = pg.run(&restore_args(&between, failed.to_str().unwrap(), &port));
+    let (code, err) = code_and_stderr(&out);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("recovery failed"), "{err}");
+    assert!(err.contains("was emptied"), "{err}");
+    assert!(
+        err.contains("the newest time the WAL archive reaches"),
+        "{err}"
+    );
+    assert!(failed.exists() && std::fs::read_dir(&failed).unwrap().next().is_none());
+    assert!(
+        std::net::TcpStream::connect(("127.0.0.1", port.parse::<u16>().unwrap())).is_err(),
+        "the restored server was stopped"
+    );
+}
+
+/// Issue 26: retention of archived WAL. With the older of two base backups
+/// forgotten, prune removes the WAL before the kept one's start (listed by
+/// `--dry-run` first), keeps what it replays, and a restore to a time after
+/// it still lands on its marker.
+#[test]
+fn prune_removes_wal_no_kept_base_backup_replays() {
+    let pg = PgEnv::new();
+    let cluster = archiving(&pg.archive_command());
+    let mut c = client(&cluster.url());
+    c.batch_execute("CREATE TABLE markers (n int PRIMARY KEY); INSERT INTO markers VALUES (1)")
+        .unwrap();
+    pg.ok(&["snapshot", "--postgres", &cluster.url(), "--physical"]);
+    c.batch_execute("INSERT INTO markers VALUES (2)").unwrap();
+    switch_and_wait(&mut c);
+    pg.ok(&["snapshot", "--postgres", &cluster.url(), "--physical"]);
+    c.batch_execute("INSERT INTO markers VALUES (3)").unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let target = server_now(&mut c);
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    c.batch_execute("INSERT INTO markers VALUES (4)").unwrap();
+    switch_and_wait(&mut c);
+
+    let snaps = json(&pg.ok(&["snapshots", "--json"]));
+    let (older, newer) = (&snaps[0], &snaps[1]);
+    let shown = json(&pg.ok(&["cat", "snapshot", newer["id"].as_str().unwrap()]));
+    let start_lsn = shown["sources"][0]["metadata"]["start_lsn"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let kept_start: String = c
+        .query_one("SELECT pg_walfile_name($1::text::pg_lsn)", &[&start_lsn])
+        .unwrap()
+        .get(0);
+    let before = archived_names(&pg);
+    let older_wal: Vec<&String> = before
+        .iter()
+        .filter(|n| n.len() == 24 && n.as_str() < kept_start.as_str())
+        .collect();
+    assert!(!older_wal.is_empty(), "{before:?} {kept_start}");
+    assert_eq!(
+        newer["wal"]["oldest"],
+        before.iter().next().unwrap().as_str(),
+        "{newer}"
+    );
+
+    pg.ok(&["forget", older["id"].as_str().unwrap()]);
+    let dry = pg.ok(&["prune", "--dry-run"]);
+    for n in &older_wal {
+        assert!(
+            dry.contains(&format!("would remove archived WAL {n}")),
+            "{dry}"
+        );
+    }
+    assert!(dry.contains(&format!("older than {kept_start}")), "{dry}");
+    assert_eq!(archived_names(&pg), before, "a dry run removes nothing");
+
+    let out = pg
+        .cmd()
+        .env("CAIRN_LOG", "cairn=info")
+        .args(["prune", "--json"])
+        .output()
+        .unwrap();
+    let (code, err) = code_and_stderr(&out);
+    assert_eq!(code, 0, "{err}");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        report["wal_files_removed"].as_u64().unwrap() >= older_wal.len() as u64,
+        "{report}"
+    );
+    assert!(err.contains("removing archived WAL"), "{err}");
+    let after = archived_names(&pg);
+    assert!(
+        after
+            .iter()
+            .all(|n| n.len() != 24 || n.as_str() >= kept_start.as_str()),
+        "{after:?} {kept_start} {report} {:?}",
+        std::fs::read_dir(pg.env.repo.join("wal"))
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name())
+            .collect::<Vec<_>>()
+    );
+    assert!(after.contains(&kept_start), "{after:?}");
+    pg.ok(&["check"]);
+    let table = pg.ok(&["snapshots"]);
+    assert!(
+        table.contains(&format!("archived WAL, timeline 1: {kept_start} to")),
+        "{table}"
+    );
+
+    let pgdata = pg.env.path("restored");
+    let port = free_port().unwrap().to_string();
+    let report = json(&pg.ok(&restore_args(&target, pgdata.to_str().unwrap(), &port)));
+    assert_eq!(report["snapshot"], newer["id"], "{report}");
+    assert_eq!(
+        markers(&format!("postgres://postgres@127.0.0.1:{port}/postgres")),
+        [1, 2, 3]
+    );
+    stop_restored(&pgdata);
+}
+
+/// Issue 26: a base backup holds the WAL from its start through its end
+/// segment (the server switches to a new segment to end it), so with those
+/// segments lost from the archive it still restores, and on past its end:
+/// `check` reports the gap and says no restore needs it.
+#[test]
+fn a_base_backup_restores_without_its_own_segments_in_the_archive() {
+    let pg = PgEnv::new();
+    let cluster = archiving(&pg.archive_command());
+    let mut c = client(&cluster.url());
+    c.batch_execute("CREATE TABLE markers (n int PRIMARY KEY); INSERT INTO markers VALUES (1)")
+        .unwrap();
+    pg.ok(&["snapshot", "--postgres", &cluster.url(), "--physical"]);
+    c.batch_execute("INSERT INTO markers VALUES (2)").unwrap();
+    let t2 = commit_time(&mut c, 2);
+    switch_and_wait(&mut c);
+    let snaps = json(&pg.ok(&["snapshots", "--json"]));
+    let short = snaps[0]["short_id"].as_str().unwrap().to_string();
+    let shown = json(&pg.ok(&["cat", "snapshot", snaps[0]["id"].as_str().unwrap()]));
+    let meta = &shown["sources"][0]["metadata"];
+    let mut name_of = |lsn: &serde_json::Value| -> String {
+        c.query_one(
+            "SELECT pg_walfile_name($1::text::pg_lsn)",
+            &[&lsn.as_str().unwrap()],
+        )
+        .unwrap()
+        .get(0)
+    };
+    let (start, stop) = (name_of(&meta["start_lsn"]), name_of(&meta["stop_lsn"]));
+    for e in std::fs::read_dir(pg.env.repo.join("wal"))
+        .unwrap()
+        .flatten()
+    {
+        let n = e.file_name().to_string_lossy().to_string();
+        if n.len() >= 24 && n[..24] >= *start && n[..24] <= *stop {
+            std::fs::remove_file(e.path()).unwrap();
+        }
+    }
+    let out = pg.run(&["check"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(stdout.contains(&format!("WAL segment {start}")), "{stdout}");
+    assert!(
+        stdout.contains(&format!(
+            "snapshot {short}'s base backup holds them itself, so its restores do not need them"
+        )),
+        "{stdout}"
+    );
+    let snaps = json(&pg.ok(&["snapshots", "--json"]));
+    assert_eq!(time_of(&snaps[0]["restorable"]["to"]), t2, "{snaps}");
+
+    let pgdata = pg.env.path("restored");
+    let port = free_port().unwrap().to_string();
+    let report = json(&pg.ok(&restore_args("latest", pgdata.to_str().unwrap(), &port)));
+    assert_eq!(time_of(&report["reached"]), t2, "{report}");
+    assert_eq!(
+        markers(&format!("postgres://postgres@127.0.0.1:{port}/postgres")),
+        [1, 2]
+    );
+    stop_restored(&pgdata);
 }

@@ -6,8 +6,11 @@
 //!
 //! ```text
 //! pitr          point-in-time restore: base backup + WAL replay
+//! wal_archive   the WAL archive put to use: reach, gaps for check, expiry for prune
 //! prefetch      wal-fetch reading the next segments ahead into a spool
 //! wal           wal-push, wal-fetch, claims, check of the WAL archive
+//! wal_chain     segment names, a base backup's unbroken run, gaps, reach, expiry rules
+//! wal_records   reading a segment's records: the last transaction's time
 //! physical      base backups into the repository
 //! replication   BASE_BACKUP over cairn's own replication connection
 //! restore_test  proving a snapshot restores (scratch cluster, pg_amcheck)
@@ -47,13 +50,20 @@ pub(crate) mod rows;
 pub(crate) mod stream;
 pub(crate) mod tools;
 pub(crate) mod wal;
+pub(crate) mod wal_archive;
+pub(crate) mod wal_chain;
+pub(crate) mod wal_records;
 
 pub use checksum::Proof;
 pub use cluster::ScratchCluster;
 pub use conn::{url_has_password, Target, URL_PASSWORD_HINT};
 pub use dump::archive_logical;
 pub use physical::{archive_physical, ARCHIVE_TIMEOUT};
-pub use pitr::{restore_pitr, PitrOptions};
+pub use pitr::{restore_pitr, PitrOptions, RecoveryTarget};
 pub use restore::{restore_logical, RestoreOptions};
 pub use restore_test::{restore_test, RestoreTest};
 pub use wal::{check_wal, wal_entries, wal_fetch, wal_push};
+pub use wal_archive::{
+    continuity_problems, expired_wal, reach, remove_expired_wal, wal_archive, ExpiredWal,
+};
+pub use wal_chain::WalArchive;

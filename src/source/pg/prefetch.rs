@@ -27,10 +27,7 @@ pub fn spool_dir(cache_dir: &Path, repo: RepoId) -> PathBuf {
     cache_dir.join("wal-prefetch").join(repo.to_hex())
 }
 
-/// A WAL segment name (not a history, backup or partial file).
-pub fn is_segment(name: &str) -> bool {
-    name.len() == 24 && name.bytes().all(|b| b.is_ascii_hexdigit())
-}
+pub use super::wal_chain::is_segment;
 
 /// Move segment `name` from the spool to `dest` if a prefetcher put it
 /// there. `Ok(false)`: not spooled, fetch it from the repository.

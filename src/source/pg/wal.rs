@@ -11,6 +11,9 @@ use crate::repo::{FileKind, Id, Node, WalClaim, WalEntry};
 use crate::repository::Repository;
 use std::path::Path;
 
+use super::wal_chain::WalName;
+use super::wal_records::scan_segment;
+
 /// Is this a WAL file name PostgreSQL archives (segment, history, backup, partial)?
 fn valid_wal_name(name: &str) -> bool {
     let hex = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_hexdigit());
@@ -38,7 +41,8 @@ fn wal_files(repo: &Repository, name: &str) -> Result<Vec<String>> {
     Ok(v)
 }
 
-fn read_wal_entry(repo: &Repository, file: &str) -> Result<WalEntry> {
+/// The entry in file `file` (`NAME.ID`), checked against its name.
+pub(super) fn read_wal_entry(repo: &Repository, file: &str) -> Result<WalEntry> {
     let f = FileRef::new(FileKind::Wal, file);
     let bytes = repo.backend.read(&f)?;
     let id = file.rsplit('.').next().unwrap_or("");
@@ -117,6 +121,22 @@ fn settled(repo: &Repository, name: &str, digest: Id) -> Result<Option<&'static 
         .then_some("already archived"))
 }
 
+/// What a segment's records say for its entry: how many were read and the
+/// time of the last transaction end. Only segments are read; WAL cairn
+/// cannot read is logged (debug) and stored as not read, never a failed push.
+fn read_records(name: &str, data: &[u8]) -> (Option<u64>, Option<jiff::Timestamp>) {
+    if !matches!(WalName::parse(name), Some(WalName::Segment(..))) {
+        return (None, None);
+    }
+    match scan_segment(data) {
+        Ok(s) => (Some(s.records as u64), s.last_xact_time),
+        Err(e) => {
+            tracing::debug!(wal = %name, "not reading its records: {e}");
+            (None, None)
+        }
+    }
+}
+
 /// `archive_command`: store one WAL file. Pushing identical content again
 /// succeeds; different content under an archived name is refused, also
 /// when the two pushes run at the same time: the content is stored first,
@@ -164,6 +184,7 @@ pub fn wal_push(repo: &Repository, path: &Path) -> Result<&'static str> {
             _ => return Err(conflict(&name)),
         }
     }
+    let (records, last_xact_time) = read_records(&name, &data);
     let entry = WalEntry {
         name: name.clone(),
         size: data.len() as u64,
@@ -171,6 +192,8 @@ pub fn wal_push(repo: &Repository, path: &Path) -> Result<&'static str> {
         content,
         archived: jiff::Timestamp::now(),
         host: crate::repository::host_name(),
+        records,
+        last_xact_time,
     };
     let bytes = repo.key.seal(&entry)?;
     let id = Id::of_bytes(&bytes);
@@ -217,6 +240,15 @@ fn entry_to_fetch(repo: &Repository, name: &str) -> Result<WalEntry> {
             ))
             .with_hint("run `cairn check`")
         })
+}
+
+/// The content of archived WAL file `name`, in memory (a segment is 16 MiB
+/// by default).
+pub(super) fn read_wal_segment(repo: &Repository, name: &str) -> Result<Vec<u8>> {
+    let e = entry_to_fetch(repo, name)?;
+    let mut out = Vec::with_capacity(e.size as usize);
+    repo.copy_file(&Node::stream(name, e.size, e.content), &mut out)?;
+    Ok(out)
 }
 
 /// `restore_command`: write WAL file `name` to `dest`. A missing file is an
