@@ -133,3 +133,126 @@ fn a_user_without_access_gets_a_hint_naming_the_way_to_share() {
     assert!(err.contains("hint: cairn runs as uid"), "{err}");
     assert!(err.contains("One repository, two users"), "{err}");
 }
+
+/// Issue 26, item 2, as deployed: root takes logical and physical
+/// snapshots, PostgreSQL's archiver pushes WAL as postgres into the same
+/// (group-shared) repository, and a point-in-time restore run by root —
+/// whose recovery runs `wal-fetch` as postgres — lands between two markers.
+#[test]
+fn root_snapshots_postgres_archives_and_pitr_lands_between_markers() {
+    if !rustix::process::geteuid().is_root() {
+        eprintln!("skipped: needs root to act as two users");
+        return;
+    }
+    let env = Env::init();
+    let dir = env.dir.path().display().to_string();
+    let repo = env.repo.display().to_string();
+    sh(&format!(
+        "chmod 0755 {dir} && chgrp postgres {dir}/password && chmod 0640 {dir}/password"
+    ));
+    sh(&format!(
+        "chgrp -R postgres {repo} && chmod -R g+rwX {repo} && find {repo} -type d -exec chmod g+s {{}} + && chmod g+r {repo}/config"
+    ));
+    sh(&format!(
+        "mkdir {dir}/pg-cache && chown postgres {dir}/pg-cache"
+    ));
+    let archive = format!(
+        "'{} wal-push -q -r {repo} --password-file {dir}/password --cache-dir {dir}/pg-cache %p'",
+        env!("CARGO_BIN_EXE_cairn")
+    );
+    let cluster = cairn::testing::ScratchCluster::start(&[
+        ("archive_mode", "on"),
+        ("archive_command", &archive),
+    ])
+    .unwrap();
+    let url = cluster.url();
+    let mut c: postgres::Client = url
+        .parse::<postgres::Config>()
+        .unwrap()
+        .connect(postgres::NoTls)
+        .unwrap();
+    c.batch_execute("CREATE TABLE markers (n int PRIMARY KEY); INSERT INTO markers VALUES (1)")
+        .unwrap();
+    // Root: a logical and a physical snapshot.
+    env.ok(&["snapshot", "--postgres", &url]);
+    env.ok(&["snapshot", "--postgres", &url, "--physical"]);
+    c.batch_execute("INSERT INTO markers VALUES (2)").unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let target: String = c
+        .query_one(
+            "SELECT to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    c.batch_execute("INSERT INTO markers VALUES (3)").unwrap();
+    // Wait until postgres archived the segment holding marker 3.
+    let before: i64 = c
+        .query_one("SELECT archived_count FROM pg_stat_archiver", &[])
+        .unwrap()
+        .get(0);
+    c.batch_execute("SELECT pg_switch_wal()").unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let r = c
+            .query_one(
+                "SELECT archived_count, failed_count FROM pg_stat_archiver",
+                &[],
+            )
+            .unwrap();
+        let (n, failed): (i64, i64) = (r.get(0), r.get(1));
+        assert_eq!(
+            failed, 0,
+            "postgres cannot push WAL into the shared repository"
+        );
+        if n > before {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "WAL was not archived");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    // Both users see the same archive and snapshots.
+    env.ok(&["check"]);
+    let out = as_postgres(&env, &["check"]);
+    assert_eq!(code_and_stderr(&out).0, 0, "{}", code_and_stderr(&out).1);
+
+    // Root restores; the recovery's wal-fetch runs as postgres.
+    let pgdata = env.path("restored");
+    let port = cairn::testing::free_port().unwrap();
+    let out = env.run(&[
+        "restore",
+        "--at",
+        &target,
+        "--source",
+        "postgres",
+        "--pgdata",
+        pgdata.to_str().unwrap(),
+        "--start-port",
+        &port.to_string(),
+    ]);
+    let (code, err) = code_and_stderr(&out);
+    assert_eq!(code, 0, "{err}");
+    let mut r: postgres::Client = format!("postgres://postgres@127.0.0.1:{port}/postgres")
+        .parse::<postgres::Config>()
+        .unwrap()
+        .connect(postgres::NoTls)
+        .unwrap();
+    let got: Vec<i32> = r
+        .query("SELECT n FROM markers ORDER BY n", &[])
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    assert_eq!(got, vec![1, 2]);
+    drop(r);
+    let st = Command::new("runuser")
+        .args(["-u", "postgres", "--"])
+        .arg(cairn::testing::pg_tool("pg_ctl"))
+        .arg("-D")
+        .arg(&pgdata)
+        .args(["-m", "immediate", "-w", "stop"])
+        .status()
+        .unwrap();
+    assert!(st.success());
+}
