@@ -454,14 +454,20 @@ impl Daemon {
     fn check_missed(&self, plan: &Plan, mine: &[(SnapshotId, Snapshot)]) {
         let started = self.status.lock().map(|s| s.started).ok().flatten();
         let now = jiff::Timestamp::now();
-        let limit = plan.alerts.missed_backup;
-        let scheduled = |name: &String| {
+        // The shortest limit of the schedules that back the source up.
+        let limit_of = |name: &String| {
             plan.schedules
                 .iter()
-                .any(|s| s.sources.is_empty() || s.sources.contains(name))
+                .filter(|s| s.sources.is_empty() || s.sources.contains(name))
+                .map(|s| s.missed_backup.unwrap_or(plan.alerts.missed_backup))
+                .min()
         };
         let status = self.status();
-        for src in plan.sources.iter().filter(|s| scheduled(&s.name)) {
+        for (src, limit) in plan
+            .sources
+            .iter()
+            .filter_map(|s| limit_of(&s.name).map(|l| (s, l)))
+        {
             let (last_ok, _) = run::source_history(mine, &src.name);
             let since = last_ok.or(started).unwrap_or(now);
             let age = (now - since).as_secs().max(0) as u64;

@@ -226,6 +226,11 @@ pub struct Schedule {
     /// median of recent runs.
     #[serde(serialize_with = "serialize_opt_duration")]
     pub expected_duration: Option<Duration>,
+    /// A source this schedule backs up is alerted after this long without
+    /// a complete copy; `None`: `alerts.missed-backup`. A source of several
+    /// schedules takes the shortest.
+    #[serde(serialize_with = "serialize_opt_duration")]
+    pub missed_backup: Option<Duration>,
 }
 
 impl Schedule {
@@ -240,6 +245,7 @@ impl Schedule {
             sources,
             tags: Vec::new(),
             expected_duration: None,
+            missed_backup: None,
         }
     }
 

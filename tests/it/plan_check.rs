@@ -397,6 +397,7 @@ fn json_fills_defaults() {
             "sources": ["etc"],
             "tags": [],
             "expected-duration": null,
+            "missed-backup": null,
         }])
     );
     assert_eq!(plan["retention"]["keep-daily"], 30);
@@ -406,6 +407,7 @@ fn json_fills_defaults() {
     assert_eq!(plan["alerts"]["storage-warning"], "80%");
     assert_eq!(plan["alerts"]["repeat-every"], "6h");
     assert_eq!(plan["alerts"]["slow-factor"], 2.0);
+    assert_eq!(plan["alerts"]["archive-lag"], "5m");
     assert_eq!(plan["verify"]["cron"], "0 4 * * 0");
     assert_eq!(plan["verify"]["skip-alert-after"], 3);
     assert_eq!(plan["api"], serde_json::Value::Null);

@@ -563,3 +563,36 @@ fn api_requests_do_not_unlock_the_key_again_issue_24() {
     let (code, log) = d.stop();
     assert_eq!(code, Some(0), "{log}");
 }
+
+/// Issue 27: a source backed up only by a weekly schedule is not alerted
+/// after the daily limit; its schedule's own `missed-backup` applies, while
+/// a source of a schedule without one keeps `alerts { missed-backup }`.
+#[test]
+fn a_schedule_sets_its_own_missed_backup_limit() {
+    let _serial = serial();
+    let env = Env::init();
+    let smtp = Smtp::start(&env.path("mail"));
+    let (daily, weekly) = (env.path("daily"), env.path("weekly"));
+    make_sample_tree(&daily);
+    make_sample_tree(&weekly);
+    let p = plan(
+        &env,
+        &format!(
+            "source \"daily\" kind=\"files\" {{\n    path \"{}\"\n}}\n\
+             source \"weekly\" kind=\"files\" {{\n    path \"{}\"\n}}\n\
+             schedule \"nightly\" {{\n    cron \"0 0 1 1 *\"\n    sources \"daily\"\n}}\n\
+             schedule \"sundays\" {{\n    cron \"0 0 1 1 *\"\n    sources \"weekly\"\n    missed-backup \"8d\"\n}}\n{}",
+            daily.display(),
+            weekly.display(),
+            email(&smtp, "    missed-backup \"2s\"\n")
+        ),
+    );
+    let d = Served::start(&env, &p);
+    smtp.wait_for("missed backup: daily", 60);
+    // Several more checks (every second) pass: the weekly source stays quiet.
+    std::thread::sleep(Duration::from_secs(4));
+    let all = smtp.messages().join("\n");
+    assert!(!all.contains("missed backup: weekly"), "{all}");
+    let (code, log) = d.stop();
+    assert_eq!(code, Some(0), "{log}");
+}

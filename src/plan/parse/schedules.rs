@@ -8,7 +8,14 @@ use super::{Named, Reference};
 use crate::plan::reader::{children, Parser};
 use crate::plan::Schedule;
 
-const SCHEDULE: &[&str] = &["cron", "timezone", "sources", "tag", "expected-duration"];
+const SCHEDULE: &[&str] = &[
+    "cron",
+    "timezone",
+    "sources",
+    "tag",
+    "expected-duration",
+    "missed-backup",
+];
 
 impl Parser<'_> {
     pub(super) fn schedule(
@@ -44,6 +51,7 @@ impl Parser<'_> {
                     self.references(c, &format!("{label} names"), &mut s.sources, refs);
                 }
                 "tag" => s.tags.extend(self.string_args(c)),
+                "missed-backup" => s.missed_backup = self.duration_arg(c),
                 _ => s.expected_duration = self.duration_arg(c),
             }
         }
