@@ -15,23 +15,34 @@ pub fn push(g: &GlobalArgs, path: &Path) -> Result<()> {
     Ok(())
 }
 
-/// `wal-fetch NAME DEST`: from the prefetch spool when a prefetcher read it
-/// already, else from the repository; then the next segments are read
-/// ahead in the background.
+/// `wal-fetch NAME DEST`: from the prefetch spool when the prefetcher has
+/// it ready (only the config is read: no key, no index), else from the
+/// repository; then the prefetcher follows.
 pub fn fetch(g: &GlobalArgs, name: &str, destination: &Path, ahead: u32) -> Result<()> {
-    let repo = open_repo(g)?;
-    let spool = access(g)
-        .cache_dir()
-        .map(|d| prefetch::spool_dir(&d, repo.config.id));
-    let spooled = match &spool {
-        Some(s) if ahead > 0 => prefetch::take(s, name, destination)?,
-        _ => false,
+    let a = access(g);
+    let spool = match (a.cache_dir(), ahead > 0 && prefetch::is_segment(name)) {
+        (Some(dir), true) => {
+            let backend = crate::backend::open(&a.location()?)?;
+            let config = crate::repository::Repository::read_config(backend.as_ref())?;
+            Some(prefetch::spool_dir(&dir, config.id))
+        }
+        _ => None,
     };
+    let mut spooled = false;
+    if let Some(s) = &spool {
+        prefetch::record_asked(s, name);
+        // A spool that cannot be used (another user's files) costs only the read-ahead.
+        spooled = prefetch::take(s, name, destination).unwrap_or_else(|e| {
+            tracing::warn!("{e}; reading {name} from the repository");
+            false
+        });
+    }
     if !spooled {
+        let repo = open_repo(g)?;
         pg::wal_fetch(&repo, name, destination)?;
     }
     tracing::debug!(wal = name, spooled, "fetched");
-    if spool.is_some() && ahead > 0 && prefetch::is_segment(name) {
+    if spool.is_some() {
         start_prefetcher(g, name, ahead);
     }
     Ok(())

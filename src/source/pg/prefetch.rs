@@ -7,10 +7,12 @@
 //! finds its segment there and only moves it into place.
 //!
 //! The spool is `<cache dir>/wal-prefetch/<repository id>/`, mode 0700, of
-//! the user PostgreSQL runs as. One prefetcher works on a spool at a time
-//! (`flock` on `.lock`; the next waits for it); each removes what recovery has passed (segments of
-//! the same timeline up to the one asked for) and unfinished files, so the
-//! spool holds at most `--prefetch` segments. Files are written by
+//! the user PostgreSQL runs as. Each `wal-fetch` records the segment it
+//! was asked for in `.asked`; one prefetcher per spool (`flock` on `.lock`;
+//! a second exits at once) follows it, removes what recovery has passed
+//! (segments of the same timeline up to the one asked for) and unfinished
+//! files, keeps the next `--prefetch` segments there, and exits once
+//! recovery has asked for nothing new for a few seconds. Files are written by
 //! [`wal_fetch`] itself (verified chunks, temporary name, fsync, rename), so
 //! a spooled segment is as checked as a fetched one (spec/postgres.md,
 //! "Recovery reads ahead").
@@ -21,6 +23,7 @@ use crate::repo::{FileKind, RepoId};
 use crate::repository::Repository;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 /// The spool of repository `repo` under a cache directory.
 pub fn spool_dir(cache_dir: &Path, repo: RepoId) -> PathBuf {
@@ -56,35 +59,50 @@ pub fn take(spool: &Path, name: &str, dest: &Path) -> Result<bool> {
     }
 }
 
-/// Read up to `count` archived segments that follow `after` on its
-/// timeline (in name order) into `spool`, after any prefetcher still at it
-/// is done. Returns how many were read.
-pub fn prefetch(repo: &Repository, spool: &Path, after: &str, count: u32) -> Result<usize> {
-    if !is_segment(after) || count == 0 {
-        return Ok(0);
-    }
+/// How long a prefetcher waits for recovery to ask for another segment
+/// before it exits.
+const IDLE: Duration = Duration::from_secs(5);
+
+/// Create the spool (mode 0700).
+fn make_spool(spool: &Path) -> Result<()> {
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
         .create(spool)
-        .map_err(|e| Error::io(format!("creating {}", spool.display()), e))?;
+        .map_err(|e| Error::io(format!("creating {}", spool.display()), e))
+}
+
+/// Tell the prefetcher which segment recovery asked for last: `.asked`,
+/// replaced atomically. A spool that cannot be written only means no
+/// read-ahead.
+pub fn record_asked(spool: &Path, name: &str) {
+    let done = make_spool(spool).is_ok() && {
+        let tmp = spool.join(format!(".asked.{}", std::process::id()));
+        std::fs::write(&tmp, name).is_ok() && std::fs::rename(&tmp, spool.join(".asked")).is_ok()
+    };
+    if !done {
+        tracing::debug!(spool = %spool.display(), "cannot record the segment asked for");
+    }
+}
+
+fn read_asked(spool: &Path) -> Option<String> {
+    std::fs::read_to_string(spool.join(".asked"))
+        .ok()
+        .filter(|n| is_segment(n))
+}
+
+/// The spool's lock, unless another prefetcher holds it.
+fn try_lock(spool: &Path) -> Result<Option<std::fs::File>> {
     let lock = std::fs::File::create(spool.join(".lock"))
         .map_err(|e| Error::io(format!("creating {}/.lock", spool.display()), e))?;
-    // Wait for the one before: it may be reading what this one needs, and
-    // what it leaves out (it started earlier) this one reads.
-    rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive)
-        .map_err(|e| Error::io(format!("locking {}/.lock", spool.display()), e.into()))?;
-    let timeline = &after[..8];
-    // What recovery has passed, and what an interrupted prefetcher left.
-    if let Ok(rd) = std::fs::read_dir(spool) {
-        for e in rd.flatten() {
-            let name = e.file_name().to_string_lossy().into_owned();
-            let passed = is_segment(&name) && name.starts_with(timeline) && *name <= *after;
-            if passed || name.ends_with(".cairn-tmp") {
-                let _ = std::fs::remove_file(e.path());
-            }
-        }
+    match rustix::fs::flock(&lock, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => Ok(Some(lock)),
+        Err(_) => Ok(None),
     }
+}
+
+/// Archived segment names of `timeline` after `after`, in order.
+fn archived_after(repo: &Repository, timeline: &str, after: &str) -> Result<Vec<String>> {
     let mut next: Vec<String> = repo
         .backend
         .list(FileKind::Wal)?
@@ -94,14 +112,84 @@ pub fn prefetch(repo: &Repository, spool: &Path, after: &str, count: u32) -> Res
         .collect();
     next.sort();
     next.dedup();
+    Ok(next)
+}
+
+/// Keep the `count` archived segments after the one recovery asked for
+/// last (`.asked`, at first `after`) in `spool`, one at a time, until
+/// recovery has asked for nothing new for [`IDLE`]. One prefetcher per
+/// spool: a second one exits at once, the first follows `.asked`. Returns
+/// how many segments were read.
+pub fn prefetch(repo: &Repository, spool: &Path, after: &str, count: u32) -> Result<usize> {
+    if !is_segment(after) || count == 0 {
+        return Ok(0);
+    }
+    make_spool(spool)?;
     let mut read = 0;
-    for name in next.into_iter().take(count as usize) {
-        let dest = spool.join(&name);
-        if dest.exists() {
+    loop {
+        let Some(lock) = try_lock(spool)? else {
+            return Ok(read);
+        };
+        let seen = follow(repo, spool, after, count, &mut read)?;
+        drop(lock);
+        // Asked for more while this one was giving up the lock: go on.
+        if read_asked(spool).is_none_or(|a| a <= seen) {
+            return Ok(read);
+        }
+    }
+}
+
+/// The locked part of [`prefetch`]; returns the last segment asked for.
+fn follow(
+    repo: &Repository,
+    spool: &Path,
+    after: &str,
+    count: u32,
+    read: &mut usize,
+) -> Result<String> {
+    let timeline = after[..8].to_string();
+    let mut asked = read_asked(spool)
+        .filter(|a| **a >= *after)
+        .unwrap_or_else(|| after.to_string());
+    let mut archived = archived_after(repo, &timeline, &asked)?;
+    let mut listed_for = asked.clone();
+    let mut last_news = Instant::now();
+    loop {
+        crate::interrupt::check()?;
+        if let Some(a) = read_asked(spool).filter(|a| **a > *asked) {
+            asked = a;
+            last_news = Instant::now();
+        }
+        // What recovery has passed, and what an interrupted prefetcher left.
+        if let Ok(rd) = std::fs::read_dir(spool) {
+            for e in rd.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                let passed = is_segment(&name) && name.starts_with(&timeline) && *name <= *asked;
+                if passed || name.ends_with(".cairn-tmp") {
+                    let _ = std::fs::remove_file(e.path());
+                }
+            }
+        }
+        let wanted: Vec<&String> = archived
+            .iter()
+            .filter(|n| **n > asked)
+            .take(count as usize)
+            .collect();
+        // Near the end of what was listed: list again, once per request.
+        if wanted.len() < count as usize && listed_for != asked {
+            archived = archived_after(repo, &timeline, &asked)?;
+            listed_for = asked.clone();
             continue;
         }
-        wal_fetch(repo, &name, &dest)?;
-        read += 1;
+        if let Some(name) = wanted.into_iter().find(|n| !spool.join(n).exists()) {
+            let name = name.clone();
+            wal_fetch(repo, &name, &spool.join(&name))?;
+            *read += 1;
+            continue;
+        }
+        if last_news.elapsed() > IDLE {
+            return Ok(asked);
+        }
+        std::thread::sleep(Duration::from_millis(20));
     }
-    Ok(read)
 }
