@@ -4,6 +4,7 @@ archive-push / archive-get, at the rate a bulk load writes WAL: how far archivin
 falls behind during the load, how long the backlog takes to drain, and how fast a
 recovery replays the archive."""
 import datetime
+import hashlib
 import json
 import os
 import re
@@ -402,6 +403,14 @@ def wal(args):
     return status
 
 
+def sha256_file(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 def median(rounds, name, key):
     vals = [r[name][key] for r in rounds if r[name].get(key) is not None]
     return statistics.median(vals) if vals else None
@@ -464,6 +473,7 @@ def wal_report(rounds, args, work, cairn, built, load0):
     out = {"command": "wal", "rounds_asked": args.rounds, "machine": m,
            "load_average": {"start": load0, "end": load1},
            "versions": {"cairn": tool_version([cairn, "--version"]), "cairn_binary": built,
+                        "cairn_sha256": sha256_file(cairn),
                         "pgbackrest": tool_version([PGBACKREST, "version"]),
                         "postgres": tool_version([pg("postgres"), "--version"])},
            "load": {"sql": LOAD_SQL, "pgbench_scale": SCALE, "source_conf": SOURCE_CONF},
