@@ -221,21 +221,25 @@ def wait_recovery(cluster, a, t0):
 
 
 def recovery_log_facts(cluster):
-    """From the restored server's log: redo's own elapsed time (`redo done at … elapsed: S s`) and the
-    time between `redo starts` and `archive recovery complete` by the log's timestamps."""
+    """From the restored server's log: redo's own elapsed time (`redo done at … elapsed: S s`) and, by
+    the log's timestamps, the time from the server's start to `redo starts` (the first restore_command
+    calls: the timeline's history file, the backup's first segment) and from there to `archive
+    recovery complete`."""
     lines = log_lines(os.path.join(cluster.dir, "log"))
-    facts = {"redo_elapsed_s": None, "redo_log_s": None}
+    facts = {"redo_elapsed_s": None, "startup_log_s": None, "redo_log_s": None}
     ts = {}
     for l in lines:
         m = re.search(r"redo done at \S+ system usage: .*elapsed: ([\d.]+) s", l)
         if m:
             facts["redo_elapsed_s"] = float(m.group(1))
-        for key in ("redo starts at", "archive recovery complete"):
+        for key in ("starting PostgreSQL", "redo starts at", "archive recovery complete"):
             if key in l and key not in ts:
                 mt = LOG_TS.match(l)
                 if mt:
                     ts[key] = datetime.datetime.strptime(mt.group(1), "%Y-%m-%d %H:%M:%S.%f").timestamp()
-    if len(ts) == 2:
+    if "starting PostgreSQL" in ts and "redo starts at" in ts:
+        facts["startup_log_s"] = ts["redo starts at"] - ts["starting PostgreSQL"]
+    if "redo starts at" in ts and "archive recovery complete" in ts:
         facts["redo_log_s"] = ts["archive recovery complete"] - ts["redo starts at"]
     return facts
 
@@ -339,7 +343,7 @@ def bench_archiver(a, work, i, clusters):
 
 
 METRICS = ("wal_mib", "load_s", "archived_during_load", "backlog", "drain_s", "final_segment_s", "recovery_s",
-           "replay_mibps", "redo_elapsed_s", "repo_bytes")
+           "replay_mibps", "startup_log_s", "redo_log_s", "redo_elapsed_s", "repo_bytes")
 
 
 def wal(args):
@@ -448,7 +452,8 @@ def wal_report(rounds, args, work, cairn, built, load0):
     for key, head, f in (("wal_mib", "WAL MiB", "%.0f"), ("load_s", "load s", "%.2f"),
                          ("archived_during_load", "archived", "%d"), ("backlog", "backlog", "%d"),
                          ("drain_s", "drain s", "%.2f"), ("recovery_s", "recovery s", "%.2f"),
-                         ("replay_mibps", "replay MiB/s", "%.1f"), ("redo_elapsed_s", "redo s (log)", "%.2f")):
+                         ("replay_mibps", "replay MiB/s", "%.1f"), ("startup_log_s", "to redo s", "%.2f"),
+                         ("redo_log_s", "redo s", "%.2f")):
         for name in ARCHIVERS:
             cells = []
             for r in rounds:
@@ -464,7 +469,9 @@ def wal_report(rounds, args, work, cairn, built, load0):
               (tool_version([PGBACKREST, "version"]) or "").replace("pgBackRest ", "")),
           "backlog = *.ready files in pg_wal/archive_status when the load ended; drain = seconds from then until",
           "  none was left (polled every %.1f s); replay = WAL from the base copy's start to the last" % POLL_S,
-          "  archived LSN / seconds from pg_ctl start to 'archive recovery complete' (page cache dropped first)",
+          "  archived LSN / seconds from pg_ctl start to 'archive recovery complete' (page cache dropped first);",
+          "  by the server log's timestamps, 'to redo' = its start to 'redo starts', 'redo' = from there to",
+          "  'archive recovery complete'",
           "every restored cluster verified: %d rows in t, %d in pgbench_accounts; failed_count 0 everywhere" % (
               ROWS, SCALE * 100_000),
           "load average at start %.2f, at end %.2f" % (load0[0], load1[0])]
