@@ -8,8 +8,8 @@ import tempfile
 import time
 
 from bench_lib.common import (
-    MB, MiB, TOOLS, BenchError, Borg, Cairn, Restic, du, fmt, log, make_corpora, place_corpus, print_machine, rm,
-    tree_bytes, verdict, versions)
+    MB, MiB, TOOLS, BenchError, Borg, Cairn, Restic, build_cairn, du, fmt, log, make_corpora, place_corpus,
+    print_machine, rm, tree_bytes, verdict, versions)
 
 # (column key, heading, unit, target op, target value) for cairn/restic ratios.
 COLUMNS = [
@@ -143,10 +143,7 @@ def core(args):
         work = tempfile.mkdtemp(prefix="cairn-bench-", dir="/tmp")
     log("workdir %s" % work)
 
-    cairn_bin = os.path.join(root, "target", "release", "cairn")
-    if "cairn" in tools:
-        log("cargo build --release")
-        subprocess.run(["cargo", "build", "--release", "--quiet"], cwd=root, check=True)
+    cairn_bin = build_cairn(root) if "cairn" in tools else None
     for t, b in (("restic", "/usr/bin/restic"), ("borg", "/usr/bin/borg")):
         if t in tools and not os.access(b, os.X_OK):
             print("bench: %s not found at %s (apt-get install %s)" % (t, b, "borgbackup" if t == "borg" else t),

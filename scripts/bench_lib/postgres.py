@@ -38,23 +38,40 @@ class Cluster:
         self.port = None
         self.running = False
 
-    def start(self):
+    def start(self, conf=()):
+        """initdb, then start; `conf` lines are appended to its postgresql.conf in between."""
+        self.make_dir()
+        log("cluster %s: initdb + start on port %d" % (self.name, self.port))
+        self.pg_ctl_run([pg("initdb"), "-D", self.data, "-U", "postgres", "-A", "trust", "-E", "UTF8",
+                         "--no-locale", "--no-sync"])
+        self.append_conf(conf)
+        self.launch()
+
+    def make_dir(self):
+        """An empty WORK/pg-NAME owned by postgres, and a free port for the server."""
         rm(self.dir)
         os.makedirs(self.dir)
         if os.geteuid() == 0:
             shutil.chown(self.dir, "postgres", "postgres")
         self.port = free_port()
-        log("cluster %s: initdb + start on port %d" % (self.name, self.port))
-        for argv in ([pg("initdb"), "-D", self.data, "-U", "postgres", "-A", "trust", "-E", "UTF8",
-                      "--no-locale", "--no-sync"],
-                     [pg("pg_ctl"), "-D", self.data, "-l", os.path.join(self.dir, "log"), "-w", "-t", "120",
-                      "-o", "-p %d -k %s -c listen_addresses=127.0.0.1 -c fsync=off" % (self.port, self.dir),
-                      "start"]):
-            p = subprocess.run(as_postgres(argv), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-            if p.returncode != 0:
-                raise BenchError("cluster %s: %s failed:\n%s" % (self.name, os.path.basename(argv[0]),
-                                                                   p.stdout[-3000:]))
+
+    def append_conf(self, lines):
+        if lines:
+            with open(os.path.join(self.data, "postgresql.conf"), "a") as f:
+                f.write("".join(line + "\n" for line in lines))
+
+    def launch(self, wait=True):
+        """pg_ctl start of the data directory; without `wait`, return as soon as the postmaster runs."""
+        self.pg_ctl_run([pg("pg_ctl"), "-D", self.data, "-l", os.path.join(self.dir, "log"),
+                         "-w" if wait else "-W", "-t", "120",
+                         "-o", "-p %d -k %s -c listen_addresses=127.0.0.1 -c fsync=off" % (self.port, self.dir),
+                         "start"])
         self.running = True
+
+    def pg_ctl_run(self, argv):
+        p = subprocess.run(as_postgres(argv), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        if p.returncode != 0:
+            raise BenchError("cluster %s: %s failed:\n%s" % (self.name, os.path.basename(argv[0]), p.stdout[-3000:]))
 
     def stop(self):
         if self.running:
