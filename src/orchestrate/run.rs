@@ -10,11 +10,24 @@ use super::{
     Destination, Failure, Item, Orchestration, Report, ServiceReport, ServiceState, SourceReport,
     SourceState, Step, StepReport, StepStatus, COMMAND_TIMEOUT, POLL_EVERY,
 };
+
+/// How long a service using a physical source, without a `ready` probe,
+/// may take to end recovery.
+const RECOVERY_WAIT: Duration = Duration::from_secs(60);
 use crate::error::{Error, Kind, Result};
 use crate::plan::Probe;
 use crate::repo::Node;
 use crate::repository::Repository;
 use crate::source::kafka::{ConfigChoice, ExistingTopics};
+use crate::source::pg::{Bases, ExistingPgdata, PitrChoice, PitrOptions, RecoveryTarget};
+
+/// What the verify step found, for the restore steps: each item's nodes,
+/// and the base backup each physical item restores.
+#[derive(Default)]
+struct Verified {
+    nodes: HashMap<usize, Vec<Node>>,
+    pitr: HashMap<usize, PitrChoice>,
+}
 
 fn probe_text(what: &str, p: &Probe) -> String {
     format!(
@@ -79,6 +92,30 @@ impl Orchestration {
                         "restore source {} (postgres) into {shown}, replacing what the databases hold",
                         it.name
                     ),
+                    Destination::Pgdata { dir, at, existing } => {
+                        let from = match at {
+                            RecoveryTarget::Time(t) => format!(
+                                "the newest base backup that ended by {t}, set up to recover to {t}"
+                            ),
+                            RecoveryTarget::Latest => "the newest base backup, set up to recover to the end of the archived WAL".to_string(),
+                            RecoveryTarget::Immediate => format!(
+                                "the base backup of snapshot {}, set up to recover to its end",
+                                self.id.short()
+                            ),
+                        };
+                        format!(
+                            "restore source {} (physical postgres) into {}{}: {from} when its service starts the cluster",
+                            it.name,
+                            dir.display(),
+                            match existing {
+                                ExistingPgdata::MoveAside => format!(
+                                    ", moving what is there aside to {}.cairn-old-<time>",
+                                    dir.display()
+                                ),
+                                ExistingPgdata::Refuse => " (new or empty)".to_string(),
+                            }
+                        )
+                    }
                     Destination::Kafka {
                         target,
                         existing,
@@ -163,7 +200,7 @@ impl Orchestration {
         let mut failure = None;
         let mut interrupted = false;
         if !self.options.dry_run {
-            let mut nodes: HashMap<usize, Vec<Node>> = HashMap::new();
+            let mut verified = Verified::default();
             for (i, step) in self.steps.iter().enumerate() {
                 let r = &mut steps[i];
                 if let Err(e) = crate::interrupt::check() {
@@ -178,7 +215,7 @@ impl Orchestration {
                     break;
                 }
                 let t = Instant::now();
-                let outcome = self.run_step(repo, step, &mut nodes, &mut services, &mut sources);
+                let outcome = self.run_step(repo, step, &mut verified, &mut services, &mut sources);
                 let r = &mut steps[i];
                 r.duration_ms = Some(t.elapsed().as_millis() as u64);
                 match outcome {
@@ -224,7 +261,7 @@ impl Orchestration {
         &self,
         repo: &Repository,
         step: &Step,
-        nodes: &mut HashMap<usize, Vec<Node>>,
+        verified: &mut Verified,
         services: &mut [ServiceReport],
         sources: &mut [SourceReport],
     ) -> Result<Option<String>, StepError> {
@@ -232,6 +269,17 @@ impl Orchestration {
             Step::Verify { .. } => {
                 let mut all = Vec::new();
                 for (i, it) in self.items.iter().enumerate() {
+                    if matches!(it.to, Destination::Pgdata { .. }) {
+                        // The base backup it starts from, and whether the
+                        // archive reaches the target: refused here, before
+                        // any service is stopped.
+                        let opts = self.pitr_options(it).map_err(StepError::from)?;
+                        let choice = crate::source::pg::choose_pitr(repo, &it.name, &opts)
+                            .map_err(|e| e.context(format!("source {}", it.name)))?;
+                        all.push(choice.base.clone());
+                        verified.pitr.insert(i, choice);
+                        continue;
+                    }
                     let n = repo.read_tree(&it.record)?;
                     if matches!(it.to, Destination::Files(_)) {
                         // The same rules a restore applies (spec §2.6),
@@ -245,7 +293,7 @@ impl Orchestration {
                         }
                     }
                     all.extend(n.iter().cloned());
-                    nodes.insert(i, n);
+                    verified.nodes.insert(i, n);
                 }
                 let (_, packs) = crate::restorer::verify_before_restore(repo, &all)?;
                 Ok(Some(format!(
@@ -285,11 +333,15 @@ impl Orchestration {
                     };
                     r?;
                 }
-                Ok(None)
+                let recovered = self.wait_for_recovery(s);
+                if recovered.is_err() {
+                    services[*service].state = ServiceState::Failed;
+                }
+                recovered
             }
             Step::Restore { item } => {
                 let it = &self.items[*item];
-                let r = self.restore_item(repo, it, nodes.get(item).map(Vec::as_slice));
+                let r = self.restore_item(repo, it, *item, verified);
                 let rep = &mut sources[*item];
                 match &r {
                     Ok(d) => {
@@ -310,9 +362,24 @@ impl Orchestration {
         &self,
         repo: &Repository,
         it: &Item,
-        nodes: Option<&[Node]>,
+        index: usize,
+        verified: &Verified,
     ) -> Result<Option<String>, StepError> {
+        let nodes = verified.nodes.get(&index).map(Vec::as_slice);
         match &it.to {
+            Destination::Pgdata { dir, .. } => {
+                let choice = verified
+                    .pitr
+                    .get(&index)
+                    .ok_or_else(|| Error::failure(format!("source {}: not verified", it.name)))?;
+                let opts = self.pitr_options(it)?;
+                let report = crate::source::pg::restore_chosen(repo, choice, &opts)?;
+                let mut detail = format!("{} into {}", choice.describe(&opts), dir.display());
+                if let Some(old) = &report.moved_aside {
+                    detail.push_str(&format!("; what was there is now {}", old.display()));
+                }
+                Ok(Some(detail))
+            }
             Destination::Files(root) => {
                 let read;
                 let nodes = match nodes {
@@ -395,6 +462,69 @@ impl Orchestration {
                 Ok(Some(detail))
             }
         }
+    }
+
+    /// How physical item `it` is restored: into its `pgdata`, not started
+    /// (its service starts it), from the plan's base backups.
+    fn pitr_options(&self, it: &Item) -> Result<PitrOptions> {
+        let Destination::Pgdata { dir, at, existing } = &it.to else {
+            return Err(Error::failure(format!(
+                "source {} is not physical",
+                it.name
+            )));
+        };
+        let fetch = self.options.wal_fetch.clone().ok_or_else(|| {
+            Error::usage("the restored cluster's restore_command needs the key in a file")
+        })?;
+        let mut opts = PitrOptions::new(dir.clone(), *at, fetch);
+        opts.existing = *existing;
+        opts.bases = Bases::Among(match at {
+            RecoveryTarget::Immediate => vec![self.id],
+            _ => self.options.bases.clone(),
+        });
+        Ok(opts)
+    }
+
+    /// After service `s` started: each physical source it uses must end
+    /// recovery (PostgreSQL removes `recovery.signal` when it does) within
+    /// its `ready` timeout (60 s without one).
+    fn wait_for_recovery(&self, s: &crate::plan::Service) -> Result<Option<String>, StepError> {
+        let dirs: Vec<&Path> = self
+            .items
+            .iter()
+            .filter(|it| s.sources.contains(&it.name))
+            .filter_map(|it| match &it.to {
+                Destination::Pgdata { dir, .. } => Some(dir.as_path()),
+                _ => None,
+            })
+            .collect();
+        if dirs.is_empty() {
+            return Ok(None);
+        }
+        let timeout = s.ready.as_ref().map_or(RECOVERY_WAIT, |p| p.timeout);
+        let deadline = Instant::now() + timeout;
+        for dir in &dirs {
+            let signal = dir.join("recovery.signal");
+            while signal.exists() {
+                crate::interrupt::check()?;
+                if Instant::now() >= deadline {
+                    return Err(Error::failure(format!(
+                        "PostgreSQL in {} has not ended recovery within {} of the start (recovery.signal is still there)",
+                        dir.display(),
+                        humantime::format_duration(timeout)
+                    ))
+                    .with_hint(format!(
+                        "its log says why (a WAL segment that cannot be fetched ends recovery with FATAL); \
+                         a long recovery needs a longer `ready` timeout, e.g. `ready \"psql -Atc 'SELECT NOT pg_is_in_recovery()' | grep -qx t\" timeout=\"1h\"` for service {}",
+                        s.name
+                    ))
+                    .into());
+                }
+                std::thread::sleep(POLL_EVERY);
+            }
+        }
+        let shown: Vec<String> = dirs.iter().map(|d| d.display().to_string()).collect();
+        Ok(Some(format!("recovery ended in {}", shown.join(", "))))
     }
 
     /// Run a command of the plan; a non-zero exit fails with its output.

@@ -59,7 +59,10 @@ pub use cluster::ScratchCluster;
 pub use conn::{url_has_password, Target, URL_PASSWORD_HINT};
 pub use dump::archive_logical;
 pub use physical::{archive_physical, ARCHIVE_TIMEOUT};
-pub use pitr::{restore_pitr, PitrOptions, RecoveryTarget};
+pub use pitr::{
+    check_pgdata, choose as choose_pitr, restore_chosen, restore_pitr, Bases, ExistingPgdata,
+    PitrChoice, PitrOptions, RecoveryTarget,
+};
 pub use restore::{restore_logical, RestoreOptions};
 pub use restore_test::{restore_test, RestoreTest};
 pub use wal::{check_wal, wal_entries, wal_fetch, wal_push};
