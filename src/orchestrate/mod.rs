@@ -136,6 +136,8 @@ enum Destination {
     /// cluster's service starts it.
     Pgdata {
         dir: PathBuf,
+        /// The source's `url`: where the started cluster says how far it replayed.
+        url: String,
         at: crate::source::pg::RecoveryTarget,
         existing: crate::source::pg::ExistingPgdata,
     },

@@ -233,6 +233,7 @@ fn physical_destination(
     })?;
     Ok(Destination::Pgdata {
         dir: dir.clone(),
+        url: p.url.clone(),
         at: options.at.unwrap_or(RecoveryTarget::Immediate),
         existing,
     })

@@ -10,10 +10,6 @@ use super::{
     Destination, Failure, Item, Orchestration, Report, ServiceReport, ServiceState, SourceReport,
     SourceState, Step, StepReport, StepStatus, COMMAND_TIMEOUT, POLL_EVERY,
 };
-
-/// How long a service using a physical source, without a `ready` probe,
-/// may take to end recovery.
-const RECOVERY_WAIT: Duration = Duration::from_secs(60);
 use crate::error::{Error, Kind, Result};
 use crate::plan::Probe;
 use crate::repo::Node;
@@ -28,6 +24,10 @@ struct Verified {
     nodes: HashMap<usize, Vec<Node>>,
     pitr: HashMap<usize, PitrChoice>,
 }
+
+/// How long a service using a physical source, without a `ready` probe,
+/// may take to end recovery.
+const RECOVERY_WAIT: Duration = Duration::from_secs(60);
 
 fn probe_text(what: &str, p: &Probe) -> String {
     format!(
@@ -92,7 +92,9 @@ impl Orchestration {
                         "restore source {} (postgres) into {shown}, replacing what the databases hold",
                         it.name
                     ),
-                    Destination::Pgdata { dir, at, existing } => {
+                    Destination::Pgdata {
+                        dir, at, existing, ..
+                    } => {
                         let from = match at {
                             RecoveryTarget::Time(t) => format!(
                                 "the newest base backup that ended by {t}, set up to recover to {t}"
@@ -273,7 +275,7 @@ impl Orchestration {
                         // The base backup it starts from, and whether the
                         // archive reaches the target: refused here, before
                         // any service is stopped.
-                        let opts = self.pitr_options(it).map_err(StepError::from)?;
+                        let opts = self.pitr_options(it)?;
                         let choice = crate::source::pg::choose_pitr(repo, &it.name, &opts)
                             .map_err(|e| e.context(format!("source {}", it.name)))?;
                         all.push(choice.base.clone());
@@ -333,7 +335,7 @@ impl Orchestration {
                     };
                     r?;
                 }
-                let recovered = self.wait_for_recovery(s);
+                let recovered = self.wait_for_recovery(s, &verified.pitr);
                 if recovered.is_err() {
                     services[*service].state = ServiceState::Failed;
                 }
@@ -467,7 +469,10 @@ impl Orchestration {
     /// How physical item `it` is restored: into its `pgdata`, not started
     /// (its service starts it), from the plan's base backups.
     fn pitr_options(&self, it: &Item) -> Result<PitrOptions> {
-        let Destination::Pgdata { dir, at, existing } = &it.to else {
+        let Destination::Pgdata {
+            dir, at, existing, ..
+        } = &it.to
+        else {
             return Err(Error::failure(format!(
                 "source {} is not physical",
                 it.name
@@ -487,23 +492,34 @@ impl Orchestration {
 
     /// After service `s` started: each physical source it uses must end
     /// recovery (PostgreSQL removes `recovery.signal` when it does) within
-    /// its `ready` timeout (60 s without one).
-    fn wait_for_recovery(&self, s: &crate::plan::Service) -> Result<Option<String>, StepError> {
-        let dirs: Vec<&Path> = self
+    /// its `ready` timeout (60 s without one), where its target says —
+    /// asked through the source's `url` when cairn can connect: replaying
+    /// to the end that stops before the last archived transaction means
+    /// archived WAL could not be fetched.
+    fn wait_for_recovery(
+        &self,
+        s: &crate::plan::Service,
+        chosen: &HashMap<usize, PitrChoice>,
+    ) -> Result<Option<String>, StepError> {
+        let physical: Vec<(&Item, &Path, &str, RecoveryTarget, &PitrChoice)> = self
             .items
             .iter()
-            .filter(|it| s.sources.contains(&it.name))
-            .filter_map(|it| match &it.to {
-                Destination::Pgdata { dir, .. } => Some(dir.as_path()),
+            .enumerate()
+            .filter(|(_, it)| s.sources.contains(&it.name))
+            .filter_map(|(i, it)| match &it.to {
+                Destination::Pgdata { dir, url, at, .. } => {
+                    Some((it, dir.as_path(), url.as_str(), *at, chosen.get(&i)?))
+                }
                 _ => None,
             })
             .collect();
-        if dirs.is_empty() {
+        if physical.is_empty() {
             return Ok(None);
         }
         let timeout = s.ready.as_ref().map_or(RECOVERY_WAIT, |p| p.timeout);
         let deadline = Instant::now() + timeout;
-        for dir in &dirs {
+        let mut said = Vec::new();
+        for (it, dir, url, at, choice) in physical {
             let signal = dir.join("recovery.signal");
             while signal.exists() {
                 crate::interrupt::check()?;
@@ -522,9 +538,42 @@ impl Orchestration {
                 }
                 std::thread::sleep(POLL_EVERY);
             }
+            let reached = match replay_point(url) {
+                Ok(r) => r,
+                Err(e) => {
+                    said.push(format!(
+                        "recovery ended in {} (how far it replayed could not be read: {e})",
+                        dir.display()
+                    ));
+                    continue;
+                }
+            };
+            let last = choice.reach.last_xact.filter(|_| choice.to_end);
+            if let Some(last) = last.filter(|l| reached.is_none_or(|r| r < *l)) {
+                return Err(Error::failure(format!(
+                    "recovery of source {} ended at {}, before the last archived transaction ({last}): archived WAL could not be fetched",
+                    it.name,
+                    reached.map_or("the base backup's end".to_string(), |r| r.to_string())
+                ))
+                .with_hint("`cairn check` names missing WAL segments; the cluster runs, promoted at that point")
+                .into());
+            }
+            if let (RecoveryTarget::Time(t), Some(r)) = (at, reached) {
+                if r > t {
+                    return Err(Error::failure(format!(
+                        "recovery of source {} replayed a transaction committed at {r}, after the target {t}",
+                        it.name
+                    ))
+                    .into());
+                }
+            }
+            said.push(format!(
+                "recovery ended in {}; last transaction replayed {}",
+                dir.display(),
+                reached.map_or("none after the base backup".to_string(), |r| r.to_string())
+            ));
         }
-        let shown: Vec<String> = dirs.iter().map(|d| d.display().to_string()).collect();
-        Ok(Some(format!("recovery ended in {}", shown.join(", "))))
+        Ok(Some(said.join("; ")))
     }
 
     /// Run a command of the plan; a non-zero exit fails with its output.
@@ -602,4 +651,23 @@ impl From<Error> for StepError {
             output: None,
         }
     }
+}
+
+/// The commit time of the last transaction the server at `url` replayed
+/// (`None`: none since it started from the base backup).
+fn replay_point(url: &str) -> Result<Option<jiff::Timestamp>> {
+    let t = crate::source::pg::Target::parse(url)?;
+    let mut client = t.connect(&t.maintenance_db())?;
+    let row = client
+        .query_one(
+            "SELECT to_char(pg_last_xact_replay_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')",
+            &[],
+        )
+        .map_err(|e| Error::failure(format!("asking {} how far it replayed: {e}", t.shown())))?;
+    let text: Option<String> = row.get(0);
+    text.map(|s| {
+        s.parse::<jiff::Timestamp>()
+            .map_err(|e| Error::failure(format!("{s:?} is not a time: {e}")))
+    })
+    .transpose()
 }

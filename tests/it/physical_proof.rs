@@ -67,7 +67,12 @@ fn a_plan_restores_a_physical_source_to_a_time_with_its_service_around_it() {
     let target = server_now(&mut c);
     sleep_past_a_second();
     c.batch_execute("INSERT INTO markers VALUES (3)").unwrap();
+    let before = files_under(&pg.env.repo.join("data"));
     switch_and_wait(&mut c);
+    let seg_packs: Vec<_> = files_under(&pg.env.repo.join("data"))
+        .difference(&before)
+        .cloned()
+        .collect();
     drop(c);
 
     // The live data directory is refused before anything runs.
@@ -119,12 +124,14 @@ fn a_plan_restores_a_physical_source_to_a_time_with_its_service_around_it() {
         .iter()
         .find(|s| s["action"] == "start")
         .unwrap();
-    assert!(
-        started["detail"]
-            .as_str()
-            .is_some_and(|d| d.contains("recovery ended")),
-        "{report}"
-    );
+    // The start step waited for the end of recovery and read how far it
+    // replayed: marker 2's commit, before the target.
+    let replayed = started["detail"]
+        .as_str()
+        .and_then(|d| d.split("last transaction replayed ").nth(1))
+        .unwrap_or_else(|| panic!("{report}"));
+    let replayed: jiff::Timestamp = replayed.parse().unwrap();
+    assert!(replayed <= target.parse().unwrap(), "{report}");
     // Exactly the rows committed before the target; the restored cluster
     // does not archive; the old directory is kept beside it.
     assert_eq!(markers(&url), [1, 2]);
@@ -179,6 +186,34 @@ fn a_plan_restores_a_physical_source_to_a_time_with_its_service_around_it() {
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("no `pgdata`"), "{err}");
     assert_eq!(markers(&url), [1, 2, 3], "the restored cluster still runs");
+
+    // The segment after the base backup damaged (and no spooled copy):
+    // recovery to the end stops at the backup's end, and the start step
+    // says archived WAL could not be fetched.
+    assert!(!seg_packs.is_empty());
+    for p in &seg_packs {
+        let mut bytes = std::fs::read(p).unwrap();
+        bytes[0] ^= 0x01;
+        std::fs::write(p, bytes).unwrap();
+    }
+    let _ = std::fs::remove_dir_all(pg.env.cache.join("wal-prefetch"));
+    let plan = write_plan(
+        &pg,
+        &db_nodes(
+            &url,
+            &data,
+            cluster.dir(),
+            cluster.port,
+            "    restore-existing-pgdata \"move-aside\"\n",
+        ),
+    );
+    let out = pg.run(&["restore", "--plan", &plan, "--at", "latest"]);
+    let (code, err) = crate::common::code_and_stderr(&out);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("start service pg") && err.contains("archived WAL could not be fetched"),
+        "{err}"
+    );
 }
 
 #[test]
