@@ -94,6 +94,22 @@ fn a_plan_restores_a_physical_source_to_a_time_with_its_service_around_it() {
             "    restore-existing-pgdata \"move-aside\"\n",
         ),
     );
+    // A time past what the archive reaches: refused by the verify step,
+    // before the service is stopped.
+    let (code, err) = crate::common::code_and_stderr(&pg.run(&[
+        "restore",
+        "--plan",
+        &plan,
+        "--at",
+        "2100-01-01T00:00:00Z",
+    ]));
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("step 1 (verify snapshot)")
+            && err.contains("after the end of what can be restored"),
+        "{err}"
+    );
+    assert_eq!(markers(&url), [1, 2, 3], "the cluster was not stopped");
     let dry = pg.ok(&["restore", "--plan", &plan, "--at", &target, "--dry-run"]);
     assert!(
         dry.contains("restore source db (physical postgres) into")
