@@ -279,7 +279,8 @@ pub struct RestoreArgs {
     #[arg(value_name = "SNAPSHOT", conflicts_with = "at")]
     pub snapshot: Option<String>,
     /// Restore the newest snapshot taken at or before this time (RFC 3339 or `YYYY-MM-DD HH:MM`, local time);
-    /// with --pgdata, the state at that time, or `latest`: the end of the archived WAL
+    /// with --pgdata (and for a plan's physical sources), the state at that time, or `latest`:
+    /// the end of the archived WAL
     #[arg(long, value_name = "TIME")]
     pub at: Option<String>,
     /// Restore everything this plan backs up, stopping and starting its services around it
@@ -385,8 +386,9 @@ pub struct CheckArgs {
     /// Read only a subset of packs: `N/M` (the N-th of M parts) or `P%`
     #[arg(long, value_name = "SUBSET", conflicts_with = "read_data")]
     pub read_data_subset: Option<String>,
-    /// Prove sources restore: PostgreSQL into a scratch cluster (checksums compared),
-    /// Kafka into a scratch broker (records compared)
+    /// Prove sources restore: logical PostgreSQL into a scratch cluster (checksums compared),
+    /// physical PostgreSQL recovered to a random time of its range in a scratch data
+    /// directory (pg_amcheck), Kafka into a scratch broker (records compared)
     #[arg(long)]
     pub restore_test: bool,
     /// With --restore-test: the source to test [default: every PostgreSQL source, and every
@@ -407,6 +409,10 @@ pub struct CheckArgs {
     /// (removed afterwards; default: the system's temporary directory)
     #[arg(long, value_name = "DIR", requires = "restore_test")]
     pub scratch_dir: Option<std::path::PathBuf>,
+    /// Tests only: recover physical sources to `end` (of their restorable range) or to
+    /// this time instead of a random time of the range
+    #[arg(long, value_name = "end|TIME", requires = "restore_test", hide = true)]
+    pub restore_test_at: Option<String>,
 }
 
 #[derive(Args, Debug)]

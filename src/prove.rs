@@ -1,5 +1,6 @@
 //! Proven restores: restore a snapshot's PostgreSQL, Kafka and file sources
-//! (files, stdin, command output) into a scratch environment, compare them with what was recorded at backup time,
+//! (files, stdin, command output) into a scratch environment, compare them with what was recorded at backup time
+//! (a physical PostgreSQL backup: recover it to a time of its range and check it),
 //! and record the outcome in the repository (`proofs/`), where a failure
 //! marks the snapshot corrupted. Used by `check --restore-test` and by the
 //! daemon's scheduled test.
@@ -12,7 +13,7 @@ use crate::repo::{Proof, Snapshot, SnapshotId, SourceStatus, FORMAT_VERSION};
 use crate::repository::Repository;
 use crate::source::kafka::prove::KafkaRestoreTest;
 use crate::source::kafka::KafkaOptions;
-use crate::source::pg::RestoreTest;
+use crate::source::pg::{PitrTest, RestoreTest, TestPoint};
 use crate::source::{handling, Handling};
 use serde::Serialize;
 
@@ -26,6 +27,13 @@ pub struct ScratchEnv {
     /// Where file sources are restored (a fresh directory inside it, removed
     /// afterwards); `None`: the system's temporary directory.
     pub files_dir: Option<std::path::PathBuf>,
+    /// The `restore_command` (without ` %f %p`) a restored physical
+    /// cluster fetches WAL with: `cairn wal-fetch` opening this repository
+    /// ([`crate::ops::access::Access::wal_fetch_command`]); `None`:
+    /// physical sources are not tested.
+    pub wal_fetch: Option<String>,
+    /// Where in its restorable range a physical source is tested.
+    pub pitr_point: TestPoint,
 }
 
 /// The restore test of one file, stdin or command source.
@@ -50,6 +58,8 @@ pub struct ProofReport {
     #[serde(flatten)]
     pub outcome: Outcome,
     pub postgres: Vec<RestoreTest>,
+    /// Physical PostgreSQL sources, recovered to a time and checked.
+    pub physical: Vec<PitrTest>,
     pub kafka: Vec<KafkaRestoreTest>,
     pub files: Vec<FilesRestoreTest>,
     /// Sources of the snapshot not tested, with why.
@@ -62,6 +72,7 @@ fn skipped(snapshot: SnapshotId, reason: String, untested: Vec<String>) -> Proof
         snapshot,
         outcome: Outcome::Skipped { reason },
         postgres: Vec::new(),
+        physical: Vec::new(),
         kafka: Vec::new(),
         files: Vec::new(),
         untested,
@@ -79,6 +90,7 @@ pub fn prove(
 ) -> Result<ProofReport> {
     let mut untested = Vec::new();
     let (mut pg, mut kafka, mut nodes) = (Vec::new(), Vec::new(), Vec::new());
+    let mut physical = Vec::new();
     for s in snap
         .sources
         .iter()
@@ -94,8 +106,10 @@ pub fn prove(
                 "{} (kafka): no restore test for this kind without a scratch broker",
                 s.name
             )),
+            (Handling::PgPhysical, true) if env.wal_fetch.is_some() => physical.push(s),
+            (Handling::PgPhysical, false) if env.wal_fetch.is_some() => {}
             (Handling::PgPhysical, _) => untested.push(format!(
-                "{}: physical backups are proven by a point-in-time restore, not tested here",
+                "{} (physical postgres): the restored cluster's restore_command needs the repository key in a file (--password-file or --identity)",
                 s.name
             )),
             (Handling::Nodes, true) => nodes.push(s),
@@ -106,7 +120,7 @@ pub fn prove(
             )),
         }
     }
-    if pg.is_empty() && kafka.is_empty() && nodes.is_empty() {
+    if pg.is_empty() && kafka.is_empty() && nodes.is_empty() && physical.is_empty() {
         return Ok(skipped(
             id,
             "the snapshot has no source that can be restore-tested here".into(),
@@ -160,6 +174,7 @@ pub fn prove(
         snapshot: id,
         outcome: Outcome::Passed,
         postgres: Vec::new(),
+        physical: Vec::new(),
         kafka: Vec::new(),
         files: Vec::new(),
         untested,
@@ -215,6 +230,30 @@ pub fn prove(
             Err(e) => failures.push(format!("{}: {e}", s.name)),
         }
     }
+    for s in &physical {
+        let fetch = env.wal_fetch.as_deref().unwrap_or_default();
+        match crate::source::pg::pitr_test(repo, id, s, fetch, env.pitr_point) {
+            Ok(t) => {
+                if !t.ok() {
+                    failures.push(format!("{}: {}", s.name, t.failures()));
+                }
+                report.physical.push(t);
+            }
+            Err(e) if matches!(e.kind(), Kind::Interrupted | Kind::Usage) => return Err(e),
+            Err(e) if e.kind() == Kind::Unavailable => {
+                return Ok(skipped(
+                    id,
+                    format!("no scratch cluster could recover {}: {e}", s.name),
+                    report.untested,
+                ))
+            }
+            // The hint holds the end of the server's log: why recovery failed.
+            Err(e) => failures.push(match e.hint() {
+                Some(h) => format!("{}: {e} ({h})", s.name),
+                None => format!("{}: {e}", s.name),
+            }),
+        }
+    }
     if let Some(k) = &env.kafka {
         for s in &kafka {
             match crate::source::kafka::prove::restore_test(repo, s, k, &id.short()) {
@@ -249,6 +288,7 @@ pub fn prove(
         passed: failures.is_empty(),
         sources: pg
             .iter()
+            .chain(physical.iter())
             .chain(kafka.iter())
             .chain(nodes.iter())
             .map(|s| s.name.clone())

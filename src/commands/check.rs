@@ -27,15 +27,31 @@ fn restore_test(g: &GlobalArgs, a: &CheckArgs, repo: &Repository) -> Result<()> 
             );
         }
     }
-    let testable = snap.sources.iter().any(|s| {
-        a.source.as_ref().is_none_or(|n| &s.name == n)
-            && match handling(s) {
-                Handling::PgLogical | Handling::Nodes => true,
-                Handling::Kafka => a.scratch_brokers.is_some(),
-                _ => false,
-            }
-    });
+    // A restored physical cluster fetches WAL with a `cairn wal-fetch`
+    // that opens the repository by itself: the key must be in a file.
+    let wal_fetch = super::access(g).wal_fetch_command();
+    let asked = |s: &&crate::repo::SourceRecord| a.source.as_ref().is_none_or(|n| &s.name == n);
+    let testable = snap
+        .sources
+        .iter()
+        .filter(asked)
+        .any(|s| match handling(s) {
+            Handling::PgLogical | Handling::Nodes => true,
+            Handling::PgPhysical => wal_fetch.is_ok(),
+            Handling::Kafka => a.scratch_brokers.is_some(),
+            Handling::Unknown => false,
+        });
     if !testable {
+        if snap
+            .sources
+            .iter()
+            .filter(asked)
+            .any(|s| handling(s) == Handling::PgPhysical)
+        {
+            if let Err(e) = wal_fetch {
+                return Err(e);
+            }
+        }
         return Err(Error::usage(format!(
             "snapshot {} has no file or PostgreSQL source to test{}",
             id.short(),
@@ -51,6 +67,12 @@ fn restore_test(g: &GlobalArgs, a: &CheckArgs, repo: &Repository) -> Result<()> 
             .map(crate::source::kafka::KafkaOptions::new)
             .transpose()?,
         files_dir: a.scratch_dir.clone(),
+        wal_fetch: wal_fetch.ok(),
+        pitr_point: match a.restore_test_at.as_deref() {
+            None => crate::source::pg::TestPoint::Random,
+            Some("end") => crate::source::pg::TestPoint::End,
+            Some(t) => crate::source::pg::TestPoint::At(super::parse_time(t)?),
+        },
     };
     let report = crate::prove::prove(repo, id, &snap, a.source.as_deref(), &env)?;
     if g.json {
@@ -81,6 +103,29 @@ fn restore_test(g: &GlobalArgs, a: &CheckArgs, repo: &Repository) -> Result<()> 
                 id.short(),
                 t.source,
                 if t.ok() { "passed" } else { "FAILED" }
+            );
+        }
+        for t in &report.physical {
+            for f in &t.amcheck {
+                println!("pg_amcheck: {f}");
+            }
+            for p in &t.problems {
+                println!("PROBLEM  {p}");
+            }
+            let to = match t.target {
+                Some(at) => local_time(at),
+                None => "the end of the archived WAL".to_string(),
+            };
+            println!(
+                "restore test of snapshot {} source {}: {} (recovered to {to}, in its range {} to {}{}; last transaction replayed {}; {})",
+                id.short(),
+                t.source,
+                if t.ok() { "passed" } else { "FAILED" },
+                local_time(t.from),
+                local_time(t.to),
+                if t.to_approximate { " (approximately)" } else { "" },
+                if t.reached.is_empty() { "none after the base backup".to_string() } else { t.reached.clone() },
+                if t.amcheck_ran { "pg_amcheck --all" } else { "pg_amcheck not installed" },
             );
         }
         for t in &report.kafka {

@@ -7,31 +7,6 @@ use crate::repository::Repository;
 use crate::restorer;
 use crate::source::{handling, pg, Handling};
 
-/// `restore_command` for a restored cluster: this binary, this repository, the same key.
-fn fetch_command(g: &GlobalArgs) -> Result<String> {
-    let exe = std::env::current_exe().map_err(|e| Error::io("finding the cairn binary", e))?;
-    let abs = |p: &std::path::Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
-    let repo = super::repo_location(g)?;
-    let repo = if repo.contains("://") {
-        repo
-    } else {
-        abs(std::path::Path::new(&repo)).display().to_string()
-    };
-    let mut cmd = format!("{} wal-fetch -q -r {repo}", abs(&exe).display());
-    if let Some(id) = &g.identity {
-        cmd.push_str(&format!(" --identity {}", abs(id).display()));
-    } else if let Some(pw) = &g.password_file {
-        cmd.push_str(&format!(" --password-file {}", abs(pw).display()));
-    } else {
-        return Err(Error::usage("a point-in-time restore needs --password-file or --identity")
-            .with_hint("the restored cluster's restore_command runs cairn wal-fetch and must open the repository by itself"));
-    }
-    if let Some(c) = super::cache_dir(g) {
-        cmd.push_str(&format!(" --cache-dir {}", abs(&c).display()));
-    }
-    Ok(cmd)
-}
-
 fn restore_pitr(g: &GlobalArgs, a: &RestoreArgs, pgdata: &std::path::Path, at: &str) -> Result<()> {
     use crate::source::pg::RecoveryTarget;
     let at = match at {
@@ -44,14 +19,20 @@ fn restore_pitr(g: &GlobalArgs, a: &RestoreArgs, pgdata: &std::path::Path, at: &
         .ok_or_else(|| Error::usage("--pgdata needs --source NAME"))?;
     let timeout = super::parse_duration("--recovery-timeout", &a.recovery_timeout)?;
     let repo = open_repo(g)?;
-    let opts = crate::source::pg::PitrOptions {
-        pgdata: pgdata.to_path_buf(),
+    let mut opts = crate::source::pg::PitrOptions::new(
+        pgdata.to_path_buf(),
         at,
-        fetch_command: fetch_command(g)?,
-        start_port: a.start_port,
-        timeout,
+        super::access(g).wal_fetch_command()?,
+    );
+    opts.start_port = a.start_port;
+    opts.timeout = timeout;
+    opts.bases = crate::source::pg::Bases::Any {
+        allow_corrupted: a.force,
     };
     let report = crate::source::pg::restore_pitr(&repo, source, &opts)?;
+    for p in &report.passed_over {
+        eprintln!("{p}");
+    }
     if g.json {
         return print_json(&report);
     }
@@ -67,6 +48,7 @@ fn restore_pitr(g: &GlobalArgs, a: &RestoreArgs, pgdata: &std::path::Path, at: &
             local_time(report.reachable_end),
             local_time(t)
         ),
+        (None, _) if report.immediate => "recovery to the end of the base backup".to_string(),
         (None, _) => format!(
             "recovery to the end of the archived WAL ({}{approx})",
             local_time(report.reachable_end)

@@ -12,9 +12,22 @@ use crate::plan::Plan;
 use crate::repo::{Snapshot, SnapshotId};
 
 pub fn run(g: &GlobalArgs, a: &RestoreArgs, file: &Path) -> Result<()> {
+    use crate::source::pg::RecoveryTarget;
     let plan = super::plan::load(file)?;
-    let at = a.at.as_deref().map(parse_time).transpose()?;
-    let repo = super::plan::open_repo(g, &plan)?;
+    // `--at latest`: the newest restore point, physical sources to the end
+    // of the archived WAL.
+    let pitr_at = match a.at.as_deref() {
+        None => None,
+        Some("latest") => Some(RecoveryTarget::Latest),
+        Some(t) => Some(RecoveryTarget::Time(parse_time(t)?)),
+    };
+    let at = match pitr_at {
+        Some(RecoveryTarget::Time(t)) => Some(t),
+        Some(_) => Some(jiff::Timestamp::MAX),
+        None => None,
+    };
+    let access = super::access(g).with_plan(&plan)?;
+    let repo = access.open()?;
     let mut points: Vec<(SnapshotId, Snapshot)> = repo.snapshots()?;
     points.retain(|(_, s)| plan.made(s));
     if !a.force {
@@ -55,6 +68,9 @@ pub fn run(g: &GlobalArgs, a: &RestoreArgs, file: &Path) -> Result<()> {
         target_root,
         overwrite: a.overwrite,
         quiet: g.quiet || g.json,
+        at: pitr_at,
+        bases: points.iter().map(|(id, _)| *id).collect(),
+        wal_fetch: access.wal_fetch_command().ok(),
     };
     let orch = orchestrate::prepare(&plan, id, &snap, &opts)?;
     let show = !g.json && !g.quiet;

@@ -135,6 +135,34 @@ impl Access {
         self.cache_dir()
     }
 
+    /// `restore_command` for a restored cluster, without ` %f %p`: this
+    /// binary's `wal-fetch` with this repository, key file and cache, all
+    /// absolute (the server runs it from its data directory). A key that
+    /// is not in a file (a prompt, `CAIRN_PASSWORD`) cannot be handed on.
+    pub fn wal_fetch_command(&self) -> Result<String> {
+        let exe = std::env::current_exe().map_err(|e| Error::io("finding the cairn binary", e))?;
+        let abs = |p: &Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
+        let repo = self.location()?;
+        let repo = if repo.contains("://") {
+            repo
+        } else {
+            abs(Path::new(&repo)).display().to_string()
+        };
+        let mut cmd = format!("{} wal-fetch -q -r {repo}", abs(&exe).display());
+        if let Some(id) = &self.identity {
+            cmd.push_str(&format!(" --identity {}", abs(id).display()));
+        } else if let Some(pw) = &self.password_file {
+            cmd.push_str(&format!(" --password-file {}", abs(pw).display()));
+        } else {
+            return Err(Error::usage("a point-in-time restore needs --password-file or --identity")
+                .with_hint("the restored cluster's restore_command runs cairn wal-fetch and must open the repository by itself"));
+        }
+        if let Some(c) = self.cache_dir() {
+            cmd.push_str(&format!(" --cache-dir {}", abs(&c).display()));
+        }
+        Ok(cmd)
+    }
+
     /// This access completed by `plan`'s repository node: its location, and
     /// its key and cache unless given here (what is given here wins).
     pub fn with_plan(&self, plan: &Plan) -> Result<Access> {

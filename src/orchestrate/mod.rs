@@ -12,13 +12,18 @@
 //! 3. **restore** each source of the snapshot the plan declares: files to
 //!    their original absolute paths (or below a target root), logical
 //!    PostgreSQL into the source's `url` (replacing what is there: the
-//!    services using it are stopped), Kafka into the source's brokers;
+//!    services using it are stopped), physical PostgreSQL into the source's
+//!    `pgdata`, set up to recover to the time asked for (the base backup
+//!    and the archive's reach are checked in step 1), Kafka into the
+//!    source's brokers;
 //! 4. **start** every service, dependencies first: its `start` command, then
-//!    its `ready` probe polled until it succeeds or times out.
+//!    its `ready` probe polled until it succeeds or times out; a service
+//!    using a physical source then waits until PostgreSQL ended recovery.
 //!
-//! Everything that could make the restore impossible (a physical PostgreSQL
-//! source, a source whose kind changed since the snapshot, an unsafe path) is
-//! refused by [`prepare`], before anything runs. While running, the first
+//! Everything that could make the restore impossible (a physical source
+//! without `pgdata` or with a data directory it must not replace, a source
+//! whose kind changed since the snapshot, an unsafe path) is refused by
+//! [`prepare`], before anything runs. While running, the first
 //! failing step — or Ctrl-C between steps — ends the run; the [`Report`] says
 //! how each step went and in what state every service and source was left.
 //! Nothing is undone or restarted after a failure: the services that were
@@ -74,6 +79,16 @@ pub struct Options {
     pub overwrite: crate::restorer::Overwrite,
     /// No progress bars.
     pub quiet: bool,
+    /// Physical PostgreSQL: where recovery stops (`--at TIME` or `--at
+    /// latest`); `None`: at the end of the chosen snapshot's base backup.
+    pub at: Option<crate::source::pg::RecoveryTarget>,
+    /// Physical PostgreSQL: the snapshots whose base backups a restore may
+    /// start from (the plan's restore points).
+    pub bases: Vec<SnapshotId>,
+    /// Physical PostgreSQL: the restored cluster's `restore_command`
+    /// (without ` %f %p`): `cairn wal-fetch` opening the repository as the
+    /// plan does; `None` when the key is not in a file.
+    pub wal_fetch: Option<String>,
 }
 
 impl Default for Options {
@@ -86,6 +101,9 @@ impl Default for Options {
             target_root: PathBuf::from("/"),
             overwrite: crate::restorer::Overwrite::default(),
             quiet: false,
+            at: None,
+            bases: Vec::new(),
+            wal_fetch: None,
         }
     }
 }
@@ -113,6 +131,15 @@ enum Destination {
     Postgres {
         url: String,
         shown: String,
+    },
+    /// A physical backup into a data directory, recovered when the
+    /// cluster's service starts it.
+    Pgdata {
+        dir: PathBuf,
+        /// The source's `url`: where the started cluster says how far it replayed.
+        url: String,
+        at: crate::source::pg::RecoveryTarget,
+        existing: crate::source::pg::ExistingPgdata,
     },
     Kafka {
         target: Box<crate::source::kafka::KafkaOptions>,

@@ -106,16 +106,10 @@ pub fn prepare(
         }
         let to = match &source.settings {
             SourceSettings::Files(_) => Destination::Files(options.target_root.clone()),
+            SourceSettings::Postgres(p) if handling(record) == Handling::PgPhysical => {
+                physical_destination(name, p, options)?
+            }
             SourceSettings::Postgres(p) => {
-                let physical = p.physical || handling(record) == Handling::PgPhysical;
-                if physical {
-                    return Err(Error::failure(format!(
-                        "source {name:?} is a physical PostgreSQL backup, which `restore --plan` cannot restore yet; nothing was changed"
-                    ))
-                    .with_hint(format!(
-                        "restore it by hand into a new data directory: `cairn restore --at TIME --source {name} --pgdata DIR`"
-                    )));
-                }
                 let shown = crate::source::pg::Target::parse(&p.url)?
                     .shown()
                     .to_string();
@@ -200,6 +194,48 @@ pub fn prepare(
         items,
         skipped,
         options: options.clone(),
+    })
+}
+
+/// Where and how a physical backup of source `name` is restored; refuses
+/// what cannot be: no `pgdata`, no key file for the restored cluster's
+/// `restore_command`, a data directory that is not empty and may not go
+/// aside (a server running in it is expected: its service stops it).
+fn physical_destination(
+    name: &str,
+    p: &crate::plan::PostgresSource,
+    options: &Options,
+) -> Result<Destination> {
+    use crate::source::pg::{check_pgdata, ExistingPgdata, RecoveryTarget};
+    let Some(dir) = &p.pgdata else {
+        return Err(Error::failure(format!(
+            "source {name:?} is a physical PostgreSQL backup and the plan says no `pgdata` to restore it into; nothing was changed"
+        ))
+        .with_hint(format!(
+            "add `pgdata \"DIR\"` (the cluster's data directory) to source {name:?}, or restore it by hand: `cairn restore --at TIME --source {name} --pgdata DIR`"
+        )));
+    };
+    if options.wal_fetch.is_none() {
+        return Err(Error::usage(format!(
+            "source {name:?}: the restored cluster's restore_command must open the repository, and the key is not in a file"
+        ))
+        .with_hint("give the plan's repository a `password-file` or `identity`, or pass --password-file/--identity"));
+    }
+    let asked = if options.force {
+        ExistingPgdata::MoveAside
+    } else {
+        ExistingPgdata::Refuse
+    };
+    let existing = p.restore_existing_pgdata.max(asked);
+    check_pgdata(dir, existing, true).map_err(|e| {
+        let hint = e.hint().unwrap_or_default().to_string();
+        e.with_hint(format!("source {name:?}: {hint}"))
+    })?;
+    Ok(Destination::Pgdata {
+        dir: dir.clone(),
+        url: p.url.clone(),
+        at: options.at.unwrap_or(RecoveryTarget::Immediate),
+        existing,
     })
 }
 

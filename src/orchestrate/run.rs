@@ -15,6 +15,19 @@ use crate::plan::Probe;
 use crate::repo::Node;
 use crate::repository::Repository;
 use crate::source::kafka::{ConfigChoice, ExistingTopics};
+use crate::source::pg::{Bases, ExistingPgdata, PitrChoice, PitrOptions, RecoveryTarget};
+
+/// What the verify step found, for the restore steps: each item's nodes,
+/// and the base backup each physical item restores.
+#[derive(Default)]
+struct Verified {
+    nodes: HashMap<usize, Vec<Node>>,
+    pitr: HashMap<usize, PitrChoice>,
+}
+
+/// How long a service using a physical source, without a `ready` probe,
+/// may take to end recovery.
+const RECOVERY_WAIT: Duration = Duration::from_secs(60);
 
 fn probe_text(what: &str, p: &Probe) -> String {
     format!(
@@ -79,6 +92,32 @@ impl Orchestration {
                         "restore source {} (postgres) into {shown}, replacing what the databases hold",
                         it.name
                     ),
+                    Destination::Pgdata {
+                        dir, at, existing, ..
+                    } => {
+                        let from = match at {
+                            RecoveryTarget::Time(t) => format!(
+                                "the newest base backup that ended by {t}, set up to recover to {t}"
+                            ),
+                            RecoveryTarget::Latest => "the newest base backup, set up to recover to the end of the archived WAL".to_string(),
+                            RecoveryTarget::Immediate => format!(
+                                "the base backup of snapshot {}, set up to recover to its end",
+                                self.id.short()
+                            ),
+                        };
+                        format!(
+                            "restore source {} (physical postgres) into {}{}: {from} when its service starts the cluster",
+                            it.name,
+                            dir.display(),
+                            match existing {
+                                ExistingPgdata::MoveAside => format!(
+                                    ", moving what is there aside to {}.cairn-old-<time>",
+                                    dir.display()
+                                ),
+                                ExistingPgdata::Refuse => " (new or empty)".to_string(),
+                            }
+                        )
+                    }
                     Destination::Kafka {
                         target,
                         existing,
@@ -163,7 +202,7 @@ impl Orchestration {
         let mut failure = None;
         let mut interrupted = false;
         if !self.options.dry_run {
-            let mut nodes: HashMap<usize, Vec<Node>> = HashMap::new();
+            let mut verified = Verified::default();
             for (i, step) in self.steps.iter().enumerate() {
                 let r = &mut steps[i];
                 if let Err(e) = crate::interrupt::check() {
@@ -178,7 +217,7 @@ impl Orchestration {
                     break;
                 }
                 let t = Instant::now();
-                let outcome = self.run_step(repo, step, &mut nodes, &mut services, &mut sources);
+                let outcome = self.run_step(repo, step, &mut verified, &mut services, &mut sources);
                 let r = &mut steps[i];
                 r.duration_ms = Some(t.elapsed().as_millis() as u64);
                 match outcome {
@@ -224,7 +263,7 @@ impl Orchestration {
         &self,
         repo: &Repository,
         step: &Step,
-        nodes: &mut HashMap<usize, Vec<Node>>,
+        verified: &mut Verified,
         services: &mut [ServiceReport],
         sources: &mut [SourceReport],
     ) -> Result<Option<String>, StepError> {
@@ -232,6 +271,17 @@ impl Orchestration {
             Step::Verify { .. } => {
                 let mut all = Vec::new();
                 for (i, it) in self.items.iter().enumerate() {
+                    if matches!(it.to, Destination::Pgdata { .. }) {
+                        // The base backup it starts from, and whether the
+                        // archive reaches the target: refused here, before
+                        // any service is stopped.
+                        let opts = self.pitr_options(it)?;
+                        let choice = crate::source::pg::choose_pitr(repo, &it.name, &opts)
+                            .map_err(|e| e.context(format!("source {}", it.name)))?;
+                        all.push(choice.base.clone());
+                        verified.pitr.insert(i, choice);
+                        continue;
+                    }
                     let n = repo.read_tree(&it.record)?;
                     if matches!(it.to, Destination::Files(_)) {
                         // The same rules a restore applies (spec §2.6),
@@ -245,7 +295,7 @@ impl Orchestration {
                         }
                     }
                     all.extend(n.iter().cloned());
-                    nodes.insert(i, n);
+                    verified.nodes.insert(i, n);
                 }
                 let (_, packs) = crate::restorer::verify_before_restore(repo, &all)?;
                 Ok(Some(format!(
@@ -285,11 +335,15 @@ impl Orchestration {
                     };
                     r?;
                 }
-                Ok(None)
+                let recovered = self.wait_for_recovery(s, &verified.pitr);
+                if recovered.is_err() {
+                    services[*service].state = ServiceState::Failed;
+                }
+                recovered
             }
             Step::Restore { item } => {
                 let it = &self.items[*item];
-                let r = self.restore_item(repo, it, nodes.get(item).map(Vec::as_slice));
+                let r = self.restore_item(repo, it, *item, verified);
                 let rep = &mut sources[*item];
                 match &r {
                     Ok(d) => {
@@ -310,9 +364,24 @@ impl Orchestration {
         &self,
         repo: &Repository,
         it: &Item,
-        nodes: Option<&[Node]>,
+        index: usize,
+        verified: &Verified,
     ) -> Result<Option<String>, StepError> {
+        let nodes = verified.nodes.get(&index).map(Vec::as_slice);
         match &it.to {
+            Destination::Pgdata { dir, .. } => {
+                let choice = verified
+                    .pitr
+                    .get(&index)
+                    .ok_or_else(|| Error::failure(format!("source {}: not verified", it.name)))?;
+                let opts = self.pitr_options(it)?;
+                let report = crate::source::pg::restore_chosen(repo, choice, &opts)?;
+                let mut detail = format!("{} into {}", choice.describe(&opts), dir.display());
+                if let Some(old) = &report.moved_aside {
+                    detail.push_str(&format!("; what was there is now {}", old.display()));
+                }
+                Ok(Some(detail))
+            }
             Destination::Files(root) => {
                 let read;
                 let nodes = match nodes {
@@ -397,6 +466,116 @@ impl Orchestration {
         }
     }
 
+    /// How physical item `it` is restored: into its `pgdata`, not started
+    /// (its service starts it), from the plan's base backups.
+    fn pitr_options(&self, it: &Item) -> Result<PitrOptions> {
+        let Destination::Pgdata {
+            dir, at, existing, ..
+        } = &it.to
+        else {
+            return Err(Error::failure(format!(
+                "source {} is not physical",
+                it.name
+            )));
+        };
+        let fetch = self.options.wal_fetch.clone().ok_or_else(|| {
+            Error::usage("the restored cluster's restore_command needs the key in a file")
+        })?;
+        let mut opts = PitrOptions::new(dir.clone(), *at, fetch);
+        opts.existing = *existing;
+        opts.bases = Bases::Among(match at {
+            RecoveryTarget::Immediate => vec![self.id],
+            _ => self.options.bases.clone(),
+        });
+        Ok(opts)
+    }
+
+    /// After service `s` started: each physical source it uses must end
+    /// recovery (PostgreSQL removes `recovery.signal` when it does) within
+    /// its `ready` timeout (60 s without one), where its target says —
+    /// asked through the source's `url` when cairn can connect: replaying
+    /// to the end that stops before the last archived transaction means
+    /// archived WAL could not be fetched.
+    fn wait_for_recovery(
+        &self,
+        s: &crate::plan::Service,
+        chosen: &HashMap<usize, PitrChoice>,
+    ) -> Result<Option<String>, StepError> {
+        let physical: Vec<(&Item, &Path, &str, RecoveryTarget, &PitrChoice)> = self
+            .items
+            .iter()
+            .enumerate()
+            .filter(|(_, it)| s.sources.contains(&it.name))
+            .filter_map(|(i, it)| match &it.to {
+                Destination::Pgdata { dir, url, at, .. } => {
+                    Some((it, dir.as_path(), url.as_str(), *at, chosen.get(&i)?))
+                }
+                _ => None,
+            })
+            .collect();
+        if physical.is_empty() {
+            return Ok(None);
+        }
+        let timeout = s.ready.as_ref().map_or(RECOVERY_WAIT, |p| p.timeout);
+        let deadline = Instant::now() + timeout;
+        let mut said = Vec::new();
+        for (it, dir, url, at, choice) in physical {
+            let signal = dir.join("recovery.signal");
+            while signal.exists() {
+                crate::interrupt::check()?;
+                if Instant::now() >= deadline {
+                    return Err(Error::failure(format!(
+                        "PostgreSQL in {} has not ended recovery within {} of the start (recovery.signal is still there)",
+                        dir.display(),
+                        humantime::format_duration(timeout)
+                    ))
+                    .with_hint(format!(
+                        "its log says why (a WAL segment that cannot be fetched ends recovery with FATAL); \
+                         a long recovery needs a longer `ready` timeout, e.g. `ready \"psql -Atc 'SELECT NOT pg_is_in_recovery()' | grep -qx t\" timeout=\"1h\"` for service {}",
+                        s.name
+                    ))
+                    .into());
+                }
+                std::thread::sleep(POLL_EVERY);
+            }
+            let reached = match replay_point(url) {
+                Ok(r) => r,
+                Err(e) => {
+                    said.push(format!(
+                        "recovery ended in {} (how far it replayed could not be read: {e})",
+                        dir.display()
+                    ));
+                    continue;
+                }
+            };
+            let last = choice.reach.last_xact.filter(|_| choice.to_end);
+            if let Some(last) = last.filter(|l| reached.is_none_or(|r| r < *l)) {
+                return Err(Error::failure(format!(
+                    "recovery of source {} ended at {}, before the last archived transaction ({last}): archived WAL could not be fetched",
+                    it.name,
+                    reached.map_or("the base backup's end".to_string(), |r| r.to_string())
+                ))
+                .with_hint("`cairn check` names missing WAL segments; the cluster runs, promoted at that point")
+                .into());
+            }
+            if let (RecoveryTarget::Time(t), Some(r)) = (at, reached) {
+                if r > t {
+                    return Err(Error::failure(format!(
+                        "recovery of source {} replayed a transaction committed at {r}, after the target {t}",
+                        it.name
+                    ))
+                    .into());
+                }
+            }
+            said.push(format!(
+                "recovery ended in {}; last transaction replayed {}",
+                dir.display(),
+                reached.map_or("none after the base backup".to_string(), |r| r.to_string())
+            ));
+        }
+        Ok(Some(said.join("; ")))
+    }
+
     /// Run a command of the plan; a non-zero exit fails with its output.
     fn run_command(&self, command: &str, timeout: Duration, what: &str) -> Result<(), StepError> {
         let out = run_shell(command, &self.plan_dir, timeout)?;
@@ -472,4 +651,23 @@ impl From<Error> for StepError {
             output: None,
         }
     }
+}
+
+/// The commit time of the last transaction the server at `url` replayed
+/// (`None`: none since it started from the base backup).
+fn replay_point(url: &str) -> Result<Option<jiff::Timestamp>> {
+    let t = crate::source::pg::Target::parse(url)?;
+    let mut client = t.connect(&t.maintenance_db())?;
+    let row = client
+        .query_one(
+            "SELECT to_char(pg_last_xact_replay_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')",
+            &[],
+        )
+        .map_err(|e| Error::failure(format!("asking {} how far it replayed: {e}", t.shown())))?;
+    let text: Option<String> = row.get(0);
+    text.map(|s| {
+        s.parse::<jiff::Timestamp>()
+            .map_err(|e| Error::failure(format!("{s:?} is not a time: {e}")))
+    })
+    .transpose()
 }

@@ -176,6 +176,12 @@ pub struct PostgresSource {
     /// How long a physical backup waits for its WAL to be archived.
     #[serde(serialize_with = "serialize_duration")]
     pub archive_timeout: Duration,
+    /// `restore --plan`: the data directory a physical backup is restored
+    /// into (absolute); `None`: the plan cannot restore one.
+    pub pgdata: Option<PathBuf>,
+    /// `restore --plan`: what to do with `pgdata` when it is not empty
+    /// (`--force` raises it to moving it aside).
+    pub restore_existing_pgdata: crate::source::pg::ExistingPgdata,
 }
 
 #[derive(Clone, Debug, Serialize)]

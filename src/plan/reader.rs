@@ -29,6 +29,11 @@ pub(super) const EXAMPLES: &[(&str, &str)] = &[
     ("url", "url \"postgres://backup@db:5432/postgres\""),
     ("database", "database \"app\""),
     ("physical", "physical #true"),
+    ("pgdata", "pgdata \"/var/lib/postgresql/15/main\""),
+    (
+        "restore-existing-pgdata",
+        "restore-existing-pgdata \"move-aside\" (or refuse)",
+    ),
     ("brokers", "brokers \"kafka1:9092,kafka2:9092\""),
     ("topic", "topic \"orders\""),
     ("include-internal", "include-internal #false"),

@@ -21,6 +21,7 @@ mod kafka;
 mod kafka_recreate;
 mod key_cache;
 mod metrics;
+mod physical_proof;
 mod plan_check;
 mod plan_run;
 mod postgres;

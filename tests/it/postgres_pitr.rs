@@ -7,12 +7,12 @@ use crate::common::*;
 use cairn::testing::{free_port, ScratchCluster};
 use std::process::{Command, Output};
 
-struct PgEnv {
-    env: Env,
+pub(crate) struct PgEnv {
+    pub(crate) env: Env,
 }
 
 impl PgEnv {
-    fn new() -> PgEnv {
+    pub(crate) fn new() -> PgEnv {
         let env = Env::new();
         let st = Command::new("chown")
             .args(["-R", "postgres:postgres"])
@@ -25,7 +25,7 @@ impl PgEnv {
         pg
     }
 
-    fn cmd(&self) -> Command {
+    pub(crate) fn cmd(&self) -> Command {
         let mut c = Command::new("runuser");
         c.args(["-u", "postgres", "--", BIN])
             .args(["-r", self.env.repo.to_str().unwrap()])
@@ -35,11 +35,11 @@ impl PgEnv {
         c
     }
 
-    fn run(&self, args: &[&str]) -> Output {
+    pub(crate) fn run(&self, args: &[&str]) -> Output {
         self.cmd().args(args).output().unwrap()
     }
 
-    fn ok(&self, args: &[&str]) -> String {
+    pub(crate) fn ok(&self, args: &[&str]) -> String {
         let out = self.run(args);
         assert!(
             out.status.success(),
@@ -51,7 +51,7 @@ impl PgEnv {
         String::from_utf8(out.stdout).unwrap()
     }
 
-    fn archive_command(&self) -> String {
+    pub(crate) fn archive_command(&self) -> String {
         format!(
             "'{BIN} wal-push -q -r {} --password-file {} --cache-dir {} %p'",
             self.env.repo.display(),
@@ -61,14 +61,14 @@ impl PgEnv {
     }
 }
 
-fn client(url: &str) -> postgres::Client {
+pub(crate) fn client(url: &str) -> postgres::Client {
     url.parse::<postgres::Config>()
         .unwrap()
         .connect(postgres::NoTls)
         .unwrap()
 }
 
-fn server_now(c: &mut postgres::Client) -> String {
+pub(crate) fn server_now(c: &mut postgres::Client) -> String {
     c.query_one(
         "SELECT to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')",
         &[],
@@ -78,7 +78,7 @@ fn server_now(c: &mut postgres::Client) -> String {
 }
 
 /// Switch WAL and wait until the server reports the segment archived.
-fn switch_and_wait(c: &mut postgres::Client) {
+pub(crate) fn switch_and_wait(c: &mut postgres::Client) {
     let before: i64 = c
         .query_one("SELECT archived_count FROM pg_stat_archiver", &[])
         .unwrap()
@@ -406,7 +406,7 @@ fn restore_to_a_url_of_a_physical_snapshot_names_pgdata_and_at() {
 
 /// The commit time of the transaction that wrote marker `n`, exactly as
 /// its commit record holds it (needs `track_commit_timestamp = on`).
-fn commit_time(c: &mut postgres::Client, n: i32) -> jiff::Timestamp {
+pub(crate) fn commit_time(c: &mut postgres::Client, n: i32) -> jiff::Timestamp {
     let t: String = c
         .query_one(
             "SELECT to_char(pg_xact_commit_timestamp(xmin) AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"') FROM markers WHERE n = $1",
@@ -426,7 +426,7 @@ fn current_wal_file(c: &mut postgres::Client) -> String {
 
 /// Settings of a cluster archiving into `pg`'s repository, quiet enough
 /// that the markers' commits are the only transactions.
-fn archiving(archive: &str) -> ScratchCluster {
+pub(crate) fn archiving(archive: &str) -> ScratchCluster {
     ScratchCluster::start(&[
         ("archive_mode", "on"),
         ("archive_command", archive),
@@ -436,7 +436,7 @@ fn archiving(archive: &str) -> ScratchCluster {
     .unwrap()
 }
 
-fn markers(url: &str) -> Vec<i32> {
+pub(crate) fn markers(url: &str) -> Vec<i32> {
     client(url)
         .query("SELECT n FROM markers ORDER BY n", &[])
         .unwrap()
@@ -458,7 +458,7 @@ fn stop_restored(pgdata: &std::path::Path) {
 }
 
 /// Files under a directory of the repository, recursively.
-fn files_under(dir: &std::path::Path) -> std::collections::BTreeSet<std::path::PathBuf> {
+pub(crate) fn files_under(dir: &std::path::Path) -> std::collections::BTreeSet<std::path::PathBuf> {
     let mut out = std::collections::BTreeSet::new();
     let mut todo = vec![dir.to_path_buf()];
     while let Some(d) = todo.pop() {
@@ -482,11 +482,11 @@ fn archived_names(pg: &PgEnv) -> std::collections::BTreeSet<String> {
         .collect()
 }
 
-fn json(s: &str) -> serde_json::Value {
+pub(crate) fn json(s: &str) -> serde_json::Value {
     serde_json::from_str(s).unwrap()
 }
 
-fn time_of(v: &serde_json::Value) -> jiff::Timestamp {
+pub(crate) fn time_of(v: &serde_json::Value) -> jiff::Timestamp {
     v.as_str().unwrap().parse().unwrap()
 }
 

@@ -2,6 +2,7 @@
 //! command), checked against that kind.
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use kdl::KdlNode;
@@ -13,12 +14,20 @@ use crate::plan::{
     CommandSource, FilesSource, KafkaSource, PostgresSource, Source, SourceSettings,
 };
 use crate::source::kafka::ExistingTopics;
+use crate::source::pg::ExistingPgdata;
 
 const SOURCE_KINDS: &[(&str, &[&str])] = &[
     ("files", &["path"]),
     (
         "postgres",
-        &["url", "database", "physical", "archive-timeout"],
+        &[
+            "url",
+            "database",
+            "physical",
+            "archive-timeout",
+            "pgdata",
+            "restore-existing-pgdata",
+        ],
     ),
     (
         "kafka",
@@ -176,12 +185,76 @@ impl Parser<'_> {
             let e = self.one_arg(c, &[])?;
             self.parsed("archive-timeout", e, parse_duration)
         });
+        let pgdata = s
+            .get("pgdata")
+            .and_then(|c| self.pgdata_arg(c, physical, label));
+        let existing = s.get("restore-existing-pgdata").and_then(|c| {
+            let e = self.one_arg(c, &[])?;
+            let v = self.string("restore-existing-pgdata", e)?;
+            let found = ExistingPgdata::NAMES.iter().find(|(n, _)| *n == v);
+            if found.is_none() {
+                self.error(
+                    entry_at(e),
+                    format!("unknown `restore-existing-pgdata` value {v:?}"),
+                    "use \"refuse\" (the default) or \"move-aside\"",
+                );
+            } else if s.get("pgdata").is_none() {
+                self.error(
+                    node_at(c),
+                    format!("{label}: `restore-existing-pgdata` without `pgdata`"),
+                    format!("add {} to say which directory", example("pgdata")),
+                );
+            }
+            found.map(|(_, x)| *x)
+        });
         Some(SourceSettings::Postgres(PostgresSource {
             url: url?,
             databases,
             physical,
             archive_timeout: archive_timeout.unwrap_or(crate::source::pg::ARCHIVE_TIMEOUT),
+            pgdata,
+            restore_existing_pgdata: existing.unwrap_or_default(),
         }))
+    }
+
+    /// `pgdata`: where `restore --plan` puts a physical backup. An
+    /// absolute directory below `/` whose parent exists, on a physical source.
+    fn pgdata_arg(&mut self, c: &KdlNode, physical: bool, label: &str) -> Option<PathBuf> {
+        let path = self.path_arg(c)?;
+        // `..` would make "the parent" and "moved aside" mean other places.
+        let plain = path
+            .components()
+            .all(|p| !matches!(p, std::path::Component::ParentDir));
+        if !physical {
+            self.error(
+                node_at(c),
+                format!("{label}: `pgdata` is set but the source is not physical"),
+                "`pgdata` is where `restore --plan` puts a physical backup; add `physical #true` or remove `pgdata`",
+            );
+        }
+        match path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            _ if !plain => self.error(
+                node_at(c),
+                format!("`pgdata` {} contains `..`", path.display()),
+                "write the data directory's path without `..`",
+            ),
+            None => self.error(
+                node_at(c),
+                format!("`pgdata` {} is not a directory below /", path.display()),
+                format!("write it like {}", example("pgdata")),
+            ),
+            Some(parent) if !parent.is_dir() => self.error(
+                node_at(c),
+                format!(
+                    "`pgdata` {}: its parent directory {} does not exist",
+                    path.display(),
+                    parent.display()
+                ),
+                "a restore creates the data directory itself, not the directories above it; correct the path or create them",
+            ),
+            Some(_) => {}
+        }
+        Some(path)
     }
 
     fn kafka_source(&mut self, s: &Settings) -> Option<SourceSettings> {

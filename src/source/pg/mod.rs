@@ -5,6 +5,7 @@
 //! One concern a file. Top to bottom, each file uses only files below it:
 //!
 //! ```text
+//! pitr_test     proving a physical snapshot: recovery to a random time of its range, pg_amcheck
 //! pitr          point-in-time restore: base backup + WAL replay
 //! wal_archive   the WAL archive put to use: reach, gaps for check, expiry for prune
 //! prefetch      wal-fetch reading the next segments ahead into a spool
@@ -42,6 +43,7 @@ pub(crate) mod meta;
 pub(crate) mod offsets;
 pub(crate) mod physical;
 pub(crate) mod pitr;
+pub(crate) mod pitr_test;
 pub(crate) mod prefetch;
 pub(crate) mod replication;
 pub(crate) mod restore;
@@ -59,7 +61,11 @@ pub use cluster::ScratchCluster;
 pub use conn::{url_has_password, Target, URL_PASSWORD_HINT};
 pub use dump::archive_logical;
 pub use physical::{archive_physical, ARCHIVE_TIMEOUT};
-pub use pitr::{restore_pitr, PitrOptions, RecoveryTarget};
+pub use pitr::{
+    check_pgdata, choose as choose_pitr, restore_chosen, restore_pitr, Bases, ExistingPgdata,
+    PitrChoice, PitrOptions, RecoveryTarget,
+};
+pub use pitr_test::{pitr_test, PitrTest, TestPoint};
 pub use restore::{restore_logical, RestoreOptions};
 pub use restore_test::{restore_test, RestoreTest};
 pub use wal::{check_wal, wal_entries, wal_fetch, wal_push};
