@@ -253,6 +253,13 @@ impl Daemon {
                 .as_deref()
                 .map(crate::source::kafka::KafkaOptions::new)
                 .transpose()?,
+            // Physical sources recover through `wal-fetch` with the plan's key.
+            wal_fetch: self
+                .opts
+                .access
+                .with_plan(&plan)
+                .and_then(|a| a.wal_fetch_command())
+                .ok(),
             ..Default::default()
         };
         let mut last = self.status().last_restore_test.unwrap_or_default();

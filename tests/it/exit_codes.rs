@@ -450,3 +450,61 @@ fn an_unreachable_object_store_is_4() {
     assert!(err.contains("cannot reach the object store"), "{err}");
     assert!(err.contains("hint: check AWS_ENDPOINT_URL"), "{err}");
 }
+
+/// A PostgreSQL "server" that accepts connections and never says a word
+/// (a hung server, a proxy whose backend is gone): cairn gives up after the
+/// connect timeout with exit 4 instead of hanging for ever, and SIGTERM
+/// ends it while it waits.
+#[test]
+fn a_server_that_accepts_and_never_answers_is_unreachable_not_a_hang() {
+    let env = Env::init();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let held = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let keep = held.clone();
+    std::thread::spawn(move || {
+        for c in listener.incoming().flatten() {
+            keep.lock().unwrap().push(c);
+        }
+    });
+    let url = format!("postgres://backup@127.0.0.1:{port}/postgres?connect_timeout=1");
+    let mut cmd = env.cmd();
+    cmd.args(["snapshot", "--postgres", &url]);
+    // A liveness bound, generous: it used to wait for ever.
+    let out = output_within(&mut cmd, 60);
+    let (code, err) = code_and_stderr(&out);
+    assert_eq!(code, 4, "{err}");
+    assert!(err.contains("did not answer within"), "{err}");
+    assert!(
+        err.contains("connect_timeout"),
+        "the hint names the setting: {err}"
+    );
+
+    // SIGTERM while it waits (a long connect timeout): exit 130, promptly.
+    let url = format!("postgres://backup@127.0.0.1:{port}/postgres?connect_timeout=300");
+    let mut child = env
+        .cmd()
+        .args(["snapshot", "--postgres", &url])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    rustix::process::kill_process(
+        rustix::process::Pid::from_child(&child),
+        rustix::process::Signal::TERM,
+    )
+    .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "SIGTERM did not end the wait"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    assert_eq!(status.code(), Some(130));
+    assert!(!held.lock().unwrap().is_empty());
+}

@@ -128,7 +128,7 @@ impl Target {
     /// not accepting connections yet) is [`Kind::Unavailable`] (exit 4);
     /// one that refuses us is a failure.
     pub fn connect(&self, db: &str) -> Result<postgres::Client> {
-        let mut client = self.with_db(db).connect(postgres::NoTls).map_err(|e| {
+        let mut client = self.connect_within(db)?.map_err(|e| {
             let message = format!("cannot connect to {}/{db}: {}", self.shown, describe(&e));
             if is_unreachable(&e) {
                 self.unreachable(message)
@@ -143,6 +143,60 @@ impl Target {
             .batch_execute(SESSION_SETUP)
             .map_err(|e| pg_err(self, db, e))?;
         Ok(client)
+    }
+
+    /// Connect, but give up when the server has not finished the start-up
+    /// and authentication within the connect timeout (plus a margin):
+    /// tokio-postgres's timeout covers only the TCP connect, so a server
+    /// (or a proxy) that accepts a connection and then says nothing would
+    /// hang cairn for ever. The attempt runs in a thread of its own; the
+    /// wait ends early on SIGINT/SIGTERM. A thread left waiting on such a
+    /// server is counted, and once [`MAX_SILENT`] wait on one server, the
+    /// next connection to it fails at once instead of adding another.
+    fn connect_within(
+        &self,
+        db: &str,
+    ) -> Result<std::result::Result<postgres::Client, postgres::Error>> {
+        let key = self.shown.clone();
+        if silent_waiting(&key, 0) >= MAX_SILENT {
+            return Err(self.unreachable(format!(
+                "{MAX_SILENT} earlier connections to {key} still wait for the server to answer"
+            )));
+        }
+        let config = self.with_db(db);
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::Builder::new()
+            .name("pg-connect".into())
+            .spawn(move || {
+                let _ = tx.send(config.connect(postgres::NoTls));
+            })
+            .map_err(|e| Error::io("starting a connection thread", e))?;
+        let deadline = std::time::Instant::now() + self.connect_timeout() + Duration::from_secs(5);
+        loop {
+            match rx.recv_timeout(Duration::from_millis(100)) {
+                Ok(r) => return Ok(r),
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                    return Err(Error::failure(format!(
+                        "connecting to {key}: the attempt ended without a result"
+                    )))
+                }
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+            }
+            crate::interrupt::check()?;
+            if std::time::Instant::now() > deadline {
+                // The thread goes on until the server answers or closes.
+                silent_waiting(&key, 1);
+                let counted = key.clone();
+                std::thread::spawn(move || {
+                    let _ = rx.recv();
+                    silent_waiting(&counted, -1);
+                });
+                return Err(self.unreachable(format!(
+                    "{key} accepted the connection but did not answer within {}",
+                    humantime::format_duration(self.connect_timeout() + Duration::from_secs(5))
+                )));
+            }
+        }
     }
 
     /// Environment for PostgreSQL's tools (libpq variables), for database `db`.
@@ -179,6 +233,26 @@ pub(super) fn pg_err(t: &Target, db: &str, e: postgres::Error) -> Error {
 /// and `Timeout` errors: an I/O error, or none at all, never a server's
 /// message), or a server starting up or shutting down — rather than that
 /// it answered and refused us (authentication, a missing database).
+/// Connection attempts to one server left waiting at most (see
+/// [`Target::connect_within`]).
+const MAX_SILENT: usize = 4;
+
+/// Add `delta` to the count of attempts waiting on server `key`; returns
+/// the count.
+fn silent_waiting(key: &str, delta: isize) -> usize {
+    static WAITING: std::sync::Mutex<Vec<(String, usize)>> = std::sync::Mutex::new(Vec::new());
+    let mut w = WAITING.lock().unwrap_or_else(|e| e.into_inner());
+    let i = match w.iter().position(|(k, _)| k == key) {
+        Some(i) => i,
+        None => {
+            w.push((key.to_string(), 0));
+            w.len() - 1
+        }
+    };
+    w[i].1 = w[i].1.saturating_add_signed(delta);
+    w[i].1
+}
+
 fn is_unreachable(e: &postgres::Error) -> bool {
     if let Some(db) = e.as_db_error() {
         return *db.code() == postgres::error::SqlState::CANNOT_CONNECT_NOW;
