@@ -53,7 +53,7 @@ pub fn run(g: &GlobalArgs, a: &SnapshotsArgs) -> Result<()> {
             .map(|(id, s)| {
                 serde_json::json!({
                     "id": id, "short_id": id.short(), "time": s.time, "host": s.host,
-                    "username": s.username, "tags": s.tags, "paths": s.paths,
+                    "username": s.username, "tags": s.tags, "paths": s.paths, "plan": s.plan,
                     "sources": s.sources.iter().map(|x| serde_json::json!({
                         "name": x.name, "kind": x.kind, "status": x.status, "size": x.size,
                     })).collect::<Vec<_>>(),

@@ -330,6 +330,9 @@ fn snapshots_of_a_plan_are_found_from_another_directory() {
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["snapshots"].as_array().unwrap().len(), 1, "{v}");
     assert_eq!(v["plan"], canonical.to_str().unwrap());
+    // `snapshots --json` says which plan made each snapshot.
+    let v = env.json(&["snapshots"]);
+    assert_eq!(v[0]["plan"], canonical.to_str().unwrap(), "{v}");
 
     // The daemon, started in B with the plan's path from there, counts it.
     let d = Served::start_from(&env, Path::new("../a/plan.kdl"), &b, &env.path("state"));
