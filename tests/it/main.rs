@@ -16,6 +16,7 @@ mod concurrency;
 mod corruption;
 mod crash;
 mod daemon_log;
+mod dashboard;
 mod exit_codes;
 mod kafka;
 mod kafka_recreate;
