@@ -103,7 +103,7 @@ fn choose_plan(
 }
 
 /// The global flags completed by the plan in force ([`plan_file`]): its
-/// repository, and its key and cache unless given (spec/plan.md §1). A
+/// repository, and its key and cache unless given (spec/plan.md, "The plan in force"). A
 /// repository given that is not the plan's is a usage error (exit 2).
 pub fn with_plan(g: &GlobalArgs) -> Result<GlobalArgs> {
     let Some(file) = plan_file(g) else {
