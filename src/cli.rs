@@ -19,6 +19,7 @@ pub struct Cli {
 }
 
 #[derive(Args, Debug, Clone)]
+#[command(next_help_heading = "Global options")]
 pub struct GlobalArgs {
     /// Repository location: a local directory, or s3://BUCKET/PREFIX (endpoint and
     /// credentials from AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY)
@@ -30,6 +31,12 @@ pub struct GlobalArgs {
         value_name = "REPO"
     )]
     pub repo: Option<String>,
+    /// Take the repository, its key and the cache directory from this plan
+    /// (spec/plan.md); also CAIRN_PLAN, else /etc/cairn/plan.kdl when it
+    /// exists and no repository is given. Given on the command line, it also
+    /// makes snapshot, restore and forget do the plan's work
+    #[arg(long, global = true, value_name = "FILE")]
+    pub plan: Option<PathBuf>,
     /// Read the repository password from this file (first line)
     #[arg(long, env = "CAIRN_PASSWORD_FILE", global = true, value_name = "FILE")]
     pub password_file: Option<PathBuf>,
@@ -111,6 +118,14 @@ pub enum Command {
         #[arg(long, value_name = "N", default_value_t = 8, value_parser = clap::value_parser!(u32).range(0..=64))]
         prefetch: u32,
     },
+    /// Print a completion script for SHELL (e.g. `cairn completions bash > /etc/bash_completion.d/cairn`)
+    Completions {
+        /// The shell to complete in
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page of cairn or of one command (roff), or write them all with --dir
+    Man(ManArgs),
     /// The background half of `wal-fetch --prefetch` (started by wal-fetch itself)
     #[command(hide = true)]
     WalPrefetch {
@@ -120,6 +135,16 @@ pub enum Command {
         #[arg(long)]
         count: u32,
     },
+}
+
+#[derive(Args, Debug)]
+pub struct ManArgs {
+    /// The command whose page to print (e.g. `restore`, `key add`) [default: cairn's own]
+    #[arg(value_name = "COMMAND", conflicts_with = "dir")]
+    pub command: Vec<String>,
+    /// Write cairn.1 and one cairn-COMMAND.1 per command into this directory (for packaging)
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]

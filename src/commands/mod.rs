@@ -7,6 +7,7 @@ pub mod forget;
 pub mod forget_plan;
 pub mod init;
 pub mod key;
+pub mod manual;
 pub mod plan;
 pub mod prune;
 pub mod repair;
@@ -26,9 +27,20 @@ use crate::ops::access::Access;
 pub use crate::ops::local_time;
 use crate::repo::Snapshot;
 use crate::repository::Repository;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 pub fn run(g: &GlobalArgs, command: Command) -> Result<()> {
+    // Commands that open no repository, or (serve) read their plan anew on
+    // every reload, take the flags as given; every other one the repository,
+    // key and cache of the plan in force.
+    let resolved;
+    let g = match &command {
+        Command::Serve(_) | Command::Plan(_) | Command::Completions { .. } | Command::Man(_) => g,
+        _ => {
+            resolved = with_plan(g)?;
+            &resolved
+        }
+    };
     match command {
         Command::Init(a) => init::run(g, &a),
         Command::Key(k) => key::run(g, k),
@@ -55,7 +67,59 @@ pub fn run(g: &GlobalArgs, command: Command) -> Result<()> {
             prefetch,
         } => wal::fetch(g, &name, &destination, prefetch),
         Command::WalPrefetch { after, count } => wal::prefetch(g, &after, count),
+        Command::Completions { shell } => manual::completions(shell),
+        Command::Man(a) => manual::man(&a),
     }
+}
+
+/// The plan read when neither a plan nor a repository is given.
+pub const DEFAULT_PLAN: &str = "/etc/cairn/plan.kdl";
+
+/// The plan that says where the repository is: `--plan`, else `CAIRN_PLAN`,
+/// else [`DEFAULT_PLAN`] when it exists and no repository is given
+/// (`-r`/`CAIRN_REPOSITORY`).
+pub fn plan_file(g: &GlobalArgs) -> Option<PathBuf> {
+    choose_plan(
+        g.plan.as_deref(),
+        std::env::var_os("CAIRN_PLAN").as_deref(),
+        g.repo.is_some(),
+        Path::new(DEFAULT_PLAN),
+    )
+}
+
+fn choose_plan(
+    flag: Option<&Path>,
+    env: Option<&std::ffi::OsStr>,
+    repo_given: bool,
+    default: &Path,
+) -> Option<PathBuf> {
+    if let Some(f) = flag {
+        return Some(f.to_path_buf());
+    }
+    if let Some(e) = env.filter(|e| !e.is_empty()) {
+        return Some(PathBuf::from(e));
+    }
+    (!repo_given && default.is_file()).then(|| default.to_path_buf())
+}
+
+/// The global flags completed by the plan in force ([`plan_file`]): its
+/// repository, and its key and cache unless given (spec/plan.md, "The plan in force"). A
+/// repository given that is not the plan's is a usage error (exit 2).
+pub fn with_plan(g: &GlobalArgs) -> Result<GlobalArgs> {
+    let Some(file) = plan_file(g) else {
+        return Ok(g.clone());
+    };
+    let plan = plan::load(&file)?;
+    let a = access(g).with_plan(&plan)?;
+    tracing::debug!(plan = %file.display(), repository = a.location.as_deref().unwrap_or_default(), "repository from the plan");
+    Ok(GlobalArgs {
+        repo: a.location,
+        plan: Some(file),
+        password_file: a.password_file,
+        identity: a.identity,
+        cache_dir: a.cache_dir,
+        ..g.clone()
+    })
 }
 
 /// The repository access the global flags give.
@@ -177,4 +241,42 @@ pub(crate) fn print_removed(dry_run: bool, removed: usize) {
         "{} {removed} snapshot(s)",
         if dry_run { "would remove" } else { "removed" }
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::choose_plan;
+    use std::ffi::OsStr;
+    use std::path::{Path, PathBuf};
+
+    #[test]
+    fn the_plan_in_force() {
+        let dir = tempfile::tempdir().unwrap();
+        let default = dir.path().join("plan.kdl");
+        let missing = dir.path().join("none.kdl");
+        std::fs::write(&default, "").unwrap();
+        let flag = Some(Path::new("/p/flag.kdl"));
+        let env = Some(OsStr::new("/p/env.kdl"));
+        // --plan wins over CAIRN_PLAN, which wins over the default.
+        assert_eq!(
+            choose_plan(flag, env, true, &default),
+            Some(PathBuf::from("/p/flag.kdl"))
+        );
+        assert_eq!(
+            choose_plan(None, env, true, &default),
+            Some(PathBuf::from("/p/env.kdl"))
+        );
+        // An empty CAIRN_PLAN is unset.
+        assert_eq!(
+            choose_plan(None, Some(OsStr::new("")), false, &default),
+            Some(default.clone())
+        );
+        // The default only when it exists and no repository is given.
+        assert_eq!(
+            choose_plan(None, None, false, &default),
+            Some(default.clone())
+        );
+        assert_eq!(choose_plan(None, None, true, &default), None);
+        assert_eq!(choose_plan(None, None, false, &missing), None);
+    }
 }

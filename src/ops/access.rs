@@ -173,7 +173,7 @@ impl Access {
                 self.location.as_deref().unwrap_or_default(),
                 r.location
             ))
-            .with_hint("leave out -r/CAIRN_REPOSITORY when using --plan"));
+            .with_hint("leave out -r/CAIRN_REPOSITORY when using --plan or CAIRN_PLAN"));
         }
         let mut a = self.clone();
         a.location = Some(r.location.clone());

@@ -12,6 +12,7 @@ mod alerts;
 mod archive_watch;
 mod backends;
 mod backup_restore;
+mod cli_manual;
 mod concurrency;
 mod corruption;
 mod crash;
