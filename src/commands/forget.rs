@@ -154,6 +154,31 @@ fn forget_named(g: &GlobalArgs, a: &ForgetArgs, repo: &Repository) -> Result<()>
 }
 
 pub fn run(g: &GlobalArgs, a: &ForgetArgs) -> Result<()> {
+    let keep = [
+        &a.keep_last,
+        &a.keep_hourly,
+        &a.keep_daily,
+        &a.keep_weekly,
+        &a.keep_monthly,
+        &a.keep_yearly,
+        &a.keep_within,
+        &a.keep_within_hourly,
+        &a.keep_within_daily,
+        &a.keep_within_weekly,
+        &a.keep_within_monthly,
+        &a.keep_within_yearly,
+    ];
+    super::plan_excludes(
+        "forget",
+        a.plan.as_deref(),
+        &[
+            ("snapshot ids", !a.snapshots.is_empty()),
+            (
+                "--keep-* rules",
+                keep.iter().any(|k| k.is_some()) || !a.keep_tag.is_empty(),
+            ),
+        ],
+    )?;
     if let Some(file) = &a.plan {
         return super::forget_plan::run(g, a, file);
     }

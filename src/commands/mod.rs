@@ -156,6 +156,31 @@ pub fn matches_filter(s: &Snapshot, f: &FilterArgs) -> bool {
         && (f.tag.is_empty() || f.tag.iter().any(|t| s.tags.contains(t)))
 }
 
+/// `--plan` makes `command` do the plan's work, so it cannot be combined
+/// with options that say what to do instead. clap checks that when `--plan`
+/// follows the command name; given before it (`cairn --plan P snapshot /x`)
+/// the value reaches the command after clap's checks, so they are made here:
+/// nothing given on the command line is ever silently ignored.
+pub fn plan_excludes(command: &str, plan: Option<&Path>, given: &[(&str, bool)]) -> Result<()> {
+    let Some(plan) = plan else {
+        return Ok(());
+    };
+    let clash: Vec<&str> = given.iter().filter(|(_, g)| *g).map(|(n, _)| *n).collect();
+    if clash.is_empty() {
+        return Ok(());
+    }
+    Err(Error::usage(format!(
+        "`{command} --plan {}` does the plan's work and cannot be combined with {}",
+        plan.display(),
+        clash.join(", ")
+    ))
+    .with_hint(format!(
+        "leave those out, or to take only the repository and key from the plan, set \
+         CAIRN_PLAN={} instead of --plan",
+        plan.display()
+    )))
+}
+
 pub fn print_json(v: &impl serde::Serialize) -> Result<()> {
     let s = serde_json::to_string_pretty(v).map_err(|e| Error::failure(e.to_string()))?;
     println!("{s}");

@@ -74,6 +74,18 @@ fn restore_pitr(g: &GlobalArgs, a: &RestoreArgs, pgdata: &std::path::Path, at: &
 }
 
 pub fn run(g: &GlobalArgs, a: &RestoreArgs) -> Result<()> {
+    super::plan_excludes(
+        "restore",
+        a.plan.as_deref(),
+        &[
+            ("--target", a.target.is_some()),
+            ("--to", a.to.is_some()),
+            ("--to-brokers", a.to_brokers.is_some()),
+            ("--pgdata", a.pgdata.is_some()),
+            ("--include", !a.include.is_empty()),
+            ("--source", !a.source.is_empty()),
+        ],
+    )?;
     a.to.as_deref().map(pg::Target::parse).transpose()?; // before anything is opened
     if let Some(plan) = &a.plan {
         return super::restore_plan::run(g, a, plan);

@@ -120,6 +120,18 @@ fn sources(a: &SnapshotArgs) -> Result<(Vec<NamedSource>, Option<crate::plan::Pl
 }
 
 pub fn run(g: &GlobalArgs, a: &SnapshotArgs) -> Result<()> {
+    super::plan_excludes(
+        "snapshot",
+        a.plan.as_deref(),
+        &[
+            ("paths", !a.paths.is_empty()),
+            ("--stdin-name", a.stdin_name.is_some()),
+            ("--stdin-from-command", a.stdin_from_command),
+            ("--postgres", a.postgres.is_some()),
+            ("--kafka", a.kafka.is_some()),
+            ("--source-name", a.source_name.is_some()),
+        ],
+    )?;
     let (sources, plan) = sources(a)?;
     let repo = match &plan {
         Some(p) => super::plan::open_repo(g, p)?,

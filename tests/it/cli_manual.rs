@@ -215,3 +215,36 @@ fn a_repository_that_is_not_the_plans_is_a_usage_error() {
         );
     }
 }
+
+/// `--plan` before the command name reaches snapshot, restore and forget
+/// after clap's conflict checks: what the command line says instead of the
+/// plan's work must still be refused, never silently dropped.
+#[test]
+fn plan_before_the_command_still_refuses_what_it_would_ignore() {
+    let (env, plan, elsewhere) = planned();
+    let data = env.path("data");
+    let data = data.to_str().unwrap();
+    let target = env.path("t");
+    let target = target.to_str().unwrap();
+    for args in [
+        vec!["--plan", &plan, "snapshot", data],
+        vec!["--plan", &plan, "restore", "latest", "--target", target],
+        vec!["--plan", &plan, "forget", "--keep-daily", "3", "--dry-run"],
+    ] {
+        let out = env
+            .plan_cmd()
+            .current_dir(&elsewhere)
+            .args(&args)
+            .output()
+            .unwrap();
+        let (code, stderr) = code_and_stderr(&out);
+        assert_eq!(code, 2, "{args:?}: {stderr}");
+        assert!(
+            stderr.contains("does the plan's work and cannot be combined"),
+            "{args:?}: {stderr}"
+        );
+        assert!(stderr.contains("CAIRN_PLAN="), "{args:?}: {stderr}");
+    }
+    assert_eq!(env.snapshot_ids().len(), 1, "nothing was saved");
+    assert!(!std::path::Path::new(target).exists());
+}
