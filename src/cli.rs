@@ -51,7 +51,8 @@ pub struct GlobalArgs {
     pub no_cache: bool,
     /// Run the password's key derivation every time: do not read or write the
     /// unlocked-key cache (see `cairn key forget-cache`)
-    #[arg(long, env = "CAIRN_NO_KEY_CACHE", global = true)]
+    #[arg(long, env = "CAIRN_NO_KEY_CACHE", global = true,
+          value_parser = clap::builder::BoolishValueParser::new())]
     pub no_key_cache: bool,
     /// More log output (-v info, -vv debug, -vvv trace)
     #[arg(short, long, action = ArgAction::Count, global = true)]

@@ -692,9 +692,12 @@ fn issue_24_a_zero_byte_key_file_is_skipped_while_another_key_opens() {
     } else {
         env.password_file.clone()
     };
+    // The unlock path is what is tested: the key cache would open the
+    // repository without looking at other key files.
     let run = |args: &[&str]| {
         env.cmd()
             .env("CAIRN_PASSWORD_FILE", &password)
+            .env("CAIRN_NO_KEY_CACHE", "1")
             .args(args)
             .output()
             .unwrap()

@@ -51,6 +51,20 @@ fn a_password_file_key_is_derived_once_then_read_from_the_cache() {
     let (code, err) = code_and_stderr(&out);
     assert_eq!(code, 0, "{err}");
     assert_eq!(derivations(&err), 1, "{err}");
+    for off in ["1", "yes", "true"] {
+        let out = env
+            .cmd()
+            .env("CAIRN_NO_KEY_CACHE", off)
+            .args(["snapshots", "-vv"])
+            .output()
+            .unwrap();
+        let (code, err) = code_and_stderr(&out);
+        assert_eq!(
+            (code, derivations(&err)),
+            (0, 1),
+            "CAIRN_NO_KEY_CACHE={off}: {err}"
+        );
+    }
 }
 
 #[test]
