@@ -78,14 +78,35 @@ pub enum Command {
     #[command(subcommand)]
     Key(KeyCommand),
     /// Back up files, standard input or a command's output
+    #[command(after_help = "Examples:
+  cairn snapshot /etc /srv/app --tag nightly
+  pg_dumpall | cairn snapshot --stdin-name all.sql
+  cairn snapshot --postgres postgres://backup@db/postgres [--physical]
+  cairn snapshot --kafka broker1:9092 --topic 'events.*'
+  cairn snapshot --plan /etc/cairn/plan.kdl          # the plan's sources, as the daemon runs them")]
     Snapshot(SnapshotArgs),
     /// List snapshots (restore points)
     Snapshots(SnapshotsArgs),
     /// Restore a snapshot
+    #[command(after_help = "Examples:
+  cairn restore latest --target /tmp/r [--include /etc/app]
+  cairn restore --at '2026-11-24 02:00' --target /tmp/r
+  cairn restore latest --to postgres://postgres@newdb/postgres
+  cairn restore --at latest --source postgres --pgdata /srv/pg/restored --start-port 5433
+  cairn restore --plan /etc/cairn/plan.kdl --at '2026-11-24 02:00' [--dry-run]")]
     Restore(RestoreArgs),
     /// Verify the repository's structure and, optionally, all data
+    #[command(after_help = "Examples:
+  cairn check                          # structure, indexes, WAL continuity
+  cairn check --read-data-subset 10%   # and a tenth of the stored bytes
+  cairn check --restore-test           # restore a snapshot into a scratch environment and prove it")]
     Check(CheckArgs),
     /// Remove snapshots according to a retention policy
+    #[command(after_help = "Examples:
+  cairn forget --keep-daily 30 --keep-weekly 8 --keep-monthly 12 --dry-run
+  cairn forget --keep-within 1m --prune         # restic's units: 1m is a month
+  cairn forget --plan /etc/cairn/plan.kdl       # the plan's retention, per source
+  cairn forget 3f9c0a12                         # one snapshot by id")]
     Forget(ForgetArgs),
     /// Remove data no snapshot needs
     Prune(PruneArgs),

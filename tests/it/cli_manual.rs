@@ -248,3 +248,68 @@ fn plan_before_the_command_still_refuses_what_it_would_ignore() {
     assert_eq!(env.snapshot_ids().len(), 1, "nothing was saved");
     assert!(!std::path::Path::new(target).exists());
 }
+
+/// Words of a shell-like example line: single quotes group, `#` starts a
+/// comment, `[...]` (optional parts) is left out.
+fn example_words(line: &str) -> Vec<String> {
+    let line = line.split(" #").next().unwrap_or_default();
+    let (mut words, mut word, mut quoted, mut optional) = (Vec::new(), String::new(), false, 0);
+    for c in line.chars() {
+        match c {
+            '\'' => quoted = !quoted,
+            '[' if !quoted => optional += 1,
+            ']' if !quoted => optional -= 1,
+            ' ' if !quoted && !word.is_empty() => words.push(std::mem::take(&mut word)),
+            ' ' if !quoted => {}
+            _ if optional == 0 => word.push(c),
+            _ => {}
+        }
+    }
+    if !word.is_empty() {
+        words.push(word);
+    }
+    words
+}
+
+/// Issue 30, item 6: the examples in `--help` are commands cairn's
+/// argument parser accepts (run against a repository that is not there).
+#[test]
+fn the_examples_in_help_parse() {
+    let mut tried = 0;
+    for command in ["snapshot", "restore", "check", "forget"] {
+        let out = Command::new(BIN)
+            .args([command, "--help"])
+            .output()
+            .unwrap();
+        let help = stdout(&out);
+        let examples = help
+            .split("Examples:")
+            .nth(1)
+            .unwrap_or_else(|| panic!("{command} --help has no examples"));
+        for line in examples
+            .lines()
+            .map(str::trim)
+            .filter(|l| l.starts_with("cairn "))
+        {
+            let words = example_words(line);
+            let out = Command::new(BIN)
+                .args(&words[1..])
+                .env_clear()
+                .env("CAIRN_REPOSITORY", "/nonexistent/cairn-repo")
+                .env("CAIRN_PASSWORD_FILE", "/nonexistent/password")
+                .env("TZ", "UTC")
+                .stdin(std::process::Stdio::null())
+                .output()
+                .unwrap();
+            // Whatever it fails on next (a path that is not there, the
+            // missing repository), clap accepted the arguments.
+            let (code, err) = code_and_stderr(&out);
+            assert!(
+                code != 0 && !err.contains("try '--help'"),
+                "{line:?} -> {words:?}: {err}"
+            );
+            tried += 1;
+        }
+    }
+    assert!(tried >= 15, "only {tried} examples");
+}
