@@ -30,12 +30,13 @@ pub fn fetch(g: &GlobalArgs, name: &str, destination: &Path, ahead: u32) -> Resu
     };
     let mut spooled = false;
     if let Some(s) = &spool {
-        prefetch::record_asked(s, name);
         // A spool that cannot be used (another user's files) costs only the read-ahead.
         spooled = prefetch::take(s, name, destination).unwrap_or_else(|e| {
             tracing::warn!("{e}; reading {name} from the repository");
             false
         });
+        // Only once it is taken: the prefetcher clears what recovery passed.
+        prefetch::record_asked(s, name);
     }
     if !spooled {
         let repo = open_repo(g)?;
