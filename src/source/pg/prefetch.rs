@@ -164,8 +164,8 @@ fn follow(
         if let Ok(rd) = std::fs::read_dir(spool) {
             for e in rd.flatten() {
                 let name = e.file_name().to_string_lossy().into_owned();
-                // Below the one asked for: that one may still be being taken.
-                let passed = is_segment(&name) && name.starts_with(&timeline) && *name < *asked;
+                // wal-fetch records a segment only once it has taken it.
+                let passed = is_segment(&name) && name.starts_with(&timeline) && *name <= *asked;
                 if passed || name.ends_with(".cairn-tmp") {
                     let _ = std::fs::remove_file(e.path());
                 }
