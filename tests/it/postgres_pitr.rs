@@ -187,15 +187,7 @@ fn point_in_time_restore_replays_exactly_to_the_target() {
     let mode: String = r.query_one("SHOW archive_mode", &[]).unwrap().get(0);
     assert_eq!(mode, "off");
     drop(r);
-    let st = Command::new("runuser")
-        .args(["-u", "postgres", "--"])
-        .arg(cairn::testing::pg_tool("pg_ctl"))
-        .arg("-D")
-        .arg(&pgdata)
-        .args(["-m", "immediate", "-w", "stop"])
-        .status()
-        .unwrap();
-    assert!(st.success());
+    stop_restored(&pgdata);
 
     // Too early: before any base backup ended.
     let early = pg.run(&[
@@ -445,7 +437,7 @@ pub(crate) fn markers(url: &str) -> Vec<i32> {
         .collect()
 }
 
-fn stop_restored(pgdata: &std::path::Path) {
+pub(crate) fn stop_restored(pgdata: &std::path::Path) {
     let st = Command::new("runuser")
         .args(["-u", "postgres", "--"])
         .arg(cairn::testing::pg_tool("pg_ctl"))

@@ -5,6 +5,7 @@
 //! writes stays readable by the other.
 
 use crate::common::*;
+use crate::postgres_pitr::{client, markers, server_now, stop_restored, switch_and_wait};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::process::Command;
 
@@ -166,11 +167,7 @@ fn root_snapshots_postgres_archives_and_pitr_lands_between_markers() {
     ])
     .unwrap();
     let url = cluster.url();
-    let mut c: postgres::Client = url
-        .parse::<postgres::Config>()
-        .unwrap()
-        .connect(postgres::NoTls)
-        .unwrap();
+    let mut c = client(&url);
     c.batch_execute("CREATE TABLE markers (n int PRIMARY KEY); INSERT INTO markers VALUES (1)")
         .unwrap();
     // Root: a logical and a physical snapshot.
@@ -178,40 +175,19 @@ fn root_snapshots_postgres_archives_and_pitr_lands_between_markers() {
     env.ok(&["snapshot", "--postgres", &url, "--physical"]);
     c.batch_execute("INSERT INTO markers VALUES (2)").unwrap();
     std::thread::sleep(std::time::Duration::from_millis(1100));
-    let target: String = c
-        .query_one(
-            "SELECT to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')",
-            &[],
-        )
-        .unwrap()
-        .get(0);
+    let target = server_now(&mut c);
     std::thread::sleep(std::time::Duration::from_millis(1100));
     c.batch_execute("INSERT INTO markers VALUES (3)").unwrap();
-    // Wait until postgres archived the segment holding marker 3.
-    let before: i64 = c
-        .query_one("SELECT archived_count FROM pg_stat_archiver", &[])
+    // postgres archives the segment holding marker 3, never failing.
+    switch_and_wait(&mut c);
+    let failed: i64 = c
+        .query_one("SELECT failed_count FROM pg_stat_archiver", &[])
         .unwrap()
         .get(0);
-    c.batch_execute("SELECT pg_switch_wal()").unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    loop {
-        let r = c
-            .query_one(
-                "SELECT archived_count, failed_count FROM pg_stat_archiver",
-                &[],
-            )
-            .unwrap();
-        let (n, failed): (i64, i64) = (r.get(0), r.get(1));
-        assert_eq!(
-            failed, 0,
-            "postgres cannot push WAL into the shared repository"
-        );
-        if n > before {
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "WAL was not archived");
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
+    assert_eq!(
+        failed, 0,
+        "postgres cannot push WAL into the shared repository"
+    );
     // Both users see the same archive and snapshots.
     env.ok(&["check"]);
     let out = as_postgres(&env, &["check"]);
@@ -233,26 +209,9 @@ fn root_snapshots_postgres_archives_and_pitr_lands_between_markers() {
     ]);
     let (code, err) = code_and_stderr(&out);
     assert_eq!(code, 0, "{err}");
-    let mut r: postgres::Client = format!("postgres://postgres@127.0.0.1:{port}/postgres")
-        .parse::<postgres::Config>()
-        .unwrap()
-        .connect(postgres::NoTls)
-        .unwrap();
-    let got: Vec<i32> = r
-        .query("SELECT n FROM markers ORDER BY n", &[])
-        .unwrap()
-        .iter()
-        .map(|row| row.get(0))
-        .collect();
-    assert_eq!(got, vec![1, 2]);
-    drop(r);
-    let st = Command::new("runuser")
-        .args(["-u", "postgres", "--"])
-        .arg(cairn::testing::pg_tool("pg_ctl"))
-        .arg("-D")
-        .arg(&pgdata)
-        .args(["-m", "immediate", "-w", "stop"])
-        .status()
-        .unwrap();
-    assert!(st.success());
+    assert_eq!(
+        markers(&format!("postgres://postgres@127.0.0.1:{port}/postgres")),
+        vec![1, 2]
+    );
+    stop_restored(&pgdata);
 }
