@@ -202,14 +202,20 @@ pub enum KeyCommand {
 #[derive(Args, Debug)]
 pub struct KeyAddArgs {
     /// File holding the new key's password
-    #[arg(long, value_name = "FILE", conflicts_with_all = ["new_recipient", "new_identity"])]
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["new_recipient", "new_identity", "generate_identity"])]
     pub new_password_file: Option<PathBuf>,
     /// age recipient (age1…) the new key is encrypted to
-    #[arg(long, value_name = "RECIPIENT", conflicts_with = "new_identity")]
+    #[arg(long, value_name = "RECIPIENT", conflicts_with_all = ["new_identity", "generate_identity"])]
     pub new_recipient: Option<String>,
     /// age identity file whose recipient the new key is encrypted to
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", conflicts_with = "generate_identity")]
     pub new_identity: Option<PathBuf>,
+    /// Create a new age identity in FILE (mode 0600; an existing file is
+    /// never replaced) and add a key it opens: a host that must not store
+    /// the password, e.g. a recovery host's restore_command, opens the
+    /// repository with `--identity FILE` and derives no key from a password
+    #[arg(long, value_name = "FILE")]
+    pub generate_identity: Option<PathBuf>,
     /// scrypt work factor (log2 N) for a password key
     #[arg(long, default_value_t = 18, value_parser = clap::value_parser!(u8).range(10..=22))]
     pub kdf_work_factor: u8,

@@ -214,10 +214,42 @@ pub fn read_identity_file(path: &std::path::Path) -> Result<Vec<age::x25519::Ide
     if ids.is_empty() {
         return Err(
             Error::usage(format!("{} holds no age X25519 identity", path.display()))
-                .with_hint("create one with `age-keygen -o FILE`"),
+                .with_hint("create one with `cairn key add --generate-identity FILE` (or `age-keygen -o FILE`)"),
         );
     }
     Ok(ids)
+}
+
+/// A new age X25519 identity written to `path` as `age-keygen` writes one
+/// (comment lines, then the secret key), mode 0600, fsynced; an existing
+/// file is never replaced. Returns its recipient.
+pub fn generate_identity_file(path: &std::path::Path) -> Result<age::x25519::Recipient> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let id = age::x25519::Identity::generate();
+    let public = id.to_public();
+    let text = format!(
+        "# created: {}\n# public key: {public}\n{}\n",
+        jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ"),
+        id.to_string().expose_secret()
+    );
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| {
+            let hint = if e.kind() == std::io::ErrorKind::AlreadyExists {
+                "an existing identity is never replaced: add it with --new-identity FILE, or name a new file"
+            } else {
+                "check that the directory exists and that this user may write in it"
+            };
+            Error::usage(format!("cannot create identity file {}: {e}", path.display()))
+                .with_hint(hint)
+        })?;
+    f.write_all(text.as_bytes())
+        .and_then(|()| f.sync_all())
+        .map_err(|e| Error::io(format!("writing {}", path.display()), e))?;
+    Ok(public)
 }
 
 #[cfg(test)]

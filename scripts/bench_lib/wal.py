@@ -69,6 +69,10 @@ class Archiver:
     def restore_command(self, data):
         raise NotImplementedError
 
+    def recoveries(self, data):
+        """(prefix of the recorded keys, restore_command) of each recovery to measure."""
+        return [("", self.restore_command(data))]
+
 
 class CairnArchiver(Archiver):
     name = "cairn"
@@ -80,19 +84,25 @@ class CairnArchiver(Archiver):
         self.cache = os.path.join(self.dir, "cache")
         # recovery reads with a cache of its own, empty, as a restore on another host would
         self.fetch_cache = os.path.join(self.dir, "cache-fetch")
+        # ... and, the second time, as a recovery host with its own identity (spec/postgres.md,
+        # "Recovery hosts: an identity, not a password")
+        self.identity = os.path.join(self.dir, "recovery.key")
+        self.identity_cache = os.path.join(self.dir, "cache-identity")
 
     def prepare(self):
         super().prepare()
         with open(self.password, "w") as f:
             f.write(PASSWORD + "\n")
         os.chmod(self.password, 0o600)
-        os.makedirs(self.cache)
-        os.makedirs(self.fetch_cache)
+        for d in (self.cache, self.fetch_cache, self.identity_cache):
+            os.makedirs(d)
         chown_postgres(self.dir)
         # The default password work factor: what each wal-push pays to open the repository is what this measures.
         log("cairn init (default KDF work factor) %s" % self.repo)
         run(as_postgres([self.bin, "init", "-r", self.repo, "--password-file", self.password,
                          "--cache-dir", self.cache, "-q"]))
+        run(as_postgres([self.bin, "key", "add", "-r", self.repo, "--password-file", self.password,
+                         "--cache-dir", self.cache, "-q", "--generate-identity", self.identity]))
 
     def _args(self, cache):
         return "-r %s --password-file %s --cache-dir %s" % (self.repo, self.password, cache)
@@ -102,6 +112,11 @@ class CairnArchiver(Archiver):
 
     def restore_command(self, data):
         return "%s wal-fetch %s %%f %%p" % (self.bin, self._args(self.fetch_cache))
+
+    def recoveries(self, data):
+        return [("", self.restore_command(data)),
+                ("id_", "%s wal-fetch -r %s --identity %s --cache-dir %s %%f %%p" % (
+                    self.bin, self.repo, self.identity, self.identity_cache))]
 
 
 class PgBackRest(Archiver):
@@ -316,34 +331,46 @@ def bench_archiver(a, work, i, clusters):
         R["repo_bytes"] = sum(os.lstat(os.path.join(d, n)).st_size
                               for d, _, fs in os.walk(os.path.join(a.repo, "archive")) for n in fs)
 
-    # 3. recovery of the base copy from the archive, to its end
-    rec = Cluster(work, "%s-r%d-recovery" % (a.name, i))
+    # 3. recovery of the base copy from the archive, to its end (cairn: once as a host with an
+    #    empty key cache and the password, once as a recovery host with its own identity)
+    R["replay_bytes"] = lsn(R["last_archived_lsn"]) - lsn(R["base_start_lsn"])
+    for k, (prefix, restore_command) in enumerate(a.recoveries(base)):
+        recover(a, work, i, clusters, base, R, prefix, restore_command, k)
+    return R
+
+
+def recover(a, work, i, clusters, base, R, prefix, restore_command, k):
+    """Recover a copy of `base` with `restore_command` (its %p names the copy's own directory:
+    pgBackRest's names it with --pg1-path), recording `prefix`+metric in `R`."""
+    rec = Cluster(work, "%s-r%d-recovery%d" % (a.name, i, k))
     clusters.append(rec)
     rec.make_dir()
     subprocess.run(as_postgres(["cp", "-a", base, rec.data]), check=True)
-    rec.append_conf(["archive_mode = off", "restore_command = %s" % conf_quote(a.restore_command(rec.data))])
+    if a.name == "pgbackrest":
+        restore_command = a.restore_command(rec.data)
+    rec.append_conf(["archive_mode = off", "restore_command = %s" % conf_quote(restore_command)])
     open(os.path.join(rec.data, "recovery.signal"), "w").close()
     chown_postgres(os.path.join(rec.data, "recovery.signal"))
-    R["page_cache_dropped"] = settle_page_cache(a.repo, rec.data)
-    log("%s: recovery from the archive (cluster %s, port %d)" % (a.name, rec.name, rec.port))
+    R[prefix + "page_cache_dropped"] = settle_page_cache(a.repo, rec.data)
+    log("%s: recovery%s from the archive (cluster %s, port %d)" % (
+        a.name, " with an identity" if prefix == "id_" else "", rec.name, rec.port))
     t0 = time.perf_counter()
     rec.launch(wait=False)
-    R["recovery_s"] = wait_recovery(rec, a, t0)
-    R["replay_bytes"] = lsn(R["last_archived_lsn"]) - lsn(R["base_start_lsn"])
-    R["replay_mibps"] = R["replay_bytes"] / MiB / R["recovery_s"]
-    R.update(recovery_log_facts(rec))
+    R[prefix + "recovery_s"] = wait_recovery(rec, a, t0)
+    R[prefix + "replay_mibps"] = R["replay_bytes"] / MiB / R[prefix + "recovery_s"]
+    R.update({prefix + k: v for k, v in recovery_log_facts(rec).items()})
     wait_promoted(rec)
     if rec.psql("postgres", "SELECT pg_is_in_recovery()") != "f":
         raise BenchError("%s: the restored cluster is still in recovery" % a.name)
     verify(rec)
     log("%s: recovered %.0f MiB of WAL in %.2f s (%.1f MiB/s); rows verified" % (
-        a.name, R["replay_bytes"] / MiB, R["recovery_s"], R["replay_mibps"]))
+        a.name, R["replay_bytes"] / MiB, R[prefix + "recovery_s"], R[prefix + "replay_mibps"]))
     rec.stop()
-    return R
 
 
 METRICS = ("wal_mib", "load_s", "archived_during_load", "backlog", "drain_s", "final_segment_s", "recovery_s",
-           "replay_mibps", "startup_log_s", "redo_log_s", "redo_elapsed_s", "repo_bytes")
+           "replay_mibps", "startup_log_s", "redo_log_s", "redo_elapsed_s", "repo_bytes",
+           "id_recovery_s", "id_replay_mibps", "id_startup_log_s", "id_redo_log_s")
 
 
 def wal(args):
@@ -428,8 +455,8 @@ def wal_report(rounds, args, work, cairn, built, load0):
                                         "target", "")]
     verdicts = {}
 
-    def row(key, head, unit_fmt, target=None, ok=None):
-        cv, pv = c[key], p[key]
+    def row(key, head, unit_fmt, target=None, ok=None, pkey=None):
+        cv, pv = c[key], p[pkey or key]
         ratio = (cv / pv) if pv else None
         v = "" if ok is None else ("PASS" if ok else "FAIL")
         L.append("%-*s%12s%12s%9s  %-28s%6s" % (w, head, unit_fmt % cv, unit_fmt % pv,
@@ -445,6 +472,9 @@ def wal_report(rounds, args, work, cairn, built, load0):
         c["drain_s"] <= 2 * p["drain_s"] or c["drain_s"] <= 5.0)
     row("recovery_s", "recovery (s)", "%.2f")
     row("replay_mibps", "replay (MiB/s)", "%.1f", ">= pgBackRest's", c["replay_mibps"] >= p["replay_mibps"])
+    row("id_recovery_s", "recovery, identity (s)", "%.2f", pkey="recovery_s")
+    row("id_replay_mibps", "replay, identity (MiB/s)", "%.1f", ">= pgBackRest's",
+        c["id_replay_mibps"] >= p["replay_mibps"], pkey="replay_mibps")
     for side in (c, p):
         side["repo_mib"] = side["repo_bytes"] / MiB
     row("repo_mib", "archive size (MiB)", "%.1f")
@@ -453,6 +483,7 @@ def wal_report(rounds, args, work, cairn, built, load0):
                          ("archived_during_load", "archived", "%d"), ("backlog", "backlog", "%d"),
                          ("drain_s", "drain s", "%.2f"), ("recovery_s", "recovery s", "%.2f"),
                          ("replay_mibps", "replay MiB/s", "%.1f"), ("startup_log_s", "to redo s", "%.2f"),
+                         ("id_replay_mibps", "replay id", "%.1f"), ("id_startup_log_s", "to redo id", "%.2f"),
                          ("redo_log_s", "redo s", "%.2f")):
         for name in ARCHIVERS:
             cells = []
@@ -464,7 +495,8 @@ def wal_report(rounds, args, work, cairn, built, load0):
     L += ["",
           "load: %s (one psql), then pgbench -i -q -s %d, into a fresh cluster (fsync=off, max_wal_size 2GB)" % (
               LOAD_SQL, SCALE),
-          "archivers: cairn wal-push/wal-fetch (default KDF work factor, --cache-dir; recovery with an empty cache);",
+          "archivers: cairn wal-push/wal-fetch (default KDF work factor, --cache-dir; recovery with an empty cache",
+          "  and the password, then again as a recovery host with its own age identity: key add --generate-identity);",
           "  pgBackRest %s archive-push/archive-get, synchronous, compress-type=zst (no repository cipher)" % (
               (tool_version([PGBACKREST, "version"]) or "").replace("pgBackRest ", "")),
           "backlog = *.ready files in pg_wal/archive_status when the load ended; drain = seconds from then until",

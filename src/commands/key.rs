@@ -47,22 +47,32 @@ fn forget_cache(g: &GlobalArgs, all: bool) -> Result<()> {
 }
 
 fn add(g: &GlobalArgs, a: &KeyAddArgs) -> Result<()> {
+    // `None`: a new identity, made once the repository has opened, so that
+    // a wrong password leaves no identity file behind.
     let new = if let Some(f) = &a.new_password_file {
-        NewKey::Password {
+        Some(NewKey::Password {
             password: crate::ops::access::read_password_file(f)?,
             log_n: a.kdf_work_factor,
-        }
+        })
     } else if let Some(r) = &a.new_recipient {
-        NewKey::Recipient(r.clone())
+        Some(NewKey::Recipient(r.clone()))
     } else if let Some(f) = &a.new_identity {
         let ids = crypto::read_identity_file(f)?;
-        NewKey::Recipient(ids[0].to_public().to_string())
+        Some(NewKey::Recipient(ids[0].to_public().to_string()))
+    } else if a.generate_identity.is_some() {
+        None
     } else {
         return Err(Error::usage("no new key given").with_hint(
-            "pass --new-password-file FILE, --new-recipient age1…, or --new-identity FILE",
+            "pass --new-password-file FILE, --new-recipient age1…, --new-identity FILE \
+             or --generate-identity FILE",
         ));
     };
     let repo = open_repo(g)?;
+    let new = match (new, &a.generate_identity) {
+        (Some(new), _) => new,
+        (None, Some(f)) => NewKey::Recipient(crypto::generate_identity_file(f)?.to_string()),
+        (None, None) => unreachable!("checked above"),
+    };
     let kf = make_key_file(&repo.key, repo.config.id, &new)?;
     let id = write_key_file(repo.backend.as_ref(), &kf)?;
     if g.json {

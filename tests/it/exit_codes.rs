@@ -189,6 +189,74 @@ fn an_age_identity_opens_the_repository() {
     assert_eq!(code, 12);
 }
 
+/// Issue 26: a recovery host gets its own identity in one command, opens
+/// the repository with it (no password), and an existing identity file is
+/// never replaced (exit 2).
+#[test]
+fn key_add_generate_identity_makes_a_key_only_that_file_opens() {
+    use std::os::unix::fs::PermissionsExt;
+    let env = Env::init();
+    let src = env.path("src");
+    make_sample_tree(&src);
+    assert!(env
+        .run(&["snapshot", src.to_str().unwrap()])
+        .status
+        .success());
+    let idfile = env.path("recovery.key");
+    let out = env.run(&[
+        "key",
+        "add",
+        "--generate-identity",
+        idfile.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let meta = std::fs::metadata(&idfile).unwrap();
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+    let text = std::fs::read_to_string(&idfile).unwrap();
+    assert!(text.contains("# public key: age1"), "{text}");
+    let mut c = env.cmd();
+    c.env_remove("CAIRN_PASSWORD_FILE")
+        .env("CAIRN_IDENTITY_FILE", &idfile)
+        .args(["snapshots", "--json", "--no-key-cache"]);
+    let out = c.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(list.as_array().unwrap().len(), 1);
+    // Twice with the same file: refused, the first identity kept.
+    let (code, err) = code_and_stderr(&env.run(&[
+        "key",
+        "add",
+        "--generate-identity",
+        idfile.to_str().unwrap(),
+    ]));
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("never replaced"), "{err}");
+    assert_eq!(std::fs::read_to_string(&idfile).unwrap(), text);
+    // A wrong password leaves no identity file behind.
+    let other = env.path("other.key");
+    let bad = env.path("bad-password");
+    std::fs::write(&bad, "not the password\n").unwrap();
+    let mut c = env.cmd();
+    c.env("CAIRN_PASSWORD_FILE", &bad).args([
+        "key",
+        "add",
+        "--no-key-cache",
+        "--generate-identity",
+        other.to_str().unwrap(),
+    ]);
+    let (code, _) = code_and_stderr(&c.output().unwrap());
+    assert_eq!(code, 12);
+    assert!(!other.exists());
+}
+
 /// Issue 24, finding 9: a password in a `--postgres` or `--to` URL is
 /// visible to every user through `ps`. Like `plan check`, the CLI refuses
 /// it (exit 2, same message and hint) before opening the repository or
