@@ -119,6 +119,52 @@ impl LocalBackend {
         Ok(true)
     }
 
+    /// Files of `kind` whose names start with `prefix`, stat'ed for their
+    /// size only once the name matches.
+    fn list_matching(&self, kind: FileKind, prefix: &str) -> Result<Vec<(String, u64)>> {
+        let mut out = Vec::new();
+        let dirs: Vec<PathBuf> = match kind {
+            FileKind::Config => return Ok(Vec::new()),
+            FileKind::Pack => {
+                let data = self.root.join("data");
+                let mut v = Vec::new();
+                for e in fs::read_dir(&data).ctx(|| format!("listing {}", data.display()))? {
+                    let e = e.ctx(|| format!("listing {}", data.display()))?;
+                    if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                        v.push(e.path());
+                    }
+                }
+                v
+            }
+            k => vec![self.root.join(k.dir())],
+        };
+        for dir in dirs {
+            let rd = match fs::read_dir(&dir) {
+                Ok(rd) => rd,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(Error::io(format!("listing {}", dir.display()), e)),
+            };
+            for e in rd {
+                let e = e.ctx(|| format!("listing {}", dir.display()))?;
+                let name = e.file_name().to_string_lossy().into_owned();
+                let valid = match kind {
+                    FileKind::Wal => name.len() > 65 && !name.starts_with('.'),
+                    _ => name.len() == 64,
+                };
+                if !valid || !name.starts_with(prefix) {
+                    continue;
+                }
+                let size = e
+                    .metadata()
+                    .ctx(|| format!("stat {}", e.path().display()))?
+                    .len();
+                out.push((name, size));
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
     /// The error for a failed ranged read of `file`.
     fn range_error(&self, file: &FileRef, offset: u64, length: u32, e: std::io::Error) -> Error {
         match e.kind() {
@@ -358,47 +404,11 @@ impl Backend for LocalBackend {
     }
 
     fn list(&self, kind: FileKind) -> Result<Vec<(String, u64)>> {
-        let mut out = Vec::new();
-        let dirs: Vec<PathBuf> = match kind {
-            FileKind::Config => return Ok(Vec::new()),
-            FileKind::Pack => {
-                let data = self.root.join("data");
-                let mut v = Vec::new();
-                for e in fs::read_dir(&data).ctx(|| format!("listing {}", data.display()))? {
-                    let e = e.ctx(|| format!("listing {}", data.display()))?;
-                    if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
-                        v.push(e.path());
-                    }
-                }
-                v
-            }
-            k => vec![self.root.join(k.dir())],
-        };
-        for dir in dirs {
-            let rd = match fs::read_dir(&dir) {
-                Ok(rd) => rd,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(Error::io(format!("listing {}", dir.display()), e)),
-            };
-            for e in rd {
-                let e = e.ctx(|| format!("listing {}", dir.display()))?;
-                let name = e.file_name().to_string_lossy().into_owned();
-                let valid = match kind {
-                    FileKind::Wal => name.len() > 65 && !name.starts_with('.'),
-                    _ => name.len() == 64,
-                };
-                if !valid {
-                    continue;
-                }
-                let size = e
-                    .metadata()
-                    .ctx(|| format!("stat {}", e.path().display()))?
-                    .len();
-                out.push((name, size));
-            }
-        }
-        out.sort();
-        Ok(out)
+        self.list_matching(kind, "")
+    }
+
+    fn list_prefix(&self, kind: FileKind, prefix: &str) -> Result<Vec<(String, u64)>> {
+        self.list_matching(kind, prefix)
     }
 
     fn remove(&self, file: &FileRef) -> Result<()> {

@@ -113,6 +113,16 @@ pub trait Backend: Send + Sync {
     }
     /// Names and sizes of all files of a kind.
     fn list(&self, kind: FileKind) -> Result<Vec<(String, u64)>>;
+    /// [`list`](Self::list) of only the names starting with `prefix` (e.g.
+    /// one WAL name's entries), sorted. A backend that can ask for those
+    /// alone does, so that the cost of looking up one name does not grow
+    /// with the archive: the local one stats only matching names, S3 starts
+    /// its listing at the prefix.
+    fn list_prefix(&self, kind: FileKind, prefix: &str) -> Result<Vec<(String, u64)>> {
+        let mut v = self.list(kind)?;
+        v.retain(|(n, _)| n.starts_with(prefix));
+        Ok(v)
+    }
     fn remove(&self, file: &FileRef) -> Result<()>;
     fn exists(&self, file: &FileRef) -> Result<bool>;
     /// Whether reads are local-disk cheap (no reason to keep copies).

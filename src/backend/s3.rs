@@ -79,6 +79,42 @@ impl S3Backend {
         })
     }
 
+    /// Objects of `kind` whose names start with `prefix`. With a prefix the
+    /// listing starts there (S3's `start-after`): names are listed from the
+    /// prefix on, not from the kind's first file.
+    fn list_matching(&self, kind: FileKind, prefix: &str) -> Result<Vec<(String, u64)>> {
+        if kind == FileKind::Config {
+            return Ok(Vec::new());
+        }
+        let dir = self.key(kind.dir());
+        let stream = if prefix.is_empty() {
+            self.store.list(Some(&dir))
+        } else {
+            // Exclusive: every name starting with `prefix` sorts after the
+            // prefix itself, unless it is the prefix, which no kind's
+            // prefix lookups ask for.
+            let start = self.key(&format!("{}/{prefix}", kind.dir()));
+            self.store.list_with_offset(Some(&dir), &start)
+        };
+        let metas: Vec<object_store::ObjectMeta> = self
+            .rt
+            .block_on(stream.try_collect())
+            .map_err(|e| self.err(format!("listing {}", kind.dir()), e))?;
+        let mut out: Vec<(String, u64)> = metas
+            .into_iter()
+            .filter_map(|m| {
+                let name = m.location.filename()?.to_string();
+                let valid = match kind {
+                    FileKind::Wal => name.len() > 65,
+                    _ => name.len() == 64,
+                };
+                (valid && name.starts_with(prefix)).then_some((name, m.size))
+            })
+            .collect();
+        out.sort();
+        Ok(out)
+    }
+
     fn key(&self, rel: &str) -> ObjPath {
         if self.prefix.is_empty() {
             ObjPath::from(rel)
@@ -284,27 +320,11 @@ impl Backend for S3Backend {
     }
 
     fn list(&self, kind: FileKind) -> Result<Vec<(String, u64)>> {
-        if kind == FileKind::Config {
-            return Ok(Vec::new());
-        }
-        let prefix = self.key(kind.dir());
-        let metas: Vec<object_store::ObjectMeta> = self
-            .rt
-            .block_on(self.store.list(Some(&prefix)).try_collect())
-            .map_err(|e| self.err(format!("listing {}", kind.dir()), e))?;
-        let mut out: Vec<(String, u64)> = metas
-            .into_iter()
-            .filter_map(|m| {
-                let name = m.location.filename()?.to_string();
-                let valid = match kind {
-                    FileKind::Wal => name.len() > 65,
-                    _ => name.len() == 64,
-                };
-                valid.then_some((name, m.size))
-            })
-            .collect();
-        out.sort();
-        Ok(out)
+        self.list_matching(kind, "")
+    }
+
+    fn list_prefix(&self, kind: FileKind, prefix: &str) -> Result<Vec<(String, u64)>> {
+        self.list_matching(kind, prefix)
     }
 
     fn remove(&self, file: &FileRef) -> Result<()> {

@@ -79,6 +79,29 @@ fn suite(b: &dyn Backend) {
     );
     b.write(&wal, b"w").unwrap();
     assert_eq!(b.list(FileKind::Wal).unwrap().len(), 1);
+    // One WAL name's files, among names before and after it and its claim.
+    for (seg, id) in [(1u32, 10u32), (2, 11), (2, 12), (3, 13), (0x12, 14)] {
+        let n = format!("0000000100000000000000{seg:02X}.{}", name(id));
+        b.write(&FileRef::new(FileKind::Wal, n), b"ww").unwrap();
+    }
+    b.write(
+        &FileRef::new(FileKind::Wal, "000000010000000000000002"),
+        b"claim",
+    )
+    .unwrap();
+    let two = "000000010000000000000002.";
+    assert_eq!(
+        b.list_prefix(FileKind::Wal, two).unwrap(),
+        vec![
+            (format!("{two}{}", name(11)), 2),
+            (format!("{two}{}", name(12)), 2)
+        ]
+    );
+    assert!(b
+        .list_prefix(FileKind::Wal, "000000010000000000000004.")
+        .unwrap()
+        .is_empty());
+    assert_eq!(b.list(FileKind::Wal).unwrap().len(), 6);
 
     // Overwriting a (content-addressed) file with the same bytes is harmless.
     b.write(&FileRef::new(FileKind::Index, name(5)), b"index")

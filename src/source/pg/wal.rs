@@ -32,7 +32,7 @@ fn wal_files(repo: &Repository, name: &str) -> Result<Vec<String>> {
     let prefix = format!("{name}.");
     let mut v: Vec<String> = repo
         .backend
-        .list(FileKind::Wal)?
+        .list_prefix(FileKind::Wal, &prefix)?
         .into_iter()
         .map(|(n, _)| n)
         .filter(|n| n.starts_with(&prefix) && n.len() == prefix.len() + 64)
