@@ -113,6 +113,11 @@ pub enum Chunking {
     Cdc(ChunkerParams),
     /// By the structure of a tar archive ([`for_each_tar_chunk_with`]).
     Tar,
+    /// Every this many bytes from the stream's start (the last chunk
+    /// shorter): for data written once and never shifted, such as WAL
+    /// segments, where content-defined boundaries find nothing that fixed
+    /// ones miss and cost a scan of every byte.
+    Fixed(u32),
 }
 
 impl Chunking {
@@ -121,6 +126,7 @@ impl Chunking {
         match self {
             Chunking::Cdc(p) => p.max as usize,
             Chunking::Tar => TAR_PIECE,
+            Chunking::Fixed(n) => *n as usize,
         }
     }
 }
@@ -136,7 +142,30 @@ pub fn for_each_chunk_by<R: Read, E>(
     match chunking {
         Chunking::Cdc(params) => for_each_chunk_with(buf, source, params, seed, sink),
         Chunking::Tar => for_each_tar_chunk_with(buf, source, sink),
+        Chunking::Fixed(n) => for_each_fixed_chunk_with(buf, source, n.max(1) as usize, sink),
     }
+}
+
+/// Split `source` every `size` bytes, with a caller-owned buffer of that
+/// size; returns the number of bytes read.
+fn for_each_fixed_chunk_with<R: Read, E>(
+    buf: &mut Vec<u8>,
+    mut source: R,
+    size: usize,
+    mut sink: impl FnMut(&[u8]) -> Result<(), E>,
+) -> Result<u64, ChunkError<E>> {
+    if buf.len() < size {
+        buf.resize(size, 0);
+    }
+    let (mut total, mut eof) = (0u64, false);
+    while !eof {
+        let n = fill(&mut source, &mut buf[..size], &mut eof).map_err(ChunkError::Read)?;
+        if n > 0 {
+            sink(&buf[..n]).map_err(ChunkError::Sink)?;
+        }
+        total += n as u64;
+    }
+    Ok(total)
 }
 
 /// The largest chunk cut from a tar stream, and the size of the pieces its
@@ -322,6 +351,34 @@ mod tests {
             self.0 = &self.0[n..];
             Ok(n)
         }
+    }
+
+    #[test]
+    fn fixed_chunks_are_cut_every_n_bytes_whatever_the_reads() {
+        let data: Vec<u8> = (0..100_003u32).map(|i| (i % 251) as u8).collect();
+        for step in [1, 7, 4096, 1 << 20] {
+            let mut out = Vec::new();
+            let n = for_each_chunk_by::<_, ()>(
+                &mut Vec::new(),
+                Trickle(&data, step),
+                Chunking::Fixed(10_000),
+                0,
+                |c| {
+                    out.push(c.to_vec());
+                    Ok(())
+                },
+            );
+            assert!(matches!(n, Ok(100_003)));
+            assert_eq!(out.len(), 11, "step {step}");
+            assert!(out[..10].iter().all(|c| c.len() == 10_000));
+            assert_eq!(out[10].len(), 3);
+            assert_eq!(out.concat(), data);
+        }
+        // An empty stream has no chunk.
+        let r = for_each_chunk_by::<_, ()>(&mut Vec::new(), &[][..], Chunking::Fixed(8), 0, |_| {
+            panic!("no chunk expected")
+        });
+        assert!(matches!(r, Ok(0)));
     }
 
     proptest! {
