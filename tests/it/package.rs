@@ -59,6 +59,36 @@ fn package() -> &'static Package {
     })
 }
 
+#[test]
+fn the_script_refuses_a_binary_that_is_not_cairn() {
+    let dir = tempfile::Builder::new()
+        .prefix("cairn-package-")
+        .tempdir_in("/tmp")
+        .unwrap();
+    for (binary, says) in [
+        (
+            "/nonexistent/cairn",
+            "no executable cairn at /nonexistent/cairn",
+        ),
+        ("/bin/true", "is not a working cairn: `--version` printed"),
+    ] {
+        let out = run(Command::new(project().join("scripts/package"))
+            .args(["--binary", binary, "--output"])
+            .arg(dir.path()));
+        let (code, stderr) = code_and_stderr(&out);
+        assert_eq!(code, 2, "{binary}: {stderr}");
+        assert!(
+            stderr.contains(says) && stderr.contains("\nhint: "),
+            "{stderr}"
+        );
+        assert_eq!(
+            std::fs::read_dir(dir.path()).unwrap().count(),
+            0,
+            "a .deb of {binary}"
+        );
+    }
+}
+
 impl Package {
     /// A path inside the unpacked root, given as it is installed.
     fn installed(&self, path: &str) -> PathBuf {
@@ -107,6 +137,11 @@ fn control_names_version_dependencies_and_scripts() {
     let arch = ok(Command::new("dpkg").arg("--print-architecture"));
     assert_eq!(p.field("Architecture"), arch.trim());
     assert_eq!(p.field("Section"), "admin");
+    // The synopsis is Cargo.toml's description, whole: cargo-deb wraps one of
+    // 80 characters or more, and its end then reads as the long description.
+    let synopsis = p.field("Description");
+    assert_eq!(synopsis, env!("CARGO_PKG_DESCRIPTION"));
+    assert!(synopsis.len() < 80, "{synopsis}");
     let depends = p.field("Depends");
     // adduser for the postinst; libc6 from dpkg-shlibdeps on the binary.
     for d in ["adduser", "libc6"] {
@@ -246,8 +281,8 @@ fn files_land_in_debian_places_and_the_binary_runs() {
     assert!(copyright.contains("License: Apache-2.0") && copyright.contains("third-party.txt"));
 }
 
-/// The visible commands `cairn --help` lists, with their subcommands as
-/// `key-add` (clap_mangen's page names).
+/// The visible commands `cairn --help` lists (without `help`): each has a
+/// manual page `cairn-COMMAND.1`.
 fn command_pages() -> Vec<String> {
     let help = ok(Command::new(BIN).arg("--help"));
     let list = help.split("Commands:\n").nth(1).unwrap();
@@ -317,7 +352,7 @@ fn every_man_page_is_gzipped_roff_that_man_renders() {
 }
 
 #[test]
-fn completions_parse_in_their_shells() {
+fn completions_load_in_bash_and_name_every_command() {
     let p = package();
     let bash = p.installed("/usr/share/bash-completion/completions/cairn");
     let (code, stderr) = code_and_stderr(&run(Command::new("bash").arg("-n").arg(&bash)));
@@ -411,24 +446,40 @@ fn the_unit_is_hardened_and_points_at_shipped_files() {
         assert!(shipped.is_file(), "Documentation={doc}: not shipped");
     }
 
-    // systemd's own reading of it: no unknown keys or bad values, and its
-    // exposure score (0 safest, 10 none) at most 4.0 (--threshold counts in
-    // tenths) — the root unit it replaced scored 9.1.
-    // `verify` looks for the programs on this machine, where the package is
-    // not installed: that one complaint is expected (the unpacked root has
-    // the binary, checked above), any other is a fault of the unit.
+    // systemd's own reading of it, and of it with the run-as-root drop-in
+    // (appended: the same as a drop-in for these keys): no unknown keys or
+    // bad values. `verify` looks for the programs on this machine, where the
+    // package is not installed: that one complaint is expected (the unpacked
+    // root has the binary, checked above), any other is a fault.
     let file = p.installed("/usr/lib/systemd/system/cairn.service");
-    let out = run(Command::new("systemd-analyze")
-        .args(["verify", "--man=no"])
-        .arg(&file));
-    let (_, stderr) = code_and_stderr(&out);
-    let faults: Vec<&str> = stderr
-        .lines()
-        .filter(|l| {
-            !l.ends_with("Command /usr/bin/cairn is not executable: No such file or directory")
-        })
-        .collect();
-    assert!(faults.is_empty(), "systemd-analyze verify:\n{stderr}");
+    let as_root = tempfile::Builder::new()
+        .prefix("cairn-unit-")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let drop_in =
+        std::fs::read_to_string(p.installed("/usr/share/doc/cairn/examples/run-as-root.conf"))
+            .unwrap();
+    let combined = as_root.path().join("cairn.service");
+    std::fs::write(&combined, format!("{text}\n{drop_in}")).unwrap();
+    for unit in [&file, &combined] {
+        let out = run(Command::new("systemd-analyze")
+            .args(["verify", "--man=no"])
+            .arg(unit));
+        let (_, stderr) = code_and_stderr(&out);
+        let faults: Vec<&str> = stderr
+            .lines()
+            .filter(|l| {
+                !l.ends_with("Command /usr/bin/cairn is not executable: No such file or directory")
+            })
+            .collect();
+        assert!(
+            faults.is_empty(),
+            "systemd-analyze verify {}:\n{stderr}",
+            unit.display()
+        );
+    }
+    // Its exposure score (0 safest, 10 none) at most 4.0 (--threshold counts
+    // in tenths); the root unit it replaced scored 9.1.
     let out = run(Command::new("systemd-analyze")
         .args([
             "security",
