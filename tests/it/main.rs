@@ -23,6 +23,7 @@ mod kafka;
 mod kafka_recreate;
 mod key_cache;
 mod metrics;
+mod package;
 mod physical_proof;
 mod plan_check;
 mod plan_run;
