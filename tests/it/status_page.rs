@@ -464,10 +464,7 @@ fn the_status_page_shows_runs_failures_proofs_and_the_retention_calendar_in_a_br
     assert!(broken.contains("Failures (1)"), "{broken}");
     // The proof.
     let proofs = b.text("#proofs");
-    assert!(
-        proofs.contains(&format!("Last restore test: passed")),
-        "{proofs}"
-    );
+    assert!(proofs.contains("Last restore test: passed"), "{proofs}");
     assert!(b.text("#proof-table").contains(&proven), "{proofs}");
     // The retention calendar: every kept snapshot by its rule, today's cell.
     let retention = b.text("#retention");

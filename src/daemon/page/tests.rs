@@ -257,3 +257,123 @@ fn retention_says_which_rule_keeps_each_snapshot_and_what_goes_next() {
     let out = super::html::page(&v).into_string();
     assert!(out.contains("removed after the next run"));
 }
+
+#[test]
+fn the_cache_reads_each_file_once_and_forgets_removed_ones() {
+    use crate::backend::FileRef;
+    use crate::repo::{FileKind, ProofId};
+    let dir = tempfile::tempdir().unwrap();
+    let repo = crate::repository::test_repo(dir.path());
+    let now = Timestamp::now();
+    let ids: Vec<SnapshotId> = (0..3)
+        .map(|n| {
+            repo.write_sealed(&snap(now, &["nightly"], &[("etc", false)], n))
+                .unwrap()
+        })
+        .collect();
+    let _: ProofId = repo
+        .write_sealed(&Proof {
+            version: 1,
+            snapshot: ids[0],
+            time: now,
+            passed: false,
+            sources: vec!["etc".into()],
+            detail: "etc: 1 file differs".into(),
+            host: "h".into(),
+        })
+        .unwrap();
+    let mut cache = super::cache::RepoCache::default();
+    cache.refresh(&repo, false).unwrap();
+    assert_eq!(cache.snapshots().len(), 3);
+    assert_eq!(cache.reads, 4, "three snapshots and a proof");
+    assert!(!cache.newest_proofs()[&ids[0]].passed);
+    // Nothing new: nothing read.
+    cache.refresh(&repo, false).unwrap();
+    assert_eq!(cache.reads, 4);
+    // One new, one gone, one damaged: only the new and the damaged are read.
+    let new: SnapshotId = repo
+        .write_sealed(&snap(now, &[], &[("etc", false)], 9))
+        .unwrap();
+    repo.backend
+        .remove(&FileRef::new(FileKind::Snapshot, ids[1].to_hex()))
+        .unwrap();
+    let bad = "ab".repeat(32);
+    repo.backend
+        .write(&FileRef::new(FileKind::Snapshot, &bad), b"not a snapshot")
+        .unwrap();
+    cache.refresh(&repo, false).unwrap();
+    assert_eq!(cache.reads, 6);
+    let listed: Vec<SnapshotId> = cache.snapshots().iter().map(|(id, _)| *id).collect();
+    assert!(listed.contains(&new) && !listed.contains(&ids[1]));
+    assert_eq!(listed.len(), 3);
+    assert_eq!(cache.damaged().len(), 1, "{:?}", cache.damaged());
+    cache.refresh(&repo, false).unwrap();
+    assert_eq!(cache.reads, 6, "a damaged file is not read again");
+    // Node lists and metadata are not kept.
+    assert!(cache.snapshots().iter().all(|(_, c)| c
+        .snapshot
+        .sources
+        .iter()
+        .all(|r| r.tree.is_empty())));
+}
+
+#[test]
+fn the_wal_window_and_storage_against_its_thresholds_are_shown() {
+    use crate::daemon::archive::{ArchiveState, ServerArchive};
+    use crate::daemon::status::StorageUse;
+    let dir = tempfile::tempdir().unwrap();
+    let p = plan(
+        dir.path(),
+        &format!("{SOURCES}alerts {{\n    storage-warning \"70%\"\n}}\n"),
+    );
+    let mut h = history(3);
+    h.status.storage = Some(StorageUse {
+        used_bytes: 4000,
+        files: 12,
+        measured_by: Some("quota".into()),
+        total_bytes: Some(5000),
+        percent: Some(80.0),
+        ..Default::default()
+    });
+    let from: Timestamp = "2026-12-01T02:00:00Z".parse().unwrap();
+    let to: Timestamp = "2026-12-07T11:58:00Z".parse().unwrap();
+    let v = view::build(Input {
+        plan: &p,
+        status: h.status.clone(),
+        snapshots: h.snaps.iter().map(|(id, c)| (*id, c)).collect(),
+        proofs: HashMap::new(),
+        damaged: Vec::new(),
+        wal: vec![view::Wal {
+            source: "pg".into(),
+            archive: Some(ArchiveState {
+                server: Some(ServerArchive {
+                    last_archived_wal: Some("000000010000000000000042".into()),
+                    ..Default::default()
+                }),
+                lag_seconds: Some(30),
+                repository_newest_wal: Some("000000010000000000000041".into()),
+                ..Default::default()
+            }),
+            window: Some((from, to)),
+            gap: Some("000000010000000000000040".into()),
+            approximate: false,
+        }],
+        now: h.now,
+        tz: TimeZone::UTC,
+    });
+    let out = super::html::page(&v).into_string();
+    assert!(
+        out.contains("2026-12-01 02:00 to 2026-12-07 11:58"),
+        "the window"
+    );
+    assert!(out.contains("000000010000000000000040</code> is missing"));
+    assert!(
+        out.contains("000000010000000000000042"),
+        "the server's last archived"
+    );
+    assert!(out.contains("80.0% used · warning at 70% · critical above 95%"));
+    assert!(
+        out.contains("class=\"fill warning\""),
+        "between the thresholds"
+    );
+}

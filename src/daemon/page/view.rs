@@ -285,7 +285,7 @@ pub fn build(input: Input<'_>) -> View {
             error: Some(format!("{} (trigger: {})", e.detail, e.what)),
         }
     }));
-    runs.sort_by(|a, b| b.time.cmp(&a.time));
+    runs.sort_by_key(|r| std::cmp::Reverse(r.time));
     let run_count = runs.len();
     runs.truncate(RUN_ROWS);
 
@@ -327,7 +327,7 @@ pub fn build(input: Input<'_>) -> View {
                         error: e.detail.clone(),
                     }),
             );
-            failures.sort_by(|a, b| b.time.cmp(&a.time));
+            failures.sort_by_key(|f| std::cmp::Reverse(f.time));
             let failure_count = failures.len();
             failures.truncate(FAILURE_ROWS);
             SourceView {
