@@ -8,6 +8,15 @@
 //! event `request`) with the token's name — never the token —, method,
 //! route, query, status, duration and the peer's address.
 //!
+//! The status page (`GET /`, `page.rs`) is for browsers, which are given
+//! the token once: `POST /login` (a form) checks it as [`authenticate`]
+//! does and sets a session cookie (`page::session`); the session then
+//! authorizes `GET` (and `HEAD`) requests only — never `POST /backups` or
+//! `/checks`, so no other site can make a logged-in browser start work —
+//! until `POST /logout`, its lifetime, or its token leaving the plan. `GET
+//! /` without a token or session shows the login form. A request a session
+//! authorized is logged with its token's name and `via=session`.
+//!
 //! The caller's mistakes get 4xx with a JSON body `{"error", "hint"}` and
 //! start nothing: an unknown source in `POST /backups?source=…` is 400 (the
 //! body lists the plan's sources in `sources`), an unreadable query string
@@ -20,14 +29,15 @@
 //! read buffer, and a place in a bounded table of open connections — when
 //! the table is full the oldest connection that is not inside a request is
 //! closed to make room, or, if every one is inside a request, the new one is
-//! closed at once. Request bodies are refused above [`Limits::max_body`]
-//! (no endpoint takes one). The limits are stated in `spec/plan.md`
+//! closed at once. Request bodies are refused above [`MAX_BODY`] (only
+//! `POST /login` takes one: a form holding the token). The limits are stated in `spec/plan.md`
 //! ("HTTP server limits").
 
+use super::page::{self, session, Page};
 use super::{Daemon, Trigger};
-use axum::extract::rejection::QueryRejection;
-use axum::extract::{ConnectInfo, Query, Request, State};
-use axum::http::{header, StatusCode};
+use axum::extract::rejection::{FormRejection, QueryRejection};
+use axum::extract::{ConnectInfo, Form, Query, Request, State};
+use axum::http::{header, Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -70,12 +80,17 @@ pub fn tokens(plan: &crate::plan::Plan) -> Vec<TokenHash> {
 
 /// The name of the token `presented` matches, if any.
 pub fn authenticate(tokens: &[TokenHash], presented: &str) -> Option<String> {
+    matching(tokens, presented).map(|t| t.name.clone())
+}
+
+/// The configured token `presented` matches, if any.
+fn matching<'a>(tokens: &'a [TokenHash], presented: &str) -> Option<&'a TokenHash> {
     let h = blake3::hash(presented.as_bytes());
     let mut found = None;
     for t in tokens {
         // blake3::Hash compares in constant time; no early exit either.
         if t.hash == h {
-            found = Some(t.name.clone());
+            found = Some(t);
         }
     }
     found
@@ -84,9 +99,53 @@ pub fn authenticate(tokens: &[TokenHash], presented: &str) -> Option<String> {
 #[derive(Clone)]
 struct Ctx {
     daemon: Arc<Daemon>,
+    page: Arc<Page>,
 }
 
-async fn access_log(State(ctx): State<Ctx>, req: Request, next: Next) -> Response {
+impl Ctx {
+    fn tokens(&self) -> Vec<TokenHash> {
+        let plan = self.daemon.plan.read().unwrap_or_else(|e| e.into_inner());
+        tokens(&plan)
+    }
+}
+
+/// Set on `GET /` requests: whether a token or session authorizes them.
+#[derive(Clone, Copy)]
+struct Viewer(bool);
+
+/// Set by `POST /login` on its response, for the access log: the token
+/// name it was given (or `invalid`).
+#[derive(Clone)]
+struct LoggedIn(String);
+
+/// Who a request comes from: (token name, how it was shown).
+fn identify(
+    ctx: &Ctx,
+    tokens: &[TokenHash],
+    req: &Request,
+) -> (Option<(String, &'static str)>, bool) {
+    let bearer = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    if let Some(p) = bearer {
+        return (authenticate(tokens, p).map(|n| (n, "bearer")), true);
+    }
+    let from_session = req
+        .headers()
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find_map(session::from_header)
+        .and_then(|v| ctx.page.sessions.token_of(v))
+        // Only while its token is still configured.
+        .and_then(|h| tokens.iter().find(|t| t.hash == h))
+        .map(|t| (t.name.clone(), "session"));
+    (from_session, false)
+}
+
+async fn access_log(State(ctx): State<Ctx>, mut req: Request, next: Next) -> Response {
     let started = Instant::now();
     let method = req.method().clone();
     let route = req.uri().path().to_string();
@@ -95,19 +154,19 @@ async fn access_log(State(ctx): State<Ctx>, req: Request, next: Next) -> Respons
         .extensions()
         .get::<ConnectInfo<std::net::SocketAddr>>()
         .map(|c| c.0);
-    let presented = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::to_string);
-    let tokens = {
-        let plan = ctx.daemon.plan.read().unwrap_or_else(|e| e.into_inner());
-        tokens(&plan)
+    let tokens = ctx.tokens();
+    let (who, presented) = identify(&ctx, &tokens, &req);
+    // A session reads; only a token shown with the request may change anything.
+    let safe = method == Method::GET || method == Method::HEAD;
+    let authorized = match &who {
+        Some((_, "session")) => safe,
+        Some(_) => true,
+        None => false,
     };
-    let who = presented.as_deref().and_then(|p| authenticate(&tokens, p));
-    let open = route == "/health";
-    let resp = if open || who.is_some() {
+    let open = matches!(route.as_str(), "/health" | "/login" | "/logout")
+        || (route == "/" && safe && !presented);
+    req.extensions_mut().insert(Viewer(authorized));
+    let resp = if open || authorized {
         next.run(req).await
     } else {
         (
@@ -117,18 +176,85 @@ async fn access_log(State(ctx): State<Ctx>, req: Request, next: Next) -> Respons
         )
             .into_response()
     };
+    let logged_in = resp.extensions().get::<LoggedIn>().map(|l| l.0.clone());
+    let (token, via) = match (&logged_in, &who) {
+        (Some(name), _) => (name.as_str(), Some("login")),
+        (None, Some((name, "session"))) => (name.as_str(), Some("session")),
+        (None, Some((name, _))) => (name.as_str(), None),
+        (None, None) if presented => ("invalid", None),
+        (None, None) => ("none", None),
+    };
     tracing::info!(
         target: "cairn::access",
-        token = who.as_deref().unwrap_or(if presented.is_some() { "invalid" } else { "none" }),
+        token,
         method = %method,
         route = %route,
         query = query.as_deref(),
         status = resp.status().as_u16(),
         duration_ms = started.elapsed().as_millis() as u64,
         peer = peer.map(tracing::field::display),
+        via,
         "request"
     );
     resp
+}
+
+/// `GET /`: the status page, or the login form.
+async fn index(State(ctx): State<Ctx>, req: Request) -> Response {
+    let viewer = req.extensions().get::<Viewer>().is_some_and(|v| v.0);
+    page::index(ctx.daemon.clone(), ctx.page.clone(), viewer).await
+}
+
+#[derive(serde::Deserialize)]
+struct LoginForm {
+    token: String,
+}
+
+/// `POST /login`: a valid token makes a session (cookie) and goes to `/`
+/// (303); anything else gets the form again, 401, with a generic message.
+async fn login(State(ctx): State<Ctx>, form: Result<Form<LoginForm>, FormRejection>) -> Response {
+    let tokens = ctx.tokens();
+    let found = form
+        .ok()
+        .and_then(|Form(f)| matching(&tokens, &f.token).cloned());
+    let Some(t) = found else {
+        let mut r = page::html_response(StatusCode::UNAUTHORIZED, page::login_form(true));
+        r.extensions_mut().insert(LoggedIn("invalid".into()));
+        return r;
+    };
+    let cookie = session::set_cookie(&ctx.page.sessions.create(t.hash));
+    let mut r = (
+        StatusCode::SEE_OTHER,
+        [
+            (header::LOCATION, "/".to_string()),
+            (header::SET_COOKIE, cookie),
+            (header::CACHE_CONTROL, "no-store".to_string()),
+        ],
+    )
+        .into_response();
+    r.extensions_mut().insert(LoggedIn(t.name));
+    r
+}
+
+/// `POST /logout`: the session ends, the cookie is cleared, back to `/`.
+async fn logout(State(ctx): State<Ctx>, req: Request) -> Response {
+    for v in req
+        .headers()
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .filter_map(session::from_header)
+    {
+        ctx.page.sessions.end(v);
+    }
+    (
+        StatusCode::SEE_OTHER,
+        [
+            (header::LOCATION, "/".to_string()),
+            (header::SET_COOKIE, session::clear_cookie()),
+        ],
+    )
+        .into_response()
 }
 
 async fn health() -> &'static str {
@@ -204,7 +330,7 @@ async fn no_route(req: Request) -> Response {
         StatusCode::NOT_FOUND,
         Json(serde_json::json!({
             "error": format!("no route {} {}", req.method(), req.uri().path()),
-            "hint": "the routes are GET /health, /status, /metrics, /snapshots and POST /backups, /checks",
+            "hint": "the routes are GET /health, / (the status page), /status, /metrics, /snapshots and POST /backups, /checks, /login, /logout",
         })),
     )
         .into_response()
@@ -319,8 +445,14 @@ async fn checks(State(ctx): State<Ctx>, q: Result<Query<CheckQuery>, QueryReject
 }
 
 pub fn router(daemon: Arc<Daemon>) -> Router {
-    let ctx = Ctx { daemon };
+    let ctx = Ctx {
+        daemon,
+        page: Arc::new(Page::default()),
+    };
     Router::new()
+        .route("/", get(index))
+        .route("/login", post(login))
+        .route("/logout", post(logout))
         .route("/health", get(health))
         .route("/status", get(status))
         .route("/metrics", get(metrics))
@@ -334,7 +466,8 @@ pub fn router(daemon: Arc<Daemon>) -> Router {
         .with_state(ctx)
 }
 
-/// Request bodies larger than this get 413 (no endpoint reads a body).
+/// Request bodies larger than this get 413 (only `POST /login` reads one,
+/// a form with the token).
 pub const MAX_BODY: usize = 4096;
 
 /// The HTTP server's limits (`spec/plan.md`, "HTTP server limits").

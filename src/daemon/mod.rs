@@ -20,6 +20,7 @@ pub mod archive;
 pub mod metrics;
 pub mod notice;
 pub mod observe;
+pub mod page;
 pub mod run;
 pub mod schedule;
 pub mod status;
@@ -209,14 +210,34 @@ impl Daemon {
         );
         let a = self.alerter.read().unwrap_or_else(|e| e.into_inner());
         // Each channel's delivery is logged by the alerter (`alert sent`).
-        if let Err(e) = a.send(&alert) {
-            tracing::error!(
-                kind = kind.name(),
-                key,
-                error = e.to_string().as_str(),
-                "alert not delivered"
-            );
-        }
+        let outcome = match a.send(&alert) {
+            Ok(alerts::Delivery::Sent { .. }) => "sent".to_string(),
+            Ok(alerts::Delivery::NoChannels) => "no channel configured".to_string(),
+            // An identical alert went out less than repeat-every ago.
+            Ok(alerts::Delivery::Suppressed { .. }) => return,
+            Err(e) => {
+                tracing::error!(
+                    kind = kind.name(),
+                    key,
+                    error = e.to_string().as_str(),
+                    "alert not delivered"
+                );
+                format!("not delivered: {e}")
+            }
+        };
+        drop(a);
+        // For the status page (`page.rs`), kept across restarts.
+        self.with_status(|s| {
+            s.record(status::Event {
+                time: jiff::Timestamp::now(),
+                kind: "alert".into(),
+                what: kind.name().into(),
+                sources: Vec::new(),
+                detail: alert.subject.clone(),
+                outcome,
+            })
+        });
+        self.save_status();
     }
 
     /// Prove a random complete snapshot of the plan in the verification

@@ -287,6 +287,14 @@ impl Daemon {
                 st.last_error = Some(msg.clone());
                 (st.bytes_read, st.bytes_new, st.duration_ms) = (None, None, None);
             }
+            s.record(super::status::Event {
+                time: now,
+                kind: "run-failed".into(),
+                what: trigger.to_string(),
+                sources: chosen.iter().map(|n| n.to_string()).collect(),
+                detail: msg.clone(),
+                outcome: String::new(),
+            });
         });
         let since = *self
             .failing_since

@@ -184,6 +184,43 @@ pub struct Status {
     pub key_unlocks: u64,
     /// The WAL archive of each physical PostgreSQL source (`archive.rs`).
     pub archives: BTreeMap<String, super::archive::ArchiveState>,
+    /// What only the daemon saw, newest last: runs that saved no snapshot
+    /// and alerts (kept across restarts, at most [`EVENTS_KEPT`]). Shown by
+    /// the status page, not in `/status`.
+    #[serde(skip)]
+    pub events: std::collections::VecDeque<Event>,
+}
+
+/// How many [`Event`]s the daemon keeps.
+pub const EVENTS_KEPT: usize = 200;
+
+/// Something that happened in the daemon and that the repository does not
+/// record: a backup run that saved no snapshot, or an alert.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    pub time: jiff::Timestamp,
+    /// `run-failed` or `alert`.
+    pub kind: String,
+    /// A failed run: its trigger; an alert: its kind (`backup-failed`).
+    pub what: String,
+    /// The sources it concerns (a failed run's), if any.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sources: Vec<String>,
+    /// A failed run: the error; an alert: its subject.
+    pub detail: String,
+    /// An alert: `sent`, `not delivered: …` or `no channel configured`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub outcome: String,
+}
+
+impl Status {
+    /// Record `e`, dropping the oldest beyond [`EVENTS_KEPT`].
+    pub fn record(&mut self, e: Event) {
+        self.events.push_back(e);
+        while self.events.len() > EVENTS_KEPT {
+            self.events.pop_front();
+        }
+    }
 }
 
 /// Kept across restarts.
@@ -198,6 +235,8 @@ pub struct Persisted {
     pub sources: BTreeMap<String, SourceState>,
     pub last_restore_test: Option<LastProof>,
     pub restore_tests: RestoreTestCounts,
+    /// The daemon's [`Event`]s, oldest first.
+    pub events: Vec<Event>,
 }
 
 impl Persisted {
@@ -211,6 +250,7 @@ impl Persisted {
         }
         self.last_restore_test = s.last_restore_test.clone();
         self.restore_tests = s.restore_tests.clone();
+        self.events = s.events.iter().cloned().collect();
     }
 
     /// Put what was kept into `s`, for the sources in `sources` only.
@@ -225,6 +265,7 @@ impl Persisted {
             .collect();
         s.last_restore_test = self.last_restore_test.clone();
         s.restore_tests = self.restore_tests.clone();
+        s.events = self.events.iter().cloned().collect();
     }
 }
 
@@ -286,6 +327,18 @@ mod tests {
         );
         s.sources.insert("gone".into(), SourceState::default());
         s.restore_tests.count("skipped");
+        for i in 0..EVENTS_KEPT + 3 {
+            s.record(Event {
+                time: jiff::Timestamp::UNIX_EPOCH,
+                kind: "alert".into(),
+                what: format!("n{i}"),
+                sources: vec![],
+                detail: String::new(),
+                outcome: "sent".into(),
+            });
+        }
+        assert_eq!(s.events.len(), EVENTS_KEPT, "bounded");
+        assert_eq!(s.events[0].what, "n3", "the oldest go first");
         update(dir.path(), |p| p.keep(&s)).unwrap();
         update(dir.path(), |p| p.retention = Some("r".into())).unwrap();
         let p = load(dir.path());
@@ -294,6 +347,7 @@ mod tests {
         p.restore_into(&mut back, &["etc".to_string()]);
         assert_eq!((back.runs, back.failed_runs), (3, 1));
         assert_eq!(back.restore_tests.skipped, 1);
+        assert_eq!(back.events, s.events);
         assert_eq!(back.sources.len(), 1, "a source no longer in the plan goes");
         let etc = &back.sources["etc"];
         assert_eq!(etc.last_error.as_deref(), Some("boom"));

@@ -38,5 +38,6 @@ mod retention_sources;
 mod s3;
 mod serve;
 mod shared_repo;
+mod status_page;
 mod unchanged_files;
 mod wal_prefetch;

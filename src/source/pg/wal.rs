@@ -46,7 +46,7 @@ fn wal_files(repo: &Repository, name: &str) -> Result<Vec<String>> {
 }
 
 /// The entry in file `file` (`NAME.ID`), checked against its name.
-pub(super) fn read_wal_entry(repo: &Repository, file: &str) -> Result<WalEntry> {
+pub fn read_wal_entry(repo: &Repository, file: &str) -> Result<WalEntry> {
     let f = FileRef::new(FileKind::Wal, file);
     let bytes = repo.backend.read(&f)?;
     let id = file.rsplit('.').next().unwrap_or("");
