@@ -16,6 +16,7 @@ mod cli_manual;
 mod concurrency;
 mod corruption;
 mod crash;
+mod crash_points;
 mod daemon_log;
 mod dashboard;
 mod exit_codes;
