@@ -154,9 +154,8 @@ impl World {
             }
             Command::Prune => {
                 w.base.ok(&["forget", "--keep-last", "1"]);
-                w.snapshots.truncate(0);
-                w.snapshots
-                    .push((w.base.snapshot_ids()[0].clone(), NEXT - 1));
+                w.snapshots.retain(|(_, g)| *g == NEXT - 1);
+                assert_eq!(w.base.snapshot_ids(), vec![w.snapshots[0].0.clone()]);
                 w.kept = [w.snapshots[0].0.clone()].into();
                 w.leave_unindexed_pack();
                 vec!["prune".into()]
@@ -205,14 +204,15 @@ impl World {
         w
     }
 
-    /// What a `snapshot` killed while storing its packs leaves: a pack no
-    /// index lists and a temporary file (its writes are the lock, two
-    /// packs, the index and the snapshot; it dies renaming the third).
+    /// What a `snapshot` killed after storing its packs leaves: packs no
+    /// index lists and a temporary file. Its writes are the lock, two
+    /// packs (by two uploader threads, in either order), the index and the
+    /// snapshot; it dies renaming the index into place.
     fn leave_unindexed_pack(&self) {
         let out = self
             .base
             .cmd()
-            .env("CAIRN_TEST_FAULT", "rename:3:abort-before")
+            .env("CAIRN_TEST_FAULT", "rename:4:abort-before")
             .args(["snapshot", &s(&self.src)])
             .output()
             .unwrap();
@@ -220,7 +220,7 @@ impl World {
         let (_, report, _) = run_json(&self.base, &["check"]);
         assert_eq!(
             report["unreferenced_packs"].as_array().unwrap().len(),
-            1,
+            2,
             "{report:#}"
         );
         assert_eq!(repo_files(&self.base.repo, "tmp").len(), 1);
@@ -440,13 +440,15 @@ impl World {
     fn run_case(&self, op: &str, k: u64, mode: &str) {
         let fault = format!("{op}:{k}:{mode}");
         let when = format!("{:?} with CAIRN_TEST_FAULT={fault}", self.args);
+        // Shown with a failure that names no case (a restore's, say).
+        eprintln!("crash point: {when}");
         let env = self.copy();
-        let out = env
-            .cmd()
-            .env("CAIRN_TEST_FAULT", &fault)
-            .args(&self.args)
-            .output()
-            .unwrap();
+        // A fault must never leave a command waiting for a thread that died
+        // with its error: a liveness bound, generous for a busy machine.
+        let out = output_within(
+            env.cmd().env("CAIRN_TEST_FAULT", &fault).args(&self.args),
+            120,
+        );
         let (code, err) = code_and_stderr(&out);
         assert!(!err.contains("panicked"), "{when}: {err}");
         if mode == "fail" {
@@ -460,6 +462,8 @@ impl World {
                 assert!(err.contains("lock"), "{when}: exit 0: {err}");
                 assert!(!repo_files(&env.repo, "locks").is_empty(), "{when}");
             } else {
+                // An I/O error is a failure (exit 1, README "Exit codes").
+                assert_eq!(code, 1, "{when}: {err}");
                 assert!(err.contains("error:"), "{when}: {err}");
             }
         } else {
