@@ -115,7 +115,23 @@ impl Drop for Held<'_> {
         // A refresher that panicked holding the name poisons it; the name
         // is still the current one.
         let id = *self.name.lock().unwrap_or_else(|e| e.into_inner());
-        let _ = self.repo.backend.remove(&FileRef::of(id));
+        release(self.repo, id);
+    }
+}
+
+/// Remove a lock file of this process. A failure leaves the command's work
+/// as it is (done, or failed for its own reason), so it is a warning, not
+/// the command's error; but the lock stays until it is stale (at once on
+/// this host, once its pid is gone; after 30 minutes for other hosts) or
+/// `cairn unlock` removes it, so it is said (issue 28: the crash-point
+/// enumeration found a failed release silent).
+fn release(repo: &Repository, id: LockId) {
+    if let Err(e) = repo.backend.remove(&FileRef::of(id)) {
+        tracing::warn!(
+            "could not remove this command's lock {}: {e}; other hosts see the repository \
+             as locked until the lock is 30 minutes old, or `cairn unlock` removes it",
+            id.short()
+        );
     }
 }
 
@@ -175,7 +191,7 @@ fn acquire(repo: &Repository, exclusive: bool, command: &str) -> Result<(LockId,
     let id = repo.write_sealed::<LockId>(&lock)?;
     // Someone may have locked at the same moment: look again.
     if let Some(h) = conflicts(exclusive, Some(id), &list_locks(repo)?) {
-        let _ = repo.backend.remove(&FileRef::of(id));
+        release(repo, id);
         return Err(locked_error(h));
     }
     Ok((id, lock))
@@ -194,7 +210,7 @@ fn refresh_loop(repo: &Repository, mut lock: LockFile, name: &Mutex<LockId>, sto
             Ok(new) => {
                 if let Ok(mut cur) = name.lock() {
                     let old = std::mem::replace(&mut *cur, new);
-                    let _ = repo.backend.remove(&FileRef::of(old));
+                    release(repo, old);
                 }
             }
             Err(e) => tracing::warn!(error = %e, "could not refresh the repository lock"),

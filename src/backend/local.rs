@@ -79,14 +79,11 @@ impl LocalBackend {
         }
     }
 
-    /// Write `file` through a fsynced temporary file moved into place; with
-    /// `exclusive`, only if no file of that name exists (`Ok(false)` then).
-    /// The exclusive move is tempfile's `persist_noclobber`:
-    /// `renameat2(RENAME_NOREPLACE)`, or `link()` where that is missing;
-    /// either fails with EEXIST when the name exists, atomically, so the
-    /// name appears once and never changes content.
-    fn write_file(&self, file: &FileRef, data: &[u8], exclusive: bool) -> Result<bool> {
-        let path = self.path(file);
+    /// The first half of a write: `data` in a new, fsynced temporary file
+    /// in `tmp/` (removed when the handle is dropped), not yet under its
+    /// name. The crash-point tests (backend/faulty.rs) stop a process
+    /// between this and the rename, as a crash there would.
+    pub(crate) fn stage(&self, file: &FileRef, data: &[u8]) -> Result<tempfile::NamedTempFile> {
         let tmp_dir = self.root.join("tmp");
         self.make_dir(&tmp_dir)?;
         let tmp = tempfile::NamedTempFile::new_in(&tmp_dir)
@@ -99,6 +96,18 @@ impl LocalBackend {
         }
         fill_file(tmp.path(), tmp.as_file(), data)
             .ctx(|| format!("writing {file} to {}", tmp_dir.display()))?;
+        Ok(tmp)
+    }
+
+    /// Write `file` through a fsynced temporary file moved into place; with
+    /// `exclusive`, only if no file of that name exists (`Ok(false)` then).
+    /// The exclusive move is tempfile's `persist_noclobber`:
+    /// `renameat2(RENAME_NOREPLACE)`, or `link()` where that is missing;
+    /// either fails with EEXIST when the name exists, atomically, so the
+    /// name appears once and never changes content.
+    fn write_file(&self, file: &FileRef, data: &[u8], exclusive: bool) -> Result<bool> {
+        let path = self.path(file);
+        let tmp = self.stage(file, data)?;
         let parent = path.parent().unwrap_or(&self.root).to_path_buf();
         if !parent.exists() {
             // e.g. wal/ in a repository created before it existed

@@ -5,6 +5,8 @@
 //! encryption, packing, locking — is shared. Files are immutable once
 //! written, so a backend needs no partial updates, only atomic whole writes.
 
+#[cfg(feature = "testing")]
+pub mod faulty;
 mod local;
 mod s3;
 
@@ -142,10 +144,9 @@ pub fn open(location: &str) -> Result<Box<dyn Backend>> {
             "pass -r/--repo PATH or set CAIRN_REPOSITORY (create one with `cairn init -r PATH`)",
         ));
     }
-    if location.starts_with("s3://") {
-        return Ok(Box::new(S3Backend::new(location)?));
-    }
-    if let Some((scheme, _)) = location.split_once("://") {
+    let backend: Box<dyn Backend> = if location.starts_with("s3://") {
+        Box::new(S3Backend::new(location)?)
+    } else if let Some((scheme, _)) = location.split_once("://") {
         return Err(Error::new(
             Kind::Usage,
             format!(
@@ -153,6 +154,12 @@ pub fn open(location: &str) -> Result<Box<dyn Backend>> {
             ),
         )
         .with_hint("use a local directory path"));
-    }
-    Ok(Box::new(LocalBackend::new(location)))
+    } else {
+        Box::new(LocalBackend::new(location))
+    };
+    // Crash-point tests only: a build without the `testing` feature has no
+    // such wrapper (spec/repository.md "Crash points").
+    #[cfg(feature = "testing")]
+    let backend = faulty::from_env(backend, location)?;
+    Ok(backend)
 }

@@ -15,7 +15,7 @@ mod backup_restore;
 mod cli_manual;
 mod concurrency;
 mod corruption;
-mod crash;
+mod crash_points;
 mod daemon_log;
 mod dashboard;
 mod exit_codes;
