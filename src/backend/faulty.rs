@@ -360,6 +360,9 @@ impl Backend for FaultyBackend {
     fn list(&self, kind: FileKind) -> Result<Vec<(String, u64)>> {
         self.inner.list(kind)
     }
+    fn list_prefix(&self, kind: FileKind, prefix: &str) -> Result<Vec<(String, u64)>> {
+        self.inner.list_prefix(kind, prefix)
+    }
     fn remove(&self, file: &FileRef) -> Result<()> {
         let step = Step {
             op: Op::Remove,
