@@ -426,9 +426,9 @@ pub(super) fn scan<R: BufRead>(inner: &mut R, hash_rows: bool) -> std::io::Resul
 }
 
 /// Custom archives as pg_dump writes them, for the tests of the files
-/// that read them.
-#[cfg(test)]
-pub(super) mod testing {
+/// that read them (and the fuzz seeds, through `crate::testing`).
+#[cfg(any(test, feature = "testing"))]
+pub mod testing {
     use crate::source::pg::archive::{ARCH_CUSTOM, BLK_DATA, K_OFFSET_POS_NOT_SET};
 
     /// A minimal custom archive as pg_dump 15 writes it to a pipe.
@@ -451,7 +451,7 @@ pub(super) mod testing {
         }
     }
 
-    pub(crate) fn archive(entries: &[(i64, bool)], rows: &[&str]) -> (Vec<u8>, Vec<usize>) {
+    pub fn archive(entries: &[(i64, bool)], rows: &[&str]) -> (Vec<u8>, Vec<usize>) {
         let mut w = Writer(b"PGDMP".to_vec());
         w.0.extend_from_slice(&[1, 14, 0, 4, 8, ARCH_CUSTOM]);
         w.int(0);

@@ -259,6 +259,33 @@ pub fn start(target: &Target) -> Result<Start> {
     Ok(Start::Started(Box::new(bb)))
 }
 
+/// Read a server's CopyOut stream of a base backup from `socket`, as
+/// [`BaseBackup`] does once `BASE_BACKUP` has started: the archive (handed
+/// to `sink`), then the manifest and the stop position, which it returns.
+/// For the fuzz tests (through `crate::testing`): the bytes a server sends
+/// are untrusted input.
+#[cfg(feature = "testing")]
+pub fn read_copy_out(
+    socket: std::os::unix::net::UnixStream,
+    mut sink: impl Write,
+) -> Result<String> {
+    let mut bb = BaseBackup {
+        conn: BufReader::with_capacity(256 << 10, Stream::Unix(socket)),
+        shown: "the fuzzed server".into(),
+        phase: Phase::Archive,
+        in_message: 0,
+        to_header: 0,
+        tail: Vec::new(),
+        tail_at: 0,
+        start_lsn: String::new(),
+        stop_lsn: String::new(),
+        timeline: 0,
+    };
+    std::io::copy(&mut bb, &mut sink)
+        .map_err(|e| Error::failure(format!("reading the fuzzed stream: {e}")))?;
+    Ok(bb.stop_lsn)
+}
+
 impl BaseBackup {
     /// Build a frontend message with `build` and send it.
     fn send_with(

@@ -284,13 +284,15 @@ pub fn scan_segment(segment: &[u8]) -> Result<SegmentScan, WalFormatError> {
     Ok(scan)
 }
 
-#[cfg(test)]
-pub(crate) mod tests {
+/// Synthetic segments, for the tests here and the fuzz seeds (through
+/// `crate::testing`).
+#[cfg(any(test, feature = "testing"))]
+pub mod writer {
     use super::*;
 
     /// Writes a synthetic segment the way PostgreSQL lays one out: page
     /// headers every `block` bytes, records MAXALIGNed, crossing pages.
-    pub(crate) struct SegmentWriter {
+    pub struct SegmentWriter {
         pub block: usize,
         pub start_lsn: u64,
         pub out: Vec<u8>,
@@ -427,6 +429,13 @@ pub(crate) mod tests {
             self.out
         }
     }
+
+}
+
+#[cfg(test)]
+mod tests {
+    use super::writer::SegmentWriter;
+    use super::*;
 
     fn t(s: &str) -> Timestamp {
         s.parse().unwrap()
