@@ -70,6 +70,11 @@ static CURRENT: Mutex<Option<(String, Vec<u8>, Instant)>> = Mutex::new(None);
 /// One target at a time: the allocation counters are process-wide.
 static SERIAL: Mutex<()> = Mutex::new(());
 
+/// Hold while running cases: one target at a time.
+pub fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// A thread that aborts the process, naming the target and input, when a
 /// case runs past [`CASE_TIMEOUT`]: a hang is a failure, not a stuck CI job.
 fn watchdog() {
@@ -113,6 +118,7 @@ pub fn cases(default: u32) -> u32 {
 /// Panics inside `parse` are caught by proptest and reported with the
 /// shrunk input.
 pub fn one_case(target: &str, input: &[u8], parse: impl FnOnce(&[u8])) -> Result<(), TestCaseError> {
+    watchdog();
     let before = LIVE.load(Ordering::Relaxed);
     PEAK.store(before, Ordering::Relaxed);
     *CURRENT.lock().unwrap_or_else(|e| e.into_inner()) =
@@ -142,7 +148,7 @@ pub fn fuzz(
     strategy: impl Strategy<Value = Vec<u8>>,
     parse: impl Fn(&[u8]),
 ) {
-    let _one_at_a_time = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _one_at_a_time = serial();
     watchdog();
     let n = cases(default_cases);
     let mut runner = TestRunner::new(Config {

@@ -9,6 +9,7 @@
 //! `CAIRN_FUZZ_CASES=N cargo test --features testing --test fuzz -- --nocapture`
 //! runs N cases per target and prints the executions of each.
 
+mod found;
 mod harness;
 mod kafka;
 mod mutate;
