@@ -21,3 +21,38 @@ fn kafka_record_length_is_not_allocated_up_front() {
         assert!(r.is_err(), "a stream cut short is an error");
     });
 }
+
+/// `chunk::tar_data_len` believed any size, and padding a GNU base-256 size
+/// near 2^64 to whole blocks overflowed (a panic in debug builds).
+#[test]
+fn tar_size_near_2_pow_64_is_not_a_header() {
+    let mut h = crate::tar::header("base/1/1", 0, b'0');
+    h[124] = 0x80;
+    h[125..128].fill(0);
+    h[128..136].fill(0xff);
+    crate::tar::fix_checksum(&mut h);
+    let mut stream = h.to_vec();
+    stream.extend_from_slice(&[0; 1024]);
+    run("tar_cutter", &stream, |b| {
+        let mut total = 0;
+        let n = cairn::chunk::for_each_tar_chunk_with::<_, ()>(&mut Vec::new(), b, |c| {
+            total += c.len();
+            Ok(())
+        });
+        assert_eq!(n.ok(), Some(b.len() as u64));
+        assert_eq!(total, b.len());
+    });
+}
+
+/// `read_toc` reserved room for up to 2^20 TOC entries (150 MB) because
+/// the archive's count field said so: a 94-byte archive held 150 MB.
+#[test]
+fn pg_toc_count_is_not_reserved_up_front() {
+    let mut archive = cairn::testing::fuzz::custom_archive(&[], &[]).0;
+    // The entry count is the archive's last field here: 2^31 - 1 entries.
+    let n = archive.len();
+    archive[n - 5..].copy_from_slice(&[0, 0xff, 0xff, 0xff, 0x7f]);
+    run("pg_archive_toc", &archive, |b| {
+        assert!(cairn::testing::fuzz::read_table_of_contents(b).is_err());
+    });
+}

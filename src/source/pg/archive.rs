@@ -301,7 +301,9 @@ fn read_toc<R: BufRead>(a: &mut Archive<R>) -> std::io::Result<Option<Toc>> {
         return Err(bad("negative TOC entry count"));
     }
     let text = |s: Option<Vec<u8>>| String::from_utf8_lossy(&s.unwrap_or_default()).into_owned();
-    let mut entries = Vec::with_capacity(count.min(1 << 20) as usize);
+    // Grown as entries are read: a damaged count must not reserve memory
+    // for a million entries the archive's bytes cannot hold.
+    let mut entries = Vec::with_capacity(count.min(1024) as usize);
     for _ in 0..count {
         let dump_id = a.int()?;
         a.int()?; // had dumper
