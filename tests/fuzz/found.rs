@@ -56,3 +56,21 @@ fn pg_toc_count_is_not_reserved_up_front() {
         assert!(cairn::testing::fuzz::read_table_of_contents(b).is_err());
     });
 }
+
+/// The replication client allocated (and zeroed) a message's length before
+/// reading it: 5 bytes claiming a 1 GiB message took 1 GiB.
+#[test]
+fn replication_message_length_is_not_allocated_up_front() {
+    let stream = [b'E', 0x40, 0, 0, 0];
+    run("replication_copy_out", &stream, |b| {
+        let (ours, theirs) = std::os::unix::net::UnixStream::pair().expect("socket pair");
+        let input = b.to_vec();
+        let server = std::thread::spawn(move || {
+            use std::io::Write;
+            let mut theirs = theirs;
+            let _ = theirs.write_all(&input);
+        });
+        assert!(cairn::testing::fuzz::read_copy_out(ours, Vec::new()).is_err());
+        let _ = server.join();
+    });
+}
