@@ -117,7 +117,11 @@ pub fn cases(default: u32) -> u32 {
 /// Run `parse` on one input under the watchdog and the allocation bound.
 /// Panics inside `parse` are caught by proptest and reported with the
 /// shrunk input.
-pub fn one_case(target: &str, input: &[u8], parse: impl FnOnce(&[u8])) -> Result<(), TestCaseError> {
+pub fn one_case(
+    target: &str,
+    input: &[u8],
+    parse: impl FnOnce(&[u8]),
+) -> Result<(), TestCaseError> {
     watchdog();
     let before = LIVE.load(Ordering::Relaxed);
     PEAK.store(before, Ordering::Relaxed);
@@ -154,12 +158,10 @@ pub fn fuzz(
     let mut runner = TestRunner::new(Config {
         cases: n,
         // Each target's failing seeds, kept and replayed first on later runs.
-        failure_persistence: Some(Box::new(FileFailurePersistence::Direct(
-            leak(format!(
-                "{}/tests/fuzz/regressions/{target}.txt",
-                env!("CARGO_MANIFEST_DIR")
-            )),
-        ))),
+        failure_persistence: Some(Box::new(FileFailurePersistence::Direct(leak(format!(
+            "{}/tests/fuzz/regressions/{target}.txt",
+            env!("CARGO_MANIFEST_DIR")
+        ))))),
         max_shrink_iters: 2000,
         ..Config::default()
     });

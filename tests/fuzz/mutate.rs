@@ -128,7 +128,10 @@ pub fn arbitrary(max: usize) -> impl Strategy<Value = Vec<u8>> {
 }
 
 /// One of `seeds` with 1 to 8 mutations, `tokens` the format's own words.
-pub fn mutated(seeds: Vec<Vec<u8>>, tokens: &'static [&'static [u8]]) -> impl Strategy<Value = Vec<u8>> {
+pub fn mutated(
+    seeds: Vec<Vec<u8>>,
+    tokens: &'static [&'static [u8]],
+) -> impl Strategy<Value = Vec<u8>> {
     assert!(!seeds.is_empty(), "a mutation target needs a seed");
     (
         prop::sample::select(seeds),
@@ -139,7 +142,11 @@ pub fn mutated(seeds: Vec<Vec<u8>>, tokens: &'static [&'static [u8]]) -> impl St
 
 /// A quarter arbitrary bytes, three quarters mutated seeds; the seeds
 /// themselves are always among the cases.
-pub fn inputs(seeds: Vec<Vec<u8>>, tokens: &'static [&'static [u8]], max: usize) -> impl Strategy<Value = Vec<u8>> {
+pub fn inputs(
+    seeds: Vec<Vec<u8>>,
+    tokens: &'static [&'static [u8]],
+    max: usize,
+) -> impl Strategy<Value = Vec<u8>> {
     prop_oneof![
         1 => arbitrary(max),
         1 => prop::sample::select(seeds.clone()),

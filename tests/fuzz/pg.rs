@@ -11,7 +11,12 @@ use cairn::testing::fuzz::{
     StreamScan, Timestamp,
 };
 
-const ARCHIVE: &[&[u8]] = &[b"PGDMP", b"TABLE DATA", b"\x00\x00\x00\x00\x00", b"\x01\xff\xff\xff\x7f"];
+const ARCHIVE: &[&[u8]] = &[
+    b"PGDMP",
+    b"TABLE DATA",
+    b"\x00\x00\x00\x00\x00",
+    b"\x01\xff\xff\xff\x7f",
+];
 
 fn archives() -> Vec<Vec<u8>> {
     vec![
@@ -23,23 +28,33 @@ fn archives() -> Vec<Vec<u8>> {
 
 #[test]
 fn pg_archive_stream() {
-    fuzz("pg_archive_stream", 300, inputs(archives(), ARCHIVE, 4096), |bytes| {
-        for hash_rows in [true, false] {
-            let mut scan = StreamScan::start(hash_rows);
-            // In uneven pieces, as a pipe delivers them.
-            for piece in bytes.chunks(97) {
-                scan.feed(piece);
+    fuzz(
+        "pg_archive_stream",
+        300,
+        inputs(archives(), ARCHIVE, 4096),
+        |bytes| {
+            for hash_rows in [true, false] {
+                let mut scan = StreamScan::start(hash_rows);
+                // In uneven pieces, as a pipe delivers them.
+                for piece in bytes.chunks(97) {
+                    scan.feed(piece);
+                }
+                let _ = scan.finish();
             }
-            let _ = scan.finish();
-        }
-    });
+        },
+    );
 }
 
 #[test]
 fn pg_archive_toc() {
-    fuzz("pg_archive_toc", 400, inputs(archives(), ARCHIVE, 4096), |bytes| {
-        let _ = read_table_of_contents(bytes);
-    });
+    fuzz(
+        "pg_archive_toc",
+        400,
+        inputs(archives(), ARCHIVE, 4096),
+        |bytes| {
+            let _ = read_table_of_contents(bytes);
+        },
+    );
 }
 
 /// A `TABLE DATA` block of entry 1 with `rows`, as pg_dump writes it.
@@ -61,20 +76,24 @@ fn data_block(rows: &[&str]) -> Vec<u8> {
 #[test]
 fn pg_copy_block() {
     let seeds = vec![data_block(&["1\ta\n", "2\tb\n"]), data_block(&[])];
-    fuzz("pg_copy_block", 400, inputs(seeds, ARCHIVE, 2048), |bytes| {
-        let mut total = 0usize;
-        let _ = copy_data_block(bytes, 4, 1, |piece| {
-            total += piece.len();
-            Ok(())
-        });
-        assert!(total <= bytes.len(), "more COPY text than block bytes");
-    });
+    fuzz(
+        "pg_copy_block",
+        400,
+        inputs(seeds, ARCHIVE, 2048),
+        |bytes| {
+            let mut total = 0usize;
+            let _ = copy_data_block(bytes, 4, 1, |piece| {
+                total += piece.len();
+                Ok(())
+            });
+            assert!(total <= bytes.len(), "more COPY text than block bytes");
+        },
+    );
 }
 
 fn segments() -> Vec<Vec<u8>> {
-    let commit = |secs: i64| {
-        SegmentWriter::xact_main(Timestamp::from_second(secs).expect("in range"))
-    };
+    let commit =
+        |secs: i64| SegmentWriter::xact_main(Timestamp::from_second(secs).expect("in range"));
     let mut w = SegmentWriter::new(1024, 0x0300_0000, 300);
     w.record(10, 0, 2, 700, &[1; 20]);
     w.record(1, 0x00, 0, 0, &commit(1_772_000_000));
@@ -88,11 +107,19 @@ fn segments() -> Vec<Vec<u8>> {
 
 #[test]
 fn wal_segment() {
-    fuzz("wal_segment", 300, inputs(segments(), &[b"\x10\xd1", b"\x02\x00"], 4096), |bytes| {
-        if let Ok(scan) = cairn::testing::scan_segment(bytes) {
-            assert!(scan.records <= bytes.len() / 24, "more records than room for them");
-        }
-    });
+    fuzz(
+        "wal_segment",
+        300,
+        inputs(segments(), &[b"\x10\xd1", b"\x02\x00"], 4096),
+        |bytes| {
+            if let Ok(scan) = cairn::testing::scan_segment(bytes) {
+                assert!(
+                    scan.records <= bytes.len() / 24,
+                    "more records than room for them"
+                );
+            }
+        },
+    );
 }
 
 /// A protocol message: tag, length (itself included), body.
@@ -118,7 +145,11 @@ fn copy_out(tar: &[u8], piece: usize) -> Vec<u8> {
     }
     copy_data(&mut out, b'p', &100u64.to_be_bytes());
     copy_data(&mut out, b'm', b"");
-    copy_data(&mut out, b'd', b"{\"PostgreSQL-Backup-Manifest-Version\": 1}\n");
+    copy_data(
+        &mut out,
+        b'd',
+        b"{\"PostgreSQL-Backup-Manifest-Version\": 1}\n",
+    );
     message(&mut out, b'c', b"");
     let mut row = 2u16.to_be_bytes().to_vec();
     for f in [&b"0/2000100"[..], b"1"] {
@@ -134,18 +165,27 @@ fn copy_out(tar: &[u8], piece: usize) -> Vec<u8> {
 #[test]
 fn replication_copy_out() {
     let tars = crate::tar::seeds();
-    let seeds = vec![copy_out(&tars[0], 1000), copy_out(&tars[1], 8192), copy_out(&tars[2], 512)];
-    fuzz("replication_copy_out", 200, inputs(seeds, &[b"d\x00\x00\x00\x05", b"E"], 4096), |bytes| {
-        let (ours, theirs) = std::os::unix::net::UnixStream::pair().expect("socket pair");
-        let input = bytes.to_vec();
-        let server = std::thread::spawn(move || {
-            use std::io::Write;
-            let mut theirs = theirs;
-            let _ = theirs.write_all(&input);
-            // Closing ends the stream where the input ends.
-        });
-        let mut archive = Vec::new();
-        let _ = read_copy_out(ours, &mut archive);
-        let _ = server.join();
-    });
+    let seeds = vec![
+        copy_out(&tars[0], 1000),
+        copy_out(&tars[1], 8192),
+        copy_out(&tars[2], 512),
+    ];
+    fuzz(
+        "replication_copy_out",
+        200,
+        inputs(seeds, &[b"d\x00\x00\x00\x05", b"E"], 4096),
+        |bytes| {
+            let (ours, theirs) = std::os::unix::net::UnixStream::pair().expect("socket pair");
+            let input = bytes.to_vec();
+            let server = std::thread::spawn(move || {
+                use std::io::Write;
+                let mut theirs = theirs;
+                let _ = theirs.write_all(&input);
+                // Closing ends the stream where the input ends.
+            });
+            let mut archive = Vec::new();
+            let _ = read_copy_out(ours, &mut archive);
+            let _ = server.join();
+        },
+    );
 }

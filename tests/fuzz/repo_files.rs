@@ -5,8 +5,8 @@
 
 use crate::harness::fuzz;
 use crate::mutate::inputs;
-use cairn::backend::LocalBackend;
 use cairn::backend::FileRef;
+use cairn::backend::LocalBackend;
 use cairn::crypto::{self, MasterKey, Secret};
 use cairn::repo::encode::{pack_trailer, parse_node_list, plaintext_json};
 use cairn::repo::{
@@ -17,8 +17,22 @@ use cairn::repository::{compress_with_prefix, decode_frame_bytes, read_key_file,
 use std::sync::OnceLock;
 
 const JSON: &[&[u8]] = &[
-    b"\"", b"{", b"}", b"[", b"]", b",", b":", b"null", b"true", b"-1", b"1e999",
-    b"18446744073709551616", b"4294967296", b"\"\\u0000\"", b"\"../x\"", b"\"/\"",
+    b"\"",
+    b"{",
+    b"}",
+    b"[",
+    b"]",
+    b",",
+    b":",
+    b"null",
+    b"true",
+    b"-1",
+    b"1e999",
+    b"18446744073709551616",
+    b"4294967296",
+    b"\"\\u0000\"",
+    b"\"../x\"",
+    b"\"/\"",
     b"{\"path\":\"a\",\"type\":\"dir\"}\n",
 ];
 
@@ -84,10 +98,19 @@ fn sealed_ciphertext() {
         seal_bytes(&reencoded!(IndexFile, "index_file")),
         seal_bytes(&reencoded!(Snapshot, "snapshot")),
     ];
-    fuzz("sealed_ciphertext", 300, inputs(seeds, &[b"age-encryption.org/v1\n", b"-> X25519 ", b"\n---"], 4096), |ct| {
-        let _ = key().unseal::<IndexFile>(ct, &"fuzzed");
-        let _ = key().decrypt(ct, &"fuzzed");
-    });
+    fuzz(
+        "sealed_ciphertext",
+        300,
+        inputs(
+            seeds,
+            &[b"age-encryption.org/v1\n", b"-> X25519 ", b"\n---"],
+            4096,
+        ),
+        |ct| {
+            let _ = key().unseal::<IndexFile>(ct, &"fuzzed");
+            let _ = key().decrypt(ct, &"fuzzed");
+        },
+    );
 }
 
 /// `config`: plain JSON, unauthenticated, read before any key; read as
@@ -96,10 +119,15 @@ fn sealed_ciphertext() {
 fn config() {
     let dir = tempfile_dir();
     let backend = LocalBackend::new(dir.clone());
-    fuzz("config", 400, inputs(vec![golden("config")], JSON, 2048), |bytes| {
-        std::fs::write(dir.join("config"), bytes).expect("write config");
-        let _ = Repository::read_config(&backend);
-    });
+    fuzz(
+        "config",
+        400,
+        inputs(vec![golden("config")], JSON, 2048),
+        |bytes| {
+            std::fs::write(dir.join("config"), bytes).expect("write config");
+            let _ = Repository::read_config(&backend);
+        },
+    );
 }
 
 /// Key files: the JSON envelope (plaintext, unauthenticated) and the age
@@ -133,20 +161,30 @@ fn key_file() {
             }
         }
     });
-    fuzz("key_age", 300, inputs(vec![wrapped], &[b"-> X25519 ", b"\n---"], 4096), |bytes| {
-        let _ = crypto::unwrap_key(bytes, &secret);
-    });
+    fuzz(
+        "key_age",
+        300,
+        inputs(vec![wrapped], &[b"-> X25519 ", b"\n---"], 4096),
+        |bytes| {
+            let _ = crypto::unwrap_key(bytes, &secret);
+        },
+    );
 }
 
 /// Node lists: one JSON node a line, then the checks a restore makes of
 /// the tree (`node_path::tree_problem`).
 #[test]
 fn node_list() {
-    fuzz("node_list", 400, inputs(vec![golden("node_list")], JSON, 4096), |bytes| {
-        if let Ok(nodes) = parse_node_list(bytes) {
-            let _ = cairn::repo::node_path::tree_problem(&nodes);
-        }
-    });
+    fuzz(
+        "node_list",
+        400,
+        inputs(vec![golden("node_list")], JSON, 4096),
+        |bytes| {
+            if let Ok(nodes) = parse_node_list(bytes) {
+                let _ = cairn::repo::node_path::tree_problem(&nodes);
+            }
+        },
+    );
 }
 
 /// A pack whose frames are `chunks` (each frame one compression).
@@ -210,9 +248,15 @@ fn read_pack(bytes: &[u8]) {
         let Some(ct) = bytes.get(fr.offset as usize..end) else {
             continue;
         };
-        if let Ok(plain) =
-            decode_frame_bytes(key(), ct, fr.compression, fr.raw_length, &[], &file, fr.offset)
-        {
+        if let Ok(plain) = decode_frame_bytes(
+            key(),
+            ct,
+            fr.compression,
+            fr.raw_length,
+            &[],
+            &file,
+            fr.offset,
+        ) {
             for c in &fr.chunks {
                 let start = c.offset as usize;
                 let _ = plain

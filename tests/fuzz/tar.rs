@@ -52,7 +52,10 @@ pub fn seeds() -> Vec<Vec<u8>> {
     let big = vec![0x55u8; 70_000];
     vec![
         archive(&[("PG_VERSION", b"15\n"), ("global/pg_control", &[1; 8192])]),
-        archive(&[("base/1/1259", &big), ("backup_label", b"START WAL LOCATION")]),
+        archive(&[
+            ("base/1/1259", &big),
+            ("backup_label", b"START WAL LOCATION"),
+        ]),
         archive(&[]),
     ]
 }

@@ -321,7 +321,7 @@ pub mod writer {
             self.start_lsn + self.out.len() as u64
         }
 
-        fn page_header(&mut self, rem_len: usize) {
+        pub fn page_header(&mut self, rem_len: usize) {
             let first = self.out.is_empty();
             let mut info = if rem_len > 0 {
                 XLP_FIRST_IS_CONTRECORD
@@ -346,7 +346,7 @@ pub mod writer {
         }
 
         /// Write `bytes`, putting page headers in where pages begin.
-        fn put(&mut self, mut bytes: &[u8]) {
+        pub fn put(&mut self, mut bytes: &[u8]) {
             while !bytes.is_empty() {
                 if self.out.len() % self.block == 0 {
                     self.page_header(bytes.len());
@@ -429,7 +429,6 @@ pub mod writer {
             self.out
         }
     }
-
 }
 
 #[cfg(test)]
