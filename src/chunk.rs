@@ -175,6 +175,10 @@ pub const TAR_PIECE: usize = 32 << 10;
 pub(crate) const TAR_BLOCK: usize = 512;
 const BLOCK: usize = TAR_BLOCK;
 
+/// The largest member data a tar header may claim (2^62 bytes): far above
+/// any file, and padded to blocks it still fits a u64.
+const MAX_MEMBER: u64 = 1 << 62;
+
 /// `len` bytes of member data padded to whole tar blocks.
 pub(crate) fn tar_padded(len: u64) -> u64 {
     len.div_ceil(TAR_BLOCK as u64) * TAR_BLOCK as u64
@@ -316,14 +320,18 @@ pub(crate) fn tar_data_len(h: &[u8]) -> Option<u64> {
         return Some(0);
     }
     let size = &h[124..136];
-    if size[0] & 0x80 != 0 {
+    let len = if size[0] & 0x80 != 0 {
         // GNU base-256: a big-endian number in the rest of the field.
-        return size[4..]
+        size[4..]
             .iter()
             .try_fold(0u64, |n, b| n.checked_mul(256).map(|n| n + *b as u64))
-            .filter(|_| size[1..4].iter().all(|b| *b == 0));
-    }
-    octal(size)
+            .filter(|_| size[1..4].iter().all(|b| *b == 0))
+    } else {
+        octal(size)
+    };
+    // No member is larger than this; a larger size would overflow the
+    // padding arithmetic of its readers (found by the fuzz target tar_cutter).
+    len.filter(|n| *n <= MAX_MEMBER)
 }
 
 #[cfg(test)]

@@ -201,11 +201,17 @@ impl<R: Read> RecordReader<R> {
                 Err(e) => return Err(e),
             }
         }
-        let len = u32::from_le_bytes(len) as usize;
-        self.buf.resize(len, 0);
-        self.inner
-            .read_exact(&mut self.buf)
+        let len = u64::from(u32::from_le_bytes(len));
+        // Read, not allocated up front: a damaged length must not ask for
+        // 4 GiB before a byte of the record has arrived.
+        self.buf.clear();
+        let got = (&mut self.inner)
+            .take(len)
+            .read_to_end(&mut self.buf)
             .map_err(|_| bad("stream ends inside a record"))?;
+        if (got as u64) < len {
+            return Err(bad("stream ends inside a record"));
+        }
         Ok(Some(&self.buf))
     }
 

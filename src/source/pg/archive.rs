@@ -301,7 +301,9 @@ fn read_toc<R: BufRead>(a: &mut Archive<R>) -> std::io::Result<Option<Toc>> {
         return Err(bad("negative TOC entry count"));
     }
     let text = |s: Option<Vec<u8>>| String::from_utf8_lossy(&s.unwrap_or_default()).into_owned();
-    let mut entries = Vec::with_capacity(count.min(1 << 20) as usize);
+    // Grown as entries are read: a damaged count must not reserve memory
+    // for a million entries the archive's bytes cannot hold.
+    let mut entries = Vec::with_capacity(count.min(1024) as usize);
     for _ in 0..count {
         let dump_id = a.int()?;
         a.int()?; // had dumper
@@ -426,9 +428,9 @@ pub(super) fn scan<R: BufRead>(inner: &mut R, hash_rows: bool) -> std::io::Resul
 }
 
 /// Custom archives as pg_dump writes them, for the tests of the files
-/// that read them.
-#[cfg(test)]
-pub(super) mod testing {
+/// that read them (and the fuzz seeds, through `crate::testing`).
+#[cfg(any(test, feature = "testing"))]
+pub mod testing {
     use crate::source::pg::archive::{ARCH_CUSTOM, BLK_DATA, K_OFFSET_POS_NOT_SET};
 
     /// A minimal custom archive as pg_dump 15 writes it to a pipe.
@@ -451,7 +453,7 @@ pub(super) mod testing {
         }
     }
 
-    pub(crate) fn archive(entries: &[(i64, bool)], rows: &[&str]) -> (Vec<u8>, Vec<usize>) {
+    pub fn archive(entries: &[(i64, bool)], rows: &[&str]) -> (Vec<u8>, Vec<usize>) {
         let mut w = Writer(b"PGDMP".to_vec());
         w.0.extend_from_slice(&[1, 14, 0, 4, 8, ARCH_CUSTOM]);
         w.int(0);

@@ -259,6 +259,33 @@ pub fn start(target: &Target) -> Result<Start> {
     Ok(Start::Started(Box::new(bb)))
 }
 
+/// Read a server's CopyOut stream of a base backup from `socket`, as
+/// [`BaseBackup`] does once `BASE_BACKUP` has started: the archive (handed
+/// to `sink`), then the manifest and the stop position, which it returns.
+/// For the fuzz tests (through `crate::testing`): the bytes a server sends
+/// are untrusted input.
+#[cfg(feature = "testing")]
+pub fn read_copy_out(
+    socket: std::os::unix::net::UnixStream,
+    mut sink: impl Write,
+) -> Result<String> {
+    let mut bb = BaseBackup {
+        conn: BufReader::with_capacity(256 << 10, Stream::Unix(socket)),
+        shown: "the fuzzed server".into(),
+        phase: Phase::Archive,
+        in_message: 0,
+        to_header: 0,
+        tail: Vec::new(),
+        tail_at: 0,
+        start_lsn: String::new(),
+        stop_lsn: String::new(),
+        timeline: 0,
+    };
+    std::io::copy(&mut bb, &mut sink)
+        .map_err(|e| Error::failure(format!("reading the fuzzed stream: {e}")))?;
+    Ok(bb.stop_lsn)
+}
+
 impl BaseBackup {
     /// Build a frontend message with `build` and send it.
     fn send_with(
@@ -292,11 +319,12 @@ impl BaseBackup {
     fn rest_of_message(&mut self, head: [u8; 5]) -> Result<Message> {
         let len = u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
         self.check_length(len)?;
-        let mut buf = BytesMut::zeroed(len + 1);
-        buf[..5].copy_from_slice(&head);
-        self.conn
-            .read_exact(&mut buf[5..])
-            .map_err(|e| self.io_err(e))?;
+        // Read, not allocated up front: a length of 1 GiB in a stream that
+        // then ends must not cost 1 GiB (found by the fuzz target
+        // replication_copy_out).
+        let mut body = head.to_vec();
+        self.read_body(len - 4, &mut body)?;
+        let mut buf = BytesMut::from(&body[..]);
         let message = Message::parse(&mut buf)
             .map_err(|e| Error::failure(format!("a message from {}: {e}", self.shown)))?
             .ok_or_else(|| Error::failure(format!("a short message from {}", self.shown)))?;
@@ -315,6 +343,19 @@ impl BaseBackup {
                 "{} sent a message of impossible length {len}",
                 self.shown
             )));
+        }
+        Ok(())
+    }
+
+    /// Append the next `len` bytes from the server to `out`, which grows
+    /// as they arrive; an error when the stream ends first.
+    fn read_body(&mut self, len: usize, out: &mut Vec<u8>) -> Result<()> {
+        let got = (&mut self.conn)
+            .take(len as u64)
+            .read_to_end(out)
+            .map_err(|e| self.io_err(e))?;
+        if got < len {
+            return Err(self.io_err(std::io::ErrorKind::UnexpectedEof.into()));
         }
         Ok(())
     }
@@ -438,10 +479,8 @@ impl BaseBackup {
                     return Ok(());
                 }
                 b'n' => {
-                    let mut rest = vec![0u8; body];
-                    self.conn
-                        .read_exact(&mut rest)
-                        .map_err(|e| self.io_err(e))?;
+                    let mut rest = Vec::new();
+                    self.read_body(body, &mut rest)?;
                     let name = rest.split(|b| *b == 0).next().unwrap_or_default();
                     if name != b"base.tar" {
                         return Err(Error::failure(format!(
@@ -453,10 +492,7 @@ impl BaseBackup {
                 }
                 _ => {
                     // Progress reports ('p') and anything newer: skipped.
-                    let mut rest = vec![0u8; body];
-                    self.conn
-                        .read_exact(&mut rest)
-                        .map_err(|e| self.io_err(e))?;
+                    self.read_body(body, &mut Vec::new())?;
                     if kind[0] == b'm' {
                         return Err(Error::failure(format!(
                             "{} sent the manifest before the base archive ended",
@@ -491,10 +527,7 @@ impl BaseBackup {
     /// member and the end-of-archive blocks.
     fn finish_protocol(&mut self) -> Result<()> {
         // The rest of this message and any padding after the terminator.
-        let mut skip = vec![0u8; self.in_message];
-        self.conn
-            .read_exact(&mut skip)
-            .map_err(|e| self.io_err(e))?;
+        self.read_body(self.in_message, &mut Vec::new())?;
         self.in_message = 0;
         let mut manifest: Option<Vec<u8>> = None;
         let mut copying = true;

@@ -284,13 +284,15 @@ pub fn scan_segment(segment: &[u8]) -> Result<SegmentScan, WalFormatError> {
     Ok(scan)
 }
 
-#[cfg(test)]
-pub(crate) mod tests {
+/// Synthetic segments, for the tests here and the fuzz seeds (through
+/// `crate::testing`).
+#[cfg(any(test, feature = "testing"))]
+pub mod writer {
     use super::*;
 
     /// Writes a synthetic segment the way PostgreSQL lays one out: page
     /// headers every `block` bytes, records MAXALIGNed, crossing pages.
-    pub(crate) struct SegmentWriter {
+    pub struct SegmentWriter {
         pub block: usize,
         pub start_lsn: u64,
         pub out: Vec<u8>,
@@ -319,7 +321,7 @@ pub(crate) mod tests {
             self.start_lsn + self.out.len() as u64
         }
 
-        fn page_header(&mut self, rem_len: usize) {
+        pub fn page_header(&mut self, rem_len: usize) {
             let first = self.out.is_empty();
             let mut info = if rem_len > 0 {
                 XLP_FIRST_IS_CONTRECORD
@@ -344,7 +346,7 @@ pub(crate) mod tests {
         }
 
         /// Write `bytes`, putting page headers in where pages begin.
-        fn put(&mut self, mut bytes: &[u8]) {
+        pub fn put(&mut self, mut bytes: &[u8]) {
             while !bytes.is_empty() {
                 if self.out.len() % self.block == 0 {
                     self.page_header(bytes.len());
@@ -427,6 +429,12 @@ pub(crate) mod tests {
             self.out
         }
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::writer::SegmentWriter;
+    use super::*;
 
     fn t(s: &str) -> Timestamp {
         s.parse().unwrap()
