@@ -117,8 +117,9 @@ fn sealed_ciphertext() {
 /// `Repository::read_config` does, from a local backend.
 #[test]
 fn config() {
-    let dir = tempfile_dir();
-    let backend = LocalBackend::new(dir.clone());
+    let scratch = tempfile_dir();
+    let dir = scratch.path();
+    let backend = LocalBackend::new(dir.to_path_buf());
     fuzz(
         "config",
         400,
@@ -135,7 +136,8 @@ fn config() {
 /// password key is capped at 2^22 by design, see spec/fuzzing.md).
 #[test]
 fn key_file() {
-    let dir = tempfile_dir();
+    let scratch = tempfile_dir();
+    let dir = scratch.path();
     let id_path = dir.join("identity");
     let recipient = crypto::generate_identity_file(&id_path).expect("identity");
     let secret = Secret::Identities(crypto::read_identity_file(&id_path).expect("read identity"));
@@ -150,7 +152,7 @@ fn key_file() {
     real.push_str(&hex_encode(&wrapped));
     real.push_str(&envelope[data_end..]);
     seeds.push(real.into_bytes());
-    let backend = LocalBackend::new(dir.clone());
+    let backend = LocalBackend::new(dir.to_path_buf());
     std::fs::create_dir_all(dir.join("keys")).expect("keys dir");
     let name = "a".repeat(64);
     fuzz("key_file", 300, inputs(seeds, JSON, 4096), |bytes| {
@@ -278,14 +280,12 @@ fn pack_file() {
     fuzz("pack_file", 200, inputs(seeds, &[b"CRNP"], 8192), read_pack);
 }
 
-fn tempfile_dir() -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!(
-        "cairn-fuzz-{}-{}",
-        std::process::id(),
-        cairn::repo::Id::random().short()
-    ));
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    dir
+/// A scratch directory, removed when the target ends.
+fn tempfile_dir() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("cairn-fuzz-")
+        .tempdir()
+        .expect("temp dir")
 }
 
 fn hex_encode(b: &[u8]) -> String {
