@@ -199,12 +199,13 @@ pub fn unwrap_key(data: &[u8], secret: &Secret) -> Result<Option<KeyMaterial>> {
 
 /// Read age X25519 identities from an identity file (as written by age-keygen).
 pub fn read_identity_file(path: &std::path::Path) -> Result<Vec<age::x25519::Identity>> {
-    let text = std::fs::read_to_string(path).map_err(|e| {
-        Error::usage(format!("cannot read identity file {}: {e}", path.display())).with_hint(
-            "check the path (--identity, CAIRN_IDENTITY_FILE or the plan's identity) and \
+    let text =
+        crate::fsutil::read_small_text(path, crate::fsutil::MAX_SECRET_FILE).map_err(|e| {
+            Error::usage(format!("cannot read identity file {}: {e}", path.display())).with_hint(
+                "check the path (--identity, CAIRN_IDENTITY_FILE or the plan's identity) and \
              that the user cairn runs as can read the file",
-        )
-    })?;
+            )
+        })?;
     let ids: Vec<_> = text
         .lines()
         .map(str::trim)

@@ -26,6 +26,48 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     std::fs::File::open(dir)?.sync_all()
 }
 
+/// The largest secret file (password, identity, token file) cairn reads.
+pub const MAX_SECRET_FILE: u64 = 64 << 10;
+
+/// The content of a small file that should hold a secret or a short list
+/// (a password file, an age identity, a token file), read without trusting
+/// its size: a FIFO (which may never be written to) is refused, and a file
+/// longer than `limit` (`/dev/zero` named by mistake or by a hostile plan)
+/// is refused after reading `limit + 1` bytes, instead of read to the end
+/// of memory. Both are `InvalidInput`/`InvalidData` errors whose text says
+/// what the file is.
+pub fn read_small(path: &Path, limit: u64) -> std::io::Result<Vec<u8>> {
+    use std::io::{Error, ErrorKind, Read};
+    use std::os::unix::fs::FileTypeExt;
+    let kind = std::fs::metadata(path)?.file_type();
+    if kind.is_fifo() || kind.is_socket() {
+        return Err(Error::new(
+            ErrorKind::InvalidInput,
+            "it is a pipe or socket, not a file",
+        ));
+    }
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)?
+        .take(limit + 1)
+        .read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > limit {
+        return Err(Error::new(
+            ErrorKind::InvalidData,
+            format!(
+                "it is larger than {} KiB, too large for this file",
+                limit >> 10
+            ),
+        ));
+    }
+    Ok(bytes)
+}
+
+/// [`read_small`] as UTF-8 text.
+pub fn read_small_text(path: &Path, limit: u64) -> std::io::Result<String> {
+    String::from_utf8(read_small(path, limit)?)
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidData, "it is not UTF-8 text"))
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

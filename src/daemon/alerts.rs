@@ -498,7 +498,7 @@ fn security_name(s: SmtpSecurity) -> &'static str {
 
 /// The first line of the SMTP password file. Never logged.
 fn read_smtp_password(path: &Path) -> std::result::Result<String, String> {
-    let text = std::fs::read_to_string(path)
+    let text = crate::fsutil::read_small_text(path, crate::fsutil::MAX_SECRET_FILE)
         .map_err(|e| format!("cannot read the SMTP password file {}: {e}", path.display()))?;
     let pw = text.lines().next().unwrap_or("").to_string();
     if pw.is_empty() {

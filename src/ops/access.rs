@@ -29,12 +29,13 @@ pub struct Access {
 pub fn read_password_file(path: &std::path::Path) -> Result<String> {
     // A file that is not there or not readable is a mistake in the
     // command line or the environment: usage (exit 2).
-    let text = std::fs::read_to_string(path).map_err(|e| {
-        Error::usage(format!("cannot read password file {}: {e}", path.display())).with_hint(
-            "check the path (--password-file, CAIRN_PASSWORD_FILE or the plan's \
+    let text =
+        crate::fsutil::read_small_text(path, crate::fsutil::MAX_SECRET_FILE).map_err(|e| {
+            Error::usage(format!("cannot read password file {}: {e}", path.display())).with_hint(
+                "check the path (--password-file, CAIRN_PASSWORD_FILE or the plan's \
              password-file) and that the user cairn runs as can read the file",
-        )
-    })?;
+            )
+        })?;
     let pw = text.lines().next().unwrap_or("").to_string();
     if pw.is_empty() {
         return Err(Error::usage(format!(

@@ -470,7 +470,7 @@ impl Token {
 /// Read a token file: one `NAME blake3:HEX` per line; empty lines and lines
 /// starting with `#` are ignored. Errors name the line.
 pub fn read_token_file(path: &Path) -> Result<Vec<Token>, String> {
-    let text = std::fs::read_to_string(path)
+    let text = crate::fsutil::read_small_text(path, crate::fsutil::MAX_SECRET_FILE)
         .map_err(|e| format!("cannot read token file {}: {e}", path.display()))?;
     let mut tokens = Vec::new();
     for (i, line) in text.lines().enumerate() {

@@ -570,7 +570,13 @@ impl Parser<'_> {
     }
 
     pub(super) fn check_readable(&mut self, offset: usize, path: &Path, what: &str, secret: bool) {
-        match std::fs::read(path) {
+        // Bounded: a plan naming /dev/zero must not make `plan check` read forever.
+        let limit = if secret {
+            crate::fsutil::MAX_SECRET_FILE
+        } else {
+            16 << 20
+        };
+        match crate::fsutil::read_small(path, limit) {
             Err(e) => self.error(
                 offset,
                 format!("cannot read {what} {}: {e}", path.display()),

@@ -68,7 +68,7 @@ impl KafkaOptions {
 
     /// Read librdkafka properties (`key=value` lines, `#` comments) from a file.
     pub fn load_properties(&mut self, path: &Path) -> Result<()> {
-        let text = std::fs::read_to_string(path).map_err(|e| {
+        let text = crate::fsutil::read_small_text(path, 16 << 20).map_err(|e| {
             Error::usage(format!(
                 "cannot read Kafka properties {}: {e}",
                 path.display()
