@@ -171,7 +171,7 @@ fn archive(packer: &mut Packer, s: &NamedSource, opts: &JobOptions) -> Result<So
 /// Run the job: every source into one snapshot (see the module docs).
 pub fn run(repo: &Repository, sources: &[NamedSource], opts: &JobOptions) -> Result<JobReport> {
     let started = Instant::now();
-    let time = jiff::Timestamp::now();
+    let time = crate::clock::now();
     let mut paths = Vec::new();
     for s in sources {
         paths.extend(s.spec.shown()?);

@@ -25,6 +25,7 @@ pub mod retention;
 
 mod app;
 pub(crate) mod cli;
+pub(crate) mod clock;
 pub(crate) mod commands;
 pub(crate) mod daemon;
 pub(crate) mod fsutil;

@@ -284,7 +284,7 @@ pub fn prove(
     let proof = Proof {
         version: FORMAT_VERSION,
         snapshot: id,
-        time: jiff::Timestamp::now(),
+        time: crate::clock::now(),
         passed: failures.is_empty(),
         sources: pg
             .iter()

@@ -345,7 +345,7 @@ impl Alerter {
     /// alert was sent less than `repeat-every` ago. Fails only when every
     /// configured channel failed (the error names each channel's failure).
     pub fn send(&self, alert: &Alert) -> Result<Delivery> {
-        self.send_at(alert, Timestamp::now())
+        self.send_at(alert, crate::clock::now())
     }
 
     /// [`Alerter::send`] with the time taken as `now` (for rate limiting

@@ -111,7 +111,7 @@ impl Daemon {
         let alerter = new_alerter(&plan, &opts);
         let mut status = Status {
             plan: plan.file.display().to_string(),
-            started: Some(jiff::Timestamp::now()),
+            started: Some(crate::clock::now()),
             ..Default::default()
         };
         let names: Vec<String> = plan.sources.iter().map(|s| s.name.clone()).collect();
@@ -141,7 +141,7 @@ impl Daemon {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone();
-        let now = jiff::Timestamp::now();
+        let now = crate::clock::now();
         for st in s.sources.values_mut() {
             st.age_seconds = st.last_success.map(|t| (now - t).as_secs());
         }
@@ -229,7 +229,7 @@ impl Daemon {
         // For the status page (`page.rs`), kept across restarts.
         self.with_status(|s| {
             s.record(status::Event {
-                time: jiff::Timestamp::now(),
+                time: crate::clock::now(),
                 kind: "alert".into(),
                 what: kind.name().into(),
                 sources: Vec::new(),
@@ -284,7 +284,7 @@ impl Daemon {
             ..Default::default()
         };
         let mut last = self.status().last_restore_test.unwrap_or_default();
-        last.time = Some(jiff::Timestamp::now());
+        last.time = Some(crate::clock::now());
         let outcome = match snaps.choose(&mut rand::rng()) {
             None => crate::prove::Outcome::Skipped {
                 reason: "the plan has no snapshot with a complete source yet".into(),
@@ -481,7 +481,7 @@ impl Daemon {
     /// (key: the source), however the plan's other sources fare.
     fn check_missed(&self, plan: &Plan, mine: &[(SnapshotId, Snapshot)]) {
         let started = self.status.lock().map(|s| s.started).ok().flatten();
-        let now = jiff::Timestamp::now();
+        let now = crate::clock::now();
         // The shortest limit of the schedules that back the source up.
         let limit_of = |name: &String| {
             plan.schedules
@@ -541,7 +541,7 @@ impl Daemon {
         let newest = archive::repository_newest_wal(repo);
         let mut states = std::collections::BTreeMap::new();
         for (name, url) in sources {
-            let now = jiff::Timestamp::now();
+            let now = crate::clock::now();
             let (st, alert) = archive::judge(
                 archive::server_archive(&url),
                 newest.clone(),
@@ -672,12 +672,12 @@ impl Daemon {
             }
         }
         self.run_checks();
-        let mut next = self.next_runs(jiff::Timestamp::now());
+        let mut next = self.next_runs(crate::clock::now());
         let verify_next = |p: &Plan| {
             schedule::next_after(
                 &p.verify.cron,
                 &jiff::tz::TimeZone::system(),
-                jiff::Timestamp::now(),
+                crate::clock::now(),
             )
             .map_err(|e| tracing::error!(error = e.to_string().as_str(), "verify schedule"))
             .ok()
@@ -710,7 +710,7 @@ impl Daemon {
                                 tracing::error!(error = e.to_string().as_str(), "retention failed");
                             }
                         }
-                        next = self.next_runs(jiff::Timestamp::now());
+                        next = self.next_runs(crate::clock::now());
                     }
                     Err(d) => tracing::error!(
                         problems = d.to_string().as_str(),
@@ -718,7 +718,7 @@ impl Daemon {
                     ),
                 }
             }
-            let now = jiff::Timestamp::now();
+            let now = crate::clock::now();
             let plan = self.plan();
             for (i, at) in next.clone().into_iter().enumerate() {
                 if at.is_some_and(|t| t <= now) {
@@ -726,7 +726,7 @@ impl Daemon {
                     // A failed run is logged (`backup run failed`) and alerted by run_backup.
                     let _ = self.run_backup(Trigger::Schedule(s.name.clone()), &s.sources, &s.tags);
                     next[i] =
-                        schedule::next_after(&s.cron, &s.time_zone(), jiff::Timestamp::now()).ok();
+                        schedule::next_after(&s.cron, &s.time_zone(), crate::clock::now()).ok();
                     self.publish_next(&next);
                 }
             }

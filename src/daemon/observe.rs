@@ -40,7 +40,7 @@ impl<T> Cached<T> {
         Cached {
             repo: repo.config.id,
             at: Instant::now(),
-            time: jiff::Timestamp::now(),
+            time: crate::clock::now(),
             value,
         }
     }

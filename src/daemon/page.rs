@@ -87,7 +87,7 @@ impl Page {
                 .collect(),
             snapshots,
             wal,
-            now: jiff::Timestamp::now(),
+            now: crate::clock::now(),
             tz: jiff::tz::TimeZone::system(),
         });
         Ok(html::page(&v).into_string())

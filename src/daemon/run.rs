@@ -272,7 +272,7 @@ impl Daemon {
         started: Instant,
     ) {
         let msg = e.to_string();
-        let now = jiff::Timestamp::now();
+        let now = crate::clock::now();
         tracing::error!(
             trigger = trigger.to_string().as_str(),
             error = msg.as_str(),
@@ -338,7 +338,7 @@ impl Daemon {
         r: &SourceReport,
         snaps: &[(SnapshotId, Snapshot)],
     ) {
-        let now = jiff::Timestamp::now();
+        let now = crate::clock::now();
         let (last_ok, failing_since) = source_history(snaps, &r.name);
         let id = report.id.short();
         let mut d = self.details(

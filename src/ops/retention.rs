@@ -3,7 +3,6 @@
 //! sources"): `forget --plan` and the daemon.
 
 use jiff::tz::TimeZone;
-use jiff::Timestamp;
 
 use crate::error::{Error, Result};
 use crate::ops::prune::{prune, PruneReport};
@@ -53,7 +52,7 @@ pub fn decide(
         policy,
         &snaps,
         &TimeZone::system(),
-        Timestamp::now(),
+        crate::clock::now(),
     ))
 }
 

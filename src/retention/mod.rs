@@ -102,7 +102,7 @@ pub fn forget(
         group_by,
         &candidates,
         &TimeZone::system(),
-        Timestamp::now(),
+        crate::clock::now(),
     );
     if let Some(g) = groups.iter().find(|g| g.keeps_no_good_snapshot()) {
         return Err(Error::failure(format!(

@@ -38,6 +38,7 @@ mod retention_sources;
 mod s3;
 mod serve;
 mod shared_repo;
+mod simulated_clock;
 mod status_page;
 mod unchanged_files;
 mod wal_prefetch;

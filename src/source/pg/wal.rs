@@ -195,7 +195,7 @@ pub fn wal_push(repo: &Repository, path: &Path) -> Result<&'static str> {
         size: data.len() as u64,
         digest,
         content,
-        archived: jiff::Timestamp::now(),
+        archived: crate::clock::now(),
         host: crate::repository::host_name(),
         records,
         last_xact_time,

@@ -114,6 +114,15 @@ impl Served {
         Served::spawn(env.plan_cmd(), &env.path("state"), plan, args)
     }
 
+    /// With environment variables set (e.g. `CAIRN_TEST_CLOCK`).
+    pub fn start_env(env: &Env, plan: &Path, vars: &[(&str, &Path)]) -> Served {
+        let mut cmd = env.plan_cmd();
+        for (k, v) in vars {
+            cmd.env(k, v);
+        }
+        Served::spawn(cmd, &env.path("state"), plan, &[])
+    }
+
     /// Started under `ulimit LIMIT` (e.g. `-n 1024`: soft and hard), as a
     /// small host or a unit without `LimitNOFILE` would run it.
     pub fn start_under_ulimit(env: &Env, plan: &Path, limit: &str) -> Served {
