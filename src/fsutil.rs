@@ -31,21 +31,13 @@ pub const MAX_SECRET_FILE: u64 = 64 << 10;
 
 /// The content of a small file that should hold a secret or a short list
 /// (a password file, an age identity, a token file), read without trusting
-/// its size: a FIFO (which may never be written to) is refused, and a file
-/// longer than `limit` (`/dev/zero` named by mistake or by a hostile plan)
-/// is refused after reading `limit + 1` bytes, instead of read to the end
-/// of memory. Both are `InvalidInput`/`InvalidData` errors whose text says
-/// what the file is.
+/// its size: a file longer than `limit` (`/dev/zero` named by mistake or by
+/// a hostile plan) is refused after reading `limit + 1` bytes, instead of
+/// read to the end of memory (an `InvalidData` error whose text says so).
+/// A pipe is read like a file (`--password-file <(pass show cairn)`), and
+/// like one it waits for its writer.
 pub fn read_small(path: &Path, limit: u64) -> std::io::Result<Vec<u8>> {
     use std::io::{Error, ErrorKind, Read};
-    use std::os::unix::fs::FileTypeExt;
-    let kind = std::fs::metadata(path)?.file_type();
-    if kind.is_fifo() || kind.is_socket() {
-        return Err(Error::new(
-            ErrorKind::InvalidInput,
-            "it is a pipe or socket, not a file",
-        ));
-    }
     let mut bytes = Vec::new();
     std::fs::File::open(path)?
         .take(limit + 1)

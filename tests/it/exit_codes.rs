@@ -387,21 +387,15 @@ fn help_lists_every_exit_code_of_the_readme() {
     assert_eq!(in_help, in_readme, "help: {list}");
 }
 
-/// Hostile input (found while fuzzing, issue 28): a password, identity or
-/// token file that is `/dev/zero` or a FIFO made `cairn` and `plan check`
-/// read without end. Each is now refused at once, exit 2, naming the file.
+/// Hostile input (seen while fuzzing, issue 28): a password or identity
+/// file that is `/dev/zero` made `cairn` and `plan check` read without end.
+/// Each is now refused after 64 KiB, exit 2, naming the file. (A pipe, as
+/// `--password-file <(pass show cairn)` gives, is still read.)
 #[test]
-fn endless_or_blocking_secret_files_are_refused_not_read_forever() {
+fn endless_secret_files_are_refused_not_read_forever() {
     let env = Env::init();
-    let fifo = env.path("password.fifo");
-    let made = std::process::Command::new("mkfifo")
-        .arg(&fifo)
-        .status()
-        .unwrap();
-    assert!(made.success());
     for (var, file) in [
         ("CAIRN_PASSWORD_FILE", std::path::Path::new("/dev/zero")),
-        ("CAIRN_PASSWORD_FILE", fifo.as_path()),
         ("CAIRN_IDENTITY_FILE", std::path::Path::new("/dev/zero")),
     ] {
         let mut c = env.cmd();
@@ -411,10 +405,7 @@ fn endless_or_blocking_secret_files_are_refused_not_read_forever() {
         let (code, err) = code_and_stderr(&output_within(&mut c, 60));
         assert_eq!(code, 2, "{var}={}: {err}", file.display());
         assert!(err.contains(&file.display().to_string()), "{err}");
-        assert!(
-            err.contains("too large") || err.contains("not a file"),
-            "{err}"
-        );
+        assert!(err.contains("too large"), "{err}");
     }
     let plan = env.write_plan("");
     let text = std::fs::read_to_string(&plan)
