@@ -39,14 +39,7 @@ pub fn decide(
     let snaps: Vec<PlanSnapshot> = candidates
         .into_iter()
         .zip(snapshots)
-        .map(|(candidate, (_, s))| PlanSnapshot {
-            candidate,
-            sources: s
-                .sources
-                .iter()
-                .map(|r| (r.name.clone(), r.status))
-                .collect(),
-        })
+        .map(|(candidate, (_, s))| PlanSnapshot::of(candidate, s))
         .collect();
     Ok(crate::retention::plan_by_source(
         policy,

@@ -68,19 +68,45 @@ pub fn candidates(
     let proofs = repo.proofs()?;
     Ok(snapshots
         .iter()
-        .map(|(id, s)| Candidate {
+        .map(|(id, s)| Candidate::of(*id, s, &proofs))
+        .collect())
+}
+
+impl Candidate {
+    /// Snapshot `id` as the rules see it, corrupted when its newest proof
+    /// in `proofs` failed.
+    pub fn of(
+        id: SnapshotId,
+        s: &Snapshot,
+        proofs: &std::collections::HashMap<SnapshotId, crate::repo::Proof>,
+    ) -> Candidate {
+        Candidate {
             id: id.to_hex(),
             time: s.time,
             host: s.host.clone(),
             tags: s.tags.clone(),
             paths: s.paths.clone(),
             corrupted: proofs
-                .get(id)
+                .get(&id)
                 .filter(|p| !p.passed)
                 .map(|p| p.detail.clone()),
             incomplete: !s.is_complete(),
-        })
-        .collect())
+        }
+    }
+}
+
+impl PlanSnapshot {
+    /// `candidate` with the status of each source `s` records.
+    pub fn of(candidate: Candidate, s: &Snapshot) -> PlanSnapshot {
+        PlanSnapshot {
+            candidate,
+            sources: s
+                .sources
+                .iter()
+                .map(|r| (r.name.clone(), r.status))
+                .collect(),
+        }
+    }
 }
 
 /// Apply `policy` to `snapshots` (already listed and selected by the

@@ -45,21 +45,8 @@ pub fn downsample(samples: &[Sample], max: usize) -> Vec<Sample> {
     out.into_iter().flatten().collect()
 }
 
-/// `1.5 GiB`
-pub fn bytes(n: u64) -> String {
-    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
-    let mut v = n as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u + 1 < UNITS.len() {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", UNITS[u])
-    }
-}
+/// `1.5 GiB`, as the commands print sizes.
+pub use crate::progress::human_bytes as bytes;
 
 /// How a value is written on the axis and in tooltips.
 #[derive(Clone, Copy)]

@@ -411,25 +411,7 @@ fn retention(
         .iter()
         .map(|(id, c)| {
             let s = &c.snapshot;
-            PlanSnapshot {
-                candidate: Candidate {
-                    id: id.to_hex(),
-                    time: s.time,
-                    host: s.host.clone(),
-                    tags: s.tags.clone(),
-                    paths: s.paths.clone(),
-                    corrupted: proofs
-                        .get(id)
-                        .filter(|p| !p.passed)
-                        .map(|p| p.detail.clone()),
-                    incomplete: !s.is_complete(),
-                },
-                sources: s
-                    .sources
-                    .iter()
-                    .map(|r| (r.name.clone(), r.status))
-                    .collect(),
-            }
+            PlanSnapshot::of(Candidate::of(*id, s, proofs), s)
         })
         .collect();
     let decision = plan_by_source(&policy, &snaps, tz, now);
