@@ -2,25 +2,8 @@
 //! manual pages generated from the clap definitions, and one plan (`--plan`
 //! or `CAIRN_PLAN`) giving every command its repository, key and cache.
 
-use crate::common::{code_and_stderr, make_sample_tree, Env, BIN};
+use crate::common::{code_and_stderr, commands, make_sample_tree, Env, BIN};
 use std::process::{Command, Output};
-
-/// The visible commands `cairn --help` lists (without `help`).
-fn commands() -> Vec<String> {
-    let out = Command::new(BIN).arg("--help").output().unwrap();
-    let help = String::from_utf8(out.stdout).unwrap();
-    let list = help.split("Commands:\n").nth(1).unwrap();
-    let names: Vec<String> = list
-        .lines()
-        .take_while(|l| !l.trim().is_empty())
-        .filter(|l| l.starts_with("  ") && !l.starts_with("   "))
-        .filter_map(|l| l.split_whitespace().next())
-        .filter(|n| *n != "help")
-        .map(str::to_string)
-        .collect();
-    assert!(names.len() > 10, "{help}");
-    names
-}
 
 fn stdout(out: &Output) -> String {
     assert!(

@@ -284,23 +284,6 @@ fn files_land_in_debian_places_and_the_binary_runs() {
     assert!(copyright.contains("License: Apache-2.0") && copyright.contains("third-party.txt"));
 }
 
-/// The visible commands `cairn --help` lists (without `help`): each has a
-/// manual page `cairn-COMMAND.1`.
-fn command_pages() -> Vec<String> {
-    let help = ok(Command::new(BIN).arg("--help"));
-    let list = help.split("Commands:\n").nth(1).unwrap();
-    let commands: Vec<String> = list
-        .lines()
-        .take_while(|l| !l.trim().is_empty())
-        .filter(|l| l.starts_with("  ") && !l.starts_with("   "))
-        .filter_map(|l| l.split_whitespace().next())
-        .filter(|n| *n != "help")
-        .map(str::to_string)
-        .collect();
-    assert!(commands.len() > 10, "{help}");
-    commands
-}
-
 #[test]
 fn every_man_page_is_gzipped_roff_that_man_renders() {
     let p = package();
@@ -315,7 +298,7 @@ fn every_man_page_is_gzipped_roff_that_man_renders() {
         .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
         .collect();
     // cairn(1) and one page per command.
-    for c in std::iter::once("cairn".to_string()).chain(command_pages()) {
+    for c in std::iter::once("cairn".to_string()).chain(crate::common::commands()) {
         let name = if c == "cairn" {
             "cairn.1.gz".to_string()
         } else {
@@ -379,7 +362,7 @@ fn completions_load_in_bash_and_name_every_command() {
         std::fs::read_to_string(p.installed("/usr/share/fish/vendor_completions.d/cairn.fish"))
             .unwrap();
     assert!(fish.contains("complete -c cairn "), "fish");
-    for c in command_pages() {
+    for c in crate::common::commands() {
         for (shell, text) in [("zsh", &zsh), ("fish", &fish)] {
             assert!(text.contains(&c), "no {c} in the {shell} completions");
         }

@@ -158,18 +158,7 @@ pub fn start(target: &Target) -> Result<Start> {
         .get_password()
         .map(|p| p.to_vec())
         .or_else(|| std::env::var_os("PGPASSWORD").map(|p| p.into_encoded_bytes()));
-    let mut bb = BaseBackup {
-        conn: BufReader::with_capacity(256 << 10, stream),
-        shown: target.shown().to_string(),
-        phase: Phase::Archive,
-        in_message: 0,
-        to_header: 0,
-        tail: Vec::new(),
-        tail_at: 0,
-        start_lsn: String::new(),
-        stop_lsn: String::new(),
-        timeline: 0,
-    };
+    let mut bb = BaseBackup::new(stream, target.shown().to_string());
     // Like PGCONNECT_TIMEOUT for the tool: the server must answer the
     // start-up and authentication within it. The backup itself may be
     // silent for long (a checkpoint, waiting for WAL to be archived).
@@ -269,24 +258,30 @@ pub fn read_copy_out(
     socket: std::os::unix::net::UnixStream,
     mut sink: impl Write,
 ) -> Result<String> {
-    let mut bb = BaseBackup {
-        conn: BufReader::with_capacity(256 << 10, Stream::Unix(socket)),
-        shown: "the fuzzed server".into(),
-        phase: Phase::Archive,
-        in_message: 0,
-        to_header: 0,
-        tail: Vec::new(),
-        tail_at: 0,
-        start_lsn: String::new(),
-        stop_lsn: String::new(),
-        timeline: 0,
-    };
+    let mut bb = BaseBackup::new(Stream::Unix(socket), "the fuzzed server".into());
     std::io::copy(&mut bb, &mut sink)
         .map_err(|e| Error::failure(format!("reading the fuzzed stream: {e}")))?;
     Ok(bb.stop_lsn)
 }
 
 impl BaseBackup {
+    /// A base backup about to be read from `stream` (the server named
+    /// `shown` in messages), at the start of its archive.
+    fn new(stream: Stream, shown: String) -> BaseBackup {
+        BaseBackup {
+            conn: BufReader::with_capacity(256 << 10, stream),
+            shown,
+            phase: Phase::Archive,
+            in_message: 0,
+            to_header: 0,
+            tail: Vec::new(),
+            tail_at: 0,
+            start_lsn: String::new(),
+            stop_lsn: String::new(),
+            timeline: 0,
+        }
+    }
+
     /// Build a frontend message with `build` and send it.
     fn send_with(
         &mut self,

@@ -552,3 +552,20 @@ pub fn query_i64(url: &str, db: &str, q: &str) -> i64 {
     let mut c = cfg.connect(postgres::NoTls).unwrap();
     c.query_one(q, &[]).unwrap().get(0)
 }
+
+/// The visible commands `cairn --help` lists (without `help`).
+pub fn commands() -> Vec<String> {
+    let out = Command::new(BIN).arg("--help").output().unwrap();
+    let help = String::from_utf8(out.stdout).unwrap();
+    let list = help.split("Commands:\n").nth(1).unwrap();
+    let names: Vec<String> = list
+        .lines()
+        .take_while(|l| !l.trim().is_empty())
+        .filter(|l| l.starts_with("  ") && !l.starts_with("   "))
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|n| *n != "help")
+        .map(str::to_string)
+        .collect();
+    assert!(names.len() > 10, "{help}");
+    names
+}
