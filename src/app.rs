@@ -2,6 +2,11 @@
 //! private (`main.rs` only calls [`run`]).
 
 use clap::Parser;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// Set when printing failed because the reader of stdout went away
+/// (`cairn snapshots | head`): not a bug, the end of the command.
+static STDOUT_CLOSED: AtomicBool = AtomicBool::new(false);
 
 /// The `cairn` binary: parse the command line, run one command, exit with
 /// the documented code (README "Exit codes").
@@ -30,6 +35,18 @@ pub fn run() {
             crate::logging::report_error(&e.to_string(), e.hint(), code);
             std::process::exit(code);
         }
+        Err(_) if STDOUT_CLOSED.load(Ordering::SeqCst) => {
+            // Guards have unwound (locks released); end as Unix tools do
+            // when their reader goes away: killed by SIGPIPE, which Rust's
+            // runtime ignores. Shells show 141.
+            // SAFETY: restoring a signal's default disposition and raising
+            // it on this thread; nothing runs after.
+            unsafe {
+                libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+                libc::raise(libc::SIGPIPE);
+            }
+            std::process::exit(crate::error::Kind::Failure.exit_code())
+        }
         Err(_) => std::process::exit(crate::error::Kind::Failure.exit_code()),
     }
 }
@@ -44,6 +61,10 @@ fn report_panics() {
             .copied()
             .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
             .unwrap_or("(no message)");
+        if what.starts_with("failed printing to stdout") && what.contains("Broken pipe") {
+            STDOUT_CLOSED.store(true, Ordering::SeqCst);
+            return;
+        }
         let at = info
             .location()
             .map(|l| format!(" at {}:{}", l.file(), l.line()))

@@ -387,6 +387,38 @@ fn help_lists_every_exit_code_of_the_readme() {
     assert_eq!(in_help, in_readme, "help: {list}");
 }
 
+/// Found by `scripts/bench scale` (issue 29): `cairn snapshots --json |
+/// head` ended with "failed printing to stdout: Broken pipe" and exit 1.
+/// A command whose reader goes away now ends as Unix tools do, killed by
+/// SIGPIPE, with nothing on stderr.
+#[test]
+fn a_closed_stdout_ends_the_command_by_sigpipe_without_a_panic() {
+    use std::os::unix::process::ExitStatusExt;
+    let env = Env::init();
+    let src = env.path("src");
+    make_sample_tree(&src);
+    for _ in 0..3 {
+        env.snapshot(&[&src]);
+    }
+    let mut child = env
+        .cmd()
+        .args(["snapshots", "--json"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take()); // the reader goes away before a byte is read
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.signal(),
+        Some(libc::SIGPIPE),
+        "{:?}: {err}",
+        out.status
+    );
+    assert!(!err.contains("panicked") && !err.contains("error"), "{err}");
+}
+
 /// Hostile input (seen while fuzzing, issue 28): a password or identity
 /// file that is `/dev/zero` made `cairn` and `plan check` read without end.
 /// Each is now refused after 64 KiB, exit 2, naming the file. (A pipe, as
