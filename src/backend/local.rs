@@ -54,6 +54,16 @@ impl LocalBackend {
     /// parent that has it, is kept).
     fn make_dir(&self, dir: &Path) -> Result<()> {
         use std::os::unix::fs::PermissionsExt;
+        // Directories inside the repository only: a repository that went
+        // away (a disk not mounted, a directory moved) is not made again,
+        // piecemeal, by the next write into it.
+        if !self.root.is_dir() {
+            return Err(Error::new(
+                Kind::NoRepository,
+                format!("no repository at {}", self.root.display()),
+            )
+            .with_hint("check that its file system is mounted and the path is right"));
+        }
         fs::create_dir_all(dir).ctx(|| format!("creating {}", dir.display()))?;
         if self.shared() {
             let mode = fs::metadata(dir)
@@ -544,6 +554,23 @@ mod tests {
 
     fn data(len: usize) -> Vec<u8> {
         (0..len).map(|i| (i * 31 + i / 4093) as u8).collect()
+    }
+
+    #[test]
+    fn a_repository_that_went_away_is_not_made_again_by_a_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("repo");
+        let b = LocalBackend::new(&root);
+        b.create().unwrap();
+        let away = dir.path().join("away");
+        fs::rename(&root, &away).unwrap();
+        let lock = FileRef::new(FileKind::Lock, "a".repeat(64));
+        let err = b.write(&lock, b"lock").unwrap_err();
+        assert_eq!(err.kind(), Kind::NoRepository, "{err}");
+        assert!(!root.exists(), "the write made {} again", root.display());
+        // Back in place: writes work again.
+        fs::rename(&away, &root).unwrap();
+        b.write(&lock, b"lock").unwrap();
     }
 
     /// A file system that refuses O_DIRECT after taking part of the first

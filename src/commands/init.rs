@@ -8,6 +8,15 @@ use crate::repository::{NewKey, Repository};
 pub fn run(g: &GlobalArgs, a: &InitArgs) -> Result<()> {
     let location = repo_location(g)?;
     let backend = backend::open(&location)?;
+    // The password file as it is before it is read: the key cache is
+    // filled only if the file read is the one stamped (as `open` does).
+    let access = super::access(g);
+    let cache = match (access.key_cache_dir(), &access.password_file) {
+        (Some(dir), Some(f)) if access.identity.is_none() => {
+            crate::ops::key_cache::stamp(f).map(|st| (dir, f.clone(), st))
+        }
+        _ => None,
+    };
     let new = match super::secret(g)? {
         Secret::Password(password) => NewKey::Password {
             password,
@@ -38,7 +47,13 @@ pub fn run(g: &GlobalArgs, a: &InitArgs) -> Result<()> {
         }
         None => crate::repo::CHUNKER_DEFAULT,
     };
-    let (config, key_id) = Repository::init_with(backend.as_ref(), &new, chunker)?;
+    let (config, key_id, key) = Repository::init_with(backend.as_ref(), &new, chunker)?;
+    // The first command after `init` need not derive the key again.
+    if let Some((dir, file, st)) = cache {
+        if crate::ops::key_cache::stamp(&file).is_some_and(|now| now == st) {
+            crate::ops::key_cache::store(&dir, config.id, key_id, &key, st);
+        }
+    }
     if g.json {
         print_json(&serde_json::json!({
             "repository": location,

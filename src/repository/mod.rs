@@ -58,15 +58,16 @@ const DEFAULT_PACK_SIZE: u32 = 16 << 20;
 impl Repository {
     /// Create a repository with one key. Returns its config and the key id.
     pub fn init(backend: &dyn Backend, new: &NewKey) -> Result<(Config, KeyId)> {
-        Self::init_with(backend, new, CHUNKER_DEFAULT)
+        Self::init_with(backend, new, CHUNKER_DEFAULT).map(|(c, k, _)| (c, k))
     }
 
-    /// [`init`](Self::init) with other chunker sizes.
+    /// [`init`](Self::init) with other chunker sizes; also returns the new
+    /// master key (for the unlocked-key cache).
     pub fn init_with(
         backend: &dyn Backend,
         new: &NewKey,
         chunker: crate::repo::ChunkerParams,
-    ) -> Result<(Config, KeyId)> {
+    ) -> Result<(Config, KeyId, MasterKey)> {
         backend.create()?;
         let key = MasterKey::generate();
         let config = Config {
@@ -89,7 +90,7 @@ impl Repository {
             &FileRef::config(),
             &crate::repo::encode::config_json(&config),
         )?;
-        Ok((config, key_id))
+        Ok((config, key_id, key))
     }
 
     pub fn read_config(backend: &dyn Backend) -> Result<Config> {
