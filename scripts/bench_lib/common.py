@@ -172,6 +172,19 @@ class Cairn(Tool):
         return run([self.bin, "restore", "-r", self.repo, "latest", "--target", target, "-q"], env=self.env)
 
 
+def restic_summary(stdout):
+    """The `summary` message of `restic backup --json` output ({} when there is none)."""
+    summary = {}
+    for line in stdout.splitlines():
+        try:
+            j = json.loads(line)
+        except ValueError:
+            continue
+        if j.get("message_type") == "summary":
+            summary = j
+    return summary
+
+
 class Restic(Tool):
     name = "restic"
     note = "repository v2, compression auto (zstd default level)"
@@ -186,14 +199,10 @@ class Restic(Tool):
 
     def snapshot(self, corpus, n):
         r = run([self.bin, "backup", "-r", self.repo, corpus, "--json", "-q"], env=self.env)
-        for line in r[3].splitlines():
-            try:
-                j = json.loads(line)
-            except ValueError:
-                continue
-            if j.get("message_type") == "summary":
-                self.reported["snapshot%d" % n] = {k: j.get(k) for k in (
-                    "total_bytes_processed", "data_added", "total_duration")}
+        j = restic_summary(r[3])
+        if j:
+            self.reported["snapshot%d" % n] = {k: j.get(k) for k in (
+                "total_bytes_processed", "data_added", "total_duration")}
         return r
 
     def restore(self, target):

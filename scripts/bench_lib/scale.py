@@ -10,7 +10,7 @@ import time
 
 from bench_lib.common import (
     MB, MiB, BenchError, build_cairn, du, fmt, log, make_workdir, median_round, need, print_machine, repo_root,
-    rm, run, settle_page_cache, tool_version, verdict)
+    restic_summary, rm, run, settle_page_cache, tool_version, verdict)
 
 PASSWORD = "bench"
 FILES_PER_DIR = 40
@@ -143,14 +143,37 @@ class ScaleTool:
         self.env = dict(os.environ)
 
     def fresh(self):
-        """A new repository, then one `snapshots` untimed: cairn's `init` leaves the unlocked-key
-        cache empty, so without it the first timed command of every repository would pay the
-        key derivation (scrypt's 256 MiB in its peak RSS) that the cold per-command runs measure."""
+        """A new repository, then one `snapshots` untimed, so that the first timed command does
+        not pay the key derivation that the cold per-command runs measure: cairn's `init` has
+        filled its key cache itself since 07da211, the binary of the recorded figures did not."""
         rm(self.repo)
         rm(self.cache)
         r = self.init()
         self.snapshots()
         return r
+
+    def c(self, *argv, **kw):
+        """The tool's command argv[0] on this repository, with the rest of argv."""
+        return run([self.bin] + list(argv[:1]) + ["-r", self.repo] + list(argv[1:]), env=self.env, **kw)
+
+    def snapshot_ids(self):
+        snaps = json.loads(self.c("snapshots", "--json", "-q")[3])
+        return [s["id"] for s in sorted(snaps, key=lambda s: s["time"])]
+
+    def snapshots(self):
+        return self.c("snapshots", "-q")
+
+    def check(self):
+        return self.c("check", "-q")
+
+    def forget(self, sid):
+        return self.c("forget", sid, "-q")
+
+    def prune(self):
+        return self.c("prune", "-q")
+
+    def restore(self, target):
+        return self.c("restore", "latest", "--target", target, "-q")
 
     def remove(self):
         rm(self.repo)
@@ -168,9 +191,6 @@ class CairnTool(ScaleTool):
         # A password file, so that the unlocked-key cache is used (spec/repository.md §9).
         self.env.update(CAIRN_PASSWORD_FILE=password_file, CAIRN_CACHE_DIR=self.cache)
 
-    def c(self, *argv, **kw):
-        return run([self.bin] + list(argv[:1]) + ["-r", self.repo] + list(argv[1:]), env=self.env, **kw)
-
     def init(self):
         return self.c("init", "-q")  # the default KDF work factor
 
@@ -183,27 +203,8 @@ class CairnTool(ScaleTool):
         return r, {"bytes_added": j.get("bytes_added"), "bytes_read": j.get("bytes_read"),
                    "files_unchanged": j.get("files_unchanged"), "files": j.get("files")}
 
-    def snapshot_ids(self):
-        snaps = json.loads(self.c("snapshots", "--json", "-q")[3])
-        return [s["id"] for s in sorted(snaps, key=lambda s: s["time"])]
-
-    def snapshots(self):
-        return self.c("snapshots", "-q")
-
     def stats(self):
         return self.c("stats", "-q")
-
-    def check(self):
-        return self.c("check", "-q")
-
-    def forget(self, sid):
-        return self.c("forget", sid, "-q")
-
-    def prune(self):
-        return self.c("prune", "-q")
-
-    def restore(self, target):
-        return self.c("restore", "latest", "--target", target, "-q")
 
     def push_segment(self, path):
         return self.c("wal-push", path, "-q")
@@ -222,48 +223,19 @@ class ResticTool(ScaleTool):
             self.env.pop(v, None)
         self.env.update(RESTIC_PASSWORD_FILE=password_file, RESTIC_CACHE_DIR=self.cache)
 
-    def c(self, *argv, **kw):
-        return run([self.bin] + list(argv[:1]) + ["-r", self.repo] + list(argv[1:]), env=self.env, **kw)
-
     def init(self):
         return self.c("init")
 
     def snapshot(self, tree):
         r = self.c("backup", tree, "--json", "-q")
-        summary = {}
-        for line in r[3].splitlines():
-            try:
-                j = json.loads(line)
-            except ValueError:
-                continue
-            if j.get("message_type") == "summary":
-                summary = j
+        summary = restic_summary(r[3])
         return r, {"bytes_added": summary.get("data_added"), "bytes_read": None,
                    "files_unchanged": summary.get("files_unmodified"),
                    "files": summary.get("total_files_processed")}
 
-    def snapshot_ids(self):
-        snaps = json.loads(self.c("snapshots", "--json", "-q")[3])
-        return [s["id"] for s in sorted(snaps, key=lambda s: s["time"])]
-
-    def snapshots(self):
-        return self.c("snapshots", "-q")
-
     def stats(self):
         # one snapshot: restic's default mode walks every snapshot's trees, `latest` only one
         return self.c("stats", "latest", "-q")
-
-    def check(self):
-        return self.c("check", "-q")
-
-    def forget(self, sid):
-        return self.c("forget", sid, "-q")
-
-    def prune(self):
-        return self.c("prune", "-q")
-
-    def restore(self, target):
-        return self.c("restore", "latest", "--target", target, "-q")
 
     def push_segment(self, path):
         return self.c("backup", "--stdin", "--stdin-filename", os.path.basename(path), "-q", stdin_path=path)
@@ -605,10 +577,7 @@ def scale(args):
         with open(os.path.join(work, "bench-scale-raw.json"), "w") as f:
             json.dump(res, f, indent=2)  # the figures, even if the report below fails
         report(args, res, work, {"cairn": cairn_bin})
-    except BenchError as e:
-        print("bench: FAILED: %s" % e, file=sys.stderr)
-        status = 1
-    except subprocess.CalledProcessError as e:
+    except (BenchError, subprocess.CalledProcessError) as e:
         print("bench: FAILED: %s" % e, file=sys.stderr)
         status = 1
     finally:
