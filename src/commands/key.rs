@@ -73,8 +73,19 @@ fn add(g: &GlobalArgs, a: &KeyAddArgs) -> Result<()> {
         (None, Some(f)) => NewKey::Recipient(crypto::generate_identity_file(f)?.to_string()),
         (None, None) => unreachable!("checked above"),
     };
-    let kf = make_key_file(&repo.key, repo.config.id, &new)?;
-    let id = write_key_file(repo.backend.as_ref(), &kf)?;
+    let written = make_key_file(&repo.key, repo.config.id, &new)
+        .and_then(|kf| Ok((write_key_file(repo.backend.as_ref(), &kf)?, kf)));
+    let (id, kf) = match written {
+        Ok(w) => w,
+        Err(e) => {
+            // An identity no key names opens nothing, and would block a
+            // retry with the same path ("never replaced"): take it back.
+            if let Some(f) = &a.generate_identity {
+                let _ = std::fs::remove_file(f);
+            }
+            return Err(e);
+        }
+    };
     if g.json {
         print_json(&serde_json::json!({ "id": id, "kind": kf.kind }))
     } else {

@@ -255,6 +255,24 @@ fn key_add_generate_identity_makes_a_key_only_that_file_opens() {
     let (code, _) = code_and_stderr(&c.output().unwrap());
     assert_eq!(code, 12);
     assert!(!other.exists());
+    // The key file cannot be written: the new identity is taken back, so a
+    // retry with the same path works.
+    let mut c = env.cmd();
+    c.env("CAIRN_TEST_FAULT", "write:1:fail").args([
+        "key",
+        "add",
+        "--generate-identity",
+        other.to_str().unwrap(),
+    ]);
+    let (code, err) = code_and_stderr(&c.output().unwrap());
+    assert_eq!(code, 1, "{err}");
+    assert!(!other.exists(), "an identity no key names was left behind");
+    let out = env.run(&["key", "add", "--generate-identity", other.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// Issue 24, finding 9: a password in a `--postgres` or `--to` URL is
