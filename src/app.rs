@@ -11,7 +11,6 @@ static STDOUT_CLOSED: AtomicBool = AtomicBool::new(false);
 /// The `cairn` binary: parse the command line, run one command, exit with
 /// the documented code (README "Exit codes").
 pub fn run() {
-    crate::lock::mark_process_start();
     let cli = crate::cli::Cli::parse();
     // `serve` logs at info by default: its log is the operator's record.
     let daemon = matches!(cli.command, crate::cli::Command::Serve(_));

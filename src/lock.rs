@@ -4,7 +4,10 @@
 //! together; commands that delete (`prune`, `forget`, `key remove`) take an
 //! exclusive lock. A lock is refreshed every few minutes while held; one
 //! whose holder died (same host, pid gone) or that was not refreshed for
-//! [`STALE_AFTER`] is ignored.
+//! [`STALE_AFTER`] is ignored. A lock file naming this very process that
+//! the process does not hold (its release failed, or the repository was
+//! away when it was removed and came back with the file in it) is stale
+//! at once: the process knows which locks it holds.
 
 use crate::backend::FileRef;
 use crate::error::{Error, Kind, Result};
@@ -48,8 +51,18 @@ fn pid_alive(pid: u32) -> bool {
     }
 }
 
-/// Whether a lock no longer protects anything.
-pub fn is_stale(l: &LockFile) -> bool {
+/// The lock files this process holds now, by every thread; and, while
+/// held, the right to change that set and write a lock (so a lock another
+/// thread has just written is in the set before anyone looks at it).
+static HELD: Mutex<Vec<LockId>> = Mutex::new(Vec::new());
+
+fn held() -> std::sync::MutexGuard<'static, Vec<LockId>> {
+    HELD.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Whether a lock no longer protects anything. `held` is this process's
+/// own locks ([`HELD`]).
+fn is_stale(id: LockId, l: &LockFile, held: &[LockId]) -> bool {
     let age = jiff::Timestamp::now().duration_since(l.time);
     if age > jiff::SignedDuration::try_from(STALE_AFTER).unwrap_or(jiff::SignedDuration::MAX) {
         return true;
@@ -58,18 +71,15 @@ pub fn is_stale(l: &LockFile) -> bool {
         return false;
     }
     if l.pid == std::process::id() {
-        // Our pid, but older than this process: an earlier process had it.
-        return PROCESS_START.get().is_some_and(|start| l.time < *start);
+        // Our pid: stale unless this process holds it. Its release may
+        // have failed (a storage error) or hit a repository that was away
+        // (a lazily unmounted share: the remove found nothing) and came
+        // back with the file; or an earlier process had the same pid. A
+        // daemon used to see its own dead lock as live for 30 minutes and
+        // refuse every run meanwhile.
+        return !held.contains(&id);
     }
     !pid_alive(l.pid)
-}
-
-static PROCESS_START: std::sync::OnceLock<jiff::Timestamp> = std::sync::OnceLock::new();
-
-/// Record when this process started (call first thing in `main`), so a lock
-/// left by an earlier process that had the same pid is recognised as stale.
-pub fn mark_process_start() {
-    let _ = PROCESS_START.set(jiff::Timestamp::now());
 }
 
 /// All current locks with their file ids (unreadable ones are skipped).
@@ -87,11 +97,16 @@ pub fn list_locks(repo: &Repository) -> Result<Vec<(LockId, LockFile)>> {
     Ok(out)
 }
 
-fn conflicts(exclusive: bool, own: Option<LockId>, locks: &[(LockId, LockFile)]) -> Option<String> {
+fn conflicts(
+    exclusive: bool,
+    own: Option<LockId>,
+    locks: &[(LockId, LockFile)],
+    held: &[LockId],
+) -> Option<String> {
     locks
         .iter()
         .filter(|(id, _)| Some(*id) != own)
-        .filter(|(_, l)| !is_stale(l))
+        .filter(|(id, l)| !is_stale(*id, l, held))
         .find(|(_, l)| exclusive || l.exclusive)
         .map(|(_, l)| describe(l))
 }
@@ -126,6 +141,9 @@ impl Drop for Held<'_> {
 /// `cairn unlock` removes it, so it is said (issue 28: the crash-point
 /// enumeration found a failed release silent).
 fn release(repo: &Repository, id: LockId) {
+    // No longer held, whatever the removal does: a file left behind is
+    // stale to this process at once.
+    held().retain(|h| *h != id);
     if let Err(e) = repo.backend.remove(&FileRef::of(id)) {
         tracing::warn!(
             "could not remove this command's lock {}: {e}; other hosts see the repository \
@@ -177,7 +195,11 @@ pub fn with_lock<T>(
 }
 
 fn acquire(repo: &Repository, exclusive: bool, command: &str) -> Result<(LockId, LockFile)> {
-    if let Some(h) = conflicts(exclusive, None, &list_locks(repo)?) {
+    // One thread at a time takes a lock: another thread of this process
+    // must not see the lock written below before it is in HELD (it would
+    // be taken for a stale one of ours).
+    let mut held = held();
+    if let Some(h) = conflicts(exclusive, None, &list_locks(repo)?, &held) {
         return Err(locked_error(h));
     }
     let lock = LockFile {
@@ -189,8 +211,10 @@ fn acquire(repo: &Repository, exclusive: bool, command: &str) -> Result<(LockId,
         command: command.to_string(),
     };
     let id = repo.write_sealed::<LockId>(&lock)?;
+    held.push(id);
     // Someone may have locked at the same moment: look again.
-    if let Some(h) = conflicts(exclusive, Some(id), &list_locks(repo)?) {
+    if let Some(h) = conflicts(exclusive, Some(id), &list_locks(repo)?, &held) {
+        drop(held);
         release(repo, id);
         return Err(locked_error(h));
     }
@@ -206,7 +230,13 @@ fn refresh_loop(repo: &Repository, mut lock: LockFile, name: &Mutex<LockId>, sto
         }
         last = std::time::Instant::now();
         lock.time = jiff::Timestamp::now();
-        match repo.write_sealed::<LockId>(&lock) {
+        let mut held = held();
+        let written = repo.write_sealed::<LockId>(&lock);
+        if let Ok(new) = written {
+            held.push(new);
+        }
+        drop(held);
+        match written {
             Ok(new) => {
                 if let Ok(mut cur) = name.lock() {
                     let old = std::mem::replace(&mut *cur, new);
@@ -224,12 +254,13 @@ fn refresh_loop(repo: &Repository, mut lock: LockFile, name: &Mutex<LockId>, sto
 /// how many were removed.
 pub fn remove_locks(repo: &Repository, all: bool) -> Result<usize> {
     let mut n = 0;
+    let held = held().clone();
     for (name, _) in repo.backend.list(FileKind::Lock)? {
         let Some(id) = LockId::parse(&name) else {
             continue;
         };
         let remove = match repo.read_sealed::<LockFile>(id) {
-            Ok(l) => all || is_stale(&l),
+            Ok(l) => all || is_stale(id, &l, &held),
             Err(e) if e.kind() == Kind::Integrity => {
                 tracing::info!(lock = %name, error = %e, "removing an unreadable lock file");
                 true
@@ -283,5 +314,41 @@ mod tests {
             .recv_timeout(Duration::from_secs(120))
             .expect("with_lock did not return after the panic");
         assert_eq!(got, (true, 0, true, 0));
+    }
+
+    /// A lock file that names this process but that the process no longer
+    /// holds blocks nothing here, and `unlock` removes it. The status page
+    /// test met it in CI: the daemon's retention released its lock while
+    /// the repository directory was renamed away (the remove found
+    /// nothing), the directory came back with the file, and the daemon's
+    /// next backup was refused as locked by itself.
+    #[test]
+    fn a_lock_this_process_left_behind_does_not_lock_it_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = test_repo(dir.path());
+        let root = dir.path().join("repo");
+        let away = dir.path().join("repo-away");
+        with_lock(&repo, true, "retention", || {
+            std::fs::rename(&root, &away).unwrap();
+            Ok(())
+        })
+        .unwrap();
+        std::fs::rename(&away, &root).unwrap();
+        let left = list_locks(&repo).unwrap();
+        assert_eq!(left.len(), 1, "the lock came back with the directory");
+        assert_eq!(left[0].1.pid, std::process::id());
+        // Another thread's lock of this process is held: it still counts.
+        let inner = with_lock(&repo, true, "snapshot", || {
+            let other = std::thread::scope(|s| {
+                s.spawn(|| with_lock(&repo, false, "snapshot", || Ok(())))
+                    .join()
+                    .unwrap()
+            });
+            assert_eq!(other.unwrap_err().kind(), Kind::Locked);
+            Ok(())
+        });
+        inner.unwrap();
+        assert_eq!(remove_locks(&repo, false).unwrap(), 1);
+        assert!(list_locks(&repo).unwrap().is_empty());
     }
 }

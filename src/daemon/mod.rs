@@ -657,19 +657,28 @@ impl Daemon {
         Some(now_use)
     }
 
+    /// Apply `plan`'s retention rules because they are new or changed, as
+    /// a run of its own: it waits for a run going on, and the status (the
+    /// API's 409, the page) shows it running meanwhile.
+    fn retention_for_new_rules(&self, plan: &Plan) {
+        let _run = self.running.lock().unwrap_or_else(|e| e.into_inner());
+        self.with_status(|s| s.running = Some("retention (the rules changed)".into()));
+        let applied = self
+            .open_repo()
+            .and_then(|r| self.apply_retention(&r, plan, "the rules changed"));
+        self.with_status(|s| s.running = None);
+        if let Err(e) = applied {
+            tracing::error!(error = e.to_string().as_str(), "retention failed");
+        }
+    }
+
     /// The scheduler loop; returns when SIGTERM/SIGINT arrives.
     pub fn run_scheduler(self: &Arc<Self>) -> Result<()> {
         let plan = self.plan();
         let persisted: Persisted = status::load(&self.opts.state_dir);
         if persisted.retention.as_deref() != Some(&retention_fingerprint(&plan)) {
             tracing::info!("retention rules are new or changed: applying them now");
-            let _run = self.running.lock().unwrap_or_else(|e| e.into_inner());
-            let applied = self
-                .open_repo()
-                .and_then(|r| self.apply_retention(&r, &plan, "the rules changed"));
-            if let Err(e) = applied {
-                tracing::error!(error = e.to_string().as_str(), "retention failed");
-            }
+            self.retention_for_new_rules(&plan);
         }
         self.run_checks();
         let mut next = self.next_runs(crate::clock::now());
@@ -702,13 +711,7 @@ impl Daemon {
                         // The repository, password or identity may have changed.
                         *self.repo.lock().unwrap_or_else(|e| e.into_inner()) = None;
                         if changed {
-                            let _run = self.running.lock().unwrap_or_else(|e| e.into_inner());
-                            let applied = self
-                                .open_repo()
-                                .and_then(|r| self.apply_retention(&r, &p, "the rules changed"));
-                            if let Err(e) = applied {
-                                tracing::error!(error = e.to_string().as_str(), "retention failed");
-                            }
+                            self.retention_for_new_rules(&p);
                         }
                         next = self.next_runs(crate::clock::now());
                     }
