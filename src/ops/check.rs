@@ -5,10 +5,10 @@ use crate::error::{Error, Result};
 use crate::index::Location;
 use crate::progress::Progress;
 use crate::repo::{
-    split_pack, ChunkId, Compression, FileKind, IndexFile, IndexId, PackEntry, PackHeader, PackId,
-    SnapshotId,
+    split_pack, ChunkId, Compression, FileKind, IndexFile, IndexId, Node, NodeKind, PackEntry,
+    PackHeader, PackId, SnapshotId,
 };
-use crate::repository::{chunk_slice, parse_tree, Repository};
+use crate::repository::{chunk_slice, NodeScan, Repository};
 use serde::Serialize;
 use std::collections::{BTreeSet, HashMap, HashSet};
 
@@ -157,6 +157,32 @@ fn read_pack(repo: &Repository, entry: &PackEntry, report: &mut CheckReport) -> 
         }
     }
     damaged
+}
+
+/// What `check` keeps of the whole node lines inside one node-list chunk.
+struct CheckPiece {
+    /// Paths of the nodes whose content is damaged or not indexed.
+    damaged: Vec<String>,
+    /// Every node's path and kind, for the list-wide rules of
+    /// `node_path::tree_problem_of`.
+    nodes: Vec<(Box<str>, NodeKind)>,
+}
+
+impl CheckPiece {
+    fn of(nodes: Vec<Node>, bad: &impl Fn(&ChunkId) -> bool) -> CheckPiece {
+        let damaged = nodes
+            .iter()
+            .filter(|n| n.content.iter().any(bad))
+            .map(|n| n.path.clone())
+            .collect();
+        CheckPiece {
+            damaged,
+            nodes: nodes
+                .into_iter()
+                .map(|n| (n.path.into_boxed_str(), n.kind))
+                .collect(),
+        }
+    }
 }
 
 /// Check the repository: structure always, stored data when asked.
@@ -315,10 +341,12 @@ pub fn check(
     report.wal_gaps = gaps.len();
     report.errors.extend(gaps);
 
-    // 4. Map damage to snapshots and files.
+    // 4. Map damage to snapshots and files. Each distinct node-list chunk
+    //    is read and parsed once (NodeScan): its damaged paths and its
+    //    nodes' paths and kinds are kept for every list that holds it.
     let bad = |c: &ChunkId| !index.contains_key(c) || damaged.contains(c);
     report.snapshots = snapshots.len();
-    let reader = repo.cache.reader()?;
+    let mut scan = NodeScan::new(repo);
     for (sid, snap) in snapshots {
         let snap = match snap {
             Ok(s) => s,
@@ -344,45 +372,38 @@ pub fn check(
                 report.damaged.push(dmg("(node list)"));
                 continue;
             }
-            let mut tree = Vec::new();
-            let mut ok = true;
-            for c in &src.tree {
-                match reader
-                    .get(c)?
-                    .ok_or_else(|| Error::integrity("not in cache"))
-                    .and_then(|l| repo.read_chunk(c, &l))
-                {
-                    Ok(d) => tree.extend_from_slice(&d),
-                    Err(e) => {
-                        report
-                            .errors
-                            .push(format!("snapshot {}: node list: {e}", sid.short()));
-                        ok = false;
-                        break;
-                    }
+            let visit = scan.visit(&src.tree, |nodes| Ok(CheckPiece::of(nodes, &bad)));
+            let visit = match visit {
+                Ok(v) => v,
+                Err(e) => {
+                    report.errors.push(format!("snapshot {}: {e}", sid.short()));
+                    report.damaged.push(dmg("(node list)"));
+                    continue;
                 }
-            }
-            let nodes = if ok {
-                parse_tree(&tree)
-            } else {
-                Err(Error::integrity("unreadable"))
             };
-            match nodes {
-                Ok(nodes) => {
-                    for n in nodes.iter().filter(|n| n.content.iter().any(bad)) {
-                        report.damaged.push(dmg(&n.path));
-                    }
-                    // A node list that restore would refuse (spec §2.6).
-                    if let Some(p) = crate::repo::node_path::tree_problem(&nodes) {
-                        report.errors.push(format!(
-                            "snapshot {}: source {}: node list cannot be restored: {p}",
-                            sid.short(),
-                            src.name
-                        ));
-                        report.damaged.push(dmg("(node list)"));
-                    }
-                }
-                Err(_) => report.damaged.push(dmg("(node list)")),
+            for p in &visit.pieces {
+                report.damaged.extend(p.damaged.iter().map(|d| dmg(d)));
+            }
+            for n in visit
+                .straddling
+                .iter()
+                .filter(|n| n.content.iter().any(bad))
+            {
+                report.damaged.push(dmg(&n.path));
+            }
+            // A node list that restore would refuse (spec §2.6).
+            let paths = visit
+                .pieces
+                .iter()
+                .flat_map(|p| p.nodes.iter().map(|(path, kind)| (&**path, *kind)))
+                .chain(visit.straddling.iter().map(|n| (n.path.as_str(), n.kind)));
+            if let Some(p) = crate::repo::node_path::tree_problem_of(paths) {
+                report.errors.push(format!(
+                    "snapshot {}: source {}: node list cannot be restored: {p}",
+                    sid.short(),
+                    src.name
+                ));
+                report.damaged.push(dmg("(node list)"));
             }
         }
     }

@@ -11,7 +11,7 @@ use crate::repo::{
     split_pack, ChunkEntry, ChunkId, Compression, FileKind, FrameEntry, IndexFile, IndexId,
     PackEntry, PackId, ProofId, Snapshot, SnapshotId,
 };
-use crate::repository::Repository;
+use crate::repository::{NodeScan, Repository};
 use serde::Serialize;
 use std::collections::{HashMap, HashSet};
 
@@ -92,6 +92,9 @@ impl<'a> Reframer<'a> {
 /// every chunk of archived WAL except the WAL files named in `expiring`.
 pub fn used_chunks(repo: &Repository, expiring: &HashSet<&str>) -> Result<HashSet<ChunkId>> {
     let mut used = HashSet::new();
+    // Each distinct node-list chunk is read and parsed once: the chunks its
+    // whole lines use go into `used` then, and nothing needs keeping.
+    let mut scan = NodeScan::<()>::new(repo);
     for (name, _) in repo.backend.list(FileKind::Snapshot)? {
         let Some(id) = SnapshotId::parse(&name) else {
             continue;
@@ -104,13 +107,19 @@ pub fn used_chunks(repo: &Repository, expiring: &HashSet<&str>) -> Result<HashSe
         })?;
         for src in &snap.sources {
             used.extend(src.tree.iter().copied());
-            let nodes = repo.read_tree(src).map_err(|e| {
-                e.context(format!("snapshot {}", id.short())).with_hint(format!(
+            let visit = scan.visit(&src.tree, |nodes| {
+                for n in nodes {
+                    used.extend(n.content);
+                }
+                Ok(())
+            });
+            let visit = visit.map_err(|e| {
+                e.context(format!("snapshot {}: node list of source {}", id.short(), src.name)).with_hint(format!(
                     "prune cannot tell what this snapshot uses; if an index file is damaged, `cairn repair index` first; otherwise `cairn check`, then `cairn forget {}` if it is damaged",
                     id.short()
                 ))
             })?;
-            for n in nodes {
+            for n in visit.straddling {
                 used.extend(n.content);
             }
         }

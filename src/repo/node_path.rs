@@ -51,24 +51,30 @@ pub fn problem(path: &str) -> Option<String> {
 /// [`problem`], no path appears twice, and nothing lies below a node that
 /// is not a directory (a file or a symlink cannot hold other nodes).
 pub fn tree_problem(nodes: &[Node]) -> Option<String> {
+    tree_problem_of(nodes.iter().map(|n| (n.path.as_str(), n.kind)))
+}
+
+/// [`tree_problem`] of a list given as its paths and kinds, in any order
+/// (`check` gathers them from the pieces of a node list).
+pub fn tree_problem_of<'a>(nodes: impl IntoIterator<Item = (&'a str, NodeKind)>) -> Option<String> {
+    let nodes: Vec<(&str, NodeKind)> = nodes.into_iter().collect();
     let mut kinds: HashMap<&str, NodeKind> = HashMap::with_capacity(nodes.len());
-    for n in nodes {
-        if let Some(p) = problem(&n.path) {
-            return Some(format!("{:?}: {p}", n.path));
+    for &(path, kind) in &nodes {
+        if let Some(p) = problem(path) {
+            return Some(format!("{path:?}: {p}"));
         }
-        if kinds.insert(n.path.as_str(), n.kind).is_some() {
-            return Some(format!("{:?} is stored twice", n.path));
+        if kinds.insert(path, kind).is_some() {
+            return Some(format!("{path:?} is stored twice"));
         }
     }
-    for n in nodes {
-        let mut at = n.path.as_str();
+    for &(path, _) in &nodes {
+        let mut at = path;
         while let Some((parent, _)) = at.rsplit_once('/') {
             match kinds.get(parent) {
                 Some(NodeKind::Dir) | None => {}
                 Some(k) => {
                     return Some(format!(
-                        "{:?} lies below {parent:?}, which is a {}",
-                        n.path,
+                        "{path:?} lies below {parent:?}, which is a {}",
                         if *k == NodeKind::Symlink {
                             "symlink"
                         } else {

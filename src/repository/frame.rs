@@ -220,6 +220,18 @@ impl Repository {
     /// Concatenate the chunks of a stream (a node list: held in memory
     /// whole), each checked against its id.
     pub fn read_stream(&self, ids: &[ChunkId]) -> Result<Vec<u8>> {
+        let mut out = Vec::new();
+        self.for_each_listed_chunk(ids, |_, data| out.extend_from_slice(data))?;
+        Ok(out)
+    }
+
+    /// Call `f` with each chunk of `ids` in order, each checked against its
+    /// id; their frames are fetched together (see `decode_frames`).
+    pub fn for_each_listed_chunk(
+        &self,
+        ids: &[ChunkId],
+        mut f: impl FnMut(&ChunkId, &[u8]),
+    ) -> Result<()> {
         let reader = self.cache.reader()?;
         let mut locs = Vec::with_capacity(ids.len());
         for id in ids {
@@ -229,13 +241,12 @@ impl Repository {
             })?);
         }
         let frames = self.decode_frames(&locs)?;
-        let mut out = Vec::new();
         for (id, loc) in ids.iter().zip(&locs) {
             // decode_frames decoded every frame of `locs` or failed.
             let frame = frames.get(&loc.frame_key()).map_or(&[][..], Vec::as_slice);
-            out.extend_from_slice(self.checked_chunk(id, loc, frame)?);
+            f(id, self.checked_chunk(id, loc, frame)?);
         }
-        Ok(out)
+        Ok(())
     }
 }
 

@@ -6,6 +6,7 @@
 
 mod frame;
 mod keys;
+mod node_scan;
 mod reader;
 
 use frame::FrameCache;
@@ -16,6 +17,7 @@ pub use keys::{
     host_name, local_key_files, make_key_file, read_key_file, user_name, write_key_file, NewKey,
     DEFAULT_SCRYPT_LOG_N,
 };
+pub use node_scan::{NodeScan, Visit};
 pub use reader::{FileReader, Lookup};
 
 use crate::backend::{Backend, FileRef};
