@@ -33,6 +33,12 @@ fn ctime_ns(meta: &std::fs::Metadata) -> i64 {
 /// snapshot reads it again.
 const RACY_NS: i64 = 2_000_000_000;
 
+/// The sizes of a changed file, and of its parent's version, for which the
+/// new chunks are delta-compressed against the old ones: below, a file has
+/// too few chunks for it to matter; above, reading the old version for its
+/// anchors costs more than deltas save.
+const DELTA_SIZES: std::ops::RangeInclusive<u64> = (1 << 20)..=(1 << 30);
+
 /// Which earlier snapshot tells which files are unchanged.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Parent {
@@ -330,7 +336,21 @@ pub fn archive_files(packer: &mut Packer, job: &FilesJob) -> Result<SourceOutcom
                     continue;
                 }
             };
-            match packer.add_stream(file, &progress) {
+            // A large file that changed (a dump taken again, a database
+            // file): its new chunks are delta-compressed against the
+            // parent's version, as a PostgreSQL dump is (spec/repository.md
+            // §2.3, "Delta frames").
+            let base = parent_files
+                .get(&node.path)
+                .filter(|p| DELTA_SIZES.contains(&p.size) && DELTA_SIZES.contains(&m.len()));
+            if let Some(p) = base {
+                packer.set_base_stream(Some(p.content.clone()));
+            }
+            let stored = packer.add_stream(file, &progress);
+            if base.is_some() {
+                packer.set_base_stream(None);
+            }
+            match stored {
                 Ok((ids, n)) => {
                     node.content = ids;
                     node.size = n;
