@@ -131,6 +131,22 @@ impl Chunking {
     }
 }
 
+/// Chunk sizes for streams stored as deltas against their previous version
+/// (database dumps, large files that change): the repository's scaled up
+/// to 64 KiB on average (eight times the default); a repository made with a
+/// larger `--chunk-size` keeps its own. A changed chunk stored as a delta
+/// costs about the same whatever its size, while every chunk costs ~150
+/// bytes of pack header, index and node list (spec/postgres.md
+/// "Second-day bytes", spec/repository.md §4 "Chunking").
+pub fn delta_stream_params(repo: ChunkerParams) -> ChunkerParams {
+    let factor = (65536 / repo.avg.max(1)).max(1);
+    ChunkerParams {
+        min: repo.min * factor,
+        avg: repo.avg * factor,
+        max: repo.max * factor,
+    }
+}
+
 /// Split `source` as `chunking` says, with a caller-owned read buffer.
 pub fn for_each_chunk_by<R: Read, E>(
     buf: &mut Vec<u8>,

@@ -340,16 +340,24 @@ pub fn archive_files(packer: &mut Packer, job: &FilesJob) -> Result<SourceOutcom
             // file): its new chunks are delta-compressed against the
             // parent's version, as a PostgreSQL dump is (spec/repository.md
             // §2.3, "Delta frames").
+            // Such a file is cut into larger chunks, as dumps are: a changed
+            // chunk costs a small delta whatever its size, every chunk its
+            // metadata.
             let base = parent_files
                 .get(&node.path)
                 .filter(|p| DELTA_SIZES.contains(&p.size) && DELTA_SIZES.contains(&m.len()));
+            let large = DELTA_SIZES.contains(&m.len());
             if let Some(p) = base {
                 packer.set_base_stream(Some(p.content.clone()));
             }
-            let stored = packer.add_stream(file, &progress);
-            if base.is_some() {
-                packer.set_base_stream(None);
+            if large {
+                packer.set_chunking(Some(crate::chunk::Chunking::Cdc(
+                    crate::chunk::delta_stream_params(packer.repo_chunker()),
+                )));
             }
+            let stored = packer.add_stream(file, &progress);
+            packer.set_base_stream(None);
+            packer.set_chunking(None);
             match stored {
                 Ok((ids, n)) => {
                     node.content = ids;

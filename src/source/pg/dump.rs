@@ -85,21 +85,6 @@ fn databases(target: &Target, wanted: &[String]) -> Result<Vec<String>> {
     Ok(wanted.to_vec())
 }
 
-/// Chunk sizes for database dumps: the repository's scaled up to 64 KiB on
-/// average (eight times the default); a repository made with a larger
-/// `--chunk-size` keeps its own. A dump's changed chunks are stored as
-/// deltas against its previous version, so a changed chunk costs about the
-/// same whatever its size, while every chunk costs ~150 bytes of pack
-/// header, index and node list (spec/postgres.md "Second-day bytes").
-fn dump_chunker(repo: crate::repo::ChunkerParams) -> crate::repo::ChunkerParams {
-    let factor = (65536 / repo.avg.max(1)).max(1);
-    crate::repo::ChunkerParams {
-        min: repo.min * factor,
-        avg: repo.avg * factor,
-        max: repo.max * factor,
-    }
-}
-
 /// Logical backup of a server: globals plus one custom-format dump per database.
 pub fn archive_logical(
     packer: &mut Packer,
@@ -203,9 +188,9 @@ pub fn archive_logical(
             let mut scan = super::stream::StreamScan::start(copy_sums);
             let what = format!("pg_dump of {db}");
             packer.set_base_stream(previous.get(&path).cloned());
-            packer.set_chunking(Some(crate::chunk::Chunking::Cdc(dump_chunker(
-                packer.repo_chunker(),
-            ))));
+            packer.set_chunking(Some(crate::chunk::Chunking::Cdc(
+                crate::chunk::delta_stream_params(packer.repo_chunker()),
+            )));
             let node = archive_command(packer, &target, cmd, &what, &path, &progress, |b| {
                 scan.feed(b)
             });
