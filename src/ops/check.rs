@@ -163,8 +163,10 @@ fn read_pack(repo: &Repository, entry: &PackEntry, report: &mut CheckReport) -> 
 struct CheckPiece {
     /// Paths of the nodes whose content is damaged or not indexed.
     damaged: Vec<String>,
+    /// The first path that breaks `node_path::problem`, with the problem.
+    bad_path: Option<String>,
     /// Every node's path and kind, for the list-wide rules of
-    /// `node_path::tree_problem_of`.
+    /// `node_path::list_problem`.
     nodes: Vec<(Box<str>, NodeKind)>,
 }
 
@@ -177,12 +179,21 @@ impl CheckPiece {
             .collect();
         CheckPiece {
             damaged,
+            bad_path: bad_path(&nodes),
             nodes: nodes
                 .into_iter()
                 .map(|n| (n.path.into_boxed_str(), n.kind))
                 .collect(),
         }
     }
+}
+
+/// The first of `nodes` whose path breaks `node_path::problem`, described.
+fn bad_path(nodes: &[Node]) -> Option<String> {
+    nodes.iter().find_map(|n| {
+        let p = crate::repo::node_path::problem(&n.path)?;
+        Some(format!("{:?}: {p}", n.path))
+    })
 }
 
 /// Check the repository: structure always, stored data when asked.
@@ -391,13 +402,20 @@ pub fn check(
             {
                 report.damaged.push(dmg(&n.path));
             }
-            // A node list that restore would refuse (spec §2.6).
+            // A node list that restore would refuse (spec §2.6): each path
+            // was checked once per chunk, the list-wide rules per list.
             let paths = visit
                 .pieces
                 .iter()
                 .flat_map(|p| p.nodes.iter().map(|(path, kind)| (&**path, *kind)))
                 .chain(visit.straddling.iter().map(|n| (n.path.as_str(), n.kind)));
-            if let Some(p) = crate::repo::node_path::tree_problem_of(paths) {
+            let problem = visit
+                .pieces
+                .iter()
+                .find_map(|p| p.bad_path.clone())
+                .or_else(|| bad_path(&visit.straddling))
+                .or_else(|| crate::repo::node_path::list_problem(paths));
+            if let Some(p) = problem {
                 report.errors.push(format!(
                     "snapshot {}: source {}: node list cannot be restored: {p}",
                     sid.short(),

@@ -8,7 +8,7 @@
 //! trustworthy as its key's holders.
 
 use super::{Node, NodeKind};
-use std::collections::HashMap;
+use rustc_hash::FxHashMap;
 
 /// The longest name of one path component (Linux's `NAME_MAX`).
 pub const NAME_MAX: usize = 255;
@@ -51,23 +51,37 @@ pub fn problem(path: &str) -> Option<String> {
 /// [`problem`], no path appears twice, and nothing lies below a node that
 /// is not a directory (a file or a symlink cannot hold other nodes).
 pub fn tree_problem(nodes: &[Node]) -> Option<String> {
-    tree_problem_of(nodes.iter().map(|n| (n.path.as_str(), n.kind)))
+    if let Some((path, p)) = nodes
+        .iter()
+        .find_map(|n| Some((&n.path, problem(&n.path)?)))
+    {
+        return Some(format!("{path:?}: {p}"));
+    }
+    list_problem(nodes.iter().map(|n| (n.path.as_str(), n.kind)))
 }
 
-/// [`tree_problem`] of a list given as its paths and kinds, in any order
-/// (`check` gathers them from the pieces of a node list).
-pub fn tree_problem_of<'a>(nodes: impl IntoIterator<Item = (&'a str, NodeKind)>) -> Option<String> {
+/// The list-wide rules of [`tree_problem`] (each path once, nothing below a
+/// file or symlink) over paths that each obey [`problem`], given with their
+/// kinds in any order: `check` checks each path once per distinct
+/// node-list chunk and the whole list per snapshot.
+pub fn list_problem<'a>(nodes: impl IntoIterator<Item = (&'a str, NodeKind)>) -> Option<String> {
     let nodes: Vec<(&str, NodeKind)> = nodes.into_iter().collect();
-    let mut kinds: HashMap<&str, NodeKind> = HashMap::with_capacity(nodes.len());
+    let mut kinds: FxHashMap<&str, NodeKind> =
+        FxHashMap::with_capacity_and_hasher(nodes.len(), Default::default());
     for &(path, kind) in &nodes {
-        if let Some(p) = problem(path) {
-            return Some(format!("{path:?}: {p}"));
-        }
         if kinds.insert(path, kind).is_some() {
             return Some(format!("{path:?} is stored twice"));
         }
     }
+    // Siblings usually follow each other: their parent's chain is walked
+    // once.
+    let mut last_parent = None;
     for &(path, _) in &nodes {
+        let parent = path.rsplit_once('/').map(|(p, _)| p);
+        if parent.is_none() || parent == last_parent {
+            continue;
+        }
+        last_parent = parent;
         let mut at = path;
         while let Some((parent, _)) = at.rsplit_once('/') {
             match kinds.get(parent) {
