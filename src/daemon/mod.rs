@@ -163,6 +163,8 @@ impl Daemon {
             let config = Repository::read_config(repo.backend.as_ref())?;
             if config.id == repo.config.id {
                 repo.cache.sync(repo.backend.as_ref(), &repo.key)?;
+                // What is decoded is read again from the packs as they are now.
+                repo.forget_frames();
                 return Ok(repo.clone());
             }
             tracing::warn!(
