@@ -59,3 +59,14 @@ def schedule(days, rng):
         out[start] = kind
         day = start + SPAN[kind]
     return out
+
+
+def parse(text):
+    """`DAY:KIND,...` (days from 0) as {day: kind}."""
+    out = {}
+    for part in text.split(","):
+        day, _, kind = part.strip().partition(":")
+        if kind not in KINDS or not day.isdigit():
+            raise ValueError("--faults: %r is not DAY:KIND with KIND one of %s" % (part, ", ".join(KINDS)))
+        out[int(day)] = kind
+    return out

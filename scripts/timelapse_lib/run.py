@@ -123,7 +123,10 @@ class Timelapse:
         self.token, self.token_hash = tok["token"], tok["hash"]
         self.write_plan()
         self.cli(["plan", "check", self.plan_path], plan=False)
-        self.faults = {} if a.no_faults else faults.schedule(self.days, self.rng_fault)
+        if a.faults:
+            self.faults = faults.parse(a.faults)
+        else:
+            self.faults = {} if a.no_faults else faults.schedule(self.days, self.rng_fault)
         log("faults: %s" % (", ".join("day %d %s" % (d, k) for d, k in sorted(self.faults.items())) or "none"))
         self.daemon = Daemon(self.bin, self.plan_path, os.path.join(w, "state"), self.env,
                              os.path.join(w, "serve.log"), self.token)
@@ -225,6 +228,21 @@ api {
         self.daemon.start()
         wait_for("the daemon's schedule", 60,
                  lambda: (self.daemon.status().get("schedules") or [{}])[0].get("next_run"))
+
+    def diagnose(self):
+        """What the daemon was doing when it stopped answering the harness's expectations: its
+        status and its threads' stacks (gdb), saved in the work directory."""
+        out = os.path.join(self.work, "daemon-stacks.txt")
+        try:
+            st = json.dumps(self.daemon.status())[:1500]
+        except Exception as e:  # noqa: BLE001
+            st = "no status (%s)" % e
+        if shutil.which("gdb") and self.daemon.alive():
+            with open(out, "w") as f:
+                subprocess.run(["gdb", "-p", str(self.daemon.proc.pid), "-batch", "-ex", "thread apply all bt"],
+                               stdout=f, stderr=subprocess.STDOUT, timeout=120)
+            return "status %s; thread stacks in %s" % (st, out)
+        return "status %s" % st
 
     def runs(self):
         return self.daemon.status().get("runs", 0)
@@ -385,7 +403,10 @@ api {
                                                                           p.stderr[-1500:]))
             self.retention_pending = True
         else:
-            self.wait_idle_after(runs_before)
+            try:
+                self.wait_idle_after(runs_before)
+            except HarnessError as e:
+                raise HarnessError("%s; %s" % (e, self.diagnose()))
         new = [s for s in self.plan_snapshots() if s["id"] not in before]
         made = []
         for s in new:
