@@ -64,7 +64,7 @@ class Timelapse:
         self.reasons = {}
         self.retention_pending = False
         self.damaged = {}    # id -> why: snapshots the harness found damaged (flip-byte)
-        self.flip = None     # the open flip-byte fault: {"day", "pack", "deadline", "found"}
+        self.flip = None     # the open flip-byte fault: day, pack, deadline, found, damaged, remedied
         self.expected = {}   # alert label -> last day it may still arrive (must arrive)
         self.allowed = {}    # alert label -> last day it may arrive (may arrive)
         self.day_alerts = []
@@ -343,6 +343,7 @@ api {
                     self.take_mails(d)
                 else:
                     self.wait_mails(d, ["missed-backup:db"])
+        self.check_new_after_flip(d, made)
         self.update_model(d, made)
         if self.date(d).weekday() == 6 and self.daemon.alive():
             self.verify(d)
@@ -357,11 +358,7 @@ api {
             self.plan_change(d)
         if kind == "flip-byte":
             self.flip_byte(d)
-        if self.flip and not self.flip.get("found") and d >= self.flip["deadline"]:
-            self.fail(d, "the byte flipped on day %d in %s was not found by a restore test within 7 days "
-                         "(damaged kept snapshots: %d; the daemon's weekly test restores one random snapshot)"
-                      % (self.flip["day"], self.flip["pack"], len(self.flip["damaged"])))
-            self.flip["found"] = "never"
+        self.flip_deadline(d)
         # The day's changes, after the night's backup.
         self.tree.mutate(d)
         self.db.mutate(d, rfc3339(self.at(d, 9)))
@@ -609,10 +606,78 @@ api {
         log("day %d: flipped byte %d of %s (%d bytes): %d of %d kept snapshots damaged" % (
             d, off, rel, size, len(damaged), len(self.model)))
         if damaged:
-            self.flip = {"day": d, "pack": rel, "deadline": d + 7, "damaged": damaged}
+            self.flip = {"day": d, "pack": rel, "deadline": d + 7, "found": None, "damaged": set(damaged),
+                         "later": 0}
             self.allow("restore-test-failed", d + 7)
         else:
             self.notes.append("day %d: the flipped byte in %s damaged no kept snapshot" % (d, rel))
+
+    def check_new_after_flip(self, d, made):
+        """While a flipped byte is in the repository, each new snapshot is restored too: one
+        that reuses a damaged chunk (deduplication) is damaged as well."""
+        f = self.flip
+        if not f:
+            return
+        for sid in made:
+            if f.get("remedied") is not None:
+                bad = self.restore_check(d, sid)
+                if bad:
+                    self.fail(d, "after the damaged snapshots were forgotten and pruned (day %d), the next "
+                                 "snapshot %s still does not restore: %s" % (f["remedied"], sid[:8], bad))
+                continue
+            bad = self.restore_check(d, sid)
+            if bad:
+                self.damaged[sid] = "made after the flip of day %d: %s" % (f["day"], bad)
+                f["damaged"].add(sid)
+                f["later"] += 1
+        if f.get("remedied") is not None and made:
+            self.flip = None  # the next night's snapshot was checked: closed
+
+    def flip_deadline(self, d):
+        """The day a restore test found the damage (or the 7th day): the operator's remedy that
+        `cairn check --read-data` hints at — forget the damaged snapshots, prune — after
+        checking that cairn names exactly the snapshots the harness found damaged and that a
+        good copy of every source is kept."""
+        f = self.flip
+        if not f or f.get("remedied") is not None or (not f["found"] and d < f["deadline"]):
+            return
+        if not f["found"]:
+            self.fail(d, "the byte flipped on day %d in %s was not found by a restore test within 7 days "
+                         "(%d kept snapshots damaged; the daemon's weekly test restores one random snapshot)"
+                      % (f["day"], f["pack"], len(f["damaged"] & set(self.model))))
+        present = {s["id"] for s in self.plan_snapshots()}
+        bad = sorted(f["damaged"] & present)
+        for src in SOURCES:
+            good = [i for i in present if i not in self.damaged and self.all.get(i) and
+                    self.all[i].sources.get(src) == "complete"]
+            if not good:
+                self.fail(d, "no undamaged copy of %s is kept after the flip of day %d" % (src, f["day"]))
+        p = self.cli(["check", "--read-data"], check=False)
+        named = set()
+        for line in (p.stdout + p.stderr).splitlines():
+            if line.startswith("damaged: snapshot "):
+                named.add(line.split()[2])
+        want = {i[:8] for i in bad}
+        if p.returncode == 0 or named != want:
+            self.fail(d, "cairn check --read-data (exit %d) names damaged snapshots [%s], the harness found [%s]"
+                      % (p.returncode, " ".join(sorted(named)), " ".join(sorted(want))))
+        if bad:
+            self.cli(["forget"] + bad + ["-q"])
+            self.cli(["prune", "-q"])
+        for i in bad:
+            self.model.pop(i, None)
+        _, self.reasons = model.decide(list(self.model.values()), self.rules, self.tz)
+        if os.path.exists(os.path.join(self.repo, f["pack"])):
+            # Its other frames are still used and prune did not find it worth repacking.
+            self.notes.append("day %d: pack %s, damaged on day %d, stays after the forget and prune (its damaged "
+                              "frame is no longer used)" % (d, f["pack"], f["day"]))
+        f["remedied"] = d
+        log("day %d: forgot %d damaged snapshot(s) (%d of them made after the flip) and pruned" % (
+            d, len(bad), f["later"]))
+        if f["later"]:
+            self.notes.append("day %d: %d snapshot(s) made after the flip of day %d reused its damaged chunk "
+                              "(deduplication) and were damaged too, until the damaged snapshots were forgotten"
+                              % (d, f["later"], f["day"]))
 
     # --- the table -----------------------------------------------------------
 
