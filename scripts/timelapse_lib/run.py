@@ -606,9 +606,16 @@ api {
         log("day %d: flipped byte %d of %s (%d bytes): %d of %d kept snapshots damaged" % (
             d, off, rel, size, len(damaged), len(self.model)))
         if damaged:
+            # The sources with an undamaged copy kept now: retention must still keep one when
+            # the damage is dealt with.
+            good = {src for src in SOURCES for i in self.model
+                    if i not in damaged and self.all[i].sources.get(src) == "complete"}
             self.flip = {"day": d, "pack": rel, "deadline": d + 7, "found": None, "damaged": set(damaged),
-                         "later": 0}
+                         "later": 0, "good": good}
             self.allow("restore-test-failed", d + 7)
+            # Prune reads the node lists of the snapshots it keeps: one in the damaged frame
+            # stops it, and the daemon alerts a failed retention until the remedy.
+            self.allow("backup-failed:retention", d + 7)
         else:
             self.notes.append("day %d: the flipped byte in %s damaged no kept snapshot" % (d, rel))
 
@@ -650,8 +657,14 @@ api {
         for src in SOURCES:
             good = [i for i in present if i not in self.damaged and self.all.get(i) and
                     self.all[i].sources.get(src) == "complete"]
-            if not good:
-                self.fail(d, "no undamaged copy of %s is kept after the flip of day %d" % (src, f["day"]))
+            if good:
+                continue
+            if src in f["good"]:
+                self.fail(d, "retention removed the last undamaged copy of %s after the flip of day %d"
+                          % (src, f["day"]))
+            else:
+                self.notes.append("day %d: the flip of day %d damaged every kept copy of %s (a chunk every "
+                                  "snapshot shares): no good copy was left to keep" % (d, f["day"], src))
         p = self.cli(["check", "--read-data"], check=False)
         named = set()
         for line in (p.stdout + p.stderr).splitlines():
@@ -672,6 +685,10 @@ api {
             self.notes.append("day %d: pack %s, damaged on day %d, stays after the forget and prune (its damaged "
                               "frame is no longer used)" % (d, f["pack"], f["day"]))
         f["remedied"] = d
+        # With the newest snapshots forgotten, the newest complete copy may be older than
+        # missed-backup until the next night.
+        for src in SOURCES:
+            self.allow("missed-backup:%s" % src, d + 1)
         log("day %d: forgot %d damaged snapshot(s) (%d of them made after the flip) and pruned" % (
             d, len(bad), f["later"]))
         if f["later"]:
