@@ -189,6 +189,7 @@ class Daemon:
         self.proc = None
         self.addr = None
         self.starts = 0
+        self.dropped = []
 
     def start(self):
         lf = open(self.log_path, "a")
@@ -209,6 +210,17 @@ class Daemon:
         out = self.proc.stdout
         threading.Thread(target=lambda: out.read(), daemon=True).start()
         self.starts += 1
+
+    def rss_kib(self):
+        """The daemon's resident memory now (VmRSS), or None."""
+        try:
+            with open("/proc/%d/status" % self.proc.pid) as f:
+                for line in f:
+                    if line.startswith("VmRSS:"):
+                        return int(line.split()[1])
+        except (OSError, AttributeError):
+            return None
+        return None
 
     def alive(self):
         return self.proc is not None and self.proc.poll() is None
@@ -241,7 +253,12 @@ class Daemon:
             c.close()
 
     def get_json(self, path):
-        code, body = self.request("GET", path)
+        try:
+            code, body = self.request("GET", path)
+        except (http.client.RemoteDisconnected, ConnectionResetError) as e:
+            # Seen once right after a plan reload: counted and reported, then asked again.
+            self.dropped.append("%s: %s" % (path, e))
+            code, body = self.request("GET", path)
         if code != 200:
             raise HarnessError("GET %s: %d %s" % (path, code, body[:500]))
         return json.loads(body)

@@ -72,6 +72,7 @@ class Timelapse:
         self.lost = []
         self.seen_on = {}
         self.rows = []
+        self.rss = []        # (day, daemon start number, VmRSS KiB) at the end of each day
         self.fault_count = 0
         self.restore_checks = 0
         self.restore_tests = {"passed": 0, "failed": 0, "skipped": 0}
@@ -372,6 +373,9 @@ api {
                 self.notes.append("day %d: the backup-failed alert sent while SMTP was down was never delivered "
                                   "(cairn tries an undelivered alert again only when it recurs)" % (ld + 1))
         self.seen_on[d] = set(self.day_alerts)
+        rss = self.daemon.rss_kib() if self.daemon.alive() else None
+        if rss:
+            self.rss.append((d, self.daemon.starts, rss))
         self.row(d, made, faults_today)
 
     def night(self, d, kill=False):
@@ -752,6 +756,28 @@ api {
         p = self.cli(["check"], check=False)
         if p.returncode != 0:
             self.fail(d, "final cairn check: exit %d\n%s%s" % (p.returncode, p.stdout[-1500:], p.stderr[-1500:]))
+        self.check_rss(d)
+        if self.daemon.dropped:
+            self.notes.append("the daemon's API closed %d request(s) without an answer (asked again): %s"
+                              % (len(self.daemon.dropped), "; ".join(self.daemon.dropped[:3])))
+
+    def check_rss(self, d):
+        """The daemon's memory does not grow with the days: at the end it is within 20% of what
+        it was after 30 days (the same process; restarts start the count again)."""
+        if not self.rss:
+            return
+        start = self.rss[-1][1]
+        mine = [(day, kib) for day, n, kib in self.rss if n == start]
+        first_day = mine[0][0]
+        at30 = next((kib for day, kib in mine if day >= first_day + 29), None)
+        end = mine[-1][1]
+        peak = max(kib for _, _, kib in self.rss)
+        self.rss_note = "daemon RSS: %d KiB at the end (its process ran days %d-%d), %s after its 30th day, " \
+                        "peak %d KiB over the run" % (end, first_day + 1, mine[-1][0] + 1,
+                                                     "%d KiB" % at30 if at30 else "not measured", peak)
+        if at30 and end > at30 * 1.2:
+            self.fail(d, "the daemon's memory grew: %d KiB at the end, %d KiB after 30 days (more than 20%%)"
+                      % (end, at30))
 
 
 def main(args, root):
@@ -775,6 +801,8 @@ def main(args, root):
     wall = time.time() - t0
     for n in tl.notes:
         print("note: %s" % n)
+    if getattr(tl, "rss_note", None):
+        print(tl.rss_note)
     print("restore checks by the harness: %d; daemon restore tests: %s; wall time %.0f s" % (
         tl.restore_checks, ", ".join("%s %d" % kv for kv in sorted(tl.restore_tests.items())), wall))
     if tl.failures:
