@@ -163,6 +163,8 @@ impl Daemon {
             let config = Repository::read_config(repo.backend.as_ref())?;
             if config.id == repo.config.id {
                 repo.cache.sync(repo.backend.as_ref(), &repo.key)?;
+                // What is decoded is read again from the packs as they are now.
+                repo.forget_frames();
                 return Ok(repo.clone());
             }
             tracing::warn!(
@@ -674,6 +676,10 @@ impl Daemon {
 
     /// The scheduler loop; returns when SIGTERM/SIGINT arrives.
     pub fn run_scheduler(self: &Arc<Self>) -> Result<()> {
+        // Schedules count from here: a time that comes due during the
+        // start-up retention and checks still runs (late) instead of being
+        // skipped for the next one.
+        let begun = crate::clock::now();
         let plan = self.plan();
         let persisted: Persisted = status::load(&self.opts.state_dir);
         if persisted.retention.as_deref() != Some(&retention_fingerprint(&plan)) {
@@ -681,17 +687,13 @@ impl Daemon {
             self.retention_for_new_rules(&plan);
         }
         self.run_checks();
-        let mut next = self.next_runs(crate::clock::now());
-        let verify_next = |p: &Plan| {
-            schedule::next_after(
-                &p.verify.cron,
-                &jiff::tz::TimeZone::system(),
-                crate::clock::now(),
-            )
-            .map_err(|e| tracing::error!(error = e.to_string().as_str(), "verify schedule"))
-            .ok()
+        let mut next = self.next_runs(begun);
+        let verify_next = |p: &Plan, after: jiff::Timestamp| {
+            schedule::next_after(&p.verify.cron, &jiff::tz::TimeZone::system(), after)
+                .map_err(|e| tracing::error!(error = e.to_string().as_str(), "verify schedule"))
+                .ok()
         };
-        let mut next_verify = verify_next(&plan);
+        let mut next_verify = verify_next(&plan, begun);
         self.with_status(|s| s.next_restore_test = next_verify);
         let mut next_check = std::time::Instant::now() + self.opts.check_every;
         loop {
@@ -700,11 +702,12 @@ impl Daemon {
                 return Ok(());
             }
             if self.reload.swap(false, Ordering::SeqCst) {
+                let reloaded_at = crate::clock::now();
                 match Plan::load(&self.opts.plan_file) {
                     Ok(p) => {
                         tracing::info!("plan reloaded");
-                        let changed =
-                            retention_fingerprint(&p) != retention_fingerprint(&self.plan());
+                        let old = self.plan();
+                        let changed = retention_fingerprint(&p) != retention_fingerprint(&old);
                         *self.alerter.write().unwrap_or_else(|e| e.into_inner()) =
                             new_alerter(&p, &self.opts);
                         *self.plan.write().unwrap_or_else(|e| e.into_inner()) = p.clone();
@@ -713,7 +716,34 @@ impl Daemon {
                         if changed {
                             self.retention_for_new_rules(&p);
                         }
-                        next = self.next_runs(crate::clock::now());
+                        // A schedule the reload left as it was keeps its
+                        // pending time, so a run that came due meanwhile
+                        // (during the retention above, or before this loop
+                        // noticed the signal) still runs; a new or changed
+                        // one counts from the reload (issue 28, found by
+                        // scripts/timelapse).
+                        let fresh = self.next_runs(reloaded_at);
+                        next = p
+                            .schedules
+                            .iter()
+                            .zip(fresh)
+                            .map(|(s, n)| {
+                                old.schedules
+                                    .iter()
+                                    .position(|o| {
+                                        o.name == s.name
+                                            && o.cron == s.cron
+                                            && o.timezone == s.timezone
+                                    })
+                                    .and_then(|i| next.get(i).copied().flatten())
+                                    .or(n)
+                            })
+                            .collect();
+                        self.publish_next(&next);
+                        if p.verify.cron != old.verify.cron {
+                            next_verify = verify_next(&p, reloaded_at);
+                            self.with_status(|s| s.next_restore_test = next_verify);
+                        }
                     }
                     Err(d) => tracing::error!(
                         problems = d.to_string().as_str(),
@@ -737,7 +767,7 @@ impl Daemon {
                 if let Err(e) = self.run_restore_test(Trigger::Schedule("verify".into())) {
                     tracing::error!(error = e.to_string().as_str(), "restore test could not run");
                 }
-                next_verify = verify_next(&plan);
+                next_verify = verify_next(&plan, crate::clock::now());
                 self.with_status(|s| s.next_restore_test = next_verify);
             }
             if std::time::Instant::now() >= next_check {

@@ -86,3 +86,45 @@ fn an_unreadable_test_clock_stops_the_process() {
     assert!(err.contains("not an RFC 3339 time"), "{err}");
     assert!(env.snapshot_ids().is_empty());
 }
+
+/// Issue 28, found by `scripts/timelapse --days 400 --seed 1` (a plan change
+/// on day 96): a reload computed every schedule's next run from the time it
+/// finished, after applying the changed retention rules, so a 02:00 that came
+/// due meanwhile — during that retention, or between the SIGHUP and the loop
+/// noticing it — was skipped for the next night's. A schedule the reload
+/// leaves unchanged keeps its pending time.
+#[test]
+fn a_plan_reload_does_not_skip_a_run_that_came_due_meanwhile() {
+    let _serial = serial();
+    let env = Env::init();
+    let files = env.path("etc");
+    make_sample_tree(&files);
+    let clock = env.path("clock");
+    set_clock(&clock, "2030-03-20T00:58:00Z"); // 01:58 in Berlin (CET)
+    let body = |keep: u32| {
+        format!(
+            "source \"etc\" kind=\"files\" {{\n    path \"{}\"\n}}\n\
+             schedule \"nightly\" {{\n    cron \"0 2 * * *\"\n    timezone \"Europe/Berlin\"\n}}\n\
+             retention {{\n    keep-daily {keep}\n}}\n",
+            files.display()
+        )
+    };
+    let p = plan(&env, &body(30));
+    let d = Served::start_env(&env, &p, &[("CAIRN_TEST_CLOCK", &clock)]);
+    d.wait_until("the schedule published", 30, |s| {
+        s["schedules"][0]["next_run"] == "2030-03-20T01:00:00Z"
+    });
+    // New retention rules and the clock past 02:00 at the same moment: the
+    // daemon's loop sees both in one turn and reloads first.
+    plan(&env, &body(7));
+    set_clock(&clock, "2030-03-20T01:00:30Z");
+    unsafe { libc::kill(d.child.id() as i32, libc::SIGHUP) };
+    let s = d.wait_until("the 02:00 run after the reload", 60, |s| {
+        s["runs"] == 1 && s["running"].is_null()
+    });
+    assert_eq!(s["schedules"][0]["next_run"], "2030-03-21T01:00:00Z", "{s}");
+    assert_eq!(env.snapshot_ids().len(), 1);
+    let (code, log) = d.stop();
+    assert_eq!(code, Some(0), "{log}");
+    assert!(log.contains("plan reloaded"), "{log}");
+}

@@ -1,0 +1,814 @@
+"""One time-lapse run: set up the world, drive the simulated clock through N nights, inject
+the seeded faults, and check the invariants after every day (spec/timelapse.md)."""
+import datetime
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+import traceback
+from zoneinfo import ZoneInfo
+
+from bench_lib.postgres import PG_BIN, Cluster
+
+from . import data, faults, model
+from .env import (UTC, Daemon, HarnessError, SimClock, Smtp, find_cairn, log, rfc3339,
+                  wait_for)
+
+TZ_NAME = "Europe/Berlin"
+START = datetime.date(2027, 1, 1)
+PLAN_NAME = "timelapse"
+MISSION_RULES = {"daily": 30, "weekly": 8, "monthly": 12}
+# The rules a plan change switches between (the mission's first).
+RULESETS = [MISSION_RULES,
+            {"daily": 7, "weekly": 4, "monthly": 3},
+            {"last": 3, "daily": 14, "weekly": 6, "monthly": 24},
+            {"daily": 45, "weekly": 12, "monthly": 6, "yearly": 2}]
+SOURCES = ("etc", "db")
+
+
+class Failure(Exception):
+    pass
+
+
+def parse_time(s):
+    # RFC 3339 with up to nanoseconds; fromisoformat takes microseconds.
+    s = s.replace("Z", "+00:00")
+    if "." in s:
+        head, rest = s.split(".", 1)
+        frac = rest[:len(rest) - len(rest.lstrip("0123456789"))]
+        tz = rest[len(frac):]
+        s = "%s.%s%s" % (head, frac[:6].ljust(6, "0"), tz)
+    return datetime.datetime.fromisoformat(s)
+
+
+class Timelapse:
+    def __init__(self, args, root):
+        self.args = args
+        self.root = root
+        self.days = args.days
+        self.seed = args.seed
+        self.tz = ZoneInfo(TZ_NAME)
+        self.rng_data = random.Random("%s-data" % args.seed)
+        self.rng_fault = random.Random("%s-faults" % args.seed)
+        self.rng_sample = random.Random("%s-sample" % args.seed)
+        self.failures = []
+        self.notes = []
+        self.rules = dict(MISSION_RULES)
+        self.all = {}        # id -> model.Snap, every snapshot the plan made
+        self.digests = {}    # id -> {source: digest}, what each source held at backup time
+        self.model = {}      # id -> model.Snap, what the model says the repository keeps
+        self.reasons = {}
+        self.retention_pending = False
+        self.damaged = {}    # id -> why: snapshots the harness found damaged (flip-byte)
+        self.flip = None     # the open flip-byte fault: day, pack, deadline, found, damaged, remedied
+        self.expected = {}   # alert label -> last day it may still arrive (must arrive)
+        self.allowed = {}    # alert label -> last day it may arrive (may arrive)
+        self.day_alerts = []
+        self.restart_next = False
+        self.lost = []
+        self.seen_on = {}
+        self.rows = []
+        self.rss = []        # (day, daemon start number, VmRSS KiB) at the end of each day
+        self.fault_count = 0
+        self.restore_checks = 0
+        self.restore_tests = {"passed": 0, "failed": 0, "skipped": 0}
+        self.procs = []
+
+    # --- setup ---------------------------------------------------------------
+
+    def setup(self):
+        a = self.args
+        if a.work:
+            self.work = os.path.abspath(a.work)
+            if os.path.exists(self.work) and os.listdir(self.work):
+                raise HarnessError("--work %s is not empty" % self.work)
+            os.makedirs(self.work, exist_ok=True)
+        else:
+            self.work = tempfile.mkdtemp(prefix="cairn-timelapse-", dir="/tmp")
+        os.chmod(self.work, 0o755)  # the postgres user must reach its data directories
+        log("work directory %s" % self.work)
+        self.bin = find_cairn(self.root)
+        w = self.work
+        self.repo = os.path.join(w, "repo")
+        self.password = os.path.join(w, "password")
+        with open(self.password, "w") as f:
+            f.write("timelapse-%s\n" % self.seed)
+        self.clock = SimClock(os.path.join(w, "clock"), self.at(0) - datetime.timedelta(hours=1))
+        base = {k: v for k, v in os.environ.items() if not k.startswith("CAIRN_")}
+        base.update(TZ=TZ_NAME, CAIRN_TEST_CLOCK=self.clock.path, CAIRN_PG_BIN=PG_BIN)
+        self.env = base
+        # The harness's own commands: another cache than the daemon's.
+        self.cli_env = dict(base, CAIRN_PLAN=os.path.join(w, "plan.kdl"),
+                            CAIRN_CACHE_DIR=os.path.join(w, "cache-cli"))
+
+        self.prod = Cluster(w, "prod")
+        self.scratch = Cluster(w, "scratch")
+        self.prod.start()
+        self.scratch.start()
+        self.smtp = Smtp(w)
+        self.smtp.start()
+
+        self.tree = data.ConfigTree(os.path.join(w, "etc"), self.rng_data)
+        self.tree.create()
+        self.db = data.Database(self.prod, self.rng_data)
+        self.db.create()
+        self.digest_now = {"etc": self.tree.digest(), "db": self.db.digest()}
+
+        self.cli(["init", "-r", self.repo, "--password-file", self.password, "--kdf-work-factor", "10", "-q"],
+                 plan=False)
+        tok = json.loads(self.cli(["plan", "token", "timelapse", "--json"], plan=False))
+        self.token, self.token_hash = tok["token"], tok["hash"]
+        self.write_plan()
+        self.cli(["plan", "check", self.plan_path], plan=False)
+        if a.faults:
+            self.faults = faults.parse(a.faults)
+        else:
+            self.faults = {} if a.no_faults else faults.schedule(self.days, self.rng_fault)
+        log("faults: %s" % (", ".join("day %d %s" % (d, k) for d, k in sorted(self.faults.items())) or "none"))
+        self.daemon = Daemon(self.bin, self.plan_path, os.path.join(w, "state"), self.env,
+                             os.path.join(w, "serve.log"), self.token)
+        self.start_daemon(self.at(0) - datetime.timedelta(minutes=1))
+
+    @property
+    def plan_path(self):
+        return os.path.join(self.work, "plan.kdl")
+
+    def write_plan(self):
+        w = self.work
+        retention = "\n".join("    keep-%s %d" % (r, self.rules[r]) for r in model.RULES if r in self.rules)
+        text = """// Written by scripts/timelapse: the mission's plan, on throwaway servers.
+name "%(name)s"
+repository "%(repo)s" {
+    password-file "%(password)s"
+    cache-dir "%(cache)s"
+}
+source "etc" kind="files" {
+    path "%(etc)s"
+}
+source "db" kind="postgres" {
+    url "postgres://postgres@127.0.0.1:%(pgport)d/postgres"
+    database "app"
+}
+schedule "nightly" {
+    cron "0 2 * * *"
+    timezone "%(tz)s"
+    tag "nightly"
+    expected-duration "5m"
+}
+retention {
+%(retention)s
+}
+alerts {
+    email {
+        smtp "127.0.0.1" port=%(smtp)d security="plain"
+        from "cairn@timelapse.test"
+        to "oncall@timelapse.test"
+    }
+    missed-backup "25h"
+    storage-warning "80%%"
+    repeat-every "6h"
+}
+verify {
+    cron "0 4 * * 0"
+}
+api {
+    listen "127.0.0.1:8420"
+    token "timelapse" hash="%(hash)s"
+}
+""" % dict(name=PLAN_NAME, repo=self.repo, password=self.password, cache=os.path.join(w, "cache-daemon"),
+           etc=self.tree.root, pgport=self.prod.port, tz=TZ_NAME, retention=retention, smtp=self.smtp.port,
+           hash=self.token_hash)
+        tmp = self.plan_path + ".tmp"
+        with open(tmp, "w") as f:
+            f.write(text)
+        os.replace(tmp, self.plan_path)
+
+    def cli(self, argv, plan=True, check=True, timeout=600):
+        p = subprocess.run([self.bin] + argv, env=self.cli_env if plan else self.env,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=timeout)
+        if check and p.returncode != 0:
+            raise Failure("cairn %s: exit %d\n%s" % (" ".join(argv), p.returncode, p.stderr[-3000:]))
+        return p.stdout if check else p
+
+    def cleanup(self):
+        for what in (lambda: self.daemon.stop(), lambda: self.smtp.stop(), lambda: self.prod.stop(),
+                     lambda: self.scratch.stop()):
+            try:
+                what()
+            except Exception as e:  # noqa: BLE001 - cleanup goes on
+                log("cleanup: %s" % e)
+        if not self.args.keep and not self.failures:
+            shutil.rmtree(self.work, ignore_errors=True)
+        else:
+            log("kept %s (serve.log, mail/, plan.kdl, repo/)" % self.work)
+
+    # --- time ----------------------------------------------------------------
+
+    def date(self, d):
+        return START + datetime.timedelta(days=d)
+
+    def at(self, d, hour=2, minute=0, second=0):
+        """Day d's local time (Europe/Berlin) in UTC."""
+        local = datetime.datetime.combine(self.date(d), datetime.time(hour, minute, second), tzinfo=self.tz)
+        return local.astimezone(UTC)
+
+    def fail(self, d, text):
+        self.failures.append((d, text))
+        log("FAIL day %d: %s" % (d, text))
+
+    # --- the daemon ----------------------------------------------------------
+
+    def start_daemon(self, clock_at):
+        """Start the daemon with the clock at `clock_at` and wait until it publishes its
+        schedule (its start-up checks have run by then)."""
+        self.clock.set(clock_at)
+        self.daemon.start()
+        wait_for("the daemon's schedule", 60,
+                 lambda: (self.daemon.status().get("schedules") or [{}])[0].get("next_run"))
+
+    def diagnose(self):
+        """What the daemon was doing when it stopped answering the harness's expectations: its
+        status and its threads' stacks (gdb), saved in the work directory."""
+        out = os.path.join(self.work, "daemon-stacks.txt")
+        try:
+            st = json.dumps(self.daemon.status())[:1500]
+        except Exception as e:  # noqa: BLE001
+            st = "no status (%s)" % e
+        if shutil.which("gdb") and self.daemon.alive():
+            with open(out, "w") as f:
+                subprocess.run(["gdb", "-p", str(self.daemon.proc.pid), "-batch", "-ex", "thread apply all bt"],
+                               stdout=f, stderr=subprocess.STDOUT, timeout=120)
+            return "status %s; thread stacks in %s" % (st, out)
+        return "status %s" % st
+
+    def runs(self):
+        return self.daemon.status().get("runs", 0)
+
+    def wait_idle_after(self, runs_before, timeout=300):
+        def done():
+            s = self.daemon.status()
+            return s if s.get("runs", 0) > runs_before and not s.get("running") else None
+        return wait_for("the night's run", timeout, done)
+
+    def plan_snapshots(self):
+        return [s for s in self.daemon.snapshots() if s.get("plan") == PLAN_NAME]
+
+    def statuses(self, s):
+        return {x["name"]: x["status"] for x in s.get("sources", [])}
+
+    # --- alerts --------------------------------------------------------------
+
+    def expect(self, label, until):
+        self.expected[label] = until
+
+    def allow(self, label, until):
+        self.allowed[label] = max(until, self.allowed.get(label, until))
+
+    def take_mails(self, d):
+        for m in self.smtp.new_mails():
+            label = m.label()
+            self.day_alerts.append(label)
+            if label in self.expected:
+                del self.expected[label]
+                self.allow(label, d)  # a repeat the same day is fine (repeat-every is 6 h of simulated time)
+            elif self.allowed.get(label, -1) >= d:
+                pass
+            else:
+                self.fail(d, "unexpected alert: %r" % m.subject)
+
+    def wait_mails(self, d, labels, timeout=30):
+        """Wait until the expected alerts `labels` arrived."""
+        t0 = time.time()
+        while True:
+            self.take_mails(d)
+            if not any(lb in self.expected for lb in labels):
+                return
+            if time.time() - t0 > timeout:
+                for lb in labels:
+                    if lb in self.expected:
+                        self.fail(d, "expected alert %s did not arrive within %d s" % (lb, timeout))
+                        del self.expected[lb]
+                return
+            time.sleep(0.1)
+
+    def end_of_day_alerts(self, d):
+        self.take_mails(d)
+        for lb, until in list(self.expected.items()):
+            if until <= d:
+                self.wait_mails(d, [lb], timeout=10)
+
+    # --- one day -------------------------------------------------------------
+
+    def run_day(self, d):
+        self.day_alerts = []
+        kind = self.faults.get(d)
+        faults_today = []
+        if kind:
+            faults_today.append(kind)
+            self.fault_count += 1
+        if self.restart_next:
+            # The night after a night without a daemon: start it before 02:00; its start-up
+            # check finds both sources older than missed-backup.
+            self.restart_next = False
+            for src in SOURCES:
+                self.expect("missed-backup:%s" % src, d)
+            self.start_daemon(self.at(d) - datetime.timedelta(minutes=1))
+            self.wait_mails(d, ["missed-backup:%s" % s for s in SOURCES])
+        if kind == "no-run-night":
+            self.daemon.stop()
+            self.restart_next = True
+            made = []
+        else:
+            if kind in ("pg-down", "smtp-down"):
+                self.prod.stop()
+                self.expect("backup-failed:db", d)
+            if kind == "smtp-down":
+                self.smtp.stop()
+                self.expected.pop("backup-failed:db")
+                # Tried while the server is down, so lost (spec/plan.md: it is tried again at
+                # the next occasion, which is the next failing run).
+                self.allow("backup-failed:db", d + 1)
+            made = self.night(d, kill=(kind == "sigkill"))
+            if kind in ("pg-down", "smtp-down"):
+                self.prod.launch()
+                self.check_failed_db(d, made)
+                # 25 h after db's last copy: missed backup.
+                self.expect("missed-backup:db", d)
+                self.clock.set(self.at(d, 3, 0, 30))
+                if kind == "smtp-down":
+                    time.sleep(2.5)  # checks run (every 1 s) and fail to send
+                    self.take_mails(d)
+                else:
+                    self.wait_mails(d, ["missed-backup:db"])
+        self.check_new_after_flip(d, made)
+        self.update_model(d, made)
+        if self.date(d).weekday() == 6 and self.daemon.alive():
+            self.verify(d)
+        if kind == "smtp-down":
+            # Noon: the server is back, and the next check delivers the alert.
+            self.clock.set(self.at(d, 12))
+            self.smtp.start()
+            self.wait_mails(d, ["missed-backup:db"])
+        if self.date(d).weekday() == 6 and d > 0:
+            self.sample_restore(d)
+        if kind == "plan-change":
+            self.plan_change(d)
+        if kind == "flip-byte":
+            self.flip_byte(d)
+        self.flip_deadline(d)
+        # The day's changes, after the night's backup.
+        self.tree.mutate(d)
+        self.db.mutate(d, rfc3339(self.at(d, 9)))
+        self.digest_now = {"etc": self.tree.digest(), "db": self.db.digest()}
+        self.end_of_day_alerts(d)
+        if kind == "smtp-down":
+            self.lost.append(d)
+        for ld in [x for x in self.lost if x < d]:
+            self.lost.remove(ld)
+            if "backup-failed:db" not in self.seen_on.get(ld, set()) | self.seen_on.get(ld + 1, set()):
+                self.notes.append("day %d: the backup-failed alert sent while SMTP was down was never delivered "
+                                  "(cairn tries an undelivered alert again only when it recurs)" % (ld + 1))
+        self.seen_on[d] = set(self.day_alerts)
+        rss = self.daemon.rss_kib() if self.daemon.alive() else None
+        if rss:
+            self.rss.append((d, self.daemon.starts, rss))
+        self.row(d, made, faults_today)
+
+    def night(self, d, kill=False):
+        """Set the clock to 02:00 and wait for the scheduled run; returns the new snapshots."""
+        st = self.daemon.status()
+        runs_before = st.get("runs", 0)
+        before = {s["id"] for s in self.plan_snapshots()}
+        at = self.at(d)
+        nxt = (st.get("schedules") or [{}])[0].get("next_run")
+        if nxt and parse_time(nxt) != at:
+            self.fail(d, "the daemon schedules the night's run at %s, not at %s (02:00 %s, or the first moment "
+                         "after it on a change to summer time)" % (nxt, rfc3339(at), TZ_NAME))
+        self.clock.set(at)
+        if kill:
+            delay = self.rng_fault.uniform(0.0, 0.5)
+            time.sleep(delay)
+            st = self.daemon.status()
+            finished = st.get("runs", 0) > runs_before
+            self.daemon.kill()
+            log("day %d: SIGKILL %.2f s after 02:00 (%s)" % (d, delay, "after the run" if finished else
+                                                              "run going on" if st.get("running") else "before the run"))
+            self.start_daemon(at + datetime.timedelta(minutes=1))
+            p = self.cli(["check"], check=False)
+            if p.returncode != 0:
+                self.fail(d, "cairn check after SIGKILL: exit %d\n%s%s" % (p.returncode, p.stdout[-1500:],
+                                                                          p.stderr[-1500:]))
+            self.retention_pending = True
+        else:
+            try:
+                self.wait_idle_after(runs_before)
+            except HarnessError as e:
+                raise HarnessError("%s; %s" % (e, self.diagnose()))
+        new = [s for s in self.plan_snapshots() if s["id"] not in before]
+        made = []
+        for s in new:
+            sid = s["id"]
+            t = parse_time(s["time"])
+            st = self.statuses(s)
+            self.all[sid] = model.Snap(sid, t, st)
+            self.digests[sid] = {n: self.digest_now[n] for n in SOURCES if st.get(n) == "complete"}
+            made.append(sid)
+            if not (at <= t < at + datetime.timedelta(minutes=5)):
+                self.fail(d, "snapshot %s has time %s, not the night's 02:00 (%s)" % (sid[:8], t, at))
+        if kill:
+            if not made:
+                for src in SOURCES:
+                    self.expect("missed-backup:%s" % src, d)
+                self.clock.set(self.at(d, 3, 0, 30))
+                self.wait_mails(d, ["missed-backup:%s" % s for s in SOURCES])
+        elif len(made) != 1:
+            self.fail(d, "the night's run made %d snapshots, not 1" % len(made))
+        for sid in made:
+            st = self.all[sid].sources
+            if not kill and d not in self.faults_with("pg-down", "smtp-down") and \
+                    any(st.get(n) != "complete" for n in SOURCES):
+                self.fail(d, "snapshot %s is not complete: %s" % (sid[:8], st))
+        return made
+
+    def faults_with(self, *kinds):
+        return {d for d, k in self.faults.items() if k in kinds}
+
+    def check_failed_db(self, d, made):
+        for sid in made:
+            st = self.all[sid].sources
+            if st.get("db") != "failed" or st.get("etc") != "complete":
+                self.fail(d, "with PostgreSQL down, snapshot %s should hold etc complete and db failed: %s"
+                          % (sid[:8], st))
+
+    # --- retention -----------------------------------------------------------
+
+    def update_model(self, d, made):
+        """Add the night's snapshots to the model, let the model decide, compare with the
+        repository."""
+        if not self.daemon.alive():
+            return  # a night without the daemon
+        actual = self.plan_snapshots()
+        self.mark_corrupted()
+        for sid in made:
+            self.model[sid] = self.all[sid]
+        kept, self.reasons = model.decide(list(self.model.values()), self.rules, self.tz)
+        if self.retention_pending and not made:
+            # The killed run saved nothing: retention did not run either, nothing to compare.
+            return self.compare(d, actual, set(self.model), strict=False)
+        self.model = {i: s for i, s in self.model.items() if i in kept}
+        self.retention_pending = False
+        if made or d == 0:
+            self.compare(d, actual, kept)
+
+    def compare(self, d, actual, kept, strict=True):
+        ids = {s["id"] for s in actual}
+        if ids == set(kept):
+            return True
+        extra, missing = sorted(ids - set(kept)), sorted(set(kept) - ids)
+        if strict:
+            def show(ii):
+                return ", ".join("%s %s" % (i[:8], self.all[i].time.astimezone(self.tz).strftime("%Y-%m-%d %a %H:%M")
+                                            if i in self.all else "?") for i in ii)
+            self.fail(d, "retention differs from the model (%s): kept but not by the model: [%s]; "
+                         "the model keeps but the repository has not: [%s]" % (model.rules_text(self.rules),
+                                                                                show(extra), show(missing)))
+        # Follow the repository from here, so one difference is reported once.
+        self.model = {i: self.all[i] for i in ids if i in self.all}
+        return False
+
+    def mark_corrupted(self):
+        """Snapshots whose newest proof failed, as /status lists them."""
+        for p in self.daemon.status().get("proofs") or []:
+            short = p.get("snapshot", "")
+            for sid, s in self.all.items():
+                if sid.startswith(short) and short:
+                    s.corrupted = not p.get("passed", True)
+
+    def plan_change(self, d):
+        choices = [r for r in RULESETS if r != self.rules]
+        self.rules = dict(self.rng_fault.choice(choices))
+        n = self.daemon.log_count("plan reloaded")
+        self.write_plan()
+        self.daemon.signal(signal.SIGHUP)
+        wait_for("the daemon to reload the plan", 30, lambda: self.daemon.log_count("plan reloaded") > n)
+        kept, self.reasons = model.decide(list(self.model.values()), self.rules, self.tz)
+        try:
+            wait_for("retention under the new rules", 30,
+                     lambda: {s["id"] for s in self.plan_snapshots()} == kept, interval=0.2)
+        except HarnessError:
+            pass
+        self.compare(d, self.plan_snapshots(), kept)
+        self.model = {i: s for i, s in self.model.items() if i in kept}
+        log("day %d: plan changed to %s" % (d, model.rules_text(self.rules)))
+
+    # --- restore tests -------------------------------------------------------
+
+    def verify(self, d):
+        """Sunday 04:00: the daemon's own restore test."""
+        st = self.daemon.status()
+        before = st.get("restore_tests") or {}
+        total = sum(before.get(k, 0) for k in ("passed", "failed", "skipped"))
+        self.clock.set(self.at(d, 4))
+
+        def done():
+            s = self.daemon.status()
+            rt = s.get("restore_tests") or {}
+            return s if sum(rt.get(k, 0) for k in ("passed", "failed", "skipped")) > total and \
+                not s.get("running") else None
+        s = wait_for("the Sunday restore test", 300, done)
+        last = s.get("last_restore_test") or {}
+        outcome, short = last.get("outcome"), last.get("snapshot") or ""
+        self.restore_tests[outcome] = self.restore_tests.get(outcome, 0) + 1
+        sid = next((i for i in self.all if short and i.startswith(short)), None)
+        if outcome == "passed":
+            if sid in self.damaged:
+                self.fail(d, "the restore test passed snapshot %s, which the harness found damaged (%s)"
+                          % (short, self.damaged[sid]))
+        elif outcome == "failed":
+            if sid not in self.damaged:
+                self.fail(d, "the restore test failed snapshot %s, which the harness did not damage: %s"
+                          % (short, last.get("detail")))
+            elif self.flip and not self.flip.get("found"):
+                self.flip["found"] = d
+                log("day %d: the restore test found the flipped byte in snapshot %s" % (d, short))
+            self.expect("restore-test-failed", d)
+            self.wait_mails(d, ["restore-test-failed"])
+        else:
+            self.fail(d, "the restore test was %s: %s" % (outcome, last.get("detail")))
+
+    def restore_check(self, d, sid, sources=SOURCES):
+        """Restore snapshot `sid` with `cairn restore` and compare each source with the digest
+        recorded at backup time. Returns None when equal, else what differs."""
+        self.restore_checks += 1
+        problems = []
+        want = self.digests.get(sid, {})
+        if "etc" in sources and "etc" in want:
+            target = os.path.join(self.work, "restore-check")
+            data.rmtree(target)
+            p = self.cli(["restore", sid, "--source", "etc", "--target", target, "-q"], check=False)
+            if p.returncode != 0:
+                problems.append("etc: restore exit %d: %s" % (p.returncode, p.stderr.strip()[-300:]))
+            else:
+                got = data.restore_dir_digest(target, self.tree.root)
+                if got != want["etc"]:
+                    problems.append("etc: digest %s, recorded %s" % (got[:12], want["etc"][:12]))
+            data.rmtree(target)
+        if "db" in sources and "db" in want:
+            p = self.cli(["restore", sid, "--source", "db", "--to", self.scratch.url(), "--clean", "-q"],
+                         check=False)
+            if p.returncode != 0:
+                problems.append("db: restore exit %d: %s" % (p.returncode, p.stderr.strip()[-300:]))
+            else:
+                got = data.db_digest(self.scratch.port)
+                if got != want["db"]:
+                    problems.append("db: digest %s, recorded %s" % (got[:12], want["db"][:12]))
+        return "; ".join(problems) or None
+
+    def sample_restore(self, d):
+        """Weekly: one kept snapshot, chosen by the seed, restores to its recorded digests."""
+        cands = sorted(i for i in self.model if i not in self.damaged and not self.all[i].corrupted)
+        if not cands:
+            return
+        sid = self.rng_sample.choice(cands)
+        bad = self.restore_check(d, sid)
+        if bad:
+            self.fail(d, "the weekly sample, snapshot %s (%s), does not restore to what was backed up: %s"
+                      % (sid[:8], self.all[sid].time.astimezone(self.tz).date(), bad))
+
+    # --- flip-byte -----------------------------------------------------------
+
+    def flip_byte(self, d):
+        packs = []
+        for root, _, files in os.walk(os.path.join(self.repo, "data")):
+            for n in files:
+                p = os.path.join(root, n)
+                packs.append((os.stat(p).st_mtime, p))
+        if not packs:
+            self.fail(d, "no pack files to damage")
+            return
+        packs.sort()
+        _, pack = self.rng_fault.choice(packs)
+        size = os.path.getsize(pack)
+        off = self.rng_fault.randrange(size)
+        with open(pack, "r+b") as f:
+            f.seek(off)
+            b = f.read(1)
+            f.seek(off)
+            f.write(bytes([b[0] ^ (1 << self.rng_fault.randrange(8))]))
+        rel = os.path.relpath(pack, self.repo)
+        # Which kept snapshots it damaged, found by restoring each (not by asking cairn).
+        damaged = {}
+        for sid in sorted(self.model, key=lambda i: self.all[i].time):
+            bad = self.restore_check(d, sid)
+            if bad:
+                damaged[sid] = bad
+        self.damaged.update(damaged)
+        log("day %d: flipped byte %d of %s (%d bytes): %d of %d kept snapshots damaged" % (
+            d, off, rel, size, len(damaged), len(self.model)))
+        if damaged:
+            # The sources with an undamaged copy kept now: retention must still keep one when
+            # the damage is dealt with.
+            good = {src for src in SOURCES for i in self.model
+                    if i not in damaged and self.all[i].sources.get(src) == "complete"}
+            self.flip = {"day": d, "pack": rel, "deadline": d + 7, "found": None, "damaged": set(damaged),
+                         "later": 0, "good": good}
+            self.allow("restore-test-failed", d + 7)
+            # Prune reads the node lists of the snapshots it keeps: one in the damaged frame
+            # stops it, and the daemon alerts a failed retention until the remedy.
+            self.allow("backup-failed:retention", d + 7)
+        else:
+            self.notes.append("day %d: the flipped byte in %s damaged no kept snapshot" % (d, rel))
+
+    def check_new_after_flip(self, d, made):
+        """While a flipped byte is in the repository, each new snapshot is restored too: one
+        that reuses a damaged chunk (deduplication) is damaged as well."""
+        f = self.flip
+        if not f:
+            return
+        for sid in made:
+            if f.get("remedied") is not None:
+                bad = self.restore_check(d, sid)
+                if bad:
+                    self.fail(d, "after the damaged snapshots were forgotten and pruned (day %d), the next "
+                                 "snapshot %s still does not restore: %s" % (f["remedied"], sid[:8], bad))
+                continue
+            bad = self.restore_check(d, sid)
+            if bad:
+                self.damaged[sid] = "made after the flip of day %d: %s" % (f["day"], bad)
+                f["damaged"].add(sid)
+                f["later"] += 1
+        if f.get("remedied") is not None and made:
+            self.flip = None  # the next night's snapshot was checked: closed
+
+    def flip_deadline(self, d):
+        """The day a restore test found the damage (or the 7th day): the operator's remedy that
+        `cairn check --read-data` hints at — forget the damaged snapshots, prune — after
+        checking that cairn names exactly the snapshots the harness found damaged and that a
+        good copy of every source is kept."""
+        f = self.flip
+        if not f or f.get("remedied") is not None or (not f["found"] and d < f["deadline"]):
+            return
+        if not f["found"]:
+            self.fail(d, "the byte flipped on day %d in %s was not found by a restore test within 7 days "
+                         "(%d kept snapshots damaged; the daemon's weekly test restores one random snapshot)"
+                      % (f["day"], f["pack"], len(f["damaged"] & set(self.model))))
+        present = {s["id"] for s in self.plan_snapshots()}
+        bad = sorted(f["damaged"] & present)
+        for src in SOURCES:
+            good = [i for i in present if i not in self.damaged and self.all.get(i) and
+                    self.all[i].sources.get(src) == "complete"]
+            if good:
+                continue
+            if src in f["good"]:
+                self.fail(d, "retention removed the last undamaged copy of %s after the flip of day %d"
+                          % (src, f["day"]))
+            else:
+                self.notes.append("day %d: the flip of day %d damaged every kept copy of %s (a chunk every "
+                                  "snapshot shares): no good copy was left to keep" % (d, f["day"], src))
+        p = self.cli(["check", "--read-data"], check=False)
+        named = set()
+        for line in (p.stdout + p.stderr).splitlines():
+            if line.startswith("damaged: snapshot "):
+                named.add(line.split()[2])
+        want = {i[:8] for i in bad}
+        if p.returncode == 0 or named != want:
+            self.fail(d, "cairn check --read-data (exit %d) names damaged snapshots [%s], the harness found [%s]"
+                      % (p.returncode, " ".join(sorted(named)), " ".join(sorted(want))))
+        if bad:
+            self.cli(["forget"] + bad + ["-q"])
+            self.cli(["prune", "-q"])
+        for i in bad:
+            self.model.pop(i, None)
+        _, self.reasons = model.decide(list(self.model.values()), self.rules, self.tz)
+        if os.path.exists(os.path.join(self.repo, f["pack"])):
+            # Its other frames are still used and prune did not find it worth repacking.
+            self.notes.append("day %d: pack %s, damaged on day %d, stays after the forget and prune (its damaged "
+                              "frame is no longer used)" % (d, f["pack"], f["day"]))
+        f["remedied"] = d
+        # With the newest snapshots forgotten, the newest complete copy may be older than
+        # missed-backup until the next night.
+        for src in SOURCES:
+            self.allow("missed-backup:%s" % src, d + 1)
+        log("day %d: forgot %d damaged snapshot(s) (%d of them made after the flip) and pruned" % (
+            d, len(bad), f["later"]))
+        if f["later"]:
+            self.notes.append("day %d: %d snapshot(s) made after the flip of day %d reused its damaged chunk "
+                              "(deduplication) and were damaged too, until the damaged snapshots were forgotten"
+                              % (d, f["later"], f["day"]))
+
+    # --- the table -----------------------------------------------------------
+
+    def repo_size(self):
+        total = 0
+        for root, _, files in os.walk(self.repo):
+            for n in files:
+                try:
+                    total += os.lstat(os.path.join(root, n)).st_size
+                except FileNotFoundError:
+                    pass
+        return total
+
+    def row(self, d, made, faults_today):
+        cats = model.categories(self.reasons)
+        kept = len(self.model)
+        r = {"day": d + 1, "date": self.date(d).isoformat(), "runs": len(made), "kept": kept,
+             "daily": cats.get("daily", 0), "weekly": cats.get("weekly", 0), "monthly": cats.get("monthly", 0),
+             "repo_mib": self.repo_size() / (1 << 20), "alerts": sorted(set(self.day_alerts)),
+             "faults": faults_today}
+        self.rows.append(r)
+        print("%4d  %s %s  %4d  %4d  %3d/%2d/%2d  %8.2f  %-40s %s" % (
+            r["day"], r["date"], self.date(d).strftime("%a"), r["runs"], r["kept"], r["daily"], r["weekly"],
+            r["monthly"], r["repo_mib"], ",".join(r["alerts"]) or "-", ",".join(faults_today) or "-"), flush=True)
+
+    # --- the end -------------------------------------------------------------
+
+    def final(self):
+        d = self.days
+        if not self.daemon.alive():
+            self.start_daemon(self.at(d) - datetime.timedelta(minutes=1))
+        self.take_mails(d - 1)
+        for lb in list(self.expected):
+            self.fail(d, "expected alert %s never arrived" % lb)
+        self.compare(d, self.plan_snapshots(), set(self.model))
+        # Every rule keeps at least one snapshot (for each source it keeps any).
+        cats = model.categories(self.reasons)
+        for rule in self.rules:
+            if not cats.get(rule):
+                self.fail(d, "no snapshot is kept by keep-%s" % rule)
+        t0 = time.time()
+        checked = 0
+        for sid in sorted(self.model, key=lambda i: self.all[i].time):
+            s = self.all[sid]
+            if s.corrupted or sid in self.damaged:
+                continue
+            bad = self.restore_check(d, sid)
+            checked += 1
+            if bad:
+                after = self.flip and s.time > self.at(self.flip["day"])
+                self.fail(d, "kept snapshot %s (%s) does not restore to what was backed up: %s%s" % (
+                    sid[:8], s.time.astimezone(self.tz).date(), bad,
+                    " (made after the byte flip of day %d)" % self.flip["day"] if after else ""))
+        log("final: %d kept snapshots restored and compared in %.0f s" % (checked, time.time() - t0))
+        p = self.cli(["check"], check=False)
+        if p.returncode != 0:
+            self.fail(d, "final cairn check: exit %d\n%s%s" % (p.returncode, p.stdout[-1500:], p.stderr[-1500:]))
+        self.check_rss(d)
+        if self.daemon.dropped:
+            self.notes.append("the daemon's API closed %d request(s) without an answer (asked again): %s"
+                              % (len(self.daemon.dropped), "; ".join(self.daemon.dropped[:3])))
+
+    def check_rss(self, d):
+        """The daemon's memory does not grow with the days: at the end it is within 20% of what
+        it was after 30 days (the same process; restarts start the count again)."""
+        if not self.rss:
+            return
+        start = self.rss[-1][1]
+        mine = [(day, kib) for day, n, kib in self.rss if n == start]
+        first_day = mine[0][0]
+        at30 = next((kib for day, kib in mine if day >= first_day + 29), None)
+        end = mine[-1][1]
+        peak = max(kib for _, _, kib in self.rss)
+        self.rss_note = "daemon RSS: %d KiB at the end (its process ran days %d-%d), %s after its 30th day, " \
+                        "peak %d KiB over the run" % (end, first_day + 1, mine[-1][0] + 1,
+                                                     "%d KiB" % at30 if at30 else "not measured", peak)
+        if at30 and end > at30 * 1.2:
+            self.fail(d, "the daemon's memory grew: %d KiB at the end, %d KiB after 30 days (more than 20%%)"
+                      % (end, at30))
+
+
+def main(args, root):
+    t0 = time.time()
+    tl = Timelapse(args, root)
+    try:
+        tl.setup()
+        print("%4s  %-14s  %4s  %4s  %9s  %8s  %-40s %s" % ("day", "date", "runs", "kept", "d/w/m", "repo MiB",
+                                                             "alerts", "faults"), flush=True)
+        for d in range(args.days):
+            tl.run_day(d)
+        tl.final()
+    except (HarnessError, Failure) as e:
+        tl.failures.append(("-", "harness stopped: %s" % e))
+        log("harness stopped: %s" % e)
+    except Exception as e:  # noqa: BLE001 - reported as a failure, the servers still stopped
+        tl.failures.append(("-", "harness stopped: %s: %s" % (type(e).__name__, e)))
+        log("harness stopped:\n%s" % traceback.format_exc())
+    finally:
+        tl.cleanup()
+    wall = time.time() - t0
+    for n in tl.notes:
+        print("note: %s" % n)
+    if getattr(tl, "rss_note", None):
+        print(tl.rss_note)
+    print("restore checks by the harness: %d; daemon restore tests: %s; wall time %.0f s" % (
+        tl.restore_checks, ", ".join("%s %d" % kv for kv in sorted(tl.restore_tests.items())), wall))
+    if tl.failures:
+        for d, text in tl.failures:
+            print("FAILED (day %s): %s" % (d, text))
+        print("%d days, %d faults, %d invariant failure(s)" % (len(tl.rows), tl.fault_count, len(tl.failures)))
+        return 1
+    print("%d days, %d faults, all invariants held" % (len(tl.rows), tl.fault_count))
+    return 0
