@@ -28,7 +28,7 @@ SPAN = {"pg-down": 2, "smtp-down": 2, "no-run-night": 3, "sigkill": 2, "plan-cha
 FIRST_DAY = 10  # some history first
 
 
-def schedule(days, rng):
+def schedule(days, rng, without=()):
     """{day: kind}. The kinds come round in a shuffled order, one after another, so every kind
     is injected when the run is long enough (a 60-day run gets each once), spread evenly
     over the run; a fault never starts within the span of the previous one, and a flip-byte
@@ -37,11 +37,11 @@ def schedule(days, rng):
     if days <= FIRST_DAY + 4:
         return out
     rounds = max(1, (days - FIRST_DAY) // 60)  # every kind about every 60 days
-    n = rounds * len(KINDS)
+    n = rounds * max(1, len([x for x in KINDS if x not in without]))
     gap = (days - FIRST_DAY) / n
     kinds = []
     for _ in range(rounds):
-        k = list(KINDS)
+        k = [x for x in KINDS if x not in without]
         rng.shuffle(k)
         kinds += k
     day = FIRST_DAY

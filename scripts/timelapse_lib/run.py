@@ -127,7 +127,8 @@ class Timelapse:
         if a.faults:
             self.faults = faults.parse(a.faults)
         else:
-            self.faults = {} if a.no_faults else faults.schedule(self.days, self.rng_fault)
+            without = [k for k in (a.without or "").split(",") if k]
+            self.faults = {} if a.no_faults else faults.schedule(self.days, self.rng_fault, without)
         log("faults: %s" % (", ".join("day %d %s" % (d, k) for d, k in sorted(self.faults.items())) or "none"))
         self.daemon = Daemon(self.bin, self.plan_path, os.path.join(w, "state"), self.env,
                              os.path.join(w, "serve.log"), self.token)
