@@ -7,8 +7,8 @@ Each kind, what the harness does, and what it must produce (spec/timelapse.md):
                 a snapshot with `db` failed and `etc` complete; alerts `backup-failed: db`,
                 and at 03:00 (25 h after db's last copy) `missed backup: db`.
 - smtp-down:    the SMTP server is down from before the night's run until noon, and
-                PostgreSQL down for the run: the `missed backup: db` alert is delivered after
-                the server returns.
+                PostgreSQL down for the run: the `backup failed: db` and `missed backup: db`
+                alerts are delivered after the server returns.
 - no-run-night: the daemon is stopped (SIGTERM) for a whole day and night, then started
                 again; its start-up check alerts `missed backup` for both sources.
 - sigkill:      the daemon is killed (SIGKILL) at a random moment of the night's run and

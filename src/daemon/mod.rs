@@ -20,6 +20,7 @@ pub mod archive;
 pub mod metrics;
 pub mod notice;
 pub mod observe;
+mod outbox;
 pub mod page;
 pub mod run;
 pub mod schedule;
@@ -63,6 +64,8 @@ pub struct Daemon {
     failing_since: Mutex<Option<jiff::Timestamp>>,
     /// The repository's size and proofs as last read (`observe.rs`).
     seen: Mutex<observe::Seen>,
+    /// Alerts no channel took, offered again at every check (`outbox.rs`).
+    outbox: outbox::Outbox,
 }
 
 /// Why a run was started.
@@ -127,6 +130,7 @@ impl Daemon {
             reload,
             repo: Mutex::new(None),
             failing_since: Mutex::new(None),
+            outbox: outbox::Outbox::default(),
             seen: Mutex::new(observe::Seen::default()),
         }))
     }
@@ -222,8 +226,9 @@ impl Daemon {
                     kind = kind.name(),
                     key,
                     error = e.to_string().as_str(),
-                    "alert not delivered"
+                    "alert not delivered; it is sent again at the next check"
                 );
+                self.outbox.keep(alert.clone(), crate::clock::now());
                 format!("not delivered: {e}")
             }
         };
@@ -410,6 +415,23 @@ impl Daemon {
 
     /// Missed backups and storage, from the repository's state.
     pub fn run_checks(&self) {
+        if self.outbox.len() > 0 {
+            let a = self.alerter.read().unwrap_or_else(|e| e.into_inner());
+            let delivered = self.outbox.retry(&a);
+            drop(a);
+            for subject in delivered {
+                self.with_status(|s| {
+                    s.record(status::Event {
+                        time: crate::clock::now(),
+                        kind: "alert".into(),
+                        what: "undelivered".into(),
+                        sources: Vec::new(),
+                        detail: subject,
+                        outcome: "sent late".into(),
+                    })
+                });
+            }
+        }
         let plan = self.plan();
         let repo = match self.open_repo() {
             Ok(r) => r,

@@ -501,3 +501,47 @@ fn the_error_that_ends_a_command_is_json_with_log_format_json() {
         }
     }
 }
+
+/// Found by `scripts/timelapse` (issue 28): an alert raised while the SMTP
+/// server was down was logged as not delivered and lost. Now the daemon
+/// offers it again at every check until the server takes it, saying when
+/// it was raised.
+#[test]
+fn an_alert_raised_while_the_mail_server_is_down_is_sent_when_it_returns() {
+    let _serial = serial();
+    let env = Env::init();
+    let port = cairn::testing::free_port().unwrap();
+    let files = env.path("etc");
+    make_sample_tree(&files);
+    let p = plan(
+        &env,
+        &format!(
+            "source \"etc\" kind=\"files\" {{\n    path \"{}\"\n}}\nsource \"broken\" kind=\"command\" {{\n    command \"sh\" \"-c\" \"echo 'db unreachable' >&2; exit 3\"\n}}\nschedule \"yearly\" {{\n    cron \"0 0 1 1 *\"\n}}\n{}",
+            files.display(),
+            email_to_port(port, "")
+        ),
+    );
+    let d = Served::start(&env, &p);
+    let (code, body) = d.post_when_free("/backups?wait=true");
+    assert_eq!(code, 500, "{body}");
+    // Nothing listens: the alert is kept, and retried at each 1 s check.
+    std::thread::sleep(Duration::from_secs(3));
+    let smtp = Smtp::start_on(&env.path("mail"), port);
+    let mail = smtp.wait_for("backup failed: broken", 30);
+    assert!(
+        mail.contains("could not be delivered then; it is sent again now"),
+        "{mail}"
+    );
+    assert!(mail.contains("db unreachable"), "{mail}");
+    // Sent once: it does not wait any more.
+    std::thread::sleep(Duration::from_secs(3));
+    let copies = smtp
+        .messages()
+        .iter()
+        .filter(|m| m.contains("backup failed: broken"))
+        .count();
+    assert_eq!(copies, 1, "{:?}", smtp.messages());
+    let (code, log) = d.stop();
+    assert_eq!(code, Some(0), "{log}");
+    assert!(log.contains("undelivered alert sent"), "{log}");
+}

@@ -27,11 +27,11 @@ pub struct Smtp {
 
 impl Smtp {
     pub fn start(dir: &Path) -> Smtp {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        Smtp::start_on(dir, cairn::testing::free_port().unwrap())
+    }
+
+    /// On `port` (one a plan already names, for a server that comes late).
+    pub fn start_on(dir: &Path, port: u16) -> Smtp {
         let child = Command::new("/usr/bin/python3")
             .args(["-m", "aiosmtpd", "-n", "-l", &format!("127.0.0.1:{port}")])
             .args(["-c", "aiosmtpd.handlers.Mailbox"])
@@ -315,9 +315,14 @@ pub fn plan(env: &Env, body: &str) -> PathBuf {
 }
 
 pub fn email(smtp: &Smtp, extra: &str) -> String {
+    email_to_port(smtp.port, extra)
+}
+
+/// The alerts node of [`email`] for an SMTP server on `port`.
+pub fn email_to_port(port: u16, extra: &str) -> String {
     format!(
         "alerts {{\n    email {{\n        smtp \"127.0.0.1\" port={} security=\"plain\"\n        from \"cairn@example.test\"\n        to \"oncall@example.test\" \"dba@example.test\"\n    }}\n    repeat-every \"1h\"\n{extra}}}\n",
-        smtp.port
+        port
     )
 }
 
