@@ -316,6 +316,17 @@ def free_port():
     return port
 
 
+def stop_process(proc, timeout=10):
+    """Terminate `proc` if it still runs, killing it after `timeout` seconds."""
+    if proc is not None and proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 def wait_port(port, proc, timeout=30):
     t0 = time.time()
     while time.time() - t0 < timeout:

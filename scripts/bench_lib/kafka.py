@@ -9,7 +9,7 @@ import time
 
 from bench_lib.common import (
     PASSWORD, MB, MiB, BenchError, build_cairn, cache_note, du, free_port, log, make_workdir, median_round, need,
-    print_machine, ratio_line, repo_root, rm, run, settle_page_cache, tool_version, wait_port)
+    print_machine, ratio_line, repo_root, rm, run, settle_page_cache, stop_process, tool_version, wait_port)
 
 TANSU = os.path.expanduser("~/.cargo/bin/tansu")
 KAFKA_TOPIC = "bench"
@@ -65,13 +65,7 @@ class Tansu:
         return None
 
     def stop(self):
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
         self.proc = None
 
 

@@ -14,7 +14,7 @@ import sys
 import threading
 import time
 
-from bench_lib.common import free_port, wait_port
+from bench_lib.common import free_port, stop_process, wait_port
 
 UTC = datetime.timezone.utc
 
@@ -147,13 +147,7 @@ class Smtp:
         wait_port(self.port, self.proc, timeout=30)
 
     def stop(self):
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
         self.proc = None
 
     def new_mails(self):

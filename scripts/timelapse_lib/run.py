@@ -69,7 +69,6 @@ class Timelapse:
         self.allowed = {}    # alert label -> last day it may arrive (may arrive)
         self.day_alerts = []
         self.restart_next = False
-        self.seen_on = {}
         self.rows = []
         self.rss = []        # (day, daemon start number, VmRSS KiB) at the end of each day
         self.fault_count = 0
@@ -363,7 +362,6 @@ api {
         self.db.mutate(d, rfc3339(self.at(d, 9)))
         self.digest_now = {"etc": self.tree.digest(), "db": self.db.digest()}
         self.end_of_day_alerts(d)
-        self.seen_on[d] = set(self.day_alerts)
         rss = self.daemon.rss_kib() if self.daemon.alive() else None
         if rss:
             self.rss.append((d, self.daemon.starts, rss))

@@ -415,22 +415,21 @@ impl Daemon {
 
     /// Missed backups and storage, from the repository's state.
     pub fn run_checks(&self) {
-        if self.outbox.len() > 0 {
+        let delivered = {
             let a = self.alerter.read().unwrap_or_else(|e| e.into_inner());
-            let delivered = self.outbox.retry(&a);
-            drop(a);
-            for subject in delivered {
-                self.with_status(|s| {
-                    s.record(status::Event {
-                        time: crate::clock::now(),
-                        kind: "alert".into(),
-                        what: "undelivered".into(),
-                        sources: Vec::new(),
-                        detail: subject,
-                        outcome: "sent late".into(),
-                    })
-                });
-            }
+            self.outbox.retry(&a)
+        };
+        for subject in delivered {
+            self.with_status(|s| {
+                s.record(status::Event {
+                    time: crate::clock::now(),
+                    kind: "alert".into(),
+                    what: "undelivered".into(),
+                    sources: Vec::new(),
+                    detail: subject,
+                    outcome: "sent late".into(),
+                })
+            });
         }
         let plan = self.plan();
         let repo = match self.open_repo() {

@@ -50,11 +50,6 @@ impl Outbox {
         });
     }
 
-    /// How many alerts are waiting.
-    pub fn len(&self) -> usize {
-        self.waiting.lock().map(|w| w.len()).unwrap_or(0)
-    }
-
     /// Offer every waiting alert to `alerter` again; returns the subjects of
     /// those delivered now. One an identical alert has since gone out for
     /// (rate-limited) is dropped: its news arrived.

@@ -73,28 +73,7 @@ impl<'r, M> NodeScan<'r, M> {
         let mut straddling = Vec::new();
         let mut carry: Vec<u8> = Vec::new();
         for window in tree.chunks(BATCH) {
-            let mut unread: Vec<ChunkId> = window
-                .iter()
-                .filter(|c| !self.seen.contains_key(c))
-                .copied()
-                .collect();
-            unread.sort_unstable();
-            unread.dedup();
-            let mut failed = None;
-            self.repo.for_each_listed_chunk(&unread, |id, data| {
-                if failed.is_some() {
-                    return;
-                }
-                match cut(data, &mut inner) {
-                    Ok(piece) => {
-                        self.seen.insert(*id, piece);
-                    }
-                    Err(e) => failed = Some(e.context(format!("node-list chunk {}", id.short()))),
-                }
-            })?;
-            if let Some(e) = failed {
-                return Err(e);
-            }
+            self.read_unseen(window, &mut inner)?;
             for id in window {
                 // Every chunk of the window was read above or earlier.
                 let Some(p) = self.seen.get(id) else {
@@ -120,6 +99,39 @@ impl<'r, M> NodeScan<'r, M> {
             pieces: pieces.collect(),
             straddling,
         })
+    }
+
+    /// Read the chunks of `window` this scan has not met, in one batch, and
+    /// keep their pieces. A window seen whole before (most of every list
+    /// after the first) reads nothing.
+    fn read_unseen(
+        &mut self,
+        window: &[ChunkId],
+        inner: &mut impl FnMut(Vec<Node>) -> Result<M>,
+    ) -> Result<()> {
+        let mut unread: Vec<ChunkId> = window
+            .iter()
+            .filter(|c| !self.seen.contains_key(c))
+            .copied()
+            .collect();
+        if unread.is_empty() {
+            return Ok(());
+        }
+        unread.sort_unstable();
+        unread.dedup();
+        let mut failed = None;
+        self.repo.for_each_listed_chunk(&unread, |id, data| {
+            if failed.is_some() {
+                return;
+            }
+            match cut(data, inner) {
+                Ok(piece) => {
+                    self.seen.insert(*id, piece);
+                }
+                Err(e) => failed = Some(e.context(format!("node-list chunk {}", id.short()))),
+            }
+        })?;
+        failed.map_or(Ok(()), Err)
     }
 }
 
