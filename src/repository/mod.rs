@@ -259,8 +259,9 @@ impl Repository {
             let Some(id) = SnapshotId::parse(&name) else {
                 continue;
             };
-            match self.read_sealed::<Snapshot>(id) {
-                Ok(s) => out.push((id, s)),
+            match self.read_listed_snapshot(id) {
+                Ok(Some(s)) => out.push((id, s)),
+                Ok(None) => {}
                 Err(e) if e.kind() == Kind::Integrity => {
                     tracing::warn!("skipping snapshot {}: {e}; run `cairn check`", id.short());
                     bad.push((id, e));
@@ -271,6 +272,24 @@ impl Repository {
         out.sort_by(|a, b| a.1.time.cmp(&b.1.time).then(a.0.cmp(&b.0)));
         self.sync_index()?;
         Ok((out, bad))
+    }
+
+    /// Snapshot `id`, found by a listing: `None` when its file is gone since
+    /// (a `forget` or retention that ran meanwhile; readers take no lock),
+    /// instead of an error. Found by `scripts/timelapse`: `GET /snapshots`
+    /// answered 500 while the daemon's retention for changed rules removed
+    /// snapshots.
+    pub fn read_listed_snapshot(&self, id: SnapshotId) -> Result<Option<Snapshot>> {
+        match self.read_sealed::<Snapshot>(id) {
+            Ok(s) => Ok(Some(s)),
+            Err(e) => match self.backend.exists(&FileRef::of(id)) {
+                Ok(false) => {
+                    tracing::debug!(snapshot = %id.short(), "snapshot removed since it was listed");
+                    Ok(None)
+                }
+                _ => Err(e),
+            },
+        }
     }
 
     /// Resolve `latest`, a full id or a unique id prefix.
