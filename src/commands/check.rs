@@ -217,6 +217,9 @@ fn recovery_hint(report: &CheckReport) -> String {
     if report.wal_gaps > 0 {
         steps.push("WAL missing from the archive cannot be made again: if the server's pg_wal still holds it, `cairn wal-push` each file; take a physical snapshot now, so that times after the gap can be restored".to_string());
     }
+    if !report.damaged_packs.is_empty() {
+        steps.push("`cairn repair packs` replaces the damaged packs by what can be read back of them, so that the next backup stores the lost data again instead of reusing it".to_string());
+    }
     if report.wal_gaps < report.errors.len() || !report.damaged.is_empty() {
         steps.push("restore from an undamaged snapshot; `cairn forget ID` the damaged ones and run `cairn prune`".to_string());
     }
@@ -256,7 +259,7 @@ pub fn run(g: &GlobalArgs, a: &CheckArgs) -> Result<()> {
                 );
             } else {
                 println!(
-                    "{} unreferenced pack(s): if an index file was lost they may hold the damaged snapshots' data;                      `cairn repair index` indexes them again",
+                    "{} unreferenced pack(s): if an index file was lost they may hold the damaged snapshots' data; `cairn repair index` indexes them again",
                     report.unreferenced_packs.len()
                 );
             }

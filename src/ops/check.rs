@@ -1,7 +1,7 @@
 //! Check: prove the repository is whole, and say exactly what is not.
 
 use crate::backend::FileRef;
-use crate::error::{Error, Result};
+use crate::error::{Error, Kind, Result};
 use crate::index::Location;
 use crate::progress::Progress;
 use crate::repo::{
@@ -32,6 +32,9 @@ pub struct CheckReport {
     pub damaged: Vec<Damage>,
     /// Packs no index file lists: leftovers of interrupted snapshots.
     pub unreferenced_packs: Vec<PackId>,
+    /// Packs read with any damage (`cairn repair packs` salvages them).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub damaged_packs: Vec<PackId>,
     /// Runs of WAL segments missing from what physical snapshots replay
     /// (each also one of `errors`).
     pub wal_gaps: usize,
@@ -69,7 +72,7 @@ fn subset(spec: Option<&str>, all: bool, packs: &[PackId]) -> Result<Vec<PackId>
         return Ok(v);
     }
     let (n, m) = spec.split_once('/').ok_or_else(bad)?;
-    let (n, m): (usize, usize) = (
+    let (n, m): (u32, u32) = (
         n.trim().parse().map_err(|_| bad())?,
         m.trim().parse().map_err(|_| bad())?,
     );
@@ -78,18 +81,31 @@ fn subset(spec: Option<&str>, all: bool, packs: &[PackId]) -> Result<Vec<PackId>
     }
     Ok(packs
         .iter()
-        .enumerate()
-        .filter(|(i, _)| i % m == n - 1)
-        .map(|(_, p)| *p)
+        .filter(|p| part_of(p, m) == n)
+        .copied()
         .collect())
 }
 
+/// Which of `m` parts (1 to `m`) pack `p` is in: by its id, so a pack stays
+/// in its part as packs come and go, and `1/m` … `m/m` read every pack.
+pub fn part_of(p: &PackId, m: u32) -> u32 {
+    let head = u32::from_be_bytes([p.0[0], p.0[1], p.0[2], p.0[3]]);
+    head % m.max(1) + 1
+}
+
 /// Read a whole pack and return the ids of chunks in it that are damaged.
-fn read_pack(repo: &Repository, entry: &PackEntry, report: &mut CheckReport) -> HashSet<ChunkId> {
+/// A storage that cannot be reached is an error, not damage: the check
+/// stops (exit 4) instead of naming every snapshot the pack serves.
+fn read_pack(
+    repo: &Repository,
+    entry: &PackEntry,
+    report: &mut CheckReport,
+) -> Result<HashSet<ChunkId>> {
     let f = FileRef::of(entry.id);
     let mut damaged = HashSet::new();
     let bytes = match repo.backend.read(&f) {
         Ok(b) => b,
+        Err(e) if matches!(e.kind(), Kind::Unavailable | Kind::Interrupted) => return Err(e),
         Err(e) => {
             report.errors.push(format!("{f}: {e}"));
             damaged.extend(
@@ -98,7 +114,7 @@ fn read_pack(repo: &Repository, entry: &PackEntry, report: &mut CheckReport) -> 
                     .iter()
                     .flat_map(|fr| fr.chunks.iter().map(|c| c.id)),
             );
-            return damaged;
+            return Ok(damaged);
         }
     };
     report.packs_read += 1;
@@ -156,7 +172,7 @@ fn read_pack(repo: &Repository, entry: &PackEntry, report: &mut CheckReport) -> 
             }
         }
     }
-    damaged
+    Ok(damaged)
 }
 
 /// What `check` keeps of the whole node lines inside one node-list chunk.
@@ -291,7 +307,11 @@ pub fn check(
         let progress = Progress::bytes(total, quiet, "check");
         for p in &to_read {
             crate::interrupt::check()?;
-            damaged.extend(read_pack(repo, &packs[p], &mut report));
+            let errors = report.errors.len();
+            damaged.extend(read_pack(repo, &packs[p], &mut report)?);
+            if report.errors.len() > errors {
+                report.damaged_packs.push(*p);
+            }
             progress.inc(packs[p].size);
         }
         progress.finish();
@@ -471,5 +491,33 @@ mod tests {
         std::fs::remove_file(&path).unwrap();
         assert!(repo.read_listed_snapshot(id).unwrap().is_none());
         assert!(repo.snapshots().unwrap().is_empty());
+    }
+
+    /// `N/M` parts are cut by pack id: the M parts read every pack exactly
+    /// once, and a pack stays in its part when others come or go (the
+    /// daemon reads the next part at each restore test).
+    #[test]
+    fn parts_cover_every_pack_once_and_do_not_move() {
+        let packs: Vec<PackId> = (0..200u32)
+            .map(|i| {
+                let mut b = [0u8; 32];
+                b[..4].copy_from_slice(&i.wrapping_mul(2654435761).to_be_bytes());
+                PackId(b)
+            })
+            .collect();
+        let mut seen = Vec::new();
+        for n in 1..=7 {
+            let part = subset(Some(&format!("{n}/7")), false, &packs).unwrap();
+            assert!(!part.is_empty());
+            let fewer = subset(Some(&format!("{n}/7")), false, &packs[50..]).unwrap();
+            assert!(fewer.iter().all(|p| part.contains(p)));
+            seen.extend(part);
+        }
+        seen.sort();
+        let mut all = packs.clone();
+        all.sort();
+        assert_eq!(seen, all);
+        assert!(subset(Some("0/7"), false, &packs).is_err());
+        assert!(subset(Some("8/7"), false, &packs).is_err());
     }
 }
