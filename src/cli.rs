@@ -436,7 +436,8 @@ pub struct CheckArgs {
     /// Also read, decrypt and verify every stored chunk
     #[arg(long)]
     pub read_data: bool,
-    /// Read only a subset of packs: `N/M` (the N-th of M parts) or `P%`
+    /// Read only a subset of packs: `N/M` (the N-th of M parts, cut by pack id, so `1/M` …
+    /// `M/M` read every pack once) or `P%` (a random share)
     #[arg(long, value_name = "SUBSET", conflicts_with = "read_data")]
     pub read_data_subset: Option<String>,
     /// Prove sources restore: logical PostgreSQL into a scratch cluster (checksums compared),
@@ -572,6 +573,17 @@ pub struct UnlockArgs {
 pub enum RepairCommand {
     /// Index packs that no index file lists (after an index file was lost)
     Index,
+    /// Replace damaged packs by what can be read back of them; the chunks that cannot are
+    /// dropped from the index, so the next backup of the same data stores them again
+    Packs {
+        /// Only these packs (ids or unique prefixes, as `check --read-data` names them)
+        /// [default: read every pack]
+        #[arg(value_name = "PACK")]
+        packs: Vec<String>,
+        /// Say what would be done, change nothing
+        #[arg(long)]
+        dry_run: bool,
+    },
 }
 
 #[derive(Subcommand, Debug)]

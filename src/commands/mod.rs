@@ -55,6 +55,9 @@ pub fn run(g: &GlobalArgs, command: Command) -> Result<()> {
         Command::Cat(a) => cat::run(g, &a),
         Command::Unlock(a) => unlock::run(g, &a),
         Command::Repair(crate::cli::RepairCommand::Index) => repair::index(g),
+        Command::Repair(crate::cli::RepairCommand::Packs { packs, dry_run }) => {
+            repair::packs(g, &packs, dry_run)
+        }
         Command::Plan(crate::cli::PlanCommand::Check { file }) => plan::check(g, &file),
         Command::Plan(crate::cli::PlanCommand::Token { name }) => plan::token(g, &name),
         Command::Plan(crate::cli::PlanCommand::TestAlert { file, kind }) => {

@@ -8,6 +8,7 @@ pub mod check;
 pub mod key_cache;
 pub mod prune;
 pub mod repair;
+pub mod repair_packs;
 pub mod restore_point;
 pub mod retention;
 

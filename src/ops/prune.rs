@@ -41,7 +41,7 @@ fn is_zero(v: &u64) -> bool {
 }
 
 /// Gathers loose chunks into new frames of the configured size.
-struct Reframer<'a> {
+pub(crate) struct Reframer<'a> {
     sealer: Sealer<'a>,
     data: Vec<u8>,
     chunks: Vec<ChunkEntry>,
@@ -49,7 +49,7 @@ struct Reframer<'a> {
 }
 
 impl<'a> Reframer<'a> {
-    fn new(repo: &'a Repository) -> Result<Self> {
+    pub(crate) fn new(repo: &'a Repository) -> Result<Self> {
         Ok(Reframer {
             sealer: Sealer::new(repo)?,
             data: Vec::new(),
@@ -58,7 +58,12 @@ impl<'a> Reframer<'a> {
         })
     }
 
-    fn add(&mut self, builder: &mut PackBuilder, id: ChunkId, data: &[u8]) -> Result<()> {
+    pub(crate) fn add(
+        &mut self,
+        builder: &mut PackBuilder,
+        id: ChunkId,
+        data: &[u8],
+    ) -> Result<()> {
         self.chunks.push(ChunkEntry {
             id,
             offset: self.data.len() as u32,
@@ -72,7 +77,7 @@ impl<'a> Reframer<'a> {
         Ok(())
     }
 
-    fn flush(&mut self, builder: &mut PackBuilder) -> Result<()> {
+    pub(crate) fn flush(&mut self, builder: &mut PackBuilder) -> Result<()> {
         if self.chunks.is_empty() {
             return Ok(());
         }

@@ -807,3 +807,69 @@ fn a_tampered_config_is_refused_promptly_and_leaves_no_lock() {
     }
     env.snapshot(&[&data]);
 }
+
+/// Issue 28: deduplication spread a rotten chunk into every later snapshot
+/// of the unchanged file, for good. `repair packs` copies what reads back
+/// of the damaged pack and drops the rest from the index; the next backup
+/// stores the same data again, and since chunks are named by content, the
+/// older snapshots restore again too.
+#[test]
+fn repair_packs_drops_the_damaged_chunks_and_the_next_backup_heals_every_snapshot() {
+    let s = setup();
+    let mut bytes = std::fs::read(&s.y_pack).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x01;
+    std::fs::write(&s.y_pack, bytes).unwrap();
+    // A snapshot of the unchanged tree reuses the damaged chunk.
+    let c = s.env.snapshot(&[&s.x, &s.y]);
+    let report = s.assert_check_damaged(&["--read-data"], &[(&s.b, &s.y_big()), (&c, &s.y_big())]);
+    assert_eq!(
+        report["damaged_packs"],
+        serde_json::json!([s.b_packs[0]]),
+        "{report:#}"
+    );
+
+    // A dry run changes nothing.
+    let dry = s.env.json(&["repair", "packs", "--dry-run"]);
+    assert_eq!(
+        dry["damaged_packs"],
+        serde_json::json!([s.b_packs[0]]),
+        "{dry:#}"
+    );
+    assert!(s.y_pack.exists());
+    // Named by a prefix, as check names it; a wrong name is exit 2.
+    let out = s.env.run(&["repair", "packs", "ffffffffffffffff0"]);
+    let (code, err) = code_and_stderr(&out);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("no pack") && err.contains("hint"), "{err}");
+    let r = s.env.json(&["repair", "packs", &s.b_packs[0][..12]]);
+    assert_eq!(
+        r["damaged_packs"],
+        serde_json::json!([s.b_packs[0]]),
+        "{r:#}"
+    );
+    let (saved, dropped) = (
+        r["chunks_saved"].as_u64().unwrap(),
+        r["chunks_dropped"].as_array().unwrap().len(),
+    );
+    assert!(
+        saved > 0 && dropped > 0,
+        "only the damaged frame is lost: {r:#}"
+    );
+    assert!(!s.y_pack.exists(), "the damaged pack is gone");
+    // Until the data is stored again, B and C are damaged (not indexed);
+    // nothing left in the repository is unreadable.
+    s.assert_check_damaged(&["--read-data"], &[(&s.b, &s.y_big()), (&c, &s.y_big())]);
+
+    // The next backup of the same data stores the dropped chunks again.
+    let d = s.env.snapshot(&[&s.x, &s.y]);
+    let (code, report, err) = run_json(&s.env, &["check", "--read-data"]);
+    assert_eq!(code, 0, "{report:#}\n{err}");
+    for id in [&s.b, &c, &d] {
+        let target = s.env.path(&format!("out-{}", &id[..8]));
+        s.env
+            .ok(&["restore", id, "--target", target.to_str().unwrap()]);
+        assert_same_tree(&s.y, &restored(&target, &s.y));
+    }
+    s.assert_a_restores("out-a");
+}
