@@ -17,6 +17,7 @@
 pub mod alerts;
 pub mod api;
 pub mod archive;
+pub mod data_check;
 pub mod metrics;
 pub mod notice;
 pub mod observe;
@@ -85,6 +86,9 @@ pub struct LastProof {
     pub outcome: String,
     pub detail: String,
     pub skipped_in_a_row: u32,
+    /// The data check that came with the test (`verify { read-data … }`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data_check: Option<data_check::DataCheck>,
 }
 
 impl std::fmt::Display for Trigger {
@@ -269,8 +273,9 @@ impl Daemon {
         let repo = self.open_repo()?;
         // A snapshot is worth testing when one of its sources is complete;
         // only complete sources are tested (`prove`).
-        let snaps: Vec<_> = run::plan_snapshots(&repo, &plan)
-            .into_iter()
+        let of_plan = run::plan_snapshots(&repo, &plan);
+        let snaps: Vec<_> = of_plan
+            .iter()
             .filter(|(_, s)| s.sources.iter().any(|x| x.status == Complete))
             .collect();
         let env = crate::prove::ScratchEnv {
@@ -292,7 +297,37 @@ impl Daemon {
         };
         let mut last = self.status().last_restore_test.unwrap_or_default();
         last.time = Some(crate::clock::now());
-        let outcome = match snaps.choose(&mut rand::rng()) {
+        // The stored data first (data_check.rs): a damaged snapshot is the
+        // one to restore, so that the test proves the damage end to end.
+        let nth = self.status().restore_tests.total();
+        let corrupted: std::collections::HashSet<SnapshotId> = repo
+            .proofs()
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|(_, p)| !p.passed)
+            .map(|(id, _)| id)
+            .collect();
+        let data = match data_check::run(&repo, &plan, &of_plan, &corrupted, nth) {
+            Ok(d) => d,
+            Err(e) if e.kind() == crate::error::Kind::Interrupted => return Err(e),
+            Err(e) => {
+                tracing::warn!(error = %e, "the data check could not run; the restore test goes on");
+                None
+            }
+        };
+        let damaged = data
+            .as_ref()
+            .map(|f| f.damaged.as_slice())
+            .unwrap_or_default();
+        let suspects: Vec<_> = snaps
+            .iter()
+            .filter(|(id, _)| damaged.iter().any(|d| d.id == *id))
+            .collect();
+        let pick = match suspects.choose(&mut rand::rng()) {
+            Some(s) => Some(**s),
+            None => snaps.choose(&mut rand::rng()).copied(),
+        };
+        let mut outcome = match pick {
             None => crate::prove::Outcome::Skipped {
                 reason: "the plan has no snapshot with a complete source yet".into(),
             },
@@ -314,6 +349,17 @@ impl Daemon {
                 }
             }
         };
+        last.data_check = None;
+        if let Some(found) = data {
+            if !found.damaged.is_empty() {
+                let tested = pick.map(|(id, _)| *id);
+                self.data_damage(&repo, &found, tested, &mut last, &mut outcome);
+            }
+            if !found.packs.is_empty() {
+                self.salvage(&repo, &found.packs, &mut outcome);
+            }
+            last.data_check = Some(found.summary);
+        }
         let snap = last.snapshot.clone().unwrap_or_default();
         let snap_time = snaps
             .iter()
@@ -340,13 +386,24 @@ impl Daemon {
                     error = detail.as_str(),
                     "restore test finished"
                 );
-                let mut d = self.details(
-                    &plan,
-                    format!(
+                let what = match last
+                    .data_check
+                    .as_ref()
+                    .filter(|d| d.damaged.len() > d.already_marked)
+                {
+                    Some(dc) => format!(
+                        "The data check found {} newly damaged snapshot(s) ({}). Each is marked \
+                         corrupted: `cairn snapshots` shows them, `restore --at` skips them and \
+                         retention keeps a good one.",
+                        dc.damaged.len() - dc.already_marked,
+                        dc.damaged.keys().cloned().collect::<Vec<_>>().join(", ")
+                    ),
+                    None => format!(
                         "The restore test of snapshot {snap} failed. The snapshot is marked \
                          corrupted: `cairn snapshots` shows it and `restore --at` skips it."
                     ),
-                );
+                };
+                let mut d = self.details(&plan, what);
                 d.error = Some(detail.clone());
                 d.snapshot = Some(match snap_time {
                     Some(t) => format!("{snap} (taken {t})"),
@@ -384,6 +441,79 @@ impl Daemon {
         }
         self.restore_test_done(&plan, &repo, &mut last);
         Ok(last)
+    }
+
+    /// What the data check found damaged: each snapshot marked corrupted,
+    /// and the test's outcome failed, naming them (a tested snapshot that
+    /// restored may still hold damage in a source the test does not read).
+    fn data_damage(
+        &self,
+        repo: &Repository,
+        found: &data_check::Found,
+        tested: Option<SnapshotId>,
+        last: &mut LastProof,
+        outcome: &mut crate::prove::Outcome,
+    ) {
+        let (damaged, summary) = (&found.damaged, &found.summary);
+        use crate::prove::Outcome::Failed;
+        // The newest proofs include the test's own, just recorded.
+        if let Err(e) = repo
+            .proofs()
+            .and_then(|p| data_check::mark(repo, damaged, &p))
+        {
+            tracing::error!(error = %e, "the damaged snapshots could not be marked corrupted");
+        }
+        let listing: Vec<String> = damaged
+            .iter()
+            .map(|d| format!("{}: {}", d.id.short(), d.detail))
+            .collect();
+        let note = format!(
+            "data check (packs {}, {} read): {} damaged snapshot(s), each marked corrupted: {}",
+            summary.part,
+            summary.packs_read,
+            damaged.len(),
+            listing.join("; ")
+        );
+        *outcome = match std::mem::replace(outcome, crate::prove::Outcome::Passed) {
+            Failed { detail } => Failed {
+                detail: format!("{detail}; {note}"),
+            },
+            _ => Failed { detail: note },
+        };
+        if !tested.is_some_and(|t| damaged.iter().any(|d| d.id == t)) {
+            last.snapshot = Some(damaged[0].id.short());
+        }
+    }
+
+    /// Replace the damaged packs the data check read by what can be read
+    /// back of them (`ops::repair_packs`), so that backups stop
+    /// deduplicating against chunks that no longer decode; said in the
+    /// outcome's detail.
+    fn salvage(
+        &self,
+        repo: &Repository,
+        packs: &[crate::repo::PackId],
+        outcome: &mut crate::prove::Outcome,
+    ) {
+        let done = match crate::ops::repair_packs::repair_packs(repo, Some(packs), false) {
+            Ok(r) if r.damaged_packs.is_empty() => return,
+            Ok(r) => format!(
+                "{} damaged pack(s) replaced by what could be read back ({} chunk(s) saved, {} \
+                 dropped from the index: the next backup of the same data stores them again)",
+                r.damaged_packs.len(),
+                r.chunks_saved,
+                r.chunks_dropped.len()
+            ),
+            Err(e) => {
+                tracing::error!(error = %e, "the damaged packs could not be repaired");
+                format!("the damaged packs could not be repaired: {e}")
+            }
+        };
+        tracing::warn!(result = done.as_str(), "repair packs");
+        if let crate::prove::Outcome::Failed { detail } = outcome {
+            detail.push_str("; ");
+            detail.push_str(&done);
+        }
     }
 
     /// Forget what the plan's rules do not keep (its own snapshots only), then

@@ -258,6 +258,7 @@ impl Daemon {
                         outcome: if p.passed { "passed" } else { "failed" }.into(),
                         detail: p.detail.clone(),
                         skipped_in_a_row: 0,
+                        data_check: None,
                     });
                 }
             }
@@ -302,9 +303,11 @@ impl Daemon {
     pub fn restore_test_done(&self, plan: &Plan, repo: &Repository, last: &mut LastProof) {
         let proofs = self.proofs(repo, true);
         if last.outcome != "skipped" {
+            // Every proof the test recorded: its own and those of the
+            // snapshots its data check marked (newer than its start), so
+            // that none of them passes for a newer test made elsewhere.
             let recorded = proofs
                 .values()
-                .filter(|p| Some(p.snapshot.short()) == last.snapshot)
                 .map(|p| p.time)
                 .filter(|t| last.time.is_none_or(|l| *t >= l))
                 .max();

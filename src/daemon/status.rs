@@ -129,6 +129,11 @@ pub struct RestoreTestCounts {
 }
 
 impl RestoreTestCounts {
+    /// Every test so far, whatever its outcome.
+    pub fn total(&self) -> u64 {
+        self.passed + self.failed + self.skipped
+    }
+
     pub fn count(&mut self, outcome: &str) {
         match outcome {
             "passed" => self.passed += 1,

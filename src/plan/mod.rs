@@ -413,6 +413,64 @@ pub struct Verify {
     pub kafka_scratch: Option<String>,
     /// Alert after this many skipped tests in a row.
     pub skip_alert_after: u32,
+    /// Which stored data each test reads and checks (`read-data`).
+    pub read_data: ReadData,
+}
+
+/// How much of the stored data each restore test reads (`verify {
+/// read-data … }`): every pack read back, its frames decrypted and every
+/// chunk's id checked, as `cairn check --read-data` does. A restore test
+/// proves one snapshot; this finds damage in any of them (spec/plan.md,
+/// "Restore tests").
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReadData {
+    /// Every pack at every test (the default).
+    All,
+    /// One of `n` parts of the packs at each test, the next part each time:
+    /// every pack within `n` tests.
+    Parts(u32),
+    /// None: only the tested snapshot's data is read.
+    Off,
+}
+
+impl ReadData {
+    /// `"all"`, `"off"` or `"1/N"`.
+    pub fn parse(s: &str) -> Result<ReadData, String> {
+        let s = s.trim();
+        match s {
+            "all" => return Ok(ReadData::All),
+            "off" => return Ok(ReadData::Off),
+            _ => {}
+        }
+        let n = s
+            .strip_prefix("1/")
+            .and_then(|n| n.trim().parse::<u32>().ok())
+            .filter(|n| (1..=1000).contains(n))
+            .ok_or_else(|| {
+                format!("{s:?} is not \"all\", \"off\" or \"1/N\" (N from 1 to 1000)")
+            })?;
+        Ok(if n == 1 {
+            ReadData::All
+        } else {
+            ReadData::Parts(n)
+        })
+    }
+}
+
+impl Serialize for ReadData {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl std::fmt::Display for ReadData {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ReadData::All => f.write_str("all"),
+            ReadData::Parts(n) => write!(f, "1/{n}"),
+            ReadData::Off => f.write_str("off"),
+        }
+    }
 }
 
 impl Default for Verify {
@@ -423,6 +481,7 @@ impl Default for Verify {
             postgres_scratch: None,
             kafka_scratch: None,
             skip_alert_after: 3,
+            read_data: ReadData::All,
         }
     }
 }

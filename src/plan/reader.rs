@@ -110,6 +110,7 @@ pub(super) const EXAMPLES: &[(&str, &str)] = &[
     ),
     ("kafka-scratch", "kafka-scratch \"scratch-kafka:9092\""),
     ("skip-alert-after", "skip-alert-after 3"),
+    ("read-data", "read-data \"1/4\""),
     ("listen", "listen \"127.0.0.1:8420\""),
     ("token", "token \"ci\" hash=\"blake3:<64 hex digits>\""),
     ("hash", "hash=\"blake3:<64 hex digits>\""),

@@ -18,6 +18,7 @@ mod corruption;
 mod crash_points;
 mod daemon_log;
 mod dashboard;
+mod data_check;
 mod exit_codes;
 mod kafka;
 mod kafka_recreate;

@@ -180,6 +180,27 @@ verify {{ cron "0 4 * * funday"; }}
 }
 
 #[test]
+fn read_data_takes_all_off_or_one_part() {
+    let err = problems(&format!("{VALID}\nverify {{ read-data \"half\"; }}\n"));
+    assert!(
+        err.contains("\"half\" is not \"all\", \"off\" or \"1/N\"")
+            && err.contains("read-data \"1/4\""),
+        "{err}"
+    );
+    let err = problems(&format!("{VALID}\nverify {{ read-data \"1/0\"; }}\n"));
+    assert!(err.contains("(N from 1 to 1000)"), "{err}");
+    let env = Env::new();
+    let c = check_with(
+        &env,
+        &format!("{VALID}\nverify {{ read-data \"1/4\"; }}\n"),
+        &["--json"],
+    );
+    assert_eq!(c.code, 0, "{}", c.stderr);
+    let plan: serde_json::Value = serde_json::from_str(&c.stdout).unwrap();
+    assert_eq!(plan["verify"]["read-data"], "1/4");
+}
+
+#[test]
 fn bad_time_zone() {
     insta::assert_snapshot!(problems(&format!(
         r#"{VALID}
@@ -410,6 +431,7 @@ fn json_fills_defaults() {
     assert_eq!(plan["alerts"]["archive-lag"], "5m");
     assert_eq!(plan["verify"]["cron"], "0 4 * * 0");
     assert_eq!(plan["verify"]["skip-alert-after"], 3);
+    assert_eq!(plan["verify"]["read-data"], "all");
     assert_eq!(plan["api"], serde_json::Value::Null);
 
     let c = check_with(&env, VALID, &[]);

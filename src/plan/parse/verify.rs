@@ -5,13 +5,14 @@ use std::collections::HashMap;
 use kdl::KdlNode;
 
 use crate::plan::reader::{children, Parser};
-use crate::plan::Verify;
+use crate::plan::{ReadData, Verify};
 
 const VERIFY: &[&str] = &[
     "cron",
     "postgres-scratch",
     "kafka-scratch",
     "skip-alert-after",
+    "read-data",
 ];
 
 impl Parser<'_> {
@@ -32,6 +33,9 @@ impl Parser<'_> {
                 "cron" => v.cron = self.cron_arg(c).unwrap_or(v.cron),
                 "postgres-scratch" => v.postgres_scratch = self.postgres_url_arg(c),
                 "kafka-scratch" => v.kafka_scratch = self.host_ports_arg(c),
+                "read-data" => {
+                    v.read_data = self.parsed_arg(c, ReadData::parse).unwrap_or(v.read_data)
+                }
                 _ => v.skip_alert_after = self.count_arg(c, 1).unwrap_or(v.skip_alert_after),
             }
         }
