@@ -1,6 +1,7 @@
 //! Crash points, enumerated (issue 28, item 5; spec/repository.md "Crash
 //! points"). Each command that changes a repository — `snapshot`, `forget`,
-//! `prune`, `wal-push`, `key add`, `key remove`, `repair index` — is run once
+//! `prune`, `wal-push`, `key add`, `key remove`, `repair index`, `repair
+//! packs` — is run once
 //! on a small repository to count its mutating backend operations
 //! (`CAIRN_TEST_FAULT_COUNTS`), then, on a fresh copy of the same repository
 //! each time, once per operation K and mode with `CAIRN_TEST_FAULT=OP:K:MODE`
@@ -73,6 +74,9 @@ enum Command {
     KeyRemove,
     /// A damaged index file and an unindexed pack.
     RepairIndex,
+    /// A byte flipped in a pack of a forgotten snapshot (no kept snapshot
+    /// uses it, so every kept one must still restore).
+    RepairPacks,
 }
 
 /// A template repository for one command, copied for every run.
@@ -120,9 +124,13 @@ impl World {
         small_packs(&base);
         let src = base.path("src");
         let mut snapshots = Vec::new();
+        let mut last_packs = Vec::new();
         for g in 0..NEXT {
             write_generation(&src, SHAPE, g);
+            let before = pack_files(&base.repo);
             snapshots.push((base.snapshot(&[&src]), g));
+            last_packs = pack_files(&base.repo);
+            last_packs.retain(|p| !before.contains(p));
         }
         write_generation(&src, SHAPE, NEXT);
         let wal_dir = base.path("wal");
@@ -199,6 +207,31 @@ impl World {
                 w.planted.push(name);
                 vec!["repair".into(), "index".into()]
             }
+            Command::RepairPacks => {
+                // The newest snapshot's packs hold only what it stored new.
+                let (newest, _) = w.snapshots.pop().unwrap();
+                w.base.ok(&["forget", &newest]);
+                w.kept = w.snapshots.iter().map(|(id, _)| id.clone()).collect();
+                let pack = last_packs
+                    .iter()
+                    .max_by_key(|p| std::fs::metadata(p).unwrap().len())
+                    .unwrap();
+                let mut bytes = std::fs::read(pack).unwrap();
+                let middle = bytes.len() / 2;
+                bytes[middle] ^= 0x20;
+                std::fs::write(pack, bytes).unwrap();
+                let name = pack.file_name().unwrap().to_str().unwrap().to_string();
+                let (code, report, _) = run_json(&w.base, &["check", "--read-data"]);
+                assert_ne!(code, 0, "the damaged pack is not reported");
+                assert_eq!(report["damaged"], serde_json::json!([]), "{report:#}");
+                assert_eq!(
+                    report["damaged_packs"],
+                    serde_json::json!([name]),
+                    "{report:#}"
+                );
+                w.planted.push(name);
+                vec!["repair".into(), "packs".into()]
+            }
         };
         w.keys = key_ids(&w.base);
         w
@@ -264,6 +297,11 @@ impl World {
                         "prune: {what}\n{report:#}"
                     );
                 }
+            }
+            Command::RepairPacks => {
+                assert_eq!(report["damaged_packs"], serde_json::json!(self.planted));
+                let dropped = report["chunks_dropped"].as_array().unwrap().len();
+                assert!(dropped > 0 && report["new_packs"] == 1, "{report:#}");
             }
             Command::RepairIndex => {
                 assert!(report["indexed_packs"].as_u64().unwrap() > 0, "{report:#}");
@@ -346,7 +384,7 @@ impl World {
         // opens the repository with one of its keys, so those are there).
         if matches!(
             self.command,
-            Command::Prune | Command::WalPush | Command::RepairIndex
+            Command::Prune | Command::WalPush | Command::RepairIndex | Command::RepairPacks
         ) {
             for (name, data) in &self.wal {
                 self.assert_fetches(env, name, data, when);
@@ -428,6 +466,9 @@ impl World {
             Command::RepairIndex => {
                 assert_eq!(check["unreferenced_packs"], serde_json::json!([]), "{when}");
             }
+            // The damaged pack is in no index any more (check --read-data is
+            // clean); killed before removing it, it is a leftover for prune.
+            Command::RepairPacks => assert!(check.get("damaged_packs").is_none(), "{when}"),
         }
         match self.command {
             Command::Forget => {}
@@ -601,4 +642,9 @@ fn key_remove() {
 #[test]
 fn repair_index() {
     enumerate(Command::RepairIndex);
+}
+
+#[test]
+fn repair_packs() {
+    enumerate(Command::RepairPacks);
 }
