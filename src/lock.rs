@@ -3,7 +3,8 @@
 //! Writers that only add data (`snapshot`) take shared locks and may run
 //! together; commands that delete (`prune`, `forget`, `key remove`) take an
 //! exclusive lock. A lock is refreshed every few minutes while held; one
-//! whose holder died (same host, pid gone) or that was not refreshed for
+//! whose holder died (same host, pid gone, or the pid now names another
+//! process or the machine rebooted since) or that was not refreshed for
 //! [`STALE_AFTER`] is ignored. A lock file naming this very process that
 //! the process does not hold (its release failed, or the repository was
 //! away when it was removed and came back with the file in it) is stale
@@ -51,6 +52,40 @@ fn pid_alive(pid: u32) -> bool {
     }
 }
 
+/// When process `pid` started, in clock ticks since boot (field 22 of
+/// `/proc/PID/stat`); `None` when it does not exist or `/proc` cannot say.
+fn process_start(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces and parentheses: the
+    // fields after the last ')' start with field 3.
+    let rest = stat.rsplit_once(')')?.1;
+    rest.split_whitespace().nth(22 - 3)?.parse().ok()
+}
+
+/// This boot's id (`None` where the kernel does not say).
+fn boot_id() -> Option<String> {
+    let id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
+    Some(id.trim().to_string()).filter(|i| !i.is_empty())
+}
+
+/// Whether the process that wrote `l` (on this host) still runs. A pid is
+/// reused once its process ends (every 32,768 processes by default): with
+/// the holder's start time and boot in the lock, a pid that names another
+/// process now, or a lock from before a reboot, is no holder (found by
+/// `scripts/timelapse`: a daemon killed mid-run left a lock whose pid a
+/// psql took days later, and the night's retention was refused as locked).
+fn holder_alive(l: &LockFile) -> bool {
+    if let (Some(theirs), Some(ours)) = (&l.boot_id, boot_id()) {
+        if *theirs != ours {
+            return false;
+        }
+    }
+    match (l.process_start, process_start(l.pid)) {
+        (Some(theirs), Some(now)) => theirs == now,
+        _ => pid_alive(l.pid),
+    }
+}
+
 /// The lock files this process holds now, by every thread; and, while
 /// held, the right to change that set and write a lock (so a lock another
 /// thread has just written is in the set before anyone looks at it).
@@ -79,7 +114,7 @@ fn is_stale(id: LockId, l: &LockFile, held: &[LockId]) -> bool {
         // refuse every run meanwhile.
         return !held.contains(&id);
     }
-    !pid_alive(l.pid)
+    !holder_alive(l)
 }
 
 /// All current locks with their file ids (unreadable ones are skipped).
@@ -209,6 +244,8 @@ fn acquire(repo: &Repository, exclusive: bool, command: &str) -> Result<(LockId,
         time: jiff::Timestamp::now(),
         exclusive,
         command: command.to_string(),
+        process_start: process_start(std::process::id()),
+        boot_id: boot_id(),
     };
     let id = repo.write_sealed::<LockId>(&lock)?;
     held.push(id);
@@ -350,5 +387,46 @@ mod tests {
         inner.unwrap();
         assert_eq!(remove_locks(&repo, false).unwrap(), 1);
         assert!(list_locks(&repo).unwrap().is_empty());
+    }
+
+    /// A lock whose pid now names another process (reused: the kernel
+    /// hands pids out again, every 32,768 by default) or that was written
+    /// before a reboot is stale; the same process is still its holder.
+    #[test]
+    fn a_reused_pid_or_another_boot_holds_no_lock() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        let start = process_start(pid).expect("/proc/PID/stat of a child");
+        assert!(process_start(std::process::id()).is_some());
+        let lock = |process_start, boot_id| LockFile {
+            host: host_name(),
+            username: user_name(),
+            pid,
+            time: jiff::Timestamp::now(),
+            exclusive: true,
+            command: "snapshot".into(),
+            process_start,
+            boot_id,
+        };
+        let id = LockId([7; 32]);
+        assert!(!is_stale(id, &lock(Some(start), boot_id()), &[]));
+        assert!(
+            is_stale(id, &lock(Some(start + 1), boot_id()), &[]),
+            "another process now has the pid"
+        );
+        assert!(is_stale(
+            id,
+            &lock(Some(start), Some("another-boot".into())),
+            &[]
+        ));
+        // A lock of an older version (no start, no boot): the pid decides.
+        assert!(!is_stale(id, &lock(None, None), &[]));
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert!(is_stale(id, &lock(Some(start), boot_id()), &[]));
+        assert!(is_stale(id, &lock(None, None), &[]));
     }
 }

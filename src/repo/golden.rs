@@ -384,6 +384,8 @@ fn wal_entry_claim_proof_and_lock() {
         time: at("2026-01-02T02:00:00Z"),
         exclusive: false,
         command: "snapshot".into(),
+        process_start: None,
+        boot_id: None,
     };
     assert_snapshot!("wal_entry", pretty(&wal));
     // An entry of a cairn that did not read the records still reads.

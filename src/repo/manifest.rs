@@ -135,6 +135,16 @@ pub struct LockFile {
     pub time: Timestamp,
     pub exclusive: bool,
     pub command: String,
+    /// When the holding process started (Linux: `/proc/PID/stat` field 22,
+    /// clock ticks since boot): a live process with the lock's pid but
+    /// another start time reused the pid, and the lock is stale. Absent in
+    /// locks of older versions and where `/proc` cannot tell.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub process_start: Option<u64>,
+    /// The boot the holder ran in (`/proc/sys/kernel/random/boot_id`): a
+    /// lock of this host from an earlier boot is stale.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boot_id: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
