@@ -214,8 +214,12 @@ fn restore_tests_prove_mark_corrupted_snapshots_and_skip_without_an_environment(
     assert_eq!(code, 200, "{body}");
     let r: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(r["outcome"], "failed", "{r}");
-    let mail = smtp.wait_for("restore test of snapshot", 30);
-    assert!(mail.contains("corrupted"), "{mail}");
+    // Every pack is damaged: the data check finds it before the restore.
+    let mail = smtp.wait_for("restore test failed", 30);
+    assert!(
+        mail.contains("data check found 1 newly damaged snapshot") && mail.contains("corrupted"),
+        "{mail}"
+    );
     let snaps = env.json(&["snapshots"]);
     assert_eq!(snaps[0]["corrupted"], true, "{snaps}");
     let listing = env.ok(&["snapshots"]);
