@@ -133,11 +133,17 @@ impl<'a> PackBuilder<'a> {
     pub fn new(repo: &'a Repository) -> Self {
         PackBuilder {
             repo,
-            buf: Vec::with_capacity(repo.config.pack_size as usize + (2 << 20)),
+            buf: Self::buffer(repo),
             entries: Vec::new(),
             uploads: None,
             stored: Stored::default(),
         }
+    }
+
+    /// An empty pack buffer: a pack's data, its header and the last frame
+    /// that may pass the pack size fit in most cases.
+    fn buffer(repo: &Repository) -> Vec<u8> {
+        Vec::with_capacity(repo.config.pack_size as usize + (2 << 20))
     }
 
     pub fn repo(&self) -> &'a Repository {
@@ -159,6 +165,11 @@ impl<'a> PackBuilder<'a> {
             compression,
             chunks,
         });
+        // Grown exactly, never doubled: a pack buffer that overflows its
+        // capacity by a frame or a header must not become twice the pack
+        // size (three of them are alive at once: one being built, two
+        // being uploaded).
+        self.buf.reserve_exact(ciphertext.len());
         self.buf.extend_from_slice(ciphertext);
         if self.buf.len() >= self.repo.config.pack_size as usize {
             self.flush()?;
@@ -176,15 +187,15 @@ impl<'a> PackBuilder<'a> {
             frames: std::mem::take(&mut self.entries),
         };
         let sealed = self.repo.key.seal(&header)?;
+        let trailer = crate::repo::encode::pack_trailer(sealed.len());
+        self.buf.reserve_exact(sealed.len() + trailer.len());
         self.buf.extend_from_slice(&sealed);
-        self.buf
-            .extend_from_slice(&crate::repo::encode::pack_trailer(sealed.len()));
+        self.buf.extend_from_slice(&trailer);
         let id = PackId::of_bytes(&self.buf);
         let size = self.buf.len() as u64;
         match &self.uploads {
             Some(tx) => {
-                let cap = self.buf.capacity();
-                let bytes = std::mem::replace(&mut self.buf, Vec::with_capacity(cap));
+                let bytes = std::mem::replace(&mut self.buf, Self::buffer(self.repo));
                 let entry = PackEntry {
                     id,
                     size,
