@@ -119,9 +119,11 @@ pub fn store_nodes(packer: &mut Packer, nodes: &[Node]) -> Result<Vec<ChunkId>> 
         return Err(Error::usage(format!("cannot store this source safely: {p}"))
             .with_hint("name files and streams with plain relative names (no `..`, `.`, empty or over-long parts); nothing was stored for it"));
     }
-    let tree = crate::repo::encode::node_list(nodes);
     packer
-        .add_stream(&tree[..], &Progress::hidden())
+        .add_stream(
+            crate::repo::encode::node_list_reader(nodes),
+            &Progress::hidden(),
+        )
         .map(|(ids, _)| ids)
         .map_err(|e| e.into_error("reading the node list"))
 }

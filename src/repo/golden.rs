@@ -349,6 +349,20 @@ fn node_list_lines() {
     ];
     let bytes = node_list(&nodes);
     assert_eq!(parse_node_list(&bytes).unwrap(), nodes);
+    // The streamed list (what snapshots store) is the same bytes, whatever
+    // the reads' sizes: the same list gives the same chunks.
+    for step in [1, 7, 64, 1 << 16] {
+        let mut reader = crate::repo::encode::node_list_reader(&nodes);
+        let (mut streamed, mut buf) = (Vec::new(), vec![0u8; step]);
+        loop {
+            let n = std::io::Read::read(&mut reader, &mut buf).unwrap();
+            if n == 0 {
+                break;
+            }
+            streamed.extend_from_slice(&buf[..n]);
+        }
+        assert_eq!(streamed, bytes, "reads of {step} bytes");
+    }
     assert_snapshot!("node_list", text(bytes));
 }
 
