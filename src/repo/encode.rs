@@ -68,14 +68,57 @@ impl std::io::Read for NodeListReader<'_> {
 
 /// Reads a node list (empty lines are allowed); the problem names the line.
 pub fn parse_node_list(bytes: &[u8]) -> Result<Vec<Node>, String> {
-    bytes
-        .split(|b| *b == b'\n')
-        .enumerate()
-        .filter(|(_, l)| !l.is_empty())
-        .map(|(i, l)| {
-            serde_json::from_slice(l).map_err(|e| format!("invalid node on line {}: {e}", i + 1))
-        })
-        .collect()
+    let mut p = NodeListParser::default();
+    p.push(bytes)?;
+    p.finish()
+}
+
+/// Parses a node list as its bytes arrive, chunk by chunk, so that a
+/// restore does not hold the whole list as bytes beside its nodes (at
+/// 200,000 files, 25 MB of its peak; issue 29).
+#[derive(Default)]
+pub struct NodeListParser {
+    nodes: Vec<Node>,
+    /// The start of a line whose end has not arrived yet.
+    partial: Vec<u8>,
+    /// Lines ended so far.
+    lines: usize,
+}
+
+impl NodeListParser {
+    pub fn push(&mut self, mut data: &[u8]) -> Result<(), String> {
+        while let Some(i) = data.iter().position(|b| *b == b'\n') {
+            if self.partial.is_empty() {
+                self.line(&data[..i])?;
+            } else {
+                self.partial.extend_from_slice(&data[..i]);
+                let whole = std::mem::take(&mut self.partial);
+                self.line(&whole)?;
+            }
+            data = &data[i + 1..];
+        }
+        self.partial.extend_from_slice(data);
+        Ok(())
+    }
+
+    fn line(&mut self, l: &[u8]) -> Result<(), String> {
+        self.lines += 1;
+        if !l.is_empty() {
+            let node = serde_json::from_slice(l)
+                .map_err(|e| format!("invalid node on line {}: {e}", self.lines))?;
+            self.nodes.push(node);
+        }
+        Ok(())
+    }
+
+    /// The nodes, once every byte was pushed (a last line may lack its `\n`).
+    pub fn finish(mut self) -> Result<Vec<Node>, String> {
+        if !self.partial.is_empty() {
+            let last = std::mem::take(&mut self.partial);
+            self.line(&last)?;
+        }
+        Ok(self.nodes)
+    }
 }
 
 /// The last bytes of a pack: the sealed header's length (u32 LE) and the magic.

@@ -435,8 +435,19 @@ impl Repository {
 
     /// The node list of a source.
     pub fn read_tree(&self, source: &SourceRecord) -> Result<Vec<Node>> {
-        let bytes = self.read_stream(&source.tree)?;
-        parse_tree(&bytes).map_err(|e| e.context(format!("node list of source {}", source.name)))
+        // Parsed as its chunks arrive: the list is never whole as bytes.
+        let mut parser = crate::repo::encode::NodeListParser::default();
+        let mut bad = None;
+        self.for_each_listed_chunk(&source.tree, |_, data| {
+            if bad.is_none() {
+                bad = parser.push(data).err();
+            }
+        })?;
+        match bad {
+            Some(e) => Err(e),
+            None => parser.finish(),
+        }
+        .map_err(|e| Error::integrity(e).context(format!("node list of source {}", source.name)))
     }
 }
 
