@@ -53,7 +53,17 @@ pub enum Parent {
 }
 
 /// The parent's regular files that can be taken over, by path.
-type ParentFiles = HashMap<String, Node>;
+type ParentFiles = HashMap<String, ParentFile>;
+
+/// What a parent's file node tells: whether the file changed, and its
+/// content (not the rest of the node, nor its path twice).
+struct ParentFile {
+    size: u64,
+    mtime_ns: i64,
+    ctime_ns: i64,
+    inode: u64,
+    content: Vec<crate::repo::ChunkId>,
+}
 
 /// The parent's files for source `name` over `paths` on `host`. A parent
 /// that cannot be read is a warning (everything is read); a named one that
@@ -108,15 +118,22 @@ fn parent_files(
     let Some((id, rec)) = found else {
         return Ok(None);
     };
-    match repo.read_tree(&rec) {
-        Ok(nodes) => {
-            let files = nodes
-                .into_iter()
-                .filter(|n| n.kind == NodeKind::File && n.inode != 0 && n.ctime_ns != 0)
-                .map(|n| (n.path.clone(), n))
-                .collect();
-            Ok(Some((id, files)))
+    // Node by node into the map: the parent's whole list is never held.
+    let mut files = ParentFiles::new();
+    let read = repo.for_each_node(&rec, |n| {
+        if n.kind == NodeKind::File && n.inode != 0 && n.ctime_ns != 0 {
+            let f = ParentFile {
+                size: n.size,
+                mtime_ns: n.mtime_ns,
+                ctime_ns: n.ctime_ns,
+                inode: n.inode,
+                content: n.content,
+            };
+            files.insert(n.path, f);
         }
+    });
+    match read {
+        Ok(()) => Ok(Some((id, files))),
         Err(e) if choice == Parent::Newest => {
             tracing::warn!(parent = %id.short(), error = %e, "cannot read the parent snapshot's files; reading every file");
             Ok(None)
@@ -128,7 +145,11 @@ fn parent_files(
 /// The parent's node of the file at `rel` when the file is unchanged:
 /// same size, mtime, ctime and inode, and every chunk of it still in the
 /// repository.
-fn unchanged<'p>(packer: &Packer, parent: &'p ParentFiles, e: &Entry) -> Result<Option<&'p Node>> {
+fn unchanged<'p>(
+    packer: &Packer,
+    parent: &'p ParentFiles,
+    e: &Entry,
+) -> Result<Option<&'p ParentFile>> {
     let Some(p) = parent.get(&e.rel) else {
         return Ok(None);
     };
@@ -301,15 +322,18 @@ pub fn archive_files(packer: &mut Packer, job: &FilesJob) -> Result<SourceOutcom
     for p in roots(job.paths) {
         walk(&p, &mut entries, &mut errors);
     }
-    let parent = parent_files(packer, name, job.paths, job.host, job.parent)?;
-    let empty = ParentFiles::new();
-    let parent_files = parent.as_ref().map_or(&empty, |(_, f)| f);
-    if let Some((id, f)) = &parent {
-        tracing::debug!(source = name, parent = %id.short(), files = f.len(), "comparing with the parent snapshot");
-    }
+    // Each parent file is taken out as its path is stored: the map shrinks
+    // while the new list grows.
+    let mut parent_files = match parent_files(packer, name, job.paths, job.host, job.parent)? {
+        Some((id, f)) => {
+            tracing::debug!(source = name, parent = %id.short(), files = f.len(), "comparing with the parent snapshot");
+            f
+        }
+        None => ParentFiles::new(),
+    };
     let mut total = 0u64;
     for e in entries.iter().filter(|e| e.kind == EntryKind::File) {
-        if unchanged(packer, parent_files, e)?.is_none() {
+        if unchanged(packer, &parent_files, e)?.is_none() {
             total += e.size;
         }
     }
@@ -359,16 +383,20 @@ pub fn archive_files(packer: &mut Packer, job: &FilesJob) -> Result<SourceOutcom
             } else {
                 e.ctime_ns
             };
-            if let Some(p) = unchanged(packer, parent_files, &e)? {
-                node.path = e.rel;
-                node.content = p.content.clone();
-                node.size = p.size;
-                bytes += p.size;
-                files += 1;
-                files_unchanged += 1;
-                nodes.push(node);
-                continue;
-            }
+            let same = unchanged(packer, &parent_files, &e)?.is_some();
+            let parent = match (same, parent_files.remove(&e.rel)) {
+                (true, Some(p)) => {
+                    node.path = e.rel;
+                    node.content = p.content;
+                    node.size = p.size;
+                    bytes += p.size;
+                    files += 1;
+                    files_unchanged += 1;
+                    nodes.push(node);
+                    continue;
+                }
+                (_, p) => p,
+            };
             let file = match std::fs::File::open(&abs) {
                 Ok(f) => f,
                 Err(err) => {
@@ -383,12 +411,11 @@ pub fn archive_files(packer: &mut Packer, job: &FilesJob) -> Result<SourceOutcom
             // Such a file is cut into larger chunks, as dumps are: a changed
             // chunk costs a small delta whatever its size, every chunk its
             // metadata.
-            let base = parent_files
-                .get(&e.rel)
-                .filter(|p| DELTA_SIZES.contains(&p.size) && DELTA_SIZES.contains(&e.size));
+            let base =
+                parent.filter(|p| DELTA_SIZES.contains(&p.size) && DELTA_SIZES.contains(&e.size));
             let large = DELTA_SIZES.contains(&e.size);
             if let Some(p) = base {
-                packer.set_base_stream(Some(p.content.clone()));
+                packer.set_base_stream(Some(p.content));
             }
             if large {
                 packer.set_chunking(Some(crate::chunk::Chunking::Cdc(
