@@ -111,6 +111,12 @@ impl NodeListParser {
         Ok(())
     }
 
+    /// The nodes parsed so far, taken out (for a caller that keeps less
+    /// than whole nodes).
+    pub fn take_nodes(&mut self) -> Vec<Node> {
+        std::mem::take(&mut self.nodes)
+    }
+
     /// The nodes, once every byte was pushed (a last line may lack its `\n`).
     pub fn finish(mut self) -> Result<Vec<Node>, String> {
         if !self.partial.is_empty() {

@@ -435,19 +435,30 @@ impl Repository {
 
     /// The node list of a source.
     pub fn read_tree(&self, source: &SourceRecord) -> Result<Vec<Node>> {
-        // Parsed as its chunks arrive: the list is never whole as bytes.
+        let mut nodes = Vec::new();
+        self.for_each_node(source, |n| nodes.push(n))?;
+        Ok(nodes)
+    }
+
+    /// Call `f` with each node of a source's list, in order, parsed as
+    /// the list's chunks arrive: neither its bytes nor its nodes are ever
+    /// all in memory.
+    pub fn for_each_node(&self, source: &SourceRecord, mut f: impl FnMut(Node)) -> Result<()> {
         let mut parser = crate::repo::encode::NodeListParser::default();
         let mut bad = None;
         self.for_each_listed_chunk(&source.tree, |_, data| {
             if bad.is_none() {
                 bad = parser.push(data).err();
+                parser.take_nodes().into_iter().for_each(&mut f);
             }
         })?;
-        match bad {
+        let last = match bad {
             Some(e) => Err(e),
             None => parser.finish(),
         }
-        .map_err(|e| Error::integrity(e).context(format!("node list of source {}", source.name)))
+        .map_err(|e| Error::integrity(e).context(format!("node list of source {}", source.name)))?;
+        last.into_iter().for_each(f);
+        Ok(())
     }
 }
 
