@@ -63,6 +63,11 @@ pub fn packs(g: &GlobalArgs, names: &[String], dry_run: bool) -> Result<()> {
         r.chunks_saved,
         r.chunks_dropped.len()
     );
+    for name in &r.wal_lost {
+        println!(
+            "WAL file {name} cannot be read back: point-in-time recovery stops before it; take a physical snapshot now"
+        );
+    }
     if !r.chunks_dropped.is_empty() && !dry_run {
         println!(
             "the snapshots that use the dropped chunks stay damaged until a backup stores the same data again; `cairn check` names them"

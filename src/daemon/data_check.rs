@@ -32,6 +32,11 @@ pub struct DataCheck {
     /// How many of `damaged` were marked corrupted already (known damage:
     /// it fails no further test and alerts no one again).
     pub already_marked: usize,
+    /// Archived WAL files whose content is damaged or not indexed: each
+    /// fails the test (and alerts) while it is there, since no snapshot
+    /// can be marked for it and recovery stops before it.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub damaged_wal: Vec<String>,
     /// Problems found that no snapshot of the plan depends on (a damaged
     /// frame no snapshot uses, another plan's snapshot): logged, and named
     /// by `cairn check --read-data`.
@@ -149,9 +154,10 @@ fn summarize(
             .map(|d| (d.id.short(), d.detail.clone()))
             .collect(),
         already_marked: 0,
+        damaged_wal: report.damaged_wal.clone(),
         // Errors that put no snapshot of the plan at risk.
         other_problems: if damaged.is_empty() {
-            report.errors.len() + others
+            (report.errors.len() + others).saturating_sub(report.damaged_wal.len())
         } else {
             others
         },

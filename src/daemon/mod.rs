@@ -355,6 +355,18 @@ impl Daemon {
                 let tested = pick.map(|(id, _)| *id);
                 self.data_damage(&repo, &found, tested, &mut last, &mut outcome);
             }
+            if !found.summary.damaged_wal.is_empty() {
+                let note = format!(
+                    "archived WAL cannot be read back: {}; point-in-time recovery stops before it, take a physical snapshot now",
+                    found.summary.damaged_wal.join(", ")
+                );
+                outcome = match outcome {
+                    crate::prove::Outcome::Failed { detail } => crate::prove::Outcome::Failed {
+                        detail: format!("{detail}; {note}"),
+                    },
+                    _ => crate::prove::Outcome::Failed { detail: note },
+                };
+            }
             if !found.packs.is_empty() {
                 self.salvage(&repo, &found.packs, &mut outcome);
             }
@@ -397,6 +409,15 @@ impl Daemon {
                          retention keeps a good one.",
                         dc.damaged.len() - dc.already_marked,
                         dc.damaged.keys().cloned().collect::<Vec<_>>().join(", ")
+                    ),
+                    // Only archived WAL is damaged: the tested snapshot passed.
+                    None if detail.starts_with("archived WAL") => format!(
+                        "The data check found archived WAL that cannot be read back ({}): \
+                         point-in-time recovery stops before it. Take a physical snapshot now.",
+                        last.data_check
+                            .as_ref()
+                            .map(|d| d.damaged_wal.join(", "))
+                            .unwrap_or_default()
                     ),
                     None => format!(
                         "The restore test of snapshot {snap} failed. The snapshot is marked \

@@ -38,6 +38,11 @@ pub struct PackRepair {
     /// backup that meets the same data stores it again.
     pub chunks_dropped: Vec<ChunkId>,
     pub new_packs: usize,
+    /// Archived WAL files whose content lost a dropped chunk: they cannot be
+    /// pushed again, so recovery stops before them until a new physical
+    /// snapshot starts a range past them.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub wal_lost: Vec<String>,
 }
 
 /// One pack's chunks: those that read back whole (with their data) and
@@ -188,6 +193,11 @@ pub fn repair_packs(
                 dry_run,
                 "damaged pack: its readable chunks are copied, the rest dropped from the index"
             );
+        }
+        let dropped: HashSet<ChunkId> = report.chunks_dropped.iter().copied().collect();
+        report.wal_lost = crate::source::pg::damaged_wal(repo, |c| dropped.contains(c))?;
+        for name in &report.wal_lost {
+            tracing::error!(wal = %name, "archived WAL file lost to the damage: point-in-time recovery stops before it; take a physical snapshot now");
         }
         if dry_run {
             return Ok(report);
