@@ -85,10 +85,13 @@ def rfc3339(t):
 
 class SimClock:
     """CAIRN_TEST_CLOCK=FILE: the file holds a time, and every cairn process reads "now" as
-    that time plus the real time since the file was written (src/clock.rs)."""
+    that time plus the real time since the file was written (src/clock.rs). With
+    `offset_path`, a second file holds the same clock for libfaketime (the PostgreSQL
+    servers): the simulated time's offset from the real clock, in seconds."""
 
-    def __init__(self, path, start):
+    def __init__(self, path, start, offset_path=None):
         self.path = path
+        self.offset_path = offset_path
         self.set(start)
 
     def set(self, t):
@@ -96,6 +99,11 @@ class SimClock:
         with open(tmp, "w") as f:
             f.write(rfc3339(t) + "\n")
         self.real = time.time()
+        if self.offset_path:
+            otmp = self.offset_path + ".tmp"
+            with open(otmp, "w") as f:
+                f.write("%+.6f\n" % (t.timestamp() - self.real))
+            os.replace(otmp, self.offset_path)
         os.replace(tmp, self.path)  # whole, so a reader never sees half a time
         self.base = t
 
@@ -125,6 +133,12 @@ class Mail:
     def label(self):
         # A failed restore test's key is the snapshot, which the harness cannot foresee.
         if self.kind == "restore-test-failed":
+            return self.kind
+        # "storage high: 87% full": the alert's key is the repository's storage.
+        if self.kind in ("storage-high", "storage-critical"):
+            return "%s:storage" % self.kind
+        # "slow backup: TRIGGER": one schedule here, so the kind says it.
+        if self.kind == "slow-backup":
             return self.kind
         return "%s:%s" % (self.kind, self.key)
 

@@ -14,16 +14,20 @@ Each kind, what the harness does, and what it must produce (spec/timelapse.md):
 - sigkill:      the daemon is killed (SIGKILL) at a random moment of the night's run and
                 started again: `cairn check` is clean, the next night works; when the
                 killed run saved nothing, 03:00 brings `missed backup` for both sources.
+- broker-down:  the Kafka broker is stopped for the night's run and started after it: the
+                snapshot holds `kafka` failed and the other sources complete; alerts
+                `backup failed: kafka`, and at 03:00 `missed backup: kafka`.
 - plan-change:  the plan gets other retention rules and the daemon SIGHUP: the retention
                 is applied again at once and the model follows the new rules.
 - flip-byte:    one byte of a random pack file is flipped: a restore test must find a
                 damaged snapshot within 7 days and mark it; retention keeps a good one.
 """
 
-KINDS = ("pg-down", "smtp-down", "no-run-night", "sigkill", "plan-change", "flip-byte")
+KINDS = ("pg-down", "smtp-down", "no-run-night", "sigkill", "plan-change", "flip-byte", "broker-down")
 
 # Days after a fault's day that belong to it (no other fault starts in them).
-SPAN = {"pg-down": 2, "smtp-down": 2, "no-run-night": 3, "sigkill": 2, "plan-change": 2, "flip-byte": 8}
+SPAN = {"pg-down": 2, "smtp-down": 2, "no-run-night": 3, "sigkill": 2, "plan-change": 2, "flip-byte": 8,
+        "broker-down": 2}
 
 FIRST_DAY = 10  # some history first
 

@@ -12,9 +12,10 @@ import time
 import traceback
 from zoneinfo import ZoneInfo
 
+from bench_lib.common import free_port
 from bench_lib.postgres import PG_BIN, Cluster
 
-from . import data, faults, model
+from . import data, faults, kafka, model, pitr
 from .env import (UTC, Daemon, HarnessError, SimClock, Smtp, find_cairn, log, rfc3339,
                   wait_for)
 
@@ -27,11 +28,31 @@ RULESETS = [MISSION_RULES,
             {"daily": 7, "weekly": 4, "monthly": 3},
             {"last": 3, "daily": 14, "weekly": 6, "monthly": 24},
             {"daily": 45, "weekly": 12, "monthly": 6, "yearly": 2}]
-SOURCES = ("etc", "db")
+# etc: files; db: database `app`, logical; cluster: the same cluster, physical (base
+# backups, WAL archived by wal-push); kafka: two topics and their consumer groups on Tansu.
+SOURCES = ("etc", "db", "cluster", "kafka")
+# The sources each fault makes fail for its night.
+FAILS = {"pg-down": ("db", "cluster"), "smtp-down": ("db", "cluster"), "broker-down": ("kafka",)}
 
 
 class Failure(Exception):
     pass
+
+
+PHASES = {}
+
+
+def timed(name):
+    """Wall time spent in a method, summed per name (printed at the end)."""
+    def wrap(f):
+        def inner(*a, **kw):
+            t0 = time.time()
+            try:
+                return f(*a, **kw)
+            finally:
+                PHASES[name] = PHASES.get(name, 0.0) + time.time() - t0
+        return inner
+    return wrap
 
 
 def parse_time(s):
@@ -55,11 +76,14 @@ class Timelapse:
         self.rng_data = random.Random("%s-data" % args.seed)
         self.rng_fault = random.Random("%s-faults" % args.seed)
         self.rng_sample = random.Random("%s-sample" % args.seed)
+        self.rng_kafka = random.Random("%s-kafka" % args.seed)
         self.failures = []
         self.notes = []
         self.rules = dict(MISSION_RULES)
         self.all = {}        # id -> model.Snap, every snapshot the plan made
         self.digests = {}    # id -> {source: digest}, what each source held at backup time
+        self.kafka_sums = {}  # id -> kafka.summary() at backup time (for telling what differs)
+        self.pitr_checks = []  # (day, target, markers) of every point-in-time restore checked
         self.model = {}      # id -> model.Snap, what the model says the repository keeps
         self.reasons = {}
         self.retention_pending = False
@@ -78,6 +102,7 @@ class Timelapse:
 
     # --- setup ---------------------------------------------------------------
 
+    @timed('setup')
     def setup(self):
         a = self.args
         if a.work:
@@ -95,7 +120,8 @@ class Timelapse:
         self.password = os.path.join(w, "password")
         with open(self.password, "w") as f:
             f.write("timelapse-%s\n" % self.seed)
-        self.clock = SimClock(os.path.join(w, "clock"), self.at(0) - datetime.timedelta(hours=1))
+        self.clock = SimClock(os.path.join(w, "clock"), self.at(0) - datetime.timedelta(hours=1),
+                              offset_path=os.path.join(w, "faketime"))
         base = {k: v for k, v in os.environ.items() if not k.startswith("CAIRN_")}
         base.update(TZ=TZ_NAME, CAIRN_TEST_CLOCK=self.clock.path, CAIRN_PG_BIN=PG_BIN)
         self.env = base
@@ -103,21 +129,49 @@ class Timelapse:
         self.cli_env = dict(base, CAIRN_PLAN=os.path.join(w, "plan.kdl"),
                             CAIRN_CACHE_DIR=os.path.join(w, "cache-cli"))
 
-        self.prod = Cluster(w, "prod")
+        # The repository first: the production cluster archives its WAL into it from the
+        # start. PostgreSQL's archive_command runs as `postgres`, the daemon as root: the
+        # repository is shared with the postgres group (README.md, "One repository, two
+        # users"), and so is the password file.
+        self.cli(["init", "-r", self.repo, "--password-file", self.password, "--kdf-work-factor", "10", "-q"],
+                 plan=False)
+        pitr.share_with_postgres(self.repo, self.password)
+        self.pg_cache = {n: pitr.postgres_dir(os.path.join(w, "cache-" + n)) for n in ("walpush", "pitr")}
+        self.pitr_dir = pitr.postgres_dir(os.path.join(w, "pitr"))
+
+        self.prod = pitr.FakeClockCluster(w, "prod", pitr.faketime_env(self.clock.offset_path))
         self.scratch = Cluster(w, "scratch")
-        self.prod.start()
+        # autovacuum off: libfaketime (FAKETIME_NO_CACHE) leaves the processes the postmaster
+        # starts after recovery on the real clock -- the autovacuum workers among them, whose
+        # ANALYZE commits then carried real times into the WAL and cut every point-in-time
+        # range short. The harness runs VACUUM ANALYZE itself with the day's changes.
+        self.prod.start(conf=["archive_mode = on", "archive_command = '%s'" % self.archive_command(),
+                              "autovacuum = off"])
         self.scratch.start()
         self.smtp = Smtp(w)
         self.smtp.start()
+        self.broker = kafka.Tansu(w, "prod", proxied=True)
+        self.broker.start()
+        # The daemon's restore tests restore Kafka sources into this broker (verify { kafka-scratch }).
+        self.kafka_scratch = kafka.Tansu(w, "scratch")
+        self.kafka_scratch.start()
 
         self.tree = data.ConfigTree(os.path.join(w, "etc"), self.rng_data)
         self.tree.create()
+        self.events = pitr.Events()
         self.db = data.Database(self.prod, self.rng_data)
+        t0 = self.clock.now()
         self.db.create()
-        self.digest_now = {"etc": self.tree.digest(), "db": self.db.digest()}
+        self.markers = pitr.Markers(self.prod, self.clock, self.events)
+        self.markers.create()
+        self.kafka = kafka.KafkaData(self.broker, self.rng_kafka)
+        self.kafka.create(self.ms(self.clock.now()))
+        self.note_digests(t0)
 
-        self.cli(["init", "-r", self.repo, "--password-file", self.password, "--kdf-work-factor", "10", "-q"],
-                 plan=False)
+        # The verify's check that the broker holds what the harness's account says.
+        bad = self.kafka.check_broker()
+        if bad:
+            raise HarnessError("the Kafka broker does not hold what the harness produced: %s" % bad)
         tok = json.loads(self.cli(["plan", "token", "timelapse", "--json"], plan=False))
         self.token, self.token_hash = tok["token"], tok["hash"]
         self.write_plan()
@@ -131,6 +185,25 @@ class Timelapse:
         self.daemon = Daemon(self.bin, self.plan_path, os.path.join(w, "state"), self.env,
                              os.path.join(w, "serve.log"), self.token)
         self.start_daemon(self.at(0) - datetime.timedelta(minutes=1))
+
+    def archive_command(self):
+        """wal-push as PostgreSQL runs it: as `postgres`, on the simulated clock (cairn's
+        own, not libfaketime's), with a cache of its own."""
+        return ("env -u LD_PRELOAD -u FAKETIME_TIMESTAMP_FILE CAIRN_TEST_CLOCK=%s TZ=%s %s wal-push -q -r %s "
+                "--password-file %s --cache-dir %s %%p" % (self.clock.path, TZ_NAME, self.bin, self.repo,
+                                                          self.password, self.pg_cache["walpush"]))
+
+    def ms(self, t):
+        return int(t.timestamp() * 1000)
+
+    def note_digests(self, t0):
+        """What the sources hold now (after the day's changes, which began at t0)."""
+        app = self.db.digest()
+        self.events.commits.append((t0, self.clock.now()))
+        self.events.app.append((self.clock.now(), data.db_digest(self.prod.port, tables_only=True)))
+        self.kafka_now = self.kafka.summary()
+        self.digest_now = {"etc": self.tree.digest(), "db": app, "cluster": app,
+                           "kafka": kafka.digest_of(self.kafka_now)}
 
     @property
     def plan_path(self):
@@ -151,6 +224,13 @@ source "etc" kind="files" {
 source "db" kind="postgres" {
     url "postgres://postgres@127.0.0.1:%(pgport)d/postgres"
     database "app"
+}
+source "cluster" kind="postgres" {
+    url "postgres://postgres@127.0.0.1:%(pgport)d/postgres"
+    physical #true
+}
+source "kafka" kind="kafka" {
+    brokers "%(kbrokers)s"
 }
 schedule "nightly" {
     cron "0 2 * * *"
@@ -173,13 +253,15 @@ alerts {
 }
 verify {
     cron "0 4 * * 0"
+    kafka-scratch "127.0.0.1:%(kscratch)d"
 }
 api {
     listen "127.0.0.1:8420"
     token "timelapse" hash="%(hash)s"
 }
 """ % dict(name=PLAN_NAME, repo=self.repo, password=self.password, cache=os.path.join(w, "cache-daemon"),
-           etc=self.tree.root, pgport=self.prod.port, tz=TZ_NAME, retention=retention, smtp=self.smtp.port,
+           etc=self.tree.root, pgport=self.prod.port, kbrokers=self.broker.brokers(), kscratch=self.kafka_scratch.port,
+           tz=TZ_NAME, retention=retention, smtp=self.smtp.port,
            hash=self.token_hash)
         tmp = self.plan_path + ".tmp"
         with open(tmp, "w") as f:
@@ -195,7 +277,8 @@ api {
 
     def cleanup(self):
         for what in (lambda: self.daemon.stop(), lambda: self.smtp.stop(), lambda: self.prod.stop(),
-                     lambda: self.scratch.stop()):
+                     lambda: self.scratch.stop(), lambda: self.kafka.close(), lambda: self.broker.stop(),
+                     lambda: self.kafka_scratch.stop()):
             try:
                 what()
             except Exception as e:  # noqa: BLE001 - cleanup goes on
@@ -273,7 +356,9 @@ api {
             self.day_alerts.append(label)
             if label in self.expected:
                 del self.expected[label]
-                self.allow(label, d)  # a repeat the same day is fine (repeat-every is 6 h of simulated time)
+                # Repeats are fine until the next day's night (repeat-every is 6 h of simulated
+                # time, and the day's changes move the clock on to 21:00).
+                self.allow(label, d + 1)
             elif self.allowed.get(label, -1) >= d:
                 pass
             else:
@@ -294,6 +379,7 @@ api {
                 return
             time.sleep(0.1)
 
+    @timed('end_of_day_alerts')
     def end_of_day_alerts(self, d):
         self.take_mails(d)
         for lb, until in list(self.expected.items()):
@@ -317,6 +403,7 @@ api {
                 self.expect("missed-backup:%s" % src, d)
             self.start_daemon(self.at(d) - datetime.timedelta(minutes=1))
             self.wait_mails(d, ["missed-backup:%s" % s for s in SOURCES])
+        fails = FAILS.get(kind, ())
         if kind == "no-run-night":
             self.daemon.stop()
             self.restart_next = True
@@ -324,23 +411,30 @@ api {
         else:
             if kind in ("pg-down", "smtp-down"):
                 self.prod.stop()
-                self.expect("backup-failed:db", d)
+            if kind == "broker-down":
+                self.broker.cut()
+            for src in fails:
+                self.expect("backup-failed:%s" % src, d)
             if kind == "smtp-down":
                 self.smtp.stop()
                 # Raised while the server is down: the daemon keeps it and sends it when the
                 # server is back (spec/plan.md, "Rate limiting"), so it is still expected.
             made = self.night(d, kill=(kind == "sigkill"))
-            if kind in ("pg-down", "smtp-down"):
-                self.prod.launch()
-                self.check_failed_db(d, made)
-                # 25 h after db's last copy: missed backup.
-                self.expect("missed-backup:db", d)
+            if fails:
+                if kind in ("pg-down", "smtp-down"):
+                    self.prod.launch()
+                if kind == "broker-down":
+                    self.broker.mend()
+                self.check_failed(d, made, fails)
+                # 25 h after the sources' last copy: missed backup.
+                for src in fails:
+                    self.expect("missed-backup:%s" % src, d)
                 self.clock.set(self.at(d, 3, 0, 30))
                 if kind == "smtp-down":
                     time.sleep(2.5)  # checks run (every 1 s) and fail to send
                     self.take_mails(d)
                 else:
-                    self.wait_mails(d, ["missed-backup:db"])
+                    self.wait_mails(d, ["missed-backup:%s" % src for src in fails])
         self.check_new_after_flip(d, made)
         self.update_model(d, made)
         if self.date(d).weekday() == 6 and self.daemon.alive():
@@ -349,24 +443,45 @@ api {
             # Noon: the server is back, and the next check delivers the alert.
             self.clock.set(self.at(d, 12))
             self.smtp.start()
-            self.wait_mails(d, ["missed-backup:db", "backup-failed:db"])
+            self.wait_mails(d, ["%s:%s" % (k, src) for src in fails for k in ("missed-backup", "backup-failed")])
         if self.date(d).weekday() == 6 and d > 0:
             self.sample_restore(d)
+            self.pitr_check(d)
+            bad = self.kafka.check_broker()
+            if bad:
+                self.fail(d, "the Kafka broker does not hold what the harness produced (the harness's "
+                             "account is what restores are compared with): %s" % bad)
         if kind == "plan-change":
             self.plan_change(d)
+
         if kind == "flip-byte":
             self.flip_byte(d)
         self.flip_deadline(d)
-        # The day's changes, after the night's backup.
-        self.tree.mutate(d)
-        self.db.mutate(d, rfc3339(self.at(d, 9)))
-        self.digest_now = {"etc": self.tree.digest(), "db": self.db.digest()}
+        self.day_changes(d)
         self.end_of_day_alerts(d)
         rss = self.daemon.rss_kib() if self.daemon.alive() else None
         if rss:
             self.rss.append((d, self.daemon.starts, rss))
         self.row(d, made, faults_today)
 
+    @timed('day_changes')
+    def day_changes(self, d):
+        """The day's changes, after the night's backup: markers at 13:00, 17:00 and 21:00,
+        the files, database `app` and the Kafka topics at 15:00 (simulated time, which
+        PostgreSQL reads too)."""
+        self.markers.write(self.at(d, 13))
+        self.clock.set(self.at(d, 15))
+        t0 = self.clock.now()
+        self.tree.mutate(d)
+        self.db.mutate(d, rfc3339(self.at(d, 9)))
+        if d % 7 == 3:
+            data.psql(self.prod.port, "app", "VACUUM ANALYZE")
+        self.kafka.mutate(d, self.ms(self.clock.now()))
+        self.note_digests(t0)
+        self.markers.write(self.at(d, 17))
+        self.markers.write(self.at(d, 21))
+
+    @timed('night')
     def night(self, d, kill=False):
         """Set the clock to 02:00 and wait for the scheduled run; returns the new snapshots."""
         st = self.daemon.status()
@@ -405,6 +520,8 @@ api {
             st = self.statuses(s)
             self.all[sid] = model.Snap(sid, t, st)
             self.digests[sid] = {n: self.digest_now[n] for n in SOURCES if st.get(n) == "complete"}
+            if st.get("kafka") == "complete":
+                self.kafka_sums[sid] = self.kafka_now
             made.append(sid)
             if not (at <= t < at + datetime.timedelta(minutes=5)):
                 self.fail(d, "snapshot %s has time %s, not the night's 02:00 (%s)" % (sid[:8], t, at))
@@ -418,7 +535,7 @@ api {
             self.fail(d, "the night's run made %d snapshots, not 1" % len(made))
         for sid in made:
             st = self.all[sid].sources
-            if not kill and d not in self.faults_with("pg-down", "smtp-down") and \
+            if not kill and d not in self.faults_with(*FAILS) and \
                     any(st.get(n) != "complete" for n in SOURCES):
                 self.fail(d, "snapshot %s is not complete: %s" % (sid[:8], st))
         return made
@@ -426,15 +543,17 @@ api {
     def faults_with(self, *kinds):
         return {d for d, k in self.faults.items() if k in kinds}
 
-    def check_failed_db(self, d, made):
+    def check_failed(self, d, made, fails):
         for sid in made:
             st = self.all[sid].sources
-            if st.get("db") != "failed" or st.get("etc") != "complete":
-                self.fail(d, "with PostgreSQL down, snapshot %s should hold etc complete and db failed: %s"
-                          % (sid[:8], st))
+            want = {n: "failed" if n in fails else "complete" for n in SOURCES}
+            if st != want:
+                self.fail(d, "with %s down, snapshot %s should hold %s: %s" % (
+                    " and ".join(fails), sid[:8], want, st))
 
     # --- retention -----------------------------------------------------------
 
+    @timed('update_model')
     def update_model(self, d, made):
         """Add the night's snapshots to the model, let the model decide, compare with the
         repository."""
@@ -477,13 +596,11 @@ api {
                 if sid.startswith(short) and short:
                     s.corrupted = not p.get("passed", True)
 
+    @timed('plan_change')
     def plan_change(self, d):
         choices = [r for r in RULESETS if r != self.rules]
         self.rules = dict(self.rng_fault.choice(choices))
-        n = self.daemon.log_count("plan reloaded")
-        self.write_plan()
-        self.daemon.signal(signal.SIGHUP)
-        wait_for("the daemon to reload the plan", 30, lambda: self.daemon.log_count("plan reloaded") > n)
+        self.reload_plan()
         kept, self.reasons = model.decide(list(self.model.values()), self.rules, self.tz)
         try:
             wait_for("retention under the new rules", 30,
@@ -494,8 +611,15 @@ api {
         self.model = {i: s for i, s in self.model.items() if i in kept}
         log("day %d: plan changed to %s" % (d, model.rules_text(self.rules)))
 
+    def reload_plan(self):
+        n = self.daemon.log_count("plan reloaded")
+        self.write_plan()
+        self.daemon.signal(signal.SIGHUP)
+        wait_for("the daemon to reload the plan", 30, lambda: self.daemon.log_count("plan reloaded") > n)
+
     # --- restore tests -------------------------------------------------------
 
+    @timed('verify')
     def verify(self, d):
         """Sunday 04:00: the daemon's own restore test."""
         st = self.daemon.status()
@@ -529,9 +653,12 @@ api {
         else:
             self.fail(d, "the restore test was %s: %s" % (outcome, last.get("detail")))
 
-    def restore_check(self, d, sid, sources=SOURCES):
+    @timed('restore_check')
+    def restore_check(self, d, sid, sources=("etc", "db", "kafka"), brokers=False):
         """Restore snapshot `sid` with `cairn restore` and compare each source with the digest
-        recorded at backup time. Returns None when equal, else what differs."""
+        recorded at backup time. Returns None when equal, else what differs. Kafka: the
+        record streams restored as files (`--target`) and parsed here; with `brokers`, also
+        restored into a fresh broker and read back with the group offsets (slower)."""
         self.restore_checks += 1
         problems = []
         want = self.digests.get(sid, {})
@@ -555,21 +682,143 @@ api {
                 got = data.db_digest(self.scratch.port)
                 if got != want["db"]:
                     problems.append("db: digest %s, recorded %s" % (got[:12], want["db"][:12]))
+        if "kafka" in sources and "kafka" in want:
+            target = os.path.join(self.work, "restore-check")
+            data.rmtree(target)
+            p = self.cli(["restore", sid, "--source", "kafka", "--target", target, "-q"], check=False)
+            if p.returncode != 0:
+                problems.append("kafka: restore exit %d: %s" % (p.returncode, p.stderr.strip()[-300:]))
+            else:
+                rec = {k: v for k, v in self.kafka_sums.get(sid, {}).items() if not k.startswith("group ")}
+                try:
+                    got = kafka.streams_summary(target)
+                except (ValueError, OSError) as e:
+                    got = {"unreadable": str(e)}
+                if got != rec:
+                    problems.append("kafka (record streams): %s" % kafka.differences(rec, got))
+            data.rmtree(target)
+            if brokers:
+                bad = self.kafka_restore_check(sid)
+                if bad:
+                    problems.append("kafka (into a broker): %s" % bad)
         return "; ".join(problems) or None
 
+    @timed('kafka_restore_check')
+    def kafka_restore_check(self, sid):
+        """Restore the snapshot's Kafka source into a fresh broker and read it back: every
+        partition's records (offsets, timestamps, keys, values, headers) and every group's
+        committed offsets must equal what the harness recorded at backup time."""
+        b = kafka.Tansu(self.work, "restore-check")
+        try:
+            b.start()
+            p = self.cli(["restore", sid, "--source", "kafka", "--to-brokers", b.brokers(), "-q"], check=False)
+            if p.returncode != 0:
+                return "restore exit %d: %s" % (p.returncode, p.stderr.strip()[-300:])
+            got = kafka.summary(kafka.read_all(b.brokers()), kafka.committed(b.brokers()))
+        except RuntimeError as e:
+            return str(e)
+        finally:
+            b.stop()
+        want = self.kafka_sums.get(sid)
+        if kafka.digest_of(got) != self.digests[sid]["kafka"]:
+            return kafka.differences(want or {}, got)
+        return None
+
+    def pg_cli(self, argv, timeout=600):
+        """cairn as the postgres user (a point-in-time restore: the restored cluster's
+        restore_command runs as postgres with the cache and key file given here)."""
+        env = {k: v for k, v in self.env.items() if k != "CAIRN_PLAN"}
+        env["HOME"] = self.pitr_dir
+        return subprocess.run([self.bin] + argv + ["-r", self.repo, "--password-file", self.password,
+                                                   "--cache-dir", self.pg_cache["pitr"]],
+                              env=env, user="postgres", group="postgres", cwd=self.pitr_dir,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=timeout)
+
+    def pitr_window(self):
+        """The kept window of source `cluster`, as the harness knows it: from a little after
+        the oldest kept snapshot holding a complete copy (its base backup ended then) to the
+        last marker committed before the newest one (a base backup ends only once the WAL it
+        needs is archived, so the archive reaches every commit before it)."""
+        times = sorted(self.all[i].time for i in self.model
+                       if self.all[i].sources.get("cluster") == "complete" and i not in self.damaged)
+        if not times:
+            return None
+        lo = times[0] + datetime.timedelta(minutes=5)
+        ends = [e for _, _, e in self.events.markers if e < times[-1]]
+        if not ends or ends[-1] <= lo:
+            return None
+        return lo, ends[-1]
+
+    @timed('pitr_check')
+    def pitr_check(self, d, why="weekly"):
+        """A point-in-time restore of `cluster` to a moment of the kept window chosen by the
+        seed (`cairn restore --at T --pgdata DIR --start-port P`, as postgres): the restored
+        cluster holds exactly the markers committed before T, and database `app` as it was
+        at T."""
+        win = self.pitr_window()
+        if not win:
+            return
+        lo, hi = win
+        for _ in range(200):
+            t = lo + (hi - lo) * self.rng_sample.random()
+            t = t.replace(microsecond=0)
+            if lo <= t <= hi and self.events.quiet(t):
+                break
+        else:
+            self.notes.append("day %d: no quiet moment in the kept window for a point-in-time restore" % d)
+            return
+        want_markers = self.events.markers_before(t)
+        want_app = self.events.app_at(t)
+        target = os.path.join(self.pitr_dir, "restored")
+        pitr.rmtree(target)
+        port = free_port()
+        t0 = time.time()
+        p = self.pg_cli(["restore", "--at", rfc3339(t), "--source", "cluster", "--pgdata", target,
+                         "--start-port", str(port), "--json", "-q"])
+        where = "%s point-in-time restore to %s (%s local; kept window %s .. %s)" % (
+            why, rfc3339(t), t.astimezone(self.tz).strftime("%Y-%m-%d %H:%M:%S"), rfc3339(lo), rfc3339(hi))
+        try:
+            if p.returncode != 0:
+                self.fail(d, "%s: cairn restore exit %d: %s" % (where, p.returncode, p.stderr.strip()[-1500:]))
+                return
+            try:
+                rep = json.loads(p.stdout)
+            except ValueError:
+                rep = {}
+            reached = rep.get("reached")
+            if reached and parse_time(reached) > t:
+                self.fail(d, "%s: the report says it reached %s, after the target" % (where, reached))
+            got_markers = pitr.restored_markers(port)
+            got_app = data.db_digest(port, tables_only=True)
+            if got_markers != want_markers:
+                missing = sorted(set(want_markers) - set(got_markers))
+                extra = sorted(set(got_markers) - set(want_markers))
+                self.fail(d, "%s: the restored cluster holds %d markers (last %s), the harness committed %d "
+                             "before the target (last %s); missing %s, extra %s" % (
+                                 where, len(got_markers), got_markers[-1:] or "none", len(want_markers),
+                                 want_markers[-1:] or "none", missing[:5], extra[:5]))
+            elif got_app != want_app:
+                self.fail(d, "%s: the tables of database app differ from what they held at the target" % where)
+            self.pitr_checks.append((d, t, len(want_markers), time.time() - t0))
+        finally:
+            pitr.stop_restored(target)
+            pitr.rmtree(target)
+
+    @timed('sample_restore')
     def sample_restore(self, d):
         """Weekly: one kept snapshot, chosen by the seed, restores to its recorded digests."""
         cands = sorted(i for i in self.model if i not in self.damaged and not self.all[i].corrupted)
         if not cands:
             return
         sid = self.rng_sample.choice(cands)
-        bad = self.restore_check(d, sid)
+        bad = self.restore_check(d, sid, brokers=True)
         if bad:
             self.fail(d, "the weekly sample, snapshot %s (%s), does not restore to what was backed up: %s"
                       % (sid[:8], self.all[sid].time.astimezone(self.tz).date(), bad))
 
     # --- flip-byte -----------------------------------------------------------
 
+    @timed('flip_byte')
     def flip_byte(self, d):
         packs = []
         for root, _, files in os.walk(os.path.join(self.repo, "data")):
@@ -715,6 +964,7 @@ api {
 
     # --- the end -------------------------------------------------------------
 
+    @timed('final')
     def final(self):
         d = self.days
         if not self.daemon.alive():
@@ -730,11 +980,13 @@ api {
                 self.fail(d, "no snapshot is kept by keep-%s" % rule)
         t0 = time.time()
         checked = 0
-        for sid in sorted(self.model, key=lambda i: self.all[i].time):
+        kept = [i for i in sorted(self.model, key=lambda i: self.all[i].time)
+                if not self.all[i].corrupted and i not in self.damaged]
+        # Into a broker (records and group offsets): the oldest, the newest and two more.
+        into_brokers = set(kept[:1] + kept[-1:] + self.rng_sample.sample(kept, min(2, len(kept))))
+        for sid in kept:
             s = self.all[sid]
-            if s.corrupted or sid in self.damaged:
-                continue
-            bad = self.restore_check(d, sid)
+            bad = self.restore_check(d, sid, brokers=sid in into_brokers)
             checked += 1
             if bad:
                 after = self.flip and s.time > self.at(self.flip["day"])
@@ -742,6 +994,7 @@ api {
                     sid[:8], s.time.astimezone(self.tz).date(), bad,
                     " (made after the byte flip of day %d)" % self.flip["day"] if after else ""))
         log("final: %d kept snapshots restored and compared in %.0f s" % (checked, time.time() - t0))
+        self.pitr_check(d, "final")
         p = self.cli(["check"], check=False)
         if p.returncode != 0:
             self.fail(d, "final cairn check: exit %d\n%s%s" % (p.returncode, p.stdout[-1500:], p.stderr[-1500:]))
@@ -792,6 +1045,11 @@ def main(args, root):
         print("note: %s" % n)
     if getattr(tl, "rss_note", None):
         print(tl.rss_note)
+    print("wall time by phase: %s" % ", ".join("%s %.0f s" % kv for kv in sorted(PHASES.items(), key=lambda kv: -kv[1])))
+    if tl.pitr_checks:
+        print("point-in-time restores checked: %d (%.1f s each on average; the last to %s with %d markers)" % (
+            len(tl.pitr_checks), sum(x[3] for x in tl.pitr_checks) / len(tl.pitr_checks),
+            rfc3339(tl.pitr_checks[-1][1]), tl.pitr_checks[-1][2]))
     print("restore checks by the harness: %d; daemon restore tests: %s; wall time %.0f s" % (
         tl.restore_checks, ", ".join("%s %d" % kv for kv in sorted(tl.restore_tests.items())), wall))
     if tl.failures:
