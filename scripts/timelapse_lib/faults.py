@@ -17,17 +17,23 @@ Each kind, what the harness does, and what it must produce (spec/timelapse.md):
 - broker-down:  the Kafka broker is stopped for the night's run and started after it: the
                 snapshot holds `kafka` failed and the other sources complete; alerts
                 `backup failed: kafka`, and at 03:00 `missed backup: kafka`.
+- quota-low:    the plan's quota is lowered (SIGHUP) so the repository fills 85% of it:
+                `storage high` arrives; the next day, after the night, the quota is given
+                back, and no storage alert comes after.
+- slow-source:  a session holds a lock the logical dump waits for until 20 s after 02:00:
+                `slow backup` (expected-duration 15s); the night's snapshot is complete.
 - plan-change:  the plan gets other retention rules and the daemon SIGHUP: the retention
                 is applied again at once and the model follows the new rules.
 - flip-byte:    one byte of a random pack file is flipped: a restore test must find a
                 damaged snapshot within 7 days and mark it; retention keeps a good one.
 """
 
-KINDS = ("pg-down", "smtp-down", "no-run-night", "sigkill", "plan-change", "flip-byte", "broker-down")
+KINDS = ("pg-down", "smtp-down", "no-run-night", "sigkill", "plan-change", "flip-byte", "broker-down",
+         "quota-low", "slow-source")
 
 # Days after a fault's day that belong to it (no other fault starts in them).
 SPAN = {"pg-down": 2, "smtp-down": 2, "no-run-night": 3, "sigkill": 2, "plan-change": 2, "flip-byte": 8,
-        "broker-down": 2}
+        "broker-down": 2, "quota-low": 3, "slow-source": 2}
 
 FIRST_DAY = 10  # some history first
 

@@ -8,6 +8,7 @@ import shutil
 import signal
 import subprocess
 import tempfile
+import threading
 import time
 import traceback
 from zoneinfo import ZoneInfo
@@ -23,6 +24,14 @@ TZ_NAME = "Europe/Berlin"
 START = datetime.date(2027, 1, 1)
 PLAN_NAME = "timelapse"
 MISSION_RULES = {"daily": 30, "weekly": 8, "monthly": 12}
+# The plan's storage quota (its use is measured against it: spec/plan.md, "Alerts"), far
+# above what a run of a year stores; the fault `quota-low` lowers it for a day.
+QUOTA = "4GiB"
+# The schedule's expected-duration: a night takes 2-5 s here; the fault `slow-source`
+# holds a lock that pg_dump waits for SLOW_HOLD seconds (real time: a run's duration is
+# measured by the monotonic clock, spec/logging.md, "Simulated time").
+EXPECTED_DURATION = "15s"
+SLOW_HOLD = 20
 # The rules a plan change switches between (the mission's first).
 RULESETS = [MISSION_RULES,
             {"daily": 7, "weekly": 4, "monthly": 3},
@@ -80,6 +89,9 @@ class Timelapse:
         self.failures = []
         self.notes = []
         self.rules = dict(MISSION_RULES)
+        self.quota = QUOTA
+        self.quota_back = None  # the day the fault quota-low gives the quota back
+        self.locker = None      # the fault slow-source's psql holding its lock
         self.all = {}        # id -> model.Snap, every snapshot the plan made
         self.digests = {}    # id -> {source: digest}, what each source held at backup time
         self.kafka_sums = {}  # id -> kafka.summary() at backup time (for telling what differs)
@@ -236,7 +248,7 @@ schedule "nightly" {
     cron "0 2 * * *"
     timezone "%(tz)s"
     tag "nightly"
-    expected-duration "5m"
+    expected-duration "%(expected)s"
 }
 retention {
 %(retention)s
@@ -249,6 +261,7 @@ alerts {
     }
     missed-backup "25h"
     storage-warning "80%%"
+    quota "%(quota)s"
     repeat-every "6h"
 }
 verify {
@@ -261,7 +274,7 @@ api {
 }
 """ % dict(name=PLAN_NAME, repo=self.repo, password=self.password, cache=os.path.join(w, "cache-daemon"),
            etc=self.tree.root, pgport=self.prod.port, kbrokers=self.broker.brokers(), kscratch=self.kafka_scratch.port,
-           tz=TZ_NAME, retention=retention, smtp=self.smtp.port,
+           tz=TZ_NAME, retention=retention, expected=EXPECTED_DURATION, quota=self.quota, smtp=self.smtp.port,
            hash=self.token_hash)
         tmp = self.plan_path + ".tmp"
         with open(tmp, "w") as f:
@@ -413,13 +426,19 @@ api {
                 self.prod.stop()
             if kind == "broker-down":
                 self.broker.cut()
+                # cairn tries 4 times, each waiting 10 s for the broker (spec/kafka.md): the
+                # run takes ~47 s, longer than expected-duration.
+                self.allow("slow-backup", d)
             for src in fails:
                 self.expect("backup-failed:%s" % src, d)
             if kind == "smtp-down":
                 self.smtp.stop()
                 # Raised while the server is down: the daemon keeps it and sends it when the
                 # server is back (spec/plan.md, "Rate limiting"), so it is still expected.
-            made = self.night(d, kill=(kind == "sigkill"))
+            release = self.slow_source_lock(d) if kind == "slow-source" else None
+            made = self.night(d, kill=(kind == "sigkill"), release=release)
+            if kind == "slow-source":
+                self.wait_mails(d, ["slow-backup"])
             if fails:
                 if kind in ("pg-down", "smtp-down"):
                     self.prod.launch()
@@ -453,7 +472,9 @@ api {
                              "account is what restores are compared with): %s" % bad)
         if kind == "plan-change":
             self.plan_change(d)
-
+        self.quota_restore(d)
+        if kind == "quota-low":
+            self.quota_low(d)
         if kind == "flip-byte":
             self.flip_byte(d)
         self.flip_deadline(d)
@@ -482,7 +503,7 @@ api {
         self.markers.write(self.at(d, 21))
 
     @timed('night')
-    def night(self, d, kill=False):
+    def night(self, d, kill=False, release=None):
         """Set the clock to 02:00 and wait for the scheduled run; returns the new snapshots."""
         st = self.daemon.status()
         runs_before = st.get("runs", 0)
@@ -493,6 +514,9 @@ api {
             self.fail(d, "the daemon schedules the night's run at %s, not at %s (02:00 %s, or the first moment "
                          "after it on a change to summer time)" % (nxt, rfc3339(at), TZ_NAME))
         self.clock.set(at)
+        if release:
+            timer = threading.Timer(SLOW_HOLD, release)
+            timer.start()
         if kill:
             delay = self.rng_fault.uniform(0.0, 0.5)
             time.sleep(delay)
@@ -512,6 +536,8 @@ api {
                 self.wait_idle_after(runs_before)
             except HarnessError as e:
                 raise HarnessError("%s; %s" % (e, self.diagnose()))
+        if release:
+            timer.join()
         new = [s for s in self.plan_snapshots() if s["id"] not in before]
         made = []
         for s in new:
@@ -616,6 +642,48 @@ api {
         self.write_plan()
         self.daemon.signal(signal.SIGHUP)
         wait_for("the daemon to reload the plan", 30, lambda: self.daemon.log_count("plan reloaded") > n)
+
+    def quota_low(self, d):
+        """Fault quota-low: the plan's quota lowered so that the repository fills 83% of
+        it (above storage-warning 80%, below the 95% where critical-free's relief would
+        remove snapshots; a night adds a few percent): `storage high` must arrive now, may come again until the quota
+        is given back after the next night, and never after."""
+        size = self.repo_size(daemon_view=True)
+        self.quota = "%dB" % int(size / 0.83)
+        self.reload_plan()
+        self.expect("storage-high:storage", d)
+        self.allow("storage-high:storage", d + 1)
+        self.wait_mails(d, ["storage-high:storage"])
+        self.quota_back = d + 1
+        log("day %d: quota lowered to %s (the repository holds %d bytes)" % (d, self.quota, size))
+
+    def quota_restore(self, d):
+        if self.quota_back is not None and d >= self.quota_back:
+            self.quota_back = None
+            self.quota = QUOTA
+            self.reload_plan()
+            log("day %d: quota back to %s" % (d, self.quota))
+
+    def slow_source_lock(self, d):
+        """Fault slow-source: before the night, a session takes an ACCESS EXCLUSIVE lock on
+        app.accounts, which the logical dump must wait for; released SLOW_HOLD seconds
+        after 02:00 (a thread), so the run takes longer than expected-duration."""
+        self.locker = subprocess.Popen(
+            [os.path.join(PG_BIN, "psql"), "-X", "-A", "-t", "-q", "-h", "127.0.0.1", "-p", str(self.prod.port),
+             "-U", "postgres", "-d", "app"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            text=True)
+        self.locker.stdin.write("BEGIN;\nLOCK TABLE accounts IN ACCESS EXCLUSIVE MODE;\nSELECT 'locked';\n")
+        self.locker.stdin.flush()
+        line = self.locker.stdout.readline().strip()
+        if line != "locked":
+            raise HarnessError("slow-source: the lock was not taken: %r" % line)
+        self.expect("slow-backup", d)
+
+        def release(p=self.locker):
+            p.stdin.write("ROLLBACK;\n")
+            p.stdin.close()
+            p.wait(30)
+        return release
 
     # --- restore tests -------------------------------------------------------
 
@@ -940,9 +1008,13 @@ api {
 
     # --- the table -----------------------------------------------------------
 
-    def repo_size(self):
+    def repo_size(self, daemon_view=False):
+        """Bytes of the repository's files; `daemon_view`: those the daemon counts (not
+        tmp/, where interrupted writes leave files)."""
         total = 0
-        for root, _, files in os.walk(self.repo):
+        for root, dirs, files in os.walk(self.repo):
+            if daemon_view and root == self.repo and "tmp" in dirs:
+                dirs.remove("tmp")
             for n in files:
                 try:
                     total += os.lstat(os.path.join(root, n)).st_size
