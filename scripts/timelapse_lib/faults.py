@@ -22,6 +22,10 @@ Each kind, what the harness does, and what it must produce (spec/timelapse.md):
                 back, and no storage alert comes after.
 - slow-source:  a session holds a lock the logical dump waits for until 20 s after 02:00:
                 `slow backup` (expected-duration 15s); the night's snapshot is complete.
+- disk-full:    the repository's filesystem (a tmpfs) is filled before the night: the run
+                saves nothing and alerts `backup failed: run`, then `missed backup` for
+                every source; once space is back `cairn check` is clean, the last snapshot
+                restores, archiving catches up and the next night works.
 - plan-change:  the plan gets other retention rules and the daemon SIGHUP: the retention
                 is applied again at once and the model follows the new rules.
 - flip-byte:    one byte of a random pack file is flipped: a restore test must find a
@@ -29,11 +33,11 @@ Each kind, what the harness does, and what it must produce (spec/timelapse.md):
 """
 
 KINDS = ("pg-down", "smtp-down", "no-run-night", "sigkill", "plan-change", "flip-byte", "broker-down",
-         "quota-low", "slow-source")
+         "quota-low", "slow-source", "disk-full")
 
 # Days after a fault's day that belong to it (no other fault starts in them).
 SPAN = {"pg-down": 2, "smtp-down": 2, "no-run-night": 3, "sigkill": 2, "plan-change": 2, "flip-byte": 8,
-        "broker-down": 2, "quota-low": 3, "slow-source": 2}
+        "broker-down": 2, "quota-low": 3, "slow-source": 2, "disk-full": 2}
 
 FIRST_DAY = 10  # some history first
 

@@ -31,6 +31,8 @@ QUOTA = "4GiB"
 # holds a lock that pg_dump waits for SLOW_HOLD seconds (real time: a run's duration is
 # measured by the monotonic clock, spec/logging.md, "Simulated time").
 EXPECTED_DURATION = "15s"
+# The repository's tmpfs: a year of this plan stores ~40 MiB (spec/timelapse.md).
+REPO_FS_MIB = 256
 SLOW_HOLD = 20
 # The rules a plan change switches between (the mission's first).
 RULESETS = [MISSION_RULES,
@@ -40,6 +42,8 @@ RULESETS = [MISSION_RULES,
 # etc: files; db: database `app`, logical; cluster: the same cluster, physical (base
 # backups, WAL archived by wal-push); kafka: two topics and their consumer groups on Tansu.
 SOURCES = ("etc", "db", "cluster", "kafka")
+# What a nightly run is called in alerts about the run itself.
+TRIGGER = "schedule nightly"
 # The sources each fault makes fail for its night.
 FAILS = {"pg-down": ("db", "cluster"), "smtp-down": ("db", "cluster"), "broker-down": ("kafka",)}
 
@@ -128,7 +132,15 @@ class Timelapse:
         log("work directory %s" % self.work)
         self.bin = find_cairn(self.root)
         w = self.work
-        self.repo = os.path.join(w, "repo")
+        # The repository on a filesystem of its own, small enough to fill (fault disk-full):
+        # a tmpfs of REPO_FS_MIB.
+        self.repo_fs = os.path.join(w, "repo-fs")
+        os.makedirs(self.repo_fs)
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=%dm,mode=0755" % REPO_FS_MIB, "timelapse-repo",
+                        self.repo_fs], check=True)
+        self.mounted = True
+        self.repo = os.path.join(self.repo_fs, "repo")
+        self.filler = os.path.join(self.repo_fs, "filler")
         self.password = os.path.join(w, "password")
         with open(self.password, "w") as f:
             f.write("timelapse-%s\n" % self.seed)
@@ -297,9 +309,13 @@ api {
             except Exception as e:  # noqa: BLE001 - cleanup goes on
                 log("cleanup: %s" % e)
         if not self.args.keep and not self.failures:
+            if getattr(self, "mounted", False):
+                subprocess.run(["umount", self.repo_fs])
             shutil.rmtree(self.work, ignore_errors=True)
         else:
-            log("kept %s (serve.log, mail/, plan.kdl, repo/)" % self.work)
+            log("kept %s (serve.log, mail/, plan.kdl, repo-fs/repo/)%s" % (
+                self.work, "; the repository is on a tmpfs: `umount %s` when done" % self.repo_fs
+                if getattr(self, "mounted", False) else ""))
 
     # --- time ----------------------------------------------------------------
 
@@ -436,7 +452,30 @@ api {
                 # Raised while the server is down: the daemon keeps it and sends it when the
                 # server is back (spec/plan.md, "Rate limiting"), so it is still expected.
             release = self.slow_source_lock(d) if kind == "slow-source" else None
+            if kind == "disk-full":
+                self.fill_disk(d)
+                # The run fails: it saves no snapshot (backup-failed, key run, subject the
+                # trigger: spec/plan.md "The daemon"), or one without the sources it could
+                # not store (backup-failed for each); PostgreSQL's archive_command fails
+                # meanwhile (wal-archive may be alerted) and the base backup may wait for it.
+                for lb in ["backup-failed:%s" % TRIGGER] + ["backup-failed:%s" % s for s in SOURCES] + \
+                        ["wal-archive:cluster", "slow-backup"]:
+                    self.allow(lb, d)
             made = self.night(d, kill=(kind == "sigkill"), release=release)
+            if kind == "disk-full":
+                try:
+                    wait_for("a backup-failed alert", 30, lambda: self.take_mails(d) or any(
+                        a.startswith("backup-failed:") for a in self.day_alerts), interval=0.1)
+                except HarnessError:
+                    self.fail(d, "the night on a full disk alerted no failed backup (alerts: %s)" % (
+                        ", ".join(self.day_alerts) or "none"))
+                self.disk_full_after(d, made)
+                failed = SOURCES if not made else [n for n, v in self.all[made[0]].sources.items()
+                                                   if v != "complete"]
+                for src in failed:
+                    self.expect("missed-backup:%s" % src, d)
+                self.clock.set(self.at(d, 3, 0, 30))
+                self.wait_mails(d, ["missed-backup:%s" % src for src in failed])
             if kind == "slow-source":
                 self.wait_mails(d, ["slow-backup"])
             if fails:
@@ -557,11 +596,11 @@ api {
                     self.expect("missed-backup:%s" % src, d)
                 self.clock.set(self.at(d, 3, 0, 30))
                 self.wait_mails(d, ["missed-backup:%s" % s for s in SOURCES])
-        elif len(made) != 1:
+        elif len(made) != 1 and self.faults.get(d) != "disk-full":
             self.fail(d, "the night's run made %d snapshots, not 1" % len(made))
         for sid in made:
             st = self.all[sid].sources
-            if not kill and d not in self.faults_with(*FAILS) and \
+            if not kill and d not in self.faults_with("disk-full", *FAILS) and \
                     any(st.get(n) != "complete" for n in SOURCES):
                 self.fail(d, "snapshot %s is not complete: %s" % (sid[:8], st))
         return made
@@ -663,6 +702,58 @@ api {
             self.quota = QUOTA
             self.reload_plan()
             log("day %d: quota back to %s" % (d, self.quota))
+
+    def fill_disk(self, d):
+        """Fault disk-full: a file takes the free space of the repository's filesystem before
+        the night but for 0, 256 KiB or 2 MiB (chosen by the seed: a run that cannot take
+        its lock, one that fails within its first packs, one that fails later)."""
+        left = self.rng_fault.choice([0, 256 << 10, 2 << 20])
+        st = os.statvfs(self.repo_fs)
+        free = st.f_bavail * st.f_frsize
+        with open(self.filler, "wb") as f:
+            os.posix_fallocate(f.fileno(), 0, max(4096, free - left))
+        st = os.statvfs(self.repo_fs)
+        log("day %d: the repository's filesystem filled (%d bytes taken, %d left)" % (
+            d, free, st.f_bavail * st.f_frsize))
+
+    def disk_full_after(self, d, made):
+        """After the night on a full disk: no snapshot may be saved as if complete; once the
+        space is back, `cairn check` finds nothing damaged, the newest kept snapshot still
+        restores, and PostgreSQL's archiving, which failed meanwhile, catches up."""
+        for sid in made:
+            st = self.all[sid].sources
+            if all(v == "complete" for v in st.values()):
+                self.fail(d, "with the repository's disk full, snapshot %s was saved complete: %s" % (sid[:8], st))
+        os.remove(self.filler)
+        p = self.cli(["check"], check=False)
+        if p.returncode != 0:
+            self.fail(d, "cairn check after the disk was full: exit %d\n%s%s" % (
+                p.returncode, p.stdout[-1500:], p.stderr[-1500:]))
+        older = [i for i in sorted(self.model, key=lambda i: self.all[i].time) if i not in made and
+                 i not in self.damaged and not self.all[i].corrupted]
+        if older:
+            bad = self.restore_check(d, older[-1])
+            if bad:
+                self.fail(d, "after the disk was full, snapshot %s (made before) does not restore: %s" % (
+                    older[-1][:8], bad))
+        # The archiver retries the segment it failed on when woken by a new one.
+        self.wait_archived(d)
+
+    def wait_archived(self, d, timeout=120):
+        """Switch WAL and wait until PostgreSQL reports it archived (a success newer than
+        any failure)."""
+        before = int(self.prod.psql("postgres", "SELECT archived_count FROM pg_stat_archiver"))
+        self.prod.psql("postgres", "SELECT pg_switch_wal()")
+        t0 = time.time()
+        while time.time() - t0 < timeout:
+            row = self.prod.psql("postgres", "SELECT archived_count, coalesce(last_archived_time >= "
+                                             "coalesce(last_failed_time, '-infinity'), false) FROM pg_stat_archiver")
+            n, ok = row.split("|")
+            if int(n) > before and ok == "t":
+                return
+            time.sleep(0.2)
+        self.fail(d, "PostgreSQL's WAL archiving did not catch up within %d s: %s" % (timeout, self.prod.psql(
+            "postgres", "SELECT * FROM pg_stat_archiver")))
 
     def slow_source_lock(self, d):
         """Fault slow-source: before the night, a session takes an ACCESS EXCLUSIVE lock on
