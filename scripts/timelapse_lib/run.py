@@ -1,6 +1,7 @@
 """One time-lapse run: set up the world, drive the simulated clock through N nights, inject
 the seeded faults, and check the invariants after every day (spec/timelapse.md)."""
 import datetime
+import hashlib
 import json
 import os
 import random
@@ -55,6 +56,11 @@ class Failure(Exception):
 PHASES = {}
 
 
+def rm_file(p):
+    if os.path.lexists(p):
+        os.remove(p)
+
+
 def timed(name):
     """Wall time spent in a method, summed per name (printed at the end)."""
     def wrap(f):
@@ -100,6 +106,7 @@ class Timelapse:
         self.digests = {}    # id -> {source: digest}, what each source held at backup time
         self.kafka_sums = {}  # id -> kafka.summary() at backup time (for telling what differs)
         self.pitr_checks = []  # (day, target, markers) of every point-in-time restore checked
+        self.wal_damaged = None  # the flip that damaged archived WAL: day, segments, pack
         self.model = {}      # id -> model.Snap, what the model says the repository keeps
         self.reasons = {}
         self.retention_pending = False
@@ -162,6 +169,7 @@ class Timelapse:
         pitr.share_with_postgres(self.repo, self.password)
         self.pg_cache = {n: pitr.postgres_dir(os.path.join(w, "cache-" + n)) for n in ("walpush", "pitr")}
         self.pitr_dir = pitr.postgres_dir(os.path.join(w, "pitr"))
+        self.wal_log = os.path.join(self.pitr_dir, "archived.sha256")
 
         self.prod = pitr.FakeClockCluster(w, "prod", pitr.faketime_env(self.clock.offset_path))
         self.scratch = Cluster(w, "scratch")
@@ -212,10 +220,12 @@ class Timelapse:
 
     def archive_command(self):
         """wal-push as PostgreSQL runs it: as `postgres`, on the simulated clock (cairn's
-        own, not libfaketime's), with a cache of its own."""
-        return ("env -u LD_PRELOAD -u FAKETIME_TIMESTAMP_FILE CAIRN_TEST_CLOCK=%s TZ=%s %s wal-push -q -r %s "
-                "--password-file %s --cache-dir %s %%p" % (self.clock.path, TZ_NAME, self.bin, self.repo,
-                                                          self.password, self.pg_cache["walpush"]))
+        own, not libfaketime's), with a cache of its own. First the segment's sha256 goes
+        to a log of the harness, so that a segment fetched back can be compared."""
+        return ("sha256sum %%p >> %s && env -u LD_PRELOAD -u FAKETIME_TIMESTAMP_FILE CAIRN_TEST_CLOCK=%s TZ=%s "
+                "%s wal-push -q -r %s --password-file %s --cache-dir %s %%p" % (
+                    self.wal_log, self.clock.path, TZ_NAME, self.bin, self.repo, self.password,
+                    self.pg_cache["walpush"]))
 
     def ms(self, t):
         return int(t.timestamp() * 1000)
@@ -517,6 +527,7 @@ api {
         if kind == "flip-byte":
             self.flip_byte(d)
         self.flip_deadline(d)
+        self.wal_damage_later(d)
         self.day_changes(d)
         self.end_of_day_alerts(d)
         rss = self.daemon.rss_kib() if self.daemon.alive() else None
@@ -900,6 +911,9 @@ api {
         needs is archived, so the archive reaches every commit before it)."""
         times = sorted(self.all[i].time for i in self.model
                        if self.all[i].sources.get("cluster") == "complete" and i not in self.damaged)
+        if self.wal_damaged:
+            # Recovery from a base backup made before the flip would cross the damaged WAL.
+            times = [t for t in times if t > self.at(self.wal_damaged["day"] + 1) - datetime.timedelta(hours=1)]
         if not times:
             return None
         lo = times[0] + datetime.timedelta(minutes=5)
@@ -988,7 +1002,7 @@ api {
             self.fail(d, "no pack files to damage")
             return
         packs.sort()
-        _, pack = self.rng_fault.choice(packs)
+        mtime, pack = self.rng_fault.choice(packs)
         size = os.path.getsize(pack)
         off = self.rng_fault.randrange(size)
         with open(pack, "r+b") as f:
@@ -1019,6 +1033,77 @@ api {
             self.allow("backup-failed:retention", d + 7)
         else:
             self.notes.append("day %d: the flipped byte in %s damaged no kept snapshot" % (d, rel))
+        self.wal_damage(d, rel, mtime)
+
+    def wal_damage(self, d, rel, mtime):
+        """Which archived WAL segments the flip damaged: those whose entry in the repository
+        was written within seconds of the flipped pack (wal-push stores each segment in a
+        pack of its own), fetched with wal-fetch and compared with the sha256 recorded by the
+        archive_command before it pushed. A damaged segment cuts the restorable range of the
+        base backups before it: `cairn check --read-data` must name it (spec/postgres.md,
+        "Continuity": a damaged entry counts as missing)."""
+        want = {}
+        try:
+            with open(self.wal_log) as f:
+                for line in f:
+                    h, _, path = line.strip().partition("  ")
+                    want[os.path.basename(path)] = h
+        except OSError:
+            return
+        wal_dir = os.path.join(self.repo, "wal")
+        cands = set()
+        for n in os.listdir(wal_dir):
+            name = n.split(".")[0]
+            if len(name) == 24 and n.count(".") == 1 and name in want and \
+                    abs(os.stat(os.path.join(wal_dir, n)).st_mtime - mtime) < 5:
+                cands.add(name)
+        log("day %d: %d archived WAL segment(s) were stored within 5 s of the flipped pack: %s" % (
+            d, len(cands), ", ".join(sorted(cands)) or "none"))
+        bad = []
+        out = os.path.join(self.work, "wal-check")
+        for name in sorted(cands):
+            rm_file(out)
+            p = self.cli(["wal-fetch", name, out, "-q"], check=False)
+            got = None
+            if p.returncode == 0:
+                with open(out, "rb") as f:
+                    got = hashlib.sha256(f.read()).hexdigest()
+            if got != want[name]:
+                bad.append(name)
+        rm_file(out)
+        if not bad:
+            return
+        self.wal_damaged = {"day": d, "segments": bad, "pack": rel}
+        log("day %d: the flipped byte in %s damaged archived WAL segment(s) %s" % (d, rel, ", ".join(bad)))
+        p = self.cli(["check", "--read-data"], check=False)
+        text = p.stdout + p.stderr
+        missing = [n for n in bad if n not in text]
+        if p.returncode == 0 or missing:
+            self.fail(d, "the flipped byte in %s damaged archived WAL segment(s) %s (wal-fetch does not give back "
+                         "what was archived), but cairn check --read-data (exit %d) does not name %s: %s" % (
+                             rel, ", ".join(bad), p.returncode, ", ".join(missing) or "them",
+                             " | ".join(text.strip().splitlines()[-3:])))
+
+    def wal_damage_later(self, d):
+        """A week after a flip that damaged WAL (the daemon's data check has run): `cairn
+        check` must still name the segments while a kept base backup needs them."""
+        w = self.wal_damaged
+        if not w or w.get("checked") or d < w["day"] + 7:
+            return
+        w["checked"] = d
+        p = self.cli(["check"], check=False)
+        text = p.stdout + p.stderr
+        missing = [n for n in w["segments"] if n not in text]
+        if missing:
+            self.fail(d, "archived WAL segment(s) %s, damaged by the flip of day %d, are named by no cairn check "
+                         "a week later (exit %d: %s); wal-fetch of them %s" % (
+                             ", ".join(missing), w["day"], p.returncode, " | ".join(text.strip().splitlines()[-2:]),
+                             "; ".join(self.fetch_state(n) for n in missing)))
+
+    def fetch_state(self, name):
+        p = self.cli(["wal-fetch", name, os.path.join(self.work, "wal-check"), "-q"], check=False)
+        rm_file(os.path.join(self.work, "wal-check"))
+        return "%s: %s" % (name, "exit 0" if p.returncode == 0 else p.stderr.strip().splitlines()[-1][:200])
 
     def check_new_after_flip(self, d, made):
         """While a flipped byte is in the repository, each new snapshot is restored too: one
