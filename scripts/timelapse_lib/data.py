@@ -135,6 +135,11 @@ def psql(port, db, sql, stdin=None):
     return p.stdout
 
 
+def app_text(port):
+    """Database app's rows as COPY writes them (for the size bound)."""
+    return psql(port, "app", "COPY accounts TO STDOUT; COPY events TO STDOUT; COPY markers TO STDOUT").encode()
+
+
 def db_digest(port, db="app", tables_only=False):
     """sha256 of a deterministic dump of every table, ordered by key, and the sequence.
     `tables_only` leaves the sequence out: a point-in-time restore gets a sequence's value

@@ -17,7 +17,7 @@ from zoneinfo import ZoneInfo
 from bench_lib.common import free_port
 from bench_lib.postgres import PG_BIN, Cluster
 
-from . import data, faults, kafka, model, pitr
+from . import bound, data, faults, kafka, model, pitr
 from .env import (UTC, Daemon, HarnessError, SimClock, Smtp, find_cairn, log, rfc3339,
                   wait_for)
 
@@ -200,6 +200,8 @@ class Timelapse:
         self.kafka.create(self.ms(self.clock.now()))
         self.note_digests(t0)
 
+        self.bound = bound.Bound(self.prod.data, self.tree.root, self.wal_log)
+        self.bound_failed = -100  # the last day the bound was reported exceeded
         # The verify's check that the broker holds what the harness's account says.
         bad = self.kafka.check_broker()
         if bad:
@@ -471,6 +473,7 @@ api {
                 for lb in ["backup-failed:%s" % TRIGGER] + ["backup-failed:%s" % s for s in SOURCES] + \
                         ["wal-archive:cluster", "slow-backup"]:
                     self.allow(lb, d)
+            self.bound.before_night()
             made = self.night(d, kill=(kind == "sigkill"), release=release)
             if kind == "disk-full":
                 try:
@@ -503,6 +506,8 @@ api {
                     self.take_mails(d)
                 else:
                     self.wait_mails(d, ["missed-backup:%s" % src for src in fails])
+        if made:
+            self.bound.after_night(d, data.app_text(self.prod.port), self.kafka.log)
         self.check_new_after_flip(d, made)
         self.update_model(d, made)
         if self.date(d).weekday() == 6 and self.daemon.alive():
@@ -1201,14 +1206,29 @@ api {
     def row(self, d, made, faults_today):
         cats = model.categories(self.reasons)
         kept = len(self.model)
+        size = self.repo_size(daemon_view=True)
+        limit = self.size_bound()
         r = {"day": d + 1, "date": self.date(d).isoformat(), "runs": len(made), "kept": kept,
              "daily": cats.get("daily", 0), "weekly": cats.get("weekly", 0), "monthly": cats.get("monthly", 0),
-             "repo_mib": self.repo_size() / (1 << 20), "alerts": sorted(set(self.day_alerts)),
-             "faults": faults_today}
+             "repo_mib": size / (1 << 20), "bound_mib": limit / (1 << 20) if limit else None,
+             "alerts": sorted(set(self.day_alerts)), "faults": faults_today}
         self.rows.append(r)
-        print("%4d  %s %s  %4d  %4d  %3d/%2d/%2d  %8.2f  %-40s %s" % (
+        if limit and size > limit and d - self.bound_failed >= 30:
+            self.bound_failed = d
+            self.fail(d, "the repository holds %d bytes, more than its bound %d (spec/timelapse.md, \"Repository "
+                         "size\"; reported at most every 30 days)" % (size, limit))
+        print("%4d  %s %s  %4d  %4d  %3d/%2d/%2d  %8.2f  %8s  %-40s %s" % (
             r["day"], r["date"], self.date(d).strftime("%a"), r["runs"], r["kept"], r["daily"], r["weekly"],
-            r["monthly"], r["repo_mib"], ",".join(r["alerts"]) or "-", ",".join(faults_today) or "-"), flush=True)
+            r["monthly"], r["repo_mib"], "%.2f" % r["bound_mib"] if limit else "-",
+            ",".join(r["alerts"]) or "-", ",".join(faults_today) or "-"), flush=True)
+
+    def size_bound(self):
+        """B(d) of spec/timelapse.md for the snapshots the model keeps (None before the first
+        night was measured)."""
+        if not self.bound.persist or not self.model:
+            return None
+        days = sorted((self.all[i].time.astimezone(self.tz).date() - START).days for i in self.model)
+        return self.bound.bound(days[0], days)
 
     # --- the end -------------------------------------------------------------
 
@@ -1275,7 +1295,8 @@ def main(args, root):
     tl = Timelapse(args, root)
     try:
         tl.setup()
-        print("%4s  %-14s  %4s  %4s  %9s  %8s  %-40s %s" % ("day", "date", "runs", "kept", "d/w/m", "repo MiB",
+        print("%4s  %-14s  %4s  %4s  %9s  %8s  %8s  %-40s %s" % ("day", "date", "runs", "kept", "d/w/m", "repo MiB",
+                                                                  "bound",
                                                              "alerts", "faults"), flush=True)
         for d in range(args.days):
             tl.run_day(d)
