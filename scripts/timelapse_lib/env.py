@@ -181,6 +181,49 @@ class Smtp:
         return out
 
 
+# --- the S3 server --------------------------------------------------------------
+
+S3S_FS = os.path.expanduser("~/.cargo/bin/s3s-fs")
+
+
+class S3Server:
+    """s3s-fs (DESIGN.md §6) on a fixed port, its objects as files below `dir`; one bucket.
+    `kill()` is SIGKILL, as a crash would be."""
+
+    ACCESS_KEY = "timelapse-access"
+    SECRET_KEY = "timelapse-secret-key"
+
+    def __init__(self, work, directory, bucket="timelapse"):
+        self.dir = directory
+        self.log = os.path.join(work, "s3s-fs.log")
+        self.port = free_port()
+        self.proc = None
+        os.makedirs(os.path.join(directory, bucket), exist_ok=True)
+
+    def env(self):
+        return {"AWS_ENDPOINT_URL": "http://127.0.0.1:%d" % self.port, "AWS_ACCESS_KEY_ID": self.ACCESS_KEY,
+                "AWS_SECRET_ACCESS_KEY": self.SECRET_KEY, "AWS_REGION": "us-east-1"}
+
+    def start(self):
+        if not os.access(S3S_FS, os.X_OK):
+            raise HarnessError("%s is missing: run scripts/setup (it installs s3s-fs 0.14.1)" % S3S_FS)
+        with open(self.log, "a") as lf:
+            self.proc = subprocess.Popen([S3S_FS, "--host", "127.0.0.1", "--port", str(self.port), "--access-key",
+                                          self.ACCESS_KEY, "--secret-key", self.SECRET_KEY, self.dir],
+                                         stdout=lf, stderr=lf, stdin=subprocess.DEVNULL)
+        wait_port(self.port, self.proc, timeout=30)
+
+    def kill(self):
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait()
+            self.proc = None
+
+    def stop(self):
+        stop_process(self.proc)
+        self.proc = None
+
+
 # --- the daemon -----------------------------------------------------------------
 
 class Daemon:

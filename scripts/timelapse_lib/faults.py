@@ -26,6 +26,10 @@ Each kind, what the harness does, and what it must produce (spec/timelapse.md):
                 saves nothing and alerts `backup failed: run`, then `missed backup` for
                 every source; once space is back `cairn check` is clean, the last snapshot
                 restores, archiving catches up and the next night works.
+- s3-kill:      (--repo s3 only) the S3 server (s3s-fs) is killed 0-1 s after 02:00,
+                during the run, and started again after it: a failed backup is alerted
+                (unless the run had stored everything), missed backup for the sources
+                without a copy, `cairn check` is clean, the next night works.
 - plan-change:  the plan gets other retention rules and the daemon SIGHUP: the retention
                 is applied again at once and the model follows the new rules.
 - flip-byte:    one byte of a random pack file is flipped: a restore test must find a
@@ -33,11 +37,11 @@ Each kind, what the harness does, and what it must produce (spec/timelapse.md):
 """
 
 KINDS = ("pg-down", "smtp-down", "no-run-night", "sigkill", "plan-change", "flip-byte", "broker-down",
-         "quota-low", "slow-source", "disk-full")
+         "quota-low", "slow-source", "disk-full", "s3-kill")
 
 # Days after a fault's day that belong to it (no other fault starts in them).
 SPAN = {"pg-down": 2, "smtp-down": 2, "no-run-night": 3, "sigkill": 2, "plan-change": 2, "flip-byte": 8,
-        "broker-down": 2, "quota-low": 3, "slow-source": 2, "disk-full": 2}
+        "broker-down": 2, "quota-low": 3, "slow-source": 2, "disk-full": 2, "s3-kill": 2}
 
 FIRST_DAY = 10  # some history first
 

@@ -71,10 +71,11 @@ def share_with_postgres(repo, password_file):
     """README.md, "One repository, two users": the repository's group is postgres, group
     members may write, new files take the group, and a group-readable config turns cairn's
     group mode on; the password file is readable by the group."""
-    subprocess.run(["chgrp", "-R", "postgres", repo], check=True)
-    subprocess.run(["chmod", "-R", "g+rwX", repo], check=True)
-    subprocess.run(["find", repo, "-type", "d", "-exec", "chmod", "g+s", "{}", "+"], check=True)
-    os.chmod(os.path.join(repo, "config"), 0o640)
+    if repo:  # not an object store's
+        subprocess.run(["chgrp", "-R", "postgres", repo], check=True)
+        subprocess.run(["chmod", "-R", "g+rwX", repo], check=True)
+        subprocess.run(["find", repo, "-type", "d", "-exec", "chmod", "g+s", "{}", "+"], check=True)
+        os.chmod(os.path.join(repo, "config"), 0o640)
     shutil.chown(password_file, group="postgres")
     os.chmod(password_file, 0o640)
 

@@ -18,7 +18,7 @@ from bench_lib.common import free_port
 from bench_lib.postgres import PG_BIN, Cluster
 
 from . import bound, data, faults, kafka, model, pitr
-from .env import (UTC, Daemon, HarnessError, SimClock, Smtp, find_cairn, log, rfc3339,
+from .env import (UTC, Daemon, HarnessError, S3Server, SimClock, Smtp, find_cairn, log, rfc3339,
                   wait_for)
 
 TZ_NAME = "Europe/Berlin"
@@ -34,6 +34,8 @@ QUOTA = "4GiB"
 EXPECTED_DURATION = "15s"
 # The repository's tmpfs: a year of this plan stores ~40 MiB (spec/timelapse.md).
 REPO_FS_MIB = 256
+# --repo s3: the bucket on the s3s-fs server.
+S3_BUCKET = "timelapse"
 SLOW_HOLD = 20
 # The rules a plan change switches between (the mission's first).
 RULESETS = [MISSION_RULES,
@@ -146,8 +148,18 @@ class Timelapse:
         subprocess.run(["mount", "-t", "tmpfs", "-o", "size=%dm,mode=0755" % REPO_FS_MIB, "timelapse-repo",
                         self.repo_fs], check=True)
         self.mounted = True
-        self.repo = os.path.join(self.repo_fs, "repo")
         self.filler = os.path.join(self.repo_fs, "filler")
+        if a.repo == "s3":
+            # An s3s-fs server keeps the bucket in a directory of that filesystem: the
+            # repository's files are its objects (the harness flips bytes and sums sizes there).
+            self.s3 = S3Server(w, os.path.join(self.repo_fs, "s3"))
+            self.s3.start()
+            self.repo = "s3://%s/repo" % S3_BUCKET
+            self.repo_dir = os.path.join(self.s3.dir, S3_BUCKET, "repo")
+        else:
+            self.s3 = None
+            self.repo = os.path.join(self.repo_fs, "repo")
+            self.repo_dir = self.repo
         self.password = os.path.join(w, "password")
         with open(self.password, "w") as f:
             f.write("timelapse-%s\n" % self.seed)
@@ -155,6 +167,8 @@ class Timelapse:
                               offset_path=os.path.join(w, "faketime"))
         base = {k: v for k, v in os.environ.items() if not k.startswith("CAIRN_")}
         base.update(TZ=TZ_NAME, CAIRN_TEST_CLOCK=self.clock.path, CAIRN_PG_BIN=PG_BIN)
+        if self.s3:
+            base.update(self.s3.env())
         self.env = base
         # The harness's own commands: another cache than the daemon's.
         self.cli_env = dict(base, CAIRN_PLAN=os.path.join(w, "plan.kdl"),
@@ -166,7 +180,7 @@ class Timelapse:
         # users"), and so is the password file.
         self.cli(["init", "-r", self.repo, "--password-file", self.password, "--kdf-work-factor", "10", "-q"],
                  plan=False)
-        pitr.share_with_postgres(self.repo, self.password)
+        pitr.share_with_postgres(None if self.s3 else self.repo, self.password)
         self.pg_cache = {n: pitr.postgres_dir(os.path.join(w, "cache-" + n)) for n in ("walpush", "pitr")}
         self.pitr_dir = pitr.postgres_dir(os.path.join(w, "pitr"))
         self.wal_log = os.path.join(self.pitr_dir, "archived.sha256")
@@ -214,6 +228,9 @@ class Timelapse:
             self.faults = faults.parse(a.faults)
         else:
             without = [k for k in (a.without or "").split(",") if k]
+            # s3-kill needs the S3 server; disk-full is left to the local repository (on
+            # s3s-fs a full disk fails PUTs, which cairn retries for up to 120 s each).
+            without += ["disk-full"] if self.s3 else ["s3-kill"]
             self.faults = {} if a.no_faults else faults.schedule(self.days, self.rng_fault, without)
         log("faults: %s" % (", ".join("day %d %s" % (d, k) for d, k in sorted(self.faults.items())) or "none"))
         self.daemon = Daemon(self.bin, self.plan_path, os.path.join(w, "state"), self.env,
@@ -224,9 +241,10 @@ class Timelapse:
         """wal-push as PostgreSQL runs it: as `postgres`, on the simulated clock (cairn's
         own, not libfaketime's), with a cache of its own. First the segment's sha256 goes
         to a log of the harness, so that a segment fetched back can be compared."""
-        return ("sha256sum %%p >> %s && env -u LD_PRELOAD -u FAKETIME_TIMESTAMP_FILE CAIRN_TEST_CLOCK=%s TZ=%s "
+        aws = " ".join("%s=%s" % kv for kv in self.s3.env().items()) if self.s3 else ""
+        return ("sha256sum %%p >> %s && env -u LD_PRELOAD -u FAKETIME_TIMESTAMP_FILE CAIRN_TEST_CLOCK=%s TZ=%s %s "
                 "%s wal-push -q -r %s --password-file %s --cache-dir %s %%p" % (
-                    self.wal_log, self.clock.path, TZ_NAME, self.bin, self.repo, self.password,
+                    self.wal_log, self.clock.path, TZ_NAME, aws, self.bin, self.repo, self.password,
                     self.pg_cache["walpush"]))
 
     def ms(self, t):
@@ -313,7 +331,7 @@ api {
         return p.stdout if check else p
 
     def cleanup(self):
-        for what in (lambda: self.daemon.stop(), lambda: self.smtp.stop(), lambda: self.prod.stop(),
+        for what in (lambda: self.daemon.stop(), lambda: self.s3 and self.s3.stop(), lambda: self.smtp.stop(), lambda: self.prod.stop(),
                      lambda: self.scratch.stop(), lambda: self.kafka.close(), lambda: self.broker.stop(),
                      lambda: self.kafka_scratch.stop()):
             try:
@@ -463,32 +481,24 @@ api {
                 self.smtp.stop()
                 # Raised while the server is down: the daemon keeps it and sends it when the
                 # server is back (spec/plan.md, "Rate limiting"), so it is still expected.
-            release = self.slow_source_lock(d) if kind == "slow-source" else None
-            if kind == "disk-full":
-                self.fill_disk(d)
+            timer = (SLOW_HOLD, self.slow_source_lock(d)) if kind == "slow-source" else None
+            if kind == "s3-kill":
+                timer = (self.rng_fault.uniform(0.0, 1.0), self.s3.kill)
+            if kind in ("disk-full", "s3-kill"):
+                if kind == "disk-full":
+                    self.fill_disk(d)
                 # The run fails: it saves no snapshot (backup-failed, key run, subject the
                 # trigger: spec/plan.md "The daemon"), or one without the sources it could
                 # not store (backup-failed for each); PostgreSQL's archive_command fails
-                # meanwhile (wal-archive may be alerted) and the base backup may wait for it.
-                for lb in ["backup-failed:%s" % TRIGGER] + ["backup-failed:%s" % s for s in SOURCES] + \
+                # meanwhile (wal-archive may be alerted) and the base backup may wait for it;
+                # with the S3 server gone, the daemon's checks cannot open the repository.
+                for lb in ["backup-failed:%s" % x for x in (TRIGGER, "repository") + SOURCES] + \
                         ["wal-archive:cluster", "slow-backup"]:
                     self.allow(lb, d)
             self.bound.before_night()
-            made = self.night(d, kill=(kind == "sigkill"), release=release)
-            if kind == "disk-full":
-                try:
-                    wait_for("a backup-failed alert", 30, lambda: self.take_mails(d) or any(
-                        a.startswith("backup-failed:") for a in self.day_alerts), interval=0.1)
-                except HarnessError:
-                    self.fail(d, "the night on a full disk alerted no failed backup (alerts: %s)" % (
-                        ", ".join(self.day_alerts) or "none"))
-                self.disk_full_after(d, made)
-                failed = SOURCES if not made else [n for n, v in self.all[made[0]].sources.items()
-                                                   if v != "complete"]
-                for src in failed:
-                    self.expect("missed-backup:%s" % src, d)
-                self.clock.set(self.at(d, 3, 0, 30))
-                self.wait_mails(d, ["missed-backup:%s" % src for src in failed])
+            made = self.night(d, kill=(kind == "sigkill"), timer=timer)
+            if kind in ("disk-full", "s3-kill"):
+                self.storage_fault_after(d, kind, made)
             if kind == "slow-source":
                 self.wait_mails(d, ["slow-backup"])
             if fails:
@@ -558,7 +568,7 @@ api {
         self.markers.write(self.at(d, 21))
 
     @timed('night')
-    def night(self, d, kill=False, release=None):
+    def night(self, d, kill=False, timer=None):
         """Set the clock to 02:00 and wait for the scheduled run; returns the new snapshots."""
         st = self.daemon.status()
         runs_before = st.get("runs", 0)
@@ -569,8 +579,9 @@ api {
             self.fail(d, "the daemon schedules the night's run at %s, not at %s (02:00 %s, or the first moment "
                          "after it on a change to summer time)" % (nxt, rfc3339(at), TZ_NAME))
         self.clock.set(at)
-        if release:
-            timer = threading.Timer(SLOW_HOLD, release)
+        if timer:
+            # What a fault does during the night's run: after a delay (real seconds from 02:00).
+            timer = threading.Timer(*timer)
             timer.start()
         if kill:
             delay = self.rng_fault.uniform(0.0, 0.5)
@@ -591,8 +602,10 @@ api {
                 self.wait_idle_after(runs_before)
             except HarnessError as e:
                 raise HarnessError("%s; %s" % (e, self.diagnose()))
-        if release:
+        if timer:
             timer.join()
+        if self.faults.get(d) == "s3-kill":
+            self.s3.start()  # before the daemon is asked for its snapshots
         new = [s for s in self.plan_snapshots() if s["id"] not in before]
         made = []
         for s in new:
@@ -612,11 +625,11 @@ api {
                     self.expect("missed-backup:%s" % src, d)
                 self.clock.set(self.at(d, 3, 0, 30))
                 self.wait_mails(d, ["missed-backup:%s" % s for s in SOURCES])
-        elif len(made) != 1 and self.faults.get(d) != "disk-full":
+        elif len(made) != 1 and self.faults.get(d) not in ("disk-full", "s3-kill"):
             self.fail(d, "the night's run made %d snapshots, not 1" % len(made))
         for sid in made:
             st = self.all[sid].sources
-            if not kill and d not in self.faults_with("disk-full", *FAILS) and \
+            if not kill and d not in self.faults_with("disk-full", "s3-kill", *FAILS) and \
                     any(st.get(n) != "complete" for n in SOURCES):
                 self.fail(d, "snapshot %s is not complete: %s" % (sid[:8], st))
         return made
@@ -732,28 +745,45 @@ api {
         log("day %d: the repository's filesystem filled (%d bytes taken, %d left)" % (
             d, free, st.f_bavail * st.f_frsize))
 
-    def disk_full_after(self, d, made):
-        """After the night on a full disk: no snapshot may be saved as if complete; once the
-        space is back, `cairn check` finds nothing damaged, the newest kept snapshot still
-        restores, and PostgreSQL's archiving, which failed meanwhile, catches up."""
-        for sid in made:
-            st = self.all[sid].sources
-            if all(v == "complete" for v in st.values()):
-                self.fail(d, "with the repository's disk full, snapshot %s was saved complete: %s" % (sid[:8], st))
-        os.remove(self.filler)
+    def storage_fault_after(self, d, kind, made):
+        """After the night on a full disk (disk-full) or with the S3 server killed during the
+        run (s3-kill): a failed backup is alerted and no snapshot is saved as if complete
+        (unless the server died after the run had stored everything); once the storage is
+        back, `cairn check` finds nothing damaged, the newest snapshot made before still
+        restores, PostgreSQL's archiving, which failed meanwhile, catches up, and each source
+        without a copy is alerted missed 25 h after its last one."""
+        what = {"disk-full": "with the repository's disk full", "s3-kill": "with the S3 server killed"}[kind]
+        complete = [sid for sid in made if all(v == "complete" for v in self.all[sid].sources.values())]
+        if kind == "disk-full" and complete:
+            self.fail(d, "%s, snapshot %s was saved complete" % (what, complete[0][:8]))
+        if not complete:
+            try:
+                wait_for("a backup-failed alert", 30, lambda: self.take_mails(d) or any(
+                    a.startswith("backup-failed:") for a in self.day_alerts), interval=0.1)
+            except HarnessError:
+                self.fail(d, "the night %s alerted no failed backup (alerts: %s)" % (
+                    what, ", ".join(self.day_alerts) or "none"))
+        else:
+            self.notes.append("day %d: the S3 server was killed after the run had stored its snapshot" % d)
+        if kind == "disk-full":
+            os.remove(self.filler)
         p = self.cli(["check"], check=False)
         if p.returncode != 0:
-            self.fail(d, "cairn check after the disk was full: exit %d\n%s%s" % (
-                p.returncode, p.stdout[-1500:], p.stderr[-1500:]))
+            self.fail(d, "cairn check %s: exit %d\n%s%s" % (
+                what.replace("with", "after"), p.returncode, p.stdout[-1500:], p.stderr[-1500:]))
         older = [i for i in sorted(self.model, key=lambda i: self.all[i].time) if i not in made and
                  i not in self.damaged and not self.all[i].corrupted]
         if older:
             bad = self.restore_check(d, older[-1])
             if bad:
-                self.fail(d, "after the disk was full, snapshot %s (made before) does not restore: %s" % (
-                    older[-1][:8], bad))
+                self.fail(d, "%s, snapshot %s (made before) does not restore: %s" % (what, older[-1][:8], bad))
         # The archiver retries the segment it failed on when woken by a new one.
         self.wait_archived(d)
+        failed = [n for n in SOURCES if not any(self.all[sid].sources.get(n) == "complete" for sid in made)]
+        for src in failed:
+            self.expect("missed-backup:%s" % src, d)
+        self.clock.set(self.at(d, 3, 0, 30))
+        self.wait_mails(d, ["missed-backup:%s" % src for src in failed])
 
     def wait_archived(self, d, timeout=120):
         """Switch WAL and wait until PostgreSQL reports it archived (a success newer than
@@ -999,7 +1029,7 @@ api {
     @timed('flip_byte')
     def flip_byte(self, d):
         packs = []
-        for root, _, files in os.walk(os.path.join(self.repo, "data")):
+        for root, _, files in os.walk(os.path.join(self.repo_dir, "data")):
             for n in files:
                 p = os.path.join(root, n)
                 packs.append((os.stat(p).st_mtime, p))
@@ -1015,7 +1045,7 @@ api {
             b = f.read(1)
             f.seek(off)
             f.write(bytes([b[0] ^ (1 << self.rng_fault.randrange(8))]))
-        rel = os.path.relpath(pack, self.repo)
+        rel = os.path.relpath(pack, self.repo_dir)
         # Which kept snapshots it damaged, found by restoring each (not by asking cairn).
         damaged = {}
         for sid in sorted(self.model, key=lambda i: self.all[i].time):
@@ -1055,7 +1085,7 @@ api {
                     want[os.path.basename(path)] = h
         except OSError:
             return
-        wal_dir = os.path.join(self.repo, "wal")
+        wal_dir = os.path.join(self.repo_dir, "wal")
         cands = set()
         for n in os.listdir(wal_dir):
             name = n.split(".")[0]
@@ -1171,7 +1201,7 @@ api {
         for i in bad:
             self.model.pop(i, None)
         _, self.reasons = model.decide(list(self.model.values()), self.rules, self.tz)
-        if os.path.exists(os.path.join(self.repo, f["pack"])):
+        if os.path.exists(os.path.join(self.repo_dir, f["pack"])):
             # Its other frames are still used and prune did not find it worth repacking.
             self.notes.append("day %d: pack %s, damaged on day %d, stays after the forget and prune (its damaged "
                               "frame is no longer used)" % (d, f["pack"], f["day"]))
@@ -1193,8 +1223,8 @@ api {
         """Bytes of the repository's files; `daemon_view`: those the daemon counts (not
         tmp/, where interrupted writes leave files)."""
         total = 0
-        for root, dirs, files in os.walk(self.repo):
-            if daemon_view and root == self.repo and "tmp" in dirs:
+        for root, dirs, files in os.walk(self.repo_dir):
+            if daemon_view and root == self.repo_dir and "tmp" in dirs:
                 dirs.remove("tmp")
             for n in files:
                 try:
