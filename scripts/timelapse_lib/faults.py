@@ -22,10 +22,12 @@ Each kind, what the harness does, and what it must produce (spec/timelapse.md):
                 back, and no storage alert comes after.
 - slow-source:  a session holds a lock the logical dump waits for until 20 s after 02:00:
                 `slow backup` (expected-duration 15s); the night's snapshot is complete.
-- disk-full:    the repository's filesystem (a tmpfs) is filled before the night: the run
-                saves nothing and alerts `backup failed: run`, then `missed backup` for
-                every source; once space is back `cairn check` is clean, the last snapshot
-                restores, archiving catches up and the next night works.
+- disk-full:    the repository's filesystem (a tmpfs) is filled before the night but for
+                0, 256 KiB or 2 MiB: no snapshot is saved complete, a failed backup is
+                alerted (the run's, or each source's it could not store), then `missed
+                backup` for every source without a copy; once space is back `cairn check`
+                is clean, the last snapshot restores, archiving catches up and the next
+                night works.
 - s3-kill:      (--repo s3 only) the S3 server (s3s-fs) is killed 0-1 s after 02:00,
                 during the run, and started again after it: a failed backup is alerted
                 (unless the run had stored everything), missed backup for the sources
@@ -33,7 +35,8 @@ Each kind, what the harness does, and what it must produce (spec/timelapse.md):
 - plan-change:  the plan gets other retention rules and the daemon SIGHUP: the retention
                 is applied again at once and the model follows the new rules.
 - flip-byte:    one byte of a random pack file is flipped: a restore test must find a
-                damaged snapshot within 7 days and mark it; retention keeps a good one.
+                damaged snapshot within 7 days and mark it; retention keeps a good one;
+                archived WAL it damaged must be named by `cairn check`.
 """
 
 KINDS = ("pg-down", "smtp-down", "no-run-night", "sigkill", "plan-change", "flip-byte", "broker-down",
