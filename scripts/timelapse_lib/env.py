@@ -85,10 +85,13 @@ def rfc3339(t):
 
 class SimClock:
     """CAIRN_TEST_CLOCK=FILE: the file holds a time, and every cairn process reads "now" as
-    that time plus the real time since the file was written (src/clock.rs)."""
+    that time plus the real time since the file was written (src/clock.rs). With
+    `offset_path`, a second file holds the same clock for libfaketime (the PostgreSQL
+    servers): the simulated time's offset from the real clock, in seconds."""
 
-    def __init__(self, path, start):
+    def __init__(self, path, start, offset_path=None):
         self.path = path
+        self.offset_path = offset_path
         self.set(start)
 
     def set(self, t):
@@ -96,6 +99,11 @@ class SimClock:
         with open(tmp, "w") as f:
             f.write(rfc3339(t) + "\n")
         self.real = time.time()
+        if self.offset_path:
+            otmp = self.offset_path + ".tmp"
+            with open(otmp, "w") as f:
+                f.write("%+.6f\n" % (t.timestamp() - self.real))
+            os.replace(otmp, self.offset_path)
         os.replace(tmp, self.path)  # whole, so a reader never sees half a time
         self.base = t
 
@@ -125,6 +133,12 @@ class Mail:
     def label(self):
         # A failed restore test's key is the snapshot, which the harness cannot foresee.
         if self.kind == "restore-test-failed":
+            return self.kind
+        # "storage high: 87% full": the alert's key is the repository's storage.
+        if self.kind in ("storage-high", "storage-critical"):
+            return "%s:storage" % self.kind
+        # "slow backup: TRIGGER": one schedule here, so the kind says it.
+        if self.kind == "slow-backup":
             return self.kind
         return "%s:%s" % (self.kind, self.key)
 
@@ -165,6 +179,49 @@ class Smtp:
             self.seen.add(n)
             out.append(Mail(n, msg))
         return out
+
+
+# --- the S3 server --------------------------------------------------------------
+
+S3S_FS = os.path.expanduser("~/.cargo/bin/s3s-fs")
+
+
+class S3Server:
+    """s3s-fs (DESIGN.md §6) on a fixed port, its objects as files below `dir`; one bucket.
+    `kill()` is SIGKILL, as a crash would be."""
+
+    ACCESS_KEY = "timelapse-access"
+    SECRET_KEY = "timelapse-secret-key"
+
+    def __init__(self, work, directory, bucket="timelapse"):
+        self.dir = directory
+        self.log = os.path.join(work, "s3s-fs.log")
+        self.port = free_port()
+        self.proc = None
+        os.makedirs(os.path.join(directory, bucket), exist_ok=True)
+
+    def env(self):
+        return {"AWS_ENDPOINT_URL": "http://127.0.0.1:%d" % self.port, "AWS_ACCESS_KEY_ID": self.ACCESS_KEY,
+                "AWS_SECRET_ACCESS_KEY": self.SECRET_KEY, "AWS_REGION": "us-east-1"}
+
+    def start(self):
+        if not os.access(S3S_FS, os.X_OK):
+            raise HarnessError("%s is missing: run scripts/setup (it installs s3s-fs 0.14.1)" % S3S_FS)
+        with open(self.log, "a") as lf:
+            self.proc = subprocess.Popen([S3S_FS, "--host", "127.0.0.1", "--port", str(self.port), "--access-key",
+                                          self.ACCESS_KEY, "--secret-key", self.SECRET_KEY, self.dir],
+                                         stdout=lf, stderr=lf, stdin=subprocess.DEVNULL)
+        wait_port(self.port, self.proc, timeout=30)
+
+    def kill(self):
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait()
+            self.proc = None
+
+    def stop(self):
+        stop_process(self.proc)
+        self.proc = None
 
 
 # --- the daemon -----------------------------------------------------------------
