@@ -597,7 +597,7 @@ api {
                                                               "run going on" if st.get("running") else "before the run"))
             self.start_daemon(at + datetime.timedelta(minutes=1))
             p = self.cli(["check"], check=False)
-            if p.returncode != 0:
+            if p.returncode != 0 and not self.only_known_wal_damage(p.stdout):
                 self.fail(d, "cairn check after SIGKILL: exit %d\n%s%s" % (p.returncode, p.stdout[-1500:],
                                                                           p.stderr[-1500:]))
             self.retention_pending = True
@@ -772,7 +772,7 @@ api {
         if kind == "disk-full":
             os.remove(self.filler)
         p = self.cli(["check"], check=False)
-        if p.returncode != 0:
+        if p.returncode != 0 and not self.only_known_wal_damage(p.stdout):
             self.fail(d, "cairn check %s: exit %d\n%s%s" % (
                 what.replace("with", "after"), p.returncode, p.stdout[-1500:], p.stderr[-1500:]))
         older = [i for i in sorted(self.model, key=lambda i: self.all[i].time) if i not in made and
@@ -850,9 +850,17 @@ api {
                 self.fail(d, "the restore test passed snapshot %s, which the harness found damaged (%s)"
                           % (short, self.damaged[sid]))
         elif outcome == "failed":
-            if sid not in self.damaged:
+            detail = last.get("detail") or ""
+            wal = self.wal_damaged
+            if wal and any(n in detail for n in wal["segments"]) and "archived WAL cannot be read back" in detail:
+                # The data check names the damaged WAL and fails the test
+                # (spec/plan.md "Restore tests"); the snapshot is not blamed.
+                if not wal.get("found"):
+                    wal["found"] = d
+                    log("day %d: the restore test named the damaged WAL %s" % (d, ", ".join(wal["segments"])))
+            elif sid not in self.damaged:
                 self.fail(d, "the restore test failed snapshot %s, which the harness did not damage: %s"
-                          % (short, last.get("detail")))
+                          % (short, detail))
             elif self.flip and not self.flip.get("found"):
                 self.flip["found"] = d
                 log("day %d: the restore test found the flipped byte in snapshot %s" % (d, short))
@@ -1138,6 +1146,13 @@ api {
                              ", ".join(missing), w["day"], p.returncode, " | ".join(text.strip().splitlines()[-2:]),
                              "; ".join(self.fetch_state(n) for n in missing)))
 
+    def only_known_wal_damage(self, out):
+        """Whether every error `cairn check` printed is about the archived WAL a flip
+        damaged: a lost segment stays a gap while a kept base backup's range crosses it."""
+        w = self.wal_damaged
+        errors = [l for l in out.splitlines() if l.startswith("error:")]
+        return bool(w) and bool(errors) and all(any(n in l for n in w["segments"]) for l in errors)
+
     def fetch_state(self, name):
         p = self.cli(["wal-fetch", name, os.path.join(self.work, "wal-check"), "-q"], check=False)
         rm_file(os.path.join(self.work, "wal-check"))
@@ -1297,7 +1312,7 @@ api {
         log("final: %d kept snapshots restored and compared in %.0f s" % (checked, time.time() - t0))
         self.pitr_check(d, "final")
         p = self.cli(["check"], check=False)
-        if p.returncode != 0:
+        if p.returncode != 0 and not self.only_known_wal_damage(p.stdout):
             self.fail(d, "final cairn check: exit %d\n%s%s" % (p.returncode, p.stdout[-1500:], p.stderr[-1500:]))
         self.check_rss(d)
         if self.daemon.dropped:
