@@ -193,6 +193,79 @@ pub fn mark(
     Ok(marked)
 }
 
+/// What the daemon's restore test does with what a data check found.
+impl super::Daemon {
+    /// What the data check found damaged: each snapshot marked corrupted,
+    /// and the test's outcome failed, naming them (a tested snapshot that
+    /// restored may still hold damage in a source the test does not read).
+    pub(super) fn data_damage(
+        &self,
+        repo: &Repository,
+        found: &Found,
+        tested: Option<SnapshotId>,
+        last: &mut super::LastProof,
+        outcome: &mut crate::prove::Outcome,
+    ) {
+        let (damaged, summary) = (&found.damaged, &found.summary);
+        use crate::prove::Outcome::Failed;
+        // The newest proofs include the test's own, just recorded.
+        if let Err(e) = repo.proofs().and_then(|p| mark(repo, damaged, &p)) {
+            tracing::error!(error = %e, "the damaged snapshots could not be marked corrupted");
+        }
+        let listing: Vec<String> = damaged
+            .iter()
+            .map(|d| format!("{}: {}", d.id.short(), d.detail))
+            .collect();
+        let note = format!(
+            "data check (packs {}, {} read): {} damaged snapshot(s), each marked corrupted: {}",
+            summary.part,
+            summary.packs_read,
+            damaged.len(),
+            listing.join("; ")
+        );
+        *outcome = match std::mem::replace(outcome, crate::prove::Outcome::Passed) {
+            Failed { detail } => Failed {
+                detail: format!("{detail}; {note}"),
+            },
+            _ => Failed { detail: note },
+        };
+        if !tested.is_some_and(|t| damaged.iter().any(|d| d.id == t)) {
+            last.snapshot = Some(damaged[0].id.short());
+        }
+    }
+
+    /// Replace the damaged packs the data check read by what can be read
+    /// back of them (`ops::repair_packs`), so that backups stop
+    /// deduplicating against chunks that no longer decode; said in the
+    /// outcome's detail.
+    pub(super) fn salvage(
+        &self,
+        repo: &Repository,
+        packs: &[crate::repo::PackId],
+        outcome: &mut crate::prove::Outcome,
+    ) {
+        let done = match crate::ops::repair_packs::repair_packs(repo, Some(packs), false) {
+            Ok(r) if r.damaged_packs.is_empty() => return,
+            Ok(r) => format!(
+                "{} damaged pack(s) replaced by what could be read back ({} chunk(s) saved, {} \
+                 dropped from the index: the next backup of the same data stores them again)",
+                r.damaged_packs.len(),
+                r.chunks_saved,
+                r.chunks_dropped.len()
+            ),
+            Err(e) => {
+                tracing::error!(error = %e, "the damaged packs could not be repaired");
+                format!("the damaged packs could not be repaired: {e}")
+            }
+        };
+        tracing::warn!(result = done.as_str(), "repair packs");
+        if let crate::prove::Outcome::Failed { detail } = outcome {
+            detail.push_str("; ");
+            detail.push_str(&done);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
