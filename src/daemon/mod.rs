@@ -641,6 +641,7 @@ impl Daemon {
         }
         let newest = archive::repository_newest_wal(repo);
         let mut states = std::collections::BTreeMap::new();
+        let mut alerts = Vec::new();
         for (name, url) in sources {
             let now = crate::clock::now();
             let (st, alert) = archive::judge(
@@ -673,11 +674,16 @@ impl Daemon {
                     ];
                 }
                 d.hints.push(AlertKind::WalArchive.hint().into());
-                self.alert(AlertKind::WalArchive, &name, &format!("{name}, {what}"), d);
+                alerts.push((name.clone(), format!("{name}, {what}"), d));
             }
             states.insert(name, st);
         }
+        // The status first: whoever reads the mail and then asks /status
+        // sees what the mail says (a mail used to arrive before it).
         self.with_status(|s| s.archives = states);
+        for (name, what, d) in alerts {
+            self.alert(AlertKind::WalArchive, &name, &what, d);
+        }
     }
 
     /// Storage is critically low: remove the plan's oldest snapshots, one at
