@@ -2,13 +2,12 @@
 
 use crate::backend::FileRef;
 use crate::error::{Error, Kind, Result};
-use crate::index::Location;
 use crate::progress::Progress;
 use crate::repo::{
     split_pack, ChunkId, Compression, FileKind, IndexFile, IndexId, Node, NodeKind, PackEntry,
     PackHeader, PackId, SnapshotId,
 };
-use crate::repository::{chunk_slice, NodeScan, Repository};
+use crate::repository::{NodeScan, Repository};
 use serde::Serialize;
 use std::collections::{BTreeSet, HashMap, HashSet};
 
@@ -139,30 +138,10 @@ fn read_pack(
             .push(format!("{f}: no valid pack trailer (truncated?)")),
     }
     for fr in &entry.frames {
-        let end = fr.offset as usize + fr.length as usize;
-        let frame = match bytes.get(fr.offset as usize..end) {
-            Some(ct) => repo.decode_listed(ct, fr, &f),
-            None => Err(Error::integrity(format!(
-                "frame at {} of {f} lies beyond the end of the file",
-                fr.offset
-            ))),
-        };
-        match frame {
+        match repo.decode_in_pack(&bytes, fr, &f) {
             Ok(plain) => {
                 for c in &fr.chunks {
-                    let loc = Location {
-                        pack: entry.id,
-                        frame_offset: fr.offset,
-                        frame_length: fr.length,
-                        raw_length: fr.raw_length,
-                        compression: fr.compression,
-                        offset: c.offset,
-                        length: c.length,
-                        base: c.base,
-                    };
-                    let ok =
-                        chunk_slice(&plain, &loc).is_some_and(|d| repo.key.chunk_id(d) == c.id);
-                    if !ok {
+                    if repo.listed_chunk(&plain, c).is_none() {
                         report
                             .errors
                             .push(format!("{f}: chunk {} does not match its id", c.id.short()));

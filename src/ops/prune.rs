@@ -323,10 +323,7 @@ pub fn prune(repo: &Repository, dry_run: bool) -> Result<PruneReport> {
                 // Re-sealed without a prefix: the copy needs no base.
                 let plain = repo.decode_listed(ct, fr, &f)?;
                 for c in fr.chunks.iter().filter(|c| used.contains(&c.id)) {
-                    let data = plain
-                        .get(c.offset as usize..(c.offset + c.length) as usize)
-                        .filter(|d| repo.key.chunk_id(d) == c.id)
-                        .ok_or_else(|| {
+                    let data = repo.listed_chunk(&plain, c).ok_or_else(|| {
                             Error::integrity(format!("{f}: chunk {} does not match its id; prune stopped before removing anything", c.id.short()))
                         })?;
                     reframer.add(&mut builder, c.id, data)?;

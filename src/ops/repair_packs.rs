@@ -19,9 +19,8 @@
 use crate::archiver::PackBuilder;
 use crate::backend::FileRef;
 use crate::error::{Error, Kind, Result};
-use crate::index::Location;
 use crate::repo::{ChunkId, FileKind, IndexFile, IndexId, PackEntry, PackId};
-use crate::repository::{chunk_slice, Repository};
+use crate::repository::Repository;
 use serde::Serialize;
 use std::collections::{HashMap, HashSet};
 
@@ -61,12 +60,7 @@ fn salvage_one(repo: &Repository, entry: &PackEntry) -> Result<Option<Salvaged>>
     let whole_file = PackId::of_bytes(&bytes) == entry.id;
     let mut out = Salvaged::default();
     for fr in &entry.frames {
-        let end = fr.offset as usize + fr.length as usize;
-        let plain = bytes
-            .get(fr.offset as usize..end)
-            .ok_or_else(|| Error::integrity("the frame lies beyond the end of the file"))
-            .and_then(|ct| repo.decode_listed(ct, fr, &f));
-        let plain = match plain {
+        let plain = match repo.decode_in_pack(&bytes, fr, &f) {
             Ok(p) => p,
             Err(e) => {
                 tracing::warn!(pack = %entry.id.short(), frame = fr.offset, error = %e, "frame unreadable: its chunks are dropped");
@@ -75,17 +69,7 @@ fn salvage_one(repo: &Repository, entry: &PackEntry) -> Result<Option<Salvaged>>
             }
         };
         for c in &fr.chunks {
-            let loc = Location {
-                pack: entry.id,
-                frame_offset: fr.offset,
-                frame_length: fr.length,
-                raw_length: fr.raw_length,
-                compression: fr.compression,
-                offset: c.offset,
-                length: c.length,
-                base: c.base,
-            };
-            match chunk_slice(&plain, &loc).filter(|d| repo.key.chunk_id(d) == c.id) {
+            match repo.listed_chunk(&plain, c) {
                 Some(d) => out.saved.push((c.id, d.to_vec())),
                 None => out.dropped.push(c.id),
             }

@@ -145,6 +145,33 @@ impl Repository {
         )
     }
 
+    /// Decode frame `fr` out of `pack`, the whole bytes of pack `file`
+    /// (check and repair read packs whole); a frame that lies beyond the
+    /// end of the file is damage.
+    pub fn decode_in_pack(&self, pack: &[u8], fr: &FrameEntry, file: &FileRef) -> Result<Vec<u8>> {
+        let end = fr.offset as usize + fr.length as usize;
+        match pack.get(fr.offset as usize..end) {
+            Some(ct) => self.decode_listed(ct, fr, file),
+            None => Err(Error::integrity(format!(
+                "frame at {} of {file} lies beyond the end of the file",
+                fr.offset
+            ))),
+        }
+    }
+
+    /// Chunk `c` of `plain`, its decoded frame, when it is there and
+    /// matches its id.
+    pub fn listed_chunk<'a>(
+        &self,
+        plain: &'a [u8],
+        c: &crate::repo::ChunkEntry,
+    ) -> Option<&'a [u8]> {
+        let start = c.offset as usize;
+        plain
+            .get(start..start.checked_add(c.length as usize)?)
+            .filter(|d| self.key.chunk_id(d) == c.id)
+    }
+
     /// What the frame at `loc` was compressed against: nothing, or for a
     /// `zstd-delta` frame its bases' plaintexts (see [`Self::bases_plaintext`]).
     fn delta_prefix(&self, loc: &Location) -> Result<Vec<u8>> {
