@@ -184,6 +184,9 @@ struct Entry {
     ctime_ns: i64,
     ino: u64,
     size: u64,
+    /// The parent's copy can be taken (see [`unchanged`]): decided once,
+    /// before the progress total, and used when the file is stored.
+    unchanged: bool,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -216,6 +219,7 @@ impl Entry {
             ctime_ns: ctime_ns(m),
             ino: m.ino(),
             size: m.len(),
+            unchanged: false,
         }
     }
 
@@ -332,8 +336,9 @@ pub fn archive_files(packer: &mut Packer, job: &FilesJob) -> Result<SourceOutcom
         None => ParentFiles::new(),
     };
     let mut total = 0u64;
-    for e in entries.iter().filter(|e| e.kind == EntryKind::File) {
-        if unchanged(packer, &parent_files, e)?.is_none() {
+    for e in entries.iter_mut().filter(|e| e.kind == EntryKind::File) {
+        e.unchanged = unchanged(packer, &parent_files, e)?.is_some();
+        if !e.unchanged {
             total += e.size;
         }
     }
@@ -383,8 +388,7 @@ pub fn archive_files(packer: &mut Packer, job: &FilesJob) -> Result<SourceOutcom
             } else {
                 e.ctime_ns
             };
-            let same = unchanged(packer, &parent_files, &e)?.is_some();
-            let parent = match (same, parent_files.remove(&e.rel)) {
+            let parent = match (e.unchanged, parent_files.remove(&e.rel)) {
                 (true, Some(p)) => {
                     node.path = e.rel;
                     node.content = p.content;
