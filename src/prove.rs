@@ -52,6 +52,24 @@ pub enum Outcome {
     Skipped { reason: String },
 }
 
+impl Outcome {
+    /// Failed, for `note` as well: a passed or skipped outcome becomes a
+    /// failure saying it, a failure says it after what it said.
+    pub fn fail_with(&mut self, note: &str) {
+        match self {
+            Outcome::Failed { detail } => {
+                detail.push_str("; ");
+                detail.push_str(note);
+            }
+            _ => {
+                *self = Outcome::Failed {
+                    detail: note.to_string(),
+                }
+            }
+        }
+    }
+}
+
 #[derive(Debug, Serialize)]
 pub struct ProofReport {
     pub snapshot: SnapshotId,

@@ -207,7 +207,6 @@ impl super::Daemon {
         outcome: &mut crate::prove::Outcome,
     ) {
         let (damaged, summary) = (&found.damaged, &found.summary);
-        use crate::prove::Outcome::Failed;
         // The newest proofs include the test's own, just recorded.
         if let Err(e) = repo.proofs().and_then(|p| mark(repo, damaged, &p)) {
             tracing::error!(error = %e, "the damaged snapshots could not be marked corrupted");
@@ -223,12 +222,7 @@ impl super::Daemon {
             damaged.len(),
             listing.join("; ")
         );
-        *outcome = match std::mem::replace(outcome, crate::prove::Outcome::Passed) {
-            Failed { detail } => Failed {
-                detail: format!("{detail}; {note}"),
-            },
-            _ => Failed { detail: note },
-        };
+        outcome.fail_with(&note);
         if !tested.is_some_and(|t| damaged.iter().any(|d| d.id == t)) {
             last.snapshot = Some(damaged[0].id.short());
         }
@@ -259,9 +253,11 @@ impl super::Daemon {
             }
         };
         tracing::warn!(result = done.as_str(), "repair packs");
-        if let crate::prove::Outcome::Failed { detail } = outcome {
-            detail.push_str("; ");
-            detail.push_str(&done);
+        // Added to a failed outcome (which alerts); a test that passed (the
+        // damage touched nothing the plan keeps) stays passed, the repair
+        // logged above.
+        if let crate::prove::Outcome::Failed { .. } = outcome {
+            outcome.fail_with(&done);
         }
     }
 }

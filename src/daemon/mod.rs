@@ -350,6 +350,7 @@ impl Daemon {
             }
         };
         last.data_check = None;
+        let restore_failed = matches!(outcome, crate::prove::Outcome::Failed { .. });
         if let Some(found) = data {
             if !found.damaged.is_empty() {
                 let tested = pick.map(|(id, _)| *id);
@@ -360,12 +361,7 @@ impl Daemon {
                     "archived WAL cannot be read back: {}; point-in-time recovery stops before it, take a physical snapshot now",
                     found.summary.damaged_wal.join(", ")
                 );
-                outcome = match outcome {
-                    crate::prove::Outcome::Failed { detail } => crate::prove::Outcome::Failed {
-                        detail: format!("{detail}; {note}"),
-                    },
-                    _ => crate::prove::Outcome::Failed { detail: note },
-                };
+                outcome.fail_with(&note);
             }
             if !found.packs.is_empty() {
                 self.salvage(&repo, &found.packs, &mut outcome);
@@ -411,14 +407,21 @@ impl Daemon {
                         dc.damaged.keys().cloned().collect::<Vec<_>>().join(", ")
                     ),
                     // Only archived WAL is damaged: the tested snapshot passed.
-                    None if detail.starts_with("archived WAL") => format!(
-                        "The data check found archived WAL that cannot be read back ({}): \
-                         point-in-time recovery stops before it. Take a physical snapshot now.",
-                        last.data_check
+                    None if !restore_failed
+                        && last
+                            .data_check
                             .as_ref()
-                            .map(|d| d.damaged_wal.join(", "))
-                            .unwrap_or_default()
-                    ),
+                            .is_some_and(|d| !d.damaged_wal.is_empty()) =>
+                    {
+                        format!(
+                            "The data check found archived WAL that cannot be read back ({}): \
+                         point-in-time recovery stops before it. Take a physical snapshot now.",
+                            last.data_check
+                                .as_ref()
+                                .map(|d| d.damaged_wal.join(", "))
+                                .unwrap_or_default()
+                        )
+                    }
                     None => format!(
                         "The restore test of snapshot {snap} failed. The snapshot is marked \
                          corrupted: `cairn snapshots` shows it and `restore --at` skips it."
