@@ -126,7 +126,14 @@ pub fn repair_packs(
         let mut ids: Vec<PackId> = match suspects {
             Some(s) => s
                 .iter()
-                .filter(|p| packs.contains_key(p))
+                .filter(|p| {
+                    let listed = packs.contains_key(p);
+                    if !listed {
+                        // Named, yet nothing to repair: not silently.
+                        tracing::warn!(pack = %p.short(), "no index file lists this pack (a leftover of an interrupted snapshot): nothing in it is used; `cairn prune` removes it");
+                    }
+                    listed
+                })
                 .copied()
                 .collect(),
             None => packs.keys().copied().collect(),
