@@ -8,7 +8,8 @@
 //! `postgres_pitr`.
 
 use crate::postgres_pitr::{
-    archiving, client, files_under, json, markers, server_now, switch_and_wait, time_of, PgEnv,
+    archiving, client, files_under, json, marked_base_backup, markers, server_now, switch_and_wait,
+    time_of, PgEnv,
 };
 use cairn::testing::pg_tool;
 use std::path::Path;
@@ -337,11 +338,7 @@ fn the_restore_test_recovers_a_physical_snapshot_and_records_its_proof() {
 #[test]
 fn a_damaged_wal_segment_in_the_range_fails_the_restore_test_and_marks_the_snapshot() {
     let pg = PgEnv::new();
-    let cluster = archiving(&pg.archive_command());
-    let mut c = client(&cluster.url());
-    c.batch_execute("CREATE TABLE markers (n int PRIMARY KEY); INSERT INTO markers VALUES (1)")
-        .unwrap();
-    pg.ok(&["snapshot", "--postgres", &cluster.url(), "--physical"]);
+    let (_cluster, mut c) = marked_base_backup(&pg);
     c.batch_execute("INSERT INTO markers VALUES (2)").unwrap();
     let before = files_under(&pg.env.repo.join("data"));
     switch_and_wait(&mut c);

@@ -418,6 +418,17 @@ fn current_wal_file(c: &mut postgres::Client) -> String {
 
 /// Settings of a cluster archiving into `pg`'s repository, quiet enough
 /// that the markers' commits are the only transactions.
+/// A cluster archiving into `pg`'s repository, its table `markers`
+/// holding 1, and a physical snapshot of it: where the archive tests start.
+pub(crate) fn marked_base_backup(pg: &PgEnv) -> (ScratchCluster, postgres::Client) {
+    let cluster = archiving(&pg.archive_command());
+    let mut c = client(&cluster.url());
+    c.batch_execute("CREATE TABLE markers (n int PRIMARY KEY); INSERT INTO markers VALUES (1)")
+        .unwrap();
+    pg.ok(&["snapshot", "--postgres", &cluster.url(), "--physical"]);
+    (cluster, c)
+}
+
 pub(crate) fn archiving(archive: &str) -> ScratchCluster {
     ScratchCluster::start(&[
         ("archive_mode", "on"),
@@ -610,11 +621,7 @@ fn the_last_transaction_of_each_segment_is_the_one_pg_waldump_shows() {
 #[test]
 fn a_damaged_wal_segment_is_named_and_after_repair_packs_cuts_the_range() {
     let pg = PgEnv::new();
-    let cluster = archiving(&pg.archive_command());
-    let mut c = client(&cluster.url());
-    c.batch_execute("CREATE TABLE markers (n int PRIMARY KEY); INSERT INTO markers VALUES (1)")
-        .unwrap();
-    pg.ok(&["snapshot", "--postgres", &cluster.url(), "--physical"]);
+    let (_cluster, mut c) = marked_base_backup(&pg);
     c.batch_execute("INSERT INTO markers VALUES (2)").unwrap();
     let t2 = commit_time(&mut c, 2);
     switch_and_wait(&mut c);
@@ -664,11 +671,7 @@ fn a_damaged_wal_segment_is_named_and_after_repair_packs_cuts_the_range() {
 #[test]
 fn a_gap_in_the_wal_archive_cuts_the_range_and_a_failed_recovery_leaves_nothing() {
     let pg = PgEnv::new();
-    let cluster = archiving(&pg.archive_command());
-    let mut c = client(&cluster.url());
-    c.batch_execute("CREATE TABLE markers (n int PRIMARY KEY); INSERT INTO markers VALUES (1)")
-        .unwrap();
-    pg.ok(&["snapshot", "--postgres", &cluster.url(), "--physical"]);
+    let (_cluster, mut c) = marked_base_backup(&pg);
     std::thread::sleep(std::time::Duration::from_millis(1100));
     let between = server_now(&mut c);
     std::thread::sleep(std::time::Duration::from_millis(1100));
@@ -787,11 +790,7 @@ fn a_gap_in_the_wal_archive_cuts_the_range_and_a_failed_recovery_leaves_nothing(
 #[test]
 fn prune_removes_wal_no_kept_base_backup_replays() {
     let pg = PgEnv::new();
-    let cluster = archiving(&pg.archive_command());
-    let mut c = client(&cluster.url());
-    c.batch_execute("CREATE TABLE markers (n int PRIMARY KEY); INSERT INTO markers VALUES (1)")
-        .unwrap();
-    pg.ok(&["snapshot", "--postgres", &cluster.url(), "--physical"]);
+    let (cluster, mut c) = marked_base_backup(&pg);
     c.batch_execute("INSERT INTO markers VALUES (2)").unwrap();
     switch_and_wait(&mut c);
     pg.ok(&["snapshot", "--postgres", &cluster.url(), "--physical"]);
@@ -888,11 +887,7 @@ fn prune_removes_wal_no_kept_base_backup_replays() {
 #[test]
 fn a_base_backup_restores_without_its_own_segments_in_the_archive() {
     let pg = PgEnv::new();
-    let cluster = archiving(&pg.archive_command());
-    let mut c = client(&cluster.url());
-    c.batch_execute("CREATE TABLE markers (n int PRIMARY KEY); INSERT INTO markers VALUES (1)")
-        .unwrap();
-    pg.ok(&["snapshot", "--postgres", &cluster.url(), "--physical"]);
+    let (_cluster, mut c) = marked_base_backup(&pg);
     c.batch_execute("INSERT INTO markers VALUES (2)").unwrap();
     let t2 = commit_time(&mut c, 2);
     switch_and_wait(&mut c);
