@@ -452,7 +452,8 @@ pub struct CheckArgs {
     /// With --restore-test: the snapshot to test [default: latest]
     #[arg(long, value_name = "ID", requires = "restore_test")]
     pub snapshot: Option<String>,
-    /// With --restore-test: restore into this (empty) server instead of a throwaway cluster
+    /// With --restore-test: restore into this scratch server instead of a throwaway cluster
+    /// (its databases of the snapshot's names are replaced)
     #[arg(long, value_name = "URL", requires = "restore_test")]
     pub scratch_url: Option<String>,
     /// With --restore-test: test Kafka sources by restoring them into this scratch broker

@@ -522,6 +522,34 @@ fn restore_test_reports_a_table_that_restores_differently() {
 }
 
 #[test]
+fn a_scratch_server_holding_the_last_tests_databases_still_proves_the_next_snapshot() {
+    // A configured test environment (`--scratch-url`, the daemon's
+    // `postgres-scratch`) keeps what each restore test restored. The next
+    // test must replace it, not refuse it and mark a good snapshot corrupted.
+    let env = Env::init();
+    let source = cluster_with_app(
+        "CREATE TABLE t (k int PRIMARY KEY, v int); INSERT INTO t SELECT g, g FROM generate_series(1, 50) g",
+    );
+    env.ok(&["snapshot", "--postgres", &source.url()]);
+    let scratch = ScratchCluster::start(&[]).unwrap();
+    let (code, stdout, err) = restore_test(&env, &["--scratch-url", &scratch.url()]);
+    assert_eq!(code, 0, "first test: {stdout}\n{err}");
+    sql(
+        &source.url(),
+        "app",
+        "UPDATE t SET v = v + 1 WHERE k <= 10; CREATE TABLE u (x int)",
+    );
+    env.ok(&["snapshot", "--postgres", &source.url()]);
+    let (code, stdout, err) = restore_test(&env, &["--scratch-url", &scratch.url()]);
+    assert_eq!(code, 0, "second test, same scratch server: {stdout}\n{err}");
+    assert!(stdout.contains("ok       app.public.u (table)"), "{stdout}");
+    let snaps = env.json(&["snapshots"]);
+    for s in snaps.as_array().unwrap() {
+        assert_ne!(s["proof"]["passed"], false, "{snaps}");
+    }
+}
+
+#[test]
 fn restore_reports_a_table_that_lost_rows_even_without_prove() {
     let env = Env::init();
     let source = cluster_with_app("CREATE TABLE t (k int, v int); INSERT INTO t SELECT g, g FROM generate_series(1, 50) g; CREATE TABLE u (x text); INSERT INTO u VALUES ('same')");

@@ -28,8 +28,9 @@ impl RestoreTest {
     }
 }
 
-/// Restore `source` into a throwaway cluster (or the empty server at
-/// `scratch_url`), compare checksums, and run `pg_amcheck` when available.
+/// Restore `source` into a throwaway cluster (or the scratch server at
+/// `scratch_url`, replacing its copies of the snapshot's databases),
+/// compare checksums, and run `pg_amcheck` when available.
 pub fn restore_test(
     repo: &crate::repository::Repository,
     source: &SourceRecord,
@@ -45,9 +46,13 @@ pub fn restore_test(
             cluster.url()
         }
     };
+    // A configured scratch server keeps what the last test restored: its
+    // copies of the snapshot's databases are replaced (`--clean`), as the
+    // server is there to be overwritten. Refusing them as a non-empty
+    // target would fail the test and mark a good snapshot corrupted.
     let opts = RestoreOptions {
         proof: Proof::Checksums,
-        ..RestoreOptions::everything(false)
+        ..RestoreOptions::everything(scratch_url.is_some())
     };
     let report = restore_logical(repo, source, &url, &opts)?;
     let target = Target::parse(&url)?;
