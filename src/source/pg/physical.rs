@@ -15,7 +15,6 @@ use crate::repo::postgres::PgBackupKind;
 use crate::repo::{ChunkId, Node, SourceKind};
 use crate::source::SourceOutcome;
 use std::process::Command;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -26,7 +25,8 @@ use std::time::{Duration, Instant};
 /// `pg_stat_archiver`'s last failure, so the snapshot fails instead of
 /// waiting for ever.
 struct ArchiveWatch {
-    done: Arc<AtomicBool>,
+    /// Dropped to stop the watch at once, not after its next 250 ms.
+    stop: Option<std::sync::mpsc::Sender<()>>,
     gave_up: Arc<Mutex<Option<String>>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -34,13 +34,14 @@ struct ArchiveWatch {
 impl ArchiveWatch {
     fn start(target: &Target, db: &str, timeout: Duration) -> Result<ArchiveWatch> {
         let mut client = target.connect(db)?;
-        let done = Arc::new(AtomicBool::new(false));
+        let (stop, stopped) = std::sync::mpsc::channel::<()>();
         let gave_up = Arc::new(Mutex::new(None));
-        let (d, g) = (done.clone(), gave_up.clone());
+        let g = gave_up.clone();
         let thread = std::thread::spawn(move || {
             let mut waiting_since: Option<Instant> = None;
-            while !d.load(Ordering::Relaxed) {
-                std::thread::sleep(Duration::from_millis(250));
+            while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+                stopped.recv_timeout(Duration::from_millis(250))
+            {
                 // The backup's walsender (cairn's, or pg_basebackup's) of this user.
                 let waiting = client.query_opt(
                     "SELECT pid FROM pg_stat_activity WHERE backend_type = 'walsender' \
@@ -90,7 +91,7 @@ impl ArchiveWatch {
             }
         });
         Ok(ArchiveWatch {
-            done,
+            stop: Some(stop),
             gave_up,
             thread: Some(thread),
         })
@@ -98,12 +99,102 @@ impl ArchiveWatch {
 
     /// Stop watching; why the backup was given up, if it was.
     fn stop(mut self) -> Option<String> {
-        self.done.store(true, Ordering::Relaxed);
+        drop(self.stop.take());
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
         self.gave_up.lock().unwrap().take()
     }
+}
+
+/// Wait, as `BASE_BACKUP (WAIT true)` would, until the segment holding the
+/// backup's last WAL byte is archived, so that a complete physical snapshot
+/// means the archive reaches it. The server's own wait looks once a
+/// second, so each backup waited about a second for a segment archived in
+/// a tenth of one; this looks every 20 ms (`pg_stat_archiver`), and after
+/// `timeout` fails with the archiver's last failure, as the
+/// [`ArchiveWatch`] does for `pg_basebackup`. Like the server, it waits
+/// only where it archives: `archive_mode` `on` on a primary, `always`.
+fn wait_archived(client: &mut postgres::Client, taken: &Taken, timeout: Duration) -> Result<()> {
+    let q = |e: postgres::Error| {
+        Error::failure(format!(
+            "waiting for the base backup's WAL to be archived: {e}"
+        ))
+    };
+    let row = client
+        .query_one(
+            "SELECT current_setting('archive_mode'), pg_is_in_recovery(), \
+             (SELECT setting::bigint FROM pg_settings WHERE name = 'wal_segment_size')",
+            &[],
+        )
+        .map_err(q)?;
+    let (mode, in_recovery, seg_size): (String, bool, i64) = (row.get(0), row.get(1), row.get(2));
+    if !(mode == "always" || (mode == "on" && !in_recovery)) {
+        return Ok(());
+    }
+    let Some(segment) = last_segment(&taken.stop_lsn, taken.timeline, seg_size as u64) else {
+        return Err(Error::failure(format!(
+            "the base backup's stop position {:?} cannot be read",
+            taken.stop_lsn
+        )));
+    };
+    let started = Instant::now();
+    loop {
+        let r = client
+            .query_one(
+                "SELECT coalesce(last_archived_wal, ''), coalesce(last_failed_wal, ''), \
+                 coalesce(last_failed_time::text, ''), failed_count, current_setting('archive_command') \
+                 FROM pg_stat_archiver",
+                &[],
+            )
+            .map_err(q)?;
+        let (archived, failed, at, count, command): (String, String, String, i64, String) =
+            (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4));
+        // Names sort by timeline, then position; a history file's name is
+        // no segment and says nothing.
+        let prefix = archived
+            .get(..24)
+            .filter(|p| p.bytes().all(|b| b.is_ascii_hexdigit()));
+        if prefix.is_some_and(|p| p.to_ascii_uppercase().as_str() >= segment.as_str()) {
+            return Ok(());
+        }
+        if started.elapsed() >= timeout {
+            let archiver = match failed.is_empty() {
+                true => format!("pg_stat_archiver shows no failure (last archived: {archived:?}); archive_command is {command:?}"),
+                false => format!(
+                    "archive_command {command:?} last failed on {failed} at {at} ({count} failure(s)); last archived: {archived:?}"
+                ),
+            };
+            return Err(Error::failure(format!(
+                "cairn waited {}s for the base backup's WAL to be archived (segment {segment}), so the backup was given up: {archiver}",
+                timeout.as_secs()
+            ))
+            .with_hint(
+                "fix archive_command (the server's log says why it fails; `SELECT * FROM pg_stat_archiver` shows the last failure), \
+                 or raise --archive-timeout / `archive-timeout` if archiving is only slow",
+            ));
+        }
+        crate::interrupt::check()?;
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The name of the WAL segment holding the byte before `stop_lsn`
+/// (`X/Y`) on `timeline`: the last segment a base backup needs, as
+/// PostgreSQL names it (`XLByteToPrevSeg`).
+fn last_segment(stop_lsn: &str, timeline: u32, seg_size: u64) -> Option<String> {
+    let (hi, lo) = stop_lsn.split_once('/')?;
+    let lsn = (u64::from_str_radix(hi, 16).ok()? << 32) | u64::from_str_radix(lo, 16).ok()?;
+    if seg_size == 0 || lsn == 0 || (1u64 << 32) % seg_size != 0 {
+        return None;
+    }
+    let seg = (lsn - 1) / seg_size;
+    let per_id = (1u64 << 32) / seg_size;
+    Some(format!(
+        "{timeline:08X}{:08X}{:08X}",
+        seg / per_id,
+        seg % per_id
+    ))
 }
 
 fn server_now(client: &mut postgres::Client) -> Result<jiff::Timestamp> {
@@ -156,6 +247,9 @@ pub fn archive_physical(
         ));
     }
     let taken = taken?;
+    if taken.via == "replication protocol" {
+        wait_archived(&mut client, &taken, archive_timeout)?;
+    }
     progress.finish();
     let stop_time = server_now(&mut client)?;
     let meta = PhysicalMeta {
@@ -285,4 +379,34 @@ fn run_pg_basebackup(
         timeline,
         via: "pg_basebackup",
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::last_segment;
+
+    #[test]
+    fn the_last_segment_holds_the_byte_before_the_stop_position() {
+        const MIB16: u64 = 16 << 20;
+        // Inside a segment, and right at the start of the next one.
+        assert_eq!(
+            last_segment("0/8000138", 1, MIB16).unwrap(),
+            "000000010000000000000008"
+        );
+        assert_eq!(
+            last_segment("0/9000000", 1, MIB16).unwrap(),
+            "000000010000000000000008"
+        );
+        // Past the first 4 GiB, on timeline 3; 1 MiB segments.
+        assert_eq!(
+            last_segment("1/A0000028", 3, MIB16).unwrap(),
+            "0000000300000001000000A0"
+        );
+        assert_eq!(
+            last_segment("0/300028", 1, 1 << 20).unwrap(),
+            "000000010000000000000003"
+        );
+        assert!(last_segment("nonsense", 1, MIB16).is_none());
+        assert!(last_segment("0/0", 1, MIB16).is_none());
+    }
 }

@@ -209,7 +209,9 @@ pub fn start(target: &Target) -> Result<Start> {
         .map_err(|e| bb.io_err(e))?;
     bb.send_with(|b| {
         frontend::query(
-            "BASE_BACKUP (LABEL 'cairn', CHECKPOINT 'fast', WAL true, WAIT true, \
+            // WAIT false: the caller waits for the archive itself, at a finer
+            // step than the server's one second (physical::wait_archived).
+            "BASE_BACKUP (LABEL 'cairn', CHECKPOINT 'fast', WAL true, WAIT false, \
              MANIFEST 'yes', MANIFEST_CHECKSUMS 'CRC32C')",
             b,
         )
