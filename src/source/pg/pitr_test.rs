@@ -2,7 +2,8 @@
 //! daemon's `verify`): its base backup is recovered, in a scratch data
 //! directory on a free port, to a random time of its restorable range —
 //! from the base backup's end to the newest time the archived WAL reaches
-//! from it — then checked: the server ended recovery, replay stopped at or
+//! from it, or to the next newer base backup's end when that is sooner —
+//! then checked: the server ended recovery, replay stopped at or
 //! before that time, and `pg_amcheck` finds every table and index sound.
 //!
 //! Every WAL segment is read from the repository (`wal-fetch --prefetch
@@ -79,6 +80,23 @@ impl PitrTest {
 
 /// A time of `[from, to]` in whole microseconds (what PostgreSQL keeps),
 /// chosen at random; `to` itself when no whole microsecond lies between.
+/// The end of the next newer base backup of source `name` in the
+/// repository, if any. A random test point stops there: the WAL after it
+/// is what a test of that newer snapshot replays, so a test costs at most
+/// one backup interval of replay however old the snapshot it proves (a
+/// monthly snapshot kept for a year would otherwise replay up to a year
+/// of WAL), and over many tests every interval of the archive is replayed.
+fn next_base_end(repo: &Repository, name: &str, after: Timestamp) -> Result<Option<Timestamp>> {
+    let snapshots = repo.snapshots()?;
+    Ok(
+        super::wal_archive::physical_bases(snapshots.iter().map(|(i, s)| (i, s)))
+            .into_iter()
+            .filter(|(_, source, m)| source == name && m.stop_time > after)
+            .map(|(_, _, m)| m.stop_time)
+            .min(),
+    )
+}
+
 fn random_time(from: Timestamp, to: Timestamp) -> Timestamp {
     let lo = from.as_microsecond() + i64::from(from.subsec_nanosecond() % 1000 != 0);
     let hi = to.as_microsecond();
@@ -151,7 +169,11 @@ pub fn pitr_test(
     let target = match point {
         // Its last transaction is unknown: a time could lie past it.
         _ if range.approximate => None,
-        TestPoint::Random => Some(random_time(meta.stop_time, range.time)),
+        TestPoint::Random => Some(random_time(
+            meta.stop_time,
+            next_base_end(repo, &source.name, meta.stop_time)?
+                .map_or(range.time, |next| next.min(range.time)),
+        )),
         TestPoint::End => Some(range.time),
         TestPoint::At(t) => Some(t),
     };
