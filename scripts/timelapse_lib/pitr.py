@@ -12,6 +12,7 @@ source's digests) at known simulated
 moments and records the digest of database `app` after each day's changes; a restore
 to a moment T must hold exactly the markers committed before T and `app` as it was at
 T. Moments within a minute of one of the harness's own commits are never chosen."""
+import ctypes
 import datetime
 import os
 import shutil
@@ -25,7 +26,42 @@ FAKETIME_LIB = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1"
 MARGIN = datetime.timedelta(minutes=1)
 
 
-def faketime_env(offset_file):
+class FaketimeShared:
+    """The semaphore and shared memory libfaketime's processes share, made once for the
+    whole run. Left to itself, the first process that loads libfaketime makes them (mode
+    0600, its own user), names them in FAKETIME_SHARED for its children and removes them
+    when it exits: here that first process is `runuser` (root) or `pg_ctl`, both gone
+    long before the archiver execs `sh` for archive_command, whose libfaketime then stops
+    with `sem_open failed` (No such file or directory, or Permission denied for
+    `postgres`) and fails the command -- a WAL archive alert after a restart that the
+    harness did not cause (a --days 60 run, day 50). Made here, readable by every user
+    and named beforehand, they outlive every process; `remove()` at the end of the run."""
+
+    def __init__(self):
+        tag = "cairn_tl_%d" % os.getpid()
+        self.sem = "/faketime_sem_" + tag
+        self.shm = "/faketime_shm_" + tag
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.sem_open.restype = ctypes.c_void_p
+        libc.sem_open.argtypes = [ctypes.c_char_p, ctypes.c_int, ctypes.c_uint, ctypes.c_uint]
+        old = os.umask(0)
+        try:
+            if not libc.sem_open(self.sem.encode(), os.O_CREAT, 0o666, 1):
+                raise OSError(ctypes.get_errno(), "sem_open %s" % self.sem)
+            fd = os.open("/dev/shm" + self.shm, os.O_CREAT | os.O_RDWR, 0o666)
+        finally:
+            os.umask(old)
+        os.ftruncate(fd, 8)  # libfaketime 0.9.10's struct ft_shared_s: one uint64
+        os.close(fd)
+        self.value = "%s %s" % (self.sem, self.shm)
+
+    def remove(self):
+        for p in ("/dev/shm/sem." + self.sem[1:], "/dev/shm" + self.shm):
+            if os.path.exists(p):
+                os.remove(p)
+
+
+def faketime_env(offset_file, shared):
     """The environment that makes a process read the simulated clock: libfaketime with an
     offset (seconds ahead of the real clock) re-read at every call; the monotonic clock
     stays real, as cairn's durations and PostgreSQL's latches need.
@@ -39,7 +75,7 @@ def faketime_env(offset_file):
         raise RuntimeError("%s is missing: run scripts/setup (it installs Debian's libfaketime for "
                            "the PostgreSQL clock of scripts/timelapse)" % FAKETIME_LIB)
     return {"LD_PRELOAD": FAKETIME_LIB, "FAKETIME_TIMESTAMP_FILE": offset_file, "FAKETIME_NO_CACHE": "1",
-            "FAKETIME_DONT_FAKE_MONOTONIC": "1"}
+            "FAKETIME_DONT_FAKE_MONOTONIC": "1", "FAKETIME_SHARED": shared.value}
 
 
 class FakeClockCluster(Cluster):
