@@ -185,8 +185,12 @@ class Timelapse:
         self.pitr_dir = pitr.postgres_dir(os.path.join(w, "pitr"))
         self.wal_log = os.path.join(self.pitr_dir, "archived.sha256")
 
-        self.prod = pitr.FakeClockCluster(w, "prod", pitr.faketime_env(self.clock.offset_path))
+        self.faketime_shared = pitr.FaketimeShared()
+        self.prod = pitr.FakeClockCluster(w, "prod", pitr.faketime_env(self.clock.offset_path, self.faketime_shared))
         self.scratch = Cluster(w, "scratch")
+        # The daemon's test environment (`verify { postgres-scratch }`), as a deployment
+        # would give it: one server for every Sunday's test, holding what the last left.
+        self.verify_pg = Cluster(w, "verify")
         # autovacuum off: libfaketime (FAKETIME_NO_CACHE) leaves the processes the postmaster
         # starts after recovery on the real clock -- the autovacuum workers among them, whose
         # ANALYZE commits then carried real times into the WAL and cut every point-in-time
@@ -194,6 +198,7 @@ class Timelapse:
         self.prod.start(conf=["archive_mode = on", "archive_command = '%s'" % self.archive_command(),
                               "autovacuum = off"])
         self.scratch.start()
+        self.verify_pg.start()
         self.smtp = Smtp(w)
         self.smtp.start()
         self.broker = kafka.Tansu(w, "prod", proxied=True)
@@ -244,8 +249,7 @@ class Timelapse:
         own, not libfaketime's), with a cache of its own. First the segment's sha256 goes
         to a log of the harness, so that a segment fetched back can be compared."""
         aws = " ".join("%s=%s" % kv for kv in self.s3.env().items()) if self.s3 else ""
-        # Without libfaketime: in a program the archiver execs, it sometimes cannot open the
-        # semaphore its first process made (and since removed) and fails the command.
+        # Without libfaketime: cairn reads the simulated clock from its own file.
         return ('env -u LD_PRELOAD -u FAKETIME_TIMESTAMP_FILE -u FAKETIME_SHARED sh -c "sha256sum %%p >> %s && '
                 'CAIRN_TEST_CLOCK=%s TZ=%s %s %s wal-push -q -r %s --password-file %s --cache-dir %s %%p"' % (
                     self.wal_log, self.clock.path, TZ_NAME, aws, self.bin, self.repo, self.password,
@@ -312,6 +316,7 @@ alerts {
 }
 verify {
     cron "0 4 * * 0"
+    postgres-scratch "postgres://postgres@127.0.0.1:%(vpgport)d/postgres"
     kafka-scratch "127.0.0.1:%(kscratch)d"
 }
 api {
@@ -320,6 +325,7 @@ api {
 }
 """ % dict(name=PLAN_NAME, repo=self.repo, password=self.password, cache=os.path.join(w, "cache-daemon"),
            etc=self.tree.root, pgport=self.prod.port, kbrokers=self.broker.brokers(), kscratch=self.kafka_scratch.port,
+           vpgport=self.verify_pg.port,
            tz=TZ_NAME, retention=retention, expected=EXPECTED_DURATION, quota=self.quota, smtp=self.smtp.port,
            hash=self.token_hash)
         tmp = self.plan_path + ".tmp"
@@ -336,8 +342,9 @@ api {
 
     def cleanup(self):
         for what in (lambda: self.daemon.stop(), lambda: self.s3 and self.s3.stop(), lambda: self.smtp.stop(), lambda: self.prod.stop(),
-                     lambda: self.scratch.stop(), lambda: self.kafka.close(), lambda: self.broker.stop(),
-                     lambda: self.kafka_scratch.stop()):
+                     lambda: self.scratch.stop(), lambda: self.verify_pg.stop(), lambda: self.kafka.close(), lambda: self.broker.stop(),
+                     lambda: self.kafka_scratch.stop(),
+                     lambda: getattr(self, "faketime_shared", None) and self.faketime_shared.remove()):
             try:
                 what()
             except Exception as e:  # noqa: BLE001 - cleanup goes on
