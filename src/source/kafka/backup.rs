@@ -191,13 +191,20 @@ pub fn archive_kafka(
     read_configs(opts, &mut meta.topics)?;
     // Groups before watermarks: a commit made meanwhile is then still <= high.
     meta.groups = read_groups(opts, &consumer, &meta.topics)?;
+    let wanted: Vec<(String, i32)> = meta
+        .topics
+        .iter()
+        .flat_map(|t| t.partitions.iter().map(|p| (t.name.clone(), p.id)))
+        .collect();
+    let marks = side_by_side(&wanted, |(topic, id)| {
+        retry(opts, &format!("reading offsets of {topic}/{id}"), || {
+            consumer.fetch_watermarks(topic, *id, timeout)
+        })
+    });
+    let mut marks = marks.into_iter();
     for t in &mut meta.topics {
         for p in &mut t.partitions {
-            let (low, high) = retry(
-                opts,
-                &format!("reading offsets of {}/{}", t.name, p.id),
-                || consumer.fetch_watermarks(&t.name, p.id, timeout),
-            )?;
+            let (low, high) = marks.next().expect("one per partition")?;
             p.low = low;
             p.high = high;
             p.end = high;
@@ -324,6 +331,30 @@ fn wait_for_checkers<T>(
     }
 }
 
+/// `f` of every item, in order, run on up to [`SIDE_BY_SIDE`] threads at
+/// once: for requests that each wait a round trip on the brokers.
+fn side_by_side<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Vec<R> {
+    let mut out = Vec::with_capacity(items.len());
+    for batch in items.chunks(SIDE_BY_SIDE) {
+        if batch.len() == 1 {
+            out.push(f(&batch[0]));
+            continue;
+        }
+        std::thread::scope(|s| {
+            let running: Vec<_> = batch.iter().map(|i| s.spawn(|| f(i))).collect();
+            out.extend(
+                running
+                    .into_iter()
+                    .map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p))),
+            );
+        });
+    }
+    out
+}
+
+/// How many broker requests [`side_by_side`] has in flight.
+const SIDE_BY_SIDE: usize = 8;
+
 fn read_configs(opts: &KafkaOptions, topics: &mut [TopicMeta]) -> Result<()> {
     if topics.is_empty() {
         return Ok(());
@@ -379,17 +410,22 @@ fn read_groups(
             tpl.add_partition(&t.name, p.id);
         }
     }
-    let mut groups = Vec::new();
-    for g in list.groups() {
-        if !(g.protocol_type().is_empty() || g.protocol_type() == "consumer") {
-            continue;
-        }
+    let listed: Vec<_> = list
+        .groups()
+        .iter()
+        .filter(|g| g.protocol_type().is_empty() || g.protocol_type() == "consumer")
+        .collect();
+    let names: Vec<&str> = listed.iter().map(|g| g.name()).collect();
+    // A group's committed offsets are read by a consumer of that group,
+    // each a client of its own (connection, coordinator look-up): side by
+    // side they cost one such set-up, not one per group.
+    let read = side_by_side(&names, |name| -> Result<Vec<GroupOffset>> {
         let mut offsets = Vec::new();
         if tpl.count() > 0 {
-            let gc = self::consumer(opts, g.name())?;
+            let gc = self::consumer(opts, name)?;
             let committed = retry(
                 opts,
-                &format!("reading the offsets of group {:?}", g.name()),
+                &format!("reading the offsets of group {name:?}"),
                 || gc.committed_offsets(tpl.clone(), opts.timeout),
             )?;
             for e in committed.elements() {
@@ -403,6 +439,11 @@ fn read_groups(
                 }
             }
         }
+        Ok(offsets)
+    });
+    let mut groups = Vec::new();
+    for (g, offsets) in listed.into_iter().zip(read) {
+        let mut offsets = offsets?;
         if offsets.is_empty() && !topics.is_empty() {
             continue; // the group consumes none of the selected topics
         }
