@@ -393,12 +393,9 @@ impl Repository {
     ) -> Result<()> {
         let f = FileRef::of(*id);
         match self.spooled_path(id) {
-            Some(path) => {
-                let mut buf = Vec::new();
-                crate::backend::read_whole_of(&path, &mut buf)
-                    .map_err(|e| Error::io(format!("reading spooled {f}"), e))?;
-                piece(&buf)
-            }
+            Some(path) => crate::backend::read_pieces_of(&path, piece, |e| {
+                Error::io(format!("reading spooled {f}"), e)
+            }),
             None => self.backend.read_pieces(&f, piece),
         }
     }
