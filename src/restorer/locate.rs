@@ -1,0 +1,277 @@
+//! Where the chunks a restore needs are stored.
+//!
+//! A file restore keeps, for each frame it reads, which chunks of which
+//! files that frame holds and where ([`locate_files`]): one [`Target`] of
+//! 24 bytes per chunk of a file, naming the chunk by its file and its place
+//! in that file's node (whose content list the restore holds anyway)
+//! instead of by a copy of its id, and one [`Location`] per frame. A map
+//! from every chunk id to its location (128 bytes a chunk plus a hash
+//! table's slack: 68 MB of a 200,000-file restore's 255 MB heap peak) is
+//! what this replaced (issue 29). Restores that stream into a server still
+//! get that map from [`locate_chunks`]: they look chunks up by id.
+
+use crate::error::{Error, Result};
+use crate::index::{IndexReader, Location};
+use crate::repo::{ChunkId, Compression, Node, PackId};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+
+/// One chunk to write: chunk `chunk` of file `file`, at `file_offset` in
+/// that file and at `offset..offset + length` in its frame's plaintext.
+#[derive(Clone, Debug, PartialEq)]
+pub(super) struct Target {
+    /// The file's number among the files restored.
+    pub file: u32,
+    /// The chunk's place in the file's content list: its id is
+    /// `content[chunk]`.
+    pub chunk: u32,
+    pub file_offset: u64,
+    pub offset: u32,
+    pub length: u32,
+}
+
+/// One frame to read and the chunks to write from it.
+pub(super) struct FrameWork {
+    /// The frame's location (its pack, offset, length and compression; the
+    /// chunk fields are those of the first chunk found in it).
+    pub loc: Location,
+    pub targets: Vec<Target>,
+}
+
+/// The frames a restore reads, by pack and offset.
+pub(super) type Frames = HashMap<(PackId, u64), FrameWork>;
+
+/// Where the chunks of `files` (file number `i` is `files[i]`) are, by
+/// frame; an error naming the files when any chunk, or a base of a delta
+/// frame holding one, is missing from the index. Nothing per chunk is kept
+/// but its [`Target`].
+pub(super) fn locate_files(reader: &IndexReader, files: &[&Node]) -> Result<Frames> {
+    let mut frames = Frames::new();
+    let mut missing = Missing::default();
+    for (i, n) in files.iter().enumerate() {
+        let file = number(i, "files")?;
+        let mut file_offset = 0u64;
+        for (k, id) in n.content.iter().enumerate() {
+            let Some(loc) = reader.get(id)? else {
+                missing.file(&n.path);
+                continue;
+            };
+            let target = Target {
+                file,
+                chunk: number(k, "chunks in one file")?,
+                file_offset,
+                offset: loc.offset,
+                length: loc.length,
+            };
+            file_offset += loc.length as u64;
+            frames
+                .entry(loc.frame_key())
+                .or_insert_with(|| FrameWork {
+                    loc,
+                    targets: Vec::new(),
+                })
+                .targets
+                .push(target);
+        }
+    }
+    // Delta frames need their bases: they are chunks this restore reads.
+    for w in frames.values() {
+        if w.loc.compression == Compression::ZstdDelta {
+            for b in reader.frame_bases(&w.loc)? {
+                if reader.get(&b)?.is_none() {
+                    missing.base();
+                }
+            }
+        }
+    }
+    missing.check()?;
+    Ok(frames)
+}
+
+/// Where every chunk of `nodes` is stored, by id, with the bases of the
+/// delta frames among them; an error naming the files when any chunk is
+/// missing from the index.
+pub(super) fn locate_chunks(
+    reader: &IndexReader,
+    nodes: &[Node],
+) -> Result<HashMap<ChunkId, Location>> {
+    let mut locs = HashMap::new();
+    let mut missing = Missing::default();
+    for n in nodes {
+        for id in &n.content {
+            if locs.contains_key(id) {
+                continue;
+            }
+            match reader.get(id)? {
+                Some(l) => {
+                    locs.insert(*id, l);
+                }
+                None => missing.file(&n.path),
+            }
+        }
+    }
+    // Delta frames need their bases: they are chunks this restore reads,
+    // so their packs are checked with the rest before anything is written.
+    let mut delta_frames: HashSet<(PackId, u64)> = HashSet::new();
+    let mut bases: Vec<ChunkId> = Vec::new();
+    for l in locs.values() {
+        if l.compression == Compression::ZstdDelta && delta_frames.insert(l.frame_key()) {
+            bases.extend(reader.frame_bases(l)?);
+        }
+    }
+    for b in bases {
+        if locs.contains_key(&b) {
+            continue;
+        }
+        match reader.get(&b)? {
+            Some(l) => {
+                locs.insert(b, l);
+            }
+            None => missing.base(),
+        }
+    }
+    missing.check()?;
+    Ok(locs)
+}
+
+/// Chunks missing from the index, counted by the file that needs them.
+#[derive(Default)]
+struct Missing(BTreeMap<String, usize>);
+
+impl Missing {
+    fn file(&mut self, path: &str) {
+        *self.0.entry(path.to_string()).or_default() += 1;
+    }
+
+    fn base(&mut self) {
+        *self
+            .0
+            .entry("(the base of a delta frame)".into())
+            .or_default() += 1;
+    }
+
+    fn check(self) -> Result<()> {
+        if self.0.is_empty() {
+            return Ok(());
+        }
+        let files: Vec<String> = self.0.keys().take(10).cloned().collect();
+        Err(Error::integrity(format!(
+            "{} file(s) of the snapshot have chunks missing from the index (e.g. {}); nothing was restored",
+            self.0.len(),
+            files.join(", ")
+        ))
+        .with_hint("run `cairn check --read-data` to see what is damaged; restore another snapshot with `--at` or an id"))
+    }
+}
+
+/// `i` as a file or chunk number.
+fn number(i: usize, what: &str) -> Result<u32> {
+    u32::try_from(i).map_err(|_| Error::failure(format!("a restore takes at most 2^32 {what}")))
+}
+
+/// Keep only the targets of the files `renumber` gives a new number
+/// (`renumber[old]`), numbered anew, and the frames that still have any.
+pub(super) fn keep_files(frames: &mut Frames, renumber: &[Option<u32>]) {
+    frames.retain(|_, w| {
+        w.targets
+            .retain_mut(|t| match renumber.get(t.file as usize) {
+                Some(Some(new)) => {
+                    t.file = *new;
+                    true
+                }
+                _ => false,
+            });
+        w.targets.shrink_to_fit();
+        !w.targets.is_empty()
+    });
+}
+
+/// Frames grouped by their pack, each pack's in offset order.
+pub(super) fn by_pack(frames: Frames) -> Vec<(PackId, Vec<FrameWork>)> {
+    let mut packs: HashMap<PackId, Vec<FrameWork>> = HashMap::new();
+    for w in frames.into_values() {
+        packs.entry(w.loc.pack).or_default().push(w);
+    }
+    let mut packs: Vec<(PackId, Vec<FrameWork>)> = packs.into_iter().collect();
+    for (_, work) in &mut packs {
+        work.sort_by_key(|w| w.loc.frame_offset);
+    }
+    packs
+}
+
+/// The numbers of the files (at most 10, lowest first) that need a chunk
+/// from one of the packs `bad`.
+pub(super) fn files_in(packs: &[(PackId, Vec<FrameWork>)], bad: &HashSet<PackId>) -> Vec<usize> {
+    let mut files = BTreeSet::new();
+    for (_, work) in packs.iter().filter(|(p, _)| bad.contains(p)) {
+        for w in work {
+            files.extend(w.targets.iter().map(|t| t.file as usize));
+        }
+    }
+    files.into_iter().take(10).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(pack: u8, offset: u64, files: &[u32]) -> FrameWork {
+        FrameWork {
+            loc: Location {
+                pack: PackId([pack; 32]),
+                frame_offset: offset,
+                frame_length: 100,
+                raw_length: 100,
+                compression: Compression::None,
+                offset: 0,
+                length: 0,
+                base: None,
+            },
+            targets: files
+                .iter()
+                .map(|&file| Target {
+                    file,
+                    chunk: 0,
+                    file_offset: 0,
+                    offset: 0,
+                    length: 1,
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn a_target_is_24_bytes() {
+        assert_eq!(std::mem::size_of::<Target>(), 24);
+    }
+
+    #[test]
+    fn kept_files_are_numbered_anew_and_frames_left_empty_go() {
+        let mut frames = Frames::new();
+        for w in [
+            frame(1, 0, &[0, 1]),
+            frame(1, 100, &[1]),
+            frame(2, 0, &[2, 0]),
+        ] {
+            frames.insert(w.loc.frame_key(), w);
+        }
+        // File 1 is kept as it stands; files 0 and 2 become 0 and 1.
+        keep_files(&mut frames, &[Some(0), None, Some(1)]);
+        let packs = by_pack(frames);
+        let mut got: Vec<(u8, u64, Vec<u32>)> = packs
+            .iter()
+            .flat_map(|(p, work)| {
+                work.iter().map(move |w| {
+                    (
+                        p.0[0],
+                        w.loc.frame_offset,
+                        w.targets.iter().map(|t| t.file).collect(),
+                    )
+                })
+            })
+            .collect();
+        got.sort();
+        assert_eq!(got, vec![(1, 0, vec![0]), (2, 0, vec![1, 0])]);
+        let bad: HashSet<PackId> = [PackId([2; 32])].into();
+        assert_eq!(files_in(&packs, &bad), vec![0, 1]);
+    }
+}
