@@ -44,34 +44,59 @@ pub(super) type Frames = HashMap<(PackId, u64), FrameWork>;
 /// frame; an error naming the files when any chunk, or a base of a delta
 /// frame holding one, is missing from the index. Nothing per chunk is kept
 /// but its [`Target`].
+///
+/// Chunks are looked up in id order, so that consecutive lookups fall on
+/// the same pages of the index cache and a small page cache serves them
+/// all (in file order every lookup lands on a random page).
 pub(super) fn locate_files(reader: &IndexReader, files: &[&Node]) -> Result<Frames> {
-    let mut frames = Frames::new();
-    let mut missing = Missing::default();
+    // Where each file's chunks start in one list of all of them.
+    let mut starts: Vec<usize> = Vec::with_capacity(files.len() + 1);
+    starts.push(0);
+    for n in files {
+        starts.push(starts[starts.len() - 1] + n.content.len());
+    }
+    let mut wanted: Vec<(ChunkId, u32, u32)> = Vec::with_capacity(starts[files.len()]);
     for (i, n) in files.iter().enumerate() {
         let file = number(i, "files")?;
-        let mut file_offset = 0u64;
         for (k, id) in n.content.iter().enumerate() {
-            let Some(loc) = reader.get(id)? else {
-                missing.file(&n.path);
-                continue;
-            };
-            let target = Target {
-                file,
-                chunk: number(k, "chunks in one file")?,
-                file_offset,
-                offset: loc.offset,
-                length: loc.length,
-            };
-            file_offset += loc.length as u64;
-            frames
-                .entry(loc.frame_key())
-                .or_insert_with(|| FrameWork {
-                    loc,
-                    targets: Vec::new(),
-                })
-                .targets
-                .push(target);
+            wanted.push((*id, file, number(k, "chunks in one file")?));
         }
+    }
+    wanted.sort_unstable_by_key(|w| w.0);
+    let mut frames = Frames::new();
+    let mut missing = Missing::default();
+    // Each chunk's length, then its offset in its file.
+    let mut lengths: Vec<u32> = vec![0; wanted.len()];
+    let mut last: Option<(ChunkId, Option<Location>)> = None;
+    for (id, file, chunk) in wanted {
+        let loc = match &last {
+            Some((l, loc)) if *l == id => loc.clone(),
+            _ => {
+                let loc = reader.get(&id)?;
+                last = Some((id, loc.clone()));
+                loc
+            }
+        };
+        let Some(loc) = loc else {
+            missing.file(&files[file as usize].path);
+            continue;
+        };
+        lengths[starts[file as usize] + chunk as usize] = loc.length;
+        let target = Target {
+            file,
+            chunk,
+            file_offset: 0,
+            offset: loc.offset,
+            length: loc.length,
+        };
+        frames
+            .entry(loc.frame_key())
+            .or_insert_with(|| FrameWork {
+                loc,
+                targets: Vec::new(),
+            })
+            .targets
+            .push(target);
     }
     // Delta frames need their bases: they are chunks this restore reads.
     for w in frames.values() {
@@ -84,6 +109,23 @@ pub(super) fn locate_files(reader: &IndexReader, files: &[&Node]) -> Result<Fram
         }
     }
     missing.check()?;
+    let mut offsets: Vec<u64> = Vec::with_capacity(lengths.len());
+    for w in starts.windows(2) {
+        let mut at = 0u64;
+        for l in &lengths[w[0]..w[1]] {
+            offsets.push(at);
+            at += *l as u64;
+        }
+    }
+    drop(lengths);
+    for w in frames.values_mut() {
+        for t in &mut w.targets {
+            t.file_offset = offsets[starts[t.file as usize] + t.chunk as usize];
+        }
+        // File order within the frame: a file's chunks that follow each
+        // other in it go out as one write.
+        w.targets.sort_unstable_by_key(|t| (t.file, t.chunk));
+    }
     Ok(frames)
 }
 
@@ -96,17 +138,28 @@ pub(super) fn locate_chunks(
 ) -> Result<HashMap<ChunkId, Location>> {
     let mut locs = HashMap::new();
     let mut missing = Missing::default();
-    for n in nodes {
-        for id in &n.content {
-            if locs.contains_key(id) {
-                continue;
+    // In id order, as in locate_files.
+    let mut ids: Vec<(&ChunkId, usize)> = nodes
+        .iter()
+        .enumerate()
+        .flat_map(|(i, n)| n.content.iter().map(move |id| (id, i)))
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
+    let mut last: Option<&ChunkId> = None;
+    for (id, i) in ids {
+        if last == Some(id) {
+            if !locs.contains_key(id) {
+                missing.file(&nodes[i].path);
             }
-            match reader.get(id)? {
-                Some(l) => {
-                    locs.insert(*id, l);
-                }
-                None => missing.file(&n.path),
+            continue;
+        }
+        last = Some(id);
+        match reader.get(id)? {
+            Some(l) => {
+                locs.insert(*id, l);
             }
+            None => missing.file(&nodes[i].path),
         }
     }
     // Delta frames need their bases: they are chunks this restore reads,
@@ -118,6 +171,8 @@ pub(super) fn locate_chunks(
             bases.extend(reader.frame_bases(l)?);
         }
     }
+    bases.sort_unstable();
+    bases.dedup();
     for b in bases {
         if locs.contains_key(&b) {
             continue;
