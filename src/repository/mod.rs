@@ -434,6 +434,8 @@ impl Repository {
     pub fn read_tree(&self, source: &SourceRecord) -> Result<Vec<Node>> {
         let mut nodes = Vec::new();
         self.for_each_node(source, |n| nodes.push(n))?;
+        // Grown by doubling: up to half of it unused (a node is 120 bytes).
+        nodes.shrink_to_fit();
         Ok(nodes)
     }
 
