@@ -387,6 +387,14 @@ impl Backend for LocalBackend {
         read_whole_of(&self.path(file), buf).map_err(|e| self.not_found(file, e))
     }
 
+    fn read_pieces(
+        &self,
+        file: &FileRef,
+        piece: &mut dyn FnMut(&[u8]) -> Result<()>,
+    ) -> Result<()> {
+        read_pieces_of(&self.path(file), piece, |e| self.not_found(file, e))
+    }
+
     fn content_id(&self, file: &FileRef) -> Result<Id> {
         // Mapped rather than read: no copy of the file into fresh memory.
         // Safe to map: files are written once (temp file + rename), never
@@ -467,6 +475,31 @@ pub(crate) fn read_whole_of(path: &Path, buf: &mut Vec<u8>) -> std::io::Result<(
     buf.clear();
     fs::File::open(path)?.read_to_end(buf)?;
     Ok(())
+}
+
+/// How much of a file [`read_pieces_of`] reads at a time.
+const READ_PIECE: usize = 1 << 20;
+
+/// The file at `path` handed to `piece` in order, [`READ_PIECE`] bytes at a
+/// time through one buffer: a restore reading packs on several threads
+/// holds a piece per thread rather than a whole pack (16 MiB by default;
+/// 41 MB of a 200,000-file restore's peak on 2 cores, issue 29). An error
+/// from `piece` stops the read and is returned; `io_err` says what failed.
+pub(crate) fn read_pieces_of(
+    path: &Path,
+    piece: &mut dyn FnMut(&[u8]) -> Result<()>,
+    io_err: impl Fn(std::io::Error) -> Error,
+) -> Result<()> {
+    let mut f = fs::File::open(path).map_err(&io_err)?;
+    let mut buf = vec![0u8; READ_PIECE];
+    loop {
+        match f.read(&mut buf) {
+            Ok(0) => return Ok(()),
+            Ok(n) => piece(&buf[..n])?,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(io_err(e)),
+        }
+    }
 }
 
 thread_local! {

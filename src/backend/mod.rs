@@ -11,7 +11,7 @@ mod local;
 mod s3;
 
 pub use local::LocalBackend;
-pub(crate) use local::{read_range_of, read_whole_of};
+pub(crate) use local::{read_pieces_of, read_range_of, read_whole_of};
 pub use s3::{S3Backend, MULTIPART_THRESHOLD};
 
 use crate::error::{Error, Kind, Result};

@@ -134,6 +134,7 @@ pub fn access(g: &GlobalArgs) -> Access {
         cache_dir: g.cache_dir.clone(),
         no_cache: g.no_cache,
         no_key_cache: g.no_key_cache,
+        index_memory: None,
     }
 }
 

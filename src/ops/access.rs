@@ -5,6 +5,7 @@ use super::key_cache;
 use crate::backend;
 use crate::crypto::{self, Secret};
 use crate::error::{Error, Result};
+use crate::index::{CacheOptions, CACHE_MEMORY};
 use crate::plan::Plan;
 use crate::repository::Repository;
 use std::io::IsTerminal;
@@ -23,6 +24,10 @@ pub struct Access {
     pub no_cache: bool,
     /// Never read or write the unlocked-key cache.
     pub no_key_cache: bool,
+    /// The index cache's page cache in memory, when not
+    /// [`CACHE_MEMORY`](crate::index::CACHE_MEMORY): a restore, whose
+    /// lookups come in chunk-id order, needs far less.
+    pub index_memory: Option<usize>,
 }
 
 /// The first line of a password file; an empty one is an error.
@@ -99,7 +104,10 @@ impl Access {
         let backend = backend::open(&location)?;
         // Fail with "no repository" before asking for a password.
         let config = Repository::read_config(backend.as_ref())?;
-        let cache_dir = self.cache_dir();
+        let cache = CacheOptions {
+            dir: self.cache_dir(),
+            memory: self.index_memory.unwrap_or(CACHE_MEMORY),
+        };
         // A password from a file may be cached (spec/repository.md §9).
         let cached = match (&self.key_cache_dir(), &self.password_file) {
             (Some(dir), Some(f)) if self.identity.is_none() => {
@@ -110,12 +118,12 @@ impl Access {
         if let Some((dir, st)) = &cached {
             if let Some((key, key_id)) = key_cache::load(dir, config.id, st, backend.as_ref())? {
                 tracing::debug!("key {} unlocked from the key cache", key_id.short());
-                return Repository::open_unlocked(backend, config, key, key_id, cache_dir);
+                return Repository::open_unlocked(backend, config, key, key_id, cache);
             }
         }
         let secret = self.secret()?;
         let repo_id = config.id;
-        let repo = Repository::open_with_config(backend, config, &secret, cache_dir)?;
+        let repo = Repository::open_with_config(backend, config, &secret, cache)?;
         if let Some((dir, st)) = cached {
             // The file read for the password must be the one stamped.
             if key_cache::stamp(self.password_file.as_deref().unwrap_or(Path::new("")))

@@ -23,13 +23,12 @@ pub use reader::{FileReader, Lookup};
 use crate::backend::{Backend, FileRef};
 use crate::crypto::{MasterKey, Secret};
 use crate::error::{Error, Kind, Result};
-use crate::index::IndexCache;
+use crate::index::{CacheOptions, IndexCache};
 use crate::repo::{
     Config, FileId, FileKind, Id, IndexId, KeyId, Node, PackId, ProofId, RepoId, Snapshot,
     SnapshotId, SourceRecord, CHUNKER_DEFAULT,
 };
 use serde::{de::DeserializeOwned, Serialize};
-use std::path::PathBuf;
 use std::sync::Mutex;
 
 /// Readable snapshots with their ids, and unreadable ones with the reason.
@@ -129,10 +128,10 @@ impl Repository {
     pub fn open(
         backend: Box<dyn Backend>,
         secret: &Secret,
-        cache_dir: Option<PathBuf>,
+        cache: impl Into<CacheOptions>,
     ) -> Result<Repository> {
         let config = Self::read_config(backend.as_ref())?;
-        Self::open_with_config(backend, config, secret, cache_dir)
+        Self::open_with_config(backend, config, secret, cache)
     }
 
     /// [`open`](Self::open) with the config already read.
@@ -140,10 +139,10 @@ impl Repository {
         backend: Box<dyn Backend>,
         config: Config,
         secret: &Secret,
-        cache_dir: Option<PathBuf>,
+        cache: impl Into<CacheOptions>,
     ) -> Result<Repository> {
         let (key, key_id) = Self::unlock(backend.as_ref(), &config, secret)?;
-        Self::open_unlocked(backend, config, key, key_id, cache_dir)
+        Self::open_unlocked(backend, config, key, key_id, cache)
     }
 
     /// [`open`](Self::open) with the master key already at hand (from the
@@ -153,9 +152,10 @@ impl Repository {
         config: Config,
         key: MasterKey,
         key_id: KeyId,
-        cache_dir: Option<PathBuf>,
+        cache: impl Into<CacheOptions>,
     ) -> Result<Repository> {
-        let cache = IndexCache::open(cache_dir.as_deref(), config.id)?;
+        let options = cache.into();
+        let cache = IndexCache::open_with(options.dir.as_deref(), config.id, options.memory)?;
         cache.sync(backend.as_ref(), &key)?;
         Ok(Repository {
             backend,
@@ -393,12 +393,9 @@ impl Repository {
     ) -> Result<()> {
         let f = FileRef::of(*id);
         match self.spooled_path(id) {
-            Some(path) => {
-                let mut buf = Vec::new();
-                crate::backend::read_whole_of(&path, &mut buf)
-                    .map_err(|e| Error::io(format!("reading spooled {f}"), e))?;
-                piece(&buf)
-            }
+            Some(path) => crate::backend::read_pieces_of(&path, piece, |e| {
+                Error::io(format!("reading spooled {f}"), e)
+            }),
             None => self.backend.read_pieces(&f, piece),
         }
     }
@@ -437,6 +434,8 @@ impl Repository {
     pub fn read_tree(&self, source: &SourceRecord) -> Result<Vec<Node>> {
         let mut nodes = Vec::new();
         self.for_each_node(source, |n| nodes.push(n))?;
+        // Grown by doubling: up to half of it unused (a node is 120 bytes).
+        nodes.shrink_to_fit();
         Ok(nodes)
     }
 

@@ -31,10 +31,10 @@
 
 use super::target::{Probe, Standing};
 use crate::error::{Error, Result};
-use crate::index::Location;
-use crate::repo::{ChunkId, Node, NodeKind};
+use crate::index::IndexReader;
+use crate::repo::{Node, NodeKind};
 use crate::repository::Repository;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::io::Read;
 
 /// What to do with a file or symlink already in the target.
@@ -99,7 +99,7 @@ pub(super) enum Action {
 /// to remove it.
 pub(super) fn survey(
     repo: &Repository,
-    locs: &HashMap<ChunkId, Location>,
+    index: &IndexReader,
     probe: &mut Probe<'_>,
     sorted: &[&Node],
     rule: Overwrite,
@@ -146,7 +146,7 @@ pub(super) fn survey(
             }
             (Standing::File { size, mtime_ns }, NodeKind::File) => {
                 let same_time = rule == Overwrite::IfChanged && n.mtime_ns == *mtime_ns;
-                if *size == n.size && (same_time || same_content(repo, locs, probe, n)?) {
+                if *size == n.size && (same_time || same_content(repo, index, probe, n)?) {
                     Action::Refresh
                 } else {
                     Action::Replace
@@ -172,7 +172,7 @@ pub(super) fn survey(
 /// compared with its keyed id. A file that cannot be read differs.
 fn same_content(
     repo: &Repository,
-    locs: &HashMap<ChunkId, Location>,
+    index: &IndexReader,
     probe: &mut Probe<'_>,
     n: &Node,
 ) -> Result<bool> {
@@ -181,7 +181,7 @@ fn same_content(
     };
     let mut buf = Vec::new();
     for id in &n.content {
-        let Some(loc) = locs.get(id) else {
+        let Some(loc) = index.get(id)? else {
             return Ok(false);
         };
         buf.resize(loc.length as usize, 0);

@@ -22,9 +22,9 @@ use crate::error::{Error, Kind, Result, ResultExt};
 use crate::index::Location;
 use crate::interrupt;
 use crate::progress::Progress;
-use crate::repo::{node_path, ChunkId, Compression, Node, NodeKind, PackId};
+use crate::repo::{node_path, ChunkId, Node, NodeKind, PackId};
 use crate::repository::{chunk_slice, FrameDecoder, Repository};
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use target::{StagingDir, TargetDir};
@@ -32,11 +32,13 @@ use target::{StagingDir, TargetDir};
 pub mod compare;
 mod existing;
 mod include;
+mod locate;
 mod target;
 use existing::Action;
 pub use existing::Overwrite;
 pub use include::{filter_nodes, near_paths, unmatched_includes};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use locate::{by_pack, locate_chunks, locate_files, FrameWork, Frames, Target};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 /// What a file restore did. `files`, `dirs` and `symlinks` count what is
@@ -74,81 +76,13 @@ pub fn existing_summary(s: &RestoreStats) -> Option<String> {
     ))
 }
 
-struct Target {
-    file: usize,
-    file_offset: u64,
-    chunk: ChunkId,
-    offset: u32,
-    length: u32,
-}
-
-struct FrameWork {
-    loc: Location,
-    targets: Vec<Target>,
-}
-
-/// Where every chunk of `nodes` is stored; an error naming the files when
-/// any chunk is missing from the index.
-fn locate_chunks(repo: &Repository, nodes: &[Node]) -> Result<HashMap<ChunkId, Location>> {
-    let reader = repo.cache.reader()?;
-    let mut locs = HashMap::new();
-    let mut missing: BTreeMap<String, usize> = BTreeMap::new();
-    for n in nodes {
-        for id in &n.content {
-            if locs.contains_key(id) {
-                continue;
-            }
-            match reader.get(id)? {
-                Some(l) => {
-                    locs.insert(*id, l);
-                }
-                None => *missing.entry(n.path.clone()).or_default() += 1,
-            }
-        }
-    }
-    // Delta frames need their bases: they are chunks this restore reads,
-    // so their packs are checked with the rest before anything is written.
-    let mut delta_frames: HashSet<(PackId, u64)> = HashSet::new();
-    let mut bases: Vec<ChunkId> = Vec::new();
-    for l in locs.values() {
-        if l.compression == Compression::ZstdDelta && delta_frames.insert(l.frame_key()) {
-            bases.extend(reader.frame_bases(l)?);
-        }
-    }
-    for b in bases {
-        if locs.contains_key(&b) {
-            continue;
-        }
-        match reader.get(&b)? {
-            Some(l) => {
-                locs.insert(b, l);
-            }
-            None => {
-                *missing
-                    .entry("(the base of a delta frame)".into())
-                    .or_default() += 1
-            }
-        }
-    }
-    if !missing.is_empty() {
-        let files: Vec<String> = missing.keys().take(10).cloned().collect();
-        return Err(Error::integrity(format!(
-            "{} file(s) of the snapshot have chunks missing from the index (e.g. {}); nothing was restored",
-            missing.len(),
-            files.join(", ")
-        ))
-        .with_hint("run `cairn check --read-data` to see what is damaged; restore another snapshot with `--at` or an id"));
-    }
-    Ok(locs)
-}
-
 /// Check that every chunk is indexed and every pack it needs is intact.
 /// Returns the locations of all chunks in `nodes`.
 pub fn verify_before_restore(
     repo: &Repository,
     nodes: &[Node],
 ) -> Result<(HashMap<ChunkId, Location>, u64)> {
-    let locs = locate_chunks(repo, nodes)?;
+    let locs = locate_chunks(&repo.cache.reader()?, nodes)?;
     let packs: Vec<PackId> = locs
         .values()
         .map(|l| l.pack)
@@ -190,7 +124,18 @@ pub fn verify_before_restore(
     });
     let bad = bad.into_inner().unwrap_or_default();
     if !bad.is_empty() {
-        return Err(damaged_packs(nodes, &locs, bad));
+        let bad_packs: HashSet<PackId> = bad.iter().map(|(p, _)| *p).collect();
+        let files: Vec<&str> = nodes
+            .iter()
+            .filter(|n| {
+                n.content
+                    .iter()
+                    .any(|c| locs.get(c).is_some_and(|l| bad_packs.contains(&l.pack)))
+            })
+            .map(|n| n.path.as_str())
+            .take(10)
+            .collect();
+        return Err(damaged_packs(&files, bad));
     }
     Ok((locs, packs.len() as u64))
 }
@@ -209,23 +154,8 @@ fn pack_threads(repo: &Repository) -> usize {
 }
 
 /// The error for a restore stopped by damaged packs: which packs, why, and
-/// which files they would have spoiled.
-fn damaged_packs(
-    nodes: &[Node],
-    locs: &HashMap<ChunkId, Location>,
-    bad: Vec<(PackId, String)>,
-) -> Error {
-    let bad_packs: HashSet<PackId> = bad.iter().map(|(p, _)| *p).collect();
-    let files: Vec<&str> = nodes
-        .iter()
-        .filter(|n| {
-            n.content
-                .iter()
-                .any(|c| locs.get(c).is_some_and(|l| bad_packs.contains(&l.pack)))
-        })
-        .map(|n| n.path.as_str())
-        .take(10)
-        .collect();
+/// (some of) the files they would have spoiled.
+fn damaged_packs(files: &[&str], bad: Vec<(PackId, String)>) -> Error {
     let details: Vec<String> = bad.into_iter().map(|(_, v)| v).collect();
     Error::integrity(format!(
         "{} pack(s) needed by this restore are damaged or missing ({}); affected files include: {}; nothing was restored",
@@ -289,19 +219,29 @@ pub fn restore_nodes(
     quiet: bool,
 ) -> Result<RestoreStats> {
     let nodes = one_tree(nodes)?;
-    let locs = locate_chunks(repo, &nodes)?;
-    let mut dest = TargetDir::open(target)?;
     let mut sorted: Vec<&Node> = nodes.iter().collect();
     sorted.sort_by(|a, b| a.path.cmp(&b.path));
+    // Every chunk of every file, even of those the target turns out to
+    // have already, must be in the index before anything else.
+    let reader = repo.cache.reader()?;
+    let mut frames = {
+        let all_files: Vec<&Node> = sorted
+            .iter()
+            .copied()
+            .filter(|n| n.kind == NodeKind::File)
+            .collect();
+        locate_files(&reader, &all_files)?
+    };
+    let mut dest = TargetDir::open(target)?;
     let actions = {
         let shown = |rel: &str| target.join(rel).display().to_string();
-        existing::survey(repo, &locs, &mut dest.probe(), &sorted, overwrite, shown)?
+        existing::survey(repo, &reader, &mut dest.probe(), &sorted, overwrite, shown)?
     };
     let mut stats = RestoreStats {
         overwrite,
         ..RestoreStats::default()
     };
-    let plan: Vec<(&Node, Action)> = sorted.iter().copied().zip(actions).collect();
+    let plan: Vec<(&Node, Action)> = sorted.into_iter().zip(actions).collect();
     for (n, a) in &plan {
         match a {
             Action::Keep => {
@@ -313,21 +253,26 @@ pub fn restore_nodes(
         }
     }
     let writes = |a: &Action| matches!(a, Action::Write | Action::Replace);
-    let files: Vec<&Node> = plan
+    // The files written, numbered anew among themselves.
+    let mut files: Vec<&Node> = Vec::new();
+    let renumber: Vec<Option<u32>> = plan
         .iter()
-        .filter(|(n, a)| n.kind == NodeKind::File && writes(a))
-        .map(|(n, _)| *n)
+        .filter(|(n, _)| n.kind == NodeKind::File)
+        .map(|(n, a)| {
+            writes(a).then(|| {
+                files.push(n);
+                files.len() as u32 - 1
+            })
+        })
         .collect();
-    let mut frames: HashMap<(PackId, u64), FrameWork> = HashMap::new();
-    for (i, n) in files.iter().enumerate() {
-        queue_file(&mut frames, i, &n.content, |id| Ok(locs[id].clone()))?;
-        stats.bytes += n.size;
-    }
+    locate::keep_files(&mut frames, &renumber);
+    drop(renumber);
+    stats.bytes = files.iter().map(|n| n.size).sum();
     // One staging directory per file system the files land on.
     let parents = dest.staging_parents(&files)?;
     let mut staging: Vec<StagingDir> = Vec::new();
-    let mut staged_in: Vec<usize> = Vec::with_capacity(files.len());
-    let mut by_parent: HashMap<&str, usize> = HashMap::new();
+    let mut staged_in: Vec<u32> = Vec::with_capacity(files.len());
+    let mut by_parent: HashMap<&str, u32> = HashMap::new();
     dest.remove_leftovers("")?;
     for p in parents {
         let s = match by_parent.get(p) {
@@ -337,19 +282,14 @@ pub fn restore_nodes(
                     dest.remove_leftovers(p)?;
                 }
                 staging.push(dest.staging(p)?);
-                by_parent.insert(p, staging.len() - 1);
-                staging.len() - 1
+                let s = staging.len() as u32 - 1;
+                by_parent.insert(p, s);
+                s
             }
         };
         staged_in.push(s);
     }
-    let out = Outputs::new(
-        files
-            .iter()
-            .enumerate()
-            .map(|(i, n)| (staging[staged_in[i]].file(i), n.size))
-            .collect(),
-    );
+    let out = Outputs::staged(&files, &staging, staged_in);
     let packs = by_pack(frames);
     stats.packs_verified = packs.len() as u64;
 
@@ -358,8 +298,9 @@ pub fn restore_nodes(
     progress.finish();
     let bad = bad?;
     if !bad.is_empty() {
-        return Err(damaged_packs(&nodes, &locs, bad));
+        return Err(out.damaged(&packs, bad));
     }
+    drop(packs);
     out.make_rest()?;
 
     // Every chunk is written and verified: only now is the target changed,
@@ -384,7 +325,7 @@ pub fn restore_nodes(
             Action::Write | Action::Replace => {
                 let i = placed;
                 placed += 1;
-                dest.place_file(&staging[staged_in[i]], &i.to_string(), n)?;
+                dest.place_file(&staging[out.staged_in(i)], &i.to_string(), n)?;
                 if *a == Action::Replace {
                     replaced(&mut stats, n);
                 }
@@ -450,26 +391,62 @@ fn one_tree(nodes: &[Node]) -> Result<std::borrow::Cow<'_, [Node]>> {
 /// The files a restore writes, each created at its final size (holes
 /// throughout) by the first thread with a chunk for it: creating thousands
 /// of files is file-system work that then runs alongside the decoding
-/// instead of before it, on one thread.
-struct Outputs {
-    paths: Vec<PathBuf>,
-    sizes: Vec<u64>,
-    made: Vec<Mutex<bool>>,
+/// instead of before it, on one thread. A file's path is made when it is
+/// opened, not kept: 200,000 staged paths held 24 MB (issue 29).
+struct Outputs<'a> {
+    /// The nodes written, by number: their sizes and chunk ids.
+    files: &'a [&'a Node],
+    place: Place<'a>,
+    made: Vec<AtomicBool>,
 }
 
-impl Outputs {
-    fn new(files: Vec<(PathBuf, u64)>) -> Outputs {
-        let made = files.iter().map(|_| Mutex::new(false)).collect();
-        let (paths, sizes) = files.into_iter().unzip();
-        Outputs { paths, sizes, made }
+/// Where an output file is written.
+enum Place<'a> {
+    /// File `i` is `i` in staging directory `dirs[staged_in[i]]`.
+    Staged {
+        dirs: &'a [StagingDir],
+        staged_in: Vec<u32>,
+    },
+    /// The one file, at this path.
+    One(PathBuf),
+}
+
+impl<'a> Outputs<'a> {
+    fn staged(files: &'a [&'a Node], dirs: &'a [StagingDir], staged_in: Vec<u32>) -> Outputs<'a> {
+        Outputs::new(files, Place::Staged { dirs, staged_in })
+    }
+
+    fn new(files: &'a [&'a Node], place: Place<'a>) -> Outputs<'a> {
+        let made = files.iter().map(|_| AtomicBool::new(false)).collect();
+        Outputs { files, place, made }
+    }
+
+    /// The staging directory of file `file`.
+    fn staged_in(&self, file: usize) -> usize {
+        match &self.place {
+            Place::Staged { staged_in, .. } => staged_in[file] as usize,
+            Place::One(_) => 0,
+        }
+    }
+
+    fn path(&self, file: usize) -> PathBuf {
+        match &self.place {
+            Place::Staged { dirs, staged_in } => dirs[staged_in[file] as usize].file(file),
+            Place::One(p) => p.clone(),
+        }
+    }
+
+    /// The id of the chunk `t` writes.
+    fn chunk_id(&self, t: &Target) -> Option<&'a ChunkId> {
+        self.files
+            .get(t.file as usize)?
+            .content
+            .get(t.chunk as usize)
     }
 
     /// File number `file`, open for writing; created and sized when new.
     fn open(&self, file: usize) -> Result<std::fs::File> {
-        let path = &self.paths[file];
-        let mut made = self.made[file]
-            .lock()
-            .map_err(|_| Error::failure("output lock poisoned"))?;
+        let path = self.path(file);
         // Owner-only from the start: the real mode comes once the file is
         // complete (a secret must never be readable while it is staged).
         let f = std::fs::OpenOptions::new()
@@ -478,12 +455,12 @@ impl Outputs {
             .truncate(false)
             .mode(0o600)
             .custom_flags(libc::O_NOFOLLOW)
-            .open(path)
+            .open(&path)
             .ctx(|| format!("creating {}", path.display()))?;
-        if !*made {
-            f.set_len(self.sizes[file])
+        // Whoever sizes it, writes before or after stay within the size.
+        if !self.made[file].swap(true, Ordering::AcqRel) {
+            f.set_len(self.files[file].size)
                 .ctx(|| format!("sizing {}", path.display()))?;
-            *made = true;
         }
         Ok(f)
     }
@@ -491,11 +468,22 @@ impl Outputs {
     /// Create the files no chunk was written to: empty, or all holes.
     fn make_rest(&self) -> Result<()> {
         for (i, m) in self.made.iter().enumerate() {
-            if !m.lock().map(|m| *m).unwrap_or(false) {
+            if !m.load(Ordering::Acquire) {
                 self.open(i)?;
             }
         }
         Ok(())
+    }
+
+    /// The error for damaged packs `bad`, naming some of the files that
+    /// need them.
+    fn damaged(&self, packs: &[(PackId, Vec<FrameWork>)], bad: Vec<(PackId, String)>) -> Error {
+        let bad_packs: HashSet<PackId> = bad.iter().map(|(p, _)| *p).collect();
+        let files: Vec<&str> = locate::files_in(packs, &bad_packs)
+            .into_iter()
+            .map(|i| self.files[i].path.as_str())
+            .collect();
+        damaged_packs(&files, bad)
     }
 }
 
@@ -689,6 +677,10 @@ impl<'a> FrameCutter<'a> {
                 break;
             }
             let (lo, hi) = (f0.max(start), f1.min(end));
+            if self.current.is_empty() {
+                // The frame's whole ciphertext, once: no doubling as it grows.
+                self.current.reserve_exact(w.loc.frame_length as usize);
+            }
             if lo < hi {
                 self.current
                     .extend_from_slice(&piece[(lo - start) as usize..(hi - start) as usize]);
@@ -713,67 +705,23 @@ impl<'a> FrameCutter<'a> {
     }
 }
 
-/// Frames grouped by their pack, each pack's in offset order.
-fn by_pack(frames: HashMap<(PackId, u64), FrameWork>) -> Vec<(PackId, Vec<FrameWork>)> {
-    let mut packs: HashMap<PackId, Vec<FrameWork>> = HashMap::new();
-    for w in frames.into_values() {
-        packs.entry(w.loc.pack).or_default().push(w);
-    }
-    let mut packs: Vec<(PackId, Vec<FrameWork>)> = packs.into_iter().collect();
-    for (_, work) in &mut packs {
-        work.sort_by_key(|w| w.loc.frame_offset);
-    }
-    packs
-}
-
-/// Queue the chunks of file number `file` under the frames that hold them.
-fn queue_file(
-    frames: &mut HashMap<(PackId, u64), FrameWork>,
-    file: usize,
-    content: &[ChunkId],
-    mut location: impl FnMut(&ChunkId) -> Result<Location>,
-) -> Result<()> {
-    let mut off = 0u64;
-    for id in content {
-        let loc = location(id)?;
-        off += loc.length as u64;
-        let target = Target {
-            file,
-            file_offset: off - loc.length as u64,
-            chunk: *id,
-            offset: loc.offset,
-            length: loc.length,
-        };
-        frames
-            .entry(loc.frame_key())
-            .or_insert_with(|| FrameWork {
-                loc,
-                targets: Vec::new(),
-            })
-            .targets
-            .push(target);
-    }
-    Ok(())
-}
-
 /// Write one stored file to `path` (replacing any file there), through the
 /// same pack reading, checks and parallel decoding as a file restore: a dump
 /// spooled for `pg_restore --jobs`.
 pub fn write_file(repo: &Repository, node: &Node, path: &Path) -> Result<()> {
-    let nodes = std::slice::from_ref(node);
-    let locs = locate_chunks(repo, nodes)?;
+    let files = [node];
+    let frames: Frames = locate_files(&repo.cache.reader()?, &files)?;
     match std::fs::remove_file(path) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
             return Err(e).ctx(|| format!("removing {}", path.display()))
         }
         _ => {}
     }
-    let mut frames: HashMap<(PackId, u64), FrameWork> = HashMap::new();
-    queue_file(&mut frames, 0, &node.content, |id| Ok(locs[id].clone()))?;
-    let out = Outputs::new(vec![(path.to_path_buf(), node.size)]);
-    let bad = write_packs(repo, &by_pack(frames), &out, &Progress::hidden())?;
+    let out = Outputs::new(&files, Place::One(path.to_path_buf()));
+    let packs = by_pack(frames);
+    let bad = write_packs(repo, &packs, &out, &Progress::hidden())?;
     if !bad.is_empty() {
-        return Err(damaged_packs(nodes, &locs, bad));
+        return Err(out.damaged(&packs, bad));
     }
     out.make_rest()
 }
@@ -791,6 +739,9 @@ fn write_chunks(
     let mut open: Option<(usize, std::fs::File)> = None;
     let mut run: Option<Run> = None;
     for t in &w.targets {
+        let id = out
+            .chunk_id(t)
+            .ok_or_else(|| Error::failure("a restore target names no chunk of its file"))?;
         let loc = Location {
             offset: t.offset,
             length: t.length,
@@ -799,17 +750,17 @@ fn write_chunks(
         let data = chunk_slice(frame, &loc).ok_or_else(|| {
             Error::integrity(format!(
                 "chunk {} lies outside its frame in pack {}",
-                t.chunk.short(),
+                id.short(),
                 w.loc.pack.short()
             ))
         })?;
         if !verified.contains(&t.offset) {
-            if repo.key.chunk_id(data) != t.chunk {
+            if repo.key.chunk_id(data) != *id {
                 return Err(Error::integrity(format!(
                     "chunk {} in pack {} does not match its id; {} is incomplete",
-                    t.chunk.short(),
+                    id.short(),
                     w.loc.pack.short(),
-                    out.paths[t.file].display()
+                    out.path(t.file as usize).display()
                 )));
             }
             verified.insert(t.offset);
@@ -823,7 +774,11 @@ fn write_chunks(
         // one write.
         let start = t.offset as usize;
         match run.as_mut() {
-            Some(r) if r.file == t.file && r.file_end == t.file_offset && r.frame.end == start => {
+            Some(r)
+                if r.file == t.file as usize
+                    && r.file_end == t.file_offset
+                    && r.frame.end == start =>
+            {
                 r.frame.end += data.len();
                 r.file_end += data.len() as u64;
             }
@@ -832,7 +787,7 @@ fn write_chunks(
                     r.write(frame, out, &mut open)?;
                 }
                 run = Some(Run {
-                    file: t.file,
+                    file: t.file as usize,
                     file_end: t.file_offset + data.len() as u64,
                     frame: start..start + data.len(),
                 });
@@ -866,7 +821,7 @@ impl Run {
         if let Some((_, f)) = open {
             let data = &frame[self.frame.clone()];
             f.write_all_at(data, self.file_end - data.len() as u64)
-                .ctx(|| format!("writing {}", out.paths[self.file].display()))?;
+                .ctx(|| format!("writing {}", out.path(self.file).display()))?;
         }
         Ok(())
     }
@@ -875,6 +830,7 @@ impl Run {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::repo::Compression;
 
     fn frame(offset: u64, length: u32) -> FrameWork {
         FrameWork {
