@@ -138,6 +138,16 @@ pub fn access(g: &GlobalArgs) -> Access {
     }
 }
 
+/// The repository access of a restore (`restore`, `restore --plan`): its
+/// index lookups go in chunk-id order, so the index cache keeps only a few
+/// pages in memory ([`crate::index::ORDERED_LOOKUP_MEMORY`]).
+pub fn restore_access(g: &GlobalArgs) -> Access {
+    Access {
+        index_memory: Some(crate::index::ORDERED_LOOKUP_MEMORY),
+        ..access(g)
+    }
+}
+
 pub fn repo_location(g: &GlobalArgs) -> Result<String> {
     access(g).location()
 }

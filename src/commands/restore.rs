@@ -1,23 +1,11 @@
-use super::{human_bytes, local_time, parse_time, print_json};
+use super::{human_bytes, local_time, parse_time, print_json, restore_access};
 use crate::cli::{GlobalArgs, RestoreArgs};
 use crate::error::{Error, Result};
-use crate::index::ORDERED_LOOKUP_MEMORY;
-use crate::ops::access::Access;
 use crate::ops::restore_point::{latest, snapshot_at};
 use crate::repo::{Snapshot, SnapshotId};
 use crate::repository::Repository;
 use crate::restorer;
 use crate::source::{handling, pg, Handling};
-
-/// The repository access of a restore: its index lookups go in chunk-id
-/// order, so the index cache keeps only a few pages in memory
-/// ([`ORDERED_LOOKUP_MEMORY`]).
-pub(super) fn restore_access(g: &GlobalArgs) -> Access {
-    Access {
-        index_memory: Some(ORDERED_LOOKUP_MEMORY),
-        ..super::access(g)
-    }
-}
 
 fn restore_pitr(g: &GlobalArgs, a: &RestoreArgs, pgdata: &std::path::Path, at: &str) -> Result<()> {
     use crate::source::pg::RecoveryTarget;

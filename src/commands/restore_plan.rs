@@ -26,7 +26,7 @@ pub fn run(g: &GlobalArgs, a: &RestoreArgs, file: &Path) -> Result<()> {
         Some(_) => Some(jiff::Timestamp::MAX),
         None => None,
     };
-    let access = super::restore::restore_access(g).with_plan(&plan)?;
+    let access = super::restore_access(g).with_plan(&plan)?;
     let repo = access.open()?;
     let mut points: Vec<(SnapshotId, Snapshot)> = repo.snapshots()?;
     points.retain(|(_, s)| plan.made(s));
