@@ -64,23 +64,8 @@ impl ArchiveWatch {
                 if since.elapsed() < timeout {
                     continue;
                 }
-                let archiver = client
-                    .query_one(
-                        "SELECT coalesce(last_failed_wal, ''), coalesce(last_failed_time::text, ''), \
-                         failed_count, coalesce(last_archived_wal, ''), current_setting('archive_command') \
-                         FROM pg_stat_archiver",
-                        &[],
-                    )
-                    .map(|r| {
-                        let (failed, at, count, archived, command): (String, String, i64, String, String) =
-                            (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4));
-                        match failed.is_empty() {
-                            true => format!("pg_stat_archiver shows no failure (last archived: {archived:?}); archive_command is {command:?}"),
-                            false => format!(
-                                "archive_command {command:?} last failed on {failed} at {at} ({count} failure(s)); last archived: {archived:?}"
-                            ),
-                        }
-                    })
+                let archiver = Archiver::read(&mut client)
+                    .map(|a| a.describe())
                     .unwrap_or_else(|e| format!("pg_stat_archiver could not be read: {e}"));
                 *g.lock().unwrap() = Some(format!(
                     "the server waited {}s for the base backup's WAL to be archived, so the backup was given up: {archiver}",
@@ -140,39 +125,23 @@ fn wait_archived(client: &mut postgres::Client, taken: &Taken, timeout: Duration
     };
     let started = Instant::now();
     loop {
-        let r = client
-            .query_one(
-                "SELECT coalesce(last_archived_wal, ''), coalesce(last_failed_wal, ''), \
-                 coalesce(last_failed_time::text, ''), failed_count, current_setting('archive_command') \
-                 FROM pg_stat_archiver",
-                &[],
-            )
-            .map_err(q)?;
-        let (archived, failed, at, count, command): (String, String, String, i64, String) =
-            (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4));
+        let archiver = Archiver::read(client).map_err(q)?;
         // Names sort by timeline, then position; a history file's name is
         // no segment and says nothing.
-        let prefix = archived
+        let prefix = archiver
+            .archived
             .get(..24)
             .filter(|p| p.bytes().all(|b| b.is_ascii_hexdigit()));
         if prefix.is_some_and(|p| p.to_ascii_uppercase().as_str() >= segment.as_str()) {
             return Ok(());
         }
         if started.elapsed() >= timeout {
-            let archiver = match failed.is_empty() {
-                true => format!("pg_stat_archiver shows no failure (last archived: {archived:?}); archive_command is {command:?}"),
-                false => format!(
-                    "archive_command {command:?} last failed on {failed} at {at} ({count} failure(s)); last archived: {archived:?}"
-                ),
-            };
             return Err(Error::failure(format!(
-                "cairn waited {}s for the base backup's WAL to be archived (segment {segment}), so the backup was given up: {archiver}",
-                timeout.as_secs()
+                "cairn waited {}s for the base backup's WAL to be archived (segment {segment}), so the backup was given up: {}",
+                timeout.as_secs(),
+                archiver.describe()
             ))
-            .with_hint(
-                "fix archive_command (the server's log says why it fails; `SELECT * FROM pg_stat_archiver` shows the last failure), \
-                 or raise --archive-timeout / `archive-timeout` if archiving is only slow",
-            ));
+            .with_hint(ARCHIVE_HINT));
         }
         crate::interrupt::check()?;
         std::thread::sleep(Duration::from_millis(20));
@@ -195,6 +164,56 @@ fn last_segment(stop_lsn: &str, timeline: u32, seg_size: u64) -> Option<String> 
         seg / per_id,
         seg % per_id
     ))
+}
+
+/// The hint of a backup given up because its WAL was not archived.
+const ARCHIVE_HINT: &str = "fix archive_command (the server's log says why it fails; \
+     `SELECT * FROM pg_stat_archiver` shows the last failure), \
+     or raise --archive-timeout / `archive-timeout` if archiving is only slow";
+
+/// What `pg_stat_archiver` says: the last archived file, the last failure.
+struct Archiver {
+    archived: String,
+    failed: String,
+    failed_at: String,
+    failures: i64,
+    command: String,
+}
+
+impl Archiver {
+    fn read(client: &mut postgres::Client) -> std::result::Result<Archiver, postgres::Error> {
+        let r = client.query_one(
+            "SELECT coalesce(last_archived_wal, ''), coalesce(last_failed_wal, ''), \
+             coalesce(last_failed_time::text, ''), failed_count, current_setting('archive_command') \
+             FROM pg_stat_archiver",
+            &[],
+        )?;
+        Ok(Archiver {
+            archived: r.get(0),
+            failed: r.get(1),
+            failed_at: r.get(2),
+            failures: r.get(3),
+            command: r.get(4),
+        })
+    }
+
+    /// For the message of a backup given up.
+    fn describe(&self) -> String {
+        let Archiver {
+            archived,
+            failed,
+            failed_at,
+            failures,
+            command,
+        } = self;
+        if failed.is_empty() {
+            format!("pg_stat_archiver shows no failure (last archived: {archived:?}); archive_command is {command:?}")
+        } else {
+            format!(
+                "archive_command {command:?} last failed on {failed} at {failed_at} ({failures} failure(s)); last archived: {archived:?}"
+            )
+        }
+    }
 }
 
 fn server_now(client: &mut postgres::Client) -> Result<jiff::Timestamp> {
@@ -241,10 +260,7 @@ pub fn archive_physical(
     let gave_up = watch.stop();
     packer.set_chunking(None);
     if let Some(why) = gave_up {
-        return Err(Error::failure(why).with_hint(
-            "fix archive_command (the server's log says why it fails; `SELECT * FROM pg_stat_archiver` shows the last failure), \
-             or raise --archive-timeout / `archive-timeout` if archiving is only slow",
-        ));
+        return Err(Error::failure(why).with_hint(ARCHIVE_HINT));
     }
     let taken = taken?;
     if taken.via == "replication protocol" {
