@@ -343,11 +343,22 @@ fn physical_snapshots_authenticate_with_scram_and_can_use_pg_basebackup() {
 /// snapshot is saved.
 #[test]
 fn a_physical_snapshot_gives_up_when_archiving_fails() {
+    gives_up_when_archiving_fails("builtin");
+}
+
+/// The same through `pg_basebackup`, which sends NOWAIT with its WAL
+/// included: the snapshot was saved complete while nothing was archived.
+#[test]
+fn a_physical_snapshot_taken_by_pg_basebackup_gives_up_when_archiving_fails() {
+    gives_up_when_archiving_fails("pg_basebackup");
+}
+
+fn gives_up_when_archiving_fails(client: &str) {
     let pg = PgEnv::new();
     let cluster =
         ScratchCluster::start(&[("archive_mode", "on"), ("archive_command", "'false'")]).unwrap();
     let mut cmd = pg.cmd();
-    cmd.args([
+    cmd.env("CAIRN_PG_BASEBACKUP", client).args([
         "snapshot",
         "--postgres",
         &cluster.url(),

@@ -15,91 +15,16 @@ use crate::repo::postgres::PgBackupKind;
 use crate::repo::{ChunkId, Node, SourceKind};
 use crate::source::SourceOutcome;
 use std::process::Command;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-
-/// Watches a base backup from a second connection: once the server has
-/// waited `timeout` for the backup's WAL to be archived (wait event
-/// `BackupWaitWalArchive`, as when `archive_command` keeps failing), it
-/// ends the backup's walsender and keeps the reason, with
-/// `pg_stat_archiver`'s last failure, so the snapshot fails instead of
-/// waiting for ever.
-struct ArchiveWatch {
-    /// Dropped to stop the watch at once, not after its next 250 ms.
-    stop: Option<std::sync::mpsc::Sender<()>>,
-    gave_up: Arc<Mutex<Option<String>>>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl ArchiveWatch {
-    fn start(target: &Target, db: &str, timeout: Duration) -> Result<ArchiveWatch> {
-        let mut client = target.connect(db)?;
-        let (stop, stopped) = std::sync::mpsc::channel::<()>();
-        let gave_up = Arc::new(Mutex::new(None));
-        let g = gave_up.clone();
-        let thread = std::thread::spawn(move || {
-            let mut waiting_since: Option<Instant> = None;
-            while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
-                stopped.recv_timeout(Duration::from_millis(250))
-            {
-                // The backup's walsender (cairn's, or pg_basebackup's) of this user.
-                let waiting = client.query_opt(
-                    "SELECT pid FROM pg_stat_activity WHERE backend_type = 'walsender' \
-                     AND application_name IN ('cairn', 'pg_basebackup') \
-                     AND usename = current_user AND wait_event = 'BackupWaitWalArchive' LIMIT 1",
-                    &[],
-                );
-                let pid: Option<i32> = match waiting {
-                    Ok(row) => row.map(|r| r.get(0)),
-                    Err(e) => {
-                        tracing::warn!("watching the base backup's WAL archiving: {e}");
-                        return;
-                    }
-                };
-                let Some(pid) = pid else {
-                    waiting_since = None;
-                    continue;
-                };
-                let since = *waiting_since.get_or_insert_with(Instant::now);
-                if since.elapsed() < timeout {
-                    continue;
-                }
-                let archiver = Archiver::read(&mut client)
-                    .map(|a| a.describe())
-                    .unwrap_or_else(|e| format!("pg_stat_archiver could not be read: {e}"));
-                *g.lock().unwrap() = Some(format!(
-                    "the server waited {}s for the base backup's WAL to be archived, so the backup was given up: {archiver}",
-                    timeout.as_secs()
-                ));
-                let _ = client.execute("SELECT pg_terminate_backend($1)", &[&pid]);
-                return;
-            }
-        });
-        Ok(ArchiveWatch {
-            stop: Some(stop),
-            gave_up,
-            thread: Some(thread),
-        })
-    }
-
-    /// Stop watching; why the backup was given up, if it was.
-    fn stop(mut self) -> Option<String> {
-        drop(self.stop.take());
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-        self.gave_up.lock().unwrap().take()
-    }
-}
 
 /// Wait, as `BASE_BACKUP (WAIT true)` would, until the segment holding the
 /// backup's last WAL byte is archived, so that a complete physical snapshot
 /// means the archive reaches it. The server's own wait looks once a
 /// second, so each backup waited about a second for a segment archived in
 /// a tenth of one; this looks every 20 ms (`pg_stat_archiver`), and after
-/// `timeout` fails with the archiver's last failure, as the
-/// [`ArchiveWatch`] does for `pg_basebackup`. Like the server, it waits
-/// only where it archives: `archive_mode` `on` on a primary, `always`.
+/// `timeout` fails with the archiver's last failure. Like the server, it
+/// waits only where it archives: `archive_mode` `on` on a primary,
+/// `always`.
 fn wait_archived(client: &mut postgres::Client, taken: &Taken, timeout: Duration) -> Result<()> {
     let q = |e: postgres::Error| {
         Error::failure(format!(
@@ -109,7 +34,8 @@ fn wait_archived(client: &mut postgres::Client, taken: &Taken, timeout: Duration
     let row = client
         .query_one(
             "SELECT current_setting('archive_mode'), pg_is_in_recovery(), \
-             (SELECT setting::bigint FROM pg_settings WHERE name = 'wal_segment_size')",
+             (SELECT setting::bigint * CASE unit WHEN '8kB' THEN 8192 WHEN 'MB' THEN 1048576 ELSE 1 END \
+              FROM pg_settings WHERE name = 'wal_segment_size')",
             &[],
         )
         .map_err(q)?;
@@ -255,17 +181,13 @@ pub fn archive_physical(
     // Cut by the tar's members, so that an unchanged extent of a relation
     // file is the same chunk in every base backup (crate::chunk).
     packer.set_chunking(Some(crate::chunk::Chunking::Tar));
-    let watch = ArchiveWatch::start(&target, &db, archive_timeout)?;
     let taken = take_base_backup(packer, &target, &db, &progress);
-    let gave_up = watch.stop();
     packer.set_chunking(None);
-    if let Some(why) = gave_up {
-        return Err(Error::failure(why).with_hint(ARCHIVE_HINT));
-    }
     let taken = taken?;
-    if taken.via == "replication protocol" {
-        wait_archived(&mut client, &taken, archive_timeout)?;
-    }
+    // Neither way makes the server wait for the archive: cairn's client
+    // sends WAIT false, and pg_basebackup, with the WAL in its tar, sends
+    // NOWAIT.
+    wait_archived(&mut client, &taken, archive_timeout)?;
     progress.finish();
     let stop_time = server_now(&mut client)?;
     let meta = PhysicalMeta {
