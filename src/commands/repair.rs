@@ -68,6 +68,12 @@ pub fn packs(g: &GlobalArgs, names: &[String], dry_run: bool) -> Result<()> {
             "WAL file {name} cannot be read back: point-in-time recovery stops before it; take a physical snapshot now"
         );
     }
+    for name in &r.backup_history_removed {
+        let verb = if dry_run { "would remove" } else { "removed" };
+        println!(
+            "{verb} backup history file {name}: its content was lost, and recovery never reads it"
+        );
+    }
     if !r.chunks_dropped.is_empty() && !dry_run {
         println!(
             "the snapshots that use the dropped chunks stay damaged until a backup stores the same data again; `cairn check` names them"

@@ -374,10 +374,16 @@ pub fn check(
     let bad = |c: &ChunkId| !index.contains(c) || damaged.contains(c);
     // 3d. Archived WAL whose content cannot be read back: named, as the
     //     snapshots are (a damaged segment used to pass unnoticed).
-    report.damaged_wal = crate::source::pg::damaged_wal(repo, bad)?;
+    let wal = crate::source::pg::damaged_wal(repo, bad)?;
+    report.damaged_wal = wal.needed;
     for name in &report.damaged_wal {
         report.errors.push(format!(
             "WAL file {name}: its content is damaged or not in the index; point-in-time recovery cannot replay past it"
+        ));
+    }
+    for name in wal.backup_history.keys() {
+        report.errors.push(format!(
+            "backup history file {name}: its content is damaged or not in the index; recovery never reads it, so no range is cut; `cairn repair packs` removes it"
         ));
     }
     report.snapshots = snapshots.len();

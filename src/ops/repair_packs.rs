@@ -42,6 +42,10 @@ pub struct PackRepair {
     /// snapshot starts a range past them.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub wal_lost: Vec<String>,
+    /// Backup history files (`….backup`) whose content is lost, removed:
+    /// recovery never reads them (spec/postgres.md, "The WAL archive").
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub backup_history_removed: Vec<String>,
 }
 
 /// One pack's chunks: those that read back whole (with their data) and
@@ -171,6 +175,11 @@ pub fn repair_packs(
             ids.sort();
         }
         if salvaged.is_empty() {
+            // Nothing damaged now; a backup history file whose content an
+            // earlier repair dropped still goes (`check` names it).
+            if suspects.is_none() {
+                drop_lost_backup_history(repo, &mut report, dry_run)?;
+            }
             return Ok(report);
         }
         for (id, s) in &salvaged {
@@ -186,11 +195,13 @@ pub fn repair_packs(
             );
         }
         let dropped: HashSet<ChunkId> = report.chunks_dropped.iter().copied().collect();
-        report.wal_lost = crate::source::pg::damaged_wal(repo, |c| dropped.contains(c))?;
+        let wal = crate::source::pg::damaged_wal(repo, |c| dropped.contains(c))?;
+        report.wal_lost = wal.needed;
         for name in &report.wal_lost {
             tracing::error!(wal = %name, "archived WAL file lost to the damage: point-in-time recovery stops before it; take a physical snapshot now");
         }
         if dry_run {
+            report.backup_history_removed = wal.backup_history.into_keys().collect();
             return Ok(report);
         }
         // 1. What could be read, into new packs (plain frames: no bases).
@@ -222,6 +233,42 @@ pub fn repair_packs(
         }
         repo.backend.remove_temporary()?;
         repo.cache.sync(repo.backend.as_ref(), &repo.key)?;
+        drop_lost_backup_history(repo, &mut report, dry_run)?;
         Ok(report)
     })
+}
+
+/// Remove each backup history file whose content is not all in the index
+/// (with `dry_run`, only name it): nothing can read it back, and recovery
+/// never needs it, so keeping it would only leave `check` failing for good.
+fn drop_lost_backup_history(
+    repo: &Repository,
+    report: &mut PackRepair,
+    dry_run: bool,
+) -> Result<()> {
+    let index = repo.cache.reader()?;
+    // An index that cannot be read names nothing lost.
+    let failed = std::cell::Cell::new(None);
+    let unindexed = |c: &ChunkId| match index.get(c) {
+        Ok(found) => found.is_none(),
+        Err(e) => {
+            failed.set(Some(e));
+            false
+        }
+    };
+    let lost = crate::source::pg::damaged_wal(repo, unindexed)?.backup_history;
+    if let Some(e) = failed.take() {
+        return Err(e);
+    }
+    for (name, files) in lost {
+        tracing::warn!(wal = %name, dry_run, reason = "its content was lost to damage; recovery never reads a backup history file", "removing archived WAL");
+        if !dry_run {
+            for f in &files {
+                repo.backend
+                    .remove(&FileRef::new(FileKind::Wal, f.as_str()))?;
+            }
+        }
+        report.backup_history_removed.push(name);
+    }
+    Ok(())
 }

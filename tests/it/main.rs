@@ -42,4 +42,5 @@ mod shared_repo;
 mod simulated_clock;
 mod status_page;
 mod unchanged_files;
+mod wal_damage;
 mod wal_prefetch;
