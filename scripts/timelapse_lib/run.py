@@ -76,6 +76,15 @@ def timed(name):
     return wrap
 
 
+def needed_wal(name):
+    """An archived WAL file that a damaged copy of cuts point-in-time ranges: a segment, a
+    partial segment or a timeline history file; not a backup history file (`….backup`),
+    which recovery never reads."""
+    hexa = lambda x, n: len(x) == n and all(c in "0123456789ABCDEF" for c in x)
+    base = name[:-len(".partial")] if name.endswith(".partial") else name
+    return hexa(base, 24) or (name.endswith(".history") and hexa(name[:-8], 8))
+
+
 def parse_time(s):
     # RFC 3339 with up to nanoseconds; fromisoformat takes microseconds.
     s = s.replace("Z", "+00:00")
@@ -506,7 +515,8 @@ api {
                 # not store (backup-failed for each); PostgreSQL's archive_command fails
                 # meanwhile (wal-archive may be alerted) and the base backup may wait for it;
                 # with the S3 server gone, the daemon's checks cannot open the repository.
-                for lb in ["backup-failed:%s" % x for x in (TRIGGER, "repository") + SOURCES] + \
+                # A snapshot that fits in what is left still leaves prune no room (retention).
+                for lb in ["backup-failed:%s" % x for x in (TRIGGER, "repository", "retention") + SOURCES] + \
                         ["wal-archive:cluster", "slow-backup"]:
                     self.allow(lb, d)
             self.bound.before_night()
@@ -752,6 +762,7 @@ api {
         the night but for 0, 256 KiB or 2 MiB (chosen by the seed: a run that cannot take
         its lock, one that fails within its first packs, one that fails later)."""
         left = self.rng_fault.choice([0, 256 << 10, 2 << 20])
+        self.fill_left = left
         st = os.statvfs(self.repo_fs)
         free = st.f_bavail * st.f_frsize
         with open(self.filler, "wb") as f:
@@ -770,7 +781,13 @@ api {
         what = {"disk-full": "with the repository's disk full", "s3-kill": "with the S3 server killed"}[kind]
         complete = [sid for sid in made if all(v == "complete" for v in self.all[sid].sources.values())]
         if kind == "disk-full" and complete:
-            self.fail(d, "%s, snapshot %s was saved complete" % (what, complete[0][:8]))
+            if not self.fill_left:
+                self.fail(d, "%s, snapshot %s was saved complete" % (what, complete[0][:8]))
+            else:
+                # The night's change fit in what the fill left (found by `--days 400 --seed 1`,
+                # day 361); the final restores prove the snapshot like every other.
+                self.notes.append("day %d: the night's snapshot fit in the %d bytes the full disk left" % (
+                    d, self.fill_left))
         if not complete:
             try:
                 wait_for("a backup-failed alert", 30, lambda: self.take_mails(d) or any(
@@ -1096,12 +1113,15 @@ api {
         self.wal_damage(d, rel, mtime)
 
     def wal_damage(self, d, rel, mtime):
-        """Which archived WAL segments the flip damaged: those whose entry in the repository
-        was written within seconds of the flipped pack (wal-push stores each segment in a
-        pack of its own), fetched with wal-fetch and compared with the sha256 recorded by the
-        archive_command before it pushed. A damaged segment cuts the restorable range of the
-        base backups before it: `cairn check --read-data` must name it (spec/postgres.md,
-        "Continuity": a damaged entry counts as missing)."""
+        """Which archived WAL files recovery reads (segments, timeline history files) the flip
+        damaged, fetched with wal-fetch and compared with the sha256 recorded by the
+        archive_command before it pushed. The files looked at: those whose entry was written
+        within seconds of the flipped pack (wal-push stores each file in a pack of its own),
+        and those `cairn check --read-data` names (a pack that prune or repair rewrote holds
+        older ones: found by `--days 400 --seed 1`, day 387). Each must be named, and each
+        named must really be damaged. A damaged one cuts the restorable range of the base
+        backups before it (spec/postgres.md, "Continuity"); a backup history file
+        (`….backup`) is not one of them, since recovery never reads it."""
         want = {}
         try:
             with open(self.wal_log) as f:
@@ -1113,36 +1133,39 @@ api {
         wal_dir = os.path.join(self.repo_dir, "wal")
         cands = set()
         for n in os.listdir(wal_dir):
-            name = n.split(".")[0]
-            if len(name) == 24 and n.count(".") == 1 and name in want and \
+            name = n.rsplit(".", 1)[0] if n.count(".") >= 1 else n
+            if needed_wal(name) and name in want and n != name and \
                     abs(os.stat(os.path.join(wal_dir, n)).st_mtime - mtime) < 5:
                 cands.add(name)
-        log("day %d: %d archived WAL segment(s) were stored within 5 s of the flipped pack: %s" % (
-            d, len(cands), ", ".join(sorted(cands)) or "none"))
+        p = self.cli(["check", "--read-data", "--json"], check=False)
+        try:
+            named = set(json.loads(p.stdout).get("damaged_wal") or [])
+        except ValueError:
+            self.fail(d, "cairn check --read-data --json printed no report (exit %d): %s" % (
+                p.returncode, p.stderr.strip()[-300:]))
+            return
+        log("day %d: WAL files stored within 5 s of the flipped pack: %s; named by cairn check: %s" % (
+            d, ", ".join(sorted(cands)) or "none", ", ".join(sorted(named)) or "none"))
         bad = []
         out = os.path.join(self.work, "wal-check")
-        for name in sorted(cands):
+        for name in sorted(cands | named):
             rm_file(out)
             p = self.cli(["wal-fetch", name, out, "-q"], check=False)
             got = None
             if p.returncode == 0:
                 with open(out, "rb") as f:
                     got = hashlib.sha256(f.read()).hexdigest()
-            if got != want[name]:
+            if got != want.get(name):
                 bad.append(name)
         rm_file(out)
+        if set(bad) != named:
+            self.fail(d, "the flipped byte in %s damaged archived WAL file(s) [%s] (wal-fetch does not give back "
+                         "what was archived), and cairn check --read-data names [%s]" % (
+                             rel, ", ".join(bad), ", ".join(sorted(named))))
         if not bad:
             return
         self.wal_damaged = {"day": d, "segments": bad, "pack": rel}
-        log("day %d: the flipped byte in %s damaged archived WAL segment(s) %s" % (d, rel, ", ".join(bad)))
-        p = self.cli(["check", "--read-data"], check=False)
-        text = p.stdout + p.stderr
-        missing = [n for n in bad if n not in text]
-        if p.returncode == 0 or missing:
-            self.fail(d, "the flipped byte in %s damaged archived WAL segment(s) %s (wal-fetch does not give back "
-                         "what was archived), but cairn check --read-data (exit %d) does not name %s: %s" % (
-                             rel, ", ".join(bad), p.returncode, ", ".join(missing) or "them",
-                             " | ".join(text.strip().splitlines()[-3:])))
+        log("day %d: the flipped byte in %s damaged archived WAL file(s) %s" % (d, rel, ", ".join(bad)))
 
     def wal_damage_later(self, d):
         """A week after a flip that damaged WAL (the daemon's data check has run): `cairn
@@ -1202,6 +1225,13 @@ api {
         if not f or f.get("remedied") is not None or (not f["found"] and d < f["deadline"]):
             return
         if not f["found"]:
+            if not f["damaged"] & set(self.model):
+                # Retention let every damaged snapshot go before a restore test came (found by
+                # `--days 400 --seed 1`, day 185): the damage no longer touches anything kept.
+                self.notes.append("day %d: the snapshots the flip of day %d damaged all left through "
+                                  "retention before a restore test" % (d, f["day"]))
+                f["remedied"] = d
+                return
             self.fail(d, "the byte flipped on day %d in %s was not found by a restore test within 7 days "
                          "(%d kept snapshots damaged; the daemon's weekly test restores one random snapshot)"
                       % (f["day"], f["pack"], len(f["damaged"] & set(self.model))))
