@@ -224,6 +224,9 @@ pub fn check(
             }
         }
     }
+    // Then the WAL entries, before the index their content is looked up
+    // in (a push writes its index file first, its entry last).
+    let wal_files = crate::source::pg::list_wal(repo)?;
     repo.sync_index()?;
 
     // 1. Index files.
@@ -374,7 +377,7 @@ pub fn check(
     let bad = |c: &ChunkId| !index.contains(c) || damaged.contains(c);
     // 3d. Archived WAL whose content cannot be read back: named, as the
     //     snapshots are (a damaged segment used to pass unnoticed).
-    let wal = crate::source::pg::damaged_wal(repo, bad)?;
+    let wal = crate::source::pg::damaged_wal(repo, &wal_files, bad)?;
     report.damaged_wal = wal.needed;
     for name in &report.damaged_wal {
         report.errors.push(format!(

@@ -195,7 +195,8 @@ pub fn repair_packs(
             );
         }
         let dropped: HashSet<ChunkId> = report.chunks_dropped.iter().copied().collect();
-        let wal = crate::source::pg::damaged_wal(repo, |c| dropped.contains(c))?;
+        let wal_files = crate::source::pg::list_wal(repo)?;
+        let wal = crate::source::pg::damaged_wal(repo, &wal_files, |c| dropped.contains(c))?;
         report.wal_lost = wal.needed;
         for name in &report.wal_lost {
             tracing::error!(wal = %name, "archived WAL file lost to the damage: point-in-time recovery stops before it; take a physical snapshot now");
@@ -246,6 +247,7 @@ fn drop_lost_backup_history(
     report: &mut PackRepair,
     dry_run: bool,
 ) -> Result<()> {
+    let files = crate::source::pg::list_wal(repo)?;
     let index = repo.cache.reader()?;
     // An index that cannot be read names nothing lost.
     let failed = std::cell::Cell::new(None);
@@ -256,7 +258,7 @@ fn drop_lost_backup_history(
             false
         }
     };
-    let lost = crate::source::pg::damaged_wal(repo, unindexed)?.backup_history;
+    let lost = crate::source::pg::damaged_wal(repo, &files, unindexed)?.backup_history;
     if let Some(e) = failed.take() {
         return Err(e);
     }

@@ -70,7 +70,7 @@ pub use restore::{restore_logical, RestoreOptions};
 pub use restore_test::{restore_test, RestoreTest};
 pub use wal::{check_wal, read_wal_entry, wal_entries, wal_fetch, wal_push};
 pub use wal_archive::{
-    continuity_problems, damaged_wal, expired_wal, reach, remove_expired_wal, wal_archive,
-    ExpiredWal,
+    continuity_problems, damaged_wal, expired_wal, list_wal, reach, remove_expired_wal,
+    wal_archive, ExpiredWal,
 };
 pub use wal_chain::WalArchive;

@@ -211,7 +211,23 @@ pub fn wal_push(repo: &Repository, path: &Path) -> Result<&'static str> {
 
 /// The entry of WAL name `name` to restore: the one its claim names, or,
 /// for names archived before claims existed, the only content there is.
+/// The index cache, loaded when the repository was opened, is brought up
+/// to date when it lacks the entry's content: the entry was listed after
+/// it, and a push writes its index file before its entry (spec/repository.md
+/// §3, "Read order"), so a segment pushed in between is found, not refused.
 fn entry_to_fetch(repo: &Repository, name: &str) -> Result<WalEntry> {
+    let e = claimed_entry(repo, name)?;
+    let index = repo.cache.reader()?;
+    for c in &e.content {
+        if index.get(c)?.is_none() {
+            repo.sync_index()?;
+            break;
+        }
+    }
+    Ok(e)
+}
+
+fn claimed_entry(repo: &Repository, name: &str) -> Result<WalEntry> {
     let mut entries = Vec::new();
     for f in wal_files(repo, name)? {
         match read_wal_entry(repo, &f) {
