@@ -285,6 +285,7 @@ async fn snapshots(State(ctx): State<Ctx>) -> Response {
                     "bytes_added": s.summary.bytes_added, "duration_ms": s.summary.duration_ms,
                     "sources": s.sources.iter().map(|x| serde_json::json!({
                         "name": x.name, "kind": x.kind, "status": x.status, "size": x.size,
+                        "errors": x.errors,
                     })).collect::<Vec<_>>(),
                 })
             })

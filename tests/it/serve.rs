@@ -144,6 +144,23 @@ fn failures_missed_backups_storage_and_slow_runs_are_mailed() {
     assert_eq!(s["sources"]["broken"]["last_result"], "failed");
     assert_eq!(s["sources"]["etc"]["last_result"], "ok");
     assert_eq!(s["storage"]["measured_by"], "quota");
+    // /snapshots says why a source failed (scripts/timelapse tells a
+    // source spoiled by a damaged pack from other failures by it).
+    let (code, listed) = d.request("GET", "/snapshots", Some(TOKEN));
+    assert_eq!(code, 200, "{listed}");
+    let listed: serde_json::Value = serde_json::from_str(&listed).unwrap();
+    let sources = &listed[0]["sources"];
+    let broken = sources
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["name"] == "broken");
+    let why = broken.map(|b| b["errors"][0].as_str().unwrap_or_default().to_string());
+    assert!(
+        why.as_deref()
+            .is_some_and(|w| w.contains("7") || w.contains("oops")),
+        "{listed}"
+    );
 
     // Far above the critical threshold (95% of a 1 KiB quota): after more
     // runs, the oldest snapshots are removed until only the minimum (the
