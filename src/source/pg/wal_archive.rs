@@ -60,9 +60,9 @@ pub fn wal_archive(repo: &Repository) -> Result<WalArchive> {
     Ok(WalArchive::new(&entries))
 }
 
-/// The archived WAL files whose content uses a chunk for which `bad`
-/// holds (damaged, or not in the index), split by whether recovery needs
-/// them. Unreadable entry files are `check_wal`'s to report.
+/// What [`damaged_wal`] found: archived WAL files whose content uses a
+/// damaged or unindexed chunk, split by whether recovery needs them.
+/// Unreadable entry files are `check_wal`'s to report.
 #[derive(Debug, Default)]
 pub struct DamagedWal {
     /// Segments, partial segments and timeline history files (names,
@@ -78,8 +78,9 @@ pub struct DamagedWal {
     pub backup_history: BTreeMap<String, Vec<String>>,
 }
 
-///
-/// `files` is [`list_wal`], taken before the index that `bad` reads.
+/// The archived WAL files whose content uses a chunk for which `bad`
+/// holds. `files` is [`list_wal`], taken before the index that `bad`
+/// reads.
 pub fn damaged_wal(
     repo: &Repository,
     files: &[String],
