@@ -1158,7 +1158,7 @@ api {
         wal_dir = os.path.join(self.repo_dir, "wal")
         cands = set()
         for n in os.listdir(wal_dir):
-            name = n.rsplit(".", 1)[0] if n.count(".") >= 1 else n
+            name = n.rsplit(".", 1)[0]
             if needed_wal(name) and name in want and n != name and \
                     abs(os.stat(os.path.join(wal_dir, n)).st_mtime - mtime) < 5:
                 cands.add(name)
